@@ -1,0 +1,82 @@
+import { createHash, timingSafeEqual } from 'node:crypto';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { isAbsolute, join, resolve } from 'node:path';
+import { AdminService } from './admin-service';
+import type { AuthorityConfig } from './config';
+import { generateSecret } from './crypto/secret-hash';
+import { KeyRing } from './key-ring';
+import type { AuthorityStore } from './store/repositories';
+import { SqliteStore } from './store/sqlite-store';
+import { TokenService } from './token-service';
+
+export interface AuthorityLogger {
+  info(message: string): void;
+  warn(message: string): void;
+}
+
+/** The token authority's core, wired: what every transport adapter calls. */
+export interface Authority {
+  config: AuthorityConfig;
+  store: AuthorityStore;
+  keyRing: KeyRing;
+  tokens: TokenService;
+  admin: AdminService;
+  /** Whether an `Authorization` header carries the admin bearer token. */
+  isAdmin(authorization: string | undefined): boolean;
+  close(): Promise<void>;
+}
+
+const sha256 = (value: string) => createHash('sha256').update(value, 'utf8').digest();
+
+export function storePath(config: AuthorityConfig): string {
+  return isAbsolute(config.store.path) ? config.store.path : resolve(config.dataDir, config.store.path);
+}
+
+/**
+ * The admin token's hash: from ADMIN_TOKEN, or generated on first start, kept (hashed) under
+ * the data folder and shown once on the terminal, never through the logger.
+ */
+function adminTokenHash(config: AuthorityConfig, log: AuthorityLogger): Buffer {
+  if (config.adminToken) return sha256(config.adminToken);
+  mkdirSync(config.dataDir, { recursive: true });
+  const file = join(config.dataDir, 'admin-token.sha256');
+  if (existsSync(file)) return Buffer.from(readFileSync(file, 'utf8').trim(), 'hex');
+  const token = generateSecret();
+  writeFileSync(file, sha256(token).toString('hex'), { mode: 0o600 });
+  process.stderr.write(`\nGenerated admin API token (shown once, only its hash is kept in ${file}):\n\n  ${token}\n\n`);
+  log.warn(`generated a new admin token; its hash is in ${file}`);
+  return sha256(token);
+}
+
+export async function createAuthority(config: AuthorityConfig, log: AuthorityLogger, store?: AuthorityStore): Promise<Authority> {
+  const authorityStore = store ?? new SqliteStore(storePath(config));
+  const keyRing = new KeyRing(authorityStore.keyPairs, Date.now);
+  const admin = new AdminService(config, authorityStore, keyRing);
+  if (!(await authorityStore.keyPairs.get(config.defaultKeyPair))) {
+    await admin.createKeyPair({ id: config.defaultKeyPair, algorithm: config.defaultKeyPairAlgorithm, description: 'default signing key pair' });
+    log.info(`generated the default key pair '${config.defaultKeyPair}' (${config.defaultKeyPairAlgorithm})`);
+  }
+  await keyRing.reload();
+  const tokens = new TokenService(config, authorityStore, keyRing);
+  const adminHash = adminTokenHash(config, log);
+
+  const purge = () => authorityStore.revocations.purgeExpired(Date.now()).catch(() => 0);
+  await purge();
+  const purgeTimer = setInterval(purge, 3_600_000).unref();
+
+  return {
+    config,
+    store: authorityStore,
+    keyRing,
+    tokens,
+    admin,
+    isAdmin(authorization) {
+      const match = /^Bearer (.+)$/i.exec(authorization ?? '');
+      return match !== null && timingSafeEqual(sha256(match[1].trim()), adminHash);
+    },
+    async close() {
+      clearInterval(purgeTimer);
+      await authorityStore.close();
+    },
+  };
+}

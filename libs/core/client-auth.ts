@@ -1,0 +1,71 @@
+import { invalidClient, invalidRequest } from './errors';
+import { verifySecret } from './crypto/secret-hash';
+import { isApiKeyUsable, type ApiKeyRecord } from './model';
+import type { OAuthParams } from './params';
+import type { ApiKeyRepository } from './store/repositories';
+
+export type ClientAuthMethod = 'client_secret_basic' | 'client_secret_post';
+
+export interface ClientCredentials {
+  clientId: string;
+  clientSecret: string;
+  method: ClientAuthMethod;
+}
+
+/** RFC 6749 §2.3.1: Basic credentials are form-urlencoded before base64. */
+function formDecode(value: string): string {
+  try {
+    return decodeURIComponent(value.replace(/\+/g, ' '));
+  } catch {
+    throw invalidRequest('malformed HTTP Basic credentials');
+  }
+}
+
+function parseBasic(authorization: string): { clientId: string; clientSecret: string } {
+  const encoded = authorization.slice(6).trim();
+  if (!/^[A-Za-z0-9+/]+={0,2}$/.test(encoded)) throw invalidRequest('malformed HTTP Basic credentials');
+  const decoded = Buffer.from(encoded, 'base64').toString('utf8');
+  const colon = decoded.indexOf(':');
+  if (colon < 0) throw invalidRequest('malformed HTTP Basic credentials');
+  return { clientId: formDecode(decoded.slice(0, colon)), clientSecret: formDecode(decoded.slice(colon + 1)) };
+}
+
+/**
+ * Finds the client's credentials in an `Authorization: Basic` header or in the parameters.
+ * Using both is refused (RFC 6749 §2.3: one method per request); a `client_id` parameter
+ * equal to the Basic id is tolerated, as most clients send it.
+ */
+export function extractClientCredentials(authorization: string | undefined, params: OAuthParams): ClientCredentials | undefined {
+  const usesBasic = authorization !== undefined && /^basic /i.test(authorization);
+  if (usesBasic) {
+    const basic = parseBasic(authorization);
+    if (params.client_secret !== undefined || (params.client_id !== undefined && params.client_id !== basic.clientId)) {
+      throw invalidRequest('client credentials were sent both in the Authorization header and in the body');
+    }
+    return { ...basic, method: 'client_secret_basic' };
+  }
+  if (params.client_id === undefined && params.client_secret === undefined) return undefined;
+  return { clientId: params.client_id ?? '', clientSecret: params.client_secret ?? '', method: 'client_secret_post' };
+}
+
+/**
+ * Authenticates a client. Every failure (no credentials, unknown id, wrong secret, disabled
+ * or expired key) is the same `invalid_client`, after the same work.
+ */
+export async function authenticateClient(
+  apiKeys: ApiKeyRepository,
+  credentials: ClientCredentials | undefined,
+  now: number,
+): Promise<ApiKeyRecord> {
+  if (!credentials) throw invalidClient(false);
+  const usedBasic = credentials.method === 'client_secret_basic';
+  const apiKey = credentials.clientId ? await apiKeys.get(credentials.clientId) : undefined;
+  const hashes: string[] = [];
+  if (apiKey) {
+    hashes.push(apiKey.secretHash);
+    if (apiKey.previousSecretHash && (apiKey.previousSecretValidUntil ?? 0) > now) hashes.push(apiKey.previousSecretHash);
+  }
+  const secretMatches = await verifySecret(credentials.clientSecret, hashes);
+  if (!apiKey || !secretMatches || !isApiKeyUsable(apiKey, now)) throw invalidClient(usedBasic);
+  return apiKey;
+}

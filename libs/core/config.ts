@@ -1,0 +1,102 @@
+import { z } from 'zod';
+import { booleanSetting, loadConfig, portSetting } from '../config/load-config';
+
+export const SIGNING_ALGORITHMS = ['RS256', 'PS256', 'ES256', 'EdDSA'] as const;
+export type SigningAlgorithm = (typeof SIGNING_ALGORITHMS)[number];
+
+/** Settings of the token authority. Otoroshi's plugin settings keep their names. */
+export const authorityConfigSchema = z
+  .object({
+    /** Host on which the OAuth endpoints answer: `*`, an exact host, or a glob such as `*.oto.tools`. */
+    domain: z.string().min(1).default('*'),
+    /** Token lifetime in milliseconds (Otoroshi's `expiration`). */
+    expiration: z.coerce.number().int().min(1000).max(31 * 24 * 3600 * 1000).default(3_600_000),
+    /** Id of the key pair that signs tokens unless an API key names its own. */
+    defaultKeyPair: z.string().min(1).max(200).default('otoroshi-jwt-signing'),
+    /** Algorithm of the default key pair when it has to be generated on first start. */
+    defaultKeyPairAlgorithm: z.enum(SIGNING_ALGORITHMS).default('RS256'),
+    /** Answer only requests that arrived over HTTPS (Otoroshi's `secure`). */
+    secure: booleanSetting.default(false),
+    /** Trust X-Forwarded-Proto / X-Forwarded-For from the peer (set behind a proxy you control). */
+    trustProxy: booleanSetting.default(false),
+    /** `iss` of every token; never derived from the Host header. */
+    issuer: z.url().default('http://oauth.oto.tools:8080'),
+    /** Default `aud` of every token. */
+    audience: z.string().min(1).default('otoroshi'),
+    /** Audiences a client may ask for with `audience` / `resource` (the default is always allowed). */
+    allowedAudiences: z.array(z.string().min(1)).default([]),
+    introspection: z
+      .object({
+        /** RFC 7662 §2.1 asks for caller authentication; Otoroshi does not. */
+        requireClientAuth: booleanSetting.default(true),
+      })
+      .prefault({}),
+    http: z
+      .object({
+        host: z.string().default('0.0.0.0'),
+        port: portSetting.default(8080),
+        /** Largest accepted request body in bytes. */
+        bodyLimit: z.coerce.number().int().min(1024).max(10 * 1024 * 1024).default(64 * 1024),
+      })
+      .prefault({}),
+    grpc: z
+      .object({
+        host: z.string().default('0.0.0.0'),
+        port: portSetting.default(50051),
+      })
+      .prefault({}),
+    store: z
+      .object({
+        kind: z.enum(['sqlite']).default('sqlite'),
+        /** SQLite file; relative paths are resolved against `dataDir`. */
+        path: z.string().min(1).default('token-authority.sqlite'),
+      })
+      .prefault({}),
+    /** Folder for the SQLite file and the generated admin token. */
+    dataDir: z.string().min(1).default('data'),
+    /** Bearer token of the admin API; generated on first start when unset. */
+    adminToken: z.string().min(16, 'must be at least 16 characters').optional(),
+    log: z
+      .object({
+        level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+        /** One access-log line per request (costs throughput). */
+        requests: booleanSetting.default(false),
+      })
+      .prefault({}),
+  })
+  .strict();
+
+export type AuthorityConfig = z.infer<typeof authorityConfigSchema>;
+
+/** Environment variables that override the YAML file. */
+export const AUTHORITY_ENV_OVERRIDES = {
+  DOMAIN: 'domain',
+  EXPIRATION: 'expiration',
+  DEFAULT_KEY_PAIR: 'defaultKeyPair',
+  DEFAULT_KEY_PAIR_ALGORITHM: 'defaultKeyPairAlgorithm',
+  SECURE: 'secure',
+  TRUST_PROXY: 'trustProxy',
+  ISSUER: 'issuer',
+  AUDIENCE: 'audience',
+  INTROSPECTION_REQUIRE_CLIENT_AUTH: 'introspection.requireClientAuth',
+  HTTP_HOST: 'http.host',
+  HTTP_PORT: 'http.port',
+  HTTP_BODY_LIMIT: 'http.bodyLimit',
+  GRPC_HOST: 'grpc.host',
+  GRPC_PORT: 'grpc.port',
+  STORE_PATH: 'store.path',
+  DATA_DIR: 'dataDir',
+  ADMIN_TOKEN: 'adminToken',
+  LOG_LEVEL: 'log.level',
+  LOG_REQUESTS: 'log.requests',
+} as const;
+
+export function loadAuthorityConfig(env: NodeJS.ProcessEnv = process.env): AuthorityConfig {
+  const file = env.CONFIG_FILE ?? 'config/token-authority.yaml';
+  return loadConfig(authorityConfigSchema, {
+    file,
+    env,
+    overrides: AUTHORITY_ENV_OVERRIDES,
+    required: env.CONFIG_FILE !== undefined,
+  });
+}

@@ -1,0 +1,90 @@
+import { createHash, createHmac, randomBytes, scrypt, timingSafeEqual } from 'node:crypto';
+import { LRUCache } from 'lru-cache';
+
+/**
+ * Client secrets are stored only as hashes. The scheme depends on the secret itself:
+ *
+ * - `sha256$<hex>` for secrets of 32 characters or more. The ones we generate carry 256
+ *   bits of entropy, which no offline guessing can cover, so a slow KDF would only cost
+ *   CPU on every token request.
+ * - `scrypt$<N>$<r>$<p>$<salt>$<hash>` for shorter, human-chosen secrets (Otoroshi lets
+ *   people type `my-secret`): those can be guessed offline from a stolen store, so they
+ *   get a memory-hard KDF. Successful verifications are remembered in memory (keyed by an
+ *   HMAC under a per-process key) so a client that authenticates correctly pays scrypt once.
+ *
+ * Timing: which scheme runs depends only on the *presented* secret's length, never on
+ * whether the client id exists or what its stored hash is, so an unknown id and a wrong
+ * secret take the same work.
+ */
+export const HIGH_ENTROPY_MIN_LENGTH = 32;
+const SCRYPT = { N: 1 << 15, r: 8, p: 1, keyLength: 32 } as const;
+const SCRYPT_MAXMEM = 128 * SCRYPT.N * SCRYPT.r * 2;
+
+const processKey = randomBytes(32);
+const verifiedCache = new LRUCache<string, true>({ max: 10_000, ttl: 10 * 60_000 });
+const dummyScryptHash = `scrypt$${SCRYPT.N}$${SCRYPT.r}$${SCRYPT.p}$${randomBytes(16).toString('base64url')}$${randomBytes(32).toString('base64url')}`;
+const dummySha256Hash = `sha256$${randomBytes(32).toString('hex')}`;
+
+function scryptAsync(secret: string, salt: Buffer, N: number, r: number, p: number): Promise<Buffer> {
+  return new Promise((resolve, reject) =>
+    scrypt(secret, salt, SCRYPT.keyLength, { N, r, p, maxmem: SCRYPT_MAXMEM }, (error, key) =>
+      error ? reject(error) : resolve(key),
+    ),
+  );
+}
+
+export async function hashSecret(secret: string): Promise<string> {
+  if (secret.length >= HIGH_ENTROPY_MIN_LENGTH) {
+    return `sha256$${createHash('sha256').update(secret, 'utf8').digest('hex')}`;
+  }
+  const salt = randomBytes(16);
+  const key = await scryptAsync(secret, salt, SCRYPT.N, SCRYPT.r, SCRYPT.p);
+  return `scrypt$${SCRYPT.N}$${SCRYPT.r}$${SCRYPT.p}$${salt.toString('base64url')}$${key.toString('base64url')}`;
+}
+
+/** A fresh secret of 256 bits, base64url (43 characters): always on the fast scheme. */
+export function generateSecret(): string {
+  return randomBytes(32).toString('base64url');
+}
+
+function equalBytes(a: Buffer, b: Buffer): boolean {
+  return a.length === b.length && timingSafeEqual(a, b);
+}
+
+/**
+ * Checks `presented` against each stored hash (the current secret and, during a rotation's
+ * grace period, the previous one). Pass no hashes for an unknown client: the same work runs
+ * against a dummy hash.
+ */
+export async function verifySecret(presented: string, storedHashes: readonly string[]): Promise<boolean> {
+  const fast = presented.length >= HIGH_ENTROPY_MIN_LENGTH;
+  const candidates = storedHashes.filter((hash) => hash.startsWith(fast ? 'sha256$' : 'scrypt$'));
+  if (fast) {
+    const digest = createHash('sha256').update(presented, 'utf8').digest();
+    let ok = false;
+    for (const hash of candidates.length ? candidates : [dummySha256Hash]) {
+      ok = equalBytes(digest, Buffer.from(hash.slice('sha256$'.length), 'hex')) || ok;
+    }
+    return ok && candidates.length > 0;
+  }
+  let ok = false;
+  for (const hash of candidates.length ? candidates : [dummyScryptHash]) {
+    const cacheKey = createHmac('sha256', processKey).update(hash).update('\0').update(presented).digest('base64');
+    if (verifiedCache.has(cacheKey)) {
+      ok = true;
+      continue;
+    }
+    const [, n, r, p, salt, expected] = hash.split('$');
+    const key = await scryptAsync(presented, Buffer.from(salt, 'base64url'), Number(n), Number(r), Number(p));
+    if (equalBytes(key, Buffer.from(expected, 'base64url')) && candidates.length > 0) {
+      verifiedCache.set(cacheKey, true);
+      ok = true;
+    }
+  }
+  return ok;
+}
+
+/** Constant-time comparison of two strings through their SHA-256 (lengths leak nothing). */
+export function constantTimeEqual(a: string, b: string): boolean {
+  return timingSafeEqual(createHash('sha256').update(a).digest(), createHash('sha256').update(b).digest());
+}

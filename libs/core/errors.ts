@@ -1,0 +1,63 @@
+/**
+ * OAuth2 errors as the core throws them. Transports translate them: REST to the
+ * RFC 6749 §5.2 JSON body, gRPC to a status code (later). The core never throws
+ * framework exceptions.
+ */
+export type OAuthErrorCode =
+  | 'invalid_request'
+  | 'invalid_client'
+  | 'invalid_grant'
+  | 'invalid_token'
+  | 'unauthorized_client'
+  | 'unsupported_grant_type'
+  | 'invalid_scope'
+  | 'invalid_target'
+  | 'unsupported_token_type'
+  | 'access_denied'
+  | 'not_found'
+  | 'server_error'
+  | 'temporarily_unavailable';
+
+export class OAuthError extends Error {
+  constructor(
+    readonly code: OAuthErrorCode,
+    readonly description: string,
+    readonly status: number,
+    /** RFC 6749 §5.2: answer 401 with WWW-Authenticate when the client used HTTP Basic. */
+    readonly wwwAuthenticate?: string,
+  ) {
+    super(`${code}: ${description}`);
+    this.name = 'OAuthError';
+  }
+
+  toJSON(): { error: string; error_description: string } {
+    return { error: this.code, error_description: this.description };
+  }
+}
+
+export const invalidRequest = (description: string) => new OAuthError('invalid_request', description, 400);
+export const invalidScope = (description: string) => new OAuthError('invalid_scope', description, 400);
+export const invalidTarget = (description: string) => new OAuthError('invalid_target', description, 400);
+export const unsupportedGrantType = (description: string) =>
+  new OAuthError('unsupported_grant_type', description, 400);
+export const notFound = (description: string) => new OAuthError('not_found', description, 404);
+/** One answer for every client authentication failure, so ids cannot be enumerated. */
+export const invalidClient = (usedBasic: boolean) =>
+  new OAuthError(
+    'invalid_client',
+    'client authentication failed',
+    401,
+    usedBasic ? 'Basic realm="token-authority", charset="UTF-8"' : undefined,
+  );
+
+/** Errors of the admin API: validation, missing entity, conflict. */
+export class AdminError extends Error {
+  constructor(
+    readonly status: 400 | 404 | 409,
+    message: string,
+    readonly details?: unknown,
+  ) {
+    super(message);
+    this.name = 'AdminError';
+  }
+}

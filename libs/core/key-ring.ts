@@ -1,0 +1,81 @@
+import { createPrivateKey, createPublicKey, KeyObject } from 'node:crypto';
+import type { SigningAlgorithm } from './config';
+import { publicJwk, PublicJwk } from './crypto/key-pairs';
+import type { SigningKey, VerificationKey } from './crypto/jws';
+import type { KeyPairRecord } from './model';
+import type { KeyPairRepository } from './store/repositories';
+
+interface LoadedVersion extends VerificationKey {
+  kid: string;
+  keyPairId: string;
+  privateKey?: KeyObject;
+  verifyUntil?: number;
+  jwk: PublicJwk;
+}
+
+/**
+ * The key pairs as crypto objects, built once per change rather than per request.
+ * `reload()` runs after every admin change; the store stays the source of truth.
+ */
+export class KeyRing {
+  private byKid = new Map<string, LoadedVersion>();
+  private signerByPair = new Map<string, SigningKey>();
+
+  constructor(
+    private readonly repository: KeyPairRepository,
+    private readonly now: () => number,
+  ) {}
+
+  async reload(): Promise<void> {
+    const byKid = new Map<string, LoadedVersion>();
+    const signerByPair = new Map<string, SigningKey>();
+    for (const keyPair of await this.repository.list()) this.load(keyPair, byKid, signerByPair);
+    this.byKid = byKid;
+    this.signerByPair = signerByPair;
+  }
+
+  private load(keyPair: KeyPairRecord, byKid: Map<string, LoadedVersion>, signerByPair: Map<string, SigningKey>): void {
+    for (const version of keyPair.versions) {
+      const publicKey = createPublicKey(version.publicKeyPem);
+      const loaded: LoadedVersion = {
+        kid: version.kid,
+        keyPairId: keyPair.id,
+        algorithm: keyPair.algorithm,
+        publicKey,
+        verifyUntil: version.verifyUntil,
+        jwk: publicJwk(publicKey, version.kid, keyPair.algorithm),
+      };
+      if (version.retiredAt === undefined) {
+        loaded.privateKey = createPrivateKey(version.privateKeyPem);
+        signerByPair.set(keyPair.id, { kid: version.kid, algorithm: keyPair.algorithm, privateKey: loaded.privateKey });
+      }
+      byKid.set(version.kid, loaded);
+    }
+  }
+
+  /** The key that signs for a key pair, or undefined when it is missing or retired. */
+  signingKey(keyPairId: string): SigningKey | undefined {
+    return this.signerByPair.get(keyPairId);
+  }
+
+  /** A key that may still verify: active, or retired with tokens that can still be live. */
+  verificationKey = (kid: string): (VerificationKey & { keyPairId: string }) | undefined => {
+    const version = this.byKid.get(kid);
+    if (!version) return undefined;
+    if (version.verifyUntil !== undefined && version.verifyUntil <= this.now()) return undefined;
+    return version;
+  };
+
+  algorithmOf(keyPairId: string): SigningAlgorithm | undefined {
+    return this.signerByPair.get(keyPairId)?.algorithm;
+  }
+
+  /** Every public key that can still verify a live token. */
+  jwks(): { keys: PublicJwk[] } {
+    const now = this.now();
+    const keys = [...this.byKid.values()]
+      .filter((version) => version.verifyUntil === undefined || version.verifyUntil > now)
+      .map((version) => version.jwk);
+    return { keys };
+  }
+}

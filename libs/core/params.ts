@@ -1,0 +1,35 @@
+import { invalidRequest } from './errors';
+
+/** OAuth2 request parameters after transport decoding: one string each. */
+export type OAuthParams = Readonly<Record<string, string>>;
+
+const CONTROL_CHARACTERS = /[\u0000-\u001f\u007f]/;
+const MAX_PARAM_LENGTH = 8192;
+
+/**
+ * Normalizes a decoded body (form or JSON) into string parameters.
+ * RFC 6749 §3.2: parameters MUST NOT be repeated (a form parser gives arrays for those);
+ * JSON values must be strings. Control characters are refused: no id, secret, scope or
+ * token of ours contains one.
+ */
+export function normalizeParams(body: unknown): OAuthParams {
+  if (body === undefined || body === null || body === '') return {};
+  if (typeof body !== 'object' || Array.isArray(body)) throw invalidRequest('the request body must be an object of parameters');
+  const params: Record<string, string> = Object.create(null);
+  for (const [name, value] of Object.entries(body as Record<string, unknown>)) {
+    if (Array.isArray(value)) throw invalidRequest(`parameter '${name}' is repeated`);
+    if (value === undefined || value === null) continue;
+    if (typeof value !== 'string') throw invalidRequest(`parameter '${name}' must be a string`);
+    if (value.length > MAX_PARAM_LENGTH) throw invalidRequest(`parameter '${name}' is too long`);
+    if (CONTROL_CHARACTERS.test(value)) throw invalidRequest(`parameter '${name}' contains control characters`);
+    params[name] = value;
+  }
+  return params;
+}
+
+/** A parameter that must be present and non-empty. */
+export function requireParam(params: OAuthParams, name: string): string {
+  const value = params[name];
+  if (value === undefined || value === '') throw invalidRequest(`missing parameter '${name}'`);
+  return value;
+}

@@ -1,0 +1,97 @@
+import Database from 'better-sqlite3';
+import { mkdirSync } from 'node:fs';
+import { dirname } from 'node:path';
+import type { ApiKeyRecord, KeyPairRecord } from '../model';
+import type { ApiKeyRepository, AuthorityStore, KeyPairRepository, RevocationRepository } from './repositories';
+
+const SCHEMA = `
+  CREATE TABLE IF NOT EXISTS api_keys (client_id TEXT PRIMARY KEY, doc TEXT NOT NULL) STRICT;
+  CREATE TABLE IF NOT EXISTS key_pairs (id TEXT PRIMARY KEY, doc TEXT NOT NULL) STRICT;
+  CREATE TABLE IF NOT EXISTS revoked_tokens (jti TEXT PRIMARY KEY, expires_at INTEGER NOT NULL) STRICT;
+  CREATE INDEX IF NOT EXISTS revoked_tokens_expiry ON revoked_tokens (expires_at);
+`;
+
+/** A table of JSON documents keyed by id: the shape both entities need. */
+class DocumentTable<T> {
+  private readonly getStatement;
+  private readonly listStatement;
+  private readonly insertStatement;
+  private readonly updateStatement;
+  private readonly deleteStatement;
+
+  constructor(db: Database.Database, table: string, key: string) {
+    this.getStatement = db.prepare<[string], { doc: string }>(`SELECT doc FROM ${table} WHERE ${key} = ?`);
+    this.listStatement = db.prepare<[], { doc: string }>(`SELECT doc FROM ${table} ORDER BY ${key}`);
+    this.insertStatement = db.prepare(`INSERT OR IGNORE INTO ${table} (${key}, doc) VALUES (?, ?)`);
+    this.updateStatement = db.prepare(`UPDATE ${table} SET doc = ? WHERE ${key} = ?`);
+    this.deleteStatement = db.prepare(`DELETE FROM ${table} WHERE ${key} = ?`);
+  }
+
+  get(id: string): T | undefined {
+    const row = this.getStatement.get(id);
+    return row ? (JSON.parse(row.doc) as T) : undefined;
+  }
+  list(): T[] {
+    return this.listStatement.all().map((row) => JSON.parse(row.doc) as T);
+  }
+  create(id: string, doc: T): boolean {
+    return this.insertStatement.run(id, JSON.stringify(doc)).changes === 1;
+  }
+  update(id: string, doc: T): boolean {
+    return this.updateStatement.run(JSON.stringify(doc), id).changes === 1;
+  }
+  delete(id: string): boolean {
+    return this.deleteStatement.run(id).changes === 1;
+  }
+}
+
+/**
+ * The embedded default store. WAL with synchronous=FULL: a write is on disk before its
+ * promise resolves, so a SIGKILL (or power loss) after an acknowledged write loses nothing.
+ */
+export class SqliteStore implements AuthorityStore {
+  readonly apiKeys: ApiKeyRepository;
+  readonly keyPairs: KeyPairRepository;
+  readonly revocations: RevocationRepository;
+  private readonly db: Database.Database;
+
+  constructor(path: string) {
+    if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true });
+    this.db = new Database(path);
+    this.db.pragma('journal_mode = WAL');
+    this.db.pragma('synchronous = FULL');
+    this.db.pragma('busy_timeout = 5000');
+    this.db.exec(SCHEMA);
+
+    const apiKeys = new DocumentTable<ApiKeyRecord>(this.db, 'api_keys', 'client_id');
+    this.apiKeys = {
+      get: async (clientId) => apiKeys.get(clientId),
+      list: async () => apiKeys.list(),
+      create: async (apiKey) => apiKeys.create(apiKey.clientId, apiKey),
+      update: async (apiKey) => apiKeys.update(apiKey.clientId, apiKey),
+      delete: async (clientId) => apiKeys.delete(clientId),
+    };
+
+    const keyPairs = new DocumentTable<KeyPairRecord>(this.db, 'key_pairs', 'id');
+    this.keyPairs = {
+      get: async (id) => keyPairs.get(id),
+      list: async () => keyPairs.list(),
+      create: async (keyPair) => keyPairs.create(keyPair.id, keyPair),
+      update: async (keyPair) => keyPairs.update(keyPair.id, keyPair),
+      delete: async (id) => keyPairs.delete(id),
+    };
+
+    const revoke = this.db.prepare('INSERT OR IGNORE INTO revoked_tokens (jti, expires_at) VALUES (?, ?)');
+    const isRevoked = this.db.prepare<[string], { found: number }>('SELECT 1 AS found FROM revoked_tokens WHERE jti = ?');
+    const purge = this.db.prepare('DELETE FROM revoked_tokens WHERE expires_at <= ?');
+    this.revocations = {
+      revoke: async (jti, expiresAt) => void revoke.run(jti, expiresAt),
+      isRevoked: async (jti) => isRevoked.get(jti) !== undefined,
+      purgeExpired: async (now) => purge.run(now).changes,
+    };
+  }
+
+  async close(): Promise<void> {
+    if (this.db.open) this.db.close();
+  }
+}

@@ -1,0 +1,226 @@
+import { randomUUID } from 'node:crypto';
+import { LRUCache } from 'lru-cache';
+import type { AuthorityConfig } from './config';
+import { authenticateClient, extractClientCredentials } from './client-auth';
+import { signJwt, verifyJws, type JwsFailure } from './crypto/jws';
+import { invalidRequest, invalidScope, invalidTarget, OAuthError, unsupportedGrantType } from './errors';
+import type { KeyRing } from './key-ring';
+import { grantableScopes, isApiKeyUsable, SIGN_KEYPAIR_METADATA, type ApiKeyRecord } from './model';
+import { requireParam, type OAuthParams } from './params';
+import type { AuthorityStore } from './store/repositories';
+
+/** What a transport hands the core: decoded parameters and the Authorization header, if any. */
+export interface OAuthRequest {
+  params: OAuthParams;
+  authorization?: string;
+}
+
+export interface TokenResponse {
+  access_token: string;
+  token_type: 'Bearer';
+  expires_in: number;
+  scope?: string;
+}
+
+export interface AccessTokenClaims {
+  iss: string;
+  sub: string;
+  client_id: string;
+  cid: string;
+  aud: string;
+  iat: number;
+  nbf: number;
+  exp: number;
+  jti: string;
+  scope?: string;
+}
+
+export type IntrospectionResponse =
+  | { active: false }
+  | (AccessTokenClaims & {
+      active: true;
+      token_type: 'Bearer';
+      clientName: string;
+      metadata: Record<string, string>;
+      tags: string[];
+      access_type: 'apikey';
+    });
+
+/** Why a token is not valid: doubles as a log and metric label. */
+export type TokenRejection = JwsFailure | 'not_access_token' | 'wrong_issuer' | 'expired' | 'not_yet_valid' | 'revoked' | 'client_unusable';
+
+export type TokenValidation =
+  | { valid: true; claims: AccessTokenClaims; apiKey: ApiKeyRecord }
+  | { valid: false; reason: TokenRejection };
+
+const GRANT_TYPE = 'client_credentials';
+/** RFC 6749 §3.3 scope-token characters. */
+const SCOPE_TOKEN = /^[\x21\x23-\x5b\x5d-\x7e]+$/;
+
+export interface Clock {
+  now(): number;
+}
+
+export class TokenService {
+  /** Successful signature checks, by token; never past the token's `exp`. */
+  private readonly verified = new LRUCache<string, { claims: AccessTokenClaims; kid: string }>({ max: 50_000 });
+
+  constructor(
+    private readonly config: AuthorityConfig,
+    private readonly store: AuthorityStore,
+    private readonly keyRing: KeyRing,
+    private readonly clock: Clock = { now: () => Date.now() },
+  ) {}
+
+  /** RFC 6749 §4.4: the client credentials grant. */
+  async issueToken(request: OAuthRequest): Promise<TokenResponse> {
+    const { params } = request;
+    const grantType = requireParam(params, 'grant_type');
+    if (grantType !== GRANT_TYPE) throw unsupportedGrantType(`grant_type '${grantType}' is not supported; use client_credentials`);
+    const credentials = extractClientCredentials(request.authorization, params);
+    const now = this.clock.now();
+    const apiKey = await authenticateClient(this.store.apiKeys, credentials, now);
+    const scopes = this.grantedScopes(apiKey, params.scope);
+    const audience = this.requestedAudience(params);
+
+    const keyPairId = apiKey.metadata[SIGN_KEYPAIR_METADATA] || this.config.defaultKeyPair;
+    const signingKey = this.keyRing.signingKey(keyPairId);
+    if (!signingKey) {
+      throw new OAuthError('unauthorized_client', `key pair '${keyPairId}' selected for this client does not exist or is retired`, 400);
+    }
+    const issuedAt = Math.floor(now / 1000);
+    const expiresIn = Math.floor(this.config.expiration / 1000);
+    const claims: AccessTokenClaims = {
+      iss: this.config.issuer,
+      sub: apiKey.clientId,
+      client_id: apiKey.clientId,
+      cid: apiKey.clientId,
+      aud: audience,
+      iat: issuedAt,
+      nbf: issuedAt,
+      exp: issuedAt + expiresIn,
+      jti: randomUUID(),
+    };
+    if (scopes.length) claims.scope = scopes.join(' ');
+    // RFC 9068 §2.1: typ at+jwt.
+    const accessToken = await signJwt(signingKey, { typ: 'at+jwt' }, claims as unknown as Record<string, unknown>);
+    const response: TokenResponse = { access_token: accessToken, token_type: 'Bearer', expires_in: expiresIn };
+    if (claims.scope) response.scope = claims.scope;
+    return response;
+  }
+
+  /** RFC 6749 §3.3: asked scopes must all be granted to the key; none asked means all of them. */
+  private grantedScopes(apiKey: ApiKeyRecord, requested: string | undefined): string[] {
+    const grantable = grantableScopes(apiKey);
+    if (requested === undefined) return [...grantable];
+    const asked = requested.split(' ').filter(Boolean);
+    if (requested.trim() === '' || asked.some((scope) => !SCOPE_TOKEN.test(scope))) throw invalidScope('scope is malformed');
+    const refused = asked.filter((scope) => !grantable.has(scope));
+    if (refused.length) throw invalidScope(`scope not granted to this client: ${refused.join(' ')}`);
+    return [...new Set(asked)];
+  }
+
+  /** `audience` (Auth0 style) or `resource` (RFC 8707); either must be an allowed audience. */
+  private requestedAudience(params: OAuthParams): string {
+    const { audience, resource } = params;
+    if (audience !== undefined && resource !== undefined && audience !== resource) {
+      throw invalidRequest('audience and resource name different targets');
+    }
+    const asked = audience ?? resource;
+    if (asked === undefined) return this.config.audience;
+    if (asked !== this.config.audience && !this.config.allowedAudiences.includes(asked)) {
+      throw invalidTarget(`audience '${asked}' is not allowed`);
+    }
+    return asked;
+  }
+
+  /** Checks a token as a resource server would: signature, type, issuer, time, revocation, key state. */
+  async validateAccessToken(token: string): Promise<TokenValidation> {
+    const now = this.clock.now();
+    const signed = this.verifySignature(token, now);
+    if ('reason' in signed) return { valid: false, reason: signed.reason };
+    const { claims } = signed;
+    if (claims.nbf > Math.floor(now / 1000)) return { valid: false, reason: 'not_yet_valid' };
+    if (await this.store.revocations.isRevoked(claims.jti)) return { valid: false, reason: 'revoked' };
+    const apiKey = await this.store.apiKeys.get(claims.client_id);
+    if (!apiKey || !isApiKeyUsable(apiKey, now)) return { valid: false, reason: 'client_unusable' };
+    return { valid: true, claims, apiKey };
+  }
+
+  private verifySignature(token: string, now: number): { claims: AccessTokenClaims } | { reason: TokenRejection } {
+    const nowSeconds = Math.floor(now / 1000);
+    const cached = this.verified.get(token);
+    if (cached) {
+      // The key may have been deleted or its verification window closed since.
+      if (!this.keyRing.verificationKey(cached.kid)) return { reason: 'unknown_key' };
+      return cached.claims.exp > nowSeconds ? { claims: cached.claims } : { reason: 'expired' };
+    }
+    const result = verifyJws(token, this.keyRing.verificationKey);
+    if (!result.ok) return { reason: result.reason };
+    if (result.header.typ !== 'at+jwt') return { reason: 'not_access_token' };
+    const claims = result.claims;
+    if (
+      typeof claims.exp !== 'number' || typeof claims.nbf !== 'number' || typeof claims.iat !== 'number' ||
+      typeof claims.jti !== 'string' || typeof claims.client_id !== 'string' || typeof claims.sub !== 'string'
+    ) {
+      return { reason: 'not_access_token' };
+    }
+    if (claims.iss !== this.config.issuer) return { reason: 'wrong_issuer' };
+    if (claims.exp <= nowSeconds) return { reason: 'expired' };
+    const typed = claims as unknown as AccessTokenClaims;
+    this.verified.set(token, { claims: typed, kid: result.header.kid as string }, { ttl: (typed.exp - nowSeconds) * 1000 });
+    return { claims: typed };
+  }
+
+  /** RFC 7662. Starts from `active: false` and says nothing more for any failed check. */
+  async introspect(request: OAuthRequest): Promise<IntrospectionResponse> {
+    if (this.config.introspection.requireClientAuth) {
+      await authenticateClient(this.store.apiKeys, extractClientCredentials(request.authorization, request.params), this.clock.now());
+    }
+    const token = requireParam(request.params, 'token');
+    const validation = await this.validateAccessToken(token);
+    if (!validation.valid) return { active: false };
+    const { claims, apiKey } = validation;
+    return {
+      active: true,
+      token_type: 'Bearer',
+      ...claims,
+      clientName: apiKey.clientName,
+      metadata: apiKey.metadata,
+      tags: apiKey.tags,
+      access_type: 'apikey',
+    };
+  }
+
+  /**
+   * RFC 7009. The client authenticates and may revoke only its own tokens; a token that is
+   * not ours or no longer valid is answered with success (§2.2), as there is nothing to do.
+   */
+  async revoke(request: OAuthRequest): Promise<void> {
+    const now = this.clock.now();
+    const client = await authenticateClient(this.store.apiKeys, extractClientCredentials(request.authorization, request.params), now);
+    const token = requireParam(request.params, 'token');
+    const signed = this.verifySignature(token, now);
+    if ('reason' in signed) return;
+    if (signed.claims.client_id !== client.clientId) throw invalidRequest('the token was not issued to this client');
+    await this.store.revocations.revoke(signed.claims.jti, signed.claims.exp * 1000);
+  }
+
+  /** RFC 8414 authorization server metadata. */
+  metadata(): Record<string, unknown> {
+    const base = this.config.issuer.replace(/\/$/, '');
+    const authMethods = ['client_secret_basic', 'client_secret_post'];
+    return {
+      issuer: this.config.issuer,
+      token_endpoint: `${base}/.well-known/otoroshi/oauth/token`,
+      jwks_uri: `${base}/.well-known/otoroshi/oauth/jwks.json`,
+      introspection_endpoint: `${base}/.well-known/otoroshi/oauth/token/introspect`,
+      revocation_endpoint: `${base}/.well-known/otoroshi/oauth/token/revoke`,
+      grant_types_supported: [GRANT_TYPE],
+      response_types_supported: [],
+      token_endpoint_auth_methods_supported: authMethods,
+      introspection_endpoint_auth_methods_supported: this.config.introspection.requireClientAuth ? authMethods : ['none', ...authMethods],
+      revocation_endpoint_auth_methods_supported: authMethods,
+    };
+  }
+}

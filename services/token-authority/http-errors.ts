@@ -1,0 +1,51 @@
+import { ArgumentsHost, Catch, ExceptionFilter, HttpException, Logger } from '@nestjs/common';
+import type { FastifyReply } from 'fastify';
+import { AdminError, OAuthError } from '../../libs/core/errors';
+
+const ADMIN_ERROR_CODES = { 400: 'invalid_request', 404: 'not_found', 409: 'conflict' } as const;
+
+/** Body parse failures from Fastify, in words a client can act on. */
+const FASTIFY_MESSAGES: Record<string, string> = {
+  FST_ERR_CTP_INVALID_MEDIA_TYPE: 'unsupported content type; use application/x-www-form-urlencoded or application/json',
+  FST_ERR_CTP_BODY_TOO_LARGE: 'request body is too large',
+  FST_ERR_CTP_EMPTY_JSON_BODY: 'the JSON body is empty',
+  FST_ERR_CTP_INVALID_CONTENT_LENGTH: 'content-length does not match the body',
+  FST_ERR_CTP_INVALID_JSON_BODY: 'the body is not valid JSON',
+};
+
+/**
+ * The one place HTTP errors are written: OAuth2 errors as RFC 6749 §5.2 JSON, admin errors
+ * with details, anything else as a JSON 4xx (framework) or a logged 500 that reveals nothing.
+ */
+@Catch()
+export class HttpErrorFilter implements ExceptionFilter {
+  private readonly logger = new Logger('HttpError');
+
+  catch(exception: unknown, host: ArgumentsHost): void {
+    const reply = host.switchToHttp().getResponse<FastifyReply>();
+    reply.header('cache-control', 'no-store');
+    if (exception instanceof OAuthError) {
+      if (exception.wwwAuthenticate) reply.header('www-authenticate', exception.wwwAuthenticate);
+      void reply.status(exception.status).send(exception.toJSON());
+      return;
+    }
+    if (exception instanceof AdminError) {
+      const body: Record<string, unknown> = { error: ADMIN_ERROR_CODES[exception.status], error_description: exception.message };
+      if (exception.details !== undefined) body.details = exception.details;
+      void reply.status(exception.status).send(body);
+      return;
+    }
+    if (exception instanceof HttpException && exception.getStatus() < 500) {
+      const status = exception.getStatus();
+      const cause = exception.cause as { code?: string; message?: string } | undefined;
+      const description =
+        (cause?.code && FASTIFY_MESSAGES[cause.code]) ||
+        (status === 404 ? 'not found' : status === 413 ? 'request body is too large' : exception.message);
+      const code = status === 404 ? 'not_found' : status === 401 ? 'unauthorized' : 'invalid_request';
+      void reply.status(status === 415 ? 400 : status).send({ error: code, error_description: description });
+      return;
+    }
+    this.logger.error(exception instanceof Error ? exception.stack ?? exception.message : String(exception));
+    void reply.status(500).send({ error: 'server_error', error_description: 'internal error' });
+  }
+}

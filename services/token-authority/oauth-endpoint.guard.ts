@@ -1,0 +1,32 @@
+import { CanActivate, ExecutionContext, Inject, Injectable } from '@nestjs/common';
+import type { FastifyRequest } from 'fastify';
+import type { Authority } from '../../libs/core/authority';
+import { invalidRequest, notFound } from '../../libs/core/errors';
+import { AUTHORITY } from './authority.provider';
+
+/** `*`, an exact host, or a glob such as `*.oto.tools`, matched case-insensitively without the port. */
+export function domainMatcher(domain: string): (host: string) => boolean {
+  if (domain === '*') return () => true;
+  const pattern = new RegExp(`^${domain.split('*').map((part) => part.replace(/[.+?^${}()|[\]\\]/g, '\\$&')).join('[^.]*')}$`, 'i');
+  return (host) => pattern.test(host);
+}
+
+/**
+ * Otoroshi's `domain` and `secure` settings: the endpoints exist only on the configured host,
+ * and with `secure` only over HTTPS (X-Forwarded-Proto counts only with trustProxy).
+ */
+@Injectable()
+export class OAuthEndpointGuard implements CanActivate {
+  private readonly hostMatches: (host: string) => boolean;
+
+  constructor(@Inject(AUTHORITY) private readonly authority: Authority) {
+    this.hostMatches = domainMatcher(authority.config.domain);
+  }
+
+  canActivate(context: ExecutionContext): boolean {
+    const request = context.switchToHttp().getRequest<FastifyRequest>();
+    if (!this.hostMatches(request.hostname)) throw notFound('no OAuth endpoint on this host');
+    if (this.authority.config.secure && request.protocol !== 'https') throw invalidRequest('use a secure channel');
+    return true;
+  }
+}

@@ -1,0 +1,54 @@
+import { All, Body, Controller, Get, Header, Headers, HttpCode, Inject, Post, UseGuards } from '@nestjs/common';
+import type { Authority } from '../../libs/core/authority';
+import { notFound } from '../../libs/core/errors';
+import { normalizeParams } from '../../libs/core/params';
+import { AUTHORITY } from './authority.provider';
+import { OAuthEndpointGuard } from './oauth-endpoint.guard';
+
+const OTOROSHI = '/.well-known/otoroshi/oauth';
+
+/** REST face of the OAuth endpoints: Otoroshi's paths, RFC 8414 metadata, RFC 7009 revocation. */
+@Controller()
+@UseGuards(OAuthEndpointGuard)
+export class OAuthController {
+  constructor(@Inject(AUTHORITY) private readonly authority: Authority) {}
+
+  @Get(`${OTOROSHI}/jwks.json`)
+  @Header('cache-control', 'public, max-age=60')
+  jwks() {
+    return this.authority.keyRing.jwks();
+  }
+
+  @Post(`${OTOROSHI}/token`)
+  @HttpCode(200)
+  @Header('cache-control', 'no-store')
+  @Header('pragma', 'no-cache')
+  token(@Body() body: unknown, @Headers('authorization') authorization?: string) {
+    return this.authority.tokens.issueToken({ params: normalizeParams(body), authorization });
+  }
+
+  @Post(`${OTOROSHI}/token/introspect`)
+  @HttpCode(200)
+  @Header('cache-control', 'no-store')
+  introspect(@Body() body: unknown, @Headers('authorization') authorization?: string) {
+    return this.authority.tokens.introspect({ params: normalizeParams(body), authorization });
+  }
+
+  @Post(`${OTOROSHI}/token/revoke`)
+  @HttpCode(200)
+  @Header('cache-control', 'no-store')
+  async revoke(@Body() body: unknown, @Headers('authorization') authorization?: string) {
+    await this.authority.tokens.revoke({ params: normalizeParams(body), authorization });
+    return {};
+  }
+
+  @Get('/.well-known/oauth-authorization-server')
+  metadata() {
+    return this.authority.tokens.metadata();
+  }
+
+  @All(`${OTOROSHI}/*`)
+  unknownOtoroshiPath(): never {
+    throw notFound('unknown OAuth endpoint');
+  }
+}
