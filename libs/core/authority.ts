@@ -48,8 +48,17 @@ function adminTokenHash(config: AuthorityConfig, log: AuthorityLogger): Buffer {
   return sha256(token);
 }
 
-export async function createAuthority(config: AuthorityConfig, log: AuthorityLogger, store?: AuthorityStore): Promise<Authority> {
-  const authorityStore = store ?? new SqliteStore(storePath(config));
+export interface AuthorityOptions {
+  store?: AuthorityStore;
+  /** The server needs the admin token; the CLI, which works on the store directly, does not. */
+  adminApi?: boolean;
+}
+
+/** Milliseconds between checks for key pair changes made elsewhere (CLI, another replica). */
+const KEY_RING_REFRESH_MS = 2_000;
+
+export async function createAuthority(config: AuthorityConfig, log: AuthorityLogger, options: AuthorityOptions = {}): Promise<Authority> {
+  const authorityStore = options.store ?? new SqliteStore(storePath(config));
   const keyRing = new KeyRing(authorityStore.keyPairs, Date.now);
   const admin = new AdminService(config, authorityStore, keyRing);
   if (!(await authorityStore.keyPairs.get(config.defaultKeyPair))) {
@@ -58,11 +67,14 @@ export async function createAuthority(config: AuthorityConfig, log: AuthorityLog
   }
   await keyRing.reload();
   const tokens = new TokenService(config, authorityStore, keyRing);
-  const adminHash = adminTokenHash(config, log);
+  const adminHash = options.adminApi === false ? undefined : adminTokenHash(config, log);
 
   const purge = () => authorityStore.revocations.purgeExpired(Date.now()).catch(() => 0);
   await purge();
-  const purgeTimer = setInterval(purge, 3_600_000).unref();
+  const timers = [
+    setInterval(purge, 3_600_000).unref(),
+    setInterval(() => keyRing.reload().catch((error: Error) => log.warn(`key ring refresh failed: ${error.message}`)), KEY_RING_REFRESH_MS).unref(),
+  ];
 
   return {
     config,
@@ -72,10 +84,10 @@ export async function createAuthority(config: AuthorityConfig, log: AuthorityLog
     admin,
     isAdmin(authorization) {
       const match = /^Bearer (.+)$/i.exec(authorization ?? '');
-      return match !== null && timingSafeEqual(sha256(match[1].trim()), adminHash);
+      return adminHash !== undefined && match !== null && timingSafeEqual(sha256(match[1].trim()), adminHash);
     },
     async close() {
-      clearInterval(purgeTimer);
+      timers.forEach(clearInterval);
       await authorityStore.close();
     },
   };

@@ -20,18 +20,24 @@ interface LoadedVersion extends VerificationKey {
 export class KeyRing {
   private byKid = new Map<string, LoadedVersion>();
   private signerByPair = new Map<string, SigningKey>();
+  private fingerprint = '';
 
   constructor(
     private readonly repository: KeyPairRepository,
     private readonly now: () => number,
   ) {}
 
+  /** Rebuilds the crypto objects when the stored key pairs changed (by anyone: API, CLI, another replica). */
   async reload(): Promise<void> {
+    const keyPairs = await this.repository.list();
+    const fingerprint = JSON.stringify(keyPairs);
+    if (fingerprint === this.fingerprint) return;
     const byKid = new Map<string, LoadedVersion>();
     const signerByPair = new Map<string, SigningKey>();
-    for (const keyPair of await this.repository.list()) this.load(keyPair, byKid, signerByPair);
+    for (const keyPair of keyPairs) this.load(keyPair, byKid, signerByPair);
     this.byKid = byKid;
     this.signerByPair = signerByPair;
+    this.fingerprint = fingerprint;
   }
 
   private load(keyPair: KeyPairRecord, byKid: Map<string, LoadedVersion>, signerByPair: Map<string, SigningKey>): void {

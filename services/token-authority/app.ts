@@ -54,6 +54,8 @@ export async function startTokenAuthority(config: AuthorityConfig): Promise<Toke
   const app = await NestFactory.create<NestFastifyApplication>(TokenAuthorityModule.forAuthority(authority), adapter, {
     logger: new NestPinoLogger(logger),
   });
+  // Only form and JSON bodies are OAuth2 requests; anything else is refused as an unsupported type.
+  app.getHttpAdapter().getInstance().removeContentTypeParser('text/plain');
   app.enableShutdownHooks();
   await app.listen(config.http.port, config.http.host);
   const address = app.getHttpServer().address();

@@ -1,0 +1,140 @@
+import { readFileSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+import { ConfigError } from '../../libs/config/load-config';
+import { createAuthority, type Authority } from '../../libs/core/authority';
+import { loadAuthorityConfig } from '../../libs/core/config';
+import { AdminError } from '../../libs/core/errors';
+
+const USAGE = `usage: npm run cli -- <command>
+
+  apikeys list
+  apikeys get <clientId>
+  apikeys create [--id ID] [--secret SECRET] [--name NAME] [--description TEXT] [--scope "a b"]
+                 [--entity route_foo]... [--metadata key=value]... [--tag TAG]... [--disabled]
+                 [--valid-until 2027-01-01T00:00:00Z]
+  apikeys update <clientId> [--secret S] [--name N] [--scope "a b"] [--enable | --disable] [--metadata k=v]...
+  apikeys rotate-secret <clientId> [--secret S] [--grace-hours H]
+  apikeys delete <clientId>
+  keypairs list
+  keypairs get <id>
+  keypairs create <id> [--alg RS256|PS256|ES256|EdDSA] [--private-key-file key.pem] [--description TEXT]
+  keypairs rotate <id> [--private-key-file key.pem]
+  keypairs retire <id>
+  keypairs delete <id>
+
+Works on the store named by the same settings as the server (config/token-authority.yaml, DATA_DIR, STORE_PATH...).
+A running server sees API key changes at once and key pair changes within seconds.`;
+
+const OPTIONS = {
+  id: { type: 'string' },
+  secret: { type: 'string' },
+  name: { type: 'string' },
+  description: { type: 'string' },
+  scope: { type: 'string' },
+  entity: { type: 'string', multiple: true },
+  metadata: { type: 'string', multiple: true },
+  tag: { type: 'string', multiple: true },
+  disabled: { type: 'boolean' },
+  enable: { type: 'boolean' },
+  disable: { type: 'boolean' },
+  'valid-until': { type: 'string' },
+  'grace-hours': { type: 'string' },
+  alg: { type: 'string' },
+  'private-key-file': { type: 'string' },
+  help: { type: 'boolean', short: 'h' },
+} as const;
+
+type Values = ReturnType<typeof parseArgs<{ options: typeof OPTIONS; allowPositionals: true }>>['values'];
+
+function metadataOf(pairs: string[] | undefined): Record<string, string> | undefined {
+  if (!pairs) return undefined;
+  return Object.fromEntries(
+    pairs.map((pair) => {
+      const at = pair.indexOf('=');
+      if (at < 1) throw new AdminError(400, `--metadata takes key=value, got '${pair}'`);
+      return [pair.slice(0, at), pair.slice(at + 1)];
+    }),
+  );
+}
+
+/** Only the options given, so an update changes nothing else. */
+function apiKeyFields(values: Values): Record<string, unknown> {
+  const fields: Record<string, unknown> = {
+    clientSecret: values.secret,
+    clientName: values.name,
+    description: values.description,
+    scope: values.scope,
+    authorizedEntities: values.entity,
+    metadata: metadataOf(values.metadata),
+    tags: values.tag,
+    validUntil: values['valid-until'],
+    enabled: values.disabled || values.disable ? false : values.enable ? true : undefined,
+  };
+  return Object.fromEntries(Object.entries(fields).filter(([, value]) => value !== undefined));
+}
+
+async function run(authority: Authority, positionals: string[], values: Values): Promise<unknown> {
+  const [resource, action, target] = positionals;
+  const admin = authority.admin;
+  const need = () => {
+    if (!target) throw new AdminError(400, `${resource} ${action} needs an id`);
+    return target;
+  };
+  const privateKey = values['private-key-file'] ? readFileSync(values['private-key-file'], 'utf8') : undefined;
+  switch (`${resource} ${action}`) {
+    case 'apikeys list': return admin.listApiKeys();
+    case 'apikeys get': return admin.getApiKey(need());
+    case 'apikeys create': return admin.createApiKey({ clientId: values.id, ...apiKeyFields(values) });
+    case 'apikeys update': return admin.updateApiKey(need(), apiKeyFields(values));
+    case 'apikeys rotate-secret':
+      return admin.rotateApiKeySecret(need(), {
+        clientSecret: values.secret,
+        gracePeriod: values['grace-hours'] === undefined ? undefined : Number(values['grace-hours']),
+      });
+    case 'apikeys delete': return admin.deleteApiKey(need()).then(() => ({ deleted: target }));
+    case 'keypairs list': return admin.listKeyPairs();
+    case 'keypairs get': return admin.getKeyPair(need());
+    case 'keypairs create': return admin.createKeyPair({ id: need(), algorithm: values.alg, description: values.description, privateKey });
+    case 'keypairs rotate': return admin.rotateKeyPair(need(), { privateKey });
+    case 'keypairs retire': return admin.retireKeyPair(need());
+    case 'keypairs delete': return admin.deleteKeyPair(need()).then(() => ({ deleted: target }));
+    default: throw new AdminError(400, `unknown command '${positionals.join(' ')}'\n\n${USAGE}`);
+  }
+}
+
+async function main(): Promise<number> {
+  let parsed;
+  try {
+    parsed = parseArgs({ options: OPTIONS, allowPositionals: true, strict: true });
+  } catch (error) {
+    process.stderr.write(`${(error as Error).message}\n\n${USAGE}\n`);
+    return 2;
+  }
+  if (parsed.values.help || parsed.positionals.length < 2) {
+    process.stdout.write(`${USAGE}\n`);
+    return parsed.values.help ? 0 : 2;
+  }
+  let authority: Authority | undefined;
+  try {
+    const config = loadAuthorityConfig();
+    const quiet = { info: () => {}, warn: (message: string) => process.stderr.write(`${message}\n`) };
+    authority = await createAuthority(config, quiet, { adminApi: false });
+    const result = await run(authority, parsed.positionals, parsed.values);
+    process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
+    return 0;
+  } catch (error) {
+    if (error instanceof AdminError) {
+      process.stderr.write(`error: ${error.message}${error.details ? `\n${JSON.stringify(error.details, null, 2)}` : ''}\n`);
+      return error.status === 404 ? 4 : 1;
+    }
+    if (error instanceof ConfigError) {
+      process.stderr.write(`${error.message}\n`);
+      return 2;
+    }
+    throw error;
+  } finally {
+    await authority?.close();
+  }
+}
+
+main().then((code) => process.exit(code));
