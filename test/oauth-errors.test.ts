@@ -1,8 +1,8 @@
 import assert from 'node:assert/strict';
 import { generateKeyPairSync, sign } from 'node:crypto';
-import { request } from 'node:http';
 import { after, before, describe, it } from 'node:test';
 import { SignJWT, UnsecuredJWT } from 'jose';
+import { httpRequest } from './support/http';
 import { basic, INTROSPECT_PATH, REVOKE_PATH, startTestAuthority, TOKEN_PATH, type TestAuthority } from './support/authority';
 
 const GOOD = { grant_type: 'client_credentials', client_id: 'app', client_secret: 'app-secret' };
@@ -147,15 +147,10 @@ describe('RFC 6749 §5.2 errors and hostile input on the token endpoints', () =>
       await oauthError(await raw('application/json', ''), 400, 'invalid_request');
     });
     it('a 10 MB body → 413 with a JSON error, and the server keeps serving', async () => {
-      const status = await new Promise<{ status: number; body: string }>((resolve, reject) => {
-        const url = new URL(`${authority.url}${TOKEN_PATH}`);
-        const req = request({ host: url.hostname, port: url.port, path: url.pathname, method: 'POST', headers: { 'content-type': 'application/json', 'content-length': 10 * 1024 * 1024 } }, (res) => {
-          let body = '';
-          res.on('data', (chunk) => (body += chunk));
-          res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
-        });
-        req.on('error', reject);
-        req.end(Buffer.alloc(10 * 1024 * 1024, 0x20));
+      const status = await httpRequest(`${authority.url}${TOKEN_PATH}`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', 'content-length': 10 * 1024 * 1024 },
+        body: Buffer.alloc(10 * 1024 * 1024, 0x20),
       });
       assert.equal(status.status, 413);
       assert.equal(JSON.parse(status.body).error, 'invalid_request');

@@ -3,6 +3,7 @@ import { after, before, describe, it } from 'node:test';
 import { createRemoteJWKSet, decodeProtectedHeader, jwtVerify } from 'jose';
 import * as oauth from 'openid-client';
 import { basic, INTROSPECT_PATH, JWKS_PATH, REVOKE_PATH, startTestAuthority, TOKEN_PATH, type TestAuthority } from './support/authority';
+import { httpRequest } from './support/http';
 import { freePort } from './support/ports';
 
 /** The Otoroshi client-credentials tutorial, step by step, over real HTTP. */
@@ -86,8 +87,8 @@ describe('the Otoroshi tutorial against the token authority', () => {
   });
 
   it('serves RFC 8414 metadata built from the configured issuer, not the Host header', async () => {
-    const response = await fetch(`${authority.url}/.well-known/oauth-authorization-server`, { headers: { host: 'evil.example' } });
-    const metadata = (await response.json()) as Record<string, unknown>;
+    const response = await httpRequest(`${authority.url}/.well-known/oauth-authorization-server`, { headers: { host: 'evil.example' } });
+    const metadata = JSON.parse(response.body) as Record<string, unknown>;
     assert.equal(metadata.issuer, issuer);
     assert.equal(metadata.token_endpoint, `${issuer}${TOKEN_PATH}`);
     assert.deepEqual(metadata.grant_types_supported, ['client_credentials']);
