@@ -1,0 +1,133 @@
+import assert from 'node:assert/strict';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { after, describe, it } from 'node:test';
+import { basic, INTROSPECT_PATH, REVOKE_PATH, TOKEN_PATH } from './support/authority';
+import { freePort } from './support/ports';
+
+const MAIN = resolve(__dirname, '../services/token-authority/main.js');
+const CLI = resolve(__dirname, '../services/token-authority/cli.js');
+const ADMIN = 'process-test-admin-token';
+
+/** The real entry point, as `npm start` runs it, in its own process. */
+async function startProcess(env: Record<string, string>): Promise<{ child: ChildProcess; url: string; output: () => string }> {
+  const port = await freePort();
+  let output = '';
+  const child = spawn(process.execPath, [MAIN], {
+    env: { ...process.env, HTTP_HOST: '127.0.0.1', HTTP_PORT: String(port), GRPC_HOST: '127.0.0.1', GRPC_PORT: '0', LOG_LEVEL: 'info', ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  child.stdout!.on('data', (chunk) => (output += chunk));
+  child.stderr!.on('data', (chunk) => (output += chunk));
+  const url = `http://127.0.0.1:${port}`;
+  const deadline = Date.now() + 15_000;
+  while (Date.now() < deadline) {
+    if (child.exitCode !== null) throw new Error(`exited with ${child.exitCode}: ${output}`);
+    try {
+      await fetch(`${url}/.well-known/otoroshi/oauth/jwks.json`);
+      return { child, url, output: () => output };
+    } catch {
+      await new Promise((done) => setTimeout(done, 100));
+    }
+  }
+  child.kill('SIGKILL');
+  throw new Error(`did not start in 15 s: ${output}`);
+}
+
+const exited = (child: ChildProcess) => new Promise<void>((done) => (child.exitCode !== null || child.signalCode !== null ? done() : child.once('exit', () => done())));
+
+describe('the token authority process', () => {
+  const dataDir = mkdtempSync(join(tmpdir(), 'ta-process-'));
+  after(() => rmSync(dataDir, { recursive: true, force: true }));
+
+  it('loses nothing acknowledged when killed with SIGKILL, revocations included', async () => {
+    const first = await startProcess({ DATA_DIR: dataDir, ADMIN_TOKEN: ADMIN });
+    const created = await fetch(`${first.url}/api/apikeys`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${ADMIN}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ clientId: 'durable', clientSecret: 'durable-secret' }),
+    });
+    assert.equal(created.status, 201);
+    const form = (fields: Record<string, string>) => ({
+      method: 'POST',
+      headers: { 'content-type': 'application/x-www-form-urlencoded', authorization: basic('durable', 'durable-secret') },
+      body: new URLSearchParams(fields).toString(),
+    });
+    const { access_token: revokedToken } = (await (await fetch(`${first.url}${TOKEN_PATH}`, form({ grant_type: 'client_credentials' }))).json()) as { access_token: string };
+    const { access_token: liveToken } = (await (await fetch(`${first.url}${TOKEN_PATH}`, form({ grant_type: 'client_credentials' }))).json()) as { access_token: string };
+    assert.equal((await fetch(`${first.url}${REVOKE_PATH}`, form({ token: revokedToken }))).status, 200);
+    first.child.kill('SIGKILL');
+    await exited(first.child);
+
+    const second = await startProcess({ DATA_DIR: dataDir, ADMIN_TOKEN: ADMIN });
+    try {
+      const introspect = async (token: string) => ((await (await fetch(`${second.url}${INTROSPECT_PATH}`, form({ token }))).json()) as { active: boolean }).active;
+      assert.equal(await introspect(liveToken), true, 'the API key and the signing key survived');
+      assert.equal(await introspect(revokedToken), false, 'the revocation survived');
+    } finally {
+      second.child.kill('SIGTERM');
+      await exited(second.child);
+    }
+  });
+
+  it('generates an admin token on first start, prints it once, keeps only its hash', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'ta-admin-'));
+    try {
+      const first = await startProcess({ DATA_DIR: dir, ADMIN_TOKEN: '' });
+      const printed = /Generated admin API token[^\n]*\n\n\s+(\S+)/.exec(first.output());
+      assert.ok(printed, first.output());
+      const token = printed[1];
+      assert.equal((await fetch(`${first.url}/api/apikeys`, { headers: { authorization: `Bearer ${token}` } })).status, 200);
+      first.child.kill('SIGTERM');
+      await exited(first.child);
+      const second = await startProcess({ DATA_DIR: dir, ADMIN_TOKEN: '' });
+      assert.equal(second.output().includes('Generated admin API token'), false, 'printed once');
+      assert.equal(second.output().includes(token), false);
+      assert.equal((await fetch(`${second.url}/api/apikeys`, { headers: { authorization: `Bearer ${token}` } })).status, 200);
+      second.child.kill('SIGTERM');
+      await exited(second.child);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('refuses to start on a bad setting and names it', () => {
+    const cases: [Record<string, string>, RegExp][] = [
+      [{ EXPIRATION: 'soon' }, /expiration \(from env EXPIRATION\)/],
+      [{ ISSUER: 'not a url' }, /issuer \(from env ISSUER\)/],
+      [{ HTTP_PORT: '70000' }, /http\.port \(from env HTTP_PORT\)/],
+      [{ DEFAULT_KEY_PAIR_ALGORITHM: 'HS256' }, /defaultKeyPairAlgorithm/],
+      [{ SECURE: 'maybe' }, /secure \(from env SECURE\)/],
+      [{ CONFIG_FILE: '/nonexistent/config.yaml' }, /does not exist/],
+    ];
+    for (const [env, message] of cases) {
+      const result = spawnSync(process.execPath, [MAIN], { env: { ...process.env, DATA_DIR: dataDir, ...env }, encoding: 'utf8', timeout: 15_000 });
+      assert.equal(result.status, 2, `${JSON.stringify(env)}: ${result.stderr}`);
+      assert.match(result.stderr, message);
+    }
+  });
+
+  it('the CLI manages API keys on the same store', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'ta-cli-'));
+    const cli = (...args: string[]) => spawnSync(process.execPath, [CLI, ...args], { env: { ...process.env, DATA_DIR: dir }, encoding: 'utf8', timeout: 15_000 });
+    try {
+      const created = cli('apikeys', 'create', '--id', 'cli-id', '--secret', 'cli-secret', '--scope', 'a b', '--metadata', 'team=core');
+      assert.equal(created.status, 0, created.stderr);
+      assert.equal(JSON.parse(created.stdout).clientSecret, 'cli-secret');
+      assert.deepEqual(JSON.parse(cli('apikeys', 'get', 'cli-id').stdout).scope, ['a', 'b']);
+      assert.equal(JSON.parse(cli('apikeys', 'update', 'cli-id', '--disable').stdout).enabled, false);
+      const duplicate = cli('apikeys', 'create', '--id', 'cli-id');
+      assert.equal(duplicate.status, 1);
+      assert.match(duplicate.stderr, /already exists/);
+      assert.equal(cli('apikeys', 'get', 'nobody').status, 4);
+      assert.equal(cli('keypairs', 'create', 'cli-ec', '--alg', 'ES256').status, 0);
+      assert.equal(JSON.parse(cli('keypairs', 'list').stdout).length, 2);
+      assert.equal(cli('nonsense', 'verb').status, 1);
+      assert.equal(cli('apikeys', 'create', '--no-such-flag').status, 2);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
