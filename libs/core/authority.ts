@@ -4,6 +4,7 @@ import { isAbsolute, join, resolve } from 'node:path';
 import { AdminService } from './admin-service';
 import type { AuthorityConfig } from './config';
 import { generateSecret } from './crypto/secret-hash';
+import { AdminError } from './errors';
 import { KeyRing } from './key-ring';
 import type { AuthorityStore } from './store/repositories';
 import { SqliteStore } from './store/sqlite-store';
@@ -62,8 +63,13 @@ export async function createAuthority(config: AuthorityConfig, log: AuthorityLog
   const keyRing = new KeyRing(authorityStore.keyPairs, Date.now);
   const admin = new AdminService(config, authorityStore, keyRing);
   if (!(await authorityStore.keyPairs.get(config.defaultKeyPair))) {
-    await admin.createKeyPair({ id: config.defaultKeyPair, algorithm: config.defaultKeyPairAlgorithm, description: 'default signing key pair' });
-    log.info(`generated the default key pair '${config.defaultKeyPair}' (${config.defaultKeyPairAlgorithm})`);
+    try {
+      await admin.createKeyPair({ id: config.defaultKeyPair, algorithm: config.defaultKeyPairAlgorithm, description: 'default signing key pair' });
+      log.info(`generated the default key pair '${config.defaultKeyPair}' (${config.defaultKeyPairAlgorithm})`);
+    } catch (error) {
+      // Another process sharing the store (a replica, the CLI) created it first: use theirs.
+      if (!(error instanceof AdminError && error.status === 409)) throw error;
+    }
   }
   await keyRing.reload();
   const tokens = new TokenService(config, authorityStore, keyRing);

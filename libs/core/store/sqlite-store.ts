@@ -11,6 +11,29 @@ const SCHEMA = `
   CREATE INDEX IF NOT EXISTS revoked_tokens_expiry ON revoked_tokens (expires_at);
 `;
 
+/**
+ * Reads are served from memory until the data changes: our own writes clear the memo at once,
+ * and commits by other connections (the CLI, another process) are seen through SQLite's
+ * `data_version`, polled every CHANGE_POLL_MS. Without it two SQLite lookups per request were
+ * the largest cost of introspection.
+ */
+const CHANGE_POLL_MS = 250;
+
+class ReadMemo {
+  private readonly entries = new Map<string, unknown>();
+  constructor(private readonly max: number) {}
+  get<T>(key: string, load: () => T): T {
+    if (this.entries.has(key)) return this.entries.get(key) as T;
+    const value = load();
+    if (this.entries.size >= this.max) this.entries.clear();
+    this.entries.set(key, value);
+    return value;
+  }
+  clear(): void {
+    this.entries.clear();
+  }
+}
+
 /** A table of JSON documents keyed by id: the shape both entities need. */
 class DocumentTable<T> {
   private readonly getStatement;
@@ -19,7 +42,7 @@ class DocumentTable<T> {
   private readonly updateStatement;
   private readonly deleteStatement;
 
-  constructor(db: Database.Database, table: string, key: string) {
+  constructor(db: Database.Database, table: string, key: string, private readonly memo: ReadMemo) {
     this.getStatement = db.prepare<[string], { doc: string }>(`SELECT doc FROM ${table} WHERE ${key} = ?`);
     this.listStatement = db.prepare<[], { doc: string }>(`SELECT doc FROM ${table} ORDER BY ${key}`);
     this.insertStatement = db.prepare(`INSERT OR IGNORE INTO ${table} (${key}, doc) VALUES (?, ?)`);
@@ -27,20 +50,24 @@ class DocumentTable<T> {
     this.deleteStatement = db.prepare(`DELETE FROM ${table} WHERE ${key} = ?`);
   }
 
+  /** Callers get their own copy: the memo keeps the JSON text, not a shared object. */
   get(id: string): T | undefined {
-    const row = this.getStatement.get(id);
-    return row ? (JSON.parse(row.doc) as T) : undefined;
+    const doc = this.memo.get(id, () => this.getStatement.get(id)?.doc);
+    return doc === undefined ? undefined : (JSON.parse(doc) as T);
   }
   list(): T[] {
     return this.listStatement.all().map((row) => JSON.parse(row.doc) as T);
   }
   create(id: string, doc: T): boolean {
+    this.memo.clear();
     return this.insertStatement.run(id, JSON.stringify(doc)).changes === 1;
   }
   update(id: string, doc: T): boolean {
+    this.memo.clear();
     return this.updateStatement.run(JSON.stringify(doc), id).changes === 1;
   }
   delete(id: string): boolean {
+    this.memo.clear();
     return this.deleteStatement.run(id).changes === 1;
   }
 }
@@ -54,6 +81,7 @@ export class SqliteStore implements AuthorityStore {
   readonly keyPairs: KeyPairRepository;
   readonly revocations: RevocationRepository;
   private readonly db: Database.Database;
+  private readonly changePoll: NodeJS.Timeout;
 
   constructor(path: string) {
     if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true });
@@ -63,7 +91,19 @@ export class SqliteStore implements AuthorityStore {
     this.db.pragma('busy_timeout = 5000');
     this.db.exec(SCHEMA);
 
-    const apiKeys = new DocumentTable<ApiKeyRecord>(this.db, 'api_keys', 'client_id');
+    const apiKeyMemo = new ReadMemo(100_000);
+    const keyPairMemo = new ReadMemo(1_000);
+    const revokedMemo = new ReadMemo(100_000);
+    const memos = [apiKeyMemo, keyPairMemo, revokedMemo];
+    const dataVersion = this.db.prepare<[], number>('PRAGMA data_version').pluck();
+    let seenVersion = dataVersion.get();
+    this.changePoll = setInterval(() => {
+      const version = dataVersion.get();
+      if (version !== seenVersion) memos.forEach((memo) => memo.clear());
+      seenVersion = version;
+    }, CHANGE_POLL_MS).unref();
+
+    const apiKeys = new DocumentTable<ApiKeyRecord>(this.db, 'api_keys', 'client_id', apiKeyMemo);
     this.apiKeys = {
       get: async (clientId) => apiKeys.get(clientId),
       list: async () => apiKeys.list(),
@@ -72,7 +112,7 @@ export class SqliteStore implements AuthorityStore {
       delete: async (clientId) => apiKeys.delete(clientId),
     };
 
-    const keyPairs = new DocumentTable<KeyPairRecord>(this.db, 'key_pairs', 'id');
+    const keyPairs = new DocumentTable<KeyPairRecord>(this.db, 'key_pairs', 'id', keyPairMemo);
     this.keyPairs = {
       get: async (id) => keyPairs.get(id),
       list: async () => keyPairs.list(),
@@ -85,13 +125,20 @@ export class SqliteStore implements AuthorityStore {
     const isRevoked = this.db.prepare<[string], { found: number }>('SELECT 1 AS found FROM revoked_tokens WHERE jti = ?');
     const purge = this.db.prepare('DELETE FROM revoked_tokens WHERE expires_at <= ?');
     this.revocations = {
-      revoke: async (jti, expiresAt) => void revoke.run(jti, expiresAt),
-      isRevoked: async (jti) => isRevoked.get(jti) !== undefined,
-      purgeExpired: async (now) => purge.run(now).changes,
+      revoke: async (jti, expiresAt) => {
+        revokedMemo.clear();
+        revoke.run(jti, expiresAt);
+      },
+      isRevoked: async (jti) => revokedMemo.get(jti, () => isRevoked.get(jti) !== undefined),
+      purgeExpired: async (now) => {
+        revokedMemo.clear();
+        return purge.run(now).changes;
+      },
     };
   }
 
   async close(): Promise<void> {
+    clearInterval(this.changePoll);
     if (this.db.open) this.db.close();
   }
 }
