@@ -1,0 +1,148 @@
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { parse } from 'yaml';
+import { type EchoBackend, type EchoResponse, startEchoBackend } from '../services/echo-backend/server';
+
+const ROOT = path.resolve(__dirname, '..', '..');
+
+interface ComposeService {
+  image?: string;
+  build?: { context: string; dockerfile?: string };
+  command?: string[];
+  environment?: Record<string, string>;
+  ports?: { published: number | string; target: number }[];
+  volumes?: (string | { type?: string; source: string; target: string; read_only?: boolean })[];
+  depends_on?: Record<string, { condition: string }>;
+  healthcheck?: { test: string[] };
+}
+interface ComposeConfig {
+  services: Record<string, ComposeService>;
+  volumes?: Record<string, unknown>;
+}
+
+/** `docker-compose config`: the file as Compose understands it, variables resolved. */
+function composeConfig(extraEnv: Record<string, string> = {}): ComposeConfig {
+  const env = { ...process.env, ...extraEnv };
+  if (!('ENVOY_CONFIG' in extraEnv)) delete env.ENVOY_CONFIG;
+  const result = spawnSync('docker-compose', ['-f', 'docker-compose.yml', 'config'], { cwd: ROOT, env, encoding: 'utf8', timeout: 60_000 });
+  if (result.error) {
+    assert.fail(`could not run docker-compose (${result.error.message}); install it (Debian: apt-get install docker-compose, as .ci/run does)`);
+  }
+  assert.equal(result.status, 0, `docker-compose config failed:\n${result.stderr}`);
+  return parse(result.stdout) as ComposeConfig;
+}
+
+/** Volume mounts as {source, target, readOnly}, whichever syntax Compose printed. */
+function mounts(service: ComposeService): { source: string; target: string; readOnly: boolean }[] {
+  return (service.volumes ?? []).map((volume) => {
+    if (typeof volume !== 'string') return { source: volume.source, target: volume.target, readOnly: volume.read_only === true };
+    const [source, target, mode = 'rw'] = volume.split(':');
+    return { source, target, readOnly: mode.split(',').includes('ro') };
+  });
+}
+
+describe('docker-compose.yml', () => {
+  const NODE_SERVICES = ['token-authority', 'ext-authz', 'echo'];
+  let config: ComposeConfig;
+  before(() => {
+    config = composeConfig();
+  });
+
+  it('has the four services', () => {
+    assert.deepEqual(Object.keys(config.services).sort(), ['echo', 'envoy', 'ext-authz', 'token-authority']);
+  });
+
+  it('runs a pinned Envoy release with envoy/envoy.yaml mounted read-only', () => {
+    const envoy = config.services.envoy;
+    assert.match(envoy.image ?? '', /^envoyproxy\/envoy:v\d+\.\d+\.\d+$/, 'a release tag, never latest');
+    assert.deepEqual(mounts(envoy), [{ source: path.join(ROOT, 'envoy', 'envoy.yaml'), target: '/etc/envoy/envoy.yaml', readOnly: true }]);
+    assert.deepEqual(envoy.ports?.map((port) => [Number(port.published), port.target]), [
+      [8080, 8080],
+      [9901, 9901],
+    ]);
+    assert.equal(envoy.depends_on?.['ext-authz']?.condition, 'service_healthy', 'ext_authz fails closed: wait for ext-authz');
+  });
+
+  it('switches Envoy to the HTTP ext_authz config with ENVOY_CONFIG', () => {
+    const envoy = composeConfig({ ENVOY_CONFIG: 'envoy-http.yaml' }).services.envoy;
+    assert.equal(mounts(envoy)[0].source, path.join(ROOT, 'envoy', 'envoy-http.yaml'));
+  });
+
+  it('builds the Node services from a Dockerfile that exists', () => {
+    for (const name of NODE_SERVICES) {
+      const build = config.services[name].build;
+      assert.ok(build, `${name} has build:`);
+      const dockerfile = path.resolve(build.context, build.dockerfile ?? 'Dockerfile');
+      assert.ok(existsSync(dockerfile), `${name}: ${dockerfile} exists`);
+    }
+  });
+
+  it('configures the token authority: issuer, admin token, data volume, gRPC port', () => {
+    const authority = config.services['token-authority'];
+    assert.equal(authority.environment?.ISSUER, 'http://oauth.oto.tools:8080');
+    assert.ok((authority.environment?.ADMIN_TOKEN ?? '').length >= 16, 'a default admin token the authority accepts');
+    const data = mounts(authority).find((mount) => mount.target === '/app/data');
+    assert.ok(data && config.volumes && data.source in config.volumes, 'a named volume on /app/data');
+    assert.deepEqual(authority.ports?.map((port) => [Number(port.published), port.target]), [[50051, 50051]]);
+  });
+
+  it('runs ext-authz and the echo backend from the same image with their own commands', () => {
+    const extAuthz = config.services['ext-authz'];
+    assert.deepEqual(extAuthz.command, ['node', 'dist/services/ext-authz/main.js']);
+    assert.equal(extAuthz.environment?.AUTHORITY_GRPC_URL, 'token-authority:50051');
+    assert.ok(extAuthz.healthcheck?.test.join(' ').includes('http://127.0.0.1:9192/health'));
+    assert.deepEqual(config.services.echo.command, ['node', 'dist/services/echo-backend/main.js']);
+    assert.equal(config.services.echo.environment?.PORT, '8081');
+  });
+
+  it('health-checks the Node services with node itself (slim images have no curl)', () => {
+    for (const name of NODE_SERVICES) assert.deepEqual(config.services[name].healthcheck?.test.slice(0, 3), ['CMD', 'node', '-e'], name);
+  });
+});
+
+describe('Dockerfile', () => {
+  const lines = readFileSync(path.join(ROOT, 'Dockerfile'), 'utf8').split('\n');
+  const instructions = (keyword: string) => lines.filter((line) => line.startsWith(`${keyword} `)).map((line) => line.slice(keyword.length + 1));
+
+  it('builds on a pinned node 20 bookworm-slim image', () => {
+    const images = instructions('FROM').map((from) => from.split(' ')[0]);
+    const external = images.filter((image) => image.includes(':'));
+    assert.deepEqual(external, ['node:20.20-bookworm-slim']);
+  });
+
+  it('runs as an unprivileged user, the token authority by default', () => {
+    const users = instructions('USER');
+    assert.ok(users.length > 0 && !['root', '0'].includes(users[users.length - 1]), 'USER is not root');
+    assert.deepEqual(instructions('CMD'), ['["node", "dist/services/token-authority/main.js"]']);
+  });
+});
+
+describe('echo backend over HTTP', () => {
+  let backend: EchoBackend;
+  before(async () => {
+    backend = await startEchoBackend(0, '127.0.0.1');
+  });
+  after(() => backend.close());
+
+  it('answers with the method, path and request headers as JSON', async () => {
+    const response = await fetch(`${backend.url}/anything/here?x=1`, { headers: { Authorization: 'Bearer generated-token-xxxxx', 'X-Client-Id': 'my-id' } });
+    assert.equal(response.status, 200);
+    assert.match(response.headers.get('content-type') ?? '', /^application\/json/);
+    const body = (await response.json()) as EchoResponse;
+    assert.equal(body.method, 'GET');
+    assert.equal(body.path, '/anything/here?x=1');
+    assert.equal(body.headers.authorization, 'Bearer generated-token-xxxxx', 'the tutorial shows the Authorization header');
+    assert.equal(body.headers['x-client-id'], 'my-id', 'header names lower-cased');
+  });
+
+  it('answers a POST with a body the same way', async () => {
+    const response = await fetch(`${backend.url}/`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ a: 1 }) });
+    const body = (await response.json()) as EchoResponse;
+    assert.equal(body.method, 'POST');
+    assert.equal(body.path, '/');
+    assert.equal(body.headers['content-type'], 'application/json');
+  });
+});

@@ -1,0 +1,228 @@
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { describe, it } from 'node:test';
+import { loadSync } from '@grpc/proto-loader';
+import { parse, stringify } from 'yaml';
+import { ENVOY_PROTO_INCLUDE_DIRS, EXT_AUTHZ_PROTO } from '../libs/envoy/envoy-protos';
+import { validateEnvoyBootstrap } from '../libs/envoy/strict-proto-json';
+
+const ROOT = path.resolve(__dirname, '..', '..');
+const GRPC_YAML = readFileSync(path.join(ROOT, 'envoy', 'envoy.yaml'), 'utf8');
+const HTTP_YAML = readFileSync(path.join(ROOT, 'envoy', 'envoy-http.yaml'), 'utf8');
+
+/** Parsed YAML: walked by the paths the test spells out, so loosely typed on purpose. */
+type Yaml = any;
+
+const HCM = 'static_resources.listeners[0].filter_chains[0].filters[0].typed_config';
+const hcm = (config: Yaml): Yaml => config.static_resources.listeners[0].filter_chains[0].filters[0].typed_config;
+const virtualHost = (config: Yaml, domain: string): Yaml => hcm(config).route_config.virtual_hosts.find((host: Yaml) => host.domains.includes(domain));
+const httpFilter = (config: Yaml, name: string): Yaml => hcm(config).http_filters.find((filter: Yaml) => filter.name === name);
+const cluster = (config: Yaml, name: string): Yaml => config.static_resources.clusters.find((entry: Yaml) => entry.name === name);
+const endpointOf = (entry: Yaml): Yaml => entry.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address;
+
+/** Errors of a copy of envoy.yaml changed by `mutate`. */
+function validateBrokenCopy(mutate: (config: Yaml) => void): string[] {
+  const config = parse(GRPC_YAML);
+  mutate(config);
+  return validateEnvoyBootstrap(stringify(config));
+}
+
+function assertErrorAt(errors: string[], at: string, pattern: RegExp): void {
+  assert.ok(
+    errors.some((error) => error.startsWith(`${at}: `) && pattern.test(error)),
+    `expected an error at ${at} matching ${pattern}, got:\n${errors.join('\n') || '(no errors)'}`,
+  );
+}
+
+describe('Envoy configs against the v3 protos', () => {
+  it('envoy.yaml (ext_authz over gRPC) is a valid bootstrap', () => {
+    assert.deepEqual(validateEnvoyBootstrap(GRPC_YAML), []);
+  });
+
+  it('envoy-http.yaml (ext_authz over HTTP) is a valid bootstrap', () => {
+    assert.deepEqual(validateEnvoyBootstrap(HTTP_YAML), []);
+  });
+
+  it('reports YAML syntax errors instead of throwing', () => {
+    assertErrorAt(validateEnvoyBootstrap('admin: {address: ['), '(yaml)', /./);
+  });
+});
+
+describe('the validator is strict (broken copies of envoy.yaml)', () => {
+  it('rejects an unknown field deep in a cluster', () => {
+    const errors = validateBrokenCopy((config) => {
+      endpointOf(cluster(config, 'ext_authz')).hostname = 'ext-authz';
+    });
+    const at = 'static_resources.clusters[2].load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address.hostname';
+    assertErrorAt(errors, at, /unknown field "hostname" in envoy\.config\.core\.v3\.SocketAddress/);
+  });
+
+  it('rejects an unknown field inside a message packed in an Any', () => {
+    const errors = validateBrokenCopy((config) => {
+      virtualHost(config, 'foo.oto.tools').routes[0].route.upstream = 'echo';
+    });
+    assertErrorAt(errors, `${HCM}.route_config.virtual_hosts[1].routes[0].route.upstream`, /unknown field "upstream" in envoy\.config\.route\.v3\.RouteAction/);
+  });
+
+  it('rejects a string where a message belongs', () => {
+    const errors = validateBrokenCopy((config) => {
+      cluster(config, 'echo').load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address = 'echo:8081';
+    });
+    const at = 'static_resources.clusters[1].load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address';
+    assertErrorAt(errors, at, /expected an object for envoy\.config\.core\.v3\.SocketAddress, got the string "echo:8081"/);
+  });
+
+  it('rejects an object where a scalar belongs', () => {
+    const errors = validateBrokenCopy((config) => {
+      config.admin.address.socket_address.port_value = { value: 9901 };
+    });
+    assertErrorAt(errors, 'admin.address.socket_address.port_value', /expected an integer \(uint32\).*got an object/);
+  });
+
+  it('rejects an unknown @type', () => {
+    const errors = validateBrokenCopy((config) => {
+      httpFilter(config, 'envoy.filters.http.ext_authz').typed_config['@type'] = 'type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuth';
+    });
+    assertErrorAt(errors, `${HCM}.http_filters[0].typed_config.@type`, /unknown type "type\.googleapis\.com\/envoy\.extensions\.filters\.http\.ext_authz\.v3\.ExtAuth"/);
+  });
+
+  it('rejects an unknown enum name', () => {
+    const errors = validateBrokenCopy((config) => {
+      httpFilter(config, 'envoy.filters.http.ext_authz').typed_config.transport_api_version = 'V4';
+    });
+    assertErrorAt(errors, `${HCM}.http_filters[0].typed_config.transport_api_version`, /expected one of AUTO, V2, V3 \(enum envoy\.config\.core\.v3\.ApiVersion\).*"V4"/);
+  });
+
+  it('rejects two members of one oneof', () => {
+    const errors = validateBrokenCopy((config) => {
+      virtualHost(config, 'oauth.oto.tools').typed_per_filter_config['envoy.filters.http.ext_authz'].check_settings = {};
+    });
+    const at = `${HCM}.route_config.virtual_hosts[0].typed_per_filter_config["envoy.filters.http.ext_authz"]`;
+    assertErrorAt(errors, at, /"disabled" and "check_settings" are members of oneof "override"/);
+  });
+
+  it('rejects a malformed Duration', () => {
+    const errors = validateBrokenCopy((config) => {
+      httpFilter(config, 'envoy.filters.http.ext_authz').typed_config.grpc_service.timeout = '250ms';
+    });
+    assertErrorAt(errors, `${HCM}.http_filters[0].typed_config.grpc_service.timeout`, /google\.protobuf\.Duration, got the string "250ms"/);
+  });
+
+  it('honours (validate.required) on a oneof: a health check needs a checker', () => {
+    const errors = validateBrokenCopy((config) => {
+      delete cluster(config, 'ext_authz').health_checks[0].grpc_health_check;
+    });
+    assertErrorAt(errors, 'static_resources.clusters[2].health_checks[0]', /one of .*grpc_health_check.* is required \(oneof "health_checker"/);
+  });
+
+  it('honours message.required: a health check needs an interval', () => {
+    const errors = validateBrokenCopy((config) => {
+      delete cluster(config, 'ext_authz').health_checks[0].interval;
+    });
+    assertErrorAt(errors, 'static_resources.clusters[2].health_checks[0].interval', /required field "interval" of envoy\.config\.core\.v3\.HealthCheck is missing/);
+  });
+
+  it('rejects deprecated fields (Envoy warns, then removes them)', () => {
+    const errors = validateBrokenCopy((config) => {
+      config.admin.access_log_path = '/dev/null';
+    });
+    assertErrorAt(errors, 'admin.access_log_path', /deprecated/);
+  });
+
+  it('accepts the JSON names and numeric strings Envoy accepts', () => {
+    const errors = validateBrokenCopy((config) => {
+      const address = config.admin.address.socket_address;
+      delete address.port_value;
+      address.portValue = '9901';
+    });
+    assert.deepEqual(errors, []);
+  });
+});
+
+describe('the routing and authorization contract of envoy.yaml', () => {
+  const config = parse(GRPC_YAML);
+  const extAuthz = httpFilter(config, 'envoy.filters.http.ext_authz');
+
+  it('serves the admin API on 9901 and the listener on 8080', () => {
+    assert.equal(config.admin.address.socket_address.port_value, 9901);
+    assert.equal(config.static_resources.listeners[0].address.socket_address.port_value, 8080);
+  });
+
+  it('runs ext_authz first and the router last', () => {
+    const names = hcm(config).http_filters.map((filter: Yaml) => filter.name);
+    assert.deepEqual(names, ['envoy.filters.http.ext_authz', 'envoy.filters.http.router']);
+  });
+
+  it('asks ext-authz over gRPC v3, fails closed, within 250 ms', () => {
+    const settings = extAuthz.typed_config;
+    assert.equal(settings.grpc_service.envoy_grpc.cluster_name, 'ext_authz');
+    assert.equal(settings.grpc_service.timeout, '0.25s');
+    assert.equal(settings.transport_api_version, 'V3');
+    assert.equal(settings.failure_mode_allow, false);
+  });
+
+  it('does not check requests to oauth.oto.tools (the token endpoints)', () => {
+    const oauth = virtualHost(config, 'oauth.oto.tools');
+    assert.ok(oauth.domains.includes('oauth.oto.tools:*'), 'Host with a port matches too');
+    assert.equal(oauth.routes[0].route.cluster, 'token_authority');
+    assert.equal(oauth.typed_per_filter_config['envoy.filters.http.ext_authz'].disabled, true);
+  });
+
+  it('names the "foo" policy on the foo.oto.tools route', () => {
+    const foo = virtualHost(config, 'foo.oto.tools');
+    assert.ok(foo.domains.includes('foo.oto.tools:*'), 'Host with a port matches too');
+    assert.equal(foo.routes[0].route.cluster, 'echo');
+    assert.deepEqual(foo.routes[0].typed_per_filter_config['envoy.filters.http.ext_authz'].check_settings.context_extensions, { route: 'foo' });
+    assert.equal(foo.typed_per_filter_config, undefined, 'ext_authz stays enabled on the foo host');
+  });
+
+  it('reaches ext-authz over HTTP/2 with gRPC health checks', () => {
+    const authz = cluster(config, 'ext_authz');
+    assert.deepEqual(endpointOf(authz), { address: 'ext-authz', port_value: 9191 });
+    const options = authz.typed_extension_protocol_options['envoy.extensions.upstreams.http.v3.HttpProtocolOptions'];
+    assert.deepEqual(options.explicit_http_config, { http2_protocol_options: {} });
+    assert.deepEqual(authz.health_checks[0].grpc_health_check, {});
+  });
+
+  it('defines every cluster it routes to, at the compose service addresses', () => {
+    const routed = hcm(config).route_config.virtual_hosts.flatMap((host: Yaml) => host.routes.map((route: Yaml) => route.route.cluster));
+    for (const name of [...routed, extAuthz.typed_config.grpc_service.envoy_grpc.cluster_name]) assert.ok(cluster(config, name), `cluster ${name} is defined`);
+    assert.deepEqual(endpointOf(cluster(config, 'token_authority')), { address: 'token-authority', port_value: 8080 });
+    assert.deepEqual(endpointOf(cluster(config, 'echo')), { address: 'echo', port_value: 8081 });
+  });
+});
+
+describe('the authorization contract of envoy-http.yaml', () => {
+  const config = parse(HTTP_YAML);
+  const settings = httpFilter(config, 'envoy.filters.http.ext_authz').typed_config;
+  const exactNames = (matcher: Yaml): string[] => matcher.patterns.map((pattern: Yaml) => pattern.exact);
+
+  it('asks ext-authz over HTTP with the "foo" policy in x-authz-policy, failing closed', () => {
+    assert.equal(settings.grpc_service, undefined);
+    assert.deepEqual(settings.http_service.server_uri, { uri: 'http://ext-authz:9192', cluster: 'ext_authz_http', timeout: '0.25s' });
+    assert.deepEqual(settings.http_service.authorization_request.headers_to_add, [{ key: 'x-authz-policy', value: 'foo' }]);
+    assert.equal(settings.failure_mode_allow, false);
+  });
+
+  it('passes the credential and request id, and takes back identity headers', () => {
+    assert.deepEqual(exactNames(settings.allowed_headers), ['authorization', 'x-request-id']);
+    assert.deepEqual(exactNames(settings.http_service.authorization_response.allowed_upstream_headers), ['x-client-id', 'x-client-name', 'x-client-scopes', 'authorization']);
+  });
+
+  it('still skips oauth.oto.tools, and health-checks ext-authz with GET /health', () => {
+    assert.equal(virtualHost(config, 'oauth.oto.tools').typed_per_filter_config['envoy.filters.http.ext_authz'].disabled, true);
+    const authz = cluster(config, 'ext_authz_http');
+    assert.deepEqual(endpointOf(authz), { address: 'ext-authz', port_value: 9192 });
+    assert.equal(authz.health_checks[0].http_health_check.path, '/health');
+  });
+});
+
+describe("Envoy's ext_authz service protos", () => {
+  it('load with @grpc/proto-loader from the exported include dirs', () => {
+    const definition = loadSync(EXT_AUTHZ_PROTO, { includeDirs: [...ENVOY_PROTO_INCLUDE_DIRS], keepCase: true });
+    const service = definition['envoy.service.auth.v3.Authorization'] as Record<string, { path: string }>;
+    assert.equal(service.Check.path, '/envoy.service.auth.v3.Authorization/Check');
+    assert.ok(definition['envoy.service.auth.v3.CheckResponse'], 'CheckResponse is defined');
+  });
+});
