@@ -1,8 +1,9 @@
 import assert from 'node:assert/strict';
-import { generateKeyPairSync, sign } from 'node:crypto';
+import { generateKeyPairSync } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 import { SignJWT, UnsecuredJWT } from 'jose';
 import { httpRequest } from './support/http';
+import { accessTokenClaims, signWithAuthorityKey } from './support/tokens';
 import { basic, INTROSPECT_PATH, REVOKE_PATH, startTestAuthority, TOKEN_PATH, type TestAuthority } from './support/authority';
 
 const GOOD = { grant_type: 'client_credentials', client_id: 'app', client_secret: 'app-secret' };
@@ -163,26 +164,13 @@ describe('RFC 6749 §5.2 errors and hostile input on the token endpoints', () =>
   });
 
   describe('introspection says active:false for anything that is not a live token of ours', () => {
-    let ourKeyPem: string;
-    before(async () => {
-      const keyPair = await authority.authority.store.keyPairs.get('otoroshi-jwt-signing');
-      ourKeyPem = keyPair!.versions[0].privateKeyPem;
-    });
     const introspect = async (token: string) => {
       const response = await authority.postForm(INTROSPECT_PATH, { token }, { authorization: basic('app', 'app-secret') });
       assert.equal(response.status, 200);
       return (await response.json()) as { active: boolean };
     };
-    const claims = () => {
-      const now = Math.floor(Date.now() / 1000);
-      return { iss: authority.config.issuer, sub: 'app', client_id: 'app', cid: 'app', aud: 'otoroshi', iat: now, nbf: now, exp: now + 600, jti: `t-${Math.random()}` };
-    };
-    /** Signed with node:crypto so that any header, even one jose refuses to write, can be sent. */
-    const signWithOurKey = async (payload: Record<string, unknown>, header: Record<string, unknown> = {}) => {
-      const encode = (value: unknown) => Buffer.from(JSON.stringify(value)).toString('base64url');
-      const input = `${encode({ alg: 'RS256', typ: 'at+jwt', kid: 'otoroshi-jwt-signing', ...header })}.${encode(payload)}`;
-      return `${input}.${sign('sha256', Buffer.from(input), ourKeyPem).toString('base64url')}`;
-    };
+    const claims = () => accessTokenClaims(authority, 'app');
+    const signWithOurKey = (payload: Record<string, unknown>, header: Record<string, unknown> = {}) => signWithAuthorityKey(authority, payload, header);
 
     it('a live token is active (control)', async () => {
       assert.equal((await introspect(issuedToken)).active, true);

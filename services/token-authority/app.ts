@@ -7,9 +7,12 @@ import { createAuthority, type Authority } from '../../libs/core/authority';
 import type { AuthorityConfig } from '../../libs/core/config';
 import { AdminController, AdminTokenGuard } from './admin.controller';
 import { AUTHORITY } from './authority.provider';
-import { HttpErrorFilter } from './http-errors';
+import { ErrorFilter } from './error-filter';
 import { OAuthEndpointGuard } from './oauth-endpoint.guard';
 import { OAuthController } from './oauth.controller';
+import { TokenAuthorityGrpcController } from './grpc.controller';
+import { createHealth, TOKEN_AUTHORITY_SERVICE, tokenAuthorityGrpcOptions } from './grpc-options';
+import type { HealthImplementation } from 'grpc-health-check';
 import { createLogger, NestPinoLogger } from '../../libs/logging';
 
 @Module({})
@@ -17,10 +20,10 @@ class TokenAuthorityModule {
   static forAuthority(authority: Authority): DynamicModule {
     return {
       module: TokenAuthorityModule,
-      controllers: [OAuthController, AdminController],
+      controllers: [OAuthController, AdminController, TokenAuthorityGrpcController],
       providers: [
         { provide: AUTHORITY, useValue: authority },
-        { provide: APP_FILTER, useClass: HttpErrorFilter },
+        { provide: APP_FILTER, useClass: ErrorFilter },
         OAuthEndpointGuard,
         AdminTokenGuard,
       ],
@@ -33,6 +36,9 @@ export interface TokenAuthorityApp {
   authority: Authority;
   /** Base URL of the REST face once listening. */
   url: string;
+  /** host:port of the gRPC face once listening. */
+  grpcAddress: string;
+  health: HealthImplementation;
   close(): Promise<void>;
 }
 
@@ -56,21 +62,60 @@ export async function startTokenAuthority(config: AuthorityConfig): Promise<Toke
   });
   // Only form and JSON bodies are OAuth2 requests; anything else is refused as an unsupported type.
   app.getHttpAdapter().getInstance().removeContentTypeParser('text/plain');
-  app.enableShutdownHooks();
+  const health = createHealth();
+  const grpcOptions = tokenAuthorityGrpcOptions(config, health);
+  const microservice = app.connectMicroservice(grpcOptions, { inheritAppConfig: true });
+  await app.startAllMicroservices();
   await app.listen(config.http.port, config.http.host);
+  const grpcPort = config.grpc.port || boundGrpcPort(microservice);
   const address = app.getHttpServer().address();
   const port = typeof address === 'object' && address ? address.port : config.http.port;
   const host = config.http.host === '0.0.0.0' || config.http.host === '::' ? '127.0.0.1' : config.http.host;
-  logger.info({ port, issuer: config.issuer }, 'token authority listening (REST)');
-  return {
-    app,
-    authority,
-    url: `http://${host}:${port}`,
-    async close() {
-      await app.close();
+  const grpcHost = config.grpc.host === '0.0.0.0' || config.grpc.host === '::' ? '127.0.0.1' : config.grpc.host;
+  health.setStatus('', 'SERVING');
+  health.setStatus(TOKEN_AUTHORITY_SERVICE, 'SERVING');
+  logger.info({ port, grpcPort, issuer: config.issuer }, 'token authority listening (REST and gRPC)');
+  let closing: Promise<void> | undefined;
+  const close = () =>
+    (closing ??= (async () => {
+      // Tell health checkers first, then let calls in flight finish (bounded), then release the store.
+      health.setStatus('', 'NOT_SERVING');
+      health.setStatus(TOKEN_AUTHORITY_SERVICE, 'NOT_SERVING');
+      await withDeadline(app.close(), SHUTDOWN_GRACE_MS, () => forceShutdownGrpc(microservice));
       await authority.close();
-    },
-  };
+    })());
+  return { app, authority, url: `http://${host}:${port}`, grpcAddress: `${grpcHost}:${grpcPort}`, health, close };
+}
+
+/** How long calls in flight may take to finish after SIGTERM before they are cut. */
+const SHUTDOWN_GRACE_MS = 10_000;
+
+async function withDeadline(work: Promise<unknown>, ms: number, onTimeout: () => void): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  const deadline = new Promise<void>((done) => {
+    timer = setTimeout(() => {
+      onTimeout();
+      done();
+    }, ms);
+  });
+  await Promise.race([work, deadline]);
+  clearTimeout(timer);
+}
+
+/** The grpc-js server inside Nest's gRPC transport (Nest keeps it as `grpcClient`). */
+function grpcServerOf(microservice: unknown): { forceShutdown(): void; http2Servers?: Map<unknown, unknown> } | undefined {
+  return (microservice as { serverInstance?: { grpcClient?: { forceShutdown(): void } } }).serverInstance?.grpcClient;
+}
+
+function forceShutdownGrpc(microservice: unknown): void {
+  grpcServerOf(microservice)?.forceShutdown();
+}
+
+/** With port 0 (tests), the port the OS chose. */
+function boundGrpcPort(microservice: unknown): number {
+  const server = grpcServerOf(microservice) as { http2Servers?: Map<{ address(): { port: number } }, unknown> } | undefined;
+  for (const http2Server of server?.http2Servers?.keys() ?? []) return http2Server.address().port;
+  throw new Error('gRPC server has no bound port');
 }
 
 export type { INestApplication };

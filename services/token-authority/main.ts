@@ -13,7 +13,16 @@ async function main(): Promise<void> {
     }
     throw error;
   }
-  await startTokenAuthority(config);
+  const authority = await startTokenAuthority(config);
+  // SIGTERM (docker stop, Kubernetes): finish calls in flight, then exit.
+  for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+    process.once(signal, () => {
+      authority.close().then(
+        () => process.exit(0),
+        () => process.exit(1),
+      );
+    });
+  }
 }
 
 main().catch((error: unknown) => {

@@ -1,6 +1,8 @@
 import { ArgumentsHost, Catch, ExceptionFilter, HttpException, Logger } from '@nestjs/common';
 import type { FastifyReply } from 'fastify';
+import { throwError, type Observable } from 'rxjs';
 import { AdminError, OAuthError } from '../../libs/core/errors';
+import { toGrpcError } from './grpc-errors';
 
 const ADMIN_ERROR_CODES = { 400: 'invalid_request', 404: 'not_found', 409: 'conflict' } as const;
 
@@ -14,14 +16,20 @@ const FASTIFY_MESSAGES: Record<string, string> = {
 };
 
 /**
- * The one place HTTP errors are written: OAuth2 errors as RFC 6749 §5.2 JSON, admin errors
- * with details, anything else as a JSON 4xx (framework) or a logged 500 that reveals nothing.
+ * The one place errors leave the token authority. Over HTTP: OAuth2 errors as RFC 6749 §5.2
+ * JSON, admin errors with details, anything else as a JSON 4xx (framework) or a logged 500 that
+ * reveals nothing. Over gRPC: the status mapping of grpc-errors.ts.
  */
 @Catch()
-export class HttpErrorFilter implements ExceptionFilter {
-  private readonly logger = new Logger('HttpError');
+export class ErrorFilter implements ExceptionFilter {
+  private readonly logger = new Logger('Errors');
 
-  catch(exception: unknown, host: ArgumentsHost): void {
+  catch(exception: unknown, host: ArgumentsHost): void | Observable<never> {
+    if (host.getType() === 'rpc') {
+      const grpcError = toGrpcError(exception);
+      if (grpcError.details === 'internal error') this.logger.error(exception instanceof Error ? exception.stack ?? exception.message : String(exception));
+      return throwError(() => grpcError);
+    }
     const reply = host.switchToHttp().getResponse<FastifyReply>();
     reply.header('cache-control', 'no-store');
     if (exception instanceof OAuthError) {

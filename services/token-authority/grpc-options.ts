@@ -1,0 +1,64 @@
+import { ReflectionService } from '@grpc/reflection';
+import type { Server } from '@grpc/grpc-js';
+import { loadSync, type Options as LoaderOptions } from '@grpc/proto-loader';
+import { Transport, type GrpcOptions } from '@nestjs/microservices';
+import { HealthImplementation, protoPath as HEALTH_PROTO } from 'grpc-health-check';
+import path from 'node:path';
+import type { AuthorityConfig } from '../../libs/core/config';
+
+export const PROTO_ROOT = path.resolve(__dirname, '../../../proto');
+export const TOKEN_AUTHORITY_PROTO = 'token_authority/v1/token_authority.proto';
+export const TOKEN_AUTHORITY_PACKAGE = 'token_authority.v1';
+export const TOKEN_AUTHORITY_SERVICE = 'token_authority.v1.TokenAuthority';
+
+/** One set of loader options for the server, the clients in tests and the shipped example client. */
+export const LOADER_OPTIONS: LoaderOptions = {
+  keepCase: true,
+  longs: Number,
+  enums: String,
+  defaults: false,
+  oneofs: true,
+  includeDirs: [PROTO_ROOT],
+};
+
+/** Largest request message: far below grpc-js's 4 MiB, like the REST body limit. */
+export const MAX_MESSAGE_BYTES = 64 * 1024;
+
+/**
+ * The gRPC transport of the token authority, shared by main and the tests (as in Nest's
+ * sample/04-grpc). Health and reflection are added when the package definition is loaded.
+ */
+export function tokenAuthorityGrpcOptions(config: AuthorityConfig, health: HealthImplementation): GrpcOptions {
+  return {
+    transport: Transport.GRPC,
+    options: {
+      package: TOKEN_AUTHORITY_PACKAGE,
+      protoPath: path.join(PROTO_ROOT, TOKEN_AUTHORITY_PROTO),
+      url: `${config.grpc.host.includes(':') ? `[${config.grpc.host}]` : config.grpc.host}:${config.grpc.port}`,
+      loader: LOADER_OPTIONS,
+      maxReceiveMessageLength: MAX_MESSAGE_BYTES,
+      maxSendMessageLength: 4 * 1024 * 1024,
+      gracefulShutdown: true,
+      channelOptions: {
+        // Ping idle clients so dead peers are noticed; accept client pings no more than every 10 s.
+        'grpc.keepalive_time_ms': 60_000,
+        'grpc.keepalive_timeout_ms': 20_000,
+        'grpc.keepalive_permit_without_calls': 1,
+        'grpc.http2.min_ping_interval_without_data_ms': 10_000,
+        // Reconnect clients now and then so load spreads over new replicas.
+        'grpc.max_connection_age_ms': 30 * 60_000,
+        'grpc.max_connection_age_grace_ms': 30_000,
+        'grpc.max_concurrent_streams': 1000,
+      },
+      onLoadPackageDefinition: (packageDefinition, server) => {
+        const healthDefinition = loadSync(HEALTH_PROTO, LOADER_OPTIONS);
+        health.addToServer(server as unknown as Server);
+        new ReflectionService({ ...packageDefinition, ...healthDefinition }).addToServer(server as unknown as Server);
+      },
+    },
+  };
+}
+
+export function createHealth(): HealthImplementation {
+  return new HealthImplementation({ '': 'NOT_SERVING', [TOKEN_AUTHORITY_SERVICE]: 'NOT_SERVING' });
+}

@@ -1,0 +1,58 @@
+import type { Metadata } from '@grpc/grpc-js';
+import { Controller, Inject } from '@nestjs/common';
+import { GrpcMethod } from '@nestjs/microservices';
+import type { Authority } from '../../libs/core/authority';
+import { normalizeParams, type OAuthParams } from '../../libs/core/params';
+import { AUTHORITY } from './authority.provider';
+
+interface ClientCredentials {
+  client_id?: string;
+  client_secret?: string;
+}
+
+/**
+ * gRPC face of the OAuth endpoints (token_authority.v1.TokenAuthority). Each method turns its
+ * message into the same parameters the REST face passes, so both run the same core code.
+ */
+@Controller()
+export class TokenAuthorityGrpcController {
+  constructor(@Inject(AUTHORITY) private readonly authority: Authority) {}
+
+  @GrpcMethod('TokenAuthority', 'IssueToken')
+  issueToken(request: { grant_type?: string; client?: ClientCredentials; scope?: string; audience?: string; resource?: string }, metadata: Metadata) {
+    const params = toParams({ grant_type: request.grant_type, scope: request.scope, audience: request.audience, resource: request.resource }, request.client);
+    return this.authority.tokens.issueToken({ params, authorization: authorizationOf(metadata) }).then((response) => ({ ...response, scope: response.scope ?? '' }));
+  }
+
+  @GrpcMethod('TokenAuthority', 'IntrospectToken')
+  introspectToken(request: { token?: string; token_type_hint?: string; client?: ClientCredentials }, metadata: Metadata) {
+    const params = toParams({ token: request.token, token_type_hint: request.token_type_hint }, request.client);
+    return this.authority.tokens.introspect({ params, authorization: authorizationOf(metadata) }).then((response) => {
+      if (!response.active) return { active: false };
+      const { clientName, ...claims } = response;
+      return { ...claims, client_name: clientName };
+    });
+  }
+
+  @GrpcMethod('TokenAuthority', 'GetJwks')
+  getJwks() {
+    return this.authority.keyRing.jwks();
+  }
+
+  @GrpcMethod('TokenAuthority', 'RevokeToken')
+  async revokeToken(request: { token?: string; token_type_hint?: string; client?: ClientCredentials }, metadata: Metadata) {
+    const params = toParams({ token: request.token, token_type_hint: request.token_type_hint }, request.client);
+    await this.authority.tokens.revoke({ params, authorization: authorizationOf(metadata) });
+    return {};
+  }
+}
+
+/** Message fields to OAuth2 parameters: unset fields are absent, as in a form that omits them. */
+function toParams(fields: Record<string, string | undefined>, client: ClientCredentials | undefined): OAuthParams {
+  return normalizeParams({ ...fields, client_id: client?.client_id, client_secret: client?.client_secret });
+}
+
+function authorizationOf(metadata: Metadata): string | undefined {
+  const [value] = metadata.get('authorization');
+  return typeof value === 'string' ? value : undefined;
+}
