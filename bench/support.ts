@@ -1,5 +1,5 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -44,20 +44,21 @@ export async function spawnNode(script: string, env: Record<string, string>, por
   };
 }
 
-export async function startAuthorityProcess(extraEnv: Record<string, string> = {}): Promise<Spawned & { adminToken: string }> {
+export async function startAuthorityProcess(extraEnv: Record<string, string> = {}): Promise<Spawned & { adminToken: string; grpcAddress: string }> {
   const port = await freePort();
+  const grpcPort = await freePort();
   const adminToken = 'bench-admin-token-0123456789';
   const spawned = await spawnNode('../services/token-authority/main.js', {
     DATA_DIR: mkdtempSync(join(tmpdir(), 'ta-bench-')),
     HTTP_HOST: '127.0.0.1',
     HTTP_PORT: String(port),
     GRPC_HOST: '127.0.0.1',
-    GRPC_PORT: String(await freePort()),
+    GRPC_PORT: String(grpcPort),
     ADMIN_TOKEN: adminToken,
     LOG_LEVEL: 'warn',
     ...extraEnv,
   }, port, '/.well-known/otoroshi/oauth/jwks.json');
-  return { ...spawned, adminToken };
+  return { ...spawned, adminToken, grpcAddress: `127.0.0.1:${grpcPort}` };
 }
 
 export async function adminPost(base: { url: string; adminToken: string }, path: string, body: unknown): Promise<any> {
@@ -104,4 +105,52 @@ export function wrk(url: string, options: { connections: number; method?: string
 export function formatRow(name: string, result: LoadResult, reference?: { name: string; value: number }): string {
   const ratio = reference ? `  ${((result.requestsPerSecond / reference.value) * 100).toFixed(0)}% of ${reference.name}` : '';
   return `${name.padEnd(44)} ${result.requestsPerSecond.toFixed(0).padStart(7)} req/s  p50 ${result.p50Ms.toFixed(2)} ms  p99 ${result.p99Ms.toFixed(2)} ms  errors ${result.errors}${ratio}`;
+}
+
+/** A gRPC request as it travels: 1 byte "not compressed", 4 bytes length, the message. */
+export function grpcFrame(message: Buffer): Buffer {
+  const header = Buffer.alloc(5);
+  header.writeUInt32BE(message.length, 1);
+  return Buffer.concat([header, message]);
+}
+
+/** Sends one framed gRPC request over HTTP/2 and returns its grpc-status, to check a payload before loading a server with it. */
+export async function grpcStatusOf(address: string, path: string, frame: Buffer, headers: Record<string, string> = {}): Promise<number> {
+  const { connect } = await import('node:http2');
+  const session = connect(`http://${address}`);
+  try {
+    return await new Promise<number>((resolve, reject) => {
+      const stream = session.request({ ':method': 'POST', ':path': path, 'content-type': 'application/grpc', te: 'trailers', ...headers });
+      stream.on('response', (responseHeaders) => responseHeaders['grpc-status'] !== undefined && resolve(Number(responseHeaders['grpc-status'])));
+      stream.on('trailers', (trailers) => resolve(Number(trailers['grpc-status'])));
+      stream.on('error', reject);
+      stream.resume();
+      stream.end(frame);
+    });
+  } finally {
+    session.close();
+  }
+}
+
+/**
+ * h2load (Debian's nghttp2-client) replaying one pre-serialized gRPC request: the load tool
+ * costs little, so the server is what is measured. Latency percentiles come from its log file.
+ */
+export function h2loadGrpc(address: string, path: string, frame: Buffer, options: { clients: number; streams: number; headers?: Record<string, string> }): LoadResult {
+  const dir = mkdtempSync(join(tmpdir(), 'h2load-'));
+  const dataFile = join(dir, 'request.bin');
+  const logFile = join(dir, 'log.tsv');
+  writeFileSync(dataFile, frame);
+  const headerArgs = Object.entries({ 'content-type': 'application/grpc', te: 'trailers', ...options.headers }).flatMap(([name, value]) => ['-H', `${name}: ${value}`]);
+  const result = spawnSync('h2load', [`-c${options.clients}`, `-m${options.streams}`, `-D${DURATION_SECONDS}`, '--warm-up-time=1', '-d', dataFile, '--log-file', logFile, ...headerArgs, `http://${address}${path}`], {
+    encoding: 'utf8',
+    timeout: (DURATION_SECONDS + 30) * 1000,
+  });
+  if (result.status !== 0) throw new Error(`h2load failed: ${result.stderr || result.stdout || result.error}`);
+  const requestsPerSecond = Number(/finished in [^,]+, ([\d.]+) req\/s/.exec(result.stdout)?.[1]);
+  const failed = Number(/(\d+) failed/.exec(result.stdout)?.[1] ?? 0) + Number(/(\d+) errored/.exec(result.stdout)?.[1] ?? 0);
+  // Log lines: start time (µs), HTTP status, duration (µs).
+  const durations = readFileSync(logFile, 'utf8').trim().split('\n').map((line) => Number(line.split('\t')[2]) / 1000).sort((a, b) => a - b);
+  const percentile = (p: number) => durations[Math.min(durations.length - 1, Math.floor((p / 100) * durations.length))] ?? Number.NaN;
+  return { requestsPerSecond, p50Ms: percentile(50), p99Ms: percentile(99), errors: failed };
 }
