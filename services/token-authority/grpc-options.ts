@@ -1,12 +1,14 @@
-import { ReflectionService } from '@grpc/reflection';
 import type { Server } from '@grpc/grpc-js';
-import { loadSync, type Options as LoaderOptions } from '@grpc/proto-loader';
+import type { Options as LoaderOptions } from '@grpc/proto-loader';
 import { Transport, type GrpcOptions } from '@nestjs/microservices';
-import { HealthImplementation, protoPath as HEALTH_PROTO } from 'grpc-health-check';
+import { HealthImplementation } from 'grpc-health-check';
+import { addReflection, DescriptorIndex } from '../../libs/grpc/reflection';
 import path from 'node:path';
 import type { AuthorityConfig } from '../../libs/core/config';
 
 export const PROTO_ROOT = path.resolve(__dirname, '../../../proto');
+/** Descriptor sets built by `npm run build` (buf) from proto/ and the health proto. */
+export const DESCRIPTOR_SETS = ['token_authority.binpb', 'health.binpb'].map((file) => path.resolve(__dirname, '../../proto', file));
 export const TOKEN_AUTHORITY_PROTO = 'token_authority/v1/token_authority.proto';
 export const TOKEN_AUTHORITY_PACKAGE = 'token_authority.v1';
 export const TOKEN_AUTHORITY_SERVICE = 'token_authority.v1.TokenAuthority';
@@ -50,10 +52,9 @@ export function tokenAuthorityGrpcOptions(config: AuthorityConfig, health: Healt
         'grpc.max_connection_age_grace_ms': 30_000,
         'grpc.max_concurrent_streams': 1000,
       },
-      onLoadPackageDefinition: (packageDefinition, server) => {
-        const healthDefinition = loadSync(HEALTH_PROTO, LOADER_OPTIONS);
+      onLoadPackageDefinition: (_packageDefinition, server) => {
         health.addToServer(server as unknown as Server);
-        new ReflectionService({ ...packageDefinition, ...healthDefinition }).addToServer(server as unknown as Server);
+        addReflection(server as unknown as Server, new DescriptorIndex(DESCRIPTOR_SETS));
       },
     },
   };
