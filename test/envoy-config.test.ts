@@ -198,10 +198,11 @@ describe('the authorization contract of envoy-http.yaml', () => {
   const settings = httpFilter(config, 'envoy.filters.http.ext_authz').typed_config;
   const exactNames = (matcher: Yaml): string[] => matcher.patterns.map((pattern: Yaml) => pattern.exact);
 
-  it('asks ext-authz over HTTP with the "foo" policy in x-authz-policy, failing closed', () => {
+  it('asks ext-authz over HTTP with the "foo" policy as path prefix, failing closed', () => {
     assert.equal(settings.grpc_service, undefined);
     assert.deepEqual(settings.http_service.server_uri, { uri: 'http://ext-authz:9192', cluster: 'ext_authz_http', timeout: '0.25s' });
-    assert.deepEqual(settings.http_service.authorization_request.headers_to_add, [{ key: 'x-authz-policy', value: 'foo' }]);
+    assert.equal(settings.http_service.path_prefix, '/authz/foo');
+    assert.equal(settings.http_service.authorization_request, undefined, 'no client-influenced policy header');
     assert.equal(settings.failure_mode_allow, false);
   });
 

@@ -1,4 +1,5 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
+import { DataPlaneFeed } from './data-plane';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { isAbsolute, join, resolve } from 'node:path';
 import { AdminService } from './admin-service';
@@ -22,12 +23,22 @@ export interface Authority {
   keyRing: KeyRing;
   tokens: TokenService;
   admin: AdminService;
+  /** The state data planes replicate, kept current. */
+  dataPlane: DataPlaneFeed;
   /** Whether an `Authorization` header carries the admin bearer token. */
   isAdmin(authorization: string | undefined): boolean;
+  /** Whether it carries a token that may Watch (the data plane token or the admin token). */
+  isDataPlane(authorization: string | undefined): boolean;
   close(): Promise<void>;
 }
 
 const sha256 = (value: string) => createHash('sha256').update(value, 'utf8').digest();
+
+/** Constant-time check of `Authorization: Bearer <token>` against a token's SHA-256. */
+function bearerMatches(authorization: string | undefined, expectedHash: Buffer | undefined): boolean {
+  const match = /^Bearer (.+)$/i.exec(authorization ?? '');
+  return expectedHash !== undefined && match !== null && timingSafeEqual(sha256(match[1].trim()), expectedHash);
+}
 
 export function storePath(config: AuthorityConfig): string {
   return isAbsolute(config.store.path) ? config.store.path : resolve(config.dataDir, config.store.path);
@@ -74,6 +85,8 @@ export async function createAuthority(config: AuthorityConfig, log: AuthorityLog
   await keyRing.reload();
   const tokens = new TokenService(config, authorityStore, keyRing);
   const adminHash = options.adminApi === false ? undefined : adminTokenHash(config, log);
+  const dataPlaneHash = config.dataPlaneToken ? sha256(config.dataPlaneToken) : undefined;
+  const dataPlane = new DataPlaneFeed(authorityStore, keyRing, config.issuer, (error) => log.warn(`data plane state rebuild failed: ${error.message}`));
 
   const purge = () => authorityStore.revocations.purgeExpired(Date.now()).catch(() => 0);
   await purge();
@@ -88,12 +101,12 @@ export async function createAuthority(config: AuthorityConfig, log: AuthorityLog
     keyRing,
     tokens,
     admin,
-    isAdmin(authorization) {
-      const match = /^Bearer (.+)$/i.exec(authorization ?? '');
-      return adminHash !== undefined && match !== null && timingSafeEqual(sha256(match[1].trim()), adminHash);
-    },
+    dataPlane,
+    isAdmin: (authorization) => bearerMatches(authorization, adminHash),
+    isDataPlane: (authorization) => bearerMatches(authorization, adminHash) || bearerMatches(authorization, dataPlaneHash),
     async close() {
       timers.forEach(clearInterval);
+      dataPlane.close();
       await authorityStore.close();
     },
   };

@@ -1,6 +1,6 @@
 import { invalidClient, invalidRequest } from './errors';
 import { verifySecret } from './crypto/secret-hash';
-import { isApiKeyUsable, type ApiKeyRecord } from './model';
+import { activeSecretHashes, isApiKeyUsable, type ApiKeyRecord } from './model';
 import type { OAuthParams } from './params';
 import type { ApiKeyRepository } from './store/repositories';
 
@@ -60,11 +60,7 @@ export async function authenticateClient(
   if (!credentials) throw invalidClient(false);
   const usedBasic = credentials.method === 'client_secret_basic';
   const apiKey = credentials.clientId ? await apiKeys.get(credentials.clientId) : undefined;
-  const hashes: string[] = [];
-  if (apiKey) {
-    hashes.push(apiKey.secretHash);
-    if (apiKey.previousSecretHash && (apiKey.previousSecretValidUntil ?? 0) > now) hashes.push(apiKey.previousSecretHash);
-  }
+  const hashes = apiKey ? activeSecretHashes(apiKey, now).map((secret) => secret.hash) : [];
   const secretMatches = await verifySecret(credentials.clientSecret, hashes);
   if (!apiKey || !secretMatches || !isApiKeyUsable(apiKey, now)) throw invalidClient(usedBasic);
   return apiKey;

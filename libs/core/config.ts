@@ -56,6 +56,8 @@ export const authorityConfigSchema = z
     dataDir: z.string().min(1).default('data'),
     /** Bearer token of the admin API; generated on first start when unset. */
     adminToken: z.string().min(16, 'must be at least 16 characters').optional(),
+    /** Bearer token with which data planes (ext-authz) may Watch; the admin token works too. */
+    dataPlaneToken: z.string().min(16, 'must be at least 16 characters').optional(),
     log: z
       .object({
         level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
@@ -87,6 +89,7 @@ export const AUTHORITY_ENV_OVERRIDES = {
   STORE_PATH: 'store.path',
   DATA_DIR: 'dataDir',
   ADMIN_TOKEN: 'adminToken',
+  DATA_PLANE_TOKEN: 'dataPlaneToken',
   LOG_LEVEL: 'log.level',
   LOG_REQUESTS: 'log.requests',
 } as const;

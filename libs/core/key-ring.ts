@@ -76,12 +76,16 @@ export class KeyRing {
     return this.signerByPair.get(keyPairId)?.algorithm;
   }
 
-  /** Every public key that can still verify a live token. */
-  jwks(): { keys: PublicJwk[] } {
+  /** Every key that can still verify a live token, with the end of its window when retired. */
+  verificationKeys(): { jwk: PublicJwk; verifyUntil?: number }[] {
     const now = this.now();
-    const keys = [...this.byKid.values()]
+    return [...this.byKid.values()]
       .filter((version) => version.verifyUntil === undefined || version.verifyUntil > now)
-      .map((version) => version.jwk);
-    return { keys };
+      .map((version) => ({ jwk: version.jwk, verifyUntil: version.verifyUntil }));
+  }
+
+  /** The JWKS: every public key that can still verify a live token. */
+  jwks(): { keys: PublicJwk[] } {
+    return { keys: this.verificationKeys().map((key) => key.jwk) };
   }
 }

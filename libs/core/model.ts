@@ -19,6 +19,8 @@ export interface ApiKeyRecord {
   tags: string[];
   /** Scopes this key may ask for. */
   scope: string[];
+  /** Otoroshi's `allowClientIdOnly`: a gateway may identify the key by its client id alone. */
+  allowClientIdOnly: boolean;
   /** Otoroshi's rotation settings, in hours; `gracePeriod` is how long a replaced secret still works. */
   rotation: { enabled: boolean; rotationEvery: number; gracePeriod: number };
   throttlingQuota: number;
@@ -64,6 +66,15 @@ export const SIGN_KEYPAIR_METADATA = 'jwt-sign-keypair';
 export function grantableScopes(apiKey: ApiKeyRecord): Set<string> {
   const fromMetadata = (apiKey.metadata.scope ?? '').split(/[\s,]+/).filter(Boolean);
   return new Set([...apiKey.scope, ...fromMetadata]);
+}
+
+/** The secret hashes that authenticate at `now`: the current one, and the previous during its grace period. */
+export function activeSecretHashes(apiKey: ApiKeyRecord, now: number): { hash: string; validUntil?: number }[] {
+  const hashes: { hash: string; validUntil?: number }[] = [{ hash: apiKey.secretHash }];
+  if (apiKey.previousSecretHash && (apiKey.previousSecretValidUntil ?? 0) > now) {
+    hashes.push({ hash: apiKey.previousSecretHash, validUntil: apiKey.previousSecretValidUntil });
+  }
+  return hashes;
 }
 
 /** Whether the key may authenticate now (enabled and not past validUntil). */

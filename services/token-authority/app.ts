@@ -11,18 +11,21 @@ import { ErrorFilter } from './error-filter';
 import { OAuthEndpointGuard } from './oauth-endpoint.guard';
 import { OAuthController } from './oauth.controller';
 import { TokenAuthorityGrpcController } from './grpc.controller';
+import { HealthController } from './health.controller';
+import { WatchGrpcController, WatchStreams } from './watch.controller';
 import { createHealth, TOKEN_AUTHORITY_SERVICE, tokenAuthorityGrpcOptions } from './grpc-options';
 import type { HealthImplementation } from 'grpc-health-check';
 import { createLogger, NestPinoLogger } from '../../libs/logging';
 
 @Module({})
 class TokenAuthorityModule {
-  static forAuthority(authority: Authority): DynamicModule {
+  static forAuthority(authority: Authority, watchStreams: WatchStreams): DynamicModule {
     return {
       module: TokenAuthorityModule,
-      controllers: [OAuthController, AdminController, TokenAuthorityGrpcController],
+      controllers: [OAuthController, AdminController, HealthController, TokenAuthorityGrpcController, WatchGrpcController],
       providers: [
         { provide: AUTHORITY, useValue: authority },
+        { provide: WatchStreams, useValue: watchStreams },
         { provide: APP_FILTER, useClass: ErrorFilter },
         OAuthEndpointGuard,
         AdminTokenGuard,
@@ -57,7 +60,8 @@ export async function startTokenAuthority(config: AuthorityConfig): Promise<Toke
     connectionTimeout: 30_000,
     requestTimeout: 30_000,
   });
-  const app = await NestFactory.create<NestFastifyApplication>(TokenAuthorityModule.forAuthority(authority), adapter, {
+  const watchStreams = new WatchStreams();
+  const app = await NestFactory.create<NestFastifyApplication>(TokenAuthorityModule.forAuthority(authority, watchStreams), adapter, {
     logger: new NestPinoLogger(logger),
   });
   // Only form and JSON bodies are OAuth2 requests; anything else is refused as an unsupported type.
@@ -81,6 +85,8 @@ export async function startTokenAuthority(config: AuthorityConfig): Promise<Toke
       // Tell health checkers first, then let calls in flight finish (bounded), then release the store.
       health.setStatus('', 'NOT_SERVING');
       health.setStatus(TOKEN_AUTHORITY_SERVICE, 'NOT_SERVING');
+      // Watch streams never end by themselves: end them so data planes reconnect elsewhere.
+      watchStreams.endAll();
       await withDeadline(app.close(), SHUTDOWN_GRACE_MS, () => forceShutdownGrpc(microservice));
       await authority.close();
     })());

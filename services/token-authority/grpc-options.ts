@@ -10,6 +10,7 @@ export const PROTO_ROOT = path.resolve(__dirname, '../../../proto');
 /** Descriptor sets built by `npm run build` (buf) from proto/ and the health proto. */
 export const DESCRIPTOR_SETS = ['token_authority.binpb', 'health.binpb'].map((file) => path.resolve(__dirname, '../../proto', file));
 export const TOKEN_AUTHORITY_PROTO = 'token_authority/v1/token_authority.proto';
+export const AUTHORITY_WATCH_PROTO = 'token_authority/v1/authority_watch.proto';
 export const TOKEN_AUTHORITY_PACKAGE = 'token_authority.v1';
 export const TOKEN_AUTHORITY_SERVICE = 'token_authority.v1.TokenAuthority';
 
@@ -35,7 +36,7 @@ export function tokenAuthorityGrpcOptions(config: AuthorityConfig, health: Healt
     transport: Transport.GRPC,
     options: {
       package: TOKEN_AUTHORITY_PACKAGE,
-      protoPath: path.join(PROTO_ROOT, TOKEN_AUTHORITY_PROTO),
+      protoPath: [TOKEN_AUTHORITY_PROTO, AUTHORITY_WATCH_PROTO].map((file) => path.join(PROTO_ROOT, file)),
       url: `${config.grpc.host.includes(':') ? `[${config.grpc.host}]` : config.grpc.host}:${config.grpc.port}`,
       loader: LOADER_OPTIONS,
       maxReceiveMessageLength: MAX_MESSAGE_BYTES,

@@ -26,6 +26,8 @@ export interface KeyPairRepository {
 export interface RevocationRepository {
   revoke(jti: string, expiresAt: number): Promise<void>;
   isRevoked(jti: string): Promise<boolean>;
+  /** Revocations of tokens that have not expired at `now`. */
+  listActive(now: number): Promise<{ jti: string; expiresAt: number }[]>;
   purgeExpired(now: number): Promise<number>;
 }
 
@@ -33,5 +35,7 @@ export interface AuthorityStore {
   apiKeys: ApiKeyRepository;
   keyPairs: KeyPairRepository;
   revocations: RevocationRepository;
+  /** Calls `listener` after any change, by this process or another sharing the store. */
+  onChange(listener: () => void): () => void;
   close(): Promise<void>;
 }

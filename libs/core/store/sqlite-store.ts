@@ -21,7 +21,10 @@ const CHANGE_POLL_MS = 250;
 
 class ReadMemo {
   private readonly entries = new Map<string, unknown>();
-  constructor(private readonly max: number) {}
+  constructor(
+    private readonly max: number,
+    private readonly onClear: () => void = () => {},
+  ) {}
   get<T>(key: string, load: () => T): T {
     if (this.entries.has(key)) return this.entries.get(key) as T;
     const value = load();
@@ -31,6 +34,7 @@ class ReadMemo {
   }
   clear(): void {
     this.entries.clear();
+    this.onClear();
   }
 }
 
@@ -59,16 +63,18 @@ class DocumentTable<T> {
     return this.listStatement.all().map((row) => JSON.parse(row.doc) as T);
   }
   create(id: string, doc: T): boolean {
-    this.memo.clear();
-    return this.insertStatement.run(id, JSON.stringify(doc)).changes === 1;
+    return this.afterWrite(this.insertStatement.run(id, JSON.stringify(doc)).changes);
   }
   update(id: string, doc: T): boolean {
-    this.memo.clear();
-    return this.updateStatement.run(JSON.stringify(doc), id).changes === 1;
+    return this.afterWrite(this.updateStatement.run(JSON.stringify(doc), id).changes);
   }
   delete(id: string): boolean {
-    this.memo.clear();
-    return this.deleteStatement.run(id).changes === 1;
+    return this.afterWrite(this.deleteStatement.run(id).changes);
+  }
+  /** Clears the memo once the write is committed, so nobody reads the old row from memory. */
+  private afterWrite(changes: number): boolean {
+    if (changes > 0) this.memo.clear();
+    return changes === 1;
   }
 }
 
@@ -82,6 +88,7 @@ export class SqliteStore implements AuthorityStore {
   readonly revocations: RevocationRepository;
   private readonly db: Database.Database;
   private readonly changePoll: NodeJS.Timeout;
+  private readonly changeListeners = new Set<() => void>();
 
   constructor(path: string) {
     if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true });
@@ -91,9 +98,11 @@ export class SqliteStore implements AuthorityStore {
     this.db.pragma('busy_timeout = 5000');
     this.db.exec(SCHEMA);
 
-    const apiKeyMemo = new ReadMemo(100_000);
-    const keyPairMemo = new ReadMemo(1_000);
-    const revokedMemo = new ReadMemo(100_000);
+    // Every write clears a memo, so "a memo was cleared" is "the data changed".
+    const changed = () => this.changeListeners.forEach((listener) => listener());
+    const apiKeyMemo = new ReadMemo(100_000, changed);
+    const keyPairMemo = new ReadMemo(1_000, changed);
+    const revokedMemo = new ReadMemo(100_000, changed);
     const memos = [apiKeyMemo, keyPairMemo, revokedMemo];
     const dataVersion = this.db.prepare<[], number>('PRAGMA data_version').pluck();
     let seenVersion = dataVersion.get();
@@ -124,21 +133,29 @@ export class SqliteStore implements AuthorityStore {
     const revoke = this.db.prepare('INSERT OR IGNORE INTO revoked_tokens (jti, expires_at) VALUES (?, ?)');
     const isRevoked = this.db.prepare<[string], { found: number }>('SELECT 1 AS found FROM revoked_tokens WHERE jti = ?');
     const purge = this.db.prepare('DELETE FROM revoked_tokens WHERE expires_at <= ?');
+    const listActive = this.db.prepare<[number], { jti: string; expiresAt: number }>('SELECT jti, expires_at AS expiresAt FROM revoked_tokens WHERE expires_at > ? ORDER BY jti');
     this.revocations = {
       revoke: async (jti, expiresAt) => {
-        revokedMemo.clear();
-        revoke.run(jti, expiresAt);
+        if (revoke.run(jti, expiresAt).changes > 0) revokedMemo.clear();
       },
       isRevoked: async (jti) => revokedMemo.get(jti, () => isRevoked.get(jti) !== undefined),
+      listActive: async (now) => listActive.all(now),
       purgeExpired: async (now) => {
-        revokedMemo.clear();
-        return purge.run(now).changes;
+        const { changes } = purge.run(now);
+        if (changes > 0) revokedMemo.clear();
+        return changes;
       },
     };
   }
 
+  onChange(listener: () => void): () => void {
+    this.changeListeners.add(listener);
+    return () => this.changeListeners.delete(listener);
+  }
+
   async close(): Promise<void> {
     clearInterval(this.changePoll);
+    this.changeListeners.clear();
     if (this.db.open) this.db.close();
   }
 }

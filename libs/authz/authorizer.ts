@@ -1,0 +1,164 @@
+import { LRUCache } from 'lru-cache';
+import { verifySecret } from '../core/crypto/secret-hash';
+import { verifyJws } from '../core/crypto/jws';
+import type { DataPlaneApiKey } from '../core/data-plane';
+import type { ExtAuthzConfig, ExtractorName, RoutePolicy } from './config';
+import { deny, type Decision, type DenyReason } from './decision';
+import type { AuthorityReplica } from './replica';
+
+/** A request to authorize, as every transport can describe it. Header names are lower case. */
+export interface AuthzRequest {
+  policy: string | undefined;
+  headers: Readonly<Record<string, string | undefined>>;
+}
+
+type Credential =
+  | { kind: 'bearer'; token: string; header: 'authorization' }
+  | { kind: 'secret'; clientId: string; clientSecret: string; headers: string[]; scheme?: 'Basic' }
+  | { kind: 'clientId'; clientId: string; headers: string[] };
+
+interface VerifiedToken {
+  kid: string;
+  clientId: string;
+  jti: string;
+  exp: number;
+  nbf: number;
+  scopes: string[];
+}
+
+const BEARER = /^Bearer[ ]+([^ ]*)\s*$/i;
+const BASIC = /^Basic[ ]+([^ ]*)\s*$/i;
+const JWT_CHARACTERS = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/;
+
+/**
+ * The decision pipeline: find the policy, extract a credential, verify it against the replica,
+ * check the key's state, the route and the scopes, then say what the upstream gets. It reads
+ * memory only (a short secret's scrypt is the one asynchronous step, cached after success).
+ */
+export class Authorizer {
+  /** Successful signature checks, by token; entries never outlive the token's `exp`. */
+  private readonly verified: LRUCache<string, VerifiedToken> | undefined;
+
+  constructor(
+    private readonly config: ExtAuthzConfig,
+    private readonly replica: AuthorityReplica,
+    private readonly now: () => number = Date.now,
+  ) {
+    this.verified = config.cacheSize > 0 ? new LRUCache({ max: config.cacheSize }) : undefined;
+  }
+
+  /** Runs the pipeline; never throws for any input. */
+  async check(request: AuthzRequest): Promise<Decision> {
+    if (!this.replica.ready) return deny('not_ready');
+    const policy = request.policy === undefined ? undefined : this.config.policies[request.policy];
+    if (!policy) return deny('unknown_policy');
+    const realm = `Bearer realm="${request.policy}"`;
+    const extracted = extractCredential(policy, request.headers);
+    if (extracted === 'malformed') return deny('malformed_credential', `${realm}, error="invalid_request"`);
+    if (!extracted) return deny('no_credential', policy.extractors.includes('bearer') ? realm : `Basic realm="${request.policy}"`);
+
+    const identity = await this.identify(extracted);
+    if ('reason' in identity) {
+      const challenge = extracted.kind === 'bearer' ? `${realm}, error="invalid_token"` : extracted.kind === 'secret' && extracted.scheme ? `Basic realm="${request.policy}"` : realm;
+      return deny(identity.reason, challenge);
+    }
+    const { apiKey, scopes } = identity;
+    if (policy.authorizedEntities.length && !apiKey.authorizedEntities.some((entity) => policy.authorizedEntities.includes(entity))) {
+      return deny('not_authorized');
+    }
+    const missing = policy.requiredScopes.filter((scope) => !scopes.includes(scope));
+    if (missing.length) return deny('missing_scope', `${realm}, error="insufficient_scope", scope="${policy.requiredScopes.join(' ')}"`);
+
+    const names = this.config.identityHeaders;
+    const headersToSet: Record<string, string> = { [names.clientId]: apiKey.clientId, [names.clientName]: apiKey.clientName };
+    const headersToRemove: string[] = [];
+    if (scopes.length) headersToSet[names.scopes] = scopes.join(' ');
+    else headersToRemove.push(names.scopes);
+    if (policy.stripCredential) headersToRemove.push(...(extracted.kind === 'bearer' ? [extracted.header] : extracted.headers));
+    return { allowed: true, clientId: apiKey.clientId, headersToSet, headersToRemove };
+  }
+
+  /** Who the credential names, or why it names nobody usable. */
+  private async identify(credential: Credential): Promise<{ apiKey: DataPlaneApiKey; scopes: string[] } | { reason: DenyReason }> {
+    const now = this.now();
+    if (credential.kind === 'bearer') {
+      const token = this.verifyToken(credential.token, now);
+      if ('reason' in token) return token;
+      if (this.replica.isRevoked(token.jti)) return { reason: 'revoked' };
+      const apiKey = this.replica.apiKey(token.clientId);
+      const state = apiKeyState(apiKey, now);
+      return state ?? { apiKey: apiKey!, scopes: token.scopes };
+    }
+    const apiKey = this.replica.apiKey(credential.clientId);
+    if (credential.kind === 'clientId') {
+      if (!apiKey?.allowClientIdOnly) return { reason: 'unknown_api_key' };
+    } else {
+      const hashes = (apiKey?.secrets ?? []).filter((secret) => secret.validUntil === undefined || secret.validUntil > now).map((secret) => secret.hash);
+      // Same work for an unknown id and a wrong secret (see secret-hash.ts).
+      if (!(await verifySecret(credential.clientSecret, hashes)) || !apiKey) return { reason: 'bad_secret' };
+    }
+    return apiKeyState(apiKey, now) ?? { apiKey, scopes: apiKey.scopes };
+  }
+
+  private verifyToken(token: string, now: number): VerifiedToken | { reason: DenyReason } {
+    const nowSeconds = Math.floor(now / 1000);
+    let verified = this.verified?.get(token);
+    if (!verified) {
+      if (!JWT_CHARACTERS.test(token)) return { reason: 'malformed_credential' };
+      const result = verifyJws(token, this.replica.verificationKey);
+      if (!result.ok) return { reason: result.reason === 'malformed' ? 'malformed_credential' : result.reason === 'algorithm_mismatch' ? 'bad_signature' : result.reason };
+      const { header, claims } = result;
+      if (header.typ !== 'at+jwt' || typeof claims.client_id !== 'string' || typeof claims.jti !== 'string' || typeof claims.exp !== 'number' || typeof claims.nbf !== 'number') {
+        return { reason: 'not_access_token' };
+      }
+      if (claims.iss !== this.replica.issuer) return { reason: 'wrong_issuer' };
+      verified = {
+        clientId: claims.client_id,
+        jti: claims.jti,
+        exp: claims.exp,
+        nbf: claims.nbf,
+        scopes: typeof claims.scope === 'string' ? claims.scope.split(' ').filter(Boolean) : [],
+        kid: header.kid as string,
+      };
+      if (verified.exp > nowSeconds) this.verified?.set(token, verified, { ttl: (verified.exp - nowSeconds) * 1000 });
+    } else if (!this.replica.verificationKey(verified.kid)) {
+      // Its key was deleted or its verification window closed since it was cached.
+      return { reason: 'unknown_key' };
+    }
+    if (verified.exp <= nowSeconds) return { reason: 'expired' };
+    if (verified.nbf > nowSeconds) return { reason: 'not_yet_valid' };
+    return verified;
+  }
+}
+
+function apiKeyState(apiKey: DataPlaneApiKey | undefined, now: number): { reason: DenyReason } | undefined {
+  if (!apiKey) return { reason: 'unknown_api_key' };
+  if (!apiKey.enabled) return { reason: 'disabled_api_key' };
+  if (apiKey.validUntil !== undefined && apiKey.validUntil <= now) return { reason: 'expired_api_key' };
+  return undefined;
+}
+
+/** The first credential an enabled extractor finds, in Otoroshi's order; 'malformed' for a broken one. */
+function extractCredential(policy: RoutePolicy, headers: AuthzRequest['headers']): Credential | 'malformed' | undefined {
+  const authorization = headers.authorization?.trim();
+  const on = (name: ExtractorName) => policy.extractors.includes(name);
+  if (on('bearer') && authorization && /^bearer\b/i.test(authorization)) {
+    const match = BEARER.exec(authorization);
+    return match && match[1] ? { kind: 'bearer', token: match[1], header: 'authorization' } : 'malformed';
+  }
+  if (on('basic') && authorization && /^basic\b/i.test(authorization)) {
+    const match = BASIC.exec(authorization);
+    if (!match || !/^[A-Za-z0-9+/]+={0,2}$/.test(match[1])) return 'malformed';
+    const decoded = Buffer.from(match[1], 'base64').toString('utf8');
+    const colon = decoded.indexOf(':');
+    if (colon < 1) return 'malformed';
+    return { kind: 'secret', clientId: decoded.slice(0, colon), clientSecret: decoded.slice(colon + 1), headers: ['authorization'], scheme: 'Basic' };
+  }
+  const clientId = headers[policy.clientIdHeader];
+  const clientSecret = headers[policy.clientSecretHeader];
+  if (on('customHeaders') && clientId && clientSecret) {
+    return { kind: 'secret', clientId, clientSecret, headers: [policy.clientIdHeader, policy.clientSecretHeader] };
+  }
+  if (on('clientId') && clientId) return { kind: 'clientId', clientId, headers: [policy.clientIdHeader] };
+  return undefined;
+}

@@ -1,0 +1,76 @@
+import { z } from 'zod';
+import { booleanSetting, loadConfig, portSetting } from '../config/load-config';
+
+export const EXTRACTORS = ['bearer', 'basic', 'customHeaders', 'clientId'] as const;
+export type ExtractorName = (typeof EXTRACTORS)[number];
+
+/** A route policy: which credentials count, which API keys may pass, what the upstream gets. */
+export const policySchema = z
+  .object({
+    /** Otoroshi's Apikeys plugin extractors, tried in this order: bearer JWT, Basic, id+secret headers, id header alone. */
+    extractors: z.array(z.enum(EXTRACTORS)).min(1).default(['bearer']),
+    /** The route's identities (`route_foo`, `group_bar`): a key passes if its authorizedEntities share one. Empty: any valid key. */
+    authorizedEntities: z.array(z.string().min(1)).default([]),
+    /** Scopes the token (or the key, for non-JWT credentials) must all have. */
+    requiredScopes: z.array(z.string().min(1)).default([]),
+    /** Remove the credential before the request reaches the backend. */
+    stripCredential: booleanSetting.default(false),
+    /** Header names of the custom-header extractors (Otoroshi's defaults). */
+    clientIdHeader: z.string().min(1).default('otoroshi-client-id').transform((name) => name.toLowerCase()),
+    clientSecretHeader: z.string().min(1).default('otoroshi-client-secret').transform((name) => name.toLowerCase()),
+  })
+  .strict();
+
+export type RoutePolicy = z.infer<typeof policySchema>;
+
+export const extAuthzConfigSchema = z
+  .object({
+    grpc: z.object({ host: z.string().default('0.0.0.0'), port: portSetting.default(9191) }).prefault({}),
+    http: z.object({ host: z.string().default('0.0.0.0'), port: portSetting.default(9192) }).prefault({}),
+    authority: z
+      .object({
+        /** host:port of the token authority's gRPC face (AuthorityWatch). */
+        url: z.string().min(1).default('127.0.0.1:50051'),
+        /** Bearer token for Watch: the authority's data plane token or admin token. */
+        token: z.string().min(16, 'must be at least 16 characters').optional(),
+        /** Reconnection backoff, ms: doubles from `initialBackoff` up to `maxBackoff`, with jitter. */
+        initialBackoff: z.coerce.number().int().min(10).default(100),
+        maxBackoff: z.coerce.number().int().min(100).default(5000),
+      })
+      .prefault({}),
+    /** Identity headers set on allowed requests (they overwrite whatever the client sent). */
+    identityHeaders: z
+      .object({
+        clientId: z.string().min(1).default('x-client-id'),
+        clientName: z.string().min(1).default('x-client-name'),
+        scopes: z.string().min(1).default('x-client-scopes'),
+      })
+      .prefault({}),
+    /** Route policies by name: Envoy's context_extensions `route`, or the HTTP mode's path. */
+    policies: z.record(z.string().regex(/^[A-Za-z0-9._-]+$/, 'policy names use A-Z a-z 0-9 . _ -'), policySchema).default({}),
+    /** Bound of the verified-token cache. */
+    cacheSize: z.coerce.number().int().min(0).default(100_000),
+    log: z.object({ level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info') }).prefault({}),
+  })
+  .strict();
+
+export type ExtAuthzConfig = z.infer<typeof extAuthzConfigSchema>;
+
+export const EXT_AUTHZ_ENV_OVERRIDES = {
+  GRPC_HOST: 'grpc.host',
+  GRPC_PORT: 'grpc.port',
+  HTTP_HOST: 'http.host',
+  HTTP_PORT: 'http.port',
+  AUTHORITY_GRPC_URL: 'authority.url',
+  AUTHORITY_TOKEN: 'authority.token',
+  LOG_LEVEL: 'log.level',
+} as const;
+
+export function loadExtAuthzConfig(env: NodeJS.ProcessEnv = process.env): ExtAuthzConfig {
+  return loadConfig(extAuthzConfigSchema, {
+    file: env.CONFIG_FILE ?? 'config/ext-authz.yaml',
+    env,
+    overrides: EXT_AUTHZ_ENV_OVERRIDES,
+    required: env.CONFIG_FILE !== undefined,
+  });
+}

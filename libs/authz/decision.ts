@@ -1,0 +1,74 @@
+/**
+ * What ext-authz answers, independent of transport: Envoy gRPC, Envoy/nginx HTTP. Deny reasons
+ * double as metric labels; the table below is the one place their status and message are set.
+ */
+export type DenyReason =
+  | 'not_ready'
+  | 'unknown_policy'
+  | 'no_credential'
+  | 'malformed_credential'
+  | 'bad_signature'
+  | 'unknown_key'
+  | 'not_access_token'
+  | 'wrong_issuer'
+  | 'expired'
+  | 'not_yet_valid'
+  | 'revoked'
+  | 'unknown_api_key'
+  | 'disabled_api_key'
+  | 'expired_api_key'
+  | 'bad_secret'
+  | 'not_authorized'
+  | 'missing_scope';
+
+/** Otoroshi's error messages where it has one, a more precise one where that helps the caller. */
+export const DENIALS: Record<DenyReason, { status: 401 | 403 | 503; message: string }> = {
+  not_ready: { status: 503, message: 'Authorization service is starting' },
+  unknown_policy: { status: 403, message: 'No authorization policy for this route' },
+  no_credential: { status: 401, message: 'No ApiKey provided' },
+  malformed_credential: { status: 401, message: 'Bad ApiKey' },
+  bad_signature: { status: 401, message: 'Bad ApiKey' },
+  unknown_key: { status: 401, message: 'Bad ApiKey' },
+  not_access_token: { status: 401, message: 'Bad ApiKey' },
+  wrong_issuer: { status: 401, message: 'Bad ApiKey' },
+  expired: { status: 401, message: 'Token expired' },
+  not_yet_valid: { status: 401, message: 'Token not yet valid' },
+  revoked: { status: 401, message: 'Token revoked' },
+  unknown_api_key: { status: 401, message: 'Bad ApiKey' },
+  disabled_api_key: { status: 401, message: 'ApiKey disabled' },
+  expired_api_key: { status: 401, message: 'ApiKey expired' },
+  bad_secret: { status: 401, message: 'Bad ApiKey' },
+  not_authorized: { status: 403, message: 'ApiKey not authorized on this route' },
+  missing_scope: { status: 403, message: 'ApiKey lacks a required scope' },
+};
+
+export interface Allow {
+  allowed: true;
+  clientId: string;
+  /** Headers for the upstream; each overwrites a header of that name the client sent. */
+  headersToSet: Record<string, string>;
+  /** Headers to remove before the upstream (spoofed identity headers, a stripped credential). */
+  headersToRemove: string[];
+}
+
+export interface Deny {
+  allowed: false;
+  reason: DenyReason;
+  status: 401 | 403 | 503;
+  /** Otoroshi's body: {"Otoroshi-Error": message}. */
+  message: string;
+  /** RFC 6750 / RFC 7617 challenge, on 401 and on insufficient scope. */
+  wwwAuthenticate?: string;
+}
+
+export type Decision = Allow | Deny;
+
+export function deny(reason: DenyReason, challenge?: string): Deny {
+  const { status, message } = DENIALS[reason];
+  return { allowed: false, reason, status, message, wwwAuthenticate: challenge };
+}
+
+/** The JSON body of a denial, as Otoroshi writes it. */
+export function denialBody(decision: Deny): string {
+  return JSON.stringify({ 'Otoroshi-Error': decision.message });
+}

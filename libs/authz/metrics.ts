@@ -1,0 +1,59 @@
+import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
+import type { Decision } from './decision';
+import type { AuthorityReplica } from './replica';
+
+/** Prometheus metrics of ext-authz (prom-client), one registry per instance. */
+export class AuthzMetrics {
+  readonly registry = new Registry();
+  private readonly decisions: Counter<'mode' | 'policy' | 'decision' | 'reason'>;
+
+  constructor(replica: AuthorityReplica, watch: { reconnects: number }) {
+    collectDefaultMetrics({ register: this.registry, prefix: 'ext_authz_' });
+    this.decisions = new Counter({
+      name: 'ext_authz_decisions_total',
+      help: 'Authorization decisions, by transport, policy, outcome and deny reason.',
+      labelNames: ['mode', 'policy', 'decision', 'reason'],
+      registers: [this.registry],
+    });
+    new Gauge({
+      name: 'ext_authz_authority_connected',
+      help: '1 while the Watch stream to the token authority is up.',
+      registers: [this.registry],
+      collect() {
+        this.set(replica.status === 'synced' ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: 'ext_authz_replica_age_seconds',
+      help: 'Seconds since the last state received from the authority (-1 before the first).',
+      registers: [this.registry],
+      collect() {
+        this.set(replica.lastUpdateAt === undefined ? -1 : (Date.now() - replica.lastUpdateAt) / 1000);
+      },
+    });
+    new Gauge({
+      name: 'ext_authz_replica_objects',
+      help: 'Objects in the replica of the authority state.',
+      labelNames: ['kind'],
+      registers: [this.registry],
+      collect() {
+        const counts = replica.counts;
+        this.set({ kind: 'keys' }, counts.keys);
+        this.set({ kind: 'api_keys' }, counts.apiKeys);
+        this.set({ kind: 'revoked_tokens' }, counts.revokedTokens);
+      },
+    });
+    new Gauge({
+      name: 'ext_authz_authority_reconnects',
+      help: 'Reconnections of the Watch stream since start.',
+      registers: [this.registry],
+      collect() {
+        this.set(watch.reconnects);
+      },
+    });
+  }
+
+  record(mode: 'grpc' | 'http', policy: string | undefined, decision: Decision): void {
+    this.decisions.inc({ mode, policy: policy ?? '', decision: decision.allowed ? 'allow' : 'deny', reason: decision.allowed ? 'ok' : decision.reason });
+  }
+}

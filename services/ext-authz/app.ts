@@ -1,0 +1,109 @@
+import 'reflect-metadata';
+import { Server, ServerCredentials } from '@grpc/grpc-js';
+import { Module, type DynamicModule } from '@nestjs/common';
+import { NestFactory } from '@nestjs/core';
+import { FastifyAdapter, type NestFastifyApplication } from '@nestjs/platform-fastify';
+import { HealthImplementation } from 'grpc-health-check';
+import { hostname } from 'node:os';
+import { Authorizer } from '../../libs/authz/authorizer';
+import type { ExtAuthzConfig } from '../../libs/authz/config';
+import { AuthzMetrics } from '../../libs/authz/metrics';
+import { AuthorityReplica } from '../../libs/authz/replica';
+import { createLogger, NestPinoLogger } from '../../libs/logging';
+import { AuthorityWatchClient } from './authority-watch';
+import { addCheckService } from './envoy-check';
+import { EXT_AUTHZ, type ExtAuthz } from './ext-authz.provider';
+import { HttpModeController } from './http-mode.controller';
+
+export const AUTHORIZATION_SERVICE = 'envoy.service.auth.v3.Authorization';
+const SHUTDOWN_GRACE_MS = 5_000;
+
+@Module({})
+class ExtAuthzModule {
+  static forCore(core: ExtAuthz): DynamicModule {
+    return { module: ExtAuthzModule, controllers: [HttpModeController], providers: [{ provide: EXT_AUTHZ, useValue: core }] };
+  }
+}
+
+export interface ExtAuthzApp extends ExtAuthz {
+  /** host:port of Envoy's gRPC Check. */
+  grpcAddress: string;
+  /** Base URL of the HTTP mode, /health and /metrics. */
+  url: string;
+  health: HealthImplementation;
+  close(): Promise<void>;
+}
+
+const displayHost = (host: string) => (host === '0.0.0.0' || host === '::' ? '127.0.0.1' : host);
+
+/** Wires the core, connects to the authority, serves Check over gRPC and the HTTP mode. */
+export async function startExtAuthz(config: ExtAuthzConfig): Promise<ExtAuthzApp> {
+  const logger = createLogger('ext-authz', config.log.level);
+  const replica = new AuthorityReplica();
+  const watch = new AuthorityWatchClient(config, replica, logger, `ext-authz@${hostname()}:${process.pid}`);
+  const authorizer = new Authorizer(config, replica);
+  const metrics = new AuthzMetrics(replica, watch);
+  const core: ExtAuthz = { authorizer, replica, metrics, watch };
+
+  // Health: SERVING once a state is loaded, and through authority outages (decisions go on).
+  const health = new HealthImplementation({ '': 'NOT_SERVING', [AUTHORIZATION_SERVICE]: 'NOT_SERVING' });
+  replica.onUpdate(() => {
+    health.setStatus('', 'SERVING');
+    health.setStatus(AUTHORIZATION_SERVICE, 'SERVING');
+  });
+
+  const grpcServer = new Server({
+    'grpc.max_receive_message_length': 1024 * 1024,
+    'grpc.keepalive_time_ms': 60_000,
+    'grpc.keepalive_timeout_ms': 20_000,
+    'grpc.keepalive_permit_without_calls': 1,
+    'grpc.http2.min_ping_interval_without_data_ms': 10_000,
+    'grpc.max_concurrent_streams': 10_000,
+  });
+  addCheckService(grpcServer, authorizer, (decision, policy) => metrics.record('grpc', policy, decision));
+  health.addToServer(grpcServer);
+  const grpcPort = await new Promise<number>((resolve, reject) =>
+    grpcServer.bindAsync(`${config.grpc.host.includes(':') ? `[${config.grpc.host}]` : config.grpc.host}:${config.grpc.port}`, ServerCredentials.createInsecure(), (error, port) => (error ? reject(error) : resolve(port))),
+  );
+
+  const adapter = new FastifyAdapter({ connectionTimeout: 30_000, requestTimeout: 30_000, bodyLimit: 1024 * 1024 });
+  // Proxies ask with the client's headers and no body worth reading: never parse one.
+  adapter.getInstance().removeAllContentTypeParsers();
+  adapter.getInstance().addContentTypeParser('*', (_request, payload, done) => {
+    payload.resume();
+    payload.on('end', () => done(null, undefined));
+    payload.on('error', (error) => done(error, undefined));
+  });
+  const app = await NestFactory.create<NestFastifyApplication>(ExtAuthzModule.forCore(core), adapter, { logger: new NestPinoLogger(logger), bodyParser: false });
+  await app.listen(config.http.port, config.http.host);
+  const address = app.getHttpServer().address();
+  const httpPort = typeof address === 'object' && address ? address.port : config.http.port;
+
+  watch.start();
+  logger.info({ grpcPort, httpPort, authority: config.authority.url, policies: Object.keys(config.policies) }, 'ext-authz listening');
+
+  let closing: Promise<void> | undefined;
+  return {
+    ...core,
+    health,
+    grpcAddress: `${displayHost(config.grpc.host)}:${grpcPort}`,
+    url: `http://${displayHost(config.http.host)}:${httpPort}`,
+    close: () =>
+      (closing ??= (async () => {
+        health.setStatus('', 'NOT_SERVING');
+        health.setStatus(AUTHORIZATION_SERVICE, 'NOT_SERVING');
+        watch.stop();
+        await new Promise<void>((resolve) => {
+          const force = setTimeout(() => {
+            grpcServer.forceShutdown();
+            resolve();
+          }, SHUTDOWN_GRACE_MS);
+          grpcServer.tryShutdown(() => {
+            clearTimeout(force);
+            resolve();
+          });
+        });
+        await app.close();
+      })()),
+  };
+}

@@ -1,0 +1,13 @@
+import type { Authorizer } from '../../libs/authz/authorizer';
+import type { AuthzMetrics } from '../../libs/authz/metrics';
+import type { AuthorityReplica } from '../../libs/authz/replica';
+
+/** Nest injection token of the wired ext-authz core. */
+export const EXT_AUTHZ = 'EXT_AUTHZ';
+
+export interface ExtAuthz {
+  authorizer: Authorizer;
+  replica: AuthorityReplica;
+  metrics: AuthzMetrics;
+  watch: { reconnects: number };
+}

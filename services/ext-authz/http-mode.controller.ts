@@ -1,0 +1,55 @@
+import { All, Controller, Get, Header, Inject, Param, Req, Res } from '@nestjs/common';
+import type { FastifyReply, FastifyRequest } from 'fastify';
+import { denialBody } from '../../libs/authz/decision';
+import { EXT_AUTHZ, type ExtAuthz } from './ext-authz.provider';
+
+/**
+ * HTTP mode, for Envoy's http_service (path_prefix /authz/<policy>) and nginx auth_request
+ * (proxy_pass .../authz/<policy>). The policy is the first path segment after /authz, set by the
+ * proxy's configuration; what follows is the client's path. Only a 200 allows.
+ */
+@Controller()
+export class HttpModeController {
+  constructor(@Inject(EXT_AUTHZ) private readonly extAuthz: ExtAuthz) {}
+
+  @All(['authz/:policy', 'authz/:policy/*'])
+  async check(@Param('policy') policy: string, @Req() request: FastifyRequest, @Res() reply: FastifyReply): Promise<void> {
+    const headers = request.headers as Record<string, string | undefined>;
+    const decision = await this.extAuthz.authorizer.check({ policy, headers });
+    this.extAuthz.metrics.record('http', policy, decision);
+    reply.header('cache-control', 'no-store');
+    if (decision.allowed) {
+      for (const [name, value] of Object.entries(decision.headersToSet)) reply.header(name, value);
+      // Envoy removes these from the upstream request (spoofed identity headers, a stripped credential).
+      if (decision.headersToRemove.length) reply.header('x-envoy-auth-headers-to-remove', decision.headersToRemove.join(','));
+      await reply.status(200).send();
+      return;
+    }
+    if (decision.wwwAuthenticate) reply.header('www-authenticate', decision.wwwAuthenticate);
+    // For nginx, which cannot pass an auth_request body on: the message, to rebuild the body.
+    reply.header('x-authz-error', decision.message);
+    await reply.status(decision.status).type('application/json').send(denialBody(decision));
+  }
+
+  /** 200 once a state from the authority is loaded (synced or degraded), 503 before. */
+  @Get('health')
+  @Header('cache-control', 'no-store')
+  health(@Res() reply: FastifyReply): void {
+    const replica = this.extAuthz.replica;
+    void reply.status(replica.ready ? 200 : 503).send({
+      status: replica.status === 'synced' ? 'ok' : replica.status,
+      authority: {
+        connected: replica.status === 'synced',
+        version: replica.version || null,
+        lastUpdateAt: replica.lastUpdateAt ? new Date(replica.lastUpdateAt).toISOString() : null,
+        reconnects: this.extAuthz.watch.reconnects,
+        ...replica.counts,
+      },
+    });
+  }
+
+  @Get('metrics')
+  async metrics(@Res() reply: FastifyReply): Promise<void> {
+    await reply.type(this.extAuthz.metrics.registry.contentType).send(await this.extAuthz.metrics.registry.metrics());
+  }
+}

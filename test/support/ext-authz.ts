@@ -1,0 +1,47 @@
+import { extAuthzConfigSchema, type ExtAuthzConfig } from '../../libs/authz/config';
+import { startExtAuthz, type ExtAuthzApp } from '../../services/ext-authz/app';
+import { ADMIN_TOKEN, type TestAuthority } from './authority';
+
+export interface TestExtAuthz extends ExtAuthzApp {
+  config: ExtAuthzConfig;
+  /** Resolves once the replica holds a state for which `predicate` is true (polls every 10 ms). */
+  waitFor(predicate: () => boolean, timeoutMs?: number): Promise<number>;
+}
+
+/** The policies the tests use, besides any given. */
+export const TEST_POLICIES = {
+  foo: { extractors: ['bearer'], authorizedEntities: ['route_foo'] },
+  open: { extractors: ['bearer'] },
+  scoped: { extractors: ['bearer'], requiredScopes: ['read', 'write'] },
+  strip: { extractors: ['bearer'], stripCredential: true },
+  basic: { extractors: ['basic'] },
+  headers: { extractors: ['customHeaders'] },
+  clientid: { extractors: ['clientId'] },
+  all: { extractors: ['bearer', 'basic', 'customHeaders', 'clientId'] },
+};
+
+/**
+ * A real ext-authz on 127.0.0.1 (random ports) watching a real token authority's gRPC face.
+ * Resolves once the first state has arrived, unless `waitForState` is false.
+ */
+export async function startTestExtAuthz(authority: TestAuthority | { grpcAddress: string }, settings: Record<string, unknown> = {}, waitForState = true): Promise<TestExtAuthz> {
+  const config = extAuthzConfigSchema.parse({
+    grpc: { host: '127.0.0.1', port: 0 },
+    http: { host: '127.0.0.1', port: 0 },
+    authority: { url: authority.grpcAddress, token: ADMIN_TOKEN, initialBackoff: 50, maxBackoff: 500 },
+    policies: TEST_POLICIES,
+    log: { level: 'silent' },
+    ...settings,
+  });
+  const app = await startExtAuthz(config);
+  const waitFor = async (predicate: () => boolean, timeoutMs = 5000) => {
+    const started = Date.now();
+    while (!predicate()) {
+      if (Date.now() - started > timeoutMs) throw new Error(`condition not met within ${timeoutMs} ms`);
+      await new Promise((done) => setTimeout(done, 10));
+    }
+    return Date.now() - started;
+  };
+  if (waitForState) await waitFor(() => app.replica.ready);
+  return { ...app, config, waitFor };
+}
