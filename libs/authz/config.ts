@@ -63,6 +63,7 @@ export const EXT_AUTHZ_ENV_OVERRIDES = {
   HTTP_PORT: 'http.port',
   AUTHORITY_GRPC_URL: 'authority.url',
   AUTHORITY_TOKEN: 'authority.token',
+  CACHE_SIZE: 'cacheSize',
   LOG_LEVEL: 'log.level',
 } as const;
 

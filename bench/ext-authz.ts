@@ -1,0 +1,113 @@
+import { spawn } from 'node:child_process';
+import { resolve } from 'node:path';
+import { loadAuthorizationService } from '../services/ext-authz/envoy-check';
+import { adminPost, DURATION_SECONDS, formatRow, freePort, grpcFrame, grpcStatusOf, h2loadGrpc, spawnNode, startAuthorityProcess, type LoadResult } from './support';
+
+/**
+ * ext-authz Check benchmark: our Check (warm verification cache, and cold: every call verifies
+ * the RS256 signature) against a bare grpc-js Check server that answers OK, all driven by h2load
+ * replaying one pre-serialized Envoy-shaped CheckRequest, 16 calls in flight, in one run.
+ *
+ *   npm run build && node dist/bench/ext-authz.js          (BENCH_SECONDS=10 by default)
+ */
+const CHECK_PATH = '/envoy.service.auth.v3.Authorization/Check';
+const LOAD = { clients: 2, streams: 8 };
+
+function envoyCheckRequest(token: string): Buffer {
+  const service = loadAuthorizationService();
+  const message = {
+    attributes: {
+      source: { address: { socket_address: { address: '127.0.0.1', port_value: 53422 } } },
+      destination: { address: { socket_address: { address: '127.0.0.1', port_value: 8080 } } },
+      request: {
+        time: { seconds: Math.floor(Date.now() / 1000) },
+        http: {
+          id: '13359530303458620493',
+          method: 'GET',
+          headers: {
+            ':authority': 'foo.oto.tools:8080',
+            ':path': '/api/items?page=2',
+            ':method': 'GET',
+            ':scheme': 'http',
+            'user-agent': 'curl/7.88.1',
+            accept: '*/*',
+            authorization: `Bearer ${token}`,
+            'x-forwarded-proto': 'http',
+            'x-request-id': '4a8d3bd6-d5c5-4b5c-9a0e-6c7b1c0f2f4e',
+          },
+          path: '/api/items?page=2',
+          host: 'foo.oto.tools:8080',
+          scheme: 'http',
+          protocol: 'HTTP/1.1',
+        },
+      },
+      context_extensions: { route: 'foo' },
+    },
+  };
+  return grpcFrame(service.Check.requestSerialize(message));
+}
+
+async function startExtAuthzProcess(authority: { grpcAddress: string; adminToken: string }, env: Record<string, string>) {
+  const grpcPort = await freePort();
+  const httpPort = await freePort();
+  const spawned = await spawnNode('../services/ext-authz/main.js', {
+    GRPC_HOST: '127.0.0.1',
+    GRPC_PORT: String(grpcPort),
+    HTTP_HOST: '127.0.0.1',
+    HTTP_PORT: String(httpPort),
+    AUTHORITY_GRPC_URL: authority.grpcAddress,
+    AUTHORITY_TOKEN: authority.adminToken,
+    LOG_LEVEL: 'warn',
+    ...env,
+  }, httpPort, '/health');
+  // /health answers 503 until the first state arrives.
+  for (let attempt = 0; attempt < 100 && (await fetch(`${spawned.url}/health`)).status !== 200; attempt += 1) await new Promise((done) => setTimeout(done, 50));
+  return { ...spawned, grpcAddress: `127.0.0.1:${grpcPort}` };
+}
+
+async function startBareServer(): Promise<{ address: string; stop(): void }> {
+  const port = await freePort();
+  const child = spawn(process.execPath, [resolve(__dirname, 'bare-check-server.js')], { env: { ...process.env, PORT: String(port) }, stdio: ['ignore', 'pipe', 'inherit'] });
+  await new Promise<void>((done) => child.stdout!.once('data', () => done()));
+  return { address: `127.0.0.1:${port}`, stop: () => child.kill('SIGTERM') };
+}
+
+async function measure(address: string, frame: Buffer): Promise<LoadResult> {
+  const status = await grpcStatusOf(address, CHECK_PATH, frame);
+  if (status !== 0) throw new Error(`Check answers grpc-status ${status}`);
+  return h2loadGrpc(address, CHECK_PATH, frame, LOAD);
+}
+
+async function main() {
+  console.log(`ext-authz Check benchmark: h2load -c${LOAD.clients} -m${LOAD.streams}, ${DURATION_SECONDS}s per row (+1 s warm-up), 127.0.0.1`);
+  const authority = await startAuthorityProcess();
+  const stops: (() => unknown)[] = [() => authority.stop()];
+  try {
+    await adminPost(authority, '/api/apikeys', { clientId: 'bench', clientSecret: 'bench-secret-0123456789-0123456789-01', authorizedEntities: ['route_foo'], scope: 'read' });
+    const token = ((await (await fetch(`${authority.url}/.well-known/otoroshi/oauth/token`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/x-www-form-urlencoded' },
+      body: 'grant_type=client_credentials&client_id=bench&client_secret=bench-secret-0123456789-0123456789-01',
+    })).json()) as { access_token: string }).access_token;
+    const frame = envoyCheckRequest(token);
+
+    const bare = await startBareServer();
+    stops.push(() => bare.stop());
+    const warm = await startExtAuthzProcess(authority, {});
+    stops.push(() => warm.stop());
+    const cold = await startExtAuthzProcess(authority, { CACHE_SIZE: '0' });
+    stops.push(() => cold.stop());
+
+    const reference = await measure(bare.address, frame);
+    console.log(formatRow('bare grpc-js Check (always OK)', reference));
+    console.log(formatRow('ext-authz Check, warm cache', await measure(warm.grpcAddress, frame), { name: 'bare grpc-js', value: reference.requestsPerSecond }));
+    console.log(formatRow('ext-authz Check, cold (verify RS256 each call)', await measure(cold.grpcAddress, frame), { name: 'bare grpc-js', value: reference.requestsPerSecond }));
+  } finally {
+    for (const stop of stops.reverse()) await stop();
+  }
+}
+
+main().catch((error) => {
+  console.error(error);
+  process.exit(1);
+});

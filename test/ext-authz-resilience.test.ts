@@ -1,0 +1,73 @@
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, describe, it } from 'node:test';
+import { startTestAuthority, TOKEN_PATH, type TestAuthority } from './support/authority';
+import { startTestExtAuthz, type TestExtAuthz } from './support/ext-authz';
+import { httpRequest } from './support/http';
+import { freePort } from './support/ports';
+
+/** The data plane keeps deciding while the authority is away, and catches up when it is back. */
+describe('ext-authz without its authority', () => {
+  const dataDir = mkdtempSync(join(tmpdir(), 'ext-authz-resilience-'));
+  let authority: TestAuthority | undefined;
+  let extAuthz: TestExtAuthz | undefined;
+  after(async () => {
+    await extAuthz?.close();
+    await authority?.stop();
+    rmSync(dataDir, { recursive: true, force: true });
+  });
+
+  it('answers from its last state, says it is degraded, reconnects when the authority is back', async () => {
+    const grpcPort = await freePort();
+    const settings = { grpc: { host: '127.0.0.1', port: grpcPort } };
+    authority = await startTestAuthority(settings, dataDir);
+    await authority.admin('POST', '/api/apikeys', { clientId: 'resilient', clientSecret: 'resilient-secret', authorizedEntities: ['route_foo'] });
+    const { access_token: token } = (await (await authority.postForm(TOKEN_PATH, { grant_type: 'client_credentials', client_id: 'resilient', client_secret: 'resilient-secret' })).json()) as { access_token: string };
+    extAuthz = await startTestExtAuthz(authority);
+    await extAuthz.waitFor(() => extAuthz!.replica.apiKey('resilient') !== undefined);
+    const check = (credential = token) => httpRequest(`${extAuthz!.url}/authz/foo/`, { headers: { authorization: `Bearer ${credential}` } });
+    const health = async () => JSON.parse((await httpRequest(`${extAuthz!.url}/health`)).body) as { status: string; authority: { connected: boolean } };
+
+    assert.equal((await check()).status, 200);
+    assert.equal((await health()).status, 'ok');
+
+    await authority.close();
+    await extAuthz.waitFor(() => extAuthz!.replica.status === 'degraded');
+    const degraded = await httpRequest(`${extAuthz.url}/health`);
+    assert.equal(degraded.status, 200, 'still able to decide');
+    assert.equal(JSON.parse(degraded.body).status, 'degraded');
+    assert.equal(JSON.parse(degraded.body).authority.connected, false);
+    assert.match((await httpRequest(`${extAuthz.url}/metrics`)).body, /ext_authz_authority_connected 0/);
+    for (let round = 0; round < 20; round += 1) {
+      assert.equal((await check()).status, 200, 'allowed from the snapshot');
+      assert.equal((await check('not-a-token')).status, 401, 'denied from the snapshot');
+    }
+
+    // Back on the same port and store; a change made while ext-authz was away reaches it.
+    authority = await startTestAuthority(settings, dataDir);
+    await authority.admin('PATCH', '/api/apikeys/resilient', { enabled: false });
+    const reconnectMs = await extAuthz.waitFor(() => extAuthz!.replica.status === 'synced' && extAuthz!.replica.apiKey('resilient')?.enabled === false, 10_000);
+    assert.ok(reconnectMs < 10_000);
+    assert.equal((await health()).status, 'ok');
+    const denied = await check();
+    assert.equal(denied.status, 401);
+    assert.deepEqual(JSON.parse(denied.body), { 'Otoroshi-Error': 'ApiKey disabled' });
+  });
+
+  it('refuses to replicate without the data plane token', async () => {
+    const open = await startTestAuthority();
+    const intruder = await startTestExtAuthz(open, { authority: { url: open.grpcAddress, token: 'not-the-admin-token-at-all', initialBackoff: 50, maxBackoff: 200 } }, false);
+    try {
+      await new Promise((done) => setTimeout(done, 300));
+      assert.equal(intruder.replica.ready, false);
+      const answer = await httpRequest(`${intruder.url}/authz/foo/`, { headers: { authorization: 'Bearer x.y.z' } });
+      assert.equal(answer.status, 503);
+      assert.equal((await httpRequest(`${intruder.url}/health`)).status, 503);
+    } finally {
+      await intruder.close();
+      await open.stop();
+    }
+  });
+});
