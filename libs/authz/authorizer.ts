@@ -70,7 +70,7 @@ export class Authorizer {
     if (missing.length) return deny('missing_scope', `${realm}, error="insufficient_scope", scope="${policy.requiredScopes.join(' ')}"`);
 
     const names = this.config.identityHeaders;
-    const headersToSet: Record<string, string> = { [names.clientId]: apiKey.clientId, [names.clientName]: apiKey.clientName };
+    const headersToSet: Record<string, string> = { [names.clientId]: headerValue(apiKey.clientId), [names.clientName]: headerValue(apiKey.clientName) };
     const headersToRemove: string[] = [];
     if (scopes.length) headersToSet[names.scopes] = scopes.join(' ');
     else headersToRemove.push(names.scopes);
@@ -129,6 +129,15 @@ export class Authorizer {
     if (verified.nbf > nowSeconds) return { reason: 'not_yet_valid' };
     return verified;
   }
+}
+
+/**
+ * Names are free text (Otoroshi lets people type "Café ☕"), header values are not: anything
+ * beyond visible ASCII and spaces goes percent-encoded (UTF-8), so no CR/LF or raw byte reaches
+ * a header, in either transport.
+ */
+export function headerValue(value: string): string {
+  return /^[\x20-\x7e]*$/.test(value) ? value : encodeURIComponent(value);
 }
 
 function apiKeyState(apiKey: DataPlaneApiKey | undefined, now: number): { reason: DenyReason } | undefined {

@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { booleanSetting, loadConfig, portSetting } from '../config/load-config';
+import { booleanSetting, loadConfig, logLevelSetting, portSetting } from '../config/load-config';
 
 export const EXTRACTORS = ['bearer', 'basic', 'customHeaders', 'clientId'] as const;
 export type ExtractorName = (typeof EXTRACTORS)[number];
@@ -50,7 +50,7 @@ export const extAuthzConfigSchema = z
     policies: z.record(z.string().regex(/^[A-Za-z0-9._-]+$/, 'policy names use A-Z a-z 0-9 . _ -'), policySchema).default({}),
     /** Bound of the verified-token cache. */
     cacheSize: z.coerce.number().int().min(0).default(100_000),
-    log: z.object({ level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info') }).prefault({}),
+    log: z.object({ level: logLevelSetting }).prefault({}),
   })
   .strict();
 

@@ -81,3 +81,5 @@ export const booleanSetting = z.preprocess((value) => {
 }, z.boolean());
 
 export const portSetting = z.coerce.number().int().min(0).max(65535);
+
+export const logLevelSetting = z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info');

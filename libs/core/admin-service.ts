@@ -17,7 +17,7 @@ const quota = z.number().int().nonnegative();
 
 /** The admin API's API key, with Otoroshi's field names. */
 const apiKeyFields = {
-  clientName: z.string().min(1).max(200),
+  clientName: z.string().min(1).max(200).regex(/^[^\u0000-\u001f\u007f]*$/, 'no control characters'),
   description: z.string().max(2000),
   authorizedEntities: z.array(z.string().regex(/^(route|group|service)_[A-Za-z0-9._~@+-]+$/, 'use route_<name> or group_<name>')).max(1000),
   enabled: z.boolean(),

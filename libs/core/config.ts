@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { booleanSetting, loadConfig, portSetting } from '../config/load-config';
+import { booleanSetting, loadConfig, logLevelSetting, portSetting } from '../config/load-config';
 
 export const SIGNING_ALGORITHMS = ['RS256', 'PS256', 'ES256', 'EdDSA'] as const;
 export type SigningAlgorithm = (typeof SIGNING_ALGORITHMS)[number];
@@ -60,7 +60,7 @@ export const authorityConfigSchema = z
     dataPlaneToken: z.string().min(16, 'must be at least 16 characters').optional(),
     log: z
       .object({
-        level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+        level: logLevelSetting,
         /** One access-log line per request (costs throughput). */
         requests: booleanSetting.default(false),
       })

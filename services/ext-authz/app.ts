@@ -17,6 +17,8 @@ import { HttpModeController } from './http-mode.controller';
 
 export const AUTHORIZATION_SERVICE = 'envoy.service.auth.v3.Authorization';
 const SHUTDOWN_GRACE_MS = 5_000;
+/** /authz/<policy>, then anything: the client's path in Envoy's http_service mode. */
+const HTTP_MODE_PATH = /^(\/authz\/[A-Za-z0-9._-]+)(?:[/?].*)?$/s;
 
 @Module({})
 class ExtAuthzModule {
@@ -66,7 +68,14 @@ export async function startExtAuthz(config: ExtAuthzConfig): Promise<ExtAuthzApp
     grpcServer.bindAsync(`${config.grpc.host.includes(':') ? `[${config.grpc.host}]` : config.grpc.host}:${config.grpc.port}`, ServerCredentials.createInsecure(), (error, port) => (error ? reject(error) : resolve(port))),
   );
 
-  const adapter = new FastifyAdapter({ connectionTimeout: 30_000, requestTimeout: 30_000, bodyLimit: 1024 * 1024 });
+  const adapter = new FastifyAdapter({
+    connectionTimeout: 30_000,
+    requestTimeout: 30_000,
+    bodyLimit: 1024 * 1024,
+    // Only /authz/<policy> matters; what follows is the client's path, which may be anything
+    // (even bad percent-encoding that Fastify's router would refuse), so it is cut before routing.
+    rewriteUrl: (request: { url?: string }) => HTTP_MODE_PATH.exec(request.url ?? '')?.[1] ?? request.url ?? '/',
+  });
   // Proxies ask with the client's headers and no body worth reading: never parse one.
   adapter.getInstance().removeAllContentTypeParsers();
   adapter.getInstance().addContentTypeParser('*', (_request, payload, done) => {

@@ -6,13 +6,14 @@ import { EXT_AUTHZ, type ExtAuthz } from './ext-authz.provider';
 /**
  * HTTP mode, for Envoy's http_service (path_prefix /authz/<policy>) and nginx auth_request
  * (proxy_pass .../authz/<policy>). The policy is the first path segment after /authz, set by the
- * proxy's configuration; what follows is the client's path. Only a 200 allows.
+ * proxy's configuration; the client's path that follows is cut off before routing (app.ts).
+ * Only a 200 allows.
  */
 @Controller()
 export class HttpModeController {
   constructor(@Inject(EXT_AUTHZ) private readonly extAuthz: ExtAuthz) {}
 
-  @All(['authz/:policy', 'authz/:policy/*'])
+  @All('authz/:policy')
   async check(@Param('policy') policy: string, @Req() request: FastifyRequest, @Res() reply: FastifyReply): Promise<void> {
     const headers = request.headers as Record<string, string | undefined>;
     const decision = await this.extAuthz.authorizer.check({ policy, headers });

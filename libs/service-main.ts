@@ -1,0 +1,33 @@
+import { ConfigError } from './config/load-config';
+
+/**
+ * The entry point every service shares: load and validate settings (exit 2 with the message on
+ * a bad one), start, then on SIGTERM/SIGINT close gracefully and exit.
+ */
+export function runService<Config>(name: string, loadConfig: () => Config, start: (config: Config) => Promise<{ close(): Promise<void> }>): void {
+  const main = async () => {
+    let config: Config;
+    try {
+      config = loadConfig();
+    } catch (error) {
+      if (error instanceof ConfigError) {
+        process.stderr.write(`${name}: ${error.message}\n`);
+        process.exit(2);
+      }
+      throw error;
+    }
+    const service = await start(config);
+    for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+      process.once(signal, () => {
+        service.close().then(
+          () => process.exit(0),
+          () => process.exit(1),
+        );
+      });
+    }
+  };
+  main().catch((error: unknown) => {
+    process.stderr.write(`${name} failed to start: ${error instanceof Error ? error.stack : String(error)}\n`);
+    process.exit(1);
+  });
+}
