@@ -23,6 +23,7 @@ interface VerifiedToken {
   jti: string;
   exp: number;
   nbf: number;
+  aud: string[];
   scopes: string[];
 }
 
@@ -52,22 +53,23 @@ export class Authorizer {
     if (!this.replica.ready) return deny('not_ready');
     const policy = request.policy === undefined ? undefined : this.config.policies[request.policy];
     if (!policy) return deny('unknown_policy');
-    const realm = `Bearer realm="${request.policy}"`;
+    // One scheme per route (RFC 7235): Basic for routes that take Basic and no bearer token,
+    // Bearer otherwise; RFC 6750 error codes only go with Bearer.
+    const scheme = policy.extractors.includes('basic') && !policy.extractors.includes('bearer') ? 'Basic' : 'Bearer';
+    const challenge = (error?: string, extra = '') =>
+      `${scheme} realm="${request.policy}"${scheme === 'Bearer' && error ? `, error="${error}"${extra}` : ''}`;
     const extracted = extractCredential(policy, request.headers);
-    if (extracted === 'malformed') return deny('malformed_credential', `${realm}, error="invalid_request"`);
-    if (!extracted) return deny('no_credential', policy.extractors.includes('bearer') ? realm : `Basic realm="${request.policy}"`);
+    if (extracted === 'malformed') return deny('malformed_credential', challenge('invalid_request'));
+    if (!extracted) return deny('no_credential', challenge());
 
-    const identity = await this.identify(extracted);
-    if ('reason' in identity) {
-      const challenge = extracted.kind === 'bearer' ? `${realm}, error="invalid_token"` : extracted.kind === 'secret' && extracted.scheme ? `Basic realm="${request.policy}"` : realm;
-      return deny(identity.reason, challenge);
-    }
+    const identity = await this.identify(extracted, policy);
+    if ('reason' in identity) return deny(identity.reason, challenge(extracted.kind === 'bearer' ? 'invalid_token' : undefined));
     const { apiKey, scopes } = identity;
     if (policy.authorizedEntities.length && !apiKey.authorizedEntities.some((entity) => policy.authorizedEntities.includes(entity))) {
       return deny('not_authorized');
     }
     const missing = policy.requiredScopes.filter((scope) => !scopes.includes(scope));
-    if (missing.length) return deny('missing_scope', `${realm}, error="insufficient_scope", scope="${policy.requiredScopes.join(' ')}"`);
+    if (missing.length) return deny('missing_scope', challenge('insufficient_scope', `, scope="${policy.requiredScopes.join(' ')}"`));
 
     const names = this.config.identityHeaders;
     const headersToSet: Record<string, string> = { [names.clientId]: headerValue(apiKey.clientId), [names.clientName]: headerValue(apiKey.clientName) };
@@ -79,12 +81,14 @@ export class Authorizer {
   }
 
   /** Who the credential names, or why it names nobody usable. */
-  private async identify(credential: Credential): Promise<{ apiKey: DataPlaneApiKey; scopes: string[] } | { reason: DenyReason }> {
+  private async identify(credential: Credential, policy: RoutePolicy): Promise<{ apiKey: DataPlaneApiKey; scopes: string[] } | { reason: DenyReason }> {
     const now = this.now();
     if (credential.kind === 'bearer') {
       const token = this.verifyToken(credential.token, now);
       if ('reason' in token) return token;
       if (this.replica.isRevoked(token.jti)) return { reason: 'revoked' };
+      const audiences = policy.audiences.length ? policy.audiences : [this.replica.audience];
+      if (!token.aud.some((audience) => audiences.includes(audience))) return { reason: 'wrong_audience' };
       const apiKey = this.replica.apiKey(token.clientId);
       const state = apiKeyState(apiKey, now);
       return state ?? { apiKey: apiKey!, scopes: token.scopes };
@@ -117,6 +121,7 @@ export class Authorizer {
         jti: claims.jti,
         exp: claims.exp,
         nbf: claims.nbf,
+        aud: typeof claims.aud === 'string' ? [claims.aud] : Array.isArray(claims.aud) ? claims.aud.filter((value): value is string => typeof value === 'string') : [],
         scopes: typeof claims.scope === 'string' ? claims.scope.split(' ').filter(Boolean) : [],
         kid: header.kid as string,
       };

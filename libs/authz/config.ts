@@ -11,6 +11,8 @@ export const policySchema = z
     extractors: z.array(z.enum(EXTRACTORS)).min(1).default(['bearer']),
     /** The route's identities (`route_foo`, `group_bar`): a key passes if its authorizedEntities share one. Empty: any valid key. */
     authorizedEntities: z.array(z.string().min(1)).default([]),
+    /** Audiences a token may carry here (RFC 9068 §4); empty: the authority's default audience. */
+    audiences: z.array(z.string().min(1)).default([]),
     /** Scopes the token (or the key, for non-JWT credentials) must all have. */
     requiredScopes: z.array(z.string().min(1)).default([]),
     /** Remove the credential before the request reaches the backend. */

@@ -11,6 +11,7 @@ export type DenyReason =
   | 'unknown_key'
   | 'not_access_token'
   | 'wrong_issuer'
+  | 'wrong_audience'
   | 'expired'
   | 'not_yet_valid'
   | 'revoked'
@@ -31,6 +32,7 @@ export const DENIALS: Record<DenyReason, { status: 401 | 403 | 503; message: str
   unknown_key: { status: 401, message: 'Bad ApiKey' },
   not_access_token: { status: 401, message: 'Bad ApiKey' },
   wrong_issuer: { status: 401, message: 'Bad ApiKey' },
+  wrong_audience: { status: 401, message: 'Bad ApiKey' },
   expired: { status: 401, message: 'Token expired' },
   not_yet_valid: { status: 401, message: 'Token not yet valid' },
   revoked: { status: 401, message: 'Token revoked' },

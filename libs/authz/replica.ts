@@ -19,6 +19,7 @@ export class AuthorityReplica {
   private apiKeys = new Map<string, DataPlaneApiKey>();
   private revoked = new Map<string, number>();
   issuer = '';
+  audience = '';
   version = '';
   lastUpdateAt: number | undefined;
   private connected = false;
@@ -39,6 +40,7 @@ export class AuthorityReplica {
     this.apiKeys = new Map(state.apiKeys.map((apiKey) => [apiKey.clientId, apiKey]));
     this.revoked = new Map(state.revokedTokens.map((revoked) => [revoked.jti, revoked.expiresAt]));
     this.issuer = state.issuer;
+    this.audience = state.audience;
     this.version = state.version;
     this.lastUpdateAt = this.now();
     this.listeners.forEach((listener) => listener());

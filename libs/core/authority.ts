@@ -86,7 +86,7 @@ export async function createAuthority(config: AuthorityConfig, log: AuthorityLog
   const tokens = new TokenService(config, authorityStore, keyRing);
   const adminHash = options.adminApi === false ? undefined : adminTokenHash(config, log);
   const dataPlaneHash = config.dataPlaneToken ? sha256(config.dataPlaneToken) : undefined;
-  const dataPlane = new DataPlaneFeed(authorityStore, keyRing, config.issuer, (error) => log.warn(`data plane state rebuild failed: ${error.message}`));
+  const dataPlane = new DataPlaneFeed(authorityStore, keyRing, { issuer: config.issuer, audience: config.audience }, (error) => log.warn(`data plane state rebuild failed: ${error.message}`));
 
   const purge = () => authorityStore.revocations.purgeExpired(Date.now()).catch(() => 0);
   await purge();

@@ -11,6 +11,7 @@ import type { AuthorityStore } from './store/repositories';
 export interface DataPlaneState {
   version: string;
   issuer: string;
+  audience: string;
   keys: { jwk: PublicJwk; verifyUntil?: number }[];
   apiKeys: DataPlaneApiKey[];
   revokedTokens: { jti: string; expiresAt: number }[];
@@ -30,7 +31,7 @@ export interface DataPlaneApiKey {
   allowClientIdOnly: boolean;
 }
 
-export async function buildDataPlaneState(store: AuthorityStore, keyRing: KeyRing, issuer: string, now: number): Promise<DataPlaneState> {
+export async function buildDataPlaneState(store: AuthorityStore, keyRing: KeyRing, token: { issuer: string; audience: string }, now: number): Promise<DataPlaneState> {
   const apiKeys: DataPlaneApiKey[] = (await store.apiKeys.list()).map((apiKey) => ({
     clientId: apiKey.clientId,
     clientName: apiKey.clientName,
@@ -43,7 +44,7 @@ export async function buildDataPlaneState(store: AuthorityStore, keyRing: KeyRin
     secrets: activeSecretHashes(apiKey, now),
     allowClientIdOnly: apiKey.allowClientIdOnly ?? false,
   }));
-  const content = { issuer, keys: keyRing.verificationKeys(), apiKeys, revokedTokens: await store.revocations.listActive(now) };
+  const content = { issuer: token.issuer, audience: token.audience, keys: keyRing.verificationKeys(), apiKeys, revokedTokens: await store.revocations.listActive(now) };
   // The version names the content, so an unchanged state is never sent again.
   const version = createHash('sha256').update(JSON.stringify(content)).digest('base64url').slice(0, 16);
   return { version, ...content, generatedAt: now };
@@ -65,7 +66,7 @@ export class DataPlaneFeed {
   constructor(
     private readonly store: AuthorityStore,
     private readonly keyRing: KeyRing,
-    private readonly issuer: string,
+    private readonly token: { issuer: string; audience: string },
     private readonly onError: (error: Error) => void,
   ) {
     this.unsubscribeStore = store.onChange(() => this.schedule());
@@ -99,7 +100,7 @@ export class DataPlaneFeed {
   private async rebuild(): Promise<DataPlaneState> {
     // Key pairs may have been changed by another process: pick that up before publishing.
     await this.keyRing.reload();
-    return buildDataPlaneState(this.store, this.keyRing, this.issuer, Date.now());
+    return buildDataPlaneState(this.store, this.keyRing, this.token, Date.now());
   }
 
   close(): void {

@@ -9,6 +9,7 @@ interface Timestamp {
 export interface WatchResponseMessage {
   version: string;
   issuer: string;
+  audience?: string;
   keys?: { jwk: Record<string, string>; verify_until?: Timestamp }[];
   api_keys?: {
     client_id: string;
@@ -35,6 +36,7 @@ export function encodeWatchResponse(state: DataPlaneState): WatchResponseMessage
   return {
     version: state.version,
     issuer: state.issuer,
+    audience: state.audience,
     keys: state.keys.map((key) => ({ jwk: key.jwk, verify_until: toTimestamp(key.verifyUntil) })),
     api_keys: state.apiKeys.map((apiKey) => ({
       client_id: apiKey.clientId,
@@ -69,6 +71,7 @@ export function decodeWatchResponse(message: WatchResponseMessage): DataPlaneSta
   return {
     version: message.version,
     issuer: message.issuer,
+    audience: message.audience ?? '',
     keys: (message.keys ?? []).map((key) => ({ jwk: key.jwk as PublicJwk, verifyUntil: fromTimestamp(key.verify_until) })),
     apiKeys,
     revokedTokens: (message.revoked_tokens ?? []).map((revoked) => ({ jti: revoked.jti, expiresAt: fromTimestamp(revoked.expires_at) ?? 0 })),

@@ -18,6 +18,7 @@ export const TEST_POLICIES = {
   headers: { extractors: ['customHeaders'] },
   clientid: { extractors: ['clientId'] },
   all: { extractors: ['bearer', 'basic', 'customHeaders', 'clientId'] },
+  billing: { extractors: ['bearer'], audiences: ['billing'] },
 };
 
 /**
