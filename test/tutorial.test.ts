@@ -86,6 +86,12 @@ describe('the Otoroshi tutorial against the token authority', () => {
     assert.deepEqual(await response.json(), { active: false });
   });
 
+  it('answers GET /health for load balancers and compose', async () => {
+    const response = await fetch(`${authority.url}/health`);
+    assert.equal(response.status, 200);
+    assert.deepEqual(await response.json(), { status: 'ok', defaultKeyPair: 'active', keyPairs: 1 });
+  });
+
   it('serves RFC 8414 metadata built from the configured issuer, not the Host header', async () => {
     const response = await httpRequest(`${authority.url}/.well-known/oauth-authorization-server`, { headers: { host: 'evil.example' } });
     const metadata = JSON.parse(response.body) as Record<string, unknown>;
