@@ -40,7 +40,8 @@ export function tokenAuthorityGrpcOptions(config: AuthorityConfig, health: Healt
       url: `${config.grpc.host.includes(':') ? `[${config.grpc.host}]` : config.grpc.host}:${config.grpc.port}`,
       loader: LOADER_OPTIONS,
       maxReceiveMessageLength: MAX_MESSAGE_BYTES,
-      maxSendMessageLength: 4 * 1024 * 1024,
+      // Watch snapshots carry every API key: let them be large (the receive side is what is bounded).
+      maxSendMessageLength: 64 * 1024 * 1024,
       gracefulShutdown: true,
       channelOptions: {
         // Ping idle clients so dead peers are noticed; accept client pings no more than every 10 s.
