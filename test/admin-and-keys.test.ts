@@ -95,6 +95,31 @@ describe('admin API and key pairs', () => {
       assert.equal((await tokenFor('rot', 'newer-secret')).status, 200);
     });
 
+    it('concurrent changes of one key never undo each other (slow secret hash, then disable)', async () => {
+      await authority.admin('POST', '/api/apikeys', { clientId: 'race', clientSecret: 'race-secret-1' });
+      const slow = authority.admin('PATCH', '/api/apikeys/race', { clientSecret: 'race-secret-2' });
+      await new Promise((done) => setTimeout(done, 5));
+      const disable = authority.admin('PATCH', '/api/apikeys/race', { enabled: false });
+      assert.equal((await slow).status, 200);
+      assert.equal((await disable).status, 200);
+      assert.equal((await authority.admin('GET', '/api/apikeys/race')).body.enabled, false, 'the disable stands');
+      const [first, second] = await Promise.all([
+        authority.admin('POST', '/api/apikeys/race/rotate-secret', { clientSecret: 'race-secret-3', gracePeriod: 1 }),
+        authority.admin('POST', '/api/apikeys/race/rotate-secret', { clientSecret: 'race-secret-4', gracePeriod: 1 }),
+      ]);
+      assert.deepEqual([first.status, second.status], [200, 200]);
+      await authority.admin('PATCH', '/api/apikeys/race', { enabled: true });
+      // Two rotations in a row: the last secret and the one before it work, as for any rotation.
+      const worked = await Promise.all(['race-secret-3', 'race-secret-4'].map(async (secret) => (await tokenFor('race', secret)).status));
+      assert.deepEqual(worked, [200, 200]);
+    });
+
+    it('refuses metadata scopes that are not scope tokens', async () => {
+      const response = await authority.admin('POST', '/api/apikeys', { clientId: 'bad-meta', clientSecret: 'bad-meta-secret', metadata: { scope: 'read caf\u00e9 a\u0001b' } });
+      assert.equal(response.status, 400);
+      assert.equal(response.body.details[0].path, 'metadata');
+    });
+
     it('a key scoped by metadata gets only those scopes', async () => {
       await authority.admin('POST', '/api/apikeys', { clientId: 'meta', clientSecret: 'meta-secret', metadata: { scope: 'a,b' } });
       const token = await tokenFor('meta', 'meta-secret');
@@ -169,6 +194,17 @@ describe('domain and secure settings', () => {
       assert.equal(JSON.parse(offDomain.body).error, 'not_found');
       const deeper = await httpRequest(`${authority.url}${JWKS_PATH}`, { headers: { host: 'a.b.oto.tools' } });
       assert.equal(deeper.status, 404, '* matches one label');
+    } finally {
+      await authority.stop();
+    }
+  });
+
+  it('with trustProxy, still matches the Host header, not a client-sent X-Forwarded-Host', async () => {
+    const authority = await startTestAuthority({ domain: 'oauth.oto.tools', trustProxy: true });
+    try {
+      const spoofed = await httpRequest(`${authority.url}${JWKS_PATH}`, { headers: { host: 'evil.example', 'x-forwarded-host': 'oauth.oto.tools' } });
+      assert.equal(spoofed.status, 404);
+      assert.equal((await httpRequest(`${authority.url}${JWKS_PATH}`, { headers: { host: 'oauth.oto.tools' } })).status, 200);
     } finally {
       await authority.stop();
     }

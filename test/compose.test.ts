@@ -13,7 +13,7 @@ interface ComposeService {
   build?: { context: string; dockerfile?: string };
   command?: string[];
   environment?: Record<string, string>;
-  ports?: { published: number | string; target: number }[];
+  ports?: (string | { published: number | string; target: number; host_ip?: string })[];
   volumes?: (string | { type?: string; source: string; target: string; read_only?: boolean })[];
   depends_on?: Record<string, { condition: string }>;
   healthcheck?: { test: string[] };
@@ -23,16 +23,34 @@ interface ComposeConfig {
   volumes?: Record<string, unknown>;
 }
 
-/** `docker-compose config`: the file as Compose understands it, variables resolved. */
-function composeConfig(extraEnv: Record<string, string> = {}): ComposeConfig {
-  const env = { ...process.env, ...extraEnv };
-  if (!('ENVOY_CONFIG' in extraEnv)) delete env.ENVOY_CONFIG;
+/** The secrets compose refuses to start without (no defaults: the admin API is behind Envoy). */
+const SECRETS = { ADMIN_TOKEN: 'compose-test-admin-token-0123456789', DATA_PLANE_TOKEN: 'compose-test-data-plane-token-0123' };
+
+function runComposeConfig(env: NodeJS.ProcessEnv) {
   const result = spawnSync('docker-compose', ['-f', 'docker-compose.yml', 'config'], { cwd: ROOT, env, encoding: 'utf8', timeout: 60_000 });
   if (result.error) {
     assert.fail(`could not run docker-compose (${result.error.message}); install it (Debian: apt-get install docker-compose, as .ci/run does)`);
   }
+  return result;
+}
+
+/** `docker-compose config`: the file as Compose understands it, variables resolved. */
+function composeConfig(extraEnv: Record<string, string> = {}): ComposeConfig {
+  const env: NodeJS.ProcessEnv = { ...process.env, ...SECRETS, ...extraEnv };
+  if (!('ENVOY_CONFIG' in extraEnv)) delete env.ENVOY_CONFIG;
+  const result = runComposeConfig(env);
   assert.equal(result.status, 0, `docker-compose config failed:\n${result.stderr}`);
   return parse(result.stdout) as ComposeConfig;
+}
+
+/** Published ports as {hostIp, published, target}, whichever syntax Compose printed ("127.0.0.1:9901:9901/tcp" or a mapping). */
+function ports(service: ComposeService): { hostIp?: string; published: number; target: number }[] {
+  return (service.ports ?? []).map((port) => {
+    if (typeof port !== 'string') return { hostIp: port.host_ip, published: Number(port.published), target: Number(port.target) };
+    const parts = port.replace(/\/\w+$/, '').split(':');
+    const [target, published, hostIp] = parts.reverse();
+    return { hostIp, published: Number(published), target: Number(target) };
+  });
 }
 
 /** Volume mounts as {source, target, readOnly}, whichever syntax Compose printed. */
@@ -59,11 +77,22 @@ describe('docker-compose.yml', () => {
     const envoy = config.services.envoy;
     assert.match(envoy.image ?? '', /^envoyproxy\/envoy:v\d+\.\d+\.\d+$/, 'a release tag, never latest');
     assert.deepEqual(mounts(envoy), [{ source: path.join(ROOT, 'envoy', 'envoy.yaml'), target: '/etc/envoy/envoy.yaml', readOnly: true }]);
-    assert.deepEqual(envoy.ports?.map((port) => [Number(port.published), port.target]), [
+    assert.deepEqual(ports(envoy).map((port) => [port.published, port.target]), [
       [8080, 8080],
       [9901, 9901],
     ]);
+    assert.equal(ports(envoy).find((port) => port.target === 9901)?.hostIp, '127.0.0.1', "Envoy's admin API on loopback only");
     assert.equal(envoy.depends_on?.['ext-authz']?.condition, 'service_healthy', 'ext_authz fails closed: wait for ext-authz');
+  });
+
+  it('refuses to start without an admin token and a data plane token (no guessable defaults)', () => {
+    for (const missing of Object.keys(SECRETS)) {
+      const env: NodeJS.ProcessEnv = { ...process.env, ...SECRETS };
+      delete env[missing];
+      const result = runComposeConfig(env);
+      assert.notEqual(result.status, 0, `config passed without ${missing}`);
+      assert.match(result.stderr, new RegExp(missing));
+    }
   });
 
   it('switches Envoy to the HTTP ext_authz config with ENVOY_CONFIG', () => {
@@ -83,10 +112,12 @@ describe('docker-compose.yml', () => {
   it('configures the token authority: issuer, admin token, data volume, gRPC port', () => {
     const authority = config.services['token-authority'];
     assert.equal(authority.environment?.ISSUER, 'http://oauth.oto.tools:8080');
-    assert.ok((authority.environment?.ADMIN_TOKEN ?? '').length >= 16, 'a default admin token the authority accepts');
+    assert.equal(authority.environment?.ADMIN_TOKEN, SECRETS.ADMIN_TOKEN);
+    assert.equal(authority.environment?.DATA_PLANE_TOKEN, SECRETS.DATA_PLANE_TOKEN);
+    assert.equal(config.services['ext-authz'].environment?.AUTHORITY_TOKEN, SECRETS.DATA_PLANE_TOKEN, 'ext-authz watches with the data plane token');
     const data = mounts(authority).find((mount) => mount.target === '/app/data');
     assert.ok(data && config.volumes && data.source in config.volumes, 'a named volume on /app/data');
-    assert.deepEqual(authority.ports?.map((port) => [Number(port.published), port.target]), [[50051, 50051]]);
+    assert.deepEqual(ports(authority).map((port) => [port.published, port.target]), [[50051, 50051]]);
   });
 
   it('runs ext-authz and the echo backend from the same image with their own commands', () => {

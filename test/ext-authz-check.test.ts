@@ -4,6 +4,7 @@ import { credentials, makeGenericClientConstructor, type Client, type ServiceErr
 import { service as healthService } from 'grpc-health-check';
 import { after, before, describe, it } from 'node:test';
 import { loadAuthorizationService } from '../services/ext-authz/envoy-check';
+import { httpRequest } from './support/http';
 import { REVOKE_PATH, startTestAuthority, TOKEN_PATH, type TestAuthority } from './support/authority';
 import { startTestExtAuthz, type TestExtAuthz } from './support/ext-authz';
 import { accessTokenClaims, signWithAuthorityKey } from './support/tokens';
@@ -253,6 +254,20 @@ describe('ext-authz Check over gRPC, Envoy-shaped requests, every decision', () 
     client?.close();
     await extAuthz?.close();
     await authority?.stop();
+  });
+
+  describe('policy names that are object property names', () => {
+    for (const name of ['constructor', '__proto__', 'toString', 'hasOwnProperty']) {
+      it(`"${name}" is an unknown policy (403) over gRPC and HTTP, and mints no metric label`, async () => {
+        assertDenied(await bearer(appToken, name), { status: 403, message: 'No authorization policy for this route' });
+        const answer = await httpRequest(`${extAuthz.url}/authz/${name}/x`, { headers: { authorization: `Bearer ${appToken}` } });
+        assert.equal(answer.status, 403);
+        assert.deepEqual(JSON.parse(answer.body), { 'Otoroshi-Error': 'No authorization policy for this route' });
+        const metrics = (await httpRequest(`${extAuthz.url}/metrics`)).body;
+        assert.equal(metrics.includes(`policy="${name}"`), false);
+        assert.match(metrics, /policy="\(unknown\)"/);
+      });
+    }
   });
 
   describe('audience (RFC 9068 §4)', () => {

@@ -51,7 +51,8 @@ export class Authorizer {
   /** Runs the pipeline; never throws for any input. */
   async check(request: AuthzRequest): Promise<Decision> {
     if (!this.replica.ready) return deny('not_ready');
-    const policy = request.policy === undefined ? undefined : this.config.policies[request.policy];
+    // Own properties only: a policy named "constructor" or "__proto__" is simply unknown.
+    const policy = request.policy !== undefined && Object.hasOwn(this.config.policies, request.policy) ? this.config.policies[request.policy] : undefined;
     if (!policy) return deny('unknown_policy');
     // One scheme per route (RFC 7235): Basic for routes that take Basic and no bearer token,
     // Bearer otherwise; RFC 6750 error codes only go with Bearer.
@@ -74,7 +75,7 @@ export class Authorizer {
     const names = this.config.identityHeaders;
     const headersToSet: Record<string, string> = { [names.clientId]: headerValue(apiKey.clientId), [names.clientName]: headerValue(apiKey.clientName) };
     const headersToRemove: string[] = [];
-    if (scopes.length) headersToSet[names.scopes] = scopes.join(' ');
+    if (scopes.length) headersToSet[names.scopes] = headerValue(scopes.join(' '));
     else headersToRemove.push(names.scopes);
     if (policy.stripCredential) headersToRemove.push(...(extracted.kind === 'bearer' ? [extracted.header] : extracted.headers));
     return { allowed: true, clientId: apiKey.clientId, headersToSet, headersToRemove };

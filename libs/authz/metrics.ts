@@ -7,7 +7,12 @@ export class AuthzMetrics {
   readonly registry = new Registry();
   private readonly decisions: Counter<'mode' | 'policy' | 'decision' | 'reason'>;
 
-  constructor(replica: AuthorityReplica, watch: { reconnects: number }) {
+  constructor(
+    replica: AuthorityReplica,
+    watch: { reconnects: number },
+    /** Known policy names: anything else is counted as "(unknown)", so clients cannot mint label values. */
+    private readonly policies: ReadonlySet<string>,
+  ) {
     collectDefaultMetrics({ register: this.registry, prefix: 'ext_authz_' });
     this.decisions = new Counter({
       name: 'ext_authz_decisions_total',
@@ -54,6 +59,7 @@ export class AuthzMetrics {
   }
 
   record(mode: 'grpc' | 'http', policy: string | undefined, decision: Decision): void {
-    this.decisions.inc({ mode, policy: policy ?? '', decision: decision.allowed ? 'allow' : 'deny', reason: decision.allowed ? 'ok' : decision.reason });
+    const label = policy !== undefined && this.policies.has(policy) ? policy : '(unknown)';
+    this.decisions.inc({ mode, policy: label, decision: decision.allowed ? 'allow' : 'deny', reason: decision.allowed ? 'ok' : decision.reason });
   }
 }

@@ -22,7 +22,11 @@ const apiKeyFields = {
   authorizedEntities: z.array(z.string().regex(/^(route|group|service)_[A-Za-z0-9._~@+-]+$/, 'use route_<name> or group_<name>')).max(1000),
   enabled: z.boolean(),
   validUntil,
-  metadata: z.record(z.string().max(200), z.string().max(4000)),
+  metadata: z
+    .record(z.string().max(200), z.string().max(4000))
+    .refine((metadata) => metadata.scope === undefined || /^[\x21\x23-\x5b\x5d-\x7e, ]*$/.test(metadata.scope), {
+      message: 'metadata scope: scope tokens (RFC 6749 §3.3) separated by spaces or commas',
+    }),
   tags: z.array(z.string().max(200)).max(200),
   scope: z.union([z.string().transform((value) => value.split(' ').filter(Boolean)), z.array(z.string())]).pipe(z.array(SCOPE_TOKEN).max(200)),
   rotation: z.object({ enabled: z.boolean().default(false), rotationEvery: z.number().positive().default(744), gracePeriod: z.number().nonnegative().default(168) }).strict(),
@@ -157,33 +161,40 @@ export class AdminService {
   async updateApiKey(clientId: string, input: unknown): Promise<ApiKeyView> {
     const changes = parseInput(apiKeyPatchSchema, input);
     if (changes.clientId !== undefined && changes.clientId !== clientId) throw new AdminError(400, 'clientId cannot be changed');
-    const current = await this.requireApiKey(clientId);
     const { clientSecret, clientId: _id, ...fields } = changes;
-    const next: ApiKeyRecord = { ...current, ...(fields as Partial<ApiKeyRecord>), updatedAt: this.now() };
-    await this.assertKeyPairReference(next.metadata);
-    if (clientSecret !== undefined) {
-      next.secretHash = await hashSecret(clientSecret);
-      delete next.previousSecretHash;
-      delete next.previousSecretValidUntil;
-    }
-    if (!(await this.store.apiKeys.update(next))) throw new AdminError(404, `API key '${clientId}' does not exist`);
+    if (fields.metadata) await this.assertKeyPairReference(fields.metadata);
+    // Slow work (a short secret's scrypt) before the atomic read-change-write, so concurrent
+    // changes of the same key never overwrite each other with stale copies.
+    const secretHash = clientSecret === undefined ? undefined : await hashSecret(clientSecret);
+    const next = await this.store.apiKeys.modify(clientId, (current) => {
+      const changed: ApiKeyRecord = { ...current, ...(fields as Partial<ApiKeyRecord>), updatedAt: this.now() };
+      if (secretHash !== undefined) {
+        changed.secretHash = secretHash;
+        delete changed.previousSecretHash;
+        delete changed.previousSecretValidUntil;
+      }
+      return changed;
+    });
+    if (!next) throw new AdminError(404, `API key '${clientId}' does not exist`);
     return apiKeyView(next);
   }
 
   /** Replaces the secret; the old one keeps working for the grace period (hours, default the key's rotation.gracePeriod). */
   async rotateApiKeySecret(clientId: string, input: unknown): Promise<ApiKeyView> {
     const { clientSecret = generateSecret(), gracePeriod } = parseInput(rotateSecretSchema, input);
-    const current = await this.requireApiKey(clientId);
-    const now = this.now();
-    const graceHours = gracePeriod ?? current.rotation.gracePeriod;
-    const next: ApiKeyRecord = {
-      ...current,
-      secretHash: await hashSecret(clientSecret),
-      previousSecretHash: current.secretHash,
-      previousSecretValidUntil: now + graceHours * 3_600_000,
-      updatedAt: now,
-    };
-    if (!(await this.store.apiKeys.update(next))) throw new AdminError(404, `API key '${clientId}' does not exist`);
+    await this.requireApiKey(clientId);
+    const secretHash = await hashSecret(clientSecret);
+    const next = await this.store.apiKeys.modify(clientId, (current) => {
+      const now = this.now();
+      return {
+        ...current,
+        secretHash,
+        previousSecretHash: current.secretHash,
+        previousSecretValidUntil: now + (gracePeriod ?? current.rotation.gracePeriod) * 3_600_000,
+        updatedAt: now,
+      };
+    });
+    if (!next) throw new AdminError(404, `API key '${clientId}' does not exist`);
     return apiKeyView(next, clientSecret);
   }
 
@@ -234,22 +245,23 @@ export class AdminService {
   /** Generates (or imports) a new version with a new kid; the old version is retired but keeps verifying. */
   async rotateKeyPair(id: string, input: unknown) {
     const fields = parseInput(keyPairRotateSchema, input);
-    const keyPair = await this.requireKeyPair(id);
-    const material = this.material(keyPair.algorithm, fields.privateKey, fields.publicKey);
-    const now = this.now();
-    this.retireActive(keyPair, now);
-    keyPair.versions.push({ kid: `${id}#${keyPair.versions.length + 1}-${randomBytes(3).toString('hex')}`, ...material, createdAt: now });
-    await this.saveKeyPair(keyPair);
-    return keyPairView(keyPair);
+    const { algorithm } = await this.requireKeyPair(id);
+    const material = this.material(algorithm, fields.privateKey, fields.publicKey);
+    return this.changeKeyPair(id, (keyPair) => {
+      const now = this.now();
+      this.retireActive(keyPair, now);
+      keyPair.versions.push({ kid: `${id}#${keyPair.versions.length + 1}-${randomBytes(3).toString('hex')}`, ...material, createdAt: now });
+      return keyPair;
+    });
   }
 
   /** Retires the key pair: it signs nothing more, and its keys verify until their tokens have expired. */
   async retireKeyPair(id: string) {
-    const keyPair = await this.requireKeyPair(id);
-    if (!activeVersion(keyPair)) throw new AdminError(409, `key pair '${id}' is already retired`);
-    this.retireActive(keyPair, this.now());
-    await this.saveKeyPair(keyPair);
-    return keyPairView(keyPair);
+    return this.changeKeyPair(id, (keyPair) => {
+      if (!activeVersion(keyPair)) throw new AdminError(409, `key pair '${id}' is already retired`);
+      this.retireActive(keyPair, this.now());
+      return keyPair;
+    });
   }
 
   /** Deleting stops verification at once; refused while the key pair is the default or an API key names it. */
@@ -271,9 +283,12 @@ export class AdminService {
     active.verifyUntil = now + this.config.expiration;
   }
 
-  private async saveKeyPair(keyPair: KeyPairRecord): Promise<void> {
-    if (!(await this.store.keyPairs.update(keyPair))) throw new AdminError(404, `key pair '${keyPair.id}' does not exist`);
+  /** An atomic change of a stored key pair, then the key ring picks it up. */
+  private async changeKeyPair(id: string, change: (keyPair: KeyPairRecord) => KeyPairRecord) {
+    const changed = await this.store.keyPairs.modify(id, change);
+    if (!changed) throw new AdminError(404, `key pair '${id}' does not exist`);
     await this.keyRing.reload();
+    return keyPairView(changed);
   }
 
   private async requireKeyPair(id: string): Promise<KeyPairRecord> {

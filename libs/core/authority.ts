@@ -52,7 +52,11 @@ function adminTokenHash(config: AuthorityConfig, log: AuthorityLogger): Buffer {
   if (config.adminToken) return sha256(config.adminToken);
   mkdirSync(config.dataDir, { recursive: true });
   const file = join(config.dataDir, 'admin-token.sha256');
-  if (existsSync(file)) return Buffer.from(readFileSync(file, 'utf8').trim(), 'hex');
+  if (existsSync(file)) {
+    const stored = readFileSync(file, 'utf8').trim();
+    if (!/^[0-9a-f]{64}$/.test(stored)) throw new Error(`${file} is not a SHA-256 hex digest; delete it to generate a new admin token, or set ADMIN_TOKEN`);
+    return Buffer.from(stored, 'hex');
+  }
   const token = generateSecret();
   writeFileSync(file, sha256(token).toString('hex'), { mode: 0o600 });
   process.stderr.write(`\nGenerated admin API token (shown once, only its hash is kept in ${file}):\n\n  ${token}\n\n`);

@@ -44,7 +44,7 @@ export async function startExtAuthz(config: ExtAuthzConfig): Promise<ExtAuthzApp
   const replica = new AuthorityReplica();
   const watch = new AuthorityWatchClient(config, replica, logger, `ext-authz@${hostname()}:${process.pid}`);
   const authorizer = new Authorizer(config, replica);
-  const metrics = new AuthzMetrics(replica, watch);
+  const metrics = new AuthzMetrics(replica, watch, new Set(Object.keys(config.policies)));
   const core: ExtAuthz = { authorizer, replica, metrics, watch };
 
   // Health: SERVING once a state is loaded, and through authority outages (decisions go on).

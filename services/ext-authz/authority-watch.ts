@@ -66,10 +66,12 @@ export class AuthorityWatchClient {
     this.replica.setConnected(false);
     if (this.stopped || this.retryTimer) return;
     const { initialBackoff, maxBackoff } = this.config.authority;
-    const delay = Math.min(maxBackoff, initialBackoff * 2 ** this.attempt) * (0.5 + Math.random() / 2);
+    // A stream that was delivering ends now and then by design (the server's max connection
+    // age, a rolling restart): reconnect at once and quietly. Backoff starts when that fails.
+    const delay = this.attempt === 0 ? 0 : Math.min(maxBackoff, initialBackoff * 2 ** (this.attempt - 1)) * (0.5 + Math.random() / 2);
     this.attempt += 1;
     this.reconnects += 1;
-    const log = this.replica.ready ? this.logger.warn.bind(this.logger) : this.logger.info.bind(this.logger);
+    const log = this.attempt > 1 && this.replica.ready ? this.logger.warn.bind(this.logger) : this.logger.info.bind(this.logger);
     log({ why, retryInMs: Math.round(delay), status: this.replica.status }, 'authority watch disconnected; deciding from the last state');
     this.retryTimer = setTimeout(() => {
       this.retryTimer = undefined;

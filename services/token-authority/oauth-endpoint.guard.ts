@@ -25,7 +25,10 @@ export class OAuthEndpointGuard implements CanActivate {
 
   canActivate(context: ExecutionContext): boolean {
     const request = context.switchToHttp().getRequest<FastifyRequest>();
-    if (!this.hostMatches(request.hostname)) throw notFound('no OAuth endpoint on this host');
+    // The Host header itself: with trustProxy Fastify's hostname would follow X-Forwarded-Host,
+    // which proxies such as Envoy pass on from the client unchecked.
+    const host = (request.headers.host ?? '').replace(/:\d+$/, '').replace(/^\[(.*)\]$/, '$1');
+    if (!this.hostMatches(host)) throw notFound('no OAuth endpoint on this host');
     if (this.authority.config.secure && request.protocol !== 'https') throw invalidRequest('use a secure channel');
     return true;
   }

@@ -11,6 +11,11 @@ export interface ApiKeyRepository {
   create(apiKey: ApiKeyRecord): Promise<boolean>;
   /** Returns false when the key does not exist. */
   update(apiKey: ApiKeyRecord): Promise<boolean>;
+  /**
+   * Reads, changes and writes one key atomically (no other write in between); `change` must be
+   * synchronous. Resolves to the new record, or undefined when the key does not exist.
+   */
+  modify(clientId: string, change: (current: ApiKeyRecord) => ApiKeyRecord): Promise<ApiKeyRecord | undefined>;
   delete(clientId: string): Promise<boolean>;
 }
 
@@ -19,6 +24,8 @@ export interface KeyPairRepository {
   list(): Promise<KeyPairRecord[]>;
   create(keyPair: KeyPairRecord): Promise<boolean>;
   update(keyPair: KeyPairRecord): Promise<boolean>;
+  /** As ApiKeyRepository.modify. */
+  modify(id: string, change: (current: KeyPairRecord) => KeyPairRecord): Promise<KeyPairRecord | undefined>;
   delete(id: string): Promise<boolean>;
 }
 

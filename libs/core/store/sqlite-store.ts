@@ -46,12 +46,22 @@ class DocumentTable<T> {
   private readonly updateStatement;
   private readonly deleteStatement;
 
+  private readonly modifyTransaction;
+
   constructor(db: Database.Database, table: string, key: string, private readonly memo: ReadMemo) {
     this.getStatement = db.prepare<[string], { doc: string }>(`SELECT doc FROM ${table} WHERE ${key} = ?`);
     this.listStatement = db.prepare<[], { doc: string }>(`SELECT doc FROM ${table} ORDER BY ${key}`);
     this.insertStatement = db.prepare(`INSERT OR IGNORE INTO ${table} (${key}, doc) VALUES (?, ?)`);
     this.updateStatement = db.prepare(`UPDATE ${table} SET doc = ? WHERE ${key} = ?`);
     this.deleteStatement = db.prepare(`DELETE FROM ${table} WHERE ${key} = ?`);
+    // BEGIN IMMEDIATE: the read and the write hold the write lock together, across processes too.
+    this.modifyTransaction = db.transaction((id: string, change: (current: T) => T): T | undefined => {
+      const row = this.getStatement.get(id);
+      if (!row) return undefined;
+      const next = change(JSON.parse(row.doc) as T);
+      this.updateStatement.run(JSON.stringify(next), id);
+      return next;
+    }).immediate;
   }
 
   /** Callers get their own copy: the memo keeps the JSON text, not a shared object. */
@@ -70,6 +80,11 @@ class DocumentTable<T> {
   }
   delete(id: string): boolean {
     return this.afterWrite(this.deleteStatement.run(id).changes);
+  }
+  modify(id: string, change: (current: T) => T): T | undefined {
+    const next = this.modifyTransaction(id, change);
+    if (next !== undefined) this.memo.clear();
+    return next;
   }
   /** Clears the memo once the write is committed, so nobody reads the old row from memory. */
   private afterWrite(changes: number): boolean {
@@ -118,6 +133,7 @@ export class SqliteStore implements AuthorityStore {
       list: async () => apiKeys.list(),
       create: async (apiKey) => apiKeys.create(apiKey.clientId, apiKey),
       update: async (apiKey) => apiKeys.update(apiKey.clientId, apiKey),
+      modify: async (clientId, change) => apiKeys.modify(clientId, change),
       delete: async (clientId) => apiKeys.delete(clientId),
     };
 
@@ -127,6 +143,7 @@ export class SqliteStore implements AuthorityStore {
       list: async () => keyPairs.list(),
       create: async (keyPair) => keyPairs.create(keyPair.id, keyPair),
       update: async (keyPair) => keyPairs.update(keyPair.id, keyPair),
+      modify: async (id, change) => keyPairs.modify(id, change),
       delete: async (id) => keyPairs.delete(id),
     };
 
