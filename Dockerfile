@@ -15,13 +15,13 @@ RUN apt-get update \
 COPY package.json package-lock.json ./
 RUN npm ci --omit=dev --no-audit --no-fund
 
-# All dependencies (the TypeScript compiler) to build dist/.
+# All dependencies (the TypeScript compiler, buf for the reflection descriptor sets) to build dist/.
 FROM prod-deps AS build
 RUN npm ci --no-audit --no-fund
 COPY . .
 # proto/ and config/ may be absent from a checkout (git keeps no empty folders); the runtime stage
 # copies them from here, so make sure they exist.
-RUN npx tsc -p . && mkdir -p proto config
+RUN npm run build && mkdir -p proto config
 
 FROM base AS runtime
 ENV NODE_ENV=production

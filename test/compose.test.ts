@@ -109,6 +109,14 @@ describe('docker-compose.yml', () => {
     }
   });
 
+  it('builds the image with the project\'s own build (dist/ and the reflection descriptor sets)', () => {
+    const dockerfile = readFileSync(path.join(ROOT, 'Dockerfile'), 'utf8');
+    assert.match(dockerfile, /^RUN npm run build\b/m, 'npm run build, not tsc alone: the image needs dist/proto/*.binpb too');
+    for (const built of ['dist/services/token-authority/main.js', 'dist/services/ext-authz/main.js', 'dist/services/echo-backend/main.js', 'dist/proto/token_authority.binpb', 'dist/proto/health.binpb']) {
+      assert.ok(existsSync(path.join(ROOT, built)), `${built} is what npm run build makes and the image runs`);
+    }
+  });
+
   it('configures the token authority: issuer, admin token, data volume, gRPC port', () => {
     const authority = config.services['token-authority'];
     assert.equal(authority.environment?.ISSUER, 'http://oauth.oto.tools:8080');
