@@ -1,5 +1,4 @@
 import { createPrivateKey, createPublicKey, KeyObject } from 'node:crypto';
-import type { SigningAlgorithm } from './config';
 import { publicJwk, PublicJwk } from './crypto/key-pairs';
 import type { SigningKey, VerificationKey } from './crypto/jws';
 import type { KeyPairRecord } from './model';
@@ -72,9 +71,6 @@ export class KeyRing {
     return version;
   };
 
-  algorithmOf(keyPairId: string): SigningAlgorithm | undefined {
-    return this.signerByPair.get(keyPairId)?.algorithm;
-  }
 
   /** Every key that can still verify a live token, with the end of its window when retired. */
   verificationKeys(): { jwk: PublicJwk; verifyUntil?: number }[] {

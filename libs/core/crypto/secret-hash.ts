@@ -83,8 +83,3 @@ export async function verifySecret(presented: string, storedHashes: readonly str
   }
   return ok;
 }
-
-/** Constant-time comparison of two strings through their SHA-256 (lengths leak nothing). */
-export function constantTimeEqual(a: string, b: string): boolean {
-  return timingSafeEqual(createHash('sha256').update(a).digest(), createHash('sha256').update(b).digest());
-}
