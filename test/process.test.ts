@@ -109,6 +109,27 @@ describe('the token authority process', () => {
     }
   });
 
+  it('a running server signs with a key pair the CLI rotated, within a second', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'ta-cli-live-'));
+    const server = await startProcess({ DATA_DIR: dir, ADMIN_TOKEN: ADMIN });
+    try {
+      const kids = async () => ((await (await fetch(`${server.url}/.well-known/otoroshi/oauth/jwks.json`)).json()) as { keys: { kid: string }[] }).keys.map((key) => key.kid);
+      assert.deepEqual(await kids(), ['otoroshi-jwt-signing']);
+      const rotated = spawnSync(process.execPath, [CLI, 'keypairs', 'rotate', 'otoroshi-jwt-signing'], { env: { ...process.env, DATA_DIR: dir }, encoding: 'utf8', timeout: 15_000 });
+      assert.equal(rotated.status, 0, rotated.stderr);
+      const newKid = JSON.parse(rotated.stdout).activeKid as string;
+      const started = Date.now();
+      while (!(await kids()).includes(newKid)) {
+        assert.ok(Date.now() - started < 1000, 'the server did not see the rotation within 1 s');
+        await new Promise((done) => setTimeout(done, 25));
+      }
+    } finally {
+      server.child.kill('SIGTERM');
+      await exited(server.child);
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('the CLI manages API keys on the same store', () => {
     const dir = mkdtempSync(join(tmpdir(), 'ta-cli-'));
     const cli = (...args: string[]) => spawnSync(process.execPath, [CLI, ...args], { env: { ...process.env, DATA_DIR: dir }, encoding: 'utf8', timeout: 15_000 });

@@ -1,9 +1,9 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
-import { DataPlaneFeed } from './data-plane';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { isAbsolute, join, resolve } from 'node:path';
 import { AdminService } from './admin-service';
 import type { AuthorityConfig } from './config';
+import { DataPlaneFeed } from './data-plane';
 import { generateSecret } from './crypto/secret-hash';
 import { AdminError } from './errors';
 import { KeyRing } from './key-ring';
@@ -70,9 +70,6 @@ export interface AuthorityOptions {
   adminApi?: boolean;
 }
 
-/** Milliseconds between checks for key pair changes made elsewhere (CLI, another replica). */
-const KEY_RING_REFRESH_MS = 2_000;
-
 export async function createAuthority(config: AuthorityConfig, log: AuthorityLogger, options: AuthorityOptions = {}): Promise<Authority> {
   const authorityStore = options.store ?? new SqliteStore(storePath(config));
   const keyRing = new KeyRing(authorityStore.keyPairs, Date.now);
@@ -90,14 +87,13 @@ export async function createAuthority(config: AuthorityConfig, log: AuthorityLog
   const tokens = new TokenService(config, authorityStore, keyRing);
   const adminHash = options.adminApi === false ? undefined : adminTokenHash(config, log);
   const dataPlaneHash = config.dataPlaneToken ? sha256(config.dataPlaneToken) : undefined;
+  // The feed rebuilds on every store change (ours, or another process's seen through SQLite's
+  // data_version) and reloads the key ring first: that is what keeps signing keys current.
   const dataPlane = new DataPlaneFeed(authorityStore, keyRing, { issuer: config.issuer, audience: config.audience }, (error) => log.warn(`data plane state rebuild failed: ${error.message}`));
 
   const purge = () => authorityStore.revocations.purgeExpired(Date.now()).catch(() => 0);
   await purge();
-  const timers = [
-    setInterval(purge, 3_600_000).unref(),
-    setInterval(() => keyRing.reload().catch((error: Error) => log.warn(`key ring refresh failed: ${error.message}`)), KEY_RING_REFRESH_MS).unref(),
-  ];
+  const purgeTimer = setInterval(purge, 3_600_000).unref();
 
   return {
     config,
@@ -109,7 +105,7 @@ export async function createAuthority(config: AuthorityConfig, log: AuthorityLog
     isAdmin: (authorization) => bearerMatches(authorization, adminHash),
     isDataPlane: (authorization) => bearerMatches(authorization, adminHash) || bearerMatches(authorization, dataPlaneHash),
     async close() {
-      timers.forEach(clearInterval);
+      clearInterval(purgeTimer);
       dataPlane.close();
       await authorityStore.close();
     },

@@ -23,7 +23,7 @@ const USAGE = `usage: npm run cli -- <command>
   keypairs delete <id>
 
 Works on the store named by the same settings as the server (config/token-authority.yaml, DATA_DIR, STORE_PATH...).
-A running server sees API key changes at once and key pair changes within seconds.`;
+A running server sees these changes within 250 ms.`;
 
 const OPTIONS = {
   id: { type: 'string' },

@@ -18,9 +18,6 @@ export class WatchStreams {
     for (const subscriber of this.open) subscriber.complete();
     this.open.clear();
   }
-  get size(): number {
-    return this.open.size;
-  }
 }
 
 /** token_authority.v1.AuthorityWatch: the data plane state, then every change. */
