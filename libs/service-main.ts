@@ -1,8 +1,11 @@
 import { ConfigError } from './config/load-config';
+import { createLogger } from './logging';
+import { keepServingOnUncaughtErrors } from './observability/unexpected-errors';
 
 /**
  * The entry point every service shares: load and validate settings (exit 2 with the message on
- * a bad one), start, then on SIGTERM/SIGINT close gracefully and exit.
+ * a bad one), start, then on SIGTERM/SIGINT close gracefully and exit. A failed start exits 1;
+ * once serving, unexpected exceptions are logged and counted instead (unexpected-errors.ts).
  */
 export function runService<Config>(name: string, loadConfig: () => Config, start: (config: Config) => Promise<{ close(): Promise<void> }>): void {
   const main = async () => {
@@ -17,6 +20,8 @@ export function runService<Config>(name: string, loadConfig: () => Config, start
       throw error;
     }
     const service = await start(config);
+    // From here on an exception outside any request is logged and counted, not fatal.
+    keepServingOnUncaughtErrors(createLogger(name, 'error'));
     for (const signal of ['SIGTERM', 'SIGINT'] as const) {
       process.once(signal, () => {
         service.close().then(

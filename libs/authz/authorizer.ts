@@ -3,6 +3,7 @@ import { verifySecret } from '../core/crypto/secret-hash';
 import { verifyJws } from '../core/crypto/jws';
 import type { DataPlaneApiKey } from '../core/data-plane';
 import type { ExtAuthzConfig, ExtractorName, RoutePolicy } from './config';
+import { legalHeaderValue } from '../http/header-value';
 import { deny, type Decision, type DenyReason } from './decision';
 import type { AuthorityReplica } from './replica';
 
@@ -73,9 +74,9 @@ export class Authorizer {
     if (missing.length) return deny('missing_scope', challenge('insufficient_scope', `, scope="${policy.requiredScopes.join(' ')}"`));
 
     const names = this.config.identityHeaders;
-    const headersToSet: Record<string, string> = { [names.clientId]: headerValue(apiKey.clientId), [names.clientName]: headerValue(apiKey.clientName) };
+    const headersToSet: Record<string, string> = { [names.clientId]: legalHeaderValue(apiKey.clientId), [names.clientName]: legalHeaderValue(apiKey.clientName) };
     const headersToRemove: string[] = [];
-    if (scopes.length) headersToSet[names.scopes] = headerValue(scopes.join(' '));
+    if (scopes.length) headersToSet[names.scopes] = legalHeaderValue(scopes.join(' '));
     else headersToRemove.push(names.scopes);
     if (policy.stripCredential) headersToRemove.push(...(extracted.kind === 'bearer' ? [extracted.header] : extracted.headers));
     return { allowed: true, clientId: apiKey.clientId, headersToSet, headersToRemove };
@@ -135,15 +136,6 @@ export class Authorizer {
     if (verified.nbf > nowSeconds) return { reason: 'not_yet_valid' };
     return verified;
   }
-}
-
-/**
- * Names are free text (Otoroshi lets people type "Café ☕"), header values are not: anything
- * beyond visible ASCII and spaces goes percent-encoded (UTF-8), so no CR/LF or raw byte reaches
- * a header, in either transport.
- */
-export function headerValue(value: string): string {
-  return /^[\x20-\x7e]*$/.test(value) ? value : encodeURIComponent(value);
 }
 
 function apiKeyState(apiKey: DataPlaneApiKey | undefined, now: number): { reason: DenyReason } | undefined {

@@ -1,3 +1,5 @@
+import { legalHeaderValue } from '../http/header-value';
+
 /**
  * What ext-authz answers, independent of transport: Envoy gRPC, Envoy/nginx HTTP. Deny reasons
  * double as metric labels; the table below is the one place their status and message are set.
@@ -67,7 +69,8 @@ export type Decision = Allow | Deny;
 
 export function deny(reason: DenyReason, challenge?: string): Deny {
   const { status, message } = DENIALS[reason];
-  return { allowed: false, reason, status, message, wwwAuthenticate: challenge };
+  // The challenge names the route's policy: made a legal header value here, for both transports.
+  return { allowed: false, reason, status, message, wwwAuthenticate: challenge === undefined ? undefined : legalHeaderValue(challenge) };
 }
 
 /** The JSON body of a denial, as Otoroshi writes it. */

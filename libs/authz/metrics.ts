@@ -1,4 +1,5 @@
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
+import { registerUnexpectedErrors } from '../observability/unexpected-errors';
 import type { Decision } from './decision';
 import type { AuthorityReplica } from './replica';
 
@@ -14,6 +15,7 @@ export class AuthzMetrics {
     private readonly policies: ReadonlySet<string>,
   ) {
     collectDefaultMetrics({ register: this.registry, prefix: 'ext_authz_' });
+    registerUnexpectedErrors(this.registry);
     this.decisions = new Counter({
       name: 'ext_authz_decisions_total',
       help: 'Authorization decisions, by transport, policy, outcome and deny reason.',

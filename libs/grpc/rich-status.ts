@@ -1,6 +1,7 @@
 import { Metadata, status as GrpcStatus } from '@grpc/grpc-js';
 import path from 'node:path';
 import { Root, type Type } from 'protobufjs';
+import { legalHeaderValue } from '../http/header-value';
 
 /**
  * google.rpc.Status with a google.rpc.ErrorInfo detail, in `grpc-status-details-bin`: the rich
@@ -20,10 +21,15 @@ export interface RichError {
   metadata: Metadata;
 }
 
-/** Builds a grpc-js service error whose status carries an ErrorInfo (reason, domain, metadata). */
+/**
+ * Builds a grpc-js service error whose status carries an ErrorInfo (reason, domain, metadata).
+ * Every gRPC error of ours is built here, so this is where trailer values echoing a client's
+ * input are made legal: grpc-js throws on a non-ASCII metadata value, outside any handler.
+ * The ErrorInfo (protobuf strings) keeps the text as it is.
+ */
 export function richError(code: GrpcStatus, message: string, reason: string, domain: string, trailers: Record<string, string> = {}): RichError {
   const metadata = new Metadata();
-  for (const [key, value] of Object.entries(trailers)) metadata.set(key, value);
+  for (const [key, value] of Object.entries(trailers)) metadata.set(key, legalHeaderValue(value));
   const errorInfo = ErrorInfoType.encode(ErrorInfoType.create({ reason, domain, metadata: trailers })).finish();
   const statusMessage = StatusType.create({
     code,

@@ -10,6 +10,7 @@ import type { ExtAuthzConfig } from '../../libs/authz/config';
 import { AuthzMetrics } from '../../libs/authz/metrics';
 import { AuthorityReplica } from '../../libs/authz/replica';
 import { createLogger, NestPinoLogger } from '../../libs/logging';
+import { countUnexpectedError } from '../../libs/observability/unexpected-errors';
 import { AuthorityWatchClient } from './authority-watch';
 import { addCheckService } from './envoy-check';
 import { EXT_AUTHZ, type ExtAuthz } from './ext-authz.provider';
@@ -62,7 +63,15 @@ export async function startExtAuthz(config: ExtAuthzConfig): Promise<ExtAuthzApp
     'grpc.http2.min_ping_interval_without_data_ms': 10_000,
     'grpc.max_concurrent_streams': 10_000,
   });
-  addCheckService(grpcServer, authorizer, (decision, policy) => metrics.record('grpc', policy, decision));
+  addCheckService(
+    grpcServer,
+    authorizer,
+    (decision, policy) => metrics.record('grpc', policy, decision),
+    (error) => {
+      countUnexpectedError('grpc');
+      logger.error({ err: error }, 'Check failed unexpectedly; answered INTERNAL');
+    },
+  );
   health.addToServer(grpcServer);
   const grpcPort = await new Promise<number>((resolve, reject) =>
     grpcServer.bindAsync(`${config.grpc.host.includes(':') ? `[${config.grpc.host}]` : config.grpc.host}:${config.grpc.port}`, ServerCredentials.createInsecure(), (error, port) => (error ? reject(error) : resolve(port))),

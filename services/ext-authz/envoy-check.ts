@@ -80,7 +80,7 @@ export type CheckListener = (decision: Decision, policy: string | undefined) => 
  * Registers Check on a grpc-js server directly (not through Nest's gRPC layer: it is the hot
  * path, see bench/ext-authz.ts). Every call is answered with a CheckResponse, never an RPC error.
  */
-export function addCheckService(server: Server, authorizer: Authorizer, onDecision: CheckListener): void {
+export function addCheckService(server: Server, authorizer: Authorizer, onDecision: CheckListener, onUnexpected: (error: Error) => void): void {
   server.addService(loadAuthorizationService(), {
     Check(call: ServerUnaryCall<CheckRequest, object>, callback: sendUnaryData<object>) {
       const request = toAuthzRequest(call.request);
@@ -89,7 +89,11 @@ export function addCheckService(server: Server, authorizer: Authorizer, onDecisi
           onDecision(decision, request.policy);
           callback(null, toCheckResponse(decision));
         },
-        (error: Error) => callback({ code: GrpcStatus.INTERNAL, details: error.message }),
+        (error: Error) => {
+          // The authorizer never throws by design; if it does, the call fails closed (Envoy denies).
+          onUnexpected(error);
+          callback({ code: GrpcStatus.INTERNAL, details: 'internal error' });
+        },
       );
     },
   });

@@ -2,6 +2,7 @@ import { ArgumentsHost, Catch, ExceptionFilter, HttpException, Logger } from '@n
 import type { FastifyReply } from 'fastify';
 import { throwError, type Observable } from 'rxjs';
 import { AdminError, OAuthError } from '../../libs/core/errors';
+import { countUnexpectedError } from '../../libs/observability/unexpected-errors';
 import { toGrpcError } from './grpc-errors';
 
 const ADMIN_ERROR_CODES = { 400: 'invalid_request', 404: 'not_found', 409: 'conflict' } as const;
@@ -27,7 +28,7 @@ export class ErrorFilter implements ExceptionFilter {
   catch(exception: unknown, host: ArgumentsHost): void | Observable<never> {
     if (host.getType() === 'rpc') {
       const grpcError = toGrpcError(exception);
-      if (grpcError.details === 'internal error') this.logger.error(exception instanceof Error ? exception.stack ?? exception.message : String(exception));
+      if (grpcError.details === 'internal error') this.unexpected('grpc', exception);
       return throwError(() => grpcError);
     }
     const reply = host.switchToHttp().getResponse<FastifyReply>();
@@ -53,7 +54,13 @@ export class ErrorFilter implements ExceptionFilter {
       void reply.status(status === 415 ? 400 : status).send({ error: code, error_description: description });
       return;
     }
-    this.logger.error(exception instanceof Error ? exception.stack ?? exception.message : String(exception));
+    this.unexpected('rest', exception);
     void reply.status(500).send({ error: 'server_error', error_description: 'internal error' });
+  }
+
+  /** Logged with its stack and counted; the client learns nothing (see unexpected-errors.ts). */
+  private unexpected(where: 'rest' | 'grpc', exception: unknown): void {
+    countUnexpectedError(where);
+    this.logger.error(exception instanceof Error ? exception.stack ?? exception.message : String(exception));
   }
 }
