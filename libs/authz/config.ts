@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { booleanSetting, loadConfig, logLevelSetting, portSetting } from '../config/load-config';
+import { httpLimitEnvOverrides, httpLimitsSchema } from '../http/server-limits';
 
 export const EXTRACTORS = ['bearer', 'basic', 'customHeaders', 'clientId'] as const;
 export type ExtractorName = (typeof EXTRACTORS)[number];
@@ -28,7 +29,7 @@ export type RoutePolicy = z.infer<typeof policySchema>;
 export const extAuthzConfigSchema = z
   .object({
     grpc: z.object({ host: z.string().default('0.0.0.0'), port: portSetting.default(9191) }).prefault({}),
-    http: z.object({ host: z.string().default('0.0.0.0'), port: portSetting.default(9192) }).prefault({}),
+    http: z.object({ host: z.string().default('0.0.0.0'), port: portSetting.default(9192), limits: httpLimitsSchema }).prefault({}),
     authority: z
       .object({
         /** host:port of the token authority's gRPC face (AuthorityWatch). */
@@ -63,6 +64,7 @@ export const EXT_AUTHZ_ENV_OVERRIDES = {
   GRPC_PORT: 'grpc.port',
   HTTP_HOST: 'http.host',
   HTTP_PORT: 'http.port',
+  ...httpLimitEnvOverrides('HTTP_', 'http.limits'),
   AUTHORITY_GRPC_URL: 'authority.url',
   AUTHORITY_TOKEN: 'authority.token',
   CACHE_SIZE: 'cacheSize',

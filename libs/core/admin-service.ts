@@ -64,6 +64,17 @@ const apiKeyPatchSchema = z
   })
   .strict() as z.ZodType<Partial<z.input<typeof apiKeyCreateSchema>> & { clientSecret?: string; clientId?: string }, unknown>;
 
+/** Query of the API key list (strings, as a query string gives them). */
+const apiKeyListQuerySchema = z
+  .object({
+    limit: z.coerce.number().int().min(1).max(1000).default(100),
+    after: z.string().max(128).optional(),
+    enabled: z.enum(['true', 'false']).transform((value) => value === 'true').optional(),
+    tag: z.string().max(200).optional(),
+    authorizedEntity: z.string().max(200).optional(),
+  })
+  .strict();
+
 const rotateSecretSchema = z.object({ clientSecret: SECRET.optional(), gracePeriod: z.number().nonnegative().optional() }).strict();
 
 const keyPairCreateSchema = z
@@ -129,8 +140,15 @@ export class AdminService {
     private readonly now: () => number = Date.now,
   ) {}
 
-  async listApiKeys(): Promise<ApiKeyView[]> {
-    return (await this.store.apiKeys.list()).map((apiKey) => apiKeyView(apiKey));
+  /**
+   * One page of API keys in client id order: `limit` (default 100, at most 1000) after the
+   * `after` cursor, optionally filtered. `next` is the cursor of the following page, if any.
+   */
+  async listApiKeys(query: unknown = {}): Promise<{ items: ApiKeyView[]; next?: string }> {
+    const { limit, after, enabled, tag, authorizedEntity } = parseInput(apiKeyListQuerySchema, query);
+    const page = await this.store.apiKeys.listPage({ limit, after, enabled, tag, authorizedEntity });
+    const items = page.map((apiKey) => apiKeyView(apiKey));
+    return page.length === limit ? { items, next: page[page.length - 1].clientId } : { items };
   }
 
   async getApiKey(clientId: string): Promise<ApiKeyView> {
@@ -268,7 +286,7 @@ export class AdminService {
   async deleteKeyPair(id: string): Promise<void> {
     await this.requireKeyPair(id);
     if (id === this.config.defaultKeyPair) throw new AdminError(409, `key pair '${id}' is the defaultKeyPair`);
-    const users = (await this.store.apiKeys.list()).filter((apiKey) => apiKey.metadata[SIGN_KEYPAIR_METADATA] === id);
+    const users = await this.store.apiKeys.listPage({ signKeyPair: id, limit: 20 });
     if (users.length) {
       throw new AdminError(409, `key pair '${id}' is used by API keys: ${users.map((apiKey) => apiKey.clientId).join(', ')}`);
     }

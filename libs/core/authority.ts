@@ -23,7 +23,7 @@ export interface Authority {
   keyRing: KeyRing;
   tokens: TokenService;
   admin: AdminService;
-  /** The state data planes replicate, kept current. */
+  /** The updates data planes replicate the state from. */
   dataPlane: DataPlaneFeed;
   /** Whether an `Authorization` header carries the admin bearer token. */
   isAdmin(authorization: string | undefined): boolean;
@@ -87,9 +87,11 @@ export async function createAuthority(config: AuthorityConfig, log: AuthorityLog
   const tokens = new TokenService(config, authorityStore, keyRing);
   const adminHash = options.adminApi === false ? undefined : adminTokenHash(config, log);
   const dataPlaneHash = config.dataPlaneToken ? sha256(config.dataPlaneToken) : undefined;
-  // The feed rebuilds on every store change (ours, or another process's seen through SQLite's
-  // data_version) and reloads the key ring first: that is what keeps signing keys current.
-  const dataPlane = new DataPlaneFeed(authorityStore, keyRing, { issuer: config.issuer, audience: config.audience }, (error) => log.warn(`data plane state rebuild failed: ${error.message}`));
+  // The feed reads the change log after every store change (ours, or another process's seen
+  // through SQLite's data_version) and reloads the key ring when key pairs changed: that is
+  // what keeps signing keys current.
+  const dataPlane = new DataPlaneFeed(authorityStore, keyRing, { issuer: config.issuer, audience: config.audience }, (error) => log.warn(`data plane update failed: ${error.message}`));
+  await dataPlane.start();
 
   const purge = () => authorityStore.revocations.purgeExpired(Date.now()).catch(() => 0);
   await purge();

@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { booleanSetting, loadConfig, logLevelSetting, portSetting } from '../config/load-config';
+import { httpLimitEnvOverrides, httpLimitsSchema } from '../http/server-limits';
 
 export const SIGNING_ALGORITHMS = ['RS256', 'PS256', 'ES256', 'EdDSA'] as const;
 export type SigningAlgorithm = (typeof SIGNING_ALGORITHMS)[number];
@@ -37,6 +38,7 @@ export const authorityConfigSchema = z
         port: portSetting.default(8080),
         /** Largest accepted request body in bytes. */
         bodyLimit: z.coerce.number().int().min(1024).max(10 * 1024 * 1024).default(64 * 1024),
+        limits: httpLimitsSchema,
       })
       .prefault({}),
     grpc: z
@@ -84,6 +86,7 @@ export const AUTHORITY_ENV_OVERRIDES = {
   HTTP_HOST: 'http.host',
   HTTP_PORT: 'http.port',
   HTTP_BODY_LIMIT: 'http.bodyLimit',
+  ...httpLimitEnvOverrides('HTTP_', 'http.limits'),
   GRPC_HOST: 'grpc.host',
   GRPC_PORT: 'grpc.port',
   STORE_PATH: 'store.path',

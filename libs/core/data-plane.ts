@@ -1,21 +1,45 @@
-import { createHash } from 'node:crypto';
+import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
 import type { PublicJwk } from './crypto/key-pairs';
 import type { KeyRing } from './key-ring';
-import { activeSecretHashes, grantableScopes } from './model';
-import type { AuthorityStore } from './store/repositories';
+import { activeSecretHashes, grantableScopes, type ApiKeyRecord } from './model';
+import type { AuthorityStore, Revocation, StoreChange } from './store/repositories';
 
 /**
- * What a data plane (ext-authz) needs to decide alone: the shape both sides share, whatever
- * carries it (token_authority.v1.AuthorityWatch on the wire). Times are epoch milliseconds.
+ * What a data plane (ext-authz) needs to decide alone, as updates: a snapshot, then only what
+ * changed (Envoy's incremental xDS, carried by token_authority.v1.AuthorityWatch/DeltaWatch).
+ * Entries carry the entity's whole current state, so applying one twice does no harm. All
+ * parts of one update carry the same version and base version.
+ * Times are epoch milliseconds.
  */
-export interface DataPlaneState {
+export interface DataPlaneUpdate {
+  /** The version the data plane is at once this update (all its parts) is applied. */
   version: string;
-  issuer: string;
-  audience: string;
-  keys: { jwk: PublicJwk; verifyUntil?: number }[];
+  /** The version this update applies on top of; empty on a snapshot. */
+  baseVersion: string;
+  /** First part of a snapshot: forget everything. */
+  reset: boolean;
+  /** More parts of this update follow. */
+  more: boolean;
+  /** Set on snapshots. */
+  issuer?: string;
+  audience?: string;
+  keyPairs: DataPlaneKeyPair[];
+  removedKeyPairs: string[];
   apiKeys: DataPlaneApiKey[];
-  revokedTokens: { jti: string; expiresAt: number }[];
+  removedApiKeys: string[];
+  revokedTokens: Revocation[];
   generatedAt: number;
+}
+
+export interface DataPlaneKeyPair {
+  keyPairId: string;
+  /** Every key of the pair that may still verify a live token (replaces what the data plane had). */
+  keys: DataPlaneKey[];
+}
+
+export interface DataPlaneKey {
+  jwk: PublicJwk;
+  verifyUntil?: number;
 }
 
 export interface DataPlaneApiKey {
@@ -31,8 +55,8 @@ export interface DataPlaneApiKey {
   allowClientIdOnly: boolean;
 }
 
-export async function buildDataPlaneState(store: AuthorityStore, keyRing: KeyRing, token: { issuer: string; audience: string }, now: number): Promise<DataPlaneState> {
-  const apiKeys: DataPlaneApiKey[] = (await store.apiKeys.list()).map((apiKey) => ({
+export function toDataPlaneApiKey(apiKey: ApiKeyRecord, now: number): DataPlaneApiKey {
+  return {
     clientId: apiKey.clientId,
     clientName: apiKey.clientName,
     enabled: apiKey.enabled,
@@ -43,64 +67,230 @@ export async function buildDataPlaneState(store: AuthorityStore, keyRing: KeyRin
     tags: apiKey.tags,
     secrets: activeSecretHashes(apiKey, now),
     allowClientIdOnly: apiKey.allowClientIdOnly ?? false,
-  }));
-  const content = { issuer: token.issuer, audience: token.audience, keys: keyRing.verificationKeys(), apiKeys, revokedTokens: await store.revocations.listActive(now) };
-  // The version names the content, so an unchanged state is never sent again.
-  const version = createHash('sha256').update(JSON.stringify(content)).digest('base64url').slice(0, 16);
-  return { version, ...content, generatedAt: now };
+  };
 }
 
-/** How long changes are gathered before one new state is built (a burst of writes is one update). */
+/** Versions are `<store id>:<change-log position>`: comparable only within one store. */
+export function formatVersion(storeId: string, seq: number): string {
+  return `${storeId}:${seq}`;
+}
+
+export function parseVersion(version: string): { storeId: string; seq: number } | undefined {
+  const colon = version.lastIndexOf(':');
+  const seq = Number(version.slice(colon + 1));
+  return colon > 0 && Number.isSafeInteger(seq) && seq >= 0 ? { storeId: version.slice(0, colon), seq } : undefined;
+}
+
+/** Entries per message of a snapshot or catch-up: each part is read and encoded without holding the event loop for long. */
+export const UPDATE_CHUNK = 1000;
+/** Changes read from the log per delta: a larger burst becomes several deltas. */
+const CHANGES_PER_DELTA = 5000;
+/** How long changes are gathered before a delta is built (a burst of writes is one update). */
 const DEBOUNCE_MS = 20;
 
+/** A listener gets every delta in order, or 'resync' when it must start over from a snapshot. */
+export type UpdateListener = (update: DataPlaneUpdate | 'resync') => void;
+
+const emptyUpdate = (version: string, baseVersion: string, now: number): DataPlaneUpdate => ({
+  version,
+  baseVersion,
+  reset: false,
+  more: false,
+  keyPairs: [],
+  removedKeyPairs: [],
+  apiKeys: [],
+  removedApiKeys: [],
+  revokedTokens: [],
+  generatedAt: now,
+});
+
 /**
- * The current data plane state, rebuilt after every store change and handed to subscribers
- * (the Watch streams). A failed rebuild keeps the last good state and retries on the next change.
+ * Turns the store's change log into data plane updates. After every store change (ours, or
+ * another process's), it reads the changes since the last delta, reads the current state of
+ * just those entities and hands one delta to every subscriber: the cost follows the change,
+ * not the number of API keys. Snapshots are read a page at a time.
  */
 export class DataPlaneFeed {
-  private state: DataPlaneState | undefined;
-  private readonly listeners = new Set<(state: DataPlaneState) => void>();
+  private seq = 0;
+  private readonly listeners = new Set<UpdateListener>();
   private pending: NodeJS.Timeout | undefined;
+  private publishing: Promise<void> | undefined;
+  private again = false;
   private readonly unsubscribeStore: () => void;
+  private readonly ready: Promise<void>;
 
   constructor(
     private readonly store: AuthorityStore,
     private readonly keyRing: KeyRing,
     private readonly token: { issuer: string; audience: string },
     private readonly onError: (error: Error) => void,
+    private readonly now: () => number = Date.now,
   ) {
+    this.ready = store.changes.head().then((head) => {
+      this.seq = head;
+    });
     this.unsubscribeStore = store.onChange(() => this.schedule());
   }
 
-  async current(): Promise<DataPlaneState> {
-    this.state ??= await this.rebuild();
-    return this.state;
+  /** Resolves once the feed knows where the change log stands; call before serving. */
+  start(): Promise<void> {
+    return this.ready;
   }
 
-  subscribe(listener: (state: DataPlaneState) => void): () => void {
+  /** The version of the last delta published (what a new stream starts at). */
+  get version(): string {
+    return formatVersion(this.store.changes.storeId, this.seq);
+  }
+
+  subscribe(listener: UpdateListener): () => void {
     this.listeners.add(listener);
     return () => this.listeners.delete(listener);
+  }
+
+  get subscribers(): number {
+    return this.listeners.size;
+  }
+
+  /**
+   * The first update of a stream, at the version published when called: subscribe first, in
+   * the same tick, and every later delta follows on from it. What changed since `resumeFrom`
+   * when the change log still reaches back to it, the whole state otherwise, in parts of
+   * UPDATE_CHUNK entries. Pages read after a change may already hold it; the delta that follows
+   * repeats it harmlessly.
+   */
+  updatesFrom(resumeFrom?: string): AsyncGenerator<DataPlaneUpdate> {
+    const to = this.seq;
+    const version = formatVersion(this.store.changes.storeId, to);
+    const from = resumeFrom ? parseVersion(resumeFrom) : undefined;
+    const resumable = from !== undefined && from.storeId === this.store.changes.storeId && from.seq <= to;
+    return resumable ? this.readCatchUp(resumeFrom!, from.seq, to) : this.readSnapshot(version);
+  }
+
+  private async *readSnapshot(version: string): AsyncGenerator<DataPlaneUpdate> {
+    const now = this.now();
+    const first: DataPlaneUpdate = { ...emptyUpdate(version, '', now), reset: true, issuer: this.token.issuer, audience: this.token.audience, keyPairs: this.keyRing.keyPairKeys() };
+    let part = first;
+    let after: string | undefined;
+    for (;;) {
+      const page = await this.store.apiKeys.listPage({ after, limit: UPDATE_CHUNK });
+      if (!page.length) break;
+      part.apiKeys = page.map((apiKey) => toDataPlaneApiKey(apiKey, now));
+      after = page[page.length - 1].clientId;
+      yield { ...part, more: true };
+      part = emptyUpdate(version, '', now);
+      await yieldToEventLoop();
+    }
+    let afterJti: string | undefined;
+    for (;;) {
+      const page = await this.store.revocations.listActivePage(now, afterJti, UPDATE_CHUNK);
+      if (!page.length) break;
+      part.revokedTokens = page;
+      afterJti = page[page.length - 1].jti;
+      yield { ...part, more: true };
+      part = emptyUpdate(version, '', now);
+      await yieldToEventLoop();
+    }
+    yield part;
+  }
+
+  /** The changes from `fromSeq` to `to`, or a snapshot at `to` when the log no longer reaches back. */
+  private async *readCatchUp(fromVersion: string, fromSeq: number, to: number): AsyncGenerator<DataPlaneUpdate> {
+    const version = formatVersion(this.store.changes.storeId, to);
+    let seq = fromSeq;
+    while (seq < to) {
+      const changes = (await this.store.changes.since(seq, CHANGES_PER_DELTA))?.filter((change) => change.seq <= to);
+      if (changes === undefined) {
+        if (seq !== fromSeq) throw new Error('the change log was pruned during a catch-up');
+        yield* this.readSnapshot(version);
+        return;
+      }
+      if (!changes.length) break;
+      seq = changes[changes.length - 1].seq;
+      for (const part of await this.delta(changes, version, fromVersion)) yield { ...part, more: true };
+      await yieldToEventLoop();
+    }
+    yield emptyUpdate(version, fromVersion, this.now());
   }
 
   private schedule(): void {
     if (this.pending) return;
     this.pending = setTimeout(() => {
       this.pending = undefined;
-      this.rebuild().then(
-        (state) => {
-          if (state.version === this.state?.version) return;
-          this.state = state;
-          this.listeners.forEach((listener) => listener(state));
-        },
-        (error: Error) => this.onError(error),
-      );
+      void this.publish();
     }, DEBOUNCE_MS);
   }
 
-  private async rebuild(): Promise<DataPlaneState> {
-    // Key pairs may have been changed by another process: pick that up before publishing.
-    await this.keyRing.reload();
-    return buildDataPlaneState(this.store, this.keyRing, this.token, Date.now());
+  /** Publishes deltas until the change log is read to its end; one run at a time. */
+  private publish(): Promise<void> {
+    if (this.publishing) {
+      this.again = true;
+      return this.publishing;
+    }
+    this.publishing = (async () => {
+      await this.ready;
+      do {
+        this.again = false;
+        try {
+          await this.publishOnce();
+        } catch (error) {
+          this.onError(error as Error);
+        }
+      } while (this.again);
+    })().finally(() => {
+      this.publishing = undefined;
+    });
+    return this.publishing;
+  }
+
+  private async publishOnce(): Promise<void> {
+    const changes = await this.store.changes.since(this.seq, CHANGES_PER_DELTA);
+    if (changes === undefined) {
+      // Fell further behind than the log keeps: every subscriber starts over from a snapshot.
+      this.seq = await this.store.changes.head();
+      this.listeners.forEach((listener) => listener('resync'));
+      return;
+    }
+    if (!changes.length) return;
+    const baseVersion = formatVersion(this.store.changes.storeId, this.seq);
+    const seq = changes[changes.length - 1].seq;
+    const version = formatVersion(this.store.changes.storeId, seq);
+    const parts = await this.delta(changes, version, baseVersion);
+    this.seq = seq;
+    parts.forEach((part, index) => {
+      const update = { ...part, more: index < parts.length - 1 };
+      this.listeners.forEach((listener) => listener(update));
+    });
+    if (changes.length === CHANGES_PER_DELTA) this.again = true;
+  }
+
+  /** The current state of the entities `changes` name, in parts of at most UPDATE_CHUNK API keys. */
+  private async delta(changes: StoreChange[], version: string, baseVersion: string): Promise<DataPlaneUpdate[]> {
+    const now = this.now();
+    const ids = { apiKey: new Set<string>(), keyPair: new Set<string>(), revocation: new Set<string>() };
+    for (const change of changes) ids[change.entity]?.add(change.id);
+    const first = emptyUpdate(version, baseVersion, now);
+    if (ids.keyPair.size) {
+      // Signing follows key pair changes from any process: reload before anyone is told.
+      await this.keyRing.reload();
+      for (const id of ids.keyPair) {
+        const [keyPair] = this.keyRing.keyPairKeys(id);
+        if (keyPair) first.keyPairs.push(keyPair);
+        else first.removedKeyPairs.push(id);
+      }
+    }
+    for (const jti of ids.revocation) {
+      const revocation = await this.store.revocations.get(jti);
+      if (revocation && revocation.expiresAt > now) first.revokedTokens.push(revocation);
+    }
+    const parts = [first];
+    let part = first;
+    for (const clientId of ids.apiKey) {
+      if (part.apiKeys.length + part.removedApiKeys.length >= UPDATE_CHUNK) parts.push((part = emptyUpdate(version, baseVersion, now)));
+      const apiKey = await this.store.apiKeys.get(clientId);
+      if (apiKey) part.apiKeys.push(toDataPlaneApiKey(apiKey, now));
+      else part.removedApiKeys.push(clientId);
+    }
+    return parts;
   }
 
   close(): void {

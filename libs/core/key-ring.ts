@@ -19,6 +19,7 @@ interface LoadedVersion extends VerificationKey {
 export class KeyRing {
   private byKid = new Map<string, LoadedVersion>();
   private signerByPair = new Map<string, SigningKey>();
+  private keyPairIds: string[] = [];
   private fingerprint = '';
 
   constructor(
@@ -36,6 +37,7 @@ export class KeyRing {
     for (const keyPair of keyPairs) this.load(keyPair, byKid, signerByPair);
     this.byKid = byKid;
     this.signerByPair = signerByPair;
+    this.keyPairIds = keyPairs.map((keyPair) => keyPair.id);
     this.fingerprint = fingerprint;
   }
 
@@ -73,11 +75,21 @@ export class KeyRing {
 
 
   /** Every key that can still verify a live token, with the end of its window when retired. */
-  verificationKeys(): { jwk: PublicJwk; verifyUntil?: number }[] {
+  verificationKeys(): { jwk: PublicJwk; verifyUntil?: number; keyPairId: string }[] {
     const now = this.now();
     return [...this.byKid.values()]
       .filter((version) => version.verifyUntil === undefined || version.verifyUntil > now)
-      .map((version) => ({ jwk: version.jwk, verifyUntil: version.verifyUntil }));
+      .map((version) => ({ jwk: version.jwk, verifyUntil: version.verifyUntil, keyPairId: version.keyPairId }));
+  }
+
+  /** Those keys by key pair: every stored key pair (or the one named; none if it does not exist), even one with no live key. */
+  keyPairKeys(onlyId?: string): { keyPairId: string; keys: { jwk: PublicJwk; verifyUntil?: number }[] }[] {
+    const ids = onlyId === undefined ? this.keyPairIds : this.keyPairIds.filter((id) => id === onlyId);
+    const keys = this.verificationKeys();
+    return ids.map((keyPairId) => ({
+      keyPairId,
+      keys: keys.filter((key) => key.keyPairId === keyPairId).map(({ jwk, verifyUntil }) => ({ jwk, verifyUntil })),
+    }));
   }
 
   /** The JWKS: every public key that can still verify a live token. */

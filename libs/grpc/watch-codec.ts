@@ -1,28 +1,38 @@
 import type { PublicJwk } from '../core/crypto/key-pairs';
-import type { DataPlaneApiKey, DataPlaneState } from '../core/data-plane';
+import type { DataPlaneApiKey, DataPlaneKey, DataPlaneUpdate } from '../core/data-plane';
 
-/** token_authority.v1.WatchResponse as @grpc/proto-loader gives it (keepCase, longs as numbers). */
+/** token_authority.v1.DeltaWatchResponse as @grpc/proto-loader gives it (keepCase, longs as numbers). */
 interface Timestamp {
   seconds: number;
   nanos?: number;
 }
-export interface WatchResponseMessage {
+interface VerificationKeyMessage {
+  jwk: Record<string, string>;
+  verify_until?: Timestamp;
+}
+interface ApiKeyStateMessage {
+  client_id: string;
+  client_name?: string;
+  enabled?: boolean;
+  valid_until?: Timestamp;
+  authorized_entities?: string[];
+  scopes?: string[];
+  metadata?: Record<string, string>;
+  tags?: string[];
+  secrets?: { hash: string; valid_until?: Timestamp }[];
+  allow_client_id_only?: boolean;
+}
+export interface DeltaWatchResponseMessage {
   version: string;
-  issuer: string;
+  base_version?: string;
+  reset?: boolean;
+  more?: boolean;
+  issuer?: string;
   audience?: string;
-  keys?: { jwk: Record<string, string>; verify_until?: Timestamp }[];
-  api_keys?: {
-    client_id: string;
-    client_name?: string;
-    enabled?: boolean;
-    valid_until?: Timestamp;
-    authorized_entities?: string[];
-    scopes?: string[];
-    metadata?: Record<string, string>;
-    tags?: string[];
-    secrets?: { hash: string; valid_until?: Timestamp }[];
-    allow_client_id_only?: boolean;
-  }[];
+  key_pairs?: { key_pair_id: string; keys?: VerificationKeyMessage[] }[];
+  removed_key_pairs?: string[];
+  api_keys?: ApiKeyStateMessage[];
+  removed_api_keys?: string[];
   revoked_tokens?: { jti: string; expires_at?: Timestamp }[];
   generated_at?: Timestamp;
 }
@@ -32,48 +42,66 @@ const toTimestamp = (ms: number | undefined): Timestamp | undefined =>
 const fromTimestamp = (timestamp: Timestamp | undefined): number | undefined =>
   timestamp === undefined ? undefined : Number(timestamp.seconds) * 1000 + Math.floor((timestamp.nanos ?? 0) / 1_000_000);
 
-export function encodeWatchResponse(state: DataPlaneState): WatchResponseMessage {
+const encodeKey = (key: DataPlaneKey): VerificationKeyMessage => ({ jwk: key.jwk as unknown as Record<string, string>, verify_until: toTimestamp(key.verifyUntil) });
+
+const encodeApiKey = (apiKey: DataPlaneApiKey): ApiKeyStateMessage => ({
+  client_id: apiKey.clientId,
+  client_name: apiKey.clientName,
+  enabled: apiKey.enabled,
+  valid_until: toTimestamp(apiKey.validUntil),
+  authorized_entities: apiKey.authorizedEntities,
+  scopes: apiKey.scopes,
+  metadata: apiKey.metadata,
+  tags: apiKey.tags,
+  secrets: apiKey.secrets.map((secret) => ({ hash: secret.hash, valid_until: toTimestamp(secret.validUntil) })),
+  allow_client_id_only: apiKey.allowClientIdOnly,
+});
+
+const decodeApiKey = (apiKey: ApiKeyStateMessage): DataPlaneApiKey => ({
+  clientId: apiKey.client_id,
+  clientName: apiKey.client_name ?? apiKey.client_id,
+  enabled: apiKey.enabled ?? false,
+  validUntil: fromTimestamp(apiKey.valid_until),
+  authorizedEntities: apiKey.authorized_entities ?? [],
+  scopes: apiKey.scopes ?? [],
+  metadata: apiKey.metadata ?? {},
+  tags: apiKey.tags ?? [],
+  secrets: (apiKey.secrets ?? []).map((secret) => ({ hash: secret.hash, validUntil: fromTimestamp(secret.valid_until) })),
+  allowClientIdOnly: apiKey.allow_client_id_only ?? false,
+});
+
+export function encodeUpdate(update: DataPlaneUpdate): DeltaWatchResponseMessage {
   return {
-    version: state.version,
-    issuer: state.issuer,
-    audience: state.audience,
-    keys: state.keys.map((key) => ({ jwk: key.jwk, verify_until: toTimestamp(key.verifyUntil) })),
-    api_keys: state.apiKeys.map((apiKey) => ({
-      client_id: apiKey.clientId,
-      client_name: apiKey.clientName,
-      enabled: apiKey.enabled,
-      valid_until: toTimestamp(apiKey.validUntil),
-      authorized_entities: apiKey.authorizedEntities,
-      scopes: apiKey.scopes,
-      metadata: apiKey.metadata,
-      tags: apiKey.tags,
-      secrets: apiKey.secrets.map((secret) => ({ hash: secret.hash, valid_until: toTimestamp(secret.validUntil) })),
-      allow_client_id_only: apiKey.allowClientIdOnly,
-    })),
-    revoked_tokens: state.revokedTokens.map((revoked) => ({ jti: revoked.jti, expires_at: toTimestamp(revoked.expiresAt) })),
-    generated_at: toTimestamp(state.generatedAt),
+    version: update.version,
+    base_version: update.baseVersion,
+    reset: update.reset,
+    more: update.more,
+    issuer: update.issuer,
+    audience: update.audience,
+    key_pairs: update.keyPairs.map((keyPair) => ({ key_pair_id: keyPair.keyPairId, keys: keyPair.keys.map(encodeKey) })),
+    removed_key_pairs: update.removedKeyPairs,
+    api_keys: update.apiKeys.map(encodeApiKey),
+    removed_api_keys: update.removedApiKeys,
+    revoked_tokens: update.revokedTokens.map((revoked) => ({ jti: revoked.jti, expires_at: toTimestamp(revoked.expiresAt) })),
+    generated_at: toTimestamp(update.generatedAt),
   };
 }
 
-export function decodeWatchResponse(message: WatchResponseMessage): DataPlaneState {
-  const apiKeys: DataPlaneApiKey[] = (message.api_keys ?? []).map((apiKey) => ({
-    clientId: apiKey.client_id,
-    clientName: apiKey.client_name ?? apiKey.client_id,
-    enabled: apiKey.enabled ?? false,
-    validUntil: fromTimestamp(apiKey.valid_until),
-    authorizedEntities: apiKey.authorized_entities ?? [],
-    scopes: apiKey.scopes ?? [],
-    metadata: apiKey.metadata ?? {},
-    tags: apiKey.tags ?? [],
-    secrets: (apiKey.secrets ?? []).map((secret) => ({ hash: secret.hash, validUntil: fromTimestamp(secret.valid_until) })),
-    allowClientIdOnly: apiKey.allow_client_id_only ?? false,
-  }));
+export function decodeUpdate(message: DeltaWatchResponseMessage): DataPlaneUpdate {
   return {
     version: message.version,
+    baseVersion: message.base_version ?? '',
+    reset: message.reset ?? false,
+    more: message.more ?? false,
     issuer: message.issuer,
-    audience: message.audience ?? '',
-    keys: (message.keys ?? []).map((key) => ({ jwk: key.jwk as PublicJwk, verifyUntil: fromTimestamp(key.verify_until) })),
-    apiKeys,
+    audience: message.audience,
+    keyPairs: (message.key_pairs ?? []).map((keyPair) => ({
+      keyPairId: keyPair.key_pair_id,
+      keys: (keyPair.keys ?? []).map((key) => ({ jwk: key.jwk as unknown as PublicJwk, verifyUntil: fromTimestamp(key.verify_until) })),
+    })),
+    removedKeyPairs: message.removed_key_pairs ?? [],
+    apiKeys: (message.api_keys ?? []).map(decodeApiKey),
+    removedApiKeys: message.removed_api_keys ?? [],
     revokedTokens: (message.revoked_tokens ?? []).map((revoked) => ({ jti: revoked.jti, expiresAt: fromTimestamp(revoked.expires_at) ?? 0 })),
     generatedAt: fromTimestamp(message.generated_at) ?? 0,
   };

@@ -10,6 +10,7 @@ import type { ExtAuthzConfig } from '../../libs/authz/config';
 import { AuthzMetrics } from '../../libs/authz/metrics';
 import { AuthorityReplica } from '../../libs/authz/replica';
 import { createLogger, NestPinoLogger } from '../../libs/logging';
+import { capConnections, fastifyLimitOptions } from '../../libs/http/server-limits';
 import { countUnexpectedError } from '../../libs/observability/unexpected-errors';
 import { AuthorityWatchClient } from './authority-watch';
 import { addCheckService } from './envoy-check';
@@ -78,8 +79,7 @@ export async function startExtAuthz(config: ExtAuthzConfig): Promise<ExtAuthzApp
   );
 
   const adapter = new FastifyAdapter({
-    connectionTimeout: 30_000,
-    requestTimeout: 30_000,
+    ...fastifyLimitOptions(config.http.limits),
     bodyLimit: 1024 * 1024,
     // Only /authz/<policy> matters; what follows is the client's path, which may be anything
     // (even bad percent-encoding that Fastify's router would refuse), so it is cut before routing.
@@ -94,6 +94,7 @@ export async function startExtAuthz(config: ExtAuthzConfig): Promise<ExtAuthzApp
   });
   const app = await NestFactory.create<NestFastifyApplication>(ExtAuthzModule.forCore(core), adapter, { logger: new NestPinoLogger(logger), bodyParser: false });
   await app.listen(config.http.port, config.http.host);
+  capConnections(app.getHttpServer(), config.http.limits);
   const address = app.getHttpServer().address();
   const httpPort = typeof address === 'object' && address ? address.port : config.http.port;
 

@@ -3,17 +3,18 @@ import { loadSync } from '@grpc/proto-loader';
 import type { Logger } from 'pino';
 import type { AuthorityReplica } from '../../libs/authz/replica';
 import type { ExtAuthzConfig } from '../../libs/authz/config';
-import { decodeWatchResponse, type WatchResponseMessage } from '../../libs/grpc/watch-codec';
+import { decodeUpdate, type DeltaWatchResponseMessage } from '../../libs/grpc/watch-codec';
 import { AUTHORITY_WATCH_PROTO, LOADER_OPTIONS } from '../token-authority/grpc-options';
 
 /**
- * Keeps the replica current from the authority's Watch stream. When the stream breaks, the
+ * Keeps the replica current from the authority's DeltaWatch stream. When the stream breaks, the
  * replica keeps its last state (ext-authz goes on deciding, and says it is degraded) while this
- * reconnects with exponential backoff and jitter.
+ * reconnects with exponential backoff and jitter, then resumes from its version (the authority
+ * sends what was missed, or a snapshot when it no longer can).
  */
 export class AuthorityWatchClient {
   private readonly client: any;
-  private call: ClientReadableStream<WatchResponseMessage> | undefined;
+  private call: ClientReadableStream<DeltaWatchResponseMessage> | undefined;
   private retryTimer: NodeJS.Timeout | undefined;
   private attempt = 0;
   private stopped = false;
@@ -41,28 +42,53 @@ export class AuthorityWatchClient {
     this.connect();
   }
 
-  private connect(): void {
+  private connect(resume = true): void {
     const metadata = new Metadata();
     if (this.config.authority.token) metadata.set('authorization', `Bearer ${this.config.authority.token}`);
-    const call: ClientReadableStream<WatchResponseMessage> = this.client.Watch({ node_id: this.nodeId }, metadata);
+    const resumeFrom = resume && this.replica.ready ? this.replica.version : '';
+    const call: ClientReadableStream<DeltaWatchResponseMessage> = this.client.DeltaWatch({ node_id: this.nodeId, resume_from_version: resumeFrom }, metadata);
     this.call = call;
-    call.on('data', (message: WatchResponseMessage) => {
-      if (this.attempt > 0 || this.replica.status !== 'synced') this.logger.info({ version: message.version }, 'authority state received');
+    call.on('data', (message: DeltaWatchResponseMessage) => {
       this.attempt = 0;
       this.replica.setConnected(true);
+      let outcome;
       try {
-        this.replica.apply(decodeWatchResponse(message));
+        outcome = this.replica.apply(decodeUpdate(message));
       } catch (error) {
-        this.logger.error({ err: error }, 'authority state could not be applied; keeping the previous one');
+        this.logger.error({ err: error }, 'authority update could not be applied; reading a snapshot');
+        outcome = 'out_of_sync';
+      }
+      if (outcome === 'out_of_sync') {
+        this.logger.warn({ version: this.replica.version, base: message.base_version }, 'authority update does not follow on; reading a snapshot');
+        this.replace(() => this.connect(false));
+      } else if (outcome === 'applied' && message.reset) {
+        this.logger.info({ version: message.version, ...this.replica.counts }, 'authority snapshot applied');
       }
     });
     call.on('error', (error: ServiceError) => this.retry(error.code === GrpcStatus.UNAUTHENTICATED ? `refused: ${error.details}` : error.details));
     call.on('end', () => this.retry('stream ended'));
   }
 
+  /** Ends the current stream quietly and opens another. */
+  private replace(open: () => void): void {
+    this.dropCall();
+    if (!this.stopped) open();
+  }
+
+  private dropCall(): void {
+    const call = this.call;
+    this.call = undefined;
+    if (!call) return;
+    call.removeAllListeners();
+    call.on('error', () => {});
+    call.cancel();
+    this.replica.abandonPartial();
+  }
+
   private retry(why: string): void {
     this.call?.removeAllListeners();
     this.call = undefined;
+    this.replica.abandonPartial();
     this.replica.setConnected(false);
     if (this.stopped || this.retryTimer) return;
     const { initialBackoff, maxBackoff } = this.config.authority;
@@ -83,9 +109,7 @@ export class AuthorityWatchClient {
     this.stopped = true;
     clearTimeout(this.retryTimer);
     this.retryTimer = undefined;
-    this.call?.removeAllListeners();
-    this.call?.on('error', () => {});
-    this.call?.cancel();
+    this.dropCall();
     this.client.close();
   }
 }

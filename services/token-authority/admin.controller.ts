@@ -1,5 +1,5 @@
-import { Body, CanActivate, Controller, Delete, ExecutionContext, Get, HttpCode, Inject, Injectable, Param, Patch, Post, Put, UseGuards } from '@nestjs/common';
-import type { FastifyRequest } from 'fastify';
+import { Body, CanActivate, Controller, Delete, ExecutionContext, Get, HttpCode, Inject, Injectable, Param, Patch, Post, Put, Query, Req, Res, UseGuards } from '@nestjs/common';
+import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { Authority } from '../../libs/core/authority';
 import { OAuthError } from '../../libs/core/errors';
 import { AUTHORITY } from './authority.provider';
@@ -22,9 +22,16 @@ export class AdminTokenGuard implements CanActivate {
 export class AdminController {
   constructor(@Inject(AUTHORITY) private readonly authority: Authority) {}
 
+  /** A page as a JSON array (Otoroshi's shape); the next page's URL in an RFC 8288 Link header. */
   @Get('apikeys')
-  listApiKeys() {
-    return this.authority.admin.listApiKeys();
+  async listApiKeys(@Query() query: Record<string, unknown>, @Req() request: FastifyRequest, @Res({ passthrough: true }) reply: FastifyReply) {
+    const { items, next } = await this.authority.admin.listApiKeys(query);
+    if (next !== undefined) {
+      const parameters = new URLSearchParams(query as Record<string, string>);
+      parameters.set('after', next);
+      void reply.header('link', `<${request.url.split('?')[0]}?${parameters}>; rel="next"`);
+    }
+    return items;
   }
 
   @Post('apikeys')

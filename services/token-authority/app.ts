@@ -6,26 +6,30 @@ import { FastifyAdapter, type NestFastifyApplication } from '@nestjs/platform-fa
 import { createAuthority, type Authority } from '../../libs/core/authority';
 import type { AuthorityConfig } from '../../libs/core/config';
 import { AdminController, AdminTokenGuard } from './admin.controller';
-import { AUTHORITY } from './authority.provider';
+import { AUTHORITY, METRICS } from './authority.provider';
+import { authorityMetrics } from './metrics';
+import type { Registry } from 'prom-client';
 import { ErrorFilter } from './error-filter';
 import { OAuthEndpointGuard } from './oauth-endpoint.guard';
 import { OAuthController } from './oauth.controller';
 import { TokenAuthorityGrpcController } from './grpc.controller';
 import { HealthController } from './health.controller';
-import { WatchGrpcController, WatchStreams } from './watch.controller';
+import { AuthorityWatchService } from './authority-watch.service';
+import { refuseDuplicateJsonKeys } from './json-body';
 import { createHealth, TOKEN_AUTHORITY_SERVICE, tokenAuthorityGrpcOptions } from './grpc-options';
 import type { HealthImplementation } from 'grpc-health-check';
 import { createLogger, NestPinoLogger } from '../../libs/logging';
+import { capConnections, fastifyLimitOptions } from '../../libs/http/server-limits';
 
 @Module({})
 class TokenAuthorityModule {
-  static forAuthority(authority: Authority, watchStreams: WatchStreams): DynamicModule {
+  static forAuthority(authority: Authority, metrics: Registry): DynamicModule {
     return {
       module: TokenAuthorityModule,
-      controllers: [OAuthController, AdminController, HealthController, TokenAuthorityGrpcController, WatchGrpcController],
+      controllers: [OAuthController, AdminController, HealthController, TokenAuthorityGrpcController],
       providers: [
         { provide: AUTHORITY, useValue: authority },
-        { provide: WatchStreams, useValue: watchStreams },
+        { provide: METRICS, useValue: metrics },
         { provide: APP_FILTER, useClass: ErrorFilter },
         OAuthEndpointGuard,
         AdminTokenGuard,
@@ -56,21 +60,24 @@ export async function startTokenAuthority(config: AuthorityConfig): Promise<Toke
     loggerInstance: config.log.requests ? logger : undefined,
     bodyLimit: config.http.bodyLimit,
     trustProxy: config.trustProxy,
-    // Slow or stuck clients must not hold sockets forever.
-    connectionTimeout: 30_000,
-    requestTimeout: 30_000,
+    // Slow, idle or too many clients must not hold sockets.
+    ...fastifyLimitOptions(config.http.limits),
   });
-  const watchStreams = new WatchStreams();
-  const app = await NestFactory.create<NestFastifyApplication>(TokenAuthorityModule.forAuthority(authority, watchStreams), adapter, {
+  const watch = new AuthorityWatchService(authority, logger);
+  const app = await NestFactory.create<NestFastifyApplication>(TokenAuthorityModule.forAuthority(authority, authorityMetrics(authority, watch)), adapter, {
     logger: new NestPinoLogger(logger),
   });
   // Only form and JSON bodies are OAuth2 requests; anything else is refused as an unsupported type.
   app.getHttpAdapter().getInstance().removeContentTypeParser('text/plain');
   const health = createHealth();
-  const grpcOptions = tokenAuthorityGrpcOptions(config, health);
+  const grpcOptions = tokenAuthorityGrpcOptions(config, health, (server) => watch.addTo(server));
   const microservice = app.connectMicroservice(grpcOptions, { inheritAppConfig: true });
   await app.startAllMicroservices();
+  // Nest registers its body parsers on init: replace its JSON parser after that.
+  await app.init();
+  refuseDuplicateJsonKeys(app.getHttpAdapter().getInstance());
   await app.listen(config.http.port, config.http.host);
+  capConnections(app.getHttpServer(), config.http.limits);
   const grpcPort = config.grpc.port || boundGrpcPort(microservice);
   const address = app.getHttpServer().address();
   const port = typeof address === 'object' && address ? address.port : config.http.port;
@@ -86,7 +93,7 @@ export async function startTokenAuthority(config: AuthorityConfig): Promise<Toke
       health.setStatus('', 'NOT_SERVING');
       health.setStatus(TOKEN_AUTHORITY_SERVICE, 'NOT_SERVING');
       // Watch streams never end by themselves: end them so data planes reconnect elsewhere.
-      watchStreams.endAll();
+      watch.endAll();
       await withDeadline(app.close(), SHUTDOWN_GRACE_MS, () => forceShutdownGrpc(microservice));
       await authority.close();
     })());

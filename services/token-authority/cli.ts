@@ -73,6 +73,18 @@ function apiKeyFields(values: Values): Record<string, unknown> {
   return Object.fromEntries(Object.entries(fields).filter(([, value]) => value !== undefined));
 }
 
+/** Every API key, a page at a time (the CLI prints them all). */
+async function allApiKeys(admin: Authority['admin']): Promise<unknown[]> {
+  const all: unknown[] = [];
+  let after: string | undefined;
+  do {
+    const page = await admin.listApiKeys({ limit: 1000, ...(after === undefined ? {} : { after }) });
+    all.push(...page.items);
+    after = page.next;
+  } while (after !== undefined);
+  return all;
+}
+
 async function run(authority: Authority, positionals: string[], values: Values): Promise<unknown> {
   const [resource, action, target] = positionals;
   const admin = authority.admin;
@@ -82,7 +94,7 @@ async function run(authority: Authority, positionals: string[], values: Values):
   };
   const privateKey = values['private-key-file'] ? readFileSync(values['private-key-file'], 'utf8') : undefined;
   switch (`${resource} ${action}`) {
-    case 'apikeys list': return admin.listApiKeys();
+    case 'apikeys list': return allApiKeys(admin);
     case 'apikeys get': return admin.getApiKey(need());
     case 'apikeys create': return admin.createApiKey({ clientId: values.id, ...apiKeyFields(values) });
     case 'apikeys update': return admin.updateApiKey(need(), apiKeyFields(values));

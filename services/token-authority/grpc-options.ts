@@ -31,16 +31,17 @@ export const MAX_MESSAGE_BYTES = 64 * 1024;
  * The gRPC transport of the token authority, shared by main and the tests (as in Nest's
  * sample/04-grpc). Health and reflection are added when the package definition is loaded.
  */
-export function tokenAuthorityGrpcOptions(config: AuthorityConfig, health: HealthImplementation): GrpcOptions {
+export function tokenAuthorityGrpcOptions(config: AuthorityConfig, health: HealthImplementation, addServices: (server: Server) => void = () => {}): GrpcOptions {
   return {
     transport: Transport.GRPC,
     options: {
       package: TOKEN_AUTHORITY_PACKAGE,
-      protoPath: [TOKEN_AUTHORITY_PROTO, AUTHORITY_WATCH_PROTO].map((file) => path.join(PROTO_ROOT, file)),
+      // AuthorityWatch is served on grpc-js directly (authority-watch.service.ts), not through Nest.
+      protoPath: [path.join(PROTO_ROOT, TOKEN_AUTHORITY_PROTO)],
       url: `${config.grpc.host.includes(':') ? `[${config.grpc.host}]` : config.grpc.host}:${config.grpc.port}`,
       loader: LOADER_OPTIONS,
       maxReceiveMessageLength: MAX_MESSAGE_BYTES,
-      // Watch snapshots carry every API key: let them be large (the receive side is what is bounded).
+      // A DeltaWatch message holds at most UPDATE_CHUNK API keys (metadata of up to 4,000 characters a value).
       maxSendMessageLength: 64 * 1024 * 1024,
       gracefulShutdown: true,
       channelOptions: {
@@ -56,6 +57,7 @@ export function tokenAuthorityGrpcOptions(config: AuthorityConfig, health: Healt
       },
       onLoadPackageDefinition: (_packageDefinition, server) => {
         health.addToServer(server as unknown as Server);
+        addServices(server as unknown as Server);
         addReflection(server as unknown as Server, new DescriptorIndex(DESCRIPTOR_SETS));
       },
     },

@@ -1,14 +1,20 @@
 import type { ApiKeyRecord, KeyPairRecord } from '../model';
 
 /**
- * The authority's storage, behind small interfaces so SQLite (embedded default) and Redis
- * (shared by replicas) are interchangeable. Every write is durable once its promise resolves.
+ * The authority's storage, behind small interfaces so SQLite (embedded default) and a shared
+ * database (replicas) are interchangeable. Every write is durable once its promise resolves.
  */
 export interface ApiKeyRepository {
   get(clientId: string): Promise<ApiKeyRecord | undefined>;
-  list(): Promise<ApiKeyRecord[]>;
+  /**
+   * One page in client id order, after `after` (exclusive), optionally filtered: what the admin
+   * list and data plane snapshots read, so neither holds every key at once.
+   */
+  listPage(query: ApiKeyPageQuery): Promise<ApiKeyRecord[]>;
   /** Returns false when the client id is taken. */
   create(apiKey: ApiKeyRecord): Promise<boolean>;
+  /** Creates many keys in one transaction (imports, benchmarks); fails whole if one id is taken. */
+  createMany(apiKeys: ApiKeyRecord[]): Promise<void>;
   /** Returns false when the key does not exist. */
   update(apiKey: ApiKeyRecord): Promise<boolean>;
   /**
@@ -17,6 +23,16 @@ export interface ApiKeyRepository {
    */
   modify(clientId: string, change: (current: ApiKeyRecord) => ApiKeyRecord): Promise<ApiKeyRecord | undefined>;
   delete(clientId: string): Promise<boolean>;
+}
+
+export interface ApiKeyPageQuery {
+  after?: string;
+  limit: number;
+  enabled?: boolean;
+  tag?: string;
+  authorizedEntity?: string;
+  /** Keys whose `jwt-sign-keypair` metadata names this key pair. */
+  signKeyPair?: string;
 }
 
 export interface KeyPairRepository {
@@ -29,19 +45,51 @@ export interface KeyPairRepository {
   delete(id: string): Promise<boolean>;
 }
 
+export interface Revocation {
+  jti: string;
+  expiresAt: number;
+}
+
 /** RFC 7009 revocations, kept until the token would have expired anyway. */
 export interface RevocationRepository {
   revoke(jti: string, expiresAt: number): Promise<void>;
   isRevoked(jti: string): Promise<boolean>;
-  /** Revocations of tokens that have not expired at `now`. */
-  listActive(now: number): Promise<{ jti: string; expiresAt: number }[]>;
+  /** The revocation of `jti`, if any. */
+  get(jti: string): Promise<Revocation | undefined>;
+  /** One page (in jti order, after `after`) of the revocations of tokens not expired at `now`. */
+  listActivePage(now: number, after: string | undefined, limit: number): Promise<Revocation[]>;
   purgeExpired(now: number): Promise<number>;
+}
+
+/** What a write changed, as the change log records it (the entity's id; its state is read anew). */
+export type ChangedEntity = 'apiKey' | 'keyPair' | 'revocation';
+
+export interface StoreChange {
+  /** Position in the log: increases with every change, never reused by this store. */
+  seq: number;
+  entity: ChangedEntity;
+  id: string;
+}
+
+/**
+ * Every write appends to the change log in the same transaction, so what changed since any
+ * position can be read back, by this process or any other sharing the store. It keeps the
+ * newest changes only (`retained`); older positions answer undefined (read a snapshot instead).
+ */
+export interface ChangeLog {
+  /** Names this store's log: positions of another store's log mean nothing here. */
+  readonly storeId: string;
+  /** The position of the newest change (0 for none). */
+  head(): Promise<number>;
+  /** Changes after `seq`, oldest first, at most `limit`; undefined when the log no longer reaches back to `seq`. */
+  since(seq: number, limit: number): Promise<StoreChange[] | undefined>;
 }
 
 export interface AuthorityStore {
   apiKeys: ApiKeyRepository;
   keyPairs: KeyPairRepository;
   revocations: RevocationRepository;
+  changes: ChangeLog;
   /** Calls `listener` after any change, by this process or another sharing the store. */
   onChange(listener: () => void): () => void;
   close(): Promise<void>;

@@ -1,30 +1,33 @@
 import Database from 'better-sqlite3';
+import { randomUUID } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
-import type { ApiKeyRecord, KeyPairRecord } from '../model';
-import type { ApiKeyRepository, AuthorityStore, KeyPairRepository, RevocationRepository } from './repositories';
+import { SIGN_KEYPAIR_METADATA, type ApiKeyRecord, type KeyPairRecord } from '../model';
+import type { ApiKeyPageQuery, ApiKeyRepository, AuthorityStore, ChangedEntity, ChangeLog, KeyPairRepository, RevocationRepository, StoreChange } from './repositories';
 
 const SCHEMA = `
   CREATE TABLE IF NOT EXISTS api_keys (client_id TEXT PRIMARY KEY, doc TEXT NOT NULL) STRICT;
   CREATE TABLE IF NOT EXISTS key_pairs (id TEXT PRIMARY KEY, doc TEXT NOT NULL) STRICT;
   CREATE TABLE IF NOT EXISTS revoked_tokens (jti TEXT PRIMARY KEY, expires_at INTEGER NOT NULL) STRICT;
   CREATE INDEX IF NOT EXISTS revoked_tokens_expiry ON revoked_tokens (expires_at);
+  CREATE TABLE IF NOT EXISTS changes (seq INTEGER PRIMARY KEY AUTOINCREMENT, entity TEXT NOT NULL, id TEXT NOT NULL) STRICT;
+  CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;
 `;
 
 /**
- * Reads are served from memory until the data changes: our own writes clear the memo at once,
- * and commits by other connections (the CLI, another process) are seen through SQLite's
- * `data_version`, polled every CHANGE_POLL_MS. Without it two SQLite lookups per request were
- * the largest cost of introspection.
+ * Reads are served from memory until the data changes: our own writes drop what they changed
+ * at once, and commits by other connections (the CLI, another process) are seen through
+ * SQLite's `data_version`, polled every CHANGE_POLL_MS. Without it two SQLite lookups per
+ * request were the largest cost of introspection.
  */
 const CHANGE_POLL_MS = 250;
+/** How many changes the log keeps: a data plane that missed more reads a snapshot. */
+const CHANGES_RETAINED = 100_000;
+const CHANGES_PRUNE_MS = 10_000;
 
 class ReadMemo {
   private readonly entries = new Map<string, unknown>();
-  constructor(
-    private readonly max: number,
-    private readonly onClear: () => void = () => {},
-  ) {}
+  constructor(private readonly max: number) {}
   get<T>(key: string, load: () => T): T {
     if (this.entries.has(key)) return this.entries.get(key) as T;
     const value = load();
@@ -32,35 +35,60 @@ class ReadMemo {
     this.entries.set(key, value);
     return value;
   }
+  forget(key: string): void {
+    this.entries.delete(key);
+  }
   clear(): void {
     this.entries.clear();
-    this.onClear();
   }
 }
 
-/** A table of JSON documents keyed by id: the shape both entities need. */
+/** A table of JSON documents keyed by id: the shape both entities need. Each write logs its change. */
 class DocumentTable<T> {
   private readonly getStatement;
   private readonly listStatement;
   private readonly insertStatement;
   private readonly updateStatement;
   private readonly deleteStatement;
-
+  private readonly write;
   private readonly modifyTransaction;
+  readonly insertMany;
 
-  constructor(db: Database.Database, table: string, key: string, private readonly memo: ReadMemo) {
+  constructor(
+    private readonly db: Database.Database,
+    private readonly table: string,
+    private readonly key: string,
+    entity: ChangedEntity,
+    private readonly memo: ReadMemo,
+    logChange: (entity: ChangedEntity, id: string) => void,
+    private readonly afterCommit: () => void,
+  ) {
     this.getStatement = db.prepare<[string], { doc: string }>(`SELECT doc FROM ${table} WHERE ${key} = ?`);
     this.listStatement = db.prepare<[], { doc: string }>(`SELECT doc FROM ${table} ORDER BY ${key}`);
     this.insertStatement = db.prepare(`INSERT OR IGNORE INTO ${table} (${key}, doc) VALUES (?, ?)`);
     this.updateStatement = db.prepare(`UPDATE ${table} SET doc = ? WHERE ${key} = ?`);
     this.deleteStatement = db.prepare(`DELETE FROM ${table} WHERE ${key} = ?`);
+    // A write and its change-log entry commit together, or neither does.
+    this.write = db.transaction((id: string, run: () => number): number => {
+      const changes = run();
+      if (changes > 0) logChange(entity, id);
+      return changes;
+    }).immediate;
     // BEGIN IMMEDIATE: the read and the write hold the write lock together, across processes too.
     this.modifyTransaction = db.transaction((id: string, change: (current: T) => T): T | undefined => {
       const row = this.getStatement.get(id);
       if (!row) return undefined;
       const next = change(JSON.parse(row.doc) as T);
       this.updateStatement.run(JSON.stringify(next), id);
+      logChange(entity, id);
       return next;
+    }).immediate;
+    const strictInsert = db.prepare(`INSERT INTO ${table} (${key}, doc) VALUES (?, ?)`);
+    this.insertMany = db.transaction((docs: [string, T][]) => {
+      for (const [id, doc] of docs) {
+        strictInsert.run(id, JSON.stringify(doc));
+        logChange(entity, id);
+      }
     }).immediate;
   }
 
@@ -73,23 +101,62 @@ class DocumentTable<T> {
     return this.listStatement.all().map((row) => JSON.parse(row.doc) as T);
   }
   create(id: string, doc: T): boolean {
-    return this.afterWrite(this.insertStatement.run(id, JSON.stringify(doc)).changes);
+    return this.afterWrite(id, this.write(id, () => this.insertStatement.run(id, JSON.stringify(doc)).changes));
+  }
+  createMany(docs: [string, T][]): void {
+    this.insertMany(docs);
+    for (const [id] of docs) this.memo.forget(id);
+    this.afterCommit();
   }
   update(id: string, doc: T): boolean {
-    return this.afterWrite(this.updateStatement.run(JSON.stringify(doc), id).changes);
+    return this.afterWrite(id, this.write(id, () => this.updateStatement.run(JSON.stringify(doc), id).changes));
   }
   delete(id: string): boolean {
-    return this.afterWrite(this.deleteStatement.run(id).changes);
+    return this.afterWrite(id, this.write(id, () => this.deleteStatement.run(id).changes));
   }
   modify(id: string, change: (current: T) => T): T | undefined {
     const next = this.modifyTransaction(id, change);
-    if (next !== undefined) this.memo.clear();
+    if (next !== undefined) this.afterWrite(id, 1);
     return next;
   }
-  /** Clears the memo once the write is committed, so nobody reads the old row from memory. */
-  private afterWrite(changes: number): boolean {
-    if (changes > 0) this.memo.clear();
+  /** Drops the memo entry once the write is committed, so nobody reads the old row from memory. */
+  private afterWrite(id: string, changes: number): boolean {
+    if (changes > 0) {
+      this.memo.forget(id);
+      this.afterCommit();
+    }
     return changes === 1;
+  }
+}
+
+/** api_keys filtered in SQL (json_extract / json_each), one prepared statement per filter combination. */
+class ApiKeyPages {
+  private readonly statements = new Map<string, Database.Statement<unknown[], { doc: string }>>();
+  constructor(private readonly db: Database.Database) {}
+
+  page(query: ApiKeyPageQuery): ApiKeyRecord[] {
+    const conditions = ['client_id > ?'];
+    const values: unknown[] = [query.after ?? ''];
+    if (query.enabled !== undefined) {
+      conditions.push("json_extract(doc, '$.enabled') = ?");
+      values.push(query.enabled ? 1 : 0);
+    }
+    if (query.tag !== undefined) {
+      conditions.push("EXISTS (SELECT 1 FROM json_each(doc, '$.tags') WHERE value = ?)");
+      values.push(query.tag);
+    }
+    if (query.authorizedEntity !== undefined) {
+      conditions.push("EXISTS (SELECT 1 FROM json_each(doc, '$.authorizedEntities') WHERE value = ?)");
+      values.push(query.authorizedEntity);
+    }
+    if (query.signKeyPair !== undefined) {
+      conditions.push(`json_extract(doc, '$.metadata."${SIGN_KEYPAIR_METADATA}"') = ?`);
+      values.push(query.signKeyPair);
+    }
+    const sql = `SELECT doc FROM api_keys WHERE ${conditions.join(' AND ')} ORDER BY client_id LIMIT ?`;
+    let statement = this.statements.get(sql);
+    if (!statement) this.statements.set(sql, (statement = this.db.prepare<unknown[], { doc: string }>(sql)));
+    return statement.all(...values, query.limit).map((row) => JSON.parse(row.doc) as ApiKeyRecord);
   }
 }
 
@@ -101,8 +168,9 @@ export class SqliteStore implements AuthorityStore {
   readonly apiKeys: ApiKeyRepository;
   readonly keyPairs: KeyPairRepository;
   readonly revocations: RevocationRepository;
+  readonly changes: ChangeLog;
   private readonly db: Database.Database;
-  private readonly changePoll: NodeJS.Timeout;
+  private readonly timers: NodeJS.Timeout[];
   private readonly changeListeners = new Set<() => void>();
 
   constructor(path: string) {
@@ -112,32 +180,41 @@ export class SqliteStore implements AuthorityStore {
     this.db.pragma('synchronous = FULL');
     this.db.pragma('busy_timeout = 5000');
     this.db.exec(SCHEMA);
+    // Two processes creating the file at once both keep the first id written.
+    this.db.prepare("INSERT OR IGNORE INTO meta (name, value) VALUES ('store_id', ?)").run(randomUUID());
+    const storeId = this.db.prepare<[], string>("SELECT value FROM meta WHERE name = 'store_id'").pluck().get()!;
 
-    // Every write clears a memo, so "a memo was cleared" is "the data changed".
     const changed = () => this.changeListeners.forEach((listener) => listener());
-    const apiKeyMemo = new ReadMemo(100_000, changed);
-    const keyPairMemo = new ReadMemo(1_000, changed);
-    const revokedMemo = new ReadMemo(100_000, changed);
-    const memos = [apiKeyMemo, keyPairMemo, revokedMemo];
+    const apiKeyMemo = new ReadMemo(100_000);
+    const keyPairMemo = new ReadMemo(1_000);
+    const revokedMemo = new ReadMemo(100_000);
+    const insertChange = this.db.prepare('INSERT INTO changes (entity, id) VALUES (?, ?)');
+    const logChange = (entity: ChangedEntity, id: string) => insertChange.run(entity, id);
+
+    // Another connection committed: we cannot tell what from here cheaply, so forget all reads.
     const dataVersion = this.db.prepare<[], number>('PRAGMA data_version').pluck();
     let seenVersion = dataVersion.get();
-    this.changePoll = setInterval(() => {
+    const changePoll = setInterval(() => {
       const version = dataVersion.get();
-      if (version !== seenVersion) memos.forEach((memo) => memo.clear());
+      if (version === seenVersion) return;
       seenVersion = version;
+      for (const memo of [apiKeyMemo, keyPairMemo, revokedMemo]) memo.clear();
+      changed();
     }, CHANGE_POLL_MS).unref();
 
-    const apiKeys = new DocumentTable<ApiKeyRecord>(this.db, 'api_keys', 'client_id', apiKeyMemo);
+    const apiKeys = new DocumentTable<ApiKeyRecord>(this.db, 'api_keys', 'client_id', 'apiKey', apiKeyMemo, logChange, changed);
+    const apiKeyPages = new ApiKeyPages(this.db);
     this.apiKeys = {
       get: async (clientId) => apiKeys.get(clientId),
-      list: async () => apiKeys.list(),
+      listPage: async (query) => apiKeyPages.page(query),
       create: async (apiKey) => apiKeys.create(apiKey.clientId, apiKey),
+      createMany: async (records) => apiKeys.createMany(records.map((apiKey) => [apiKey.clientId, apiKey])),
       update: async (apiKey) => apiKeys.update(apiKey.clientId, apiKey),
       modify: async (clientId, change) => apiKeys.modify(clientId, change),
       delete: async (clientId) => apiKeys.delete(clientId),
     };
 
-    const keyPairs = new DocumentTable<KeyPairRecord>(this.db, 'key_pairs', 'id', keyPairMemo);
+    const keyPairs = new DocumentTable<KeyPairRecord>(this.db, 'key_pairs', 'id', 'keyPair', keyPairMemo, logChange, changed);
     this.keyPairs = {
       get: async (id) => keyPairs.get(id),
       list: async () => keyPairs.list(),
@@ -147,22 +224,51 @@ export class SqliteStore implements AuthorityStore {
       delete: async (id) => keyPairs.delete(id),
     };
 
-    const revoke = this.db.prepare('INSERT OR IGNORE INTO revoked_tokens (jti, expires_at) VALUES (?, ?)');
-    const isRevoked = this.db.prepare<[string], { found: number }>('SELECT 1 AS found FROM revoked_tokens WHERE jti = ?');
+    const insertRevocation = this.db.prepare('INSERT OR IGNORE INTO revoked_tokens (jti, expires_at) VALUES (?, ?)');
+    const revoke = this.db.transaction((jti: string, expiresAt: number): boolean => {
+      if (insertRevocation.run(jti, expiresAt).changes === 0) return false;
+      logChange('revocation', jti);
+      return true;
+    }).immediate;
+    const getRevocation = this.db.prepare<[string], { jti: string; expiresAt: number }>('SELECT jti, expires_at AS expiresAt FROM revoked_tokens WHERE jti = ?');
     const purge = this.db.prepare('DELETE FROM revoked_tokens WHERE expires_at <= ?');
-    const listActive = this.db.prepare<[number], { jti: string; expiresAt: number }>('SELECT jti, expires_at AS expiresAt FROM revoked_tokens WHERE expires_at > ? ORDER BY jti');
+    const activePage = this.db.prepare<[number, string, number], { jti: string; expiresAt: number }>(
+      'SELECT jti, expires_at AS expiresAt FROM revoked_tokens WHERE expires_at > ? AND jti > ? ORDER BY jti LIMIT ?',
+    );
     this.revocations = {
       revoke: async (jti, expiresAt) => {
-        if (revoke.run(jti, expiresAt).changes > 0) revokedMemo.clear();
+        if (!revoke(jti, expiresAt)) return;
+        revokedMemo.forget(jti);
+        changed();
       },
-      isRevoked: async (jti) => revokedMemo.get(jti, () => isRevoked.get(jti) !== undefined),
-      listActive: async (now) => listActive.all(now),
+      isRevoked: async (jti) => revokedMemo.get(jti, () => getRevocation.get(jti) !== undefined),
+      get: async (jti) => getRevocation.get(jti),
+      listActivePage: async (now, after, limit) => activePage.all(now, after ?? '', limit),
+      // Expired revocations need no change-log entry: every reader drops them by their expiry.
       purgeExpired: async (now) => {
         const { changes } = purge.run(now);
         if (changes > 0) revokedMemo.clear();
         return changes;
       },
     };
+
+    const head = this.db.prepare<[], number>("SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'changes'), 0)").pluck();
+    const oldest = this.db.prepare<[], number | null>('SELECT min(seq) FROM changes').pluck();
+    const since = this.db.prepare<[number, number], StoreChange>('SELECT seq, entity, id FROM changes WHERE seq > ? ORDER BY seq LIMIT ?');
+    const prune = this.db.prepare('DELETE FROM changes WHERE seq <= ?');
+    this.changes = {
+      storeId,
+      head: async () => head.get()!,
+      since: async (seq, limit) => {
+        const newest = head.get()!;
+        const first = oldest.get() ?? newest + 1;
+        // From the future (another store, a restored backup) or older than what is kept.
+        if (seq > newest || seq < first - 1) return undefined;
+        return since.all(seq, limit);
+      },
+    };
+    const pruneChanges = setInterval(() => prune.run(head.get()! - CHANGES_RETAINED), CHANGES_PRUNE_MS).unref();
+    this.timers = [changePoll, pruneChanges];
   }
 
   onChange(listener: () => void): () => void {
@@ -171,7 +277,7 @@ export class SqliteStore implements AuthorityStore {
   }
 
   async close(): Promise<void> {
-    clearInterval(this.changePoll);
+    this.timers.forEach(clearInterval);
     this.changeListeners.clear();
     if (this.db.open) this.db.close();
   }

@@ -1,0 +1,168 @@
+import { loadPackageDefinition, status as GrpcStatus, type Server, type ServerWritableStream, type ServiceDefinition } from '@grpc/grpc-js';
+import { loadSync } from '@grpc/proto-loader';
+import type { Logger } from 'pino';
+import type { Authority } from '../../libs/core/authority';
+import type { DataPlaneUpdate } from '../../libs/core/data-plane';
+import { richError } from '../../libs/grpc/rich-status';
+import { encodeUpdate, type DeltaWatchResponseMessage } from '../../libs/grpc/watch-codec';
+import { ERROR_DOMAIN } from './grpc-errors';
+import { AUTHORITY_WATCH_PROTO, LOADER_OPTIONS } from './grpc-options';
+
+/**
+ * Entries (API keys, revocations, key pairs) a stream may have waiting while its client does not
+ * read: past this the client is too slow to follow and is ended with RESOURCE_EXHAUSTED; it
+ * reconnects and resumes from its version. grpc-js itself holds at most its high-water mark of
+ * messages per stream, as we stop writing when it says so.
+ */
+export const MAX_QUEUED_ENTRIES = 50_000;
+
+const entriesOf = (update: DataPlaneUpdate) =>
+  1 + update.apiKeys.length + update.removedApiKeys.length + update.revokedTokens.length + update.keyPairs.length + update.removedKeyPairs.length;
+
+type WatchCall = ServerWritableStream<{ node_id?: string; resume_from_version?: string }, DeltaWatchResponseMessage>;
+
+/** One DeltaWatch stream: the first update (snapshot or catch-up), then every delta, in order, with backpressure. */
+class UpdateStream {
+  private readonly queue: DataPlaneUpdate[] = [];
+  private queuedEntries = 0;
+  private initialSent = false;
+  private flushing = false;
+  ended = false;
+
+  constructor(
+    private readonly call: WatchCall,
+    private readonly onEnd: () => void,
+  ) {
+    for (const event of ['cancelled', 'close', 'error', 'finish'] as const) call.once(event, () => this.finish());
+  }
+
+  async sendInitial(parts: AsyncGenerator<DataPlaneUpdate>): Promise<void> {
+    for await (const part of parts) {
+      if (this.ended) return;
+      await this.write(part);
+    }
+    this.initialSent = true;
+    await this.flush();
+  }
+
+  enqueue(update: DataPlaneUpdate): void {
+    if (this.ended) return;
+    this.queue.push(update);
+    this.queuedEntries += entriesOf(update);
+    if (this.queuedEntries > MAX_QUEUED_ENTRIES) {
+      this.fail(GrpcStatus.RESOURCE_EXHAUSTED, 'the data plane reads updates too slowly; reconnect with resume_from_version');
+      return;
+    }
+    if (this.initialSent) void this.flush();
+  }
+
+  fail(code: GrpcStatus, message: string): void {
+    if (this.ended) return;
+    this.finish();
+    this.call.emit('error', richError(code, message, code === GrpcStatus.RESOURCE_EXHAUSTED ? 'slow_consumer' : 'resync', ERROR_DOMAIN));
+  }
+
+  end(): void {
+    if (this.ended) return;
+    this.finish();
+    this.call.end();
+  }
+
+  private async flush(): Promise<void> {
+    if (this.flushing) return;
+    this.flushing = true;
+    try {
+      while (this.queue.length && !this.ended) {
+        const update = this.queue.shift()!;
+        this.queuedEntries -= entriesOf(update);
+        await this.write(update);
+      }
+    } finally {
+      this.flushing = false;
+    }
+  }
+
+  private async write(update: DataPlaneUpdate): Promise<void> {
+    if (this.call.write(encodeUpdate(update))) return;
+    await new Promise<void>((resolve) => {
+      const done = () => {
+        this.call.off('drain', done);
+        this.call.off('close', done);
+        resolve();
+      };
+      this.call.once('drain', done);
+      this.call.once('close', done);
+      if (this.ended) done();
+    });
+  }
+
+  private finish(): void {
+    if (this.ended) return;
+    this.ended = true;
+    this.queue.length = 0;
+    this.queuedEntries = 0;
+    this.onEnd();
+  }
+}
+
+/**
+ * token_authority.v1.AuthorityWatch on grpc-js directly (like ext-authz's Check): a stream must
+ * follow its client's pace, which Nest's Observable streams cannot do.
+ */
+export class AuthorityWatchService {
+  private readonly streams = new Set<UpdateStream>();
+
+  constructor(
+    private readonly authority: Authority,
+    private readonly logger: Logger,
+  ) {}
+
+  get openStreams(): number {
+    return this.streams.size;
+  }
+
+  addTo(server: Server): void {
+    const definition = loadPackageDefinition(loadSync(AUTHORITY_WATCH_PROTO, LOADER_OPTIONS)) as any;
+    const service = definition.token_authority.v1.AuthorityWatch.service as ServiceDefinition;
+    server.addService(service, {
+      Watch: (call: WatchCall) => {
+        call.emit('error', richError(GrpcStatus.UNIMPLEMENTED, 'Watch is replaced by DeltaWatch', 'deprecated', ERROR_DOMAIN));
+      },
+      DeltaWatch: (call: WatchCall) => this.deltaWatch(call),
+    });
+  }
+
+  private deltaWatch(call: WatchCall): void {
+    const [authorization] = call.metadata.get('authorization');
+    if (!this.authority.isDataPlane(typeof authorization === 'string' ? authorization : undefined)) {
+      call.emit('error', richError(GrpcStatus.UNAUTHENTICATED, 'DeltaWatch needs the data plane or admin bearer token', 'invalid_token', ERROR_DOMAIN, { 'oauth-error': 'invalid_token' }));
+      return;
+    }
+    const node = call.request.node_id || 'unnamed';
+    const feed = this.authority.dataPlane;
+    let unsubscribe = () => {};
+    const stream = new UpdateStream(call, () => {
+      unsubscribe();
+      this.streams.delete(stream);
+      this.logger.info({ node }, 'data plane disconnected');
+    });
+    this.streams.add(stream);
+    // Subscribe and pick the first update in the same tick: every later delta follows on from it.
+    unsubscribe = feed.subscribe((update) => {
+      if (update === 'resync') stream.fail(GrpcStatus.ABORTED, 'the data plane must read a fresh snapshot; reconnect');
+      else stream.enqueue(update);
+    });
+    const resumeFrom = call.request.resume_from_version || undefined;
+    const initial = feed.updatesFrom(resumeFrom);
+    this.logger.info({ node, resumeFrom, version: feed.version }, 'data plane connected');
+    stream.sendInitial(initial).catch((error: Error) => {
+      this.logger.error({ err: error, node }, 'data plane update failed');
+      stream.fail(GrpcStatus.UNAVAILABLE, 'the authority could not read its state; reconnect');
+    });
+  }
+
+  /** Ends every stream (shutdown): data planes reconnect elsewhere and resume. */
+  endAll(): void {
+    for (const stream of [...this.streams]) stream.end();
+  }
+}
