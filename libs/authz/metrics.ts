@@ -51,6 +51,16 @@ export class AuthzMetrics {
       },
     });
     new Gauge({
+      name: 'ext_authz_replica_updates_applied',
+      help: 'Updates from the authority applied since start: whole snapshots, and deltas.',
+      labelNames: ['kind'],
+      registers: [this.registry],
+      collect() {
+        this.set({ kind: 'snapshot' }, replica.applied.snapshots);
+        this.set({ kind: 'delta' }, replica.applied.deltas);
+      },
+    });
+    new Gauge({
       name: 'ext_authz_authority_reconnects',
       help: 'Reconnections of the Watch stream since start.',
       registers: [this.registry],

@@ -1,25 +1,28 @@
+import path from 'node:path';
+import { Root, type Type } from 'protobufjs';
 import type { PublicJwk } from '../core/crypto/key-pairs';
 import type { DataPlaneApiKey, DataPlaneKey, DataPlaneUpdate } from '../core/data-plane';
 
-/** token_authority.v1.DeltaWatchResponse as @grpc/proto-loader gives it (keepCase, longs as numbers). */
+/** token_authority.v1.DeltaWatchResponse with snake_case fields (keepCase), as protobufjs encodes and decodes it. */
 interface Timestamp {
-  seconds: number;
+  /** A number when we build it; protobufjs decodes int64 as a Long. */
+  seconds: number | { toNumber(): number };
   nanos?: number;
 }
 interface VerificationKeyMessage {
   jwk: Record<string, string>;
-  verify_until?: Timestamp;
+  verify_until?: Timestamp | null;
 }
 interface ApiKeyStateMessage {
   client_id: string;
   client_name?: string;
   enabled?: boolean;
-  valid_until?: Timestamp;
+  valid_until?: Timestamp | null;
   authorized_entities?: string[];
   scopes?: string[];
   metadata?: Record<string, string>;
   tags?: string[];
-  secrets?: { hash: string; valid_until?: Timestamp }[];
+  secrets?: { hash: string; valid_until?: Timestamp | null }[];
   allow_client_id_only?: boolean;
 }
 export interface DeltaWatchResponseMessage {
@@ -33,14 +36,17 @@ export interface DeltaWatchResponseMessage {
   removed_key_pairs?: string[];
   api_keys?: ApiKeyStateMessage[];
   removed_api_keys?: string[];
-  revoked_tokens?: { jti: string; expires_at?: Timestamp }[];
-  generated_at?: Timestamp;
+  revoked_tokens?: { jti: string; expires_at?: Timestamp | null }[];
+  generated_at?: Timestamp | null;
 }
 
 const toTimestamp = (ms: number | undefined): Timestamp | undefined =>
   ms === undefined ? undefined : { seconds: Math.floor(ms / 1000), nanos: (ms % 1000) * 1_000_000 };
-const fromTimestamp = (timestamp: Timestamp | undefined): number | undefined =>
-  timestamp === undefined ? undefined : Number(timestamp.seconds) * 1000 + Math.floor((timestamp.nanos ?? 0) / 1_000_000);
+const fromTimestamp = (timestamp: Timestamp | null | undefined): number | undefined => {
+  if (timestamp === undefined || timestamp === null) return undefined;
+  const seconds = typeof timestamp.seconds === 'number' ? timestamp.seconds : timestamp.seconds.toNumber();
+  return seconds * 1000 + Math.floor((timestamp.nanos ?? 0) / 1_000_000);
+};
 
 const encodeKey = (key: DataPlaneKey): VerificationKeyMessage => ({ jwk: key.jwk as unknown as Record<string, string>, verify_until: toTimestamp(key.verifyUntil) });
 
@@ -93,11 +99,12 @@ export function decodeUpdate(message: DeltaWatchResponseMessage): DataPlaneUpdat
     baseVersion: message.base_version ?? '',
     reset: message.reset ?? false,
     more: message.more ?? false,
-    issuer: message.issuer,
-    audience: message.audience,
+    issuer: message.issuer || undefined,
+    audience: message.audience || undefined,
     keyPairs: (message.key_pairs ?? []).map((keyPair) => ({
       keyPairId: keyPair.key_pair_id,
-      keys: (keyPair.keys ?? []).map((key) => ({ jwk: key.jwk as unknown as PublicJwk, verifyUntil: fromTimestamp(key.verify_until) })),
+      // Own properties only: a decoded message answers '' for every field it did not carry.
+      keys: (keyPair.keys ?? []).map((key) => ({ jwk: { ...key.jwk } as unknown as PublicJwk, verifyUntil: fromTimestamp(key.verify_until) })),
     })),
     removedKeyPairs: message.removed_key_pairs ?? [],
     apiKeys: (message.api_keys ?? []).map(decodeApiKey),
@@ -105,4 +112,32 @@ export function decodeUpdate(message: DeltaWatchResponseMessage): DataPlaneUpdat
     revokedTokens: (message.revoked_tokens ?? []).map((revoked) => ({ jti: revoked.jti, expiresAt: fromTimestamp(revoked.expires_at) ?? 0 })),
     generatedAt: fromTimestamp(message.generated_at) ?? 0,
   };
+}
+
+/**
+ * DeltaWatch messages are (de)serialized with protobufjs directly rather than through
+ * @grpc/proto-loader's fromObject/toObject: a 100,000-key snapshot is the one large message
+ * flow we have, and the conversions cost about as much as the encoding itself.
+ */
+const PROTO_ROOT = path.resolve(__dirname, '../../../proto');
+let responseType: Type | undefined;
+function deltaWatchResponseType(): Type {
+  if (!responseType) {
+    const root = new Root();
+    // google/protobuf/* are protobufjs's own common types.
+    root.resolvePath = (_origin, target) => (target.startsWith('google/protobuf/') ? target : path.join(PROTO_ROOT, target));
+    root.loadSync('token_authority/v1/authority_watch.proto', { keepCase: true });
+    responseType = root.lookupType('token_authority.v1.DeltaWatchResponse');
+  }
+  return responseType;
+}
+
+export function serializeUpdate(update: DataPlaneUpdate): Buffer {
+  const bytes = deltaWatchResponseType().encode(encodeUpdate(update) as unknown as Record<string, unknown>).finish();
+  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+}
+
+/** Absent fields read as protobuf defaults ('' , false, [], {}, null) from the decoded message. */
+export function deserializeUpdate(bytes: Buffer): DataPlaneUpdate {
+  return decodeUpdate(deltaWatchResponseType().decode(bytes) as unknown as DeltaWatchResponseMessage);
 }

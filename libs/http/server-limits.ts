@@ -33,7 +33,7 @@ export function fastifyLimitOptions(limits: HttpLimits) {
   };
 }
 
-/** The connection cap, set on the listening server. */
+/** The connection cap, set on the listening server (slow and silent clients get Node's 408 and are closed). */
 export function capConnections(server: Server, limits: HttpLimits): void {
   server.maxConnections = limits.maxConnections;
 }

@@ -3,7 +3,8 @@ import { loadSync } from '@grpc/proto-loader';
 import type { Logger } from 'pino';
 import type { AuthorityReplica } from '../../libs/authz/replica';
 import type { ExtAuthzConfig } from '../../libs/authz/config';
-import { decodeUpdate, type DeltaWatchResponseMessage } from '../../libs/grpc/watch-codec';
+import type { DataPlaneUpdate } from '../../libs/core/data-plane';
+import { deserializeUpdate } from '../../libs/grpc/watch-codec';
 import { AUTHORITY_WATCH_PROTO, LOADER_OPTIONS } from '../token-authority/grpc-options';
 
 /**
@@ -14,7 +15,7 @@ import { AUTHORITY_WATCH_PROTO, LOADER_OPTIONS } from '../token-authority/grpc-o
  */
 export class AuthorityWatchClient {
   private readonly client: any;
-  private call: ClientReadableStream<DeltaWatchResponseMessage> | undefined;
+  private call: ClientReadableStream<DataPlaneUpdate> | undefined;
   private retryTimer: NodeJS.Timeout | undefined;
   private attempt = 0;
   private stopped = false;
@@ -46,20 +47,28 @@ export class AuthorityWatchClient {
     const metadata = new Metadata();
     if (this.config.authority.token) metadata.set('authorization', `Bearer ${this.config.authority.token}`);
     const resumeFrom = resume && this.replica.ready ? this.replica.version : '';
-    const call: ClientReadableStream<DeltaWatchResponseMessage> = this.client.DeltaWatch({ node_id: this.nodeId, resume_from_version: resumeFrom }, metadata);
+    // Decoded by protobufjs directly into updates (watch-codec.ts), not through proto-loader.
+    const method = this.client.DeltaWatch as { path: string; requestSerialize: (value: object) => Buffer };
+    const call: ClientReadableStream<DataPlaneUpdate> = this.client.makeServerStreamRequest(
+      method.path,
+      method.requestSerialize,
+      deserializeUpdate,
+      { node_id: this.nodeId, resume_from_version: resumeFrom },
+      metadata,
+    );
     this.call = call;
-    call.on('data', (message: DeltaWatchResponseMessage) => {
+    call.on('data', (message: DataPlaneUpdate) => {
       this.attempt = 0;
       this.replica.setConnected(true);
       let outcome;
       try {
-        outcome = this.replica.apply(decodeUpdate(message));
+        outcome = this.replica.apply(message);
       } catch (error) {
         this.logger.error({ err: error }, 'authority update could not be applied; reading a snapshot');
         outcome = 'out_of_sync';
       }
       if (outcome === 'out_of_sync') {
-        this.logger.warn({ version: this.replica.version, base: message.base_version }, 'authority update does not follow on; reading a snapshot');
+        this.logger.warn({ version: this.replica.version, base: message.baseVersion }, 'authority update does not follow on; reading a snapshot');
         this.replace(() => this.connect(false));
       } else if (outcome === 'applied' && message.reset) {
         this.logger.info({ version: message.version, ...this.replica.counts }, 'authority snapshot applied');

@@ -4,27 +4,27 @@ import type { Logger } from 'pino';
 import type { Authority } from '../../libs/core/authority';
 import type { DataPlaneUpdate } from '../../libs/core/data-plane';
 import { richError } from '../../libs/grpc/rich-status';
-import { encodeUpdate, type DeltaWatchResponseMessage } from '../../libs/grpc/watch-codec';
+import { serializeUpdate } from '../../libs/grpc/watch-codec';
 import { ERROR_DOMAIN } from './grpc-errors';
 import { AUTHORITY_WATCH_PROTO, LOADER_OPTIONS } from './grpc-options';
 
 /**
- * Entries (API keys, revocations, key pairs) a stream may have waiting while its client does not
- * read: past this the client is too slow to follow and is ended with RESOURCE_EXHAUSTED; it
- * reconnects and resumes from its version. grpc-js itself holds at most its high-water mark of
- * messages per stream, as we stop writing when it says so.
+ * Entries (API keys, revocations, key pairs) a stream may hold while its client does not read,
+ * queued here or written to grpc-js but not yet sent: past this the client is too slow to
+ * follow and is ended with RESOURCE_EXHAUSTED; it reconnects and resumes from its version.
  */
-export const MAX_QUEUED_ENTRIES = 50_000;
+export const MAX_BUFFERED_ENTRIES = 20_000;
 
 const entriesOf = (update: DataPlaneUpdate) =>
   1 + update.apiKeys.length + update.removedApiKeys.length + update.revokedTokens.length + update.keyPairs.length + update.removedKeyPairs.length;
 
-type WatchCall = ServerWritableStream<{ node_id?: string; resume_from_version?: string }, DeltaWatchResponseMessage>;
+type WatchCall = ServerWritableStream<{ node_id?: string; resume_from_version?: string }, Buffer>;
 
 /** One DeltaWatch stream: the first update (snapshot or catch-up), then every delta, in order, with backpressure. */
 class UpdateStream {
   private readonly queue: DataPlaneUpdate[] = [];
-  private queuedEntries = 0;
+  /** Entries queued, or written and not yet handed to HTTP/2. */
+  private bufferedEntries = 0;
   private initialSent = false;
   private flushing = false;
   ended = false;
@@ -39,6 +39,7 @@ class UpdateStream {
   async sendInitial(parts: AsyncGenerator<DataPlaneUpdate>): Promise<void> {
     for await (const part of parts) {
       if (this.ended) return;
+      this.bufferedEntries += entriesOf(part);
       await this.write(part);
     }
     this.initialSent = true;
@@ -48,8 +49,8 @@ class UpdateStream {
   enqueue(update: DataPlaneUpdate): void {
     if (this.ended) return;
     this.queue.push(update);
-    this.queuedEntries += entriesOf(update);
-    if (this.queuedEntries > MAX_QUEUED_ENTRIES) {
+    this.bufferedEntries += entriesOf(update);
+    if (this.bufferedEntries > MAX_BUFFERED_ENTRIES) {
       this.fail(GrpcStatus.RESOURCE_EXHAUSTED, 'the data plane reads updates too slowly; reconnect with resume_from_version');
       return;
     }
@@ -73,17 +74,20 @@ class UpdateStream {
     this.flushing = true;
     try {
       while (this.queue.length && !this.ended) {
-        const update = this.queue.shift()!;
-        this.queuedEntries -= entriesOf(update);
-        await this.write(update);
+        await this.write(this.queue.shift()!);
       }
     } finally {
       this.flushing = false;
     }
   }
 
+  /** Writes one update; resolves at once, or once grpc-js can take more. */
   private async write(update: DataPlaneUpdate): Promise<void> {
-    if (this.call.write(encodeUpdate(update))) return;
+    const entries = entriesOf(update);
+    const sent = () => {
+      this.bufferedEntries -= entries;
+    };
+    if (this.call.write(serializeUpdate(update), sent)) return;
     await new Promise<void>((resolve) => {
       const done = () => {
         this.call.off('drain', done);
@@ -100,7 +104,7 @@ class UpdateStream {
     if (this.ended) return;
     this.ended = true;
     this.queue.length = 0;
-    this.queuedEntries = 0;
+    this.bufferedEntries = 0;
     this.onEnd();
   }
 }
@@ -123,7 +127,9 @@ export class AuthorityWatchService {
 
   addTo(server: Server): void {
     const definition = loadPackageDefinition(loadSync(AUTHORITY_WATCH_PROTO, LOADER_OPTIONS)) as any;
-    const service = definition.token_authority.v1.AuthorityWatch.service as ServiceDefinition;
+    const loaded = definition.token_authority.v1.AuthorityWatch.service as ServiceDefinition;
+    // Updates are written already encoded (serializeUpdate): grpc-js passes the bytes through.
+    const service = { ...loaded, DeltaWatch: { ...loaded.DeltaWatch, responseSerialize: (bytes: Buffer) => bytes } };
     server.addService(service, {
       Watch: (call: WatchCall) => {
         call.emit('error', richError(GrpcStatus.UNIMPLEMENTED, 'Watch is replaced by DeltaWatch', 'deprecated', ERROR_DOMAIN));

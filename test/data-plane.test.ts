@@ -1,0 +1,250 @@
+import { credentials, loadPackageDefinition, Metadata, status as GrpcStatus, type ClientReadableStream, type ServiceError } from '@grpc/grpc-js';
+import { loadSync } from '@grpc/proto-loader';
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { AuthorityReplica } from '../libs/authz/replica';
+import { DataPlaneFeed, formatVersion, type DataPlaneUpdate } from '../libs/core/data-plane';
+import { KeyRing } from '../libs/core/key-ring';
+import type { ApiKeyRecord } from '../libs/core/model';
+import { SqliteStore } from '../libs/core/store/sqlite-store';
+import { decodeUpdate } from '../libs/grpc/watch-codec';
+import { AUTHORITY_WATCH_PROTO, LOADER_OPTIONS } from '../services/token-authority/grpc-options';
+import { ADMIN_TOKEN, startTestAuthority, type TestAuthority } from './support/authority';
+import { startTestExtAuthz } from './support/ext-authz';
+import { freePort } from './support/ports';
+
+function apiKey(clientId: string, changes: Partial<ApiKeyRecord> = {}): ApiKeyRecord {
+  return {
+    clientId,
+    secretHash: 'sha256$x',
+    clientName: clientId,
+    description: '',
+    authorizedEntities: ['route_foo'],
+    enabled: true,
+    validUntil: null,
+    metadata: {},
+    tags: [],
+    scope: [],
+    allowClientIdOnly: false,
+    rotation: { enabled: false, rotationEvery: 744, gracePeriod: 168 },
+    throttlingQuota: 1,
+    dailyQuota: 1,
+    monthlyQuota: 1,
+    createdAt: 0,
+    updatedAt: 0,
+    ...changes,
+  };
+}
+
+async function collect(updates: AsyncGenerator<DataPlaneUpdate>): Promise<DataPlaneUpdate[]> {
+  const parts: DataPlaneUpdate[] = [];
+  for await (const part of updates) parts.push(part);
+  return parts;
+}
+
+/** Resolves with the next `count` deltas the feed publishes. */
+function nextDeltas(feed: DataPlaneFeed, count = 1, timeoutMs = 3000): Promise<DataPlaneUpdate[]> {
+  return new Promise((resolve, reject) => {
+    const seen: DataPlaneUpdate[] = [];
+    const timer = setTimeout(() => (unsubscribe(), reject(new Error(`only ${seen.length} deltas within ${timeoutMs} ms`))), timeoutMs);
+    const unsubscribe = feed.subscribe((update) => {
+      if (update === 'resync') return;
+      seen.push(update);
+      if (seen.length === count) {
+        clearTimeout(timer);
+        unsubscribe();
+        resolve(seen);
+      }
+    });
+  });
+}
+
+describe('data plane feed over the store change log', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'feed-'));
+  const store = new SqliteStore(join(dir, 'store.sqlite'));
+  const keyRing = new KeyRing(store.keyPairs, Date.now);
+  let feed: DataPlaneFeed;
+  before(async () => {
+    feed = new DataPlaneFeed(store, keyRing, { issuer: 'http://issuer', audience: 'otoroshi' }, (error) => assert.fail(error));
+    await feed.start();
+  });
+  after(async () => {
+    feed.close();
+    await store.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('sends only what changed, with the version it applies on', async () => {
+    await store.apiKeys.createMany(Array.from({ length: 50 }, (_, index) => apiKey(`bulk-${String(index).padStart(3, '0')}`)));
+    await nextDeltas(feed).catch(() => {});
+    const before = feed.version;
+    const deltas = nextDeltas(feed);
+    await store.apiKeys.modify('bulk-007', (current) => ({ ...current, enabled: false }));
+    const [delta] = await deltas;
+    assert.equal(delta.baseVersion, before);
+    assert.notEqual(delta.version, before);
+    assert.equal(delta.reset, false);
+    assert.equal(delta.more, false);
+    assert.deepEqual(delta.apiKeys.map((key) => [key.clientId, key.enabled]), [['bulk-007', false]]);
+    assert.deepEqual([delta.removedApiKeys, delta.revokedTokens, delta.keyPairs], [[], [], []]);
+
+    const removal = nextDeltas(feed);
+    await store.apiKeys.delete('bulk-008');
+    assert.deepEqual((await removal)[0].removedApiKeys, ['bulk-008']);
+
+    const revocation = nextDeltas(feed);
+    const expiresAt = Date.now() + 60_000;
+    await store.revocations.revoke('jti-1', expiresAt);
+    assert.deepEqual((await revocation)[0].revokedTokens, [{ jti: 'jti-1', expiresAt }]);
+  });
+
+  it('coalesces a burst of writes into one delta', async () => {
+    const deltas = nextDeltas(feed);
+    for (let index = 0; index < 20; index += 1) await store.apiKeys.modify('bulk-001', (current) => ({ ...current, description: `v${index}` }));
+    const [delta] = await deltas;
+    assert.equal(delta.apiKeys.length, 1, 'one entry for twenty changes of one key');
+    assert.equal((delta.apiKeys[0] as unknown as { clientId: string }).clientId, 'bulk-001');
+  });
+
+  it('reads a snapshot in pages that all carry one version, the first one resetting', async () => {
+    await store.apiKeys.createMany(Array.from({ length: 2100 }, (_, index) => apiKey(`page-${String(index).padStart(5, '0')}`)));
+    await new Promise((done) => setTimeout(done, 100));
+    const parts = await collect(feed.updatesFrom());
+    assert.ok(parts.length >= 3, `${parts.length} parts`);
+    assert.deepEqual(parts.map((part) => part.reset), parts.map((_, index) => index === 0));
+    assert.deepEqual(parts.map((part) => part.more), parts.map((_, index) => index < parts.length - 1));
+    assert.equal(new Set(parts.map((part) => part.version)).size, 1);
+    assert.equal(parts[0].version, feed.version);
+    assert.equal(parts[0].issuer, 'http://issuer');
+    const clientIds = parts.flatMap((part) => part.apiKeys.map((key) => key.clientId));
+    assert.equal(clientIds.length, 2100 + 49);
+    assert.equal(new Set(clientIds).size, clientIds.length);
+    assert.ok(parts.every((part) => part.apiKeys.length <= 1000));
+    assert.deepEqual(parts.flatMap((part) => part.revokedTokens.map((revoked) => revoked.jti)), ['jti-1']);
+  });
+
+  it('catches a data plane up from its version with only what it missed', async () => {
+    const from = feed.version;
+    const deltas = nextDeltas(feed);
+    await store.apiKeys.modify('page-00042', (current) => ({ ...current, tags: ['changed'] }));
+    await store.apiKeys.delete('page-00043');
+    await deltas;
+    const parts = await collect(feed.updatesFrom(from));
+    assert.ok(parts.every((part) => !part.reset && part.baseVersion === from && part.version === feed.version));
+    assert.deepEqual(parts.flatMap((part) => part.apiKeys.map((key) => key.clientId)), ['page-00042']);
+    assert.deepEqual(parts.flatMap((part) => part.removedApiKeys), ['page-00043']);
+  });
+
+  it('answers a version it cannot continue (another store, the future, garbage) with a snapshot', async () => {
+    for (const version of [formatVersion('another-store', 1), formatVersion(store.changes.storeId, 10 ** 9), 'garbage', ':']) {
+      const [first] = await collect(feed.updatesFrom(version));
+      assert.equal(first.reset, true, version);
+    }
+  });
+
+  it('sees writes of another process sharing the store, with what they changed', async () => {
+    const other = new SqliteStore(join(dir, 'store.sqlite'));
+    try {
+      const deltas = nextDeltas(feed, 1, 2000);
+      await other.apiKeys.modify('page-00100', (current) => ({ ...current, enabled: false }));
+      const [delta] = await deltas;
+      assert.deepEqual(delta.apiKeys.map((key) => [key.clientId, key.enabled]), [['page-00100', false]]);
+    } finally {
+      await other.close();
+    }
+  });
+
+  it('a replica follows snapshot then deltas, and refuses a delta that does not follow on', async () => {
+    const replica = new AuthorityReplica();
+    for (const part of await collect(feed.updatesFrom())) {
+      assert.equal(replica.apply(part), part.more ? 'partial' : 'applied');
+      assert.equal(replica.ready, !part.more, 'not ready on half a snapshot');
+    }
+    assert.equal(replica.version, feed.version);
+    assert.equal(replica.apiKey('page-00100')?.enabled, false);
+    const deltas = nextDeltas(feed);
+    await store.apiKeys.modify('page-00100', (current) => ({ ...current, enabled: true }));
+    await store.apiKeys.delete('page-00101');
+    const [delta] = await deltas;
+    assert.equal(replica.apply(delta), 'applied');
+    assert.equal(replica.apiKey('page-00100')?.enabled, true);
+    assert.equal(replica.apiKey('page-00101'), undefined);
+    assert.equal(replica.apply({ ...delta, baseVersion: formatVersion(store.changes.storeId, 1) }), 'out_of_sync');
+    assert.equal(replica.version, delta.version, 'an out-of-sync delta changes nothing');
+    assert.deepEqual(replica.applied, { snapshots: 1, deltas: 1 });
+  });
+});
+
+describe('DeltaWatch over gRPC', () => {
+  let authority: TestAuthority;
+  const definition = loadPackageDefinition(loadSync(AUTHORITY_WATCH_PROTO, LOADER_OPTIONS)) as any;
+  const metadata = () => {
+    const value = new Metadata();
+    value.set('authorization', `Bearer ${ADMIN_TOKEN}`);
+    return value;
+  };
+  before(async () => {
+    authority = await startTestAuthority();
+  });
+  after(() => authority.stop());
+
+  it('answers the deprecated Watch with UNIMPLEMENTED, and DeltaWatch without the token with UNAUTHENTICATED', async () => {
+    const client = new definition.token_authority.v1.AuthorityWatch(authority.grpcAddress, credentials.createInsecure());
+    const errorOf = (call: ClientReadableStream<unknown>) => new Promise<ServiceError>((resolve) => (call.on('data', () => {}), call.on('error', resolve)));
+    assert.equal((await errorOf(client.Watch({}, metadata()))).code, GrpcStatus.UNIMPLEMENTED);
+    assert.equal((await errorOf(client.DeltaWatch({}, new Metadata()))).code, GrpcStatus.UNAUTHENTICATED);
+    client.close();
+  });
+
+  it('ends a client that does not read with RESOURCE_EXHAUSTED, holding a bounded amount for it', async () => {
+    const client = new definition.token_authority.v1.AuthorityWatch(authority.grpcAddress, credentials.createInsecure(), { 'grpc.max_receive_message_length': 64 * 1024 * 1024 });
+    const call: ClientReadableStream<unknown> = client.DeltaWatch({ node_id: 'stuck' }, metadata());
+    let messages = 0;
+    call.on('data', () => {
+      messages += 1;
+      if (messages === 1) call.pause();
+    });
+    const ended = new Promise<ServiceError>((resolve) => call.on('error', resolve));
+    await new Promise((done) => setTimeout(done, 200));
+    // 30,000 changes, ~30 deltas of 1,000 keys, while the client reads nothing.
+    for (let batch = 0; batch < 3; batch += 1) {
+      await authority.authority.store.apiKeys.createMany(Array.from({ length: 10_000 }, (_, index) => apiKey(`slow-${batch}-${String(index).padStart(5, '0')}`)));
+      await new Promise((done) => setTimeout(done, 50));
+    }
+    const metrics = async () => (await fetch(`${authority.url}/metrics`)).text();
+    const deadline = Date.now() + 10_000;
+    while (!/token_authority_watch_streams 0/.test(await metrics()) && Date.now() < deadline) await new Promise((done) => setTimeout(done, 100));
+    assert.match(await metrics(), /token_authority_watch_streams 0/, 'the authority let the stuck stream go');
+    call.resume();
+    const error = await ended;
+    assert.equal(error.code, GrpcStatus.RESOURCE_EXHAUSTED);
+    assert.ok(messages < 30, `${messages} messages reached the client`);
+    assert.equal((await fetch(`${authority.url}/health`)).status, 200);
+    client.close();
+  });
+
+  it('a data plane that reconnects to a restarted authority resumes with what it missed, not a snapshot', async () => {
+    const dataDir = mkdtempSync(join(tmpdir(), 'resume-'));
+    const settings = { grpc: { host: '127.0.0.1', port: await freePort() } };
+    let restarted = await startTestAuthority(settings, dataDir);
+    const extAuthz = await startTestExtAuthz(restarted);
+    try {
+      await restarted.admin('POST', '/api/apikeys', { clientId: 'resumer', clientSecret: 'resumer-secret' });
+      await extAuthz.waitFor(() => extAuthz.replica.apiKey('resumer') !== undefined);
+      await restarted.close();
+      await extAuthz.waitFor(() => extAuthz.replica.status === 'degraded');
+      restarted = await startTestAuthority(settings, dataDir);
+      await restarted.admin('PATCH', '/api/apikeys/resumer', { enabled: false });
+      await extAuthz.waitFor(() => extAuthz.replica.status === 'synced' && extAuthz.replica.apiKey('resumer')?.enabled === false, 10_000);
+      assert.equal(extAuthz.replica.applied.snapshots, 1, 'only the first connection read a snapshot');
+      assert.match(await (await fetch(`${extAuthz.url}/metrics`)).text(), /ext_authz_replica_updates_applied\{kind="snapshot"\} 1/);
+    } finally {
+      await extAuthz.close();
+      await restarted.stop();
+      rmSync(dataDir, { recursive: true, force: true });
+    }
+  });
+});
