@@ -34,7 +34,7 @@ export const extAuthzConfigSchema = z
       .object({
         /** host:port of the token authority's gRPC face (AuthorityWatch). */
         url: z.string().min(1).default('127.0.0.1:50051'),
-        /** Bearer token for Watch: the authority's data plane token or admin token. */
+        /** Bearer token for DeltaWatch: the authority's data plane token or admin token. */
         token: z.string().min(16, 'must be at least 16 characters').optional(),
         /** Reconnection backoff, ms: doubles from `initialBackoff` up to `maxBackoff`, with jitter. */
         initialBackoff: z.coerce.number().int().min(10).default(100),

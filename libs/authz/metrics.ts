@@ -24,7 +24,7 @@ export class AuthzMetrics {
     });
     new Gauge({
       name: 'ext_authz_authority_connected',
-      help: '1 while the Watch stream to the token authority is up.',
+      help: '1 while the DeltaWatch stream to the token authority is up.',
       registers: [this.registry],
       collect() {
         this.set(replica.status === 'synced' ? 1 : 0);
@@ -62,7 +62,7 @@ export class AuthzMetrics {
     });
     new Gauge({
       name: 'ext_authz_authority_reconnects',
-      help: 'Reconnections of the Watch stream since start.',
+      help: 'Reconnections of the DeltaWatch stream since start.',
       registers: [this.registry],
       collect() {
         this.set(watch.reconnects);

@@ -27,7 +27,7 @@ export interface Authority {
   dataPlane: DataPlaneFeed;
   /** Whether an `Authorization` header carries the admin bearer token. */
   isAdmin(authorization: string | undefined): boolean;
-  /** Whether it carries a token that may Watch (the data plane token or the admin token). */
+  /** Whether it carries a token that may follow DeltaWatch (the data plane token or the admin token). */
   isDataPlane(authorization: string | undefined): boolean;
   close(): Promise<void>;
 }

@@ -58,7 +58,7 @@ export const authorityConfigSchema = z
     dataDir: z.string().min(1).default('data'),
     /** Bearer token of the admin API; generated on first start when unset. */
     adminToken: z.string().min(16, 'must be at least 16 characters').optional(),
-    /** Bearer token with which data planes (ext-authz) may Watch; the admin token works too. */
+    /** Bearer token with which data planes (ext-authz) may follow DeltaWatch; the admin token works too. */
     dataPlaneToken: z.string().min(16, 'must be at least 16 characters').optional(),
     log: z
       .object({
