@@ -61,6 +61,16 @@ for (const face of ['token authority REST', 'ext-authz HTTP mode'] as const) {
       }
     });
 
+    if (face === 'ext-authz HTTP mode') {
+      it('denies a path that names no policy with 403, not a 404', async () => {
+        for (const path of ['/authz', '/authz/', '/authz//x', '/authz/%C3%A9/x', '/authz/a%20b', '/authz?x=1']) {
+          const response = await httpRequest(`${url}${path}`);
+          assert.equal(response.status, 403, path);
+          assert.deepEqual(JSON.parse(response.body), { 'Otoroshi-Error': 'No authorization policy for this route' }, path);
+        }
+      });
+    }
+
     it('caps open connections and serves again once they are gone', async () => {
       const sockets = await Promise.all(Array.from({ length: 60 }, () => open(url).catch(() => undefined)));
       await new Promise((done) => setTimeout(done, 200));
@@ -133,6 +143,25 @@ describe('request hygiene of the token authority', () => {
     assert.deepEqual(await list('authorizedEntity=route_foo'), ['page-00', 'page-01', 'page-02']);
     for (const bad of ['limit=0', 'limit=1001', 'limit=abc', 'enabled=maybe', 'unknown=1']) {
       assert.equal((await authority.admin('GET', `/api/apikeys?${bad}`)).status, 400, bad);
+    }
+  });
+
+  it('quotes at most 64 characters of a client\'s input in an error, over REST and gRPC', async () => {
+    const response = await authority.postForm(TOKEN_PATH, { grant_type: 'é'.repeat(8192) });
+    const body = (await response.json()) as { error: string; error_description: string };
+    assert.equal(body.error, 'unsupported_grant_type');
+    assert.ok(body.error_description.length < 120, body.error_description);
+    assert.match(body.error_description, /^grant_type 'é{64}…' is not supported/);
+  });
+
+  it('refuses text that has no UTF-8 form (a lone surrogate) in OAuth parameters and admin input', async () => {
+    const token = await httpRequest(`${authority.url}${TOKEN_PATH}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"grant_type":"client_credentials","scope":"\\ud800"}' });
+    assert.equal(token.status, 400);
+    assert.match(JSON.parse(token.body).error_description, /not well-formed Unicode/);
+    for (const body of ['{"clientName":"a\\ud800b"}', '{"metadata":{"\\udc00":"x"}}', '{"tags":["\\ud800"]}']) {
+      const created = await httpRequest(`${authority.url}/api/apikeys`, { method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${ADMIN_TOKEN}` }, body });
+      assert.equal(created.status, 400, body);
+      assert.match(created.body, /not well-formed Unicode/);
     }
   });
 

@@ -89,7 +89,22 @@ const keyPairCreateSchema = z
 
 const keyPairRotateSchema = z.object({ privateKey: z.string().max(20_000).optional(), publicKey: z.string().max(20_000).optional() }).strict();
 
+/** The path of the first string (key or value) in `input` with a lone surrogate, which has no UTF-8 form. */
+function illFormedPath(input: unknown, path: string[] = []): string[] | undefined {
+  if (typeof input === 'string') return input.isWellFormed() ? undefined : path;
+  if (typeof input !== 'object' || input === null) return undefined;
+  for (const [key, value] of Object.entries(input)) {
+    if (!key.isWellFormed()) return [...path, key.toWellFormed()];
+    const found = illFormedPath(value, [...path, key]);
+    if (found) return found;
+  }
+  return undefined;
+}
+
 function parseInput<S extends z.ZodType>(schema: S, input: unknown): z.output<S> {
+  // Stored text must survive every transport (protobuf strings are UTF-8): refused here, once.
+  const illFormed = illFormedPath(input);
+  if (illFormed) throw new AdminError(400, 'invalid input', [{ path: illFormed.join('.'), message: 'not well-formed Unicode (a lone surrogate)' }]);
   const result = schema.safeParse(input ?? {});
   if (!result.success) {
     throw new AdminError(

@@ -35,6 +35,14 @@ export class OAuthError extends Error {
   }
 }
 
+/** Longest piece of a client's input an error message repeats: enough to recognise it, too short to bloat an answer. */
+const ECHO_LIMIT = 64;
+
+/** A client's input as an error message quotes it: cut to ECHO_LIMIT characters. */
+export function echo(input: string): string {
+  return input.length <= ECHO_LIMIT ? input : `${input.slice(0, ECHO_LIMIT)}…`;
+}
+
 export const invalidRequest = (description: string) => new OAuthError('invalid_request', description, 400);
 export const invalidScope = (description: string) => new OAuthError('invalid_scope', description, 400);
 export const invalidTarget = (description: string) => new OAuthError('invalid_target', description, 400);

@@ -3,7 +3,7 @@ import { LRUCache } from 'lru-cache';
 import type { AuthorityConfig } from './config';
 import { authenticateClient, extractClientCredentials } from './client-auth';
 import { signJwt, verifyJws, type JwsFailure } from './crypto/jws';
-import { invalidRequest, invalidScope, invalidTarget, OAuthError, unsupportedGrantType } from './errors';
+import { echo, invalidRequest, invalidScope, invalidTarget, OAuthError, unsupportedGrantType } from './errors';
 import type { KeyRing } from './key-ring';
 import { grantableScopes, isApiKeyUsable, SIGN_KEYPAIR_METADATA, type ApiKeyRecord } from './model';
 import { requireParam, type OAuthParams } from './params';
@@ -76,7 +76,7 @@ export class TokenService {
   async issueToken(request: OAuthRequest): Promise<TokenResponse> {
     const { params } = request;
     const grantType = requireParam(params, 'grant_type');
-    if (grantType !== GRANT_TYPE) throw unsupportedGrantType(`grant_type '${grantType}' is not supported; use client_credentials`);
+    if (grantType !== GRANT_TYPE) throw unsupportedGrantType(`grant_type '${echo(grantType)}' is not supported; use client_credentials`);
     const credentials = extractClientCredentials(request.authorization, params);
     const now = this.clock.now();
     const apiKey = await authenticateClient(this.store.apiKeys, credentials, now);
@@ -116,7 +116,7 @@ export class TokenService {
     const asked = requested.split(' ').filter(Boolean);
     if (requested.trim() === '' || asked.some((scope) => !SCOPE_TOKEN.test(scope))) throw invalidScope('scope is malformed');
     const refused = asked.filter((scope) => !grantable.has(scope));
-    if (refused.length) throw invalidScope(`scope not granted to this client: ${refused.join(' ')}`);
+    if (refused.length) throw invalidScope(`scope not granted to this client: ${echo(refused.join(' '))}`);
     return [...new Set(asked)];
   }
 
@@ -129,7 +129,7 @@ export class TokenService {
     const asked = audience ?? resource;
     if (asked === undefined) return this.config.audience;
     if (asked !== this.config.audience && !this.config.allowedAudiences.includes(asked)) {
-      throw invalidTarget(`audience '${asked}' is not allowed`);
+      throw invalidTarget(`audience '${echo(asked)}' is not allowed`);
     }
     return asked;
   }

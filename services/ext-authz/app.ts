@@ -21,6 +21,8 @@ export const AUTHORIZATION_SERVICE = 'envoy.service.auth.v3.Authorization';
 const SHUTDOWN_GRACE_MS = 5_000;
 /** /authz/<policy>, then anything: the client's path in Envoy's http_service mode. */
 const HTTP_MODE_PATH = /^(\/authz\/[A-Za-z0-9._-]+)(?:[/?].*)?$/s;
+/** Any other /authz path names no policy there can be (names are [A-Za-z0-9._-]): it is denied as such, not a 404. */
+const NO_POLICY_PATH = '/authz/~';
 
 @Module({})
 class ExtAuthzModule {
@@ -83,7 +85,10 @@ export async function startExtAuthz(config: ExtAuthzConfig): Promise<ExtAuthzApp
     bodyLimit: 1024 * 1024,
     // Only /authz/<policy> matters; what follows is the client's path, which may be anything
     // (even bad percent-encoding that Fastify's router would refuse), so it is cut before routing.
-    rewriteUrl: (request: { url?: string }) => HTTP_MODE_PATH.exec(request.url ?? '')?.[1] ?? request.url ?? '/',
+    rewriteUrl: (request: { url?: string }) => {
+      const url = request.url ?? '/';
+      return HTTP_MODE_PATH.exec(url)?.[1] ?? (/^\/authz(?:[/?]|$)/.test(url) ? NO_POLICY_PATH : url);
+    },
   });
   // Proxies ask with the client's headers and no body worth reading: never parse one.
   adapter.getInstance().removeAllContentTypeParsers();
