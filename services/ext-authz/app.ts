@@ -57,6 +57,9 @@ export async function startExtAuthz(config: ExtAuthzConfig): Promise<ExtAuthzApp
     health.setStatus('', 'SERVING');
     health.setStatus(AUTHORIZATION_SERVICE, 'SERVING');
   });
+  // The first snapshot (large with many API keys) streams in while the servers start; Check
+  // and health answer "not ready" until it is whole.
+  watch.start();
 
   const grpcServer = new Server({
     'grpc.max_receive_message_length': 1024 * 1024,
@@ -103,7 +106,6 @@ export async function startExtAuthz(config: ExtAuthzConfig): Promise<ExtAuthzApp
   const address = app.getHttpServer().address();
   const httpPort = typeof address === 'object' && address ? address.port : config.http.port;
 
-  watch.start();
   logger.info({ grpcPort, httpPort, authority: config.authority.url, policies: Object.keys(config.policies) }, 'ext-authz listening');
 
   let closing: Promise<void> | undefined;

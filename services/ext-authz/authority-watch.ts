@@ -35,6 +35,9 @@ export class AuthorityWatchClient {
       'grpc.keepalive_timeout_ms': 10_000,
       'grpc.keepalive_permit_without_calls': 1,
       'grpc.max_receive_message_length': 64 * 1024 * 1024,
+      // A snapshot is ~100 messages of ~200 KB: with HTTP/2's default 64 KB window the authority
+      // waits for a WINDOW_UPDATE several times per message (100,000 keys: 4 s instead of 2 s).
+      'grpc-node.flow_control_window': 8 * 1024 * 1024,
     });
   }
 
