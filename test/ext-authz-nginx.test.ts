@@ -1,47 +1,14 @@
 import assert from 'node:assert/strict';
-import { request } from 'node:http';
 import { after, before, describe, it } from 'node:test';
 import { startEchoBackend, type EchoBackend, type EchoResponse } from '../services/echo-backend/server';
 import { JWKS_PATH, startTestAuthority, TOKEN_PATH, type TestAuthority } from './support/authority';
 import { startTestExtAuthz, type TestExtAuthz } from './support/ext-authz';
 import { startNginx, type TestNginx } from './support/nginx';
 import { freePort } from './support/ports';
+import { send, type Answer } from './support/proxy-request';
 
 const FOO = 'foo.oto.tools';
 const OAUTH = 'oauth.oto.tools';
-
-interface Answer {
-  status: number;
-  headers: Record<string, string | string[] | undefined>;
-  /** Header name (lower case) -> how many times it was sent. */
-  counts: Record<string, number>;
-  body: string;
-}
-
-/**
- * One request to nginx with node:http, the path sent byte for byte (no URL normalization, unlike
- * fetch or new URL) and a Host header of our choosing. No keep-alive.
- */
-function send(base: string, rawPath: string, options: { host?: string; method?: string; headers?: Record<string, string>; body?: string } = {}): Promise<Answer> {
-  const target = new URL(base);
-  return new Promise((resolve, reject) => {
-    const req = request(
-      { host: target.hostname, port: target.port, path: rawPath, method: options.method ?? 'GET', agent: false, headers: { host: options.host ?? FOO, ...options.headers } },
-      (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (chunk: Buffer) => chunks.push(chunk));
-        res.on('error', reject);
-        res.on('end', () => {
-          const counts: Record<string, number> = {};
-          for (let i = 0; i < res.rawHeaders.length; i += 2) counts[res.rawHeaders[i].toLowerCase()] = (counts[res.rawHeaders[i].toLowerCase()] ?? 0) + 1;
-          resolve({ status: res.statusCode ?? 0, headers: res.headers, counts, body: Buffer.concat(chunks).toString('utf8') });
-        });
-      },
-    );
-    req.on('error', reject);
-    req.end(options.body);
-  });
-}
 
 const bearer = (token: string) => ({ authorization: `Bearer ${token}` });
 const echoed = (answer: Answer) => JSON.parse(answer.body) as EchoResponse;

@@ -1,0 +1,36 @@
+import { parseDocument, type YAMLMap, type YAMLSeq } from 'yaml';
+
+export interface SocketAddress {
+  address: string;
+  port: number;
+}
+
+/** What differs between docker-compose and a local run: where Envoy listens, and where each cluster's one endpoint is. */
+export interface EnvoyPlacement {
+  listener?: SocketAddress;
+  admin?: SocketAddress;
+  /** Cluster name (as in the config) to its endpoint. */
+  clusters?: Record<string, SocketAddress>;
+}
+
+/**
+ * The repo's Envoy configs name docker-compose hosts (`token-authority`, `ext-authz`, `echo`).
+ * This renders the same file for another placement (a local run, the tests) by setting those
+ * few addresses, keeping everything else (and the comments) as written: one source of truth.
+ */
+export function renderEnvoyConfig(source: string, placement: EnvoyPlacement): string {
+  const document = parseDocument(source);
+  const set = (path: (string | number)[], { address, port }: SocketAddress) => {
+    document.setIn([...path, 'socket_address', 'address'], address);
+    document.setIn([...path, 'socket_address', 'port_value'], port);
+  };
+  if (placement.admin) set(['admin', 'address'], placement.admin);
+  if (placement.listener) set(['static_resources', 'listeners', 0, 'address'], placement.listener);
+  const clusters = document.getIn(['static_resources', 'clusters']) as YAMLSeq<YAMLMap> | undefined;
+  for (const [name, endpoint] of Object.entries(placement.clusters ?? {})) {
+    const index = clusters?.items.findIndex((cluster) => cluster.get('name') === name) ?? -1;
+    if (index < 0) throw new Error(`the Envoy config has no cluster '${name}'`);
+    set(['static_resources', 'clusters', index, 'load_assignment', 'endpoints', 0, 'lb_endpoints', 0, 'endpoint', 'address'], endpoint);
+  }
+  return document.toString();
+}

