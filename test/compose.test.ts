@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { envoyBinary } from './support/envoy';
 import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
@@ -76,6 +77,9 @@ describe('docker-compose.yml', () => {
   it('runs a pinned Envoy release with envoy/envoy.yaml mounted read-only', () => {
     const envoy = config.services.envoy;
     assert.match(envoy.image ?? '', /^envoyproxy\/envoy:v\d+\.\d+\.\d+$/, 'a release tag, never latest');
+    // The release the tests run (test/envoy.test.ts) is the release compose runs.
+    const tested = /\/(\d+\.\d+\.\d+)\//.exec(spawnSync(envoyBinary(), ['--version'], { encoding: 'utf8' }).stdout)?.[1];
+    assert.equal(envoy.image, `envoyproxy/envoy:v${tested}`);
     assert.deepEqual(mounts(envoy), [{ source: path.join(ROOT, 'envoy', 'envoy.yaml'), target: '/etc/envoy/envoy.yaml', readOnly: true }]);
     assert.deepEqual(ports(envoy).map((port) => [port.published, port.target]), [
       [8080, 8080],
