@@ -157,6 +157,52 @@ describe('data plane feed over the store change log', () => {
     }
   });
 
+  it('never sends a cached copy older than the change: another process\'s write, then one of ours within the poll interval', async () => {
+    const other = new SqliteStore(join(dir, 'store.sqlite'));
+    try {
+      assert.equal((await store.apiKeys.get('page-00200'))?.enabled, true, 'cached here');
+      const deltas = nextDeltas(feed, 1, 2000);
+      await other.apiKeys.modify('page-00200', (current) => ({ ...current, enabled: false }));
+      // Our own write publishes at once, before the 250 ms data_version poll has seen theirs.
+      await store.revocations.revoke('jti-cache', Date.now() + 60_000);
+      const [delta] = await deltas;
+      assert.deepEqual(delta.apiKeys.map((key) => [key.clientId, key.enabled]), [['page-00200', false]]);
+      assert.equal((await store.apiKeys.get('page-00200'))?.enabled, false, 'and the token path reads it fresh too');
+    } finally {
+      await other.close();
+    }
+  });
+
+  it('retries a delta that failed to build, without waiting for another write', async () => {
+    let failures = 1;
+    const flaky = { ...store, onChange: store.onChange.bind(store), close: async () => {}, apiKeys: { ...store.apiKeys, get: async (clientId: string) => (failures-- > 0 ? Promise.reject(new Error('SQLITE_BUSY')) : store.apiKeys.get(clientId)) } };
+    const errors: Error[] = [];
+    const flakyFeed = new DataPlaneFeed(flaky, keyRing, { issuer: 'http://issuer', audience: 'otoroshi' }, (error) => errors.push(error));
+    await flakyFeed.start();
+    try {
+      const deltas = nextDeltas(flakyFeed, 1, 3000);
+      await store.apiKeys.modify('page-00201', (current) => ({ ...current, description: 'retried' }));
+      const [delta] = await deltas;
+      assert.deepEqual(delta.apiKeys.map((key) => key.clientId), ['page-00201']);
+      assert.equal(errors.length, 1);
+    } finally {
+      flakyFeed.close();
+    }
+  });
+
+  it('splits a snapshot by size as well as by count, so large keys never make a message too big', async () => {
+    const large = { huge: 'x'.repeat(900_000) };
+    await store.apiKeys.createMany(Array.from({ length: 12 }, (_, index) => apiKey(`zz-large-${index}`, { metadata: large })));
+    const parts = await collect(feed.updatesFrom());
+    const sizes = parts.map((part) => part.apiKeys.reduce((sum, key) => sum + JSON.stringify(key).length, 0));
+    assert.ok(Math.max(...sizes) < 5 * 1024 * 1024, `largest part ${Math.max(...sizes)} bytes`);
+    assert.equal(parts.flatMap((part) => part.apiKeys).filter((key) => key.clientId.startsWith('zz-large-')).length, 12);
+    const settled = nextDeltas(feed);
+    for (let index = 0; index < 12; index += 1) await store.apiKeys.delete(`zz-large-${index}`);
+    await settled;
+    await new Promise((done) => setTimeout(done, 100));
+  });
+
   it('a replica follows snapshot then deltas, and refuses a delta that does not follow on', async () => {
     const replica = new AuthorityReplica();
     for (const part of await collect(feed.updatesFrom())) {

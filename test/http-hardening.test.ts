@@ -3,6 +3,7 @@ import { connect, type Socket } from 'node:net';
 import { Writable } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
 import pino from 'pino';
+import { authorityConfigSchema } from '../libs/core/config';
 import { createLogger, redactUrl } from '../libs/logging';
 import { ADMIN_TOKEN, startTestAuthority, TOKEN_PATH, type TestAuthority } from './support/authority';
 import { startTestExtAuthz, type TestExtAuthz } from './support/ext-authz';
@@ -163,6 +164,12 @@ describe('request hygiene of the token authority', () => {
       assert.equal(created.status, 400, body);
       assert.match(created.body, /not well-formed Unicode/);
     }
+  });
+
+  it('refuses limits Node could not start with, naming the setting', () => {
+    const result = authorityConfigSchema.safeParse({ http: { limits: { requestTimeout: 5000 } } });
+    assert.equal(result.success, false);
+    assert.match(JSON.stringify(result.error?.issues), /headersTimeout must not exceed requestTimeout/);
   });
 
   it('redacts credentials from logged URLs', async () => {

@@ -83,15 +83,16 @@ export async function createAuthority(config: AuthorityConfig, log: AuthorityLog
       if (!(error instanceof AdminError && error.status === 409)) throw error;
     }
   }
+  // The feed reads the change log after every store change (ours, or another process's seen
+  // through SQLite's data_version) and reloads the key ring when key pairs changed: that is
+  // what keeps signing keys current. Where the log stands is read before the key pairs, so a
+  // key pair another process commits in between is published (and loaded), never skipped.
+  const dataPlane = new DataPlaneFeed(authorityStore, keyRing, { issuer: config.issuer, audience: config.audience }, (error) => log.warn(`data plane update failed: ${error.message}`));
+  await dataPlane.start();
   await keyRing.reload();
   const tokens = new TokenService(config, authorityStore, keyRing);
   const adminHash = options.adminApi === false ? undefined : adminTokenHash(config, log);
   const dataPlaneHash = config.dataPlaneToken ? sha256(config.dataPlaneToken) : undefined;
-  // The feed reads the change log after every store change (ours, or another process's seen
-  // through SQLite's data_version) and reloads the key ring when key pairs changed: that is
-  // what keeps signing keys current.
-  const dataPlane = new DataPlaneFeed(authorityStore, keyRing, { issuer: config.issuer, audience: config.audience }, (error) => log.warn(`data plane update failed: ${error.message}`));
-  await dataPlane.start();
 
   const purge = () => authorityStore.revocations.purgeExpired(Date.now()).catch(() => 0);
   await purge();

@@ -83,10 +83,43 @@ export function parseVersion(version: string): { storeId: string; seq: number } 
 
 /** Entries per message of a snapshot or catch-up: each part is read and encoded without holding the event loop for long. */
 export const UPDATE_CHUNK = 1000;
+/**
+ * And at most about this many bytes of API keys per message, far below the 64 MiB message limit
+ * of both ends: a key's metadata may be large (up to the admin API's body limit).
+ */
+export const UPDATE_BYTES = 4 * 1024 * 1024;
+
+/** Roughly the encoded size of a key: its strings, plus a little per field. */
+function approximateBytes(apiKey: DataPlaneApiKey): number {
+  let bytes = 64 + apiKey.clientId.length + apiKey.clientName.length;
+  for (const list of [apiKey.authorizedEntities, apiKey.scopes, apiKey.tags]) for (const item of list) bytes += item.length + 2;
+  for (const [key, value] of Object.entries(apiKey.metadata)) bytes += key.length + value.length + 6;
+  for (const secret of apiKey.secrets) bytes += secret.hash.length + 16;
+  return bytes;
+}
+
+/** Splits keys into runs that fit one message each (UPDATE_BYTES); never an empty run for a non-empty list. */
+function byBytes(apiKeys: DataPlaneApiKey[]): DataPlaneApiKey[][] {
+  const runs: DataPlaneApiKey[][] = [[]];
+  let bytes = 0;
+  for (const apiKey of apiKeys) {
+    const size = approximateBytes(apiKey);
+    if (bytes + size > UPDATE_BYTES && runs[runs.length - 1].length) {
+      runs.push([]);
+      bytes = 0;
+    }
+    runs[runs.length - 1].push(apiKey);
+    bytes += size;
+  }
+  return runs;
+}
 /** Changes read from the log per delta: a larger burst becomes several deltas. */
 const CHANGES_PER_DELTA = 5000;
 /** How long changes are gathered before a delta is built (a burst of writes is one update). */
 const DEBOUNCE_MS = 20;
+/** Backoff of a failed delta: 100 ms, doubling up to 10 s, until it goes through. */
+const RETRY_FIRST_MS = 100;
+const RETRY_MAX_MS = 10_000;
 
 /** A listener gets every delta in order, or 'resync' when it must start over from a snapshot. */
 export type UpdateListener = (update: DataPlaneUpdate | 'resync') => void;
@@ -116,6 +149,8 @@ export class DataPlaneFeed {
   private pending: NodeJS.Timeout | undefined;
   private publishing: Promise<void> | undefined;
   private again = false;
+  private failures = 0;
+  private retry: NodeJS.Timeout | undefined;
   private readonly unsubscribeStore: () => void;
   private readonly ready: Promise<void>;
 
@@ -174,10 +209,12 @@ export class DataPlaneFeed {
     for (;;) {
       const page = await this.store.apiKeys.listPage({ after, limit: UPDATE_CHUNK });
       if (!page.length) break;
-      part.apiKeys = page.map((apiKey) => toDataPlaneApiKey(apiKey, now));
       after = page[page.length - 1].clientId;
-      yield { ...part, more: true };
-      part = emptyUpdate(version, '', now);
+      for (const run of byBytes(page.map((apiKey) => toDataPlaneApiKey(apiKey, now)))) {
+        part.apiKeys = run;
+        yield { ...part, more: true };
+        part = emptyUpdate(version, '', now);
+      }
       await yieldToEventLoop();
     }
     let afterJti: string | undefined;
@@ -232,8 +269,15 @@ export class DataPlaneFeed {
         this.again = false;
         try {
           await this.publishOnce();
+          this.failures = 0;
         } catch (error) {
+          // The position did not move: retry the same changes later, backing off, so a passing
+          // fault (SQLITE_BUSY) delays subscribers instead of stranding them until the next write.
+          this.failures += 1;
           this.onError(error as Error);
+          clearTimeout(this.retry);
+          this.retry = setTimeout(() => void this.publish(), Math.min(RETRY_MAX_MS, RETRY_FIRST_MS * 2 ** (this.failures - 1))).unref();
+          return;
         }
       } while (this.again);
     })().finally(() => {
@@ -284,10 +328,17 @@ export class DataPlaneFeed {
     }
     const parts = [first];
     let part = first;
+    let bytes = 0;
     for (const clientId of ids.apiKey) {
-      if (part.apiKeys.length + part.removedApiKeys.length >= UPDATE_CHUNK) parts.push((part = emptyUpdate(version, baseVersion, now)));
-      const apiKey = await this.store.apiKeys.get(clientId);
-      if (apiKey) part.apiKeys.push(toDataPlaneApiKey(apiKey, now));
+      const record = await this.store.apiKeys.get(clientId);
+      const apiKey = record && toDataPlaneApiKey(record, now);
+      const size = apiKey ? approximateBytes(apiKey) : clientId.length + 2;
+      if (part.apiKeys.length + part.removedApiKeys.length >= UPDATE_CHUNK || (bytes + size > UPDATE_BYTES && part.apiKeys.length)) {
+        parts.push((part = emptyUpdate(version, baseVersion, now)));
+        bytes = 0;
+      }
+      bytes += size;
+      if (apiKey) part.apiKeys.push(apiKey);
       else part.removedApiKeys.push(clientId);
     }
     return parts;
@@ -295,6 +346,7 @@ export class DataPlaneFeed {
 
   close(): void {
     clearTimeout(this.pending);
+    clearTimeout(this.retry);
     this.unsubscribeStore();
     this.listeners.clear();
   }

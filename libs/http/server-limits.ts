@@ -19,6 +19,8 @@ export const httpLimitsSchema = z
     /** A socket with no traffic at all is closed after this. */
     idleTimeout: z.coerce.number().int().min(100).default(30_000),
   })
+  // Node refuses to start a server otherwise.
+  .refine((limits) => limits.headersTimeout <= limits.requestTimeout, { message: 'headersTimeout must not exceed requestTimeout', path: ['headersTimeout'] })
   .prefault({});
 
 export type HttpLimits = z.infer<typeof httpLimitsSchema>;

@@ -256,15 +256,25 @@ export class SqliteStore implements AuthorityStore {
     const oldest = this.db.prepare<[], number | null>('SELECT min(seq) FROM changes').pluck();
     const since = this.db.prepare<[number, number], StoreChange>('SELECT seq, entity, id FROM changes WHERE seq > ? ORDER BY seq LIMIT ?');
     const prune = this.db.prepare('DELETE FROM changes WHERE seq <= ?');
+    const memoOf: Record<ChangedEntity, ReadMemo> = { apiKey: apiKeyMemo, keyPair: keyPairMemo, revocation: revokedMemo };
+    // One read transaction: the range check and the rows see the same state, even while another
+    // process prunes (positions have no gaps, so a pruned range cannot pass for a short one).
+    const readSince = this.db.transaction((seq: number, limit: number): StoreChange[] | undefined => {
+      const newest = head.get()!;
+      const first = oldest.get() ?? newest + 1;
+      // From the future (another store, a restored backup) or older than what is kept.
+      if (seq > newest || seq < first - 1) return undefined;
+      return since.all(seq, limit);
+    });
     this.changes = {
       storeId,
       head: async () => head.get()!,
       since: async (seq, limit) => {
-        const newest = head.get()!;
-        const first = oldest.get() ?? newest + 1;
-        // From the future (another store, a restored backup) or older than what is kept.
-        if (seq > newest || seq < first - 1) return undefined;
-        return since.all(seq, limit);
+        const changes = readSince(seq, limit);
+        // Whoever reads a change next reads the entity: never from a cached copy older than the
+        // change (another process's commit is otherwise noticed only by the data_version poll).
+        for (const change of changes ?? []) memoOf[change.entity]?.forget(change.id);
+        return changes;
       },
     };
     const pruneChanges = setInterval(() => prune.run(head.get()! - CHANGES_RETAINED), CHANGES_PRUNE_MS).unref();
