@@ -1,3 +1,5 @@
+import { credentials, loadPackageDefinition, Metadata, type ServiceError } from '@grpc/grpc-js';
+import { loadSync } from '@grpc/proto-loader';
 import assert from 'node:assert/strict';
 import { readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
@@ -8,6 +10,14 @@ import { ENVOY_DIR, startEnvoy, validateEnvoyConfig, type TestEnvoy } from './su
 import { startTestExtAuthz, type TestExtAuthz } from './support/ext-authz';
 import { freePort } from './support/ports';
 import { FOO, send, type Answer } from './support/proxy-request';
+import { LOADER_OPTIONS, TOKEN_AUTHORITY_PROTO } from '../services/token-authority/grpc-options';
+
+const REFLECTION_PROTO = path.join(path.dirname(require.resolve('@grpc/reflection/package.json')), 'build', 'proto', 'grpc', 'reflection', 'v1', 'reflection.proto');
+
+/** A grpc-js client call through Envoy's listener (h2c), with `:authority` oauth.oto.tools. */
+function unary(client: any, method: string, request: object): Promise<{ error: ServiceError | null; response: any }> {
+  return new Promise((resolve) => client[method](request, new Metadata(), { deadline: Date.now() + 10_000 }, (error: ServiceError | null, response: unknown) => resolve({ error, response })));
+}
 
 const OAUTH = 'oauth.oto.tools';
 const CONFIGS = readdirSync(ENVOY_DIR).filter((file) => file.endsWith('.yaml'));
@@ -17,6 +27,9 @@ describe('the repo\'s Envoy configs, checked by Envoy itself (envoy --mode valid
     it(`accepts ${file}`, () => {
       const result = validateEnvoyConfig(readFileSync(path.join(ENVOY_DIR, file), 'utf8'));
       assert.ok(result.ok, result.output);
+      // What validation alone lets through: Envoy only warns about deprecated fields.
+      assert.doesNotMatch(result.output, /deprecated/i);
+      assert.doesNotMatch(result.output, /\]\[(warning|error|critical)\]/, 'no warnings at all');
     });
   }
 
@@ -60,6 +73,7 @@ for (const mode of [
       envoy = await startEnvoy(mode.config, {
         token_authority: endpoint(new URL(authority.url).host),
         echo: endpoint(new URL(echo.url).host),
+        token_authority_grpc: endpoint(authority.grpcAddress),
         [mode.cluster]: endpoint(mode.port(extAuthz)),
       });
     });
@@ -125,6 +139,41 @@ for (const mode of [
       assertDenied(answer, 401, 'ApiKey disabled', log);
       assert.ok(elapsed < 1000, `refused after ${elapsed} ms`);
       assert.equal((await authority!.admin('PATCH', '/api/apikeys/my-id', { enabled: true })).status, 200);
+    });
+
+    it('carries gRPC clients over h2c to the authority: IssueToken, IntrospectToken and reflection', async () => {
+      const options = { 'grpc.default_authority': OAUTH };
+      const address = new URL(envoy!.url).host;
+      const api = loadPackageDefinition(loadSync(TOKEN_AUTHORITY_PROTO, LOADER_OPTIONS)) as any;
+      const client = new api.token_authority.v1.TokenAuthority(address, credentials.createInsecure(), options);
+      try {
+        const issued = await unary(client, 'IssueToken', { grant_type: 'client_credentials', client: { client_id: 'my-id', client_secret: 'my-secret' } });
+        assert.equal(issued.error, null, issued.error?.details);
+        const introspected = await unary(client, 'IntrospectToken', { token: issued.response.access_token, client: { client_id: 'my-id', client_secret: 'my-secret' } });
+        assert.equal(introspected.error, null, introspected.error?.details);
+        assert.equal(introspected.response.active, true);
+        assert.equal(introspected.response.client_id, 'my-id');
+        const refused = await unary(client, 'IssueToken', { grant_type: 'client_credentials', client: { client_id: 'my-id', client_secret: 'wrong-secret' } });
+        assert.equal(refused.error?.code, 16, 'UNAUTHENTICATED, with the status passed through Envoy');
+      } finally {
+        client.close();
+      }
+      const reflection = loadPackageDefinition(loadSync(REFLECTION_PROTO, { keepCase: true })) as any;
+      const reflect = new reflection.grpc.reflection.v1.ServerReflection(address, credentials.createInsecure(), options);
+      try {
+        const services = await new Promise<string[]>((resolve, reject) => {
+          const call = reflect.ServerReflectionInfo();
+          call.on('data', (message: { list_services_response?: { service: { name: string }[] } }) => {
+            resolve((message.list_services_response?.service ?? []).map((service) => service.name));
+            call.end();
+          });
+          call.on('error', reject);
+          call.write({ list_services: '' });
+        });
+        assert.ok(services.includes('token_authority.v1.TokenAuthority'), services.join(', '));
+      } finally {
+        reflect.close();
+      }
     });
 
     it('fails closed (403) while ext-authz is down, and recovers by itself when it is back', async () => {

@@ -23,7 +23,8 @@ export function validateEnvoyConfig(config: string): { ok: boolean; output: stri
   try {
     const file = path.join(dir, 'envoy.yaml');
     writeFileSync(file, config);
-    const result = spawnSync(envoyBinary(), ['--mode', 'validate', '-c', file, '--log-level', 'error'], { encoding: 'utf8', timeout: 30_000 });
+    // Warnings included: Envoy accepts deprecated fields with a warning only.
+    const result = spawnSync(envoyBinary(), ['--mode', 'validate', '-c', file, '--log-level', 'warn'], { encoding: 'utf8', timeout: 30_000 });
     return { ok: result.status === 0, output: `${result.stdout}${result.stderr}` };
   } finally {
     rmSync(dir, { recursive: true, force: true });
