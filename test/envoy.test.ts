@@ -1,6 +1,7 @@
 import { credentials, loadPackageDefinition, Metadata, type ServiceError } from '@grpc/grpc-js';
 import { loadSync } from '@grpc/proto-loader';
 import assert from 'node:assert/strict';
+import { connect } from 'node:http2';
 import { readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -173,6 +174,37 @@ for (const mode of [
         assert.ok(services.includes('token_authority.v1.TokenAuthority'), services.join(', '));
       } finally {
         reflect.close();
+      }
+    });
+
+    it('answers a request with a 60 KB header, and an HTTP/2 client, correctly', async () => {
+      const good = await token('my-id', 'my-secret');
+      const padding = 'p'.repeat(60 * 1024);
+      const big = await send(envoy!.url, '/', { host: FOO, headers: { authorization: `Bearer ${good}`, 'x-padding': padding } });
+      assert.equal(big.status, 200, big.body.slice(0, 300));
+      assert.equal(echoed(big).headers['x-padding'], padding);
+      assertDenied(await send(envoy!.url, '/', { host: FOO, headers: { 'x-padding': padding } }), 401, 'No ApiKey provided', log);
+
+      const session = connect(envoy!.url);
+      try {
+        const h2 = (headers: Record<string, string>) =>
+          new Promise<{ status: number; body: string }>((resolve, reject) => {
+            const stream = session.request({ ':method': 'GET', ':path': '/h2?x=1', ':authority': FOO, ...headers });
+            let body = '';
+            let status = 0;
+            stream.on('response', (response) => (status = Number(response[':status'])));
+            stream.setEncoding('utf8').on('data', (chunk: string) => (body += chunk));
+            stream.on('end', () => resolve({ status, body }));
+            stream.on('error', reject);
+          });
+        const allowed = await h2({ authorization: `Bearer ${good}` });
+        assert.equal(allowed.status, 200, allowed.body);
+        assert.equal((JSON.parse(allowed.body) as EchoResponse).headers['x-client-id'], 'my-id');
+        const denied = await h2({});
+        assert.equal(denied.status, 401);
+        assert.equal(denied.body, JSON.stringify({ 'Otoroshi-Error': 'No ApiKey provided' }));
+      } finally {
+        session.close();
       }
     });
 

@@ -18,6 +18,8 @@ export const httpLimitsSchema = z
     keepAliveTimeout: z.coerce.number().int().min(100).default(5_000),
     /** A socket with no traffic at all is closed after this. */
     idleTimeout: z.coerce.number().int().min(100).default(30_000),
+    /** Largest request head (request line and headers), bytes; Envoy's configs allow 96 KiB too. */
+    maxHeaderSize: z.coerce.number().int().min(8 * 1024).max(1024 * 1024).default(96 * 1024),
   })
   // Node refuses to start a server otherwise.
   .refine((limits) => limits.headersTimeout <= limits.requestTimeout, { message: 'headersTimeout must not exceed requestTimeout', path: ['headersTimeout'] })
@@ -31,7 +33,7 @@ export function fastifyLimitOptions(limits: HttpLimits) {
     connectionTimeout: limits.idleTimeout,
     keepAliveTimeout: limits.keepAliveTimeout,
     requestTimeout: limits.requestTimeout,
-    http: { headersTimeout: limits.headersTimeout, requestTimeout: limits.requestTimeout, connectionsCheckingInterval: 1_000 },
+    http: { headersTimeout: limits.headersTimeout, requestTimeout: limits.requestTimeout, connectionsCheckingInterval: 1_000, maxHeaderSize: limits.maxHeaderSize },
   };
 }
 
@@ -48,5 +50,6 @@ export function httpLimitEnvOverrides(prefix: string, path: string) {
     [`${prefix}REQUEST_TIMEOUT`]: `${path}.requestTimeout`,
     [`${prefix}KEEP_ALIVE_TIMEOUT`]: `${path}.keepAliveTimeout`,
     [`${prefix}IDLE_TIMEOUT`]: `${path}.idleTimeout`,
+    [`${prefix}MAX_HEADER_SIZE`]: `${path}.maxHeaderSize`,
   };
 }

@@ -21,7 +21,8 @@ export interface EchoBackend {
  * Authorization header, the identity headers ext-authz added). No dependencies on purpose.
  */
 export function startEchoBackend(port: number, host: string): Promise<EchoBackend> {
-  const server = createServer((request: IncomingMessage, response: ServerResponse) => {
+  // As large a request head as Envoy lets through (max_request_headers_kb: 96).
+  const server = createServer({ maxHeaderSize: 96 * 1024 }, (request: IncomingMessage, response: ServerResponse) => {
     const body: EchoResponse = { method: request.method ?? '', path: request.url ?? '', headers: request.headers };
     const json = JSON.stringify(body);
     // Drain the request body (never echoed) before answering, so keep-alive connections stay usable.
