@@ -58,11 +58,16 @@ describe('the routing and authorization contract of envoy.yaml', () => {
     assert.equal(oauth.typed_per_filter_config['envoy.filters.http.ext_authz'].disabled, true);
   });
 
-  it('names the "foo" policy on the foo.oto.tools route', () => {
+  it('names the "foo" policy on foo.oto.tools (but /public/) and "bar" on bar.oto.tools', () => {
     const foo = virtualHost(config, 'foo.oto.tools');
     assert.ok(foo.domains.includes('foo.oto.tools:*'), 'Host with a port matches too');
-    assert.equal(foo.routes[0].route.cluster, 'echo');
-    assert.deepEqual(foo.routes[0].typed_per_filter_config['envoy.filters.http.ext_authz'].check_settings.context_extensions, { route: 'foo' });
+    const [open, checked] = foo.routes;
+    assert.equal(open.match.prefix, '/public/');
+    assert.equal(open.typed_per_filter_config['envoy.filters.http.ext_authz'].disabled, true, 'the one open route');
+    assert.equal(checked.route.cluster, 'echo');
+    assert.deepEqual(checked.typed_per_filter_config['envoy.filters.http.ext_authz'].check_settings.context_extensions, { route: 'foo' });
+    const bar = virtualHost(config, 'bar.oto.tools');
+    assert.deepEqual(bar.routes[0].typed_per_filter_config['envoy.filters.http.ext_authz'].check_settings.context_extensions, { route: 'bar' });
     assert.equal(foo.typed_per_filter_config, undefined, 'ext_authz stays enabled on the foo host');
   });
 

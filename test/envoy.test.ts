@@ -1,6 +1,7 @@
 import { credentials, loadPackageDefinition, Metadata, type ServiceError } from '@grpc/grpc-js';
 import { loadSync } from '@grpc/proto-loader';
 import assert from 'node:assert/strict';
+import { parse } from 'yaml';
 import { connect } from 'node:http2';
 import { readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
@@ -21,6 +22,8 @@ function unary(client: any, method: string, request: object): Promise<{ error: S
 }
 
 const OAUTH = 'oauth.oto.tools';
+/** The policies ext-authz ships with (config/ext-authz.yaml), which the Envoy configs name. */
+const SHIPPED_POLICIES = (parse(readFileSync(path.resolve(__dirname, '../../config/ext-authz.yaml'), 'utf8')) as { policies: object }).policies;
 const CONFIGS = readdirSync(ENVOY_DIR).filter((file) => file.endsWith('.yaml'));
 
 describe('the repo\'s Envoy configs, checked by Envoy itself (envoy --mode validate)', () => {
@@ -68,7 +71,7 @@ for (const mode of [
     before(async () => {
       authority = await startTestAuthority({ domain: OAUTH });
       [ports.grpc, ports.http] = [await freePort(), await freePort()];
-      extAuthz = await startTestExtAuthz(authority, { grpc: { host: '127.0.0.1', port: ports.grpc }, http: { host: '127.0.0.1', port: ports.http } });
+      extAuthz = await startTestExtAuthz(authority, { grpc: { host: '127.0.0.1', port: ports.grpc }, http: { host: '127.0.0.1', port: ports.http }, policies: SHIPPED_POLICIES });
       echo = await startEchoBackend(0, '127.0.0.1');
       const endpoint = (hostPort: string) => ({ address: '127.0.0.1', port: Number(hostPort.split(':').pop()) });
       envoy = await startEnvoy(mode.config, {
@@ -177,6 +180,29 @@ for (const mode of [
       }
     });
 
+    if (mode.config === 'envoy.yaml') {
+      it('applies each route\'s policy: bar takes Basic or Otoroshi headers and strips them; /public/ skips ext_authz', async () => {
+        assert.equal((await authority!.admin('POST', '/api/apikeys', { clientId: 'bar-id', clientSecret: 'bar-secret-1', authorizedEntities: ['route_bar'] })).status, 201);
+        await extAuthz!.waitFor(() => extAuthz!.replica.apiKey('bar-id') !== undefined);
+        const basic = await send(envoy!.url, '/b', { host: 'bar.oto.tools', headers: { authorization: `Basic ${Buffer.from('bar-id:bar-secret-1').toString('base64')}` } });
+        assert.equal(basic.status, 200, basic.body);
+        assert.equal(echoed(basic).headers['x-client-id'], 'bar-id');
+        assert.equal(echoed(basic).headers.authorization, undefined, 'the credential was stripped');
+        const custom = await send(envoy!.url, '/b', { host: 'bar.oto.tools', headers: { 'otoroshi-client-id': 'bar-id', 'otoroshi-client-secret': 'bar-secret-1' } });
+        assert.equal(custom.status, 200, custom.body);
+        assert.equal(echoed(custom).headers['otoroshi-client-secret'], undefined, 'the secret never reaches the backend');
+        assert.equal(echoed(custom).headers['otoroshi-client-id'], undefined);
+        const bearerThere = await send(envoy!.url, '/b', { host: 'bar.oto.tools', headers: { authorization: `Bearer ${await token('my-id', 'my-secret')}` } });
+        assertDenied(bearerThere, 401, 'No ApiKey provided', log);
+        assert.match(String(bearerThere.headers['www-authenticate']), /^Basic realm="bar"/);
+        const wrongRoute = await send(envoy!.url, '/', { host: FOO, headers: { authorization: `Basic ${Buffer.from('bar-id:bar-secret-1').toString('base64')}` } });
+        assertDenied(wrongRoute, 401, 'No ApiKey provided', log);
+        const open = await send(envoy!.url, '/public/page', { host: FOO });
+        assert.equal(open.status, 200, open.body);
+        assert.equal(echoed(open).headers['x-client-id'], undefined);
+      });
+    }
+
     it('answers a request with a 60 KB header, and an HTTP/2 client, correctly', async () => {
       const good = await token('my-id', 'my-secret');
       const padding = 'p'.repeat(60 * 1024);
@@ -214,7 +240,7 @@ for (const mode of [
       await extAuthz!.close();
       const down = await send(envoy!.url, '/', { host: FOO, headers: { authorization: `Bearer ${good}` } });
       assert.equal(down.status, 403, `${down.status} ${down.body}`);
-      extAuthz = await startTestExtAuthz(authority!, { grpc: { host: '127.0.0.1', port: ports.grpc }, http: { host: '127.0.0.1', port: ports.http } });
+      extAuthz = await startTestExtAuthz(authority!, { grpc: { host: '127.0.0.1', port: ports.grpc }, http: { host: '127.0.0.1', port: ports.http }, policies: SHIPPED_POLICIES });
       const back = Date.now();
       let answer: Answer;
       do answer = await send(envoy!.url, '/', { host: FOO, headers: { authorization: `Bearer ${good}` } });
