@@ -54,7 +54,8 @@ async function main(): Promise<void> {
   };
   const dataPlaneToken = randomBytes(24).toString('base64url');
   const node = (script: string) => [process.execPath, path.join(ROOT, 'dist', script)] as const;
-  for (const signal of ['SIGINT', 'SIGTERM'] as const) process.once(signal, () => void stopAll(0));
+  // on, not once: a second Ctrl-C must not kill this process before its parts have stopped.
+  for (const signal of ['SIGINT', 'SIGTERM'] as const) process.on(signal, () => void stopAll(0));
 
     // Reverse order: Envoy first, the authority last.
   const start = (name: string, command: readonly string[], childEnv: Record<string, string>) => {
