@@ -1,11 +1,11 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { request as httpRequest } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
 import { loadAuthorizationService } from '../services/ext-authz/envoy-check';
-import { adminPost, DURATION_SECONDS, freePort, grpcFrame, grpcStatusOf, h2loadGrpc, spawnNode, startAuthorityProcess, type LoadResult } from './support';
+import { adminPost, DURATION_SECONDS, freePort, grpcFrame, grpcStatusOf, spawnNode, startAuthorityProcess, type LoadResult } from './support';
 
 /**
  * The whole Envoy path, in one run, through ONE Envoy process (--concurrency 1) and ONE listener:
@@ -22,7 +22,12 @@ import { adminPost, DURATION_SECONDS, freePort, grpcFrame, grpcStatusOf, h2loadG
  *
  *   npm run build && node dist/bench/envoy-path.js          (envoy on PATH, or ENVOY_BINARY)
  *
- * Goals: (3) req/s >= 60 % of (2); p50 of (3) minus p50 of (1) <= 0.5 ms.
+ * Goals: (3) req/s >= 60 % of (2); p50 of (3) minus p50 of (1) <= 0.5 ms. Each row also shows
+ * the CPU time per request of Envoy and of the authorization server behind it (/proc, measured
+ * run only). When a goal is missed (or BENCH_DIAGNOSE=1), a short look at where the time goes
+ * follows: Envoy's upstream_rq_time to ext-authz, a bare grpc-js Check (always OK) behind the same
+ * Envoy (route /bare, its own ext_authz filter), and the servers loaded directly, without Envoy.
+ * BENCH_ROWS=1,3,bare runs only the named rows (to investigate one).
  */
 
 const CONNECTIONS = 16;
@@ -242,6 +247,7 @@ function envoyConfig(placement: Placement): string {
 }
 
 interface RunningEnvoy {
+  pid: number | undefined;
   url: string;
   adminUrl: string;
   log(): string;
@@ -288,7 +294,7 @@ async function startEnvoy(binary: string, placement: Placement): Promise<Running
     }
     await new Promise((done) => setTimeout(done, 50));
   }
-  return { url: `http://127.0.0.1:${placement.listenerPort}`, adminUrl, log: () => output, stop };
+  return { pid: child.pid, url: `http://127.0.0.1:${placement.listenerPort}`, adminUrl, log: () => output, stop };
 }
 
 /** Envoy counters whose name matches, e.g. the filters' allowed / denied counts. */
@@ -374,9 +380,31 @@ function runWrk(url: string, seconds: number, headers: Record<string, string>): 
   }
 }
 
-function load(url: string, headers: Record<string, string>): LoadResult & { requests: number } {
+/** CPU time (user + system) a process has used so far, in µs; NaN once it is gone. */
+function cpuMicros(pid: number | undefined): number {
+  try {
+    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\) /s, '').split(' ');
+    // After "pid (comm) ": state is field 3, utime 14 and stime 15 (clock ticks, 100 per second on Linux).
+    return ((Number(fields[11]) + Number(fields[12])) * 1e6) / CLOCK_TICKS;
+  } catch {
+    return Number.NaN;
+  }
+}
+const CLOCK_TICKS = Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).stdout.trim()) || 100;
+
+interface RowResult extends LoadResult {
+  requests: number;
+  /** CPU µs per request of each watched process during the measured run (warm-up excluded). */
+  cpuPerRequest: Record<string, number>;
+}
+
+/** 1 s warm-up (discarded), then the measured run, with the CPU the watched processes used during it. */
+function load(url: string, headers: Record<string, string>, watched: Record<string, number | undefined>, seconds = DURATION_SECONDS): RowResult {
   runWrk(url, WARM_UP_SECONDS, headers);
-  return runWrk(url, DURATION_SECONDS, headers);
+  const before = Object.fromEntries(Object.entries(watched).map(([name, pid]) => [name, cpuMicros(pid)]));
+  const result = runWrk(url, seconds, headers);
+  const cpuPerRequest = Object.fromEntries(Object.entries(watched).map(([name, pid]) => [name, (cpuMicros(pid) - before[name]) / Math.max(1, result.requests)]));
+  return { ...result, cpuPerRequest };
 }
 
 /** The CheckRequest Envoy sends for GET /grpc/items (as bench/ext-authz.ts), pre-serialized. */
@@ -415,14 +443,14 @@ const ms = (value: number) => `${value.toFixed(2)} ms`;
 
 // ---------------------------------------------------------------------------------------------
 
-async function startBareCheckServer(): Promise<{ port: number; stop(): Promise<void> }> {
+async function startBareCheckServer(): Promise<{ port: number; pid: number | undefined; stop(): Promise<void> }> {
   const port = await freePort();
   const child = spawn(process.execPath, [join(__dirname, 'bare-check-server.js')], { env: { ...process.env, PORT: String(port) }, stdio: ['ignore', 'pipe', 'inherit'] });
   await new Promise<void>((done, fail) => {
     child.stdout!.once('data', () => done());
     child.once('exit', (code) => fail(new Error(`bare-check-server exited with ${code}`)));
   });
-  return { port, stop: () => new Promise((done) => (child.exitCode !== null ? done() : (child.once('exit', () => done()), child.kill('SIGTERM')))) };
+  return { port, pid: child.pid, stop: () => new Promise((done) => (child.exitCode !== null ? done() : (child.once('exit', () => done()), child.kill('SIGTERM')))) };
 }
 
 /** Envoy's own percentiles of a histogram (cumulative since start): `P50(interval,cumulative)`. */
@@ -441,6 +469,8 @@ interface Row {
   deniedWithout: boolean;
   /** Envoy counters (regex) that show the row's filter ran. */
   counters: string;
+  /** The authorization server behind Envoy for this row, if any (its CPU per request is shown). */
+  server?: { name: string; pid: number | undefined };
 }
 
 async function checkRoute(proxy: RunningEnvoy, row: Row, token: string): Promise<void> {
@@ -448,7 +478,7 @@ async function checkRoute(proxy: RunningEnvoy, row: Row, token: string): Promise
   const withToken = await statusOf(url, row.headers);
   if (withToken.status !== 200) throw new Error(`${row.name}: ${withToken.status} ${withToken.body} with the token\n${proxy.log()}`);
   if (!row.deniedWithout) {
-    console.log(`check ${row.path}: 200 without a token`);
+    console.log(`check ${row.path}: 200 ${row.headers.authorization ? 'with the token' : 'without a token'}`);
     return;
   }
   const without = await statusOf(url);
@@ -458,9 +488,13 @@ async function checkRoute(proxy: RunningEnvoy, row: Row, token: string): Promise
   console.log(`check ${row.path}: 200 with the token, ${without.status} without, ${forged.status} with a bad signature`);
 }
 
-async function loadRow(proxy: RunningEnvoy, row: Row): Promise<LoadResult & { requests: number }> {
+const TABLE_HEADER = `${'route'.padEnd(46)} ${'req/s'.padStart(8)} ${'p50'.padStart(9)} ${'p99'.padStart(9)} errors  CPU µs/req: Envoy + authz server   filter counters (warm-up + run)`;
+
+async function loadRow(proxy: RunningEnvoy, row: Row, seconds = DURATION_SECONDS): Promise<RowResult> {
   const before = row.counters ? await envoyCounters(proxy.adminUrl, row.counters) : {};
-  const result = load(`${proxy.url}${row.path}`, row.headers);
+  const watched: Record<string, number | undefined> = { envoy: proxy.pid };
+  if (row.server) watched[row.server.name] = row.server.pid;
+  const result = load(`${proxy.url}${row.path}`, row.headers, watched, seconds);
   let counterText = '';
   if (row.counters) {
     const after = await envoyCounters(proxy.adminUrl, row.counters);
@@ -470,8 +504,13 @@ async function loadRow(proxy: RunningEnvoy, row: Row): Promise<LoadResult & { re
       .map(([name, delta]) => `${name} +${delta}`)
       .join(', ');
   }
-  console.log(`${row.name.padEnd(46)} ${result.requestsPerSecond.toFixed(0).padStart(8)} ${ms(result.p50Ms).padStart(10)} ${ms(result.p99Ms).padStart(10)}  ${String(result.errors).padStart(6)}  ${counterText}`);
+  printRow(row.name, result, result.cpuPerRequest, counterText);
   return result;
+}
+
+function printRow(name: string, result: LoadResult, cpuPerRequest: Record<string, number>, counterText = ''): void {
+  const cpu = Object.entries(cpuPerRequest).map(([process, micros]) => `${process} ${micros.toFixed(0)}`).join(' + ');
+  console.log(`${name.padEnd(46)} ${result.requestsPerSecond.toFixed(0).padStart(8)} ${ms(result.p50Ms).padStart(9)} ${ms(result.p99Ms).padStart(9)} ${String(result.errors).padStart(6)}  ${cpu.padEnd(33)} ${counterText}`.trimEnd());
 }
 
 async function main() {
@@ -520,10 +559,18 @@ async function main() {
     const rows: Row[] = [
       { id: '1', name: '(1) direct_response, no auth', path: '/direct/items', headers: {}, deniedWithout: false, counters: '' },
       { id: '2', name: '(2) Envoy jwt_authn (RS256, remote JWKS)', path: '/jwt/items', headers: bearer, deniedWithout: true, counters: '^http\\.bench\\.jwt_authn\\.' },
-      { id: '3', name: '(3) our ext_authz, gRPC (warm cache)', path: '/grpc/items', headers: bearer, deniedWithout: true, counters: '^http\\.bench\\.ext_authz\\.grpc\\.' },
-      { id: '4', name: '(4) our ext_authz, HTTP mode', path: '/http/items', headers: bearer, deniedWithout: true, counters: '^http\\.bench\\.ext_authz\\.http\\.' },
+      { id: '3', name: '(3) our ext_authz, gRPC (warm cache)', path: '/grpc/items', headers: bearer, deniedWithout: true, counters: '^http\\.bench\\.ext_authz\\.grpc\\.', server: { name: 'ext-authz', pid: extAuthz.child.pid } },
+      { id: '4', name: '(4) our ext_authz, HTTP mode', path: '/http/items', headers: bearer, deniedWithout: true, counters: '^http\\.bench\\.ext_authz\\.http\\.', server: { name: 'ext-authz', pid: extAuthz.child.pid } },
     ];
-    const bareRow: Row = { id: 'bare', name: '(3b) bare grpc-js Check (always OK), gRPC', path: '/bare/items', headers: bearer, deniedWithout: false, counters: '^http\\.bench\\.ext_authz\\.bare\\.' };
+    const bareRow: Row = {
+      id: 'bare',
+      name: '(3b) bare grpc-js Check (always OK), gRPC',
+      path: '/bare/items',
+      headers: bearer,
+      deniedWithout: false,
+      counters: '^http\\.bench\\.ext_authz\\.bare\\.',
+      server: { name: 'bare', pid: bare.pid },
+    };
     // BENCH_ROWS=1,3,bare runs only those rows (for investigation); the goals need rows 1-3.
     const only = process.env.BENCH_ROWS?.split(',').map((id) => id.trim());
     const selected = only ? [...rows, bareRow].filter((row) => only.includes(row.id)) : rows;
@@ -531,9 +578,9 @@ async function main() {
     // Each route answers as it should before it is loaded (the first call also warms the caches).
     for (const row of [...rows, bareRow]) await checkRoute(proxy, row, token);
 
-    const results = new Map<string, LoadResult & { requests: number }>();
+    const results = new Map<string, RowResult>();
     console.log('');
-    console.log(`${'route'.padEnd(46)} ${'req/s'.padStart(8)} ${'p50'.padStart(10)} ${'p99'.padStart(10)}  errors  filter counters during the row`);
+    console.log(TABLE_HEADER);
     for (const row of selected) results.set(row.id, await loadRow(proxy, row));
 
     const [r1, r2, r3, r4] = ['1', '2', '3', '4'].map((id) => results.get(id));
@@ -559,49 +606,64 @@ async function main() {
     if (errors) console.log(`WARNING: ${errors} failed or non-2xx responses during the load (see the errors column)`);
 
     if (missed || process.env.BENCH_DIAGNOSE === '1') {
-      // Where the time goes. Envoy's view of the Check round trip (its upstream_rq_time for the
-      // ext_authz cluster, ms); the same route with a bare grpc-js Check behind the same Envoy;
-      // and our Check / HTTP mode with no Envoy in front (h2load on one connection with 16
-      // streams, as Envoy's one worker does; wrk -c16).
+      // Where the time goes. Envoy's view of the Check round trip (upstream_rq_time of the
+      // ext_authz clusters, whole run); the same route with a bare grpc-js Check (always OK) behind
+      // the same Envoy; and the authorization servers with no Envoy in front: h2load on one HTTP/2
+      // connection with 16 streams (as Envoy's one worker), wrk -c16 for HTTP mode.
       const seconds = Math.min(3, DURATION_SECONDS);
       console.log('');
       console.log(`where the time goes (${seconds} s each):`);
       for (const cluster of ['ext_authz', 'ext_authz_http']) {
         const histogram = await envoyHistogram(proxy.adminUrl, `cluster.${cluster}.upstream_rq_time`);
-        if (histogram) console.log(`  Envoy's upstream_rq_time to cluster ${cluster.padEnd(15)} p50 ${histogram.p50} ms  p99 ${histogram.p99} ms (whole run, Envoy's ms histogram)`);
+        if (histogram) console.log(`  Envoy's upstream_rq_time to cluster ${cluster}: p50 ${histogram.p50.toFixed(1)} ms, p99 ${histogram.p99.toFixed(1)} ms (Envoy's histogram, whole run)`);
       }
-      if (process.env.BENCH_DIAGNOSE === '1') {
-        const stats = await envoyCounters(proxy.adminUrl, '^cluster\\.ext_authz(_bare)?\\.');
-        console.log(Object.entries(stats).filter(([, v]) => v > 0).map(([k, v]) => `    ${k} ${v}`).join('\n'));
-      }
-      const bareResult = runWrk(`${proxy.url}${bareRow.path}`, seconds, bareRow.headers);
-      console.log(`  ${'(3b) bare grpc-js Check behind Envoy, wrk -c16'.padEnd(52)} ${bareResult.requestsPerSecond.toFixed(0).padStart(8)} req/s  p50 ${ms(bareResult.p50Ms)}  p99 ${ms(bareResult.p99Ms)}  errors ${bareResult.errors}`);
+      console.log(TABLE_HEADER);
+      await loadRow(proxy, bareRow, seconds);
       const frame = envoyCheckRequest(token);
-      const status = await grpcStatusOf(extAuthz.grpcAddress, CHECK_PATH, frame);
-      if (status !== 0) throw new Error(`direct Check answers grpc-status ${status}`);
-      const direct = h2loadGrpcFor(seconds, extAuthz.grpcAddress, frame);
-      console.log(`  ${'our Check alone (no Envoy), h2load -c1 -m16'.padEnd(52)} ${direct.requestsPerSecond.toFixed(0).padStart(8)} req/s  p50 ${ms(direct.p50Ms)}  p99 ${ms(direct.p99Ms)}  errors ${direct.errors}`);
-      const directBare = h2loadGrpcFor(seconds, `127.0.0.1:${bare.port}`, frame);
-      console.log(`  ${'bare grpc-js Check alone (no Envoy), h2load -c1 -m16'.padEnd(52)} ${directBare.requestsPerSecond.toFixed(0).padStart(8)} req/s  p50 ${ms(directBare.p50Ms)}  p99 ${ms(directBare.p99Ms)}  errors ${directBare.errors}`);
-      const directHttp = runWrk(`${extAuthz.url}/authz/foo/http/items`, seconds, bearer);
-      console.log(`  ${'our HTTP mode alone (no Envoy), wrk -c16'.padEnd(52)} ${directHttp.requestsPerSecond.toFixed(0).padStart(8)} req/s  p50 ${ms(directHttp.p50Ms)}  p99 ${ms(directHttp.p99Ms)}  errors ${directHttp.errors}`);
+      for (const [name, server, address, pid] of [
+        ['our Check alone (no Envoy), h2load -c1 -m16', 'ext-authz', extAuthz.grpcAddress, extAuthz.child.pid],
+        ['bare grpc-js Check alone, h2load -c1 -m16', 'bare', `127.0.0.1:${bare.port}`, bare.pid],
+      ] as const) {
+        const status = await grpcStatusOf(address, CHECK_PATH, frame);
+        if (status !== 0) throw new Error(`${name}: grpc-status ${status}`);
+        const before = cpuMicros(pid);
+        const result = runH2loadGrpc(address, frame, seconds);
+        printRow(name, result, { [server]: (cpuMicros(pid) - before) / Math.max(1, result.requests) });
+      }
+      const directHttp = load(`${extAuthz.url}/authz/foo/http/items`, bearer, { 'ext-authz': extAuthz.child.pid }, seconds);
+      printRow('our HTTP mode alone (no Envoy), wrk -c16', directHttp, directHttp.cpuPerRequest);
     }
   } finally {
     for (const stop of stops.reverse()) await stop();
   }
 }
 
-/** support.ts's h2loadGrpc (-c1 -m16), for `seconds` instead of BENCH_SECONDS (it reads that once, at load). */
-function h2loadGrpcFor(seconds: number, address: string, frame: Buffer): LoadResult {
-  const options = { clients: 1, streams: CONNECTIONS };
-  if (seconds === DURATION_SECONDS) return h2loadGrpc(address, CHECK_PATH, frame, options);
-  const script =
-    `const s = require(${JSON.stringify(join(__dirname, 'support.js'))});` +
-    `const frame = Buffer.from(${JSON.stringify(frame.toString('base64'))}, 'base64');` +
-    `process.stdout.write(JSON.stringify(s.h2loadGrpc(${JSON.stringify(address)}, ${JSON.stringify(CHECK_PATH)}, frame, ${JSON.stringify(options)})));`;
-  const result = spawnSync(process.execPath, ['-e', script], { env: { ...process.env, BENCH_SECONDS: String(seconds) }, encoding: 'utf8', timeout: (seconds + 40) * 1000 });
-  if (result.status !== 0) throw new Error(`h2load run failed: ${result.stderr}`);
-  return JSON.parse(result.stdout) as LoadResult;
+/**
+ * h2load replaying one pre-serialized Check on one connection with 16 streams, as support.ts's
+ * h2loadGrpc but for `seconds`, without warm-up (the servers are warm by then), and with the
+ * request count (for CPU per request).
+ */
+function runH2loadGrpc(address: string, frame: Buffer, seconds: number): LoadResult & { requests: number } {
+  const dir = mkdtempSync(join(tmpdir(), 'h2load-envoy-'));
+  try {
+    const dataFile = join(dir, 'request.bin');
+    const logFile = join(dir, 'log.tsv');
+    writeFileSync(dataFile, frame);
+    const args = ['-c1', `-m${CONNECTIONS}`, `-D${seconds}`, '-d', dataFile, '--log-file', logFile, '-H', 'content-type: application/grpc', '-H', 'te: trailers', `http://${address}${CHECK_PATH}`];
+    const result = spawnSync('h2load', args, { encoding: 'utf8', timeout: (seconds + 20) * 1000 });
+    if (result.status !== 0) throw new Error(`h2load failed: ${result.stderr || result.stdout || result.error}`);
+    const durations = readFileSync(logFile, 'utf8').trim().split('\n').map((line) => Number(line.split('\t')[2]) / 1000).sort((a, b) => a - b);
+    const percentile = (p: number) => durations[Math.min(durations.length - 1, Math.floor((p / 100) * durations.length))] ?? Number.NaN;
+    return {
+      requestsPerSecond: Number(/finished in [^,]+, ([\d.]+) req\/s/.exec(result.stdout)?.[1]),
+      p50Ms: percentile(50),
+      p99Ms: percentile(99),
+      errors: Number(/(\d+) failed/.exec(result.stdout)?.[1] ?? 0) + Number(/(\d+) errored/.exec(result.stdout)?.[1] ?? 0),
+      requests: Number(/requests: (\d+) total/.exec(result.stdout)?.[1] ?? 0),
+    };
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 }
 
 main().catch((error) => {
