@@ -1,11 +1,11 @@
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { request as httpRequest } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
-import { loadAuthorizationService } from '../services/ext-authz/envoy-check';
-import { adminPost, DURATION_SECONDS, freePort, grpcFrame, grpcStatusOf, spawnNode, startAuthorityProcess, type LoadResult } from './support';
+import { adminPost, DURATION_SECONDS, freePort, envoyCheckRequest, grpcStatusOf, spawnNode, startAuthorityProcess, type LoadResult } from './support';
+import { runEnvoy, validateEnvoyConfig, type TestEnvoy } from '../test/support/envoy';
 
 /**
  * The whole Envoy path, in one run, through ONE Envoy process (--concurrency 1) and ONE listener:
@@ -246,55 +246,16 @@ function envoyConfig(placement: Placement): string {
   return stringify(config);
 }
 
-interface RunningEnvoy {
-  pid: number | undefined;
-  url: string;
-  adminUrl: string;
-  log(): string;
-  stop(): Promise<void>;
-}
+type RunningEnvoy = TestEnvoy;
 
 async function startEnvoy(binary: string, placement: Placement): Promise<RunningEnvoy> {
-  const dir = mkdtempSync(join(tmpdir(), 'envoy-bench-'));
-  const file = join(dir, 'envoy.yaml');
-  writeFileSync(file, envoyConfig(placement));
+  const config = envoyConfig(placement);
   // Validation first: it names a bad field precisely, and shows warnings (deprecated fields).
-  const validation = spawnSync(binary, ['--mode', 'validate', '-c', file, '--log-level', 'warn', '--base-id', String(placement.adminPort)], { encoding: 'utf8', timeout: 30_000 });
-  const validationOutput = `${validation.stdout}${validation.stderr}`.trim();
-  if (validation.status !== 0) throw new Error(`envoy --mode validate refused the generated config (${file}):\n${validationOutput}`);
-  const warnings = validationOutput.split('\n').filter((line) => /\]\[(warning|error|critical)\]/.test(line));
+  const validation = validateEnvoyConfig(config);
+  if (!validation.ok) throw new Error(`envoy --mode validate refused the generated config:\n${validation.output}`);
+  const warnings = validation.output.split('\n').filter((line) => /\]\[(warning|error|critical)\]/.test(line));
   if (warnings.length) console.log(`Envoy validation warnings:\n  ${warnings.join('\n  ')}`);
-
-  const child: ChildProcess = spawn(binary, ['-c', file, '--concurrency', '1', '--log-level', 'warn', '--base-id', String(placement.listenerPort)], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let output = '';
-  const keep = (chunk: string) => (output = (output + chunk).slice(-100_000));
-  child.stdout!.setEncoding('utf8').on('data', keep);
-  child.stderr!.setEncoding('utf8').on('data', keep);
-  const exited = new Promise<void>((done) => child.once('exit', () => done()));
-  const onExit = () => child.kill('SIGKILL');
-  process.once('exit', onExit);
-  const stop = async () => {
-    process.removeListener('exit', onExit);
-    if (child.exitCode === null && child.signalCode === null) {
-      child.kill('SIGTERM');
-      const killer = setTimeout(() => child.kill('SIGKILL'), 3000);
-      await exited;
-      clearTimeout(killer);
-    }
-    rmSync(dir, { recursive: true, force: true });
-  };
-  const adminUrl = `http://127.0.0.1:${placement.adminPort}`;
-  const started = Date.now();
-  for (;;) {
-    if (child.exitCode !== null) throw new Error(`envoy exited with ${child.exitCode}:\n${output}`);
-    if (await fetch(`${adminUrl}/ready`).then((response) => response.status === 200, () => false)) break;
-    if (Date.now() - started > 15_000) {
-      await stop();
-      throw new Error(`envoy was not ready within 15 s:\n${output}`);
-    }
-    await new Promise((done) => setTimeout(done, 50));
-  }
-  return { pid: child.pid, url: `http://127.0.0.1:${placement.listenerPort}`, adminUrl, log: () => output, stop };
+  return runEnvoy(config, { listener: placement.listenerPort, admin: placement.adminPort }, binary);
 }
 
 /** Envoy counters whose name matches, e.g. the filters' allowed / denied counts. */
@@ -407,37 +368,6 @@ function load(url: string, headers: Record<string, string>, watched: Record<stri
   return { ...result, cpuPerRequest };
 }
 
-/** The CheckRequest Envoy sends for GET /grpc/items (as bench/ext-authz.ts), pre-serialized. */
-function envoyCheckRequest(token: string): Buffer {
-  const message = {
-    attributes: {
-      source: { address: { socket_address: { address: '127.0.0.1', port_value: 53422 } } },
-      destination: { address: { socket_address: { address: '127.0.0.1', port_value: 8080 } } },
-      request: {
-        time: { seconds: Math.floor(Date.now() / 1000) },
-        http: {
-          id: '13359530303458620493',
-          method: 'GET',
-          headers: {
-            ':authority': '127.0.0.1:8080',
-            ':path': '/grpc/items',
-            ':method': 'GET',
-            ':scheme': 'http',
-            authorization: `Bearer ${token}`,
-            'x-forwarded-proto': 'http',
-            'x-request-id': '4a8d3bd6-d5c5-4b5c-9a0e-6c7b1c0f2f4e',
-          },
-          path: '/grpc/items',
-          host: '127.0.0.1:8080',
-          scheme: 'http',
-          protocol: 'HTTP/1.1',
-        },
-      },
-      context_extensions: { route: 'foo' },
-    },
-  };
-  return grpcFrame(loadAuthorizationService().Check.requestSerialize(message));
-}
 
 const ms = (value: number) => `${value.toFixed(2)} ms`;
 
@@ -619,7 +549,7 @@ async function main() {
       }
       console.log(TABLE_HEADER);
       await loadRow(proxy, bareRow, seconds);
-      const frame = envoyCheckRequest(token);
+      const frame = envoyCheckRequest(token, '127.0.0.1:8080', '/grpc/items');
       for (const [name, server, address, pid] of [
         ['our Check alone (no Envoy), h2load -c1 -m16', 'ext-authz', extAuthz.grpcAddress, extAuthz.child.pid],
         ['bare grpc-js Check alone, h2load -c1 -m16', 'bare', `127.0.0.1:${bare.port}`, bare.pid],

@@ -1,7 +1,6 @@
 import { spawn } from 'node:child_process';
 import { resolve } from 'node:path';
-import { loadAuthorizationService } from '../services/ext-authz/envoy-check';
-import { adminPost, DURATION_SECONDS, formatRow, freePort, grpcFrame, grpcStatusOf, h2loadGrpc, spawnNode, startAuthorityProcess, type LoadResult } from './support';
+import { adminPost, DURATION_SECONDS, formatRow, freePort, envoyCheckRequest, grpcStatusOf, h2loadGrpc, spawnNode, startAuthorityProcess, type LoadResult } from './support';
 
 /**
  * ext-authz Check benchmark: our Check (warm verification cache, and cold: every call verifies
@@ -13,39 +12,6 @@ import { adminPost, DURATION_SECONDS, formatRow, freePort, grpcFrame, grpcStatus
 const CHECK_PATH = '/envoy.service.auth.v3.Authorization/Check';
 const LOAD = { clients: 2, streams: 8 };
 
-function envoyCheckRequest(token: string): Buffer {
-  const service = loadAuthorizationService();
-  const message = {
-    attributes: {
-      source: { address: { socket_address: { address: '127.0.0.1', port_value: 53422 } } },
-      destination: { address: { socket_address: { address: '127.0.0.1', port_value: 8080 } } },
-      request: {
-        time: { seconds: Math.floor(Date.now() / 1000) },
-        http: {
-          id: '13359530303458620493',
-          method: 'GET',
-          headers: {
-            ':authority': 'foo.oto.tools:8080',
-            ':path': '/api/items?page=2',
-            ':method': 'GET',
-            ':scheme': 'http',
-            'user-agent': 'curl/7.88.1',
-            accept: '*/*',
-            authorization: `Bearer ${token}`,
-            'x-forwarded-proto': 'http',
-            'x-request-id': '4a8d3bd6-d5c5-4b5c-9a0e-6c7b1c0f2f4e',
-          },
-          path: '/api/items?page=2',
-          host: 'foo.oto.tools:8080',
-          scheme: 'http',
-          protocol: 'HTTP/1.1',
-        },
-      },
-      context_extensions: { route: 'foo' },
-    },
-  };
-  return grpcFrame(service.Check.requestSerialize(message));
-}
 
 async function startExtAuthzProcess(authority: { grpcAddress: string; adminToken: string }, env: Record<string, string>) {
   const grpcPort = await freePort();

@@ -1,3 +1,4 @@
+import { loadAuthorizationService } from '../services/ext-authz/envoy-check';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -144,4 +145,41 @@ export function h2loadGrpc(address: string, path: string, frame: Buffer, options
   const durations = readFileSync(logFile, 'utf8').trim().split('\n').map((line) => Number(line.split('\t')[2]) / 1000).sort((a, b) => a - b);
   const percentile = (p: number) => durations[Math.min(durations.length - 1, Math.floor((p / 100) * durations.length))] ?? Number.NaN;
   return { requestsPerSecond, p50Ms: percentile(50), p99Ms: percentile(99), errors: failed };
+}
+
+/**
+ * The CheckRequest Envoy sends for `GET <path>` on `host` with a bearer token, with the `foo`
+ * policy in context_extensions, pre-serialized and framed for h2load.
+ */
+export function envoyCheckRequest(token: string, host = 'foo.oto.tools:8080', path = '/api/items?page=2'): Buffer {
+  const message = {
+    attributes: {
+      source: { address: { socket_address: { address: '127.0.0.1', port_value: 53422 } } },
+      destination: { address: { socket_address: { address: '127.0.0.1', port_value: 8080 } } },
+      request: {
+        time: { seconds: Math.floor(Date.now() / 1000) },
+        http: {
+          id: '13359530303458620493',
+          method: 'GET',
+          headers: {
+            ':authority': host,
+            ':path': path,
+            ':method': 'GET',
+            ':scheme': 'http',
+            'user-agent': 'curl/7.88.1',
+            accept: '*/*',
+            authorization: `Bearer ${token}`,
+            'x-forwarded-proto': 'http',
+            'x-request-id': '4a8d3bd6-d5c5-4b5c-9a0e-6c7b1c0f2f4e',
+          },
+          path,
+          host,
+          scheme: 'http',
+          protocol: 'HTTP/1.1',
+        },
+      },
+      context_extensions: { route: 'foo' },
+    },
+  };
+  return grpcFrame(loadAuthorizationService().Check.requestSerialize(message));
 }

@@ -32,6 +32,7 @@ export function validateEnvoyConfig(config: string): { ok: boolean; output: stri
 }
 
 export interface TestEnvoy {
+  pid: number | undefined;
   /** http://127.0.0.1:<listener port> */
   url: string;
   adminUrl: string;
@@ -40,26 +41,19 @@ export interface TestEnvoy {
 }
 
 /**
- * A real Envoy (a child of this process) running one of the repo's configs, rendered for
- * 127.0.0.1: the listener and admin on free ports, each cluster on the given endpoint.
- * Resolves once Envoy's admin /ready says LIVE.
+ * A real Envoy (a child of this process) running `config`, which listens on `ports.listener`
+ * with its admin on `ports.admin` (127.0.0.1). Resolves once the admin's /ready says LIVE.
  */
-export async function startEnvoy(configFile: string, clusters: EnvoyPlacement['clusters']): Promise<TestEnvoy> {
-  const binary = envoyBinary();
-  const [port, adminPort] = [await freePort(), await freePort()];
-  const rendered = renderEnvoyConfig(readFileSync(path.join(ENVOY_DIR, configFile), 'utf8'), {
-    listener: { address: '127.0.0.1', port },
-    admin: { address: '127.0.0.1', port: adminPort },
-    clusters,
-  });
-  const dir = mkdtempSync(path.join(tmpdir(), 'envoy-test-'));
+export async function runEnvoy(config: string, ports: { listener: number; admin: number }, binary = envoyBinary()): Promise<TestEnvoy> {
+  const dir = mkdtempSync(path.join(tmpdir(), 'envoy-run-'));
   const file = path.join(dir, 'envoy.yaml');
-  writeFileSync(file, rendered);
+  writeFileSync(file, config);
   // --concurrency 1: one worker is plenty here, and the machine has two cores to share.
-  const child: ChildProcess = spawn(binary, ['-c', file, '--concurrency', '1', '--log-level', 'warn', '--base-id', String(port)], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child: ChildProcess = spawn(binary, ['-c', file, '--concurrency', '1', '--log-level', 'warn', '--base-id', String(ports.listener)], { stdio: ['ignore', 'pipe', 'pipe'] });
   let output = '';
-  child.stdout?.setEncoding('utf8').on('data', (chunk: string) => (output = (output + chunk).slice(-200_000)));
-  child.stderr?.setEncoding('utf8').on('data', (chunk: string) => (output = (output + chunk).slice(-200_000)));
+  const keep = (chunk: string) => (output = (output + chunk).slice(-200_000));
+  child.stdout?.setEncoding('utf8').on('data', keep);
+  child.stderr?.setEncoding('utf8').on('data', keep);
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
   const onExit = () => child.kill('SIGKILL');
   process.once('exit', onExit);
@@ -73,7 +67,7 @@ export async function startEnvoy(configFile: string, clusters: EnvoyPlacement['c
     }
     rmSync(dir, { recursive: true, force: true });
   };
-  const adminUrl = `http://127.0.0.1:${adminPort}`;
+  const adminUrl = `http://127.0.0.1:${ports.admin}`;
   const started = Date.now();
   for (;;) {
     if (child.exitCode !== null) throw new Error(`envoy exited with ${child.exitCode}:\n${output}`);
@@ -85,5 +79,16 @@ export async function startEnvoy(configFile: string, clusters: EnvoyPlacement['c
     }
     await new Promise((done) => setTimeout(done, 50));
   }
-  return { url: `http://127.0.0.1:${port}`, adminUrl, log: () => output, stop };
+  return { pid: child.pid, url: `http://127.0.0.1:${ports.listener}`, adminUrl, log: () => output, stop };
+}
+
+/** One of the repo's configs, rendered for 127.0.0.1 (listener and admin on free ports, each cluster on the given endpoint), run by runEnvoy. */
+export async function startEnvoy(configFile: string, clusters: EnvoyPlacement['clusters']): Promise<TestEnvoy> {
+  const [listener, admin] = [await freePort(), await freePort()];
+  const rendered = renderEnvoyConfig(readFileSync(path.join(ENVOY_DIR, configFile), 'utf8'), {
+    listener: { address: '127.0.0.1', port: listener },
+    admin: { address: '127.0.0.1', port: admin },
+    clusters,
+  });
+  return runEnvoy(rendered, { listener, admin });
 }
