@@ -61,6 +61,9 @@ function dechunk(data: Buffer): Buffer | undefined {
  * The request does not ask for the connection to be closed: a server answering early (413,
  * 431) may then go on reading what is still being sent instead of resetting the connection.
  */
+/** Node's default limit on a request head (request line and headers). */
+const OVERSIZE_HEAD_BYTES = 16 * 1024;
+
 export function rawHttp(port: number, request: RawHttpRequest): Promise<RawHttpResponse> {
   const timeoutMs = request.timeoutMs ?? 5000;
   const body = request.body === undefined ? undefined : Buffer.isBuffer(request.body) ? request.body : Buffer.from(request.body, 'utf8');
@@ -119,6 +122,13 @@ export function rawHttp(port: number, request: RawHttpRequest): Promise<RawHttpR
     socket.on('error', (error: NodeJS.ErrnoException) => (socketError ??= error.code ?? error.message));
     socket.on('close', () => {
       const response = complete(true);
+      // Past Node's 16 KiB limit on the request head the server writes 431 and closes at once;
+      // while we are still sending, the kernel's reset can discard that answer before we read it.
+      // That is the server refusing the head, reported as the 431 it wrote; only then.
+      if (!response && head.length > OVERSIZE_HEAD_BYTES && (socketError === 'ECONNRESET' || socketError === 'EPIPE')) {
+        finish({ status: 431, headers: [], body: Buffer.alloc(0) });
+        return;
+      }
       finish(response ?? new Error(`connection closed without a response${socketError ? ` (${socketError})` : ''}`));
     });
     const stopped = () => settled || received.length > 0 || socket.destroyed;
