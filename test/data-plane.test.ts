@@ -10,7 +10,6 @@ import { DataPlaneFeed, formatVersion, type DataPlaneUpdate } from '../libs/core
 import { KeyRing } from '../libs/core/key-ring';
 import type { ApiKeyRecord } from '../libs/core/model';
 import { SqliteStore } from '../libs/core/store/sqlite-store';
-import { decodeUpdate } from '../libs/grpc/watch-codec';
 import { AUTHORITY_WATCH_PROTO, LOADER_OPTIONS } from '../services/token-authority/grpc-options';
 import { ADMIN_TOKEN, startTestAuthority, type TestAuthority } from './support/authority';
 import { startTestExtAuthz } from './support/ext-authz';

@@ -182,10 +182,6 @@ export class DataPlaneFeed {
     return () => this.listeners.delete(listener);
   }
 
-  get subscribers(): number {
-    return this.listeners.size;
-  }
-
   /**
    * The first update of a stream, at the version published when called: subscribe first, in
    * the same tick, and every later delta follows on from it. What changed since `resumeFrom`
