@@ -51,7 +51,7 @@ describe('the local stack (npm start) with Envoy on PATH', () => {
   before(async () => {
     const binary = envoyBinary();
     const ports: Record<string, string> = {};
-    for (const name of ['PORT', 'AUTHORITY_HTTP_PORT', 'AUTHORITY_GRPC_PORT', 'EXT_AUTHZ_GRPC_PORT', 'EXT_AUTHZ_HTTP_PORT', 'ECHO_PORT', 'ENVOY_ADMIN_PORT']) ports[name] = String(await freePort());
+    for (const name of ['PORT', 'HTTPS_PORT', 'AUTHORITY_HTTP_PORT', 'AUTHORITY_GRPC_PORT', 'EXT_AUTHZ_GRPC_PORT', 'EXT_AUTHZ_HTTP_PORT', 'ECHO_PORT', 'ENVOY_ADMIN_PORT']) ports[name] = String(await freePort());
     stack = spawn(process.execPath, [path.join(ROOT, 'dist', 'services', 'local-stack', 'main.js')], {
       cwd: ROOT,
       env: { PATH: `${path.dirname(binary)}:${process.env.PATH}`, ENVOY_BINARY: binary, ADMIN_TOKEN, DATA_DIR: dataDir, HTTP_HOST: '127.0.0.1', LOG_LEVEL: 'warn', ...ports },
@@ -76,6 +76,7 @@ describe('the local stack (npm start) with Envoy on PATH', () => {
     assert.match(output, /Envoy 1\.\d+\.\d+: http:\/\/oauth\.oto\.tools:\d+ \(token authority\) and http:\/\/foo\.oto\.tools:\d+/);
     assert.match(output, /token authority: REST http:\/\/127\.0\.0\.1:\d+, gRPC/);
     assert.match(output, /ext-authz: Envoy Check/);
+    assert.match(output, /HTTPS: https:\/\/oauth\.oto\.tools:\d+ and https:\/\/foo\.oto\.tools:\d+, with a self-signed certificate/);
   });
 
   it('serves the tutorial through Envoy, with the admin token given and nothing else set', async () => {

@@ -11,6 +11,11 @@ export interface EnvoyPlacement {
   admin?: SocketAddress;
   /** Cluster name (as in the config) to its endpoint. */
   clusters?: Record<string, SocketAddress>;
+  /**
+   * An HTTPS listener beside the first one, with the same routes and filters: the certificate
+   * and key files are the caller's (generated for a local run or a test; never in the repo).
+   */
+  tls?: SocketAddress & { certificateFile: string; privateKeyFile: string };
 }
 
 /**
@@ -31,6 +36,26 @@ export function renderEnvoyConfig(source: string, placement: EnvoyPlacement): st
     const index = clusters?.items.findIndex((cluster) => cluster.get('name') === name) ?? -1;
     if (index < 0) throw new Error(`the Envoy config has no cluster '${name}'`);
     set(['static_resources', 'clusters', index, 'load_assignment', 'endpoints', 0, 'lb_endpoints', 0, 'endpoint', 'address'], endpoint);
+  }
+  if (placement.tls) {
+    const { address, port, certificateFile, privateKeyFile } = placement.tls;
+    const plain = document.getIn(['static_resources', 'listeners', 0]) as YAMLMap;
+    const secure = plain.clone() as YAMLMap;
+    secure.set('name', 'ingress_https');
+    secure.setIn(['address', 'socket_address', 'address'], address);
+    secure.setIn(['address', 'socket_address', 'port_value'], port);
+    secure.setIn(['filter_chains', 0, 'filters', 0, 'typed_config', 'stat_prefix'], 'ingress_https');
+    secure.setIn(
+      ['filter_chains', 0, 'transport_socket'],
+      document.createNode({
+        name: 'envoy.transport_sockets.tls',
+        typed_config: {
+          '@type': 'type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext',
+          common_tls_context: { tls_certificates: [{ certificate_chain: { filename: certificateFile }, private_key: { filename: privateKeyFile } }] },
+        },
+      }),
+    );
+    (document.getIn(['static_resources', 'listeners']) as YAMLSeq).add(secure);
   }
   return document.toString();
 }

@@ -40,6 +40,18 @@ async function stopAll(code: number): Promise<void> {
   process.exit(code);
 }
 
+/** A certificate for *.oto.tools made for this run by openssl, if there is one (never stored in the repo). */
+function selfSignedCertificate(dir: string): { certificateFile: string; privateKeyFile: string } | undefined {
+  const certificateFile = path.join(dir, 'tls.crt');
+  const privateKeyFile = path.join(dir, 'tls.key');
+  const made = spawnSync(
+    'openssl',
+    ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '30', '-subj', '/CN=oauth.oto.tools', '-addext', 'subjectAltName=DNS:oauth.oto.tools,DNS:foo.oto.tools,DNS:bar.oto.tools', '-keyout', privateKeyFile, '-out', certificateFile],
+    { stdio: 'ignore', timeout: 30_000 },
+  );
+  return made.status === 0 ? { certificateFile, privateKeyFile } : undefined;
+}
+
 async function main(): Promise<void> {
   const envoyBinary = env.ENVOY_BINARY ?? 'envoy';
   const envoyVersion = env.NO_ENVOY ? undefined : envoyAvailable(envoyBinary);
@@ -51,6 +63,7 @@ async function main(): Promise<void> {
     extAuthzHttp: port('EXT_AUTHZ_HTTP_PORT', 9192),
     echo: port('ECHO_PORT', 8081),
     envoyAdmin: port('ENVOY_ADMIN_PORT', 9901),
+    https: port('HTTPS_PORT', 8443),
   };
   const dataPlaneToken = randomBytes(24).toString('base64url');
   const node = (script: string) => [process.execPath, path.join(ROOT, 'dist', script)] as const;
@@ -105,7 +118,9 @@ async function main(): Promise<void> {
   if (envoyVersion) {
     const configDir = mkdtempSync(path.join(tmpdir(), 'local-stack-envoy-'));
     const local = { address: '127.0.0.1' };
+    const tls = selfSignedCertificate(configDir);
     const config = renderEnvoyConfig(readFileSync(path.join(ROOT, 'envoy', 'envoy.yaml'), 'utf8'), {
+      tls: tls && { address: env.HTTP_HOST ?? '0.0.0.0', port: ports.https, ...tls },
       listener: { address: env.HTTP_HOST ?? '0.0.0.0', port: ports.public },
       admin: { ...local, port: ports.envoyAdmin },
       clusters: {
@@ -121,6 +136,9 @@ async function main(): Promise<void> {
     await waitFor('envoy', `http://127.0.0.1:${ports.envoyAdmin}/ready`, (status) => status === 200);
     lines.unshift(
       `Envoy ${envoyVersion}: http://oauth.oto.tools:${ports.public} (token authority) and http://foo.oto.tools:${ports.public} (echo, through ext-authz); admin http://127.0.0.1:${ports.envoyAdmin}`,
+      tls
+        ? `HTTPS: https://oauth.oto.tools:${ports.https} and https://foo.oto.tools:${ports.https}, with a self-signed certificate made for this run (curl --cacert ${tls.certificateFile})`
+        : 'HTTPS: off (no openssl on PATH to make a certificate)',
     );
   } else {
     lines.unshift(

@@ -82,13 +82,21 @@ export async function runEnvoy(config: string, ports: { listener: number; admin:
   return { pid: child.pid, url: `http://127.0.0.1:${ports.listener}`, adminUrl, log: () => output, stop };
 }
 
-/** One of the repo's configs, rendered for 127.0.0.1 (listener and admin on free ports, each cluster on the given endpoint), run by runEnvoy. */
-export async function startEnvoy(configFile: string, clusters: EnvoyPlacement['clusters']): Promise<TestEnvoy> {
-  const [listener, admin] = [await freePort(), await freePort()];
+/**
+ * One of the repo's configs, rendered for 127.0.0.1 (listener and admin on free ports, each
+ * cluster on the given endpoint), run by runEnvoy; with `tls`, an HTTPS listener too.
+ */
+export async function startEnvoy(
+  configFile: string,
+  clusters: EnvoyPlacement['clusters'],
+  tls?: { certificateFile: string; privateKeyFile: string },
+): Promise<TestEnvoy & { httpsPort?: number }> {
+  const [listener, admin, httpsPort] = [await freePort(), await freePort(), tls ? await freePort() : undefined];
   const rendered = renderEnvoyConfig(readFileSync(path.join(ENVOY_DIR, configFile), 'utf8'), {
     listener: { address: '127.0.0.1', port: listener },
     admin: { address: '127.0.0.1', port: admin },
     clusters,
+    tls: tls && httpsPort ? { address: '127.0.0.1', port: httpsPort, ...tls } : undefined,
   });
-  return runEnvoy(rendered, { listener, admin });
+  return { ...(await runEnvoy(rendered, { listener, admin })), httpsPort };
 }
