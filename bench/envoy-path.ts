@@ -4,7 +4,7 @@ import { request as httpRequest } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
-import { adminPost, DURATION_SECONDS, freePort, envoyCheckRequest, grpcStatusOf, spawnNode, startAuthorityProcess, type LoadResult } from './support';
+import { adminPost, DURATION_SECONDS, freePort, envoyCheckRequest, grpcStatusOf, startExtAuthzProcess, startAuthorityProcess, type LoadResult } from './support';
 import { runEnvoy, validateEnvoyConfig, type TestEnvoy } from '../test/support/envoy';
 
 /**
@@ -272,26 +272,6 @@ async function envoyCounters(adminUrl: string, filter: string): Promise<Record<s
 // ---------------------------------------------------------------------------------------------
 // Services
 
-async function startExtAuthzProcess(authority: { grpcAddress: string; adminToken: string }) {
-  const grpcPort = await freePort();
-  const httpPort = await freePort();
-  const dir = mkdtempSync(join(tmpdir(), 'ext-authz-bench-'));
-  const configFile = join(dir, 'ext-authz.yaml');
-  writeFileSync(configFile, stringify({ policies: { foo: { extractors: ['bearer'], authorizedEntities: ['route_foo'] } } }));
-  const spawned = await spawnNode('../services/ext-authz/main.js', {
-    CONFIG_FILE: configFile,
-    GRPC_HOST: '127.0.0.1',
-    GRPC_PORT: String(grpcPort),
-    HTTP_HOST: '127.0.0.1',
-    HTTP_PORT: String(httpPort),
-    AUTHORITY_GRPC_URL: authority.grpcAddress,
-    AUTHORITY_TOKEN: authority.adminToken,
-    LOG_LEVEL: 'warn',
-  }, httpPort, '/health');
-  // /health answers 503 until the first state arrives.
-  for (let attempt = 0; attempt < 100 && (await fetch(`${spawned.url}/health`)).status !== 200; attempt += 1) await new Promise((done) => setTimeout(done, 50));
-  return { ...spawned, grpcPort, httpPort, grpcAddress: `127.0.0.1:${grpcPort}`, stop: async () => (await spawned.stop(), rmSync(dir, { recursive: true, force: true })) };
-}
 
 function decodeJwtPart(part: string): Record<string, unknown> {
   return JSON.parse(Buffer.from(part, 'base64url').toString('utf8'));

@@ -1,6 +1,6 @@
 import { spawn } from 'node:child_process';
 import { resolve } from 'node:path';
-import { adminPost, DURATION_SECONDS, formatRow, freePort, envoyCheckRequest, grpcStatusOf, h2loadGrpc, spawnNode, startAuthorityProcess, type LoadResult } from './support';
+import { adminPost, DURATION_SECONDS, formatRow, freePort, envoyCheckRequest, grpcStatusOf, startExtAuthzProcess, h2loadGrpc, spawnNode, startAuthorityProcess, type LoadResult } from './support';
 
 /**
  * ext-authz Check benchmark: our Check (warm verification cache, and cold: every call verifies
@@ -13,23 +13,6 @@ const CHECK_PATH = '/envoy.service.auth.v3.Authorization/Check';
 const LOAD = { clients: 2, streams: 8 };
 
 
-async function startExtAuthzProcess(authority: { grpcAddress: string; adminToken: string }, env: Record<string, string>) {
-  const grpcPort = await freePort();
-  const httpPort = await freePort();
-  const spawned = await spawnNode('../services/ext-authz/main.js', {
-    GRPC_HOST: '127.0.0.1',
-    GRPC_PORT: String(grpcPort),
-    HTTP_HOST: '127.0.0.1',
-    HTTP_PORT: String(httpPort),
-    AUTHORITY_GRPC_URL: authority.grpcAddress,
-    AUTHORITY_TOKEN: authority.adminToken,
-    LOG_LEVEL: 'warn',
-    ...env,
-  }, httpPort, '/health');
-  // /health answers 503 until the first state arrives.
-  for (let attempt = 0; attempt < 100 && (await fetch(`${spawned.url}/health`)).status !== 200; attempt += 1) await new Promise((done) => setTimeout(done, 50));
-  return { ...spawned, grpcAddress: `127.0.0.1:${grpcPort}` };
-}
 
 async function startBareServer(): Promise<{ address: string; stop(): void }> {
   const port = await freePort();

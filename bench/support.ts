@@ -183,3 +183,26 @@ export function envoyCheckRequest(token: string, host = 'foo.oto.tools:8080', pa
   };
   return grpcFrame(loadAuthorizationService().Check.requestSerialize(message));
 }
+
+/**
+ * ext-authz in its own process on free ports of 127.0.0.1, with the shipped policies
+ * (config/ext-authz.yaml), following `authority`; resolves once it holds the authority's state.
+ */
+export async function startExtAuthzProcess(authority: { grpcAddress: string; adminToken: string }, env: Record<string, string> = {}) {
+  const grpcPort = await freePort();
+  const httpPort = await freePort();
+  const spawned = await spawnNode('../services/ext-authz/main.js', {
+    CONFIG_FILE: resolve(__dirname, '../../config/ext-authz.yaml'),
+    GRPC_HOST: '127.0.0.1',
+    GRPC_PORT: String(grpcPort),
+    HTTP_HOST: '127.0.0.1',
+    HTTP_PORT: String(httpPort),
+    AUTHORITY_GRPC_URL: authority.grpcAddress,
+    AUTHORITY_TOKEN: authority.adminToken,
+    LOG_LEVEL: 'warn',
+    ...env,
+  }, httpPort, '/health');
+  // /health answers 503 until the first state arrives.
+  for (let attempt = 0; attempt < 100 && (await fetch(`${spawned.url}/health`)).status !== 200; attempt += 1) await new Promise((done) => setTimeout(done, 50));
+  return { ...spawned, grpcPort, httpPort, grpcAddress: `127.0.0.1:${grpcPort}` };
+}
