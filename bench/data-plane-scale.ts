@@ -101,15 +101,28 @@ const agents = {
   clientB: new Agent({ keepAlive: true, maxSockets: 1 }),
 };
 
-function call(agent: Agent, url: string, method = 'GET', headers: Record<string, string> = {}, body?: string, timeoutMs = 10_000): Promise<Reply> {
+function call(
+  agent: Agent,
+  url: string,
+  method = 'GET',
+  headers: Record<string, string> = {},
+  body?: string,
+  timeoutMs = 10_000,
+): Promise<Reply> {
   return new Promise((done, fail) => {
     const started = performance.now();
-    const req = httpRequest(url, { method, agent, headers: body === undefined ? headers : { ...headers, 'content-length': String(Buffer.byteLength(body)) } }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (chunk: Buffer) => chunks.push(chunk));
-      res.on('end', () => done({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString('utf8'), ms: performance.now() - started }));
-      res.on('error', fail);
-    });
+    const req = httpRequest(
+      url,
+      { method, agent, headers: body === undefined ? headers : { ...headers, 'content-length': String(Buffer.byteLength(body)) } },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (chunk: Buffer) => chunks.push(chunk));
+        res.on('end', () =>
+          done({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString('utf8'), ms: performance.now() - started }),
+        );
+        res.on('error', fail);
+      },
+    );
     req.setTimeout(timeoutMs, () => req.destroy(new Error(`${method} ${url}: no answer within ${timeoutMs} ms`)));
     req.on('error', fail);
     req.end(body);
@@ -171,7 +184,9 @@ async function stopService(service: Service | undefined): Promise<void> {
 
 function assertAlive(service: Service): void {
   if (service.child.exitCode !== null || service.child.signalCode !== null) {
-    throw new Error(`${service.name} exited (${service.child.exitCode ?? service.child.signalCode}); its log:\n${service.logLines.join('\n')}`);
+    throw new Error(
+      `${service.name} exited (${service.child.exitCode ?? service.child.signalCode}); its log:\n${service.logLines.join('\n')}`,
+    );
   }
 }
 
@@ -315,7 +330,14 @@ async function measureDisable(authority: Service, extAuthz: Service, changes: { 
   const tokens: { clientId: string; token: string }[] = [];
   for (let index = 0; index < DISABLE_KEYS; index += 1) {
     const clientId = `disable-${index}`;
-    const created = await api.post('/api/apikeys', { clientId, clientSecret: secretOf(clientId), clientName: `disable test ${index}`, authorizedEntities: ['route_foo'], scope: 'read', tags: ['bench'] });
+    const created = await api.post('/api/apikeys', {
+      clientId,
+      clientSecret: secretOf(clientId),
+      clientName: `disable test ${index}`,
+      authorizedEntities: ['route_foo'],
+      scope: 'read',
+      tags: ['bench'],
+    });
     if (created.status !== 200 && created.status !== 201) throw new Error(`create ${clientId}: ${created.status} ${created.body}`);
     changes.count += 1;
     const issued = await requestToken(agents.admin, authority, clientId);
@@ -343,7 +365,10 @@ async function measureDisable(authority: Service, extAuthz: Service, changes: { 
       return performance.now();
     });
     let acknowledged: number | undefined;
-    void patching.then((at) => (acknowledged = at), () => undefined);
+    void patching.then(
+      (at) => (acknowledged = at),
+      () => undefined,
+    );
     let denied: { at: number; status: number } | undefined;
     const deadline = sent + 5_000;
     for (let attempt = 0; attempt < 2_000 && performance.now() < deadline; attempt += 1) {
@@ -368,9 +393,19 @@ async function measureDisable(authority: Service, extAuthz: Service, changes: { 
   const s = stats(fromSend);
   const a = stats(fromAck);
   const ok = neverDenied === 0 && notAllowedFirst === 0 && s.n === DISABLE_KEYS;
-  figure('disable → denied at ext-authz, p99 (from PATCH sent)', ms(s.p99), `p99 ≤ ${TARGETS.disableP99Ms} ms`, ok && s.p99 <= TARGETS.disableP99Ms, `p50 ${ms(s.p50)}  max ${ms(s.max)}  n=${s.n}`);
-  info(`from the PATCH's 200: p50 ${ms(a.p50)}  p99 ${ms(a.p99)}  max ${ms(a.max)}; PATCH itself p50 ${ms(stats(patchMs).p50)} p99 ${ms(stats(patchMs).p99)}`);
-  info(`denial statuses: ${[...deniedWith].map(([status, n]) => `${status}×${n}`).join(' ') || 'none'}; not allowed before the disable: ${notAllowedFirst}; never denied within 5 s: ${neverDenied}`);
+  figure(
+    'disable → denied at ext-authz, p99 (from PATCH sent)',
+    ms(s.p99),
+    `p99 ≤ ${TARGETS.disableP99Ms} ms`,
+    ok && s.p99 <= TARGETS.disableP99Ms,
+    `p50 ${ms(s.p50)}  max ${ms(s.max)}  n=${s.n}`,
+  );
+  info(
+    `from the PATCH's 200: p50 ${ms(a.p50)}  p99 ${ms(a.p99)}  max ${ms(a.max)}; PATCH itself p50 ${ms(stats(patchMs).p50)} p99 ${ms(stats(patchMs).p99)}`,
+  );
+  info(
+    `denial statuses: ${[...deniedWith].map(([status, n]) => `${status}×${n}`).join(' ') || 'none'}; not allowed before the disable: ${notAllowedFirst}; never denied within 5 s: ${neverDenied}`,
+  );
 }
 
 async function scrapeLoop(authority: Service): Promise<{ p99Ms?: number; maxMs?: number }> {
@@ -383,7 +418,9 @@ async function scrapeLoop(authority: Service): Promise<{ p99Ms?: number; maxMs?:
 
 async function measureEventLoop(authority: Service, changes: { count: number }): Promise<void> {
   const total = CHANGES_PER_SECOND * CHANGES_SECONDS;
-  console.log(`\n4. Authority event-loop delay under ${CHANGES_PER_SECOND} changes/s for ${CHANGES_SECONDS} s (PATCH description of a different key each time, ${total} at most)`);
+  console.log(
+    `\n4. Authority event-loop delay under ${CHANGES_PER_SECOND} changes/s for ${CHANGES_SECONDS} s (PATCH description of a different key each time, ${total} at most)`,
+  );
   const api = admin(authority);
   // prom-client resets its histogram on every scrape: a scrape opens a window, the next one closes it.
   const sinceStart = await scrapeLoop(authority);
@@ -404,15 +441,19 @@ async function measureEventLoop(authority: Service, changes: { count: number }):
     if (wait > 0) await sleep(wait);
     const clientId = `bulk-${String((index * 613) % KEYS).padStart(7, '0')}`;
     inFlight.push(
-      api.patch(`/api/apikeys/${clientId}`, { description: `changed by the event-loop benchmark, change ${index} at ${new Date().toISOString()}` }).then(
-        (reply) => {
-          if (reply.status === 200) {
-            changes.count += 1;
-            latencies.push(reply.ms);
-          } else failures += 1;
-        },
-        () => void (failures += 1),
-      ),
+      api
+        .patch(`/api/apikeys/${clientId}`, {
+          description: `changed by the event-loop benchmark, change ${index} at ${new Date().toISOString()}`,
+        })
+        .then(
+          (reply) => {
+            if (reply.status === 200) {
+              changes.count += 1;
+              latencies.push(reply.ms);
+            } else failures += 1;
+          },
+          () => void (failures += 1),
+        ),
     );
   }
   await Promise.all(inFlight);
@@ -423,14 +464,33 @@ async function measureEventLoop(authority: Service, changes: { count: number }):
   const patch = stats(latencies);
   const own = loadOwn ? `own 1 ms sampler p99 ${ms(loadOwn.p99Ms)}` : 'own sampler unavailable';
   const judged = loadOwn?.p99Ms ?? loadProm.p99Ms ?? Number.NaN;
-  figure('authority event-loop delay p99 under 10 changes/s', ms(judged), `p99 ≤ ${TARGETS.loopP99Ms} ms`, judged <= TARGETS.loopP99Ms, `(${own}; max ${loadOwn ? ms(loadOwn.maxMs) : '?'})`);
-  info(`prom-client (10 ms resolution, idle reads ≈ 10 ms) during the load: p99 ${ms(loadProm.p99Ms ?? Number.NaN)} max ${ms(loadProm.maxMs ?? Number.NaN)}`);
-  info(`baseline, 3 s idle just before: own sampler p99 ${ms(idleOwn?.p99Ms ?? Number.NaN)} max ${ms(idleOwn?.maxMs ?? Number.NaN)}; prom-client p99 ${ms(idleProm.p99Ms ?? Number.NaN)} max ${ms(idleProm.maxMs ?? Number.NaN)}`);
-  info(`prom-client since the authority started (startup with ${KEYS} keys and steps 2–3): p99 ${ms(sinceStart.p99Ms ?? Number.NaN)} max ${ms(sinceStart.maxMs ?? Number.NaN)}`);
-  info(`${latencies.length} PATCHes in ${seconds(elapsed)} (${failures} failed): latency p50 ${ms(patch.p50)} p99 ${ms(patch.p99)} max ${ms(patch.max)}`);
+  figure(
+    'authority event-loop delay p99 under 10 changes/s',
+    ms(judged),
+    `p99 ≤ ${TARGETS.loopP99Ms} ms`,
+    judged <= TARGETS.loopP99Ms,
+    `(${own}; max ${loadOwn ? ms(loadOwn.maxMs) : '?'})`,
+  );
+  info(
+    `prom-client (10 ms resolution, idle reads ≈ 10 ms) during the load: p99 ${ms(loadProm.p99Ms ?? Number.NaN)} max ${ms(loadProm.maxMs ?? Number.NaN)}`,
+  );
+  info(
+    `baseline, 3 s idle just before: own sampler p99 ${ms(idleOwn?.p99Ms ?? Number.NaN)} max ${ms(idleOwn?.maxMs ?? Number.NaN)}; prom-client p99 ${ms(idleProm.p99Ms ?? Number.NaN)} max ${ms(idleProm.maxMs ?? Number.NaN)}`,
+  );
+  info(
+    `prom-client since the authority started (startup with ${KEYS} keys and steps 2–3): p99 ${ms(sinceStart.p99Ms ?? Number.NaN)} max ${ms(sinceStart.maxMs ?? Number.NaN)}`,
+  );
+  info(
+    `${latencies.length} PATCHes in ${seconds(elapsed)} (${failures} failed): latency p50 ${ms(patch.p50)} p99 ${ms(patch.p99)} max ${ms(patch.max)}`,
+  );
 }
 
-async function tokenLoop(authority: Service, clientId: string, untilMs: number, maxRequests: number): Promise<{ latencies: number[]; errors: number }> {
+async function tokenLoop(
+  authority: Service,
+  clientId: string,
+  untilMs: number,
+  maxRequests: number,
+): Promise<{ latencies: number[]; errors: number }> {
   const latencies: number[] = [];
   let errors = 0;
   for (let count = 0; count < maxRequests && performance.now() < untilMs; count += 1) {
@@ -447,10 +507,18 @@ async function tokenLoop(authority: Service, clientId: string, untilMs: number, 
 }
 
 async function measureRevocationFlood(authority: Service, changes: { count: number }): Promise<void> {
-  console.log(`\n5. Client B's token latency (1 request in flight) alone for ${FLOOD_SECONDS} s, then while client A revokes its own tokens every 100 ms (the issue's scenario), then under A's flat-out revocation flood (issue + revoke, ${FLOOD_IN_FLIGHT} in flight), ${FLOOD_SECONDS} s each`);
+  console.log(
+    `\n5. Client B's token latency (1 request in flight) alone for ${FLOOD_SECONDS} s, then while client A revokes its own tokens every 100 ms (the issue's scenario), then under A's flat-out revocation flood (issue + revoke, ${FLOOD_IN_FLIGHT} in flight), ${FLOOD_SECONDS} s each`,
+  );
   const api = admin(authority);
   for (const clientId of ['client-a', 'client-b']) {
-    const created = await api.post('/api/apikeys', { clientId, clientSecret: secretOf(clientId), clientName: clientId, authorizedEntities: ['route_foo'], scope: 'read' });
+    const created = await api.post('/api/apikeys', {
+      clientId,
+      clientSecret: secretOf(clientId),
+      clientName: clientId,
+      authorizedEntities: ['route_foo'],
+      scope: 'read',
+    });
     if (created.status !== 200 && created.status !== 201) throw new Error(`create ${clientId}: ${created.status} ${created.body}`);
     changes.count += 1;
   }
@@ -478,7 +546,13 @@ async function measureRevocationFlood(authority: Service, changes: { count: numb
             done += 1;
             continue;
           }
-          const revoked = await call(agents.clientA, `${authority.url}${REVOKE_PATH}`, 'POST', { ...FORM, authorization: basic('client-a') }, new URLSearchParams({ token: issued.token }).toString());
+          const revoked = await call(
+            agents.clientA,
+            `${authority.url}${REVOKE_PATH}`,
+            'POST',
+            { ...FORM, authorization: basic('client-a') },
+            new URLSearchParams({ token: issued.token }).toString(),
+          );
           if (revoked.status === 200) {
             done += 1;
             changes.count += 1;
@@ -508,15 +582,33 @@ async function measureRevocationFlood(authority: Service, changes: { count: numb
   const paced = await flood(true, 1, 100);
   const bp = stats(paced.measured.latencies);
   const pacedRatio = bp.p99 / b0.p99;
-  figure('client B token p99, A revoking every 100 ms / baseline', `${pacedRatio.toFixed(2)}×`, `≤ ${TARGETS.floodRatio}×`, pacedRatio <= TARGETS.floodRatio && paced.measured.errors === 0, `(baseline p99 ${ms(b0.p99, 2)}, with A p99 ${ms(bp.p99, 2)}; ${paced.done} revocations)`);
+  figure(
+    'client B token p99, A revoking every 100 ms / baseline',
+    `${pacedRatio.toFixed(2)}×`,
+    `≤ ${TARGETS.floodRatio}×`,
+    pacedRatio <= TARGETS.floodRatio && paced.measured.errors === 0,
+    `(baseline p99 ${ms(b0.p99, 2)}, with A p99 ${ms(bp.p99, 2)}; ${paced.done} revocations)`,
+  );
 
   // Flat out: what one client can do to others without a rate limit (not a target; see the control below).
   const revoking = await flood(true);
   const b1 = stats(revoking.measured.latencies);
   const ratio = b1.p99 / b0.p99;
-  figure('client B token p99, flat-out revocation flood / baseline', `${ratio.toFixed(2)}×`, undefined, undefined, `(baseline p99 ${ms(b0.p99, 2)}, flood p99 ${ms(b1.p99, 2)})`);
+  figure(
+    'client B token p99, flat-out revocation flood / baseline',
+    `${ratio.toFixed(2)}×`,
+    undefined,
+    undefined,
+    `(baseline p99 ${ms(b0.p99, 2)}, flood p99 ${ms(b1.p99, 2)})`,
+  );
   info(`flood:    ${b1.n} tokens, p50 ${ms(b1.p50, 2)} p99 ${ms(b1.p99, 2)} max ${ms(b1.max, 2)}, errors ${revoking.measured.errors}`);
-  figure('client A revocations during the flood', `${revoking.done}`, undefined, undefined, `(${Math.round(revoking.done / (revoking.elapsed / 1000))}/s over ${seconds(revoking.elapsed)}; ${revoking.doneWhileMeasured} while B measured; A errors ${revoking.errors})`);
+  figure(
+    'client A revocations during the flood',
+    `${revoking.done}`,
+    undefined,
+    undefined,
+    `(${Math.round(revoking.done / (revoking.elapsed / 1000))}/s over ${seconds(revoking.elapsed)}; ${revoking.doneWhileMeasured} while B measured; A errors ${revoking.errors})`,
+  );
 
   // Control, not a target: the same A load without the revocations (issue only). If B suffers as
   // much, the cost is sharing one event loop with 8 busy clients, not revocation as such.
@@ -527,8 +619,15 @@ async function measureRevocationFlood(authority: Service, changes: { count: numb
   );
 }
 
-async function measureAdminCreates(authority: Service, extAuthz: Service, changes: { count: number }, expectedKeys: { count: number }): Promise<void> {
-  console.log(`\n6. ${ADMIN_CREATES} API keys created through the admin API by ${ADMIN_CREATE_WORKERS} concurrent clients (server-generated secrets)`);
+async function measureAdminCreates(
+  authority: Service,
+  extAuthz: Service,
+  changes: { count: number },
+  expectedKeys: { count: number },
+): Promise<void> {
+  console.log(
+    `\n6. ${ADMIN_CREATES} API keys created through the admin API by ${ADMIN_CREATE_WORKERS} concurrent clients (server-generated secrets)`,
+  );
   const api = admin(authority);
   let next = 0;
   let created = 0;
@@ -572,8 +671,16 @@ async function measureAdminCreates(authority: Service, extAuthz: Service, change
   expectedKeys.count += created;
   const complete = created === ADMIN_CREATES;
   const l = stats(latencies);
-  figure(`${ADMIN_CREATES} admin-API creates, 16 clients`, seconds(elapsed), `< ${TARGETS.adminCreateMs / 1000} s`, complete && elapsed < TARGETS.adminCreateMs, `(${Math.round(created / (elapsed / 1000))} keys/s; created ${created}, errors ${errors})`);
-  info(`create latency p50 ${ms(l.p50)} p99 ${ms(l.p99)} max ${ms(l.max)}; answers without a generated secret of ≥ 32 characters: ${badSecrets}`);
+  figure(
+    `${ADMIN_CREATES} admin-API creates, 16 clients`,
+    seconds(elapsed),
+    `< ${TARGETS.adminCreateMs / 1000} s`,
+    complete && elapsed < TARGETS.adminCreateMs,
+    `(${Math.round(created / (elapsed / 1000))} keys/s; created ${created}, errors ${errors})`,
+  );
+  info(
+    `create latency p50 ${ms(l.p50)} p99 ${ms(l.p99)} max ${ms(l.max)}; answers without a generated secret of ≥ 32 characters: ${badSecrets}`,
+  );
   for (const error of firstErrors) info(`error: ${error}`);
 
   // Does ext-authz hold them all? (Not a target: a consistency check.)
@@ -582,7 +689,10 @@ async function measureAdminCreates(authority: Service, extAuthz: Service, change
     const apiKeys = (JSON.parse(health.body) as { authority?: { apiKeys?: number } }).authority?.apiKeys;
     return apiKeys === expectedKeys.count ? performance.now() : undefined;
   });
-  const health = JSON.parse((await call(agents.probe, `${extAuthz.url}/health`)).body) as { status: string; authority: Record<string, unknown> };
+  const health = JSON.parse((await call(agents.probe, `${extAuthz.url}/health`)).body) as {
+    status: string;
+    authority: Record<string, unknown>;
+  };
   info(
     caughtUp !== undefined
       ? `ext-authz held all ${expectedKeys.count} keys ${ms(Math.max(0, caughtUp - started - elapsed), 0)} after the last create answered (status ${health.status}, reconnects ${health.authority.reconnects})`
@@ -596,7 +706,9 @@ async function measureMemory(authority: Service, extAuthz: Service, changes: { c
     const api = admin(authority);
     const deadline = performance.now() + 60_000;
     for (let index = 0; changes.count < MIN_CHANGES && index < MIN_CHANGES && performance.now() < deadline; index += 1) {
-      const reply = await api.patch(`/api/apikeys/bulk-${String((index * 7919) % KEYS).padStart(7, '0')}`, { description: `extra change ${index}` });
+      const reply = await api.patch(`/api/apikeys/bulk-${String((index * 7919) % KEYS).padStart(7, '0')}`, {
+        description: `extra change ${index}`,
+      });
       if (reply.status === 200) changes.count += 1;
     }
   }
@@ -611,7 +723,13 @@ async function measureMemory(authority: Service, extAuthz: Service, changes: { c
     const heapMetric = metricValue(metrics.body, `${prefix}nodejs_heap_size_used_bytes`);
     const proc = procStatus(service.child.pid);
     const rss = rssMetric !== undefined ? rssMetric / MB : (proc?.rssMb ?? Number.NaN);
-    figure(`${service.name} RSS now`, `${rss.toFixed(0)} MB`, `≤ ${target} MB`, rss <= target, `(/proc VmRSS ${proc?.rssMb.toFixed(0) ?? '?'} MB, JS heap used ${heapMetric !== undefined ? (heapMetric / MB).toFixed(0) : '?'} MB)`);
+    figure(
+      `${service.name} RSS now`,
+      `${rss.toFixed(0)} MB`,
+      `≤ ${target} MB`,
+      rss <= target,
+      `(/proc VmRSS ${proc?.rssMb.toFixed(0) ?? '?'} MB, JS heap used ${heapMetric !== undefined ? (heapMetric / MB).toFixed(0) : '?'} MB)`,
+    );
     const peak = proc?.peakMb ?? Number.NaN;
     figure(`${service.name} RSS peak (VmHWM)`, `${peak.toFixed(0)} MB`, `≤ ${target} MB`, peak <= target);
   }
@@ -621,7 +739,9 @@ async function measureMemory(authority: Service, extAuthz: Service, changes: { c
 
 async function main(): Promise<void> {
   const benchStarted = performance.now();
-  console.log(`data plane at scale: ${KEYS} API keys, node ${process.version}, ${cpus().length} CPUs (${cpus()[0]?.model ?? '?'}), everything on 127.0.0.1`);
+  console.log(
+    `data plane at scale: ${KEYS} API keys, node ${process.version}, ${cpus().length} CPUs (${cpus()[0]?.model ?? '?'}), everything on 127.0.0.1`,
+  );
   const dir = mkdtempSync(join(tmpdir(), 'data-plane-scale-'));
   const services: Service[] = [];
   let cleaningUp: Promise<void> | undefined;
@@ -643,30 +763,50 @@ async function main(): Promise<void> {
     const authority = spawnService(
       'authority',
       '../services/token-authority/main.js',
-      { DATA_DIR: dir, ADMIN_TOKEN, HTTP_HOST: '127.0.0.1', HTTP_PORT: String(httpPort), GRPC_HOST: '127.0.0.1', GRPC_PORT: String(grpcPort) },
+      {
+        DATA_DIR: dir,
+        ADMIN_TOKEN,
+        HTTP_HOST: '127.0.0.1',
+        HTTP_PORT: String(httpPort),
+        GRPC_HOST: '127.0.0.1',
+        GRPC_PORT: String(grpcPort),
+      },
       httpPort,
       'eventloop-probe.js',
     );
     services.push(authority);
     const authorityReady = await pollUntil(60_000, 20, async () => {
       assertAlive(authority);
-      return (await call(agents.probe, `${authority.url}/.well-known/otoroshi/oauth/jwks.json`)).status === 200 ? performance.now() : undefined;
+      return (await call(agents.probe, `${authority.url}/.well-known/otoroshi/oauth/jwks.json`)).status === 200
+        ? performance.now()
+        : undefined;
     });
     assertAlive(authority);
     if (authorityReady === undefined) throw new Error('the authority did not serve its JWKS within 60 s');
-    figure('authority serving after start', seconds(authorityReady - authority.spawnedAt), undefined, undefined, `(${KEYS} keys in its store)`);
+    figure(
+      'authority serving after start',
+      seconds(authorityReady - authority.spawnedAt),
+      undefined,
+      undefined,
+      `(${KEYS} keys in its store)`,
+    );
 
     const configFile = join(dir, 'ext-authz.yaml');
     writeFileSync(configFile, 'policies:\n  foo:\n    extractors: [bearer]\n    authorizedEntities: [route_foo]\n');
-    const extAuthz = spawnService('ext-authz', '../services/ext-authz/main.js', {
-      CONFIG_FILE: configFile,
-      AUTHORITY_GRPC_URL: `127.0.0.1:${grpcPort}`,
-      AUTHORITY_TOKEN: ADMIN_TOKEN,
-      HTTP_HOST: '127.0.0.1',
-      HTTP_PORT: String(extHttpPort),
-      GRPC_HOST: '127.0.0.1',
-      GRPC_PORT: String(extGrpcPort),
-    }, extHttpPort);
+    const extAuthz = spawnService(
+      'ext-authz',
+      '../services/ext-authz/main.js',
+      {
+        CONFIG_FILE: configFile,
+        AUTHORITY_GRPC_URL: `127.0.0.1:${grpcPort}`,
+        AUTHORITY_TOKEN: ADMIN_TOKEN,
+        HTTP_HOST: '127.0.0.1',
+        HTTP_PORT: String(extHttpPort),
+        GRPC_HOST: '127.0.0.1',
+        GRPC_PORT: String(extGrpcPort),
+      },
+      extHttpPort,
+    );
     services.push(extAuthz);
     let first200: number | undefined;
     let listening: number | undefined;
@@ -683,8 +823,15 @@ async function main(): Promise<void> {
     assertAlive(extAuthz);
     if (extReady === undefined) throw new Error(`ext-authz did not hold ${KEYS} keys within 60 s: ${lastHealth}`);
     const readyMs = extReady - extAuthz.spawnedAt;
-    figure(`ext-authz ready after start (/health 200, ${KEYS} keys)`, seconds(readyMs), `≤ ${TARGETS.extAuthzReadyMs / 1000} s`, readyMs <= TARGETS.extAuthzReadyMs);
-    info(`HTTP listening (first /health answer, 503 until a whole snapshot is applied) at ${listening === undefined ? '?' : seconds(listening - extAuthz.spawnedAt)}; first 200 at ${first200 === undefined ? '?' : seconds(first200 - extAuthz.spawnedAt)}`);
+    figure(
+      `ext-authz ready after start (/health 200, ${KEYS} keys)`,
+      seconds(readyMs),
+      `≤ ${TARGETS.extAuthzReadyMs / 1000} s`,
+      readyMs <= TARGETS.extAuthzReadyMs,
+    );
+    info(
+      `HTTP listening (first /health answer, 503 until a whole snapshot is applied) at ${listening === undefined ? '?' : seconds(listening - extAuthz.spawnedAt)}; first 200 at ${first200 === undefined ? '?' : seconds(first200 - extAuthz.spawnedAt)}`,
+    );
 
     const changes = { count: 0 };
     const expectedKeys = { count: KEYS };
@@ -699,7 +846,11 @@ async function main(): Promise<void> {
     assertAlive(extAuthz);
 
     console.log(`\nSummary (${KEYS} bulk keys; ${seconds(performance.now() - benchStarted)} so far)`);
-    const widths = [Math.max(...rows.map((row) => row.figure.length)), Math.max(...rows.map((row) => row.measured.length)), Math.max(6, ...rows.map((row) => row.target.length))];
+    const widths = [
+      Math.max(...rows.map((row) => row.figure.length)),
+      Math.max(...rows.map((row) => row.measured.length)),
+      Math.max(6, ...rows.map((row) => row.target.length)),
+    ];
     const line = (cells: string[]) => `  ${cells.map((cell, index) => cell.padEnd(widths[index] ?? 4)).join('  ')}`.trimEnd();
     console.log(line(['figure', 'measured', 'target', 'result']));
     console.log(line(widths.map((width) => '-'.repeat(width)).concat('------')));
@@ -709,7 +860,9 @@ async function main(): Promise<void> {
   } finally {
     await cleanUp();
     for (const service of services) {
-      console.log(`\n${service.name} log (level warn and above, stdout and stderr): ${service.logCount} line(s)${service.logCount > LOG_LINES_KEPT ? `, first ${LOG_LINES_KEPT} shown` : ''}`);
+      console.log(
+        `\n${service.name} log (level warn and above, stdout and stderr): ${service.logCount} line(s)${service.logCount > LOG_LINES_KEPT ? `, first ${LOG_LINES_KEPT} shown` : ''}`,
+      );
       for (const logLine of service.logLines) console.log(`  ${logLine}`);
     }
     console.log(`\ntotal ${seconds(performance.now() - benchStarted)}`);

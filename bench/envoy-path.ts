@@ -4,7 +4,16 @@ import { request as httpRequest } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
-import { adminPost, DURATION_SECONDS, freePort, envoyCheckRequest, grpcStatusOf, startExtAuthzProcess, startAuthorityProcess, type LoadResult } from './support';
+import {
+  adminPost,
+  DURATION_SECONDS,
+  freePort,
+  envoyCheckRequest,
+  grpcStatusOf,
+  startExtAuthzProcess,
+  startAuthorityProcess,
+  type LoadResult,
+} from './support';
 import { runEnvoy, validateEnvoyConfig, type TestEnvoy } from '../test/support/envoy';
 
 /**
@@ -126,10 +135,18 @@ function envoyConfig(placement: Placement): string {
                           domains: ['*'],
                           routes: [
                             // 1. no authorization at all
-                            directRoute('/direct', { [JWT_AUTHN]: disabledJwt, [EXT_AUTHZ_GRPC]: disabledExtAuthz, [EXT_AUTHZ_HTTP]: disabledExtAuthz, [EXT_AUTHZ_BARE]: disabledExtAuthz }),
+                            directRoute('/direct', {
+                              [JWT_AUTHN]: disabledJwt,
+                              [EXT_AUTHZ_GRPC]: disabledExtAuthz,
+                              [EXT_AUTHZ_HTTP]: disabledExtAuthz,
+                              [EXT_AUTHZ_BARE]: disabledExtAuthz,
+                            }),
                             // 2. Envoy's jwt_authn
                             directRoute('/jwt', {
-                              [JWT_AUTHN]: { '@type': 'type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig', requirement_name: 'otoroshi' },
+                              [JWT_AUTHN]: {
+                                '@type': 'type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig',
+                                requirement_name: 'otoroshi',
+                              },
                               [EXT_AUTHZ_GRPC]: disabledExtAuthz,
                               [EXT_AUTHZ_HTTP]: disabledExtAuthz,
                               [EXT_AUTHZ_BARE]: disabledExtAuthz,
@@ -145,7 +162,11 @@ function envoyConfig(placement: Placement): string {
                               [EXT_AUTHZ_BARE]: disabledExtAuthz,
                             }),
                             // 4. our ext-authz in HTTP mode, policy named by path_prefix
-                            directRoute('/http', { [JWT_AUTHN]: disabledJwt, [EXT_AUTHZ_GRPC]: disabledExtAuthz, [EXT_AUTHZ_BARE]: disabledExtAuthz }),
+                            directRoute('/http', {
+                              [JWT_AUTHN]: disabledJwt,
+                              [EXT_AUTHZ_GRPC]: disabledExtAuthz,
+                              [EXT_AUTHZ_BARE]: disabledExtAuthz,
+                            }),
                             // diagnostic: (3) with a bare grpc-js Check (always OK) instead of ours
                             directRoute('/bare', {
                               [JWT_AUTHN]: disabledJwt,
@@ -201,11 +222,20 @@ function envoyConfig(placement: Placement): string {
                           '@type': 'type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz',
                           stat_prefix: 'http',
                           http_service: {
-                            server_uri: { uri: `http://127.0.0.1:${placement.extAuthz.httpPort}`, cluster: 'ext_authz_http', timeout: '0.25s' },
+                            server_uri: {
+                              uri: `http://127.0.0.1:${placement.extAuthz.httpPort}`,
+                              cluster: 'ext_authz_http',
+                              timeout: '0.25s',
+                            },
                             path_prefix: '/authz/foo',
                             authorization_response: {
                               allowed_upstream_headers: {
-                                patterns: [{ exact: 'x-client-id' }, { exact: 'x-client-name' }, { exact: 'x-client-scopes' }, { exact: 'authorization' }],
+                                patterns: [
+                                  { exact: 'x-client-id' },
+                                  { exact: 'x-client-name' },
+                                  { exact: 'x-client-scopes' },
+                                  { exact: 'authorization' },
+                                ],
                               },
                             },
                           },
@@ -226,7 +256,10 @@ function envoyConfig(placement: Placement): string {
                           include_peer_certificate: false,
                         },
                       },
-                      { name: 'envoy.filters.http.router', typed_config: { '@type': 'type.googleapis.com/envoy.extensions.filters.http.router.v3.Router' } },
+                      {
+                        name: 'envoy.filters.http.router',
+                        typed_config: { '@type': 'type.googleapis.com/envoy.extensions.filters.http.router.v3.Router' },
+                      },
                     ],
                   },
                 },
@@ -272,7 +305,6 @@ async function envoyCounters(adminUrl: string, filter: string): Promise<Record<s
 // ---------------------------------------------------------------------------------------------
 // Services
 
-
 function decodeJwtPart(part: string): Record<string, unknown> {
   return JSON.parse(Buffer.from(part, 'base64url').toString('utf8'));
 }
@@ -282,7 +314,10 @@ function statusOf(url: string, headers: Record<string, string> = {}): Promise<{ 
   return new Promise((resolve, reject) => {
     const req = httpRequest(url, { headers, agent: false }, (response) => {
       let body = '';
-      response.setEncoding('utf8').on('data', (chunk: string) => (body += chunk)).on('end', () => resolve({ status: response.statusCode ?? 0, body }));
+      response
+        .setEncoding('utf8')
+        .on('data', (chunk: string) => (body += chunk))
+        .on('end', () => resolve({ status: response.statusCode ?? 0, body }));
     });
     req.setTimeout(5000, () => req.destroy(new Error(`GET ${url}: no answer within 5 s`)));
     req.on('error', reject);
@@ -304,8 +339,16 @@ function runWrk(url: string, seconds: number, headers: Record<string, string>): 
   const dir = mkdtempSync(join(tmpdir(), 'wrk-envoy-'));
   try {
     const script = join(dir, 'request.lua');
-    writeFileSync(script, `${Object.entries(headers).map(([name, value]) => `wrk.headers[${JSON.stringify(name)}] = ${JSON.stringify(value)}`).join('\n')}\n`);
-    const result = spawnSync('wrk', ['-t1', `-c${CONNECTIONS}`, `-d${seconds}s`, '--timeout', '2s', '--latency', '-s', script, url], { encoding: 'utf8', timeout: (seconds + 20) * 1000 });
+    writeFileSync(
+      script,
+      `${Object.entries(headers)
+        .map(([name, value]) => `wrk.headers[${JSON.stringify(name)}] = ${JSON.stringify(value)}`)
+        .join('\n')}\n`,
+    );
+    const result = spawnSync('wrk', ['-t1', `-c${CONNECTIONS}`, `-d${seconds}s`, '--timeout', '2s', '--latency', '-s', script, url], {
+      encoding: 'utf8',
+      timeout: (seconds + 20) * 1000,
+    });
     if (result.status !== 0) throw new Error(`wrk failed: ${result.stderr || result.error}`);
     const output = result.stdout;
     const socketErrors = /Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(output);
@@ -313,7 +356,9 @@ function runWrk(url: string, seconds: number, headers: Record<string, string>): 
       requestsPerSecond: Number(/Requests\/sec:\s+([\d.]+)/.exec(output)?.[1]),
       p50Ms: toMs(/\s50%\s+(\S+)/.exec(output)?.[1] ?? ''),
       p99Ms: toMs(/\s99%\s+(\S+)/.exec(output)?.[1] ?? ''),
-      errors: Number(/Non-2xx or 3xx responses:\s+(\d+)/.exec(output)?.[1] ?? 0) + (socketErrors ? socketErrors.slice(1).reduce((sum, n) => sum + Number(n), 0) : 0),
+      errors:
+        Number(/Non-2xx or 3xx responses:\s+(\d+)/.exec(output)?.[1] ?? 0) +
+        (socketErrors ? socketErrors.slice(1).reduce((sum, n) => sum + Number(n), 0) : 0),
       requests: Number(/(\d+) requests in/.exec(output)?.[1] ?? 0),
     };
   } finally {
@@ -324,7 +369,9 @@ function runWrk(url: string, seconds: number, headers: Record<string, string>): 
 /** CPU time (user + system) a process has used so far, in µs; NaN once it is gone. */
 function cpuMicros(pid: number | undefined): number {
   try {
-    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\) /s, '').split(' ');
+    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8')
+      .replace(/^.*\) /s, '')
+      .split(' ');
     // After "pid (comm) ": state is field 3, utime 14 and stime 15 (clock ticks, 100 per second on Linux).
     return ((Number(fields[11]) + Number(fields[12])) * 1e6) / CLOCK_TICKS;
   } catch {
@@ -340,14 +387,20 @@ interface RowResult extends LoadResult {
 }
 
 /** 1 s warm-up (discarded), then the measured run, with the CPU the watched processes used during it. */
-function load(url: string, headers: Record<string, string>, watched: Record<string, number | undefined>, seconds = DURATION_SECONDS): RowResult {
+function load(
+  url: string,
+  headers: Record<string, string>,
+  watched: Record<string, number | undefined>,
+  seconds = DURATION_SECONDS,
+): RowResult {
   runWrk(url, WARM_UP_SECONDS, headers);
   const before = Object.fromEntries(Object.entries(watched).map(([name, pid]) => [name, cpuMicros(pid)]));
   const result = runWrk(url, seconds, headers);
-  const cpuPerRequest = Object.fromEntries(Object.entries(watched).map(([name, pid]) => [name, (cpuMicros(pid) - before[name]) / Math.max(1, result.requests)]));
+  const cpuPerRequest = Object.fromEntries(
+    Object.entries(watched).map(([name, pid]) => [name, (cpuMicros(pid) - before[name]) / Math.max(1, result.requests)]),
+  );
   return { ...result, cpuPerRequest };
 }
-
 
 const ms = (value: number) => `${value.toFixed(2)} ms`;
 
@@ -355,12 +408,19 @@ const ms = (value: number) => `${value.toFixed(2)} ms`;
 
 async function startBareCheckServer(): Promise<{ port: number; pid: number | undefined; stop(): Promise<void> }> {
   const port = await freePort();
-  const child = spawn(process.execPath, [join(__dirname, 'bare-check-server.js')], { env: { ...process.env, PORT: String(port) }, stdio: ['ignore', 'pipe', 'inherit'] });
+  const child = spawn(process.execPath, [join(__dirname, 'bare-check-server.js')], {
+    env: { ...process.env, PORT: String(port) },
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
   await new Promise<void>((done, fail) => {
     child.stdout!.once('data', () => done());
     child.once('exit', (code) => fail(new Error(`bare-check-server exited with ${code}`)));
   });
-  return { port, pid: child.pid, stop: () => new Promise((done) => (child.exitCode !== null ? done() : (child.once('exit', () => done()), child.kill('SIGTERM')))) };
+  return {
+    port,
+    pid: child.pid,
+    stop: () => new Promise((done) => (child.exitCode !== null ? done() : (child.once('exit', () => done()), child.kill('SIGTERM')))),
+  };
 }
 
 /** Envoy's own percentiles of a histogram (cumulative since start): `P50(interval,cumulative)`. */
@@ -392,9 +452,11 @@ async function checkRoute(proxy: RunningEnvoy, row: Row, token: string): Promise
     return;
   }
   const without = await statusOf(url);
-  if (without.status !== 401 && without.status !== 403) throw new Error(`${row.name}: ${without.status} without a token (expected 401/403)`);
+  if (without.status !== 401 && without.status !== 403)
+    throw new Error(`${row.name}: ${without.status} without a token (expected 401/403)`);
   const forged = await statusOf(url, { authorization: `Bearer ${token.slice(0, -4)}AAAA` });
-  if (forged.status !== 401 && forged.status !== 403) throw new Error(`${row.name}: ${forged.status} with a bad signature (expected 401/403)`);
+  if (forged.status !== 401 && forged.status !== 403)
+    throw new Error(`${row.name}: ${forged.status} with a bad signature (expected 401/403)`);
   console.log(`check ${row.path}: 200 with the token, ${without.status} without, ${forged.status} with a bad signature`);
 }
 
@@ -419,8 +481,12 @@ async function loadRow(proxy: RunningEnvoy, row: Row, seconds = DURATION_SECONDS
 }
 
 function printRow(name: string, result: LoadResult, cpuPerRequest: Record<string, number>, counterText = ''): void {
-  const cpu = Object.entries(cpuPerRequest).map(([process, micros]) => `${process} ${micros.toFixed(0)}`).join(' + ');
-  console.log(`${name.padEnd(46)} ${result.requestsPerSecond.toFixed(0).padStart(8)} ${ms(result.p50Ms).padStart(9)} ${ms(result.p99Ms).padStart(9)} ${String(result.errors).padStart(6)}  ${cpu.padEnd(33)} ${counterText}`.trimEnd());
+  const cpu = Object.entries(cpuPerRequest)
+    .map(([process, micros]) => `${process} ${micros.toFixed(0)}`)
+    .join(' + ');
+  console.log(
+    `${name.padEnd(46)} ${result.requestsPerSecond.toFixed(0).padStart(8)} ${ms(result.p50Ms).padStart(9)} ${ms(result.p99Ms).padStart(9)} ${String(result.errors).padStart(6)}  ${cpu.padEnd(33)} ${counterText}`.trimEnd(),
+  );
 }
 
 async function main() {
@@ -435,7 +501,12 @@ async function main() {
     const authorityPort = Number(new URL(authority.url).port);
     const metadata = (await (await fetch(`${authority.url}/.well-known/oauth-authorization-server`)).json()) as { issuer: string };
 
-    await adminPost(authority, '/api/apikeys', { clientId: CLIENT_ID, clientSecret: CLIENT_SECRET, authorizedEntities: ['route_foo'], scope: 'read' });
+    await adminPost(authority, '/api/apikeys', {
+      clientId: CLIENT_ID,
+      clientSecret: CLIENT_SECRET,
+      authorizedEntities: ['route_foo'],
+      scope: 'read',
+    });
     const tokenResponse = await fetch(`${authority.url}/.well-known/otoroshi/oauth/token`, {
       method: 'POST',
       headers: { 'content-type': 'application/x-www-form-urlencoded' },
@@ -447,8 +518,11 @@ async function main() {
     const header = decodeJwtPart(headerPart);
     const claims = decodeJwtPart(payloadPart);
     if (header.alg !== 'RS256') throw new Error(`expected an RS256 token, got ${String(header.alg)}`);
-    if (claims.iss !== metadata.issuer) throw new Error(`token iss ${String(claims.iss)} differs from the metadata issuer ${metadata.issuer}`);
-    console.log(`token: ${header.alg} kid ${String(header.kid)}, ${token.length} chars, iss ${metadata.issuer}, aud ${JSON.stringify(claims.aud)}`);
+    if (claims.iss !== metadata.issuer)
+      throw new Error(`token iss ${String(claims.iss)} differs from the metadata issuer ${metadata.issuer}`);
+    console.log(
+      `token: ${header.alg} kid ${String(header.kid)}, ${token.length} chars, iss ${metadata.issuer}, aud ${JSON.stringify(claims.aud)}`,
+    );
 
     const extAuthz = await startExtAuthzProcess(authority);
     stops.push(() => extAuthz.stop());
@@ -468,9 +542,32 @@ async function main() {
     const bearer = { authorization: `Bearer ${token}` };
     const rows: Row[] = [
       { id: '1', name: '(1) direct_response, no auth', path: '/direct/items', headers: {}, deniedWithout: false, counters: '' },
-      { id: '2', name: '(2) Envoy jwt_authn (RS256, remote JWKS)', path: '/jwt/items', headers: bearer, deniedWithout: true, counters: '^http\\.bench\\.jwt_authn\\.' },
-      { id: '3', name: '(3) our ext_authz, gRPC (warm cache)', path: '/grpc/items', headers: bearer, deniedWithout: true, counters: '^http\\.bench\\.ext_authz\\.grpc\\.', server: { name: 'ext-authz', pid: extAuthz.child.pid } },
-      { id: '4', name: '(4) our ext_authz, HTTP mode', path: '/http/items', headers: bearer, deniedWithout: true, counters: '^http\\.bench\\.ext_authz\\.http\\.', server: { name: 'ext-authz', pid: extAuthz.child.pid } },
+      {
+        id: '2',
+        name: '(2) Envoy jwt_authn (RS256, remote JWKS)',
+        path: '/jwt/items',
+        headers: bearer,
+        deniedWithout: true,
+        counters: '^http\\.bench\\.jwt_authn\\.',
+      },
+      {
+        id: '3',
+        name: '(3) our ext_authz, gRPC (warm cache)',
+        path: '/grpc/items',
+        headers: bearer,
+        deniedWithout: true,
+        counters: '^http\\.bench\\.ext_authz\\.grpc\\.',
+        server: { name: 'ext-authz', pid: extAuthz.child.pid },
+      },
+      {
+        id: '4',
+        name: '(4) our ext_authz, HTTP mode',
+        path: '/http/items',
+        headers: bearer,
+        deniedWithout: true,
+        counters: '^http\\.bench\\.ext_authz\\.http\\.',
+        server: { name: 'ext-authz', pid: extAuthz.child.pid },
+      },
     ];
     const bareRow: Row = {
       id: 'bare',
@@ -504,7 +601,9 @@ async function main() {
       const http4 = r4 ? `   [(4)/(2) = ${((r4.requestsPerSecond / r2.requestsPerSecond) * 100).toFixed(0)}%]` : '';
       const added4 = r4 ? r4.p50Ms - r1.p50Ms : Number.NaN;
       console.log('');
-      console.log(`goal: (3) req/s >= 60% of (2)          ${throughputGoal ? 'PASS' : 'MISS'}  (3)/(2) = ${(ratio * 100).toFixed(0)}%${http4}`);
+      console.log(
+        `goal: (3) req/s >= 60% of (2)          ${throughputGoal ? 'PASS' : 'MISS'}  (3)/(2) = ${(ratio * 100).toFixed(0)}%${http4}`,
+      );
       console.log(
         `goal: (3) p50 - (1) p50 <= 0.5 ms       ${latencyGoal ? 'PASS' : 'MISS'}  +${added3.toFixed(2)} ms` +
           `   [(4): +${added4.toFixed(2)} ms ${added4 <= 0.5 ? 'PASS' : 'MISS'}; (2) jwt_authn: +${(r2.p50Ms - r1.p50Ms).toFixed(2)} ms]`,
@@ -525,7 +624,10 @@ async function main() {
       console.log(`where the time goes (${seconds} s each):`);
       for (const cluster of ['ext_authz', 'ext_authz_http']) {
         const histogram = await envoyHistogram(proxy.adminUrl, `cluster.${cluster}.upstream_rq_time`);
-        if (histogram) console.log(`  Envoy's upstream_rq_time to cluster ${cluster}: p50 ${histogram.p50.toFixed(1)} ms, p99 ${histogram.p99.toFixed(1)} ms (Envoy's histogram, whole run)`);
+        if (histogram)
+          console.log(
+            `  Envoy's upstream_rq_time to cluster ${cluster}: p50 ${histogram.p50.toFixed(1)} ms, p99 ${histogram.p99.toFixed(1)} ms (Envoy's histogram, whole run)`,
+          );
       }
       console.log(TABLE_HEADER);
       await loadRow(proxy, bareRow, seconds);
@@ -559,10 +661,27 @@ function runH2loadGrpc(address: string, frame: Buffer, seconds: number): LoadRes
     const dataFile = join(dir, 'request.bin');
     const logFile = join(dir, 'log.tsv');
     writeFileSync(dataFile, frame);
-    const args = ['-c1', `-m${CONNECTIONS}`, `-D${seconds}`, '-d', dataFile, '--log-file', logFile, '-H', 'content-type: application/grpc', '-H', 'te: trailers', `http://${address}${CHECK_PATH}`];
+    const args = [
+      '-c1',
+      `-m${CONNECTIONS}`,
+      `-D${seconds}`,
+      '-d',
+      dataFile,
+      '--log-file',
+      logFile,
+      '-H',
+      'content-type: application/grpc',
+      '-H',
+      'te: trailers',
+      `http://${address}${CHECK_PATH}`,
+    ];
     const result = spawnSync('h2load', args, { encoding: 'utf8', timeout: (seconds + 20) * 1000 });
     if (result.status !== 0) throw new Error(`h2load failed: ${result.stderr || result.stdout || result.error}`);
-    const durations = readFileSync(logFile, 'utf8').trim().split('\n').map((line) => Number(line.split('\t')[2]) / 1000).sort((a, b) => a - b);
+    const durations = readFileSync(logFile, 'utf8')
+      .trim()
+      .split('\n')
+      .map((line) => Number(line.split('\t')[2]) / 1000)
+      .sort((a, b) => a - b);
     const percentile = (p: number) => durations[Math.min(durations.length - 1, Math.floor((p / 100) * durations.length))] ?? Number.NaN;
     return {
       requestsPerSecond: Number(/finished in [^,]+, ([\d.]+) req\/s/.exec(result.stdout)?.[1]),

@@ -1,6 +1,18 @@
 import { spawn } from 'node:child_process';
 import { resolve } from 'node:path';
-import { adminPost, DURATION_SECONDS, formatRow, freePort, envoyCheckRequest, grpcStatusOf, startExtAuthzProcess, h2loadGrpc, spawnNode, startAuthorityProcess, type LoadResult } from './support';
+import {
+  adminPost,
+  DURATION_SECONDS,
+  formatRow,
+  freePort,
+  envoyCheckRequest,
+  grpcStatusOf,
+  startExtAuthzProcess,
+  h2loadGrpc,
+  spawnNode,
+  startAuthorityProcess,
+  type LoadResult,
+} from './support';
 
 /**
  * ext-authz Check benchmark: our Check (warm verification cache, and cold: every call verifies
@@ -12,11 +24,12 @@ import { adminPost, DURATION_SECONDS, formatRow, freePort, envoyCheckRequest, gr
 const CHECK_PATH = '/envoy.service.auth.v3.Authorization/Check';
 const LOAD = { clients: 2, streams: 8 };
 
-
-
 async function startBareServer(): Promise<{ address: string; stop(): void }> {
   const port = await freePort();
-  const child = spawn(process.execPath, [resolve(__dirname, 'bare-check-server.js')], { env: { ...process.env, PORT: String(port) }, stdio: ['ignore', 'pipe', 'inherit'] });
+  const child = spawn(process.execPath, [resolve(__dirname, 'bare-check-server.js')], {
+    env: { ...process.env, PORT: String(port) },
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
   await new Promise<void>((done) => child.stdout!.once('data', () => done()));
   return { address: `127.0.0.1:${port}`, stop: () => child.kill('SIGTERM') };
 }
@@ -28,16 +41,27 @@ async function measure(address: string, frame: Buffer): Promise<LoadResult> {
 }
 
 async function main() {
-  console.log(`ext-authz Check benchmark: h2load -c${LOAD.clients} -m${LOAD.streams}, ${DURATION_SECONDS}s per row (+1 s warm-up), 127.0.0.1`);
+  console.log(
+    `ext-authz Check benchmark: h2load -c${LOAD.clients} -m${LOAD.streams}, ${DURATION_SECONDS}s per row (+1 s warm-up), 127.0.0.1`,
+  );
   const authority = await startAuthorityProcess();
   const stops: (() => unknown)[] = [() => authority.stop()];
   try {
-    await adminPost(authority, '/api/apikeys', { clientId: 'bench', clientSecret: 'bench-secret-0123456789-0123456789-01', authorizedEntities: ['route_foo'], scope: 'read' });
-    const token = ((await (await fetch(`${authority.url}/.well-known/otoroshi/oauth/token`, {
-      method: 'POST',
-      headers: { 'content-type': 'application/x-www-form-urlencoded' },
-      body: 'grant_type=client_credentials&client_id=bench&client_secret=bench-secret-0123456789-0123456789-01',
-    })).json()) as { access_token: string }).access_token;
+    await adminPost(authority, '/api/apikeys', {
+      clientId: 'bench',
+      clientSecret: 'bench-secret-0123456789-0123456789-01',
+      authorizedEntities: ['route_foo'],
+      scope: 'read',
+    });
+    const token = (
+      (await (
+        await fetch(`${authority.url}/.well-known/otoroshi/oauth/token`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/x-www-form-urlencoded' },
+          body: 'grant_type=client_credentials&client_id=bench&client_secret=bench-secret-0123456789-0123456789-01',
+        })
+      ).json()) as { access_token: string }
+    ).access_token;
     const frame = envoyCheckRequest(token);
 
     const bare = await startBareServer();
@@ -49,8 +73,18 @@ async function main() {
 
     const reference = await measure(bare.address, frame);
     console.log(formatRow('bare grpc-js Check (always OK)', reference));
-    console.log(formatRow('ext-authz Check, warm cache', await measure(warm.grpcAddress, frame), { name: 'bare grpc-js', value: reference.requestsPerSecond }));
-    console.log(formatRow('ext-authz Check, cold (verify RS256 each call)', await measure(cold.grpcAddress, frame), { name: 'bare grpc-js', value: reference.requestsPerSecond }));
+    console.log(
+      formatRow('ext-authz Check, warm cache', await measure(warm.grpcAddress, frame), {
+        name: 'bare grpc-js',
+        value: reference.requestsPerSecond,
+      }),
+    );
+    console.log(
+      formatRow('ext-authz Check, cold (verify RS256 each call)', await measure(cold.grpcAddress, frame), {
+        name: 'bare grpc-js',
+        value: reference.requestsPerSecond,
+      }),
+    );
   } finally {
     for (const stop of stops.reverse()) await stop();
   }

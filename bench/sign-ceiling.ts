@@ -5,7 +5,8 @@ import { generateKeyPairSync, sign } from 'node:crypto';
  * with 16 signatures in flight, for a fixed time. Prints JSON {algorithm: signatures/s}.
  */
 async function ceiling(algorithm: 'RS256' | 'ES256', seconds: number): Promise<number> {
-  const { privateKey } = algorithm === 'RS256' ? generateKeyPairSync('rsa', { modulusLength: 2048 }) : generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  const { privateKey } =
+    algorithm === 'RS256' ? generateKeyPairSync('rsa', { modulusLength: 2048 }) : generateKeyPairSync('ec', { namedCurve: 'P-256' });
   const key = algorithm === 'RS256' ? privateKey : { key: privateKey, dsaEncoding: 'ieee-p1363' as const };
   const payload = Buffer.alloc(300, 'a');
   const deadline = Date.now() + seconds * 1000;

@@ -18,7 +18,10 @@ export interface Spawned {
 
 /** Starts a node script in its own process and waits until `readyPath` answers. */
 export async function spawnNode(script: string, env: Record<string, string>, port: number, readyPath: string): Promise<Spawned> {
-  const child = spawn(process.execPath, [resolve(__dirname, script)], { env: { ...process.env, ...env }, stdio: ['ignore', 'ignore', 'inherit'] });
+  const child = spawn(process.execPath, [resolve(__dirname, script)], {
+    env: { ...process.env, ...env },
+    stdio: ['ignore', 'ignore', 'inherit'],
+  });
   const url = `http://127.0.0.1:${port}`;
   for (let attempt = 0; attempt < 150; attempt += 1) {
     if (child.exitCode !== null) throw new Error(`${script} exited with ${child.exitCode}`);
@@ -36,20 +39,27 @@ export async function spawnNode(script: string, env: Record<string, string>, por
   };
 }
 
-export async function startAuthorityProcess(extraEnv: Record<string, string> = {}): Promise<Spawned & { adminToken: string; grpcAddress: string }> {
+export async function startAuthorityProcess(
+  extraEnv: Record<string, string> = {},
+): Promise<Spawned & { adminToken: string; grpcAddress: string }> {
   const port = await freePort();
   const grpcPort = await freePort();
   const adminToken = 'bench-admin-token-0123456789';
-  const spawned = await spawnNode('../services/token-authority/main.js', {
-    DATA_DIR: mkdtempSync(join(tmpdir(), 'ta-bench-')),
-    HTTP_HOST: '127.0.0.1',
-    HTTP_PORT: String(port),
-    GRPC_HOST: '127.0.0.1',
-    GRPC_PORT: String(grpcPort),
-    ADMIN_TOKEN: adminToken,
-    LOG_LEVEL: 'warn',
-    ...extraEnv,
-  }, port, '/.well-known/otoroshi/oauth/jwks.json');
+  const spawned = await spawnNode(
+    '../services/token-authority/main.js',
+    {
+      DATA_DIR: mkdtempSync(join(tmpdir(), 'ta-bench-')),
+      HTTP_HOST: '127.0.0.1',
+      HTTP_PORT: String(port),
+      GRPC_HOST: '127.0.0.1',
+      GRPC_PORT: String(grpcPort),
+      ADMIN_TOKEN: adminToken,
+      LOG_LEVEL: 'warn',
+      ...extraEnv,
+    },
+    port,
+    '/.well-known/otoroshi/oauth/jwks.json',
+  );
   return { ...spawned, adminToken, grpcAddress: `127.0.0.1:${grpcPort}` };
 }
 
@@ -78,19 +88,27 @@ function toMs(value: string): number {
 }
 
 /** wrk (Debian's package): one thread, a fixed number of connections, a fixed duration. */
-export function wrk(url: string, options: { connections: number; method?: string; body?: string; headers?: Record<string, string> }): LoadResult {
+export function wrk(
+  url: string,
+  options: { connections: number; method?: string; body?: string; headers?: Record<string, string> },
+): LoadResult {
   const script = join(mkdtempSync(join(tmpdir(), 'wrk-')), 'request.lua');
   const lines = [`wrk.method = ${JSON.stringify(options.method ?? 'GET')}`];
   if (options.body !== undefined) lines.push(`wrk.body = ${JSON.stringify(options.body)}`);
-  for (const [name, value] of Object.entries(options.headers ?? {})) lines.push(`wrk.headers[${JSON.stringify(name)}] = ${JSON.stringify(value)}`);
+  for (const [name, value] of Object.entries(options.headers ?? {}))
+    lines.push(`wrk.headers[${JSON.stringify(name)}] = ${JSON.stringify(value)}`);
   writeFileSync(script, `${lines.join('\n')}\n`);
-  const result = spawnSync('wrk', ['-t1', `-c${options.connections}`, `-d${DURATION_SECONDS}s`, '--latency', '-s', script, url], { encoding: 'utf8', timeout: (DURATION_SECONDS + 30) * 1000 });
+  const result = spawnSync('wrk', ['-t1', `-c${options.connections}`, `-d${DURATION_SECONDS}s`, '--latency', '-s', script, url], {
+    encoding: 'utf8',
+    timeout: (DURATION_SECONDS + 30) * 1000,
+  });
   if (result.status !== 0) throw new Error(`wrk failed: ${result.stderr || result.error}`);
   const output = result.stdout;
   const requestsPerSecond = Number(/Requests\/sec:\s+([\d.]+)/.exec(output)?.[1]);
   const p50Ms = toMs(/\s50%\s+(\S+)/.exec(output)?.[1] ?? '');
   const p99Ms = toMs(/\s99%\s+(\S+)/.exec(output)?.[1] ?? '');
-  const errors = Number(/Non-2xx or 3xx responses:\s+(\d+)/.exec(output)?.[1] ?? 0) + Number(/Socket errors:.*timeout (\d+)/.exec(output)?.[1] ?? 0);
+  const errors =
+    Number(/Non-2xx or 3xx responses:\s+(\d+)/.exec(output)?.[1] ?? 0) + Number(/Socket errors:.*timeout (\d+)/.exec(output)?.[1] ?? 0);
   return { requestsPerSecond, p50Ms, p99Ms, errors };
 }
 
@@ -113,7 +131,10 @@ export async function grpcStatusOf(address: string, path: string, frame: Buffer,
   try {
     return await new Promise<number>((resolve, reject) => {
       const stream = session.request({ ':method': 'POST', ':path': path, 'content-type': 'application/grpc', te: 'trailers', ...headers });
-      stream.on('response', (responseHeaders) => responseHeaders['grpc-status'] !== undefined && resolve(Number(responseHeaders['grpc-status'])));
+      stream.on(
+        'response',
+        (responseHeaders) => responseHeaders['grpc-status'] !== undefined && resolve(Number(responseHeaders['grpc-status'])),
+      );
       stream.on('trailers', (trailers) => resolve(Number(trailers['grpc-status'])));
       stream.on('error', reject);
       stream.resume();
@@ -128,21 +149,48 @@ export async function grpcStatusOf(address: string, path: string, frame: Buffer,
  * h2load (Debian's nghttp2-client) replaying one pre-serialized gRPC request: the load tool
  * costs little, so the server is what is measured. Latency percentiles come from its log file.
  */
-export function h2loadGrpc(address: string, path: string, frame: Buffer, options: { clients: number; streams: number; headers?: Record<string, string> }): LoadResult {
+export function h2loadGrpc(
+  address: string,
+  path: string,
+  frame: Buffer,
+  options: { clients: number; streams: number; headers?: Record<string, string> },
+): LoadResult {
   const dir = mkdtempSync(join(tmpdir(), 'h2load-'));
   const dataFile = join(dir, 'request.bin');
   const logFile = join(dir, 'log.tsv');
   writeFileSync(dataFile, frame);
-  const headerArgs = Object.entries({ 'content-type': 'application/grpc', te: 'trailers', ...options.headers }).flatMap(([name, value]) => ['-H', `${name}: ${value}`]);
-  const result = spawnSync('h2load', [`-c${options.clients}`, `-m${options.streams}`, `-D${DURATION_SECONDS}`, '--warm-up-time=1', '-d', dataFile, '--log-file', logFile, ...headerArgs, `http://${address}${path}`], {
-    encoding: 'utf8',
-    timeout: (DURATION_SECONDS + 30) * 1000,
-  });
+  const headerArgs = Object.entries({ 'content-type': 'application/grpc', te: 'trailers', ...options.headers }).flatMap(([name, value]) => [
+    '-H',
+    `${name}: ${value}`,
+  ]);
+  const result = spawnSync(
+    'h2load',
+    [
+      `-c${options.clients}`,
+      `-m${options.streams}`,
+      `-D${DURATION_SECONDS}`,
+      '--warm-up-time=1',
+      '-d',
+      dataFile,
+      '--log-file',
+      logFile,
+      ...headerArgs,
+      `http://${address}${path}`,
+    ],
+    {
+      encoding: 'utf8',
+      timeout: (DURATION_SECONDS + 30) * 1000,
+    },
+  );
   if (result.status !== 0) throw new Error(`h2load failed: ${result.stderr || result.stdout || result.error}`);
   const requestsPerSecond = Number(/finished in [^,]+, ([\d.]+) req\/s/.exec(result.stdout)?.[1]);
   const failed = Number(/(\d+) failed/.exec(result.stdout)?.[1] ?? 0) + Number(/(\d+) errored/.exec(result.stdout)?.[1] ?? 0);
   // Log lines: start time (µs), HTTP status, duration (µs).
-  const durations = readFileSync(logFile, 'utf8').trim().split('\n').map((line) => Number(line.split('\t')[2]) / 1000).sort((a, b) => a - b);
+  const durations = readFileSync(logFile, 'utf8')
+    .trim()
+    .split('\n')
+    .map((line) => Number(line.split('\t')[2]) / 1000)
+    .sort((a, b) => a - b);
   const percentile = (p: number) => durations[Math.min(durations.length - 1, Math.floor((p / 100) * durations.length))] ?? Number.NaN;
   return { requestsPerSecond, p50Ms: percentile(50), p99Ms: percentile(99), errors: failed };
 }
@@ -191,18 +239,24 @@ export function envoyCheckRequest(token: string, host = 'foo.oto.tools:8080', pa
 export async function startExtAuthzProcess(authority: { grpcAddress: string; adminToken: string }, env: Record<string, string> = {}) {
   const grpcPort = await freePort();
   const httpPort = await freePort();
-  const spawned = await spawnNode('../services/ext-authz/main.js', {
-    CONFIG_FILE: resolve(__dirname, '../../config/ext-authz.yaml'),
-    GRPC_HOST: '127.0.0.1',
-    GRPC_PORT: String(grpcPort),
-    HTTP_HOST: '127.0.0.1',
-    HTTP_PORT: String(httpPort),
-    AUTHORITY_GRPC_URL: authority.grpcAddress,
-    AUTHORITY_TOKEN: authority.adminToken,
-    LOG_LEVEL: 'warn',
-    ...env,
-  }, httpPort, '/health');
+  const spawned = await spawnNode(
+    '../services/ext-authz/main.js',
+    {
+      CONFIG_FILE: resolve(__dirname, '../../config/ext-authz.yaml'),
+      GRPC_HOST: '127.0.0.1',
+      GRPC_PORT: String(grpcPort),
+      HTTP_HOST: '127.0.0.1',
+      HTTP_PORT: String(httpPort),
+      AUTHORITY_GRPC_URL: authority.grpcAddress,
+      AUTHORITY_TOKEN: authority.adminToken,
+      LOG_LEVEL: 'warn',
+      ...env,
+    },
+    httpPort,
+    '/health',
+  );
   // /health answers 503 until the first state arrives.
-  for (let attempt = 0; attempt < 100 && (await fetch(`${spawned.url}/health`)).status !== 200; attempt += 1) await new Promise((done) => setTimeout(done, 50));
+  for (let attempt = 0; attempt < 100 && (await fetch(`${spawned.url}/health`)).status !== 200; attempt += 1)
+    await new Promise((done) => setTimeout(done, 50));
   return { ...spawned, grpcPort, httpPort, grpcAddress: `127.0.0.1:${grpcPort}` };
 }

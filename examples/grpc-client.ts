@@ -28,13 +28,19 @@ async function main(args: string[]): Promise<number> {
   const client = new definition.token_authority.v1.TokenAuthority(address, credentials.createInsecure());
   const call = (method: string, request: object, metadata = new Metadata()) =>
     new Promise<unknown>((resolve, reject) =>
-      client[method](request, metadata, { deadline: Date.now() + 5000 }, (error: ServiceError | null, response: unknown) => (error ? reject(error) : resolve(response))),
+      client[method](request, metadata, { deadline: Date.now() + 5000 }, (error: ServiceError | null, response: unknown) =>
+        error ? reject(error) : resolve(response),
+      ),
     );
   const [command, ...rest] = args;
   try {
     let response: unknown;
     if (command === 'token' && rest.length >= 2) {
-      response = await call('IssueToken', { grant_type: 'client_credentials', ...(rest[2] ? { scope: rest[2] } : {}) }, basicMetadata(rest[0], rest[1]));
+      response = await call(
+        'IssueToken',
+        { grant_type: 'client_credentials', ...(rest[2] ? { scope: rest[2] } : {}) },
+        basicMetadata(rest[0], rest[1]),
+      );
     } else if (command === 'introspect' && rest.length === 3) {
       response = await call('IntrospectToken', { token: rest[0] }, basicMetadata(rest[1], rest[2]));
     } else if (command === 'revoke' && rest.length === 3) {

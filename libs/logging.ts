@@ -2,7 +2,8 @@ import type { LoggerService } from '@nestjs/common';
 import pino, { type Logger } from 'pino';
 
 /** Query parameters that carry credentials (OAuth2, RFC 6750 §2.3, Otoroshi's headers as parameters). */
-const SECRET_PARAMETERS = /^(client_secret|access_token|refresh_token|token|id_token|code|password|api_key|apikey|otoroshi-client-secret)$/i;
+const SECRET_PARAMETERS =
+  /^(client_secret|access_token|refresh_token|token|id_token|code|password|api_key|apikey|otoroshi-client-secret)$/i;
 
 /** A URL as it may be logged: the value of every credential-bearing query parameter replaced. */
 export function redactUrl(url: string): string {
@@ -34,7 +35,12 @@ export function createLogger(service: string, level: string): Logger {
     base: { service },
     serializers: {
       // Fastify's request log line, with the URL's credentials redacted.
-      req: (request: { method?: string; url?: string; headers?: Record<string, unknown>; socket?: { remoteAddress?: string; remotePort?: number } }) => ({
+      req: (request: {
+        method?: string;
+        url?: string;
+        headers?: Record<string, unknown>;
+        socket?: { remoteAddress?: string; remotePort?: number };
+      }) => ({
         method: request.method,
         url: redactUrl(request.url ?? ''),
         host: request.headers?.host,
@@ -43,7 +49,14 @@ export function createLogger(service: string, level: string): Logger {
       }),
     },
     redact: {
-      paths: ['req.headers.authorization', 'req.headers["otoroshi-client-secret"]', 'clientSecret', 'client_secret', 'token', 'access_token'],
+      paths: [
+        'req.headers.authorization',
+        'req.headers["otoroshi-client-secret"]',
+        'clientSecret',
+        'client_secret',
+        'token',
+        'access_token',
+      ],
       censor: '[redacted]',
     },
   });

@@ -7,7 +7,11 @@ import { keepServingOnUncaughtErrors } from './observability/unexpected-errors';
  * a bad one), start, then on SIGTERM/SIGINT close gracefully and exit. A failed start exits 1;
  * once serving, unexpected exceptions are logged and counted instead (unexpected-errors.ts).
  */
-export function runService<Config>(name: string, loadConfig: () => Config, start: (config: Config) => Promise<{ close(): Promise<void> }>): void {
+export function runService<Config>(
+  name: string,
+  loadConfig: () => Config,
+  start: (config: Config) => Promise<{ close(): Promise<void> }>,
+): void {
   const main = async () => {
     let config: Config;
     try {

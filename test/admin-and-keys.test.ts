@@ -19,7 +19,12 @@ describe('admin API and key pairs', () => {
   const jwks = async () => (await (await fetch(`${authority.url}${JWKS_PATH}`)).json()) as { keys: { kid: string; alg: string }[] };
 
   describe('authentication of the admin API', () => {
-    for (const authorization of [undefined, 'Bearer wrong-token-0123456789', `Basic ${Buffer.from(`admin:${ADMIN_TOKEN}`).toString('base64')}`, `Bearer ${ADMIN_TOKEN}x`]) {
+    for (const authorization of [
+      undefined,
+      'Bearer wrong-token-0123456789',
+      `Basic ${Buffer.from(`admin:${ADMIN_TOKEN}`).toString('base64')}`,
+      `Bearer ${ADMIN_TOKEN}x`,
+    ]) {
       it(`refuses ${authorization ? authorization.split(' ')[0] + ' ' + (authorization.length > 30 ? 'wrong' : '') : 'no header'} with 401`, async () => {
         const response = await fetch(`${authority.url}/api/apikeys`, { headers: authorization ? { authorization } : {} });
         assert.equal(response.status, 401);
@@ -57,7 +62,11 @@ describe('admin API and key pairs', () => {
       }
       const named = await authority.admin('POST', '/api/apikeys', { clientSecret: 'short' });
       assert.equal(named.body.details[0].path, 'clientSecret');
-      const notJson = await fetch(`${authority.url}/api/apikeys`, { method: 'POST', headers: { authorization: `Bearer ${ADMIN_TOKEN}`, 'content-type': 'application/json' }, body: '{' });
+      const notJson = await fetch(`${authority.url}/api/apikeys`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${ADMIN_TOKEN}`, 'content-type': 'application/json' },
+        body: '{',
+      });
       assert.equal(notJson.status, 400);
     });
 
@@ -115,7 +124,11 @@ describe('admin API and key pairs', () => {
     });
 
     it('refuses metadata scopes that are not scope tokens', async () => {
-      const response = await authority.admin('POST', '/api/apikeys', { clientId: 'bad-meta', clientSecret: 'bad-meta-secret', metadata: { scope: 'read caf\u00e9 a\u0001b' } });
+      const response = await authority.admin('POST', '/api/apikeys', {
+        clientId: 'bad-meta',
+        clientSecret: 'bad-meta-secret',
+        metadata: { scope: 'read caf\u00e9 a\u0001b' },
+      });
       assert.equal(response.status, 400);
       assert.equal(response.body.details[0].path, 'metadata');
     });
@@ -134,13 +147,25 @@ describe('admin API and key pairs', () => {
         const created = await authority.admin('POST', '/api/keypairs', { id, algorithm });
         assert.equal(created.status, 201);
         assert.equal(JSON.stringify(created.body).includes('PRIVATE'), false, 'no private key in answers');
-        await authority.admin('POST', '/api/apikeys', { clientId: `client-${id}`, clientSecret: 'a-secret-123', metadata: { 'jwt-sign-keypair': id } });
+        await authority.admin('POST', '/api/apikeys', {
+          clientId: `client-${id}`,
+          clientSecret: 'a-secret-123',
+          metadata: { 'jwt-sign-keypair': id },
+        });
         const { body } = await tokenFor(`client-${id}`, 'a-secret-123');
         assert.deepEqual(decodeProtectedHeader(body.access_token), { typ: 'at+jwt', alg: algorithm, kid: id });
         const keySet = createLocalJWKSet((await jwks()) as never);
-        const { payload } = await jwtVerify(body.access_token, keySet, { issuer: authority.config.issuer, audience: 'otoroshi', algorithms: [algorithm] });
+        const { payload } = await jwtVerify(body.access_token, keySet, {
+          issuer: authority.config.issuer,
+          audience: 'otoroshi',
+          algorithms: [algorithm],
+        });
         assert.equal(payload.client_id, `client-${id}`);
-        const introspection = await authority.postForm(INTROSPECT_PATH, { token: body.access_token }, { authorization: basic(`client-${id}`, 'a-secret-123') });
+        const introspection = await authority.postForm(
+          INTROSPECT_PATH,
+          { token: body.access_token },
+          { authorization: basic(`client-${id}`, 'a-secret-123') },
+        );
         assert.equal(((await introspection.json()) as { active: boolean }).active, true);
       });
     }
@@ -153,15 +178,26 @@ describe('admin API and key pairs', () => {
       assert.equal((await authority.admin('POST', '/api/keypairs', { id: 'wrong-alg', algorithm: 'RS256', privateKey: pem })).status, 400);
       const small = generateKeyPairSync('rsa', { modulusLength: 1024 }).privateKey.export({ type: 'pkcs8', format: 'pem' }).toString();
       assert.equal((await authority.admin('POST', '/api/keypairs', { id: 'small', algorithm: 'RS256', privateKey: small })).status, 400);
-      assert.equal((await authority.admin('POST', '/api/keypairs', { id: 'junk', algorithm: 'RS256', privateKey: 'not a pem' })).status, 400);
+      assert.equal(
+        (await authority.admin('POST', '/api/keypairs', { id: 'junk', algorithm: 'RS256', privateKey: 'not a pem' })).status,
+        400,
+      );
       const otherPublic = generateKeyPairSync('ec', { namedCurve: 'P-256' }).publicKey.export({ type: 'spki', format: 'pem' }).toString();
-      assert.equal((await authority.admin('POST', '/api/keypairs', { id: 'mismatch', algorithm: 'ES256', privateKey: pem, publicKey: otherPublic })).status, 400);
+      assert.equal(
+        (await authority.admin('POST', '/api/keypairs', { id: 'mismatch', algorithm: 'ES256', privateKey: pem, publicKey: otherPublic }))
+          .status,
+        400,
+      );
       assert.equal((await authority.admin('POST', '/api/keypairs', { id: 'hs', algorithm: 'HS256' })).status, 400, 'no HMAC keys');
     });
 
     it('a retired key pair signs nothing more but stays in the JWKS; deletion is refused while in use', async () => {
       await authority.admin('POST', '/api/keypairs', { id: 'short-lived', algorithm: 'ES256' });
-      await authority.admin('POST', '/api/apikeys', { clientId: 'uses-short', clientSecret: 'short-secret', metadata: { 'jwt-sign-keypair': 'short-lived' } });
+      await authority.admin('POST', '/api/apikeys', {
+        clientId: 'uses-short',
+        clientSecret: 'short-secret',
+        metadata: { 'jwt-sign-keypair': 'short-lived' },
+      });
       const before = await tokenFor('uses-short', 'short-secret');
       assert.equal(before.status, 200);
       const retired = await authority.admin('POST', '/api/keypairs/short-lived/retire');
@@ -172,13 +208,21 @@ describe('admin API and key pairs', () => {
       assert.equal(after.status, 400);
       assert.match(after.body.error_description, /short-lived/);
       assert.ok((await jwks()).keys.some((key) => key.kid === 'short-lived'));
-      const introspection = await authority.postForm(INTROSPECT_PATH, { token: before.body.access_token }, { authorization: basic('uses-short', 'short-secret') });
+      const introspection = await authority.postForm(
+        INTROSPECT_PATH,
+        { token: before.body.access_token },
+        { authorization: basic('uses-short', 'short-secret') },
+      );
       assert.equal(((await introspection.json()) as { active: boolean }).active, true);
       assert.equal((await authority.admin('DELETE', '/api/keypairs/short-lived')).status, 409);
       assert.equal((await authority.admin('DELETE', '/api/keypairs/otoroshi-jwt-signing')).status, 409, 'the default key pair');
       await authority.admin('DELETE', '/api/apikeys/uses-short');
       assert.equal((await authority.admin('DELETE', '/api/keypairs/short-lived')).status, 204);
-      assert.equal((await jwks()).keys.some((key) => key.kid === 'short-lived'), false, 'deleted keys leave the JWKS at once');
+      assert.equal(
+        (await jwks()).keys.some((key) => key.kid === 'short-lived'),
+        false,
+        'deleted keys leave the JWKS at once',
+      );
     });
   });
 });
@@ -202,7 +246,9 @@ describe('domain and secure settings', () => {
   it('with trustProxy, still matches the Host header, not a client-sent X-Forwarded-Host', async () => {
     const authority = await startTestAuthority({ domain: 'oauth.oto.tools', trustProxy: true });
     try {
-      const spoofed = await httpRequest(`${authority.url}${JWKS_PATH}`, { headers: { host: 'evil.example', 'x-forwarded-host': 'oauth.oto.tools' } });
+      const spoofed = await httpRequest(`${authority.url}${JWKS_PATH}`, {
+        headers: { host: 'evil.example', 'x-forwarded-host': 'oauth.oto.tools' },
+      });
       assert.equal(spoofed.status, 404);
       assert.equal((await httpRequest(`${authority.url}${JWKS_PATH}`, { headers: { host: 'oauth.oto.tools' } })).status, 200);
     } finally {
@@ -217,7 +263,11 @@ describe('domain and secure settings', () => {
       const plain = await fetch(`${strict.url}${JWKS_PATH}`);
       assert.equal(plain.status, 400);
       assert.deepEqual(await plain.json(), { error: 'invalid_request', error_description: 'use a secure channel' });
-      assert.equal((await fetch(`${strict.url}${JWKS_PATH}`, { headers: { 'x-forwarded-proto': 'https' } })).status, 400, 'header not trusted');
+      assert.equal(
+        (await fetch(`${strict.url}${JWKS_PATH}`, { headers: { 'x-forwarded-proto': 'https' } })).status,
+        400,
+        'header not trusted',
+      );
       assert.equal((await fetch(`${trusting.url}${JWKS_PATH}`, { headers: { 'x-forwarded-proto': 'https' } })).status, 200);
     } finally {
       await strict.stop();

@@ -30,7 +30,9 @@ const SECRETS = { ADMIN_TOKEN: 'compose-test-admin-token-0123456789', DATA_PLANE
 function runComposeConfig(env: NodeJS.ProcessEnv) {
   const result = spawnSync('docker-compose', ['-f', 'docker-compose.yml', 'config'], { cwd: ROOT, env, encoding: 'utf8', timeout: 60_000 });
   if (result.error) {
-    assert.fail(`could not run docker-compose (${result.error.message}); install it (Debian: apt-get install docker-compose, as .ci/run does)`);
+    assert.fail(
+      `could not run docker-compose (${result.error.message}); install it (Debian: apt-get install docker-compose, as .ci/run does)`,
+    );
   }
   return result;
 }
@@ -81,10 +83,13 @@ describe('docker-compose.yml', () => {
     const tested = /\/(\d+\.\d+\.\d+)\//.exec(spawnSync(envoyBinary(), ['--version'], { encoding: 'utf8' }).stdout)?.[1];
     assert.equal(envoy.image, `envoyproxy/envoy:v${tested}`);
     assert.deepEqual(mounts(envoy), [{ source: path.join(ROOT, 'envoy', 'envoy.yaml'), target: '/etc/envoy/envoy.yaml', readOnly: true }]);
-    assert.deepEqual(ports(envoy).map((port) => [port.published, port.target]), [
-      [8080, 8080],
-      [9901, 9901],
-    ]);
+    assert.deepEqual(
+      ports(envoy).map((port) => [port.published, port.target]),
+      [
+        [8080, 8080],
+        [9901, 9901],
+      ],
+    );
     assert.equal(ports(envoy).find((port) => port.target === 9901)?.hostIp, '127.0.0.1', "Envoy's admin API on loopback only");
     assert.equal(envoy.depends_on?.['ext-authz']?.condition, 'service_healthy', 'ext_authz fails closed: wait for ext-authz');
   });
@@ -113,10 +118,16 @@ describe('docker-compose.yml', () => {
     }
   });
 
-  it('builds the image with the project\'s own build (dist/ and the reflection descriptor sets)', () => {
+  it("builds the image with the project's own build (dist/ and the reflection descriptor sets)", () => {
     const dockerfile = readFileSync(path.join(ROOT, 'Dockerfile'), 'utf8');
     assert.match(dockerfile, /^RUN npm run build\b/m, 'npm run build, not tsc alone: the image needs dist/proto/*.binpb too');
-    for (const built of ['dist/services/token-authority/main.js', 'dist/services/ext-authz/main.js', 'dist/services/echo-backend/main.js', 'dist/proto/token_authority.binpb', 'dist/proto/health.binpb']) {
+    for (const built of [
+      'dist/services/token-authority/main.js',
+      'dist/services/ext-authz/main.js',
+      'dist/services/echo-backend/main.js',
+      'dist/proto/token_authority.binpb',
+      'dist/proto/health.binpb',
+    ]) {
       assert.ok(existsSync(path.join(ROOT, built)), `${built} is what npm run build makes and the image runs`);
     }
   });
@@ -126,10 +137,17 @@ describe('docker-compose.yml', () => {
     assert.equal(authority.environment?.ISSUER, 'http://oauth.oto.tools:8080');
     assert.equal(authority.environment?.ADMIN_TOKEN, SECRETS.ADMIN_TOKEN);
     assert.equal(authority.environment?.DATA_PLANE_TOKEN, SECRETS.DATA_PLANE_TOKEN);
-    assert.equal(config.services['ext-authz'].environment?.AUTHORITY_TOKEN, SECRETS.DATA_PLANE_TOKEN, 'ext-authz watches with the data plane token');
+    assert.equal(
+      config.services['ext-authz'].environment?.AUTHORITY_TOKEN,
+      SECRETS.DATA_PLANE_TOKEN,
+      'ext-authz watches with the data plane token',
+    );
     const data = mounts(authority).find((mount) => mount.target === '/app/data');
     assert.ok(data && config.volumes && data.source in config.volumes, 'a named volume on /app/data');
-    assert.deepEqual(ports(authority).map((port) => [port.published, port.target]), [[50051, 50051]]);
+    assert.deepEqual(
+      ports(authority).map((port) => [port.published, port.target]),
+      [[50051, 50051]],
+    );
   });
 
   it('runs ext-authz and the echo backend from the same image with their own commands', () => {
@@ -148,7 +166,8 @@ describe('docker-compose.yml', () => {
 
 describe('Dockerfile', () => {
   const lines = readFileSync(path.join(ROOT, 'Dockerfile'), 'utf8').split('\n');
-  const instructions = (keyword: string) => lines.filter((line) => line.startsWith(`${keyword} `)).map((line) => line.slice(keyword.length + 1));
+  const instructions = (keyword: string) =>
+    lines.filter((line) => line.startsWith(`${keyword} `)).map((line) => line.slice(keyword.length + 1));
 
   it('builds on a pinned node 20 bookworm-slim image', () => {
     const images = instructions('FROM').map((from) => from.split(' ')[0]);
@@ -171,7 +190,9 @@ describe('echo backend over HTTP', () => {
   after(() => backend.close());
 
   it('answers with the method, path and request headers as JSON', async () => {
-    const response = await fetch(`${backend.url}/anything/here?x=1`, { headers: { Authorization: 'Bearer generated-token-xxxxx', 'X-Client-Id': 'my-id' } });
+    const response = await fetch(`${backend.url}/anything/here?x=1`, {
+      headers: { Authorization: 'Bearer generated-token-xxxxx', 'X-Client-Id': 'my-id' },
+    });
     assert.equal(response.status, 200);
     assert.match(response.headers.get('content-type') ?? '', /^application\/json/);
     const body = (await response.json()) as EchoResponse;
@@ -182,7 +203,11 @@ describe('echo backend over HTTP', () => {
   });
 
   it('answers a POST with a body the same way', async () => {
-    const response = await fetch(`${backend.url}/`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ a: 1 }) });
+    const response = await fetch(`${backend.url}/`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ a: 1 }),
+    });
     const body = (await response.json()) as EchoResponse;
     assert.equal(body.method, 'POST');
     assert.equal(body.path, '/');

@@ -1,4 +1,11 @@
-import { credentials, loadPackageDefinition, Metadata, status as GrpcStatus, type ClientReadableStream, type ServiceError } from '@grpc/grpc-js';
+import {
+  credentials,
+  loadPackageDefinition,
+  Metadata,
+  status as GrpcStatus,
+  type ClientReadableStream,
+  type ServiceError,
+} from '@grpc/grpc-js';
 import { loadSync } from '@grpc/proto-loader';
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -87,7 +94,10 @@ describe('data plane feed over the store change log', () => {
     assert.notEqual(delta.version, before);
     assert.equal(delta.reset, false);
     assert.equal(delta.more, false);
-    assert.deepEqual(delta.apiKeys.map((key) => [key.clientId, key.enabled]), [['bulk-007', false]]);
+    assert.deepEqual(
+      delta.apiKeys.map((key) => [key.clientId, key.enabled]),
+      [['bulk-007', false]],
+    );
     assert.deepEqual([delta.removedApiKeys, delta.revokedTokens, delta.keyPairs], [[], [], []]);
 
     const removal = nextDeltas(feed);
@@ -102,7 +112,8 @@ describe('data plane feed over the store change log', () => {
 
   it('coalesces a burst of writes into one delta', async () => {
     const deltas = nextDeltas(feed);
-    for (let index = 0; index < 20; index += 1) await store.apiKeys.modify('bulk-001', (current) => ({ ...current, description: `v${index}` }));
+    for (let index = 0; index < 20; index += 1)
+      await store.apiKeys.modify('bulk-001', (current) => ({ ...current, description: `v${index}` }));
     const [delta] = await deltas;
     assert.equal(delta.apiKeys.length, 1, 'one entry for twenty changes of one key');
     assert.equal((delta.apiKeys[0] as unknown as { clientId: string }).clientId, 'bulk-001');
@@ -113,8 +124,14 @@ describe('data plane feed over the store change log', () => {
     await new Promise((done) => setTimeout(done, 100));
     const parts = await collect(feed.updatesFrom());
     assert.ok(parts.length >= 3, `${parts.length} parts`);
-    assert.deepEqual(parts.map((part) => part.reset), parts.map((_, index) => index === 0));
-    assert.deepEqual(parts.map((part) => part.more), parts.map((_, index) => index < parts.length - 1));
+    assert.deepEqual(
+      parts.map((part) => part.reset),
+      parts.map((_, index) => index === 0),
+    );
+    assert.deepEqual(
+      parts.map((part) => part.more),
+      parts.map((_, index) => index < parts.length - 1),
+    );
     assert.equal(new Set(parts.map((part) => part.version)).size, 1);
     assert.equal(parts[0].version, feed.version);
     assert.equal(parts[0].issuer, 'http://issuer');
@@ -122,7 +139,10 @@ describe('data plane feed over the store change log', () => {
     assert.equal(clientIds.length, 2100 + 49);
     assert.equal(new Set(clientIds).size, clientIds.length);
     assert.ok(parts.every((part) => part.apiKeys.length <= 1000));
-    assert.deepEqual(parts.flatMap((part) => part.revokedTokens.map((revoked) => revoked.jti)), ['jti-1']);
+    assert.deepEqual(
+      parts.flatMap((part) => part.revokedTokens.map((revoked) => revoked.jti)),
+      ['jti-1'],
+    );
   });
 
   it('catches a data plane up from its version with only what it missed', async () => {
@@ -133,8 +153,14 @@ describe('data plane feed over the store change log', () => {
     await deltas;
     const parts = await collect(feed.updatesFrom(from));
     assert.ok(parts.every((part) => !part.reset && part.baseVersion === from && part.version === feed.version));
-    assert.deepEqual(parts.flatMap((part) => part.apiKeys.map((key) => key.clientId)), ['page-00042']);
-    assert.deepEqual(parts.flatMap((part) => part.removedApiKeys), ['page-00043']);
+    assert.deepEqual(
+      parts.flatMap((part) => part.apiKeys.map((key) => key.clientId)),
+      ['page-00042'],
+    );
+    assert.deepEqual(
+      parts.flatMap((part) => part.removedApiKeys),
+      ['page-00043'],
+    );
   });
 
   it('answers a version it cannot continue (another store, the future, garbage) with a snapshot', async () => {
@@ -150,13 +176,16 @@ describe('data plane feed over the store change log', () => {
       const deltas = nextDeltas(feed, 1, 2000);
       await other.apiKeys.modify('page-00100', (current) => ({ ...current, enabled: false }));
       const [delta] = await deltas;
-      assert.deepEqual(delta.apiKeys.map((key) => [key.clientId, key.enabled]), [['page-00100', false]]);
+      assert.deepEqual(
+        delta.apiKeys.map((key) => [key.clientId, key.enabled]),
+        [['page-00100', false]],
+      );
     } finally {
       await other.close();
     }
   });
 
-  it('never sends a cached copy older than the change: another process\'s write, then one of ours within the poll interval', async () => {
+  it("never sends a cached copy older than the change: another process's write, then one of ours within the poll interval", async () => {
     const other = new SqliteStore(join(dir, 'store.sqlite'));
     try {
       assert.equal((await store.apiKeys.get('page-00200'))?.enabled, true, 'cached here');
@@ -165,7 +194,10 @@ describe('data plane feed over the store change log', () => {
       // Our own write publishes at once, before the 250 ms data_version poll has seen theirs.
       await store.revocations.revoke('jti-cache', Date.now() + 60_000);
       const [delta] = await deltas;
-      assert.deepEqual(delta.apiKeys.map((key) => [key.clientId, key.enabled]), [['page-00200', false]]);
+      assert.deepEqual(
+        delta.apiKeys.map((key) => [key.clientId, key.enabled]),
+        [['page-00200', false]],
+      );
       assert.equal((await store.apiKeys.get('page-00200'))?.enabled, false, 'and the token path reads it fresh too');
     } finally {
       await other.close();
@@ -174,7 +206,15 @@ describe('data plane feed over the store change log', () => {
 
   it('retries a delta that failed to build, without waiting for another write', async () => {
     let failures = 1;
-    const flaky = { ...store, onChange: store.onChange.bind(store), close: async () => {}, apiKeys: { ...store.apiKeys, get: async (clientId: string) => (failures-- > 0 ? Promise.reject(new Error('SQLITE_BUSY')) : store.apiKeys.get(clientId)) } };
+    const flaky = {
+      ...store,
+      onChange: store.onChange.bind(store),
+      close: async () => {},
+      apiKeys: {
+        ...store.apiKeys,
+        get: async (clientId: string) => (failures-- > 0 ? Promise.reject(new Error('SQLITE_BUSY')) : store.apiKeys.get(clientId)),
+      },
+    };
     const errors: Error[] = [];
     const flakyFeed = new DataPlaneFeed(flaky, keyRing, { issuer: 'http://issuer', audience: 'otoroshi' }, (error) => errors.push(error));
     await flakyFeed.start();
@@ -182,7 +222,10 @@ describe('data plane feed over the store change log', () => {
       const deltas = nextDeltas(flakyFeed, 1, 3000);
       await store.apiKeys.modify('page-00201', (current) => ({ ...current, description: 'retried' }));
       const [delta] = await deltas;
-      assert.deepEqual(delta.apiKeys.map((key) => key.clientId), ['page-00201']);
+      assert.deepEqual(
+        delta.apiKeys.map((key) => key.clientId),
+        ['page-00201'],
+      );
       assert.equal(errors.length, 1);
     } finally {
       flakyFeed.close();
@@ -238,14 +281,17 @@ describe('DeltaWatch over gRPC', () => {
 
   it('answers the deprecated Watch with UNIMPLEMENTED, and DeltaWatch without the token with UNAUTHENTICATED', async () => {
     const client = new definition.token_authority.v1.AuthorityWatch(authority.grpcAddress, credentials.createInsecure());
-    const errorOf = (call: ClientReadableStream<unknown>) => new Promise<ServiceError>((resolve) => (call.on('data', () => {}), call.on('error', resolve)));
+    const errorOf = (call: ClientReadableStream<unknown>) =>
+      new Promise<ServiceError>((resolve) => (call.on('data', () => {}), call.on('error', resolve)));
     assert.equal((await errorOf(client.Watch({}, metadata()))).code, GrpcStatus.UNIMPLEMENTED);
     assert.equal((await errorOf(client.DeltaWatch({}, new Metadata()))).code, GrpcStatus.UNAUTHENTICATED);
     client.close();
   });
 
   it('ends a client that does not read with RESOURCE_EXHAUSTED, holding a bounded amount for it', async () => {
-    const client = new definition.token_authority.v1.AuthorityWatch(authority.grpcAddress, credentials.createInsecure(), { 'grpc.max_receive_message_length': 64 * 1024 * 1024 });
+    const client = new definition.token_authority.v1.AuthorityWatch(authority.grpcAddress, credentials.createInsecure(), {
+      'grpc.max_receive_message_length': 64 * 1024 * 1024,
+    });
     const call: ClientReadableStream<unknown> = client.DeltaWatch({ node_id: 'stuck' }, metadata());
     let messages = 0;
     call.on('data', () => {
@@ -256,12 +302,15 @@ describe('DeltaWatch over gRPC', () => {
     await new Promise((done) => setTimeout(done, 200));
     // 30,000 changes, ~30 deltas of 1,000 keys, while the client reads nothing.
     for (let batch = 0; batch < 3; batch += 1) {
-      await authority.authority.store.apiKeys.createMany(Array.from({ length: 10_000 }, (_, index) => apiKey(`slow-${batch}-${String(index).padStart(5, '0')}`)));
+      await authority.authority.store.apiKeys.createMany(
+        Array.from({ length: 10_000 }, (_, index) => apiKey(`slow-${batch}-${String(index).padStart(5, '0')}`)),
+      );
       await new Promise((done) => setTimeout(done, 50));
     }
     const metrics = async () => (await fetch(`${authority.url}/metrics`)).text();
     const deadline = Date.now() + 10_000;
-    while (!/token_authority_watch_streams 0/.test(await metrics()) && Date.now() < deadline) await new Promise((done) => setTimeout(done, 100));
+    while (!/token_authority_watch_streams 0/.test(await metrics()) && Date.now() < deadline)
+      await new Promise((done) => setTimeout(done, 100));
     assert.match(await metrics(), /token_authority_watch_streams 0/, 'the authority let the stuck stream go');
     call.resume();
     const error = await ended;

@@ -15,7 +15,8 @@ type Yaml = any;
 
 const HCM = 'static_resources.listeners[0].filter_chains[0].filters[0].typed_config';
 const hcm = (config: Yaml): Yaml => config.static_resources.listeners[0].filter_chains[0].filters[0].typed_config;
-const virtualHost = (config: Yaml, domain: string): Yaml => hcm(config).route_config.virtual_hosts.find((host: Yaml) => host.domains.includes(domain));
+const virtualHost = (config: Yaml, domain: string): Yaml =>
+  hcm(config).route_config.virtual_hosts.find((host: Yaml) => host.domains.includes(domain));
 const httpFilter = (config: Yaml, name: string): Yaml => hcm(config).http_filters.find((filter: Yaml) => filter.name === name);
 const cluster = (config: Yaml, name: string): Yaml => config.static_resources.clusters.find((entry: Yaml) => entry.name === name);
 const endpointOf = (entry: Yaml): Yaml => entry.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address;
@@ -67,7 +68,9 @@ describe('the routing and authorization contract of envoy.yaml', () => {
     assert.equal(checked.route.cluster, 'echo');
     assert.deepEqual(checked.typed_per_filter_config['envoy.filters.http.ext_authz'].check_settings.context_extensions, { route: 'foo' });
     const bar = virtualHost(config, 'bar.oto.tools');
-    assert.deepEqual(bar.routes[0].typed_per_filter_config['envoy.filters.http.ext_authz'].check_settings.context_extensions, { route: 'bar' });
+    assert.deepEqual(bar.routes[0].typed_per_filter_config['envoy.filters.http.ext_authz'].check_settings.context_extensions, {
+      route: 'bar',
+    });
     assert.equal(foo.typed_per_filter_config, undefined, 'ext_authz stays enabled on the foo host');
   });
 
@@ -81,7 +84,8 @@ describe('the routing and authorization contract of envoy.yaml', () => {
 
   it('defines every cluster it routes to, at the compose service addresses', () => {
     const routed = hcm(config).route_config.virtual_hosts.flatMap((host: Yaml) => host.routes.map((route: Yaml) => route.route.cluster));
-    for (const name of [...routed, extAuthz.typed_config.grpc_service.envoy_grpc.cluster_name]) assert.ok(cluster(config, name), `cluster ${name} is defined`);
+    for (const name of [...routed, extAuthz.typed_config.grpc_service.envoy_grpc.cluster_name])
+      assert.ok(cluster(config, name), `cluster ${name} is defined`);
     assert.deepEqual(endpointOf(cluster(config, 'token_authority')), { address: 'token-authority', port_value: 8080 });
     assert.deepEqual(endpointOf(cluster(config, 'token_authority_grpc')), { address: 'token-authority', port_value: 50051 });
     assert.deepEqual(endpointOf(cluster(config, 'echo')), { address: 'echo', port_value: 8081 });
@@ -103,7 +107,12 @@ describe('the authorization contract of envoy-http.yaml', () => {
 
   it('passes the credential and request id, and takes back identity headers', () => {
     assert.deepEqual(exactNames(settings.allowed_headers), ['authorization', 'x-request-id']);
-    assert.deepEqual(exactNames(settings.http_service.authorization_response.allowed_upstream_headers), ['x-client-id', 'x-client-name', 'x-client-scopes', 'authorization']);
+    assert.deepEqual(exactNames(settings.http_service.authorization_response.allowed_upstream_headers), [
+      'x-client-id',
+      'x-client-name',
+      'x-client-scopes',
+      'authorization',
+    ]);
   });
 
   it('still skips oauth.oto.tools, and health-checks ext-authz with GET /health', () => {

@@ -14,14 +14,29 @@ import { send, type Answer } from './support/proxy-request';
 const OAUTH = 'oauth.oto.tools';
 
 /** A request over TLS to Envoy's HTTPS listener, trusting only the test's own certificate. */
-function sendTls(port: number, pathname: string, options: { host: string; ca: Buffer; method?: string; headers?: Record<string, string>; body?: string }): Promise<Answer> {
+function sendTls(
+  port: number,
+  pathname: string,
+  options: { host: string; ca: Buffer; method?: string; headers?: Record<string, string>; body?: string },
+): Promise<Answer> {
   return new Promise((resolve, reject) => {
     const req = httpsRequest(
-      { host: '127.0.0.1', port, path: pathname, method: options.method ?? 'GET', servername: options.host, ca: options.ca, agent: false, headers: { host: options.host, ...options.headers } },
+      {
+        host: '127.0.0.1',
+        port,
+        path: pathname,
+        method: options.method ?? 'GET',
+        servername: options.host,
+        ca: options.ca,
+        agent: false,
+        headers: { host: options.host, ...options.headers },
+      },
       (res) => {
         const chunks: Buffer[] = [];
         res.on('data', (chunk: Buffer) => chunks.push(chunk));
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, counts: {}, body: Buffer.concat(chunks).toString('utf8') }));
+        res.on('end', () =>
+          resolve({ status: res.statusCode ?? 0, headers: res.headers, counts: {}, body: Buffer.concat(chunks).toString('utf8') }),
+        );
         res.on('error', reject);
       },
     );
@@ -35,7 +50,7 @@ function sendTls(port: number, pathname: string, options: { host: string; ca: Bu
  * with a certificate made for this test by openssl, and the authority's `secure: true`
  * (Otoroshi's default) behind Envoy, which sets X-Forwarded-Proto itself.
  */
-describe('HTTPS through a real Envoy, with the authority\'s secure setting', () => {
+describe("HTTPS through a real Envoy, with the authority's secure setting", () => {
   const dir = mkdtempSync(path.join(tmpdir(), 'envoy-tls-'));
   const certificateFile = path.join(dir, 'tls.crt');
   const privateKeyFile = path.join(dir, 'tls.key');
@@ -46,7 +61,27 @@ describe('HTTPS through a real Envoy, with the authority\'s secure setting', () 
   let ca: Buffer;
 
   before(async () => {
-    execFileSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '1', '-subj', `/CN=${OAUTH}`, '-addext', `subjectAltName=DNS:${OAUTH},DNS:foo.oto.tools`, '-keyout', privateKeyFile, '-out', certificateFile], { stdio: 'ignore' });
+    execFileSync(
+      'openssl',
+      [
+        'req',
+        '-x509',
+        '-newkey',
+        'rsa:2048',
+        '-nodes',
+        '-days',
+        '1',
+        '-subj',
+        `/CN=${OAUTH}`,
+        '-addext',
+        `subjectAltName=DNS:${OAUTH},DNS:foo.oto.tools`,
+        '-keyout',
+        privateKeyFile,
+        '-out',
+        certificateFile,
+      ],
+      { stdio: 'ignore' },
+    );
     ca = readFileSync(certificateFile);
     authority = await startTestAuthority({ domain: OAUTH, secure: true, trustProxy: true });
     extAuthz = await startTestExtAuthz(authority);
@@ -54,10 +89,19 @@ describe('HTTPS through a real Envoy, with the authority\'s secure setting', () 
     const endpoint = (url: string) => ({ address: '127.0.0.1', port: Number(url.split(':').pop()) });
     envoy = await startEnvoy(
       'envoy.yaml',
-      { token_authority: endpoint(authority.url), token_authority_grpc: endpoint(authority.grpcAddress), echo: endpoint(echo.url), ext_authz: endpoint(extAuthz.grpcAddress) },
+      {
+        token_authority: endpoint(authority.url),
+        token_authority_grpc: endpoint(authority.grpcAddress),
+        echo: endpoint(echo.url),
+        ext_authz: endpoint(extAuthz.grpcAddress),
+      },
       { certificateFile, privateKeyFile },
     );
-    assert.equal((await authority.admin('POST', '/api/apikeys', { clientId: 'tls-id', clientSecret: 'tls-secret', authorizedEntities: ['route_foo'] })).status, 201);
+    assert.equal(
+      (await authority.admin('POST', '/api/apikeys', { clientId: 'tls-id', clientSecret: 'tls-secret', authorizedEntities: ['route_foo'] }))
+        .status,
+      201,
+    );
   });
 
   after(async () => {

@@ -14,19 +14,32 @@ import { freePort } from './support/ports';
 import { FOO, send, type Answer } from './support/proxy-request';
 import { LOADER_OPTIONS, TOKEN_AUTHORITY_PROTO } from '../services/token-authority/grpc-options';
 
-const REFLECTION_PROTO = path.join(path.dirname(require.resolve('@grpc/reflection/package.json')), 'build', 'proto', 'grpc', 'reflection', 'v1', 'reflection.proto');
+const REFLECTION_PROTO = path.join(
+  path.dirname(require.resolve('@grpc/reflection/package.json')),
+  'build',
+  'proto',
+  'grpc',
+  'reflection',
+  'v1',
+  'reflection.proto',
+);
 
 /** A grpc-js client call through Envoy's listener (h2c), with `:authority` oauth.oto.tools. */
 function unary(client: any, method: string, request: object): Promise<{ error: ServiceError | null; response: any }> {
-  return new Promise((resolve) => client[method](request, new Metadata(), { deadline: Date.now() + 10_000 }, (error: ServiceError | null, response: unknown) => resolve({ error, response })));
+  return new Promise((resolve) =>
+    client[method](request, new Metadata(), { deadline: Date.now() + 10_000 }, (error: ServiceError | null, response: unknown) =>
+      resolve({ error, response }),
+    ),
+  );
 }
 
 const OAUTH = 'oauth.oto.tools';
 /** The policies ext-authz ships with (config/ext-authz.yaml), which the Envoy configs name. */
-const SHIPPED_POLICIES = (parse(readFileSync(path.resolve(__dirname, '../../config/ext-authz.yaml'), 'utf8')) as { policies: object }).policies;
+const SHIPPED_POLICIES = (parse(readFileSync(path.resolve(__dirname, '../../config/ext-authz.yaml'), 'utf8')) as { policies: object })
+  .policies;
 const CONFIGS = readdirSync(ENVOY_DIR).filter((file) => file.endsWith('.yaml'));
 
-describe('the repo\'s Envoy configs, checked by Envoy itself (envoy --mode validate)', () => {
+describe("the repo's Envoy configs, checked by Envoy itself (envoy --mode validate)", () => {
   for (const file of CONFIGS) {
     it(`accepts ${file}`, () => {
       const result = validateEnvoyConfig(readFileSync(path.join(ENVOY_DIR, file), 'utf8'));
@@ -39,7 +52,10 @@ describe('the repo\'s Envoy configs, checked by Envoy itself (envoy --mode valid
 
   it('refuses a broken copy: an unknown field, and a filter that is not an ext_authz config', () => {
     const source = readFileSync(path.join(ENVOY_DIR, 'envoy.yaml'), 'utf8');
-    for (const broken of [source.replace('failure_mode_allow: false', 'failure_mode_allowed: false'), source.replace('transport_api_version: V3', 'transport_api_version: V9')]) {
+    for (const broken of [
+      source.replace('failure_mode_allow: false', 'failure_mode_allowed: false'),
+      source.replace('transport_api_version: V3', 'transport_api_version: V9'),
+    ]) {
       assert.notEqual(broken, source);
       const result = validateEnvoyConfig(broken);
       assert.equal(result.ok, false, 'Envoy accepted a broken config');
@@ -57,8 +73,18 @@ function assertDenied(answer: Answer, status: number, message: string, log: () =
 
 /** The Otoroshi tutorial through a real Envoy 1.40, in each ext_authz mode, with the repo's config rendered for 127.0.0.1. */
 for (const mode of [
-  { name: 'gRPC ext_authz (envoy/envoy.yaml)', config: 'envoy.yaml', cluster: 'ext_authz', port: (extAuthz: TestExtAuthz) => extAuthz.grpcAddress },
-  { name: 'HTTP ext_authz (envoy/envoy-http.yaml)', config: 'envoy-http.yaml', cluster: 'ext_authz_http', port: (extAuthz: TestExtAuthz) => new URL(extAuthz.url).host },
+  {
+    name: 'gRPC ext_authz (envoy/envoy.yaml)',
+    config: 'envoy.yaml',
+    cluster: 'ext_authz',
+    port: (extAuthz: TestExtAuthz) => extAuthz.grpcAddress,
+  },
+  {
+    name: 'HTTP ext_authz (envoy/envoy-http.yaml)',
+    config: 'envoy-http.yaml',
+    cluster: 'ext_authz_http',
+    port: (extAuthz: TestExtAuthz) => new URL(extAuthz.url).host,
+  },
 ]) {
   describe(`the tutorial through a real Envoy, ${mode.name}`, () => {
     let authority: TestAuthority | undefined;
@@ -71,7 +97,11 @@ for (const mode of [
     before(async () => {
       authority = await startTestAuthority({ domain: OAUTH });
       [ports.grpc, ports.http] = [await freePort(), await freePort()];
-      extAuthz = await startTestExtAuthz(authority, { grpc: { host: '127.0.0.1', port: ports.grpc }, http: { host: '127.0.0.1', port: ports.http }, policies: SHIPPED_POLICIES });
+      extAuthz = await startTestExtAuthz(authority, {
+        grpc: { host: '127.0.0.1', port: ports.grpc },
+        http: { host: '127.0.0.1', port: ports.http },
+        policies: SHIPPED_POLICIES,
+      });
       echo = await startEchoBackend(0, '127.0.0.1');
       const endpoint = (hostPort: string) => ({ address: '127.0.0.1', port: Number(hostPort.split(':').pop()) });
       envoy = await startEnvoy(mode.config, {
@@ -105,7 +135,11 @@ for (const mode of [
       const jwks = await send(envoy!.url, JWKS_PATH, { host: OAUTH });
       assert.equal(jwks.status, 200, jwks.body);
       assert.ok((JSON.parse(jwks.body) as { keys: unknown[] }).keys.length >= 1);
-      const created = await authority!.admin('POST', '/api/apikeys', { clientId: 'my-id', clientSecret: 'my-secret', authorizedEntities: ['route_foo'] });
+      const created = await authority!.admin('POST', '/api/apikeys', {
+        clientId: 'my-id',
+        clientSecret: 'my-secret',
+        authorizedEntities: ['route_foo'],
+      });
       assert.equal(created.status, 201);
       await token('my-id', 'my-secret');
     });
@@ -115,15 +149,32 @@ for (const mode of [
       assertDenied(none, 401, 'No ApiKey provided', log);
       assert.match(String(none.headers['www-authenticate']), /^Bearer realm="foo"/);
       assertDenied(await send(envoy!.url, '/', { host: FOO, headers: { authorization: 'Bearer not.a.token' } }), 401, 'Bad ApiKey', log);
-      assert.equal((await authority!.admin('POST', '/api/apikeys', { clientId: 'other-id', clientSecret: 'other-secret', authorizedEntities: ['route_bar'] })).status, 201);
+      assert.equal(
+        (
+          await authority!.admin('POST', '/api/apikeys', {
+            clientId: 'other-id',
+            clientSecret: 'other-secret',
+            authorizedEntities: ['route_bar'],
+          })
+        ).status,
+        201,
+      );
       const other = await token('other-id', 'other-secret');
-      assertDenied(await send(envoy!.url, '/', { host: FOO, headers: { authorization: `Bearer ${other}` } }), 403, 'ApiKey not authorized on this route', log);
+      assertDenied(
+        await send(envoy!.url, '/', { host: FOO, headers: { authorization: `Bearer ${other}` } }),
+        403,
+        'ApiKey not authorized on this route',
+        log,
+      );
     });
 
-    it('lets a good token through to the backend, which sees x-client-id and none of the client\'s spoofed identity', async () => {
+    it("lets a good token through to the backend, which sees x-client-id and none of the client's spoofed identity", async () => {
       await extAuthz!.waitFor(() => extAuthz!.replica.apiKey('my-id') !== undefined);
       const good = await token('my-id', 'my-secret');
-      const answer = await send(envoy!.url, '/api/items?page=2', { host: FOO, headers: { authorization: `Bearer ${good}`, 'x-client-id': 'admin', 'x-client-scopes': 'root' } });
+      const answer = await send(envoy!.url, '/api/items?page=2', {
+        host: FOO,
+        headers: { authorization: `Bearer ${good}`, 'x-client-id': 'admin', 'x-client-scopes': 'root' },
+      });
       assert.equal(answer.status, 200, `${answer.body}\n${log().slice(-2000)}`);
       const seen = echoed(answer);
       assert.equal(seen.path, '/api/items?page=2');
@@ -151,13 +202,22 @@ for (const mode of [
       const api = loadPackageDefinition(loadSync(TOKEN_AUTHORITY_PROTO, LOADER_OPTIONS)) as any;
       const client = new api.token_authority.v1.TokenAuthority(address, credentials.createInsecure(), options);
       try {
-        const issued = await unary(client, 'IssueToken', { grant_type: 'client_credentials', client: { client_id: 'my-id', client_secret: 'my-secret' } });
+        const issued = await unary(client, 'IssueToken', {
+          grant_type: 'client_credentials',
+          client: { client_id: 'my-id', client_secret: 'my-secret' },
+        });
         assert.equal(issued.error, null, issued.error?.details);
-        const introspected = await unary(client, 'IntrospectToken', { token: issued.response.access_token, client: { client_id: 'my-id', client_secret: 'my-secret' } });
+        const introspected = await unary(client, 'IntrospectToken', {
+          token: issued.response.access_token,
+          client: { client_id: 'my-id', client_secret: 'my-secret' },
+        });
         assert.equal(introspected.error, null, introspected.error?.details);
         assert.equal(introspected.response.active, true);
         assert.equal(introspected.response.client_id, 'my-id');
-        const refused = await unary(client, 'IssueToken', { grant_type: 'client_credentials', client: { client_id: 'my-id', client_secret: 'wrong-secret' } });
+        const refused = await unary(client, 'IssueToken', {
+          grant_type: 'client_credentials',
+          client: { client_id: 'my-id', client_secret: 'wrong-secret' },
+        });
         assert.equal(refused.error?.code, 16, 'UNAUTHENTICATED, with the status passed through Envoy');
       } finally {
         client.close();
@@ -181,21 +241,42 @@ for (const mode of [
     });
 
     if (mode.config === 'envoy.yaml') {
-      it('applies each route\'s policy: bar takes Basic or Otoroshi headers and strips them; /public/ skips ext_authz', async () => {
-        assert.equal((await authority!.admin('POST', '/api/apikeys', { clientId: 'bar-id', clientSecret: 'bar-secret-1', authorizedEntities: ['route_bar'] })).status, 201);
+      it("applies each route's policy: bar takes Basic or Otoroshi headers and strips them; /public/ skips ext_authz", async () => {
+        assert.equal(
+          (
+            await authority!.admin('POST', '/api/apikeys', {
+              clientId: 'bar-id',
+              clientSecret: 'bar-secret-1',
+              authorizedEntities: ['route_bar'],
+            })
+          ).status,
+          201,
+        );
         await extAuthz!.waitFor(() => extAuthz!.replica.apiKey('bar-id') !== undefined);
-        const basic = await send(envoy!.url, '/b', { host: 'bar.oto.tools', headers: { authorization: `Basic ${Buffer.from('bar-id:bar-secret-1').toString('base64')}` } });
+        const basic = await send(envoy!.url, '/b', {
+          host: 'bar.oto.tools',
+          headers: { authorization: `Basic ${Buffer.from('bar-id:bar-secret-1').toString('base64')}` },
+        });
         assert.equal(basic.status, 200, basic.body);
         assert.equal(echoed(basic).headers['x-client-id'], 'bar-id');
         assert.equal(echoed(basic).headers.authorization, undefined, 'the credential was stripped');
-        const custom = await send(envoy!.url, '/b', { host: 'bar.oto.tools', headers: { 'otoroshi-client-id': 'bar-id', 'otoroshi-client-secret': 'bar-secret-1' } });
+        const custom = await send(envoy!.url, '/b', {
+          host: 'bar.oto.tools',
+          headers: { 'otoroshi-client-id': 'bar-id', 'otoroshi-client-secret': 'bar-secret-1' },
+        });
         assert.equal(custom.status, 200, custom.body);
         assert.equal(echoed(custom).headers['otoroshi-client-secret'], undefined, 'the secret never reaches the backend');
         assert.equal(echoed(custom).headers['otoroshi-client-id'], undefined);
-        const bearerThere = await send(envoy!.url, '/b', { host: 'bar.oto.tools', headers: { authorization: `Bearer ${await token('my-id', 'my-secret')}` } });
+        const bearerThere = await send(envoy!.url, '/b', {
+          host: 'bar.oto.tools',
+          headers: { authorization: `Bearer ${await token('my-id', 'my-secret')}` },
+        });
         assertDenied(bearerThere, 401, 'No ApiKey provided', log);
         assert.match(String(bearerThere.headers['www-authenticate']), /^Basic realm="bar"/);
-        const wrongRoute = await send(envoy!.url, '/', { host: FOO, headers: { authorization: `Basic ${Buffer.from('bar-id:bar-secret-1').toString('base64')}` } });
+        const wrongRoute = await send(envoy!.url, '/', {
+          host: FOO,
+          headers: { authorization: `Basic ${Buffer.from('bar-id:bar-secret-1').toString('base64')}` },
+        });
         assertDenied(wrongRoute, 401, 'No ApiKey provided', log);
         const open = await send(envoy!.url, '/public/page', { host: FOO });
         assert.equal(open.status, 200, open.body);
@@ -240,7 +321,11 @@ for (const mode of [
       await extAuthz!.close();
       const down = await send(envoy!.url, '/', { host: FOO, headers: { authorization: `Bearer ${good}` } });
       assert.equal(down.status, 403, `${down.status} ${down.body}`);
-      extAuthz = await startTestExtAuthz(authority!, { grpc: { host: '127.0.0.1', port: ports.grpc }, http: { host: '127.0.0.1', port: ports.http }, policies: SHIPPED_POLICIES });
+      extAuthz = await startTestExtAuthz(authority!, {
+        grpc: { host: '127.0.0.1', port: ports.grpc },
+        http: { host: '127.0.0.1', port: ports.http },
+        policies: SHIPPED_POLICIES,
+      });
       const back = Date.now();
       let answer: Answer;
       do answer = await send(envoy!.url, '/', { host: FOO, headers: { authorization: `Bearer ${good}` } });

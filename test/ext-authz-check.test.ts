@@ -39,7 +39,9 @@ function checkClient(address: string): CheckClient {
   return {
     check: (request, deadlineMs = 5_000) =>
       new Promise((resolve, reject) =>
-        client.Check(request, { deadline: Date.now() + deadlineMs }, (error: ServiceError | null, response: unknown) => (error ? reject(error) : resolve(response))),
+        client.Check(request, { deadline: Date.now() + deadlineMs }, (error: ServiceError | null, response: unknown) =>
+          error ? reject(error) : resolve(response),
+        ),
       ),
     close: () => client.close(),
   };
@@ -49,7 +51,9 @@ async function healthStatus(address: string, service = ''): Promise<string> {
   const client = new HealthClient(address, credentials.createInsecure()) as Client & Record<string, Function>;
   try {
     return await new Promise((resolve, reject) =>
-      client.Check({ service }, { deadline: Date.now() + 3_000 }, (error: ServiceError | null, response: { status: string }) => (error ? reject(error) : resolve(response.status))),
+      client.Check({ service }, { deadline: Date.now() + 3_000 }, (error: ServiceError | null, response: { status: string }) =>
+        error ? reject(error) : resolve(response.status),
+      ),
     );
   } finally {
     client.close();
@@ -94,7 +98,8 @@ function envoyCheckRequest({ headers = {}, route = 'foo', rawHeaders = false }: 
     scheme: 'http',
     protocol: 'HTTP/1.1',
   };
-  if (rawHeaders) http.header_map = { headers: Object.entries(allHeaders).map(([key, value]) => ({ key, raw_value: Buffer.from(value, 'utf8') })) };
+  if (rawHeaders)
+    http.header_map = { headers: Object.entries(allHeaders).map(([key, value]) => ({ key, raw_value: Buffer.from(value, 'utf8') })) };
   else http.headers = allHeaders;
   const attributes: Record<string, unknown> = {
     source: { address: { socket_address: { address: '127.0.0.1', port_value: 51234 + (requestCounter % 1000) } } },
@@ -160,7 +165,11 @@ interface AllowExpectation {
 }
 
 function assertAllowed(response: any, expected: AllowExpectation): void {
-  assert.equal(response.http_response, 'ok_response', `oneof http_response is ok_response (got ${JSON.stringify(response.denied_response?.body)})`);
+  assert.equal(
+    response.http_response,
+    'ok_response',
+    `oneof http_response is ok_response (got ${JSON.stringify(response.denied_response?.body)})`,
+  );
   assert.equal(response.denied_response, undefined);
   assert.ok(response.status, 'status always set');
   assert.equal(response.status.code ?? 0, RPC.OK);
@@ -187,14 +196,22 @@ async function createKey(authority: TestAuthority, fields: Record<string, unknow
 }
 
 async function issueToken(authority: TestAuthority, key: Key, scope?: string): Promise<string> {
-  const response = await authority.postForm(TOKEN_PATH, { grant_type: 'client_credentials', client_id: key.clientId, client_secret: key.clientSecret, ...(scope === undefined ? {} : { scope }) });
+  const response = await authority.postForm(TOKEN_PATH, {
+    grant_type: 'client_credentials',
+    client_id: key.clientId,
+    client_secret: key.clientSecret,
+    ...(scope === undefined ? {} : { scope }),
+  });
   const body = (await response.json()) as { access_token?: string };
   assert.equal(response.status, 200, JSON.stringify(body));
   return body.access_token!;
 }
 
 function decodeJwt(token: string): { header: Record<string, any>; claims: Record<string, any> } {
-  const [header, claims] = token.split('.').slice(0, 2).map((part) => JSON.parse(Buffer.from(part, 'base64url').toString('utf8')));
+  const [header, claims] = token
+    .split('.')
+    .slice(0, 2)
+    .map((part) => JSON.parse(Buffer.from(part, 'base64url').toString('utf8')));
   return { header, claims };
 }
 
@@ -213,7 +230,9 @@ async function reasonsDuring(extAuthz: TestExtAuthz, action: () => Promise<unkno
   const before = await snapshot();
   await action();
   const afterwards = await snapshot();
-  const grown = [...afterwards].filter(([labels, count]) => count > (before.get(labels) ?? 0)).map(([labels]) => String(JSON.parse(labels).reason));
+  const grown = [...afterwards]
+    .filter(([labels, count]) => count > (before.get(labels) ?? 0))
+    .map(([labels]) => String(JSON.parse(labels).reason));
   return [...new Set(grown)].sort();
 }
 
@@ -236,15 +255,32 @@ describe('ext-authz Check over gRPC, Envoy-shaped requests, every decision', () 
   let appToken: string;
 
   const check = (options: EnvoyRequestOptions) => client.check(envoyCheckRequest(options));
-  const bearer = (token: string, route = 'foo', extra: Record<string, string> = {}) => check({ route, headers: { authorization: `Bearer ${token}`, ...extra } });
+  const bearer = (token: string, route = 'foo', extra: Record<string, string> = {}) =>
+    check({ route, headers: { authorization: `Bearer ${token}`, ...extra } });
 
   before(async () => {
     authority = await startTestAuthority({ allowedAudiences: ['billing'] });
-    app = await createKey(authority, { clientId: 'app', clientName: 'The App', clientSecret: 'app-secret-1', authorizedEntities: ['route_foo'], scope: 'read write' });
+    app = await createKey(authority, {
+      clientId: 'app',
+      clientName: 'The App',
+      clientSecret: 'app-secret-1',
+      authorizedEntities: ['route_foo'],
+      scope: 'read write',
+    });
     plain = await createKey(authority, { clientId: 'plain', clientSecret: 'plain-secret-1' });
-    noScopes = await createKey(authority, { clientId: 'noscopes', clientName: 'No Scopes', clientSecret: 'noscopes-secret', authorizedEntities: ['route_foo'] });
+    noScopes = await createKey(authority, {
+      clientId: 'noscopes',
+      clientName: 'No Scopes',
+      clientSecret: 'noscopes-secret',
+      authorizedEntities: ['route_foo'],
+    });
     basicKey = await createKey(authority, { clientId: 'basic-user', clientName: 'Basic User', clientSecret: 'pa:ss%2Fw+rd' });
-    idOnly = await createKey(authority, { clientId: 'id-only', clientName: 'Id Only', clientSecret: 'id-only-secret', allowClientIdOnly: true });
+    idOnly = await createKey(authority, {
+      clientId: 'id-only',
+      clientName: 'Id Only',
+      clientSecret: 'id-only-secret',
+      allowClientIdOnly: true,
+    });
     extAuthz = await startTestExtAuthz(authority);
     await extAuthz.waitFor(() => extAuthz.replica.apiKey('id-only') !== undefined);
     client = checkClient(extAuthz.grpcAddress);
@@ -272,7 +308,12 @@ describe('ext-authz Check over gRPC, Envoy-shaped requests, every decision', () 
 
   describe('audience (RFC 9068 §4)', () => {
     it('a token for another audience is refused where the route expects the default one, and accepted where its policy names it', async () => {
-      const response = await authority.postForm(TOKEN_PATH, { grant_type: 'client_credentials', client_id: 'plain', client_secret: 'plain-secret-1', audience: 'billing' });
+      const response = await authority.postForm(TOKEN_PATH, {
+        grant_type: 'client_credentials',
+        client_id: 'plain',
+        client_secret: 'plain-secret-1',
+        audience: 'billing',
+      });
       const billingToken = ((await response.json()) as { access_token: string }).access_token;
       assert.equal(decodeJwt(billingToken).claims.aud, 'billing');
       assertDenied(await bearer(billingToken, 'open'), { status: 401, message: 'Bad ApiKey' });
@@ -285,7 +326,9 @@ describe('ext-authz Check over gRPC, Envoy-shaped requests, every decision', () 
 
   describe('no or malformed credential', () => {
     it('no credential: 401 No ApiKey provided with a Bearer challenge', async () => {
-      const reasons = await reasonsDuring(extAuthz, async () => assertDenied(await check({}), { status: 401, message: 'No ApiKey provided', wwwAuthenticate: /^Bearer realm="foo"$/ }));
+      const reasons = await reasonsDuring(extAuthz, async () =>
+        assertDenied(await check({}), { status: 401, message: 'No ApiKey provided', wwwAuthenticate: /^Bearer realm="foo"$/ }),
+      );
       assert.deepEqual(reasons, ['no_credential']);
     });
 
@@ -301,29 +344,46 @@ describe('ext-authz Check over gRPC, Envoy-shaped requests, every decision', () 
     ];
     for (const [name, authorization] of malformed) {
       it(`malformed Authorization (${name}): 401 Bad ApiKey`, async () => {
-        assertDenied(await check({ headers: { authorization } }), { status: 401, message: 'Bad ApiKey', wwwAuthenticate: /^Bearer realm="foo"/ });
+        assertDenied(await check({ headers: { authorization } }), {
+          status: 401,
+          message: 'Bad ApiKey',
+          wwwAuthenticate: /^Bearer realm="foo"/,
+        });
       });
     }
 
     it('an Authorization with another scheme on a bearer-only route is no credential', async () => {
-      assertDenied(await check({ headers: { authorization: rawBasic('app', 'app-secret-1') } }), { status: 401, message: 'No ApiKey provided' });
+      assertDenied(await check({ headers: { authorization: rawBasic('app', 'app-secret-1') } }), {
+        status: 401,
+        message: 'No ApiKey provided',
+      });
     });
   });
 
   describe('forged and invalid tokens', () => {
     it('control: a token built by the test helper with the authority key passes (the forgeries below differ in one point)', async () => {
-      assertAllowed(await bearer(await signWithAuthorityKey(authority, accessTokenClaims(authority, 'app'))), { clientId: 'app', clientName: 'The App', remove: ['x-client-scopes'] });
+      assertAllowed(await bearer(await signWithAuthorityKey(authority, accessTokenClaims(authority, 'app'))), {
+        clientId: 'app',
+        clientName: 'The App',
+        remove: ['x-client-scopes'],
+      });
     });
 
     it('bad signature: signed by another RSA key under our kid', async () => {
       const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
       const input = `${encodePart({ alg: 'RS256', typ: 'at+jwt', kid: 'otoroshi-jwt-signing' })}.${encodePart(accessTokenClaims(authority, 'app'))}`;
       const forged = `${input}.${rsaSign('sha256', Buffer.from(input), privateKey).toString('base64url')}`;
-      const reasons = await reasonsDuring(extAuthz, async () => assertDenied(await bearer(forged), { status: 401, message: 'Bad ApiKey', wwwAuthenticate: /^Bearer realm="foo", error="invalid_token"$/ }));
+      const reasons = await reasonsDuring(extAuthz, async () =>
+        assertDenied(await bearer(forged), {
+          status: 401,
+          message: 'Bad ApiKey',
+          wwwAuthenticate: /^Bearer realm="foo", error="invalid_token"$/,
+        }),
+      );
       assert.deepEqual(reasons, ['bad_signature']);
     });
 
-    it('a real token with its signature swapped for another real token\'s', async () => {
+    it("a real token with its signature swapped for another real token's", async () => {
       const other = await issueToken(authority, app);
       assert.notEqual(decodeJwt(other).claims.jti, decodeJwt(appToken).claims.jti);
       const [header, claims] = appToken.split('.');
@@ -341,32 +401,49 @@ describe('ext-authz Check over gRPC, Envoy-shaped requests, every decision', () 
       const publicPem = keyPair!.versions[0].publicKeyPem;
       const input = `${encodePart({ alg: 'HS256', typ: 'at+jwt', kid: 'otoroshi-jwt-signing' })}.${encodePart(accessTokenClaims(authority, 'app'))}`;
       const forged = `${input}.${createHmac('sha256', publicPem).update(input).digest('base64url')}`;
-      const reasons = await reasonsDuring(extAuthz, async () => assertDenied(await bearer(forged), { status: 401, message: 'Bad ApiKey', wwwAuthenticate: /error="invalid_token"/ }));
+      const reasons = await reasonsDuring(extAuthz, async () =>
+        assertDenied(await bearer(forged), { status: 401, message: 'Bad ApiKey', wwwAuthenticate: /error="invalid_token"/ }),
+      );
       assert.deepEqual(reasons, ['bad_signature']);
     });
 
     it('unknown kid', async () => {
       const forged = await signWithAuthorityKey(authority, accessTokenClaims(authority, 'app'), { kid: 'no-such-kid' });
-      const reasons = await reasonsDuring(extAuthz, async () => assertDenied(await bearer(forged), { status: 401, message: 'Bad ApiKey', wwwAuthenticate: /error="invalid_token"/ }));
+      const reasons = await reasonsDuring(extAuthz, async () =>
+        assertDenied(await bearer(forged), { status: 401, message: 'Bad ApiKey', wwwAuthenticate: /error="invalid_token"/ }),
+      );
       assert.deepEqual(reasons, ['unknown_key']);
     });
 
     it('wrong issuer', async () => {
       const forged = await signWithAuthorityKey(authority, { ...accessTokenClaims(authority, 'app'), iss: 'https://evil.example' });
-      const reasons = await reasonsDuring(extAuthz, async () => assertDenied(await bearer(forged), { status: 401, message: 'Bad ApiKey', wwwAuthenticate: /error="invalid_token"/ }));
+      const reasons = await reasonsDuring(extAuthz, async () =>
+        assertDenied(await bearer(forged), { status: 401, message: 'Bad ApiKey', wwwAuthenticate: /error="invalid_token"/ }),
+      );
       assert.deepEqual(reasons, ['wrong_issuer']);
     });
 
     it('typ JWT instead of at+jwt (RFC 9068 §4)', async () => {
       const forged = await signWithAuthorityKey(authority, accessTokenClaims(authority, 'app'), { typ: 'JWT' });
-      const reasons = await reasonsDuring(extAuthz, async () => assertDenied(await bearer(forged), { status: 401, message: 'Bad ApiKey', wwwAuthenticate: /error="invalid_token"/ }));
+      const reasons = await reasonsDuring(extAuthz, async () =>
+        assertDenied(await bearer(forged), { status: 401, message: 'Bad ApiKey', wwwAuthenticate: /error="invalid_token"/ }),
+      );
       assert.deepEqual(reasons, ['not_access_token']);
     });
 
     it('expired: 401 Token expired', async () => {
       const now = Math.floor(Date.now() / 1000);
-      const expired = await signWithAuthorityKey(authority, { ...accessTokenClaims(authority, 'app'), iat: now - 7200, nbf: now - 7200, exp: now - 60 });
-      assertDenied(await bearer(expired), { status: 401, message: 'Token expired', wwwAuthenticate: /^Bearer realm="foo", error="invalid_token"$/ });
+      const expired = await signWithAuthorityKey(authority, {
+        ...accessTokenClaims(authority, 'app'),
+        iat: now - 7200,
+        nbf: now - 7200,
+        exp: now - 60,
+      });
+      assertDenied(await bearer(expired), {
+        status: 401,
+        message: 'Token expired',
+        wwwAuthenticate: /^Bearer realm="foo", error="invalid_token"$/,
+      });
     });
 
     it('nbf in the future: 401 Token not yet valid', async () => {
@@ -388,16 +465,29 @@ describe('ext-authz Check over gRPC, Envoy-shaped requests, every decision', () 
     });
 
     it('lower-case "bearer" scheme is accepted (RFC 7235 §2.1: schemes are case-insensitive)', async () => {
-      assertAllowed(await check({ headers: { authorization: `bearer ${appToken}` } }), { clientId: 'app', clientName: 'The App', scopes: 'read write', remove: [] });
+      assertAllowed(await check({ headers: { authorization: `bearer ${appToken}` } }), {
+        clientId: 'app',
+        clientName: 'The App',
+        scopes: 'read write',
+        remove: [],
+      });
     });
 
     it('header_map (encode_raw_headers, values as bytes) instead of headers', async () => {
-      assertAllowed(await client.check(envoyCheckRequest({ rawHeaders: true, headers: { authorization: `Bearer ${appToken}` } })), { clientId: 'app', clientName: 'The App', scopes: 'read write', remove: [] });
+      assertAllowed(await client.check(envoyCheckRequest({ rawHeaders: true, headers: { authorization: `Bearer ${appToken}` } })), {
+        clientId: 'app',
+        clientName: 'The App',
+        scopes: 'read write',
+        remove: [],
+      });
       assertDenied(await client.check(envoyCheckRequest({ rawHeaders: true })), { status: 401, message: 'No ApiKey provided' });
-      assertDenied(await client.check(envoyCheckRequest({ rawHeaders: true, headers: { authorization: `Bearer ${appToken}x` } })), { status: 401, message: 'Bad ApiKey' });
+      assertDenied(await client.check(envoyCheckRequest({ rawHeaders: true, headers: { authorization: `Bearer ${appToken}x` } })), {
+        status: 401,
+        message: 'Bad ApiKey',
+      });
     });
 
-    it('key not in the policy\'s authorizedEntities: 403 ApiKey not authorized on this route', async () => {
+    it("key not in the policy's authorizedEntities: 403 ApiKey not authorized on this route", async () => {
       const token = await issueToken(authority, plain);
       assertDenied(await bearer(token), { status: 403, message: 'ApiKey not authorized on this route', wwwAuthenticate: null });
       // The same token is fine on a route without authorizedEntities: the 403 is the route's doing.
@@ -406,21 +496,38 @@ describe('ext-authz Check over gRPC, Envoy-shaped requests, every decision', () 
 
     it('missing scope on policy scoped: 403 with insufficient_scope', async () => {
       const readOnly = await issueToken(authority, app, 'read');
-      const { wwwAuthenticate } = assertDenied(await bearer(readOnly, 'scoped'), { status: 403, message: 'ApiKey lacks a required scope', wwwAuthenticate: /^Bearer realm="scoped", error="insufficient_scope"/ });
+      const { wwwAuthenticate } = assertDenied(await bearer(readOnly, 'scoped'), {
+        status: 403,
+        message: 'ApiKey lacks a required scope',
+        wwwAuthenticate: /^Bearer realm="scoped", error="insufficient_scope"/,
+      });
       assert.match(wwwAuthenticate!, /scope="read write"/);
       assertAllowed(await bearer(appToken, 'scoped'), { clientId: 'app', clientName: 'The App', scopes: 'read write', remove: [] });
     });
 
     it('unknown policy name: 403', async () => {
-      assertDenied(await bearer(appToken, 'no-such-policy'), { status: 403, message: 'No authorization policy for this route', wwwAuthenticate: null });
+      assertDenied(await bearer(appToken, 'no-such-policy'), {
+        status: 403,
+        message: 'No authorization policy for this route',
+        wwwAuthenticate: null,
+      });
     });
 
     it('missing context_extensions: 403', async () => {
-      assertDenied(await check({ route: null, headers: { authorization: `Bearer ${appToken}` } }), { status: 403, message: 'No authorization policy for this route', wwwAuthenticate: null });
+      assertDenied(await check({ route: null, headers: { authorization: `Bearer ${appToken}` } }), {
+        status: 403,
+        message: 'No authorization policy for this route',
+        wwwAuthenticate: null,
+      });
     });
 
     it('policy strip: the Authorization header is removed before the upstream', async () => {
-      assertAllowed(await bearer(appToken, 'strip'), { clientId: 'app', clientName: 'The App', scopes: 'read write', remove: ['authorization'] });
+      assertAllowed(await bearer(appToken, 'strip'), {
+        clientId: 'app',
+        clientName: 'The App',
+        scopes: 'read write',
+        remove: ['authorization'],
+      });
     });
 
     it('header spoofing: identity headers sent by the client are overwritten or removed', async () => {
@@ -429,13 +536,21 @@ describe('ext-authz Check over gRPC, Envoy-shaped requests, every decision', () 
       const response = await bearer(token, 'foo', { 'x-client-id': 'admin', 'x-client-name': 'evil', 'x-client-scopes': 'admin' });
       assertAllowed(response, { clientId: 'noscopes', clientName: 'No Scopes', remove: ['x-client-scopes'] });
       // and with strip, both the credential and the spoofed scopes go
-      assertAllowed(await bearer(token, 'strip', { 'x-client-scopes': 'admin' }), { clientId: 'noscopes', clientName: 'No Scopes', remove: ['x-client-scopes', 'authorization'] });
+      assertAllowed(await bearer(token, 'strip', { 'x-client-scopes': 'admin' }), {
+        clientId: 'noscopes',
+        clientName: 'No Scopes',
+        remove: ['x-client-scopes', 'authorization'],
+      });
     });
   });
 
   describe('extractors', () => {
     it('basic: right id and secret (a ":" in the secret) → OK with the key\'s scopes (none)', async () => {
-      assertAllowed(await check({ route: 'basic', headers: { authorization: rawBasic('basic-user', 'pa:ss%2Fw+rd') } }), { clientId: 'basic-user', clientName: 'Basic User', remove: ['x-client-scopes'] });
+      assertAllowed(await check({ route: 'basic', headers: { authorization: rawBasic('basic-user', 'pa:ss%2Fw+rd') } }), {
+        clientId: 'basic-user',
+        clientName: 'Basic User',
+        remove: ['x-client-scopes'],
+      });
     });
 
     it('basic: a wrong secret and an unknown id give identical 401 answers with a Basic challenge', async () => {
@@ -447,38 +562,83 @@ describe('ext-authz Check over gRPC, Envoy-shaped requests, every decision', () 
     });
 
     it('basic: no credential → 401 No ApiKey provided, Basic challenge', async () => {
-      assertDenied(await check({ route: 'basic' }), { status: 401, message: 'No ApiKey provided', wwwAuthenticate: /^Basic realm="basic"$/ });
+      assertDenied(await check({ route: 'basic' }), {
+        status: 401,
+        message: 'No ApiKey provided',
+        wwwAuthenticate: /^Basic realm="basic"$/,
+      });
     });
 
     it('basic: a bearer token sent to the basic policy → 401 No ApiKey provided', async () => {
-      assertDenied(await bearer(appToken, 'basic'), { status: 401, message: 'No ApiKey provided', wwwAuthenticate: /^Basic realm="basic"$/ });
+      assertDenied(await bearer(appToken, 'basic'), {
+        status: 401,
+        message: 'No ApiKey provided',
+        wwwAuthenticate: /^Basic realm="basic"$/,
+      });
     });
 
     it('basic: malformed Basic credentials → 401 Bad ApiKey', async () => {
-      for (const authorization of ['Basic', 'Basic %%%', `Basic ${Buffer.from('no-colon').toString('base64')}`, `Basic ${Buffer.from(':secret-only').toString('base64')}`]) {
-        assertDenied(await check({ route: 'basic', headers: { authorization } }), { status: 401, message: 'Bad ApiKey', wwwAuthenticate: /^(Basic|Bearer) realm="basic"/ }, `Authorization: ${authorization}`);
+      for (const authorization of [
+        'Basic',
+        'Basic %%%',
+        `Basic ${Buffer.from('no-colon').toString('base64')}`,
+        `Basic ${Buffer.from(':secret-only').toString('base64')}`,
+      ]) {
+        assertDenied(
+          await check({ route: 'basic', headers: { authorization } }),
+          { status: 401, message: 'Bad ApiKey', wwwAuthenticate: /^(Basic|Bearer) realm="basic"/ },
+          `Authorization: ${authorization}`,
+        );
       }
     });
 
     it('basic: a malformed Basic credential is challenged with Basic (the only scheme the route accepts), not Bearer', async () => {
       for (const authorization of ['Basic', 'Basic %%%', `Basic ${Buffer.from('no-colon').toString('base64')}`]) {
-        assertDenied(await check({ route: 'basic', headers: { authorization } }), { status: 401, message: 'Bad ApiKey', wwwAuthenticate: /^Basic realm="basic"/ }, `Authorization: ${authorization}`);
+        assertDenied(
+          await check({ route: 'basic', headers: { authorization } }),
+          { status: 401, message: 'Bad ApiKey', wwwAuthenticate: /^Basic realm="basic"/ },
+          `Authorization: ${authorization}`,
+        );
       }
     });
 
     it('headers: otoroshi-client-id + otoroshi-client-secret', async () => {
-      assertAllowed(await check({ route: 'headers', headers: { 'otoroshi-client-id': 'app', 'otoroshi-client-secret': 'app-secret-1' } }), { clientId: 'app', clientName: 'The App', scopes: 'read write', remove: [] });
+      assertAllowed(await check({ route: 'headers', headers: { 'otoroshi-client-id': 'app', 'otoroshi-client-secret': 'app-secret-1' } }), {
+        clientId: 'app',
+        clientName: 'The App',
+        scopes: 'read write',
+        remove: [],
+      });
       const wrong = await check({ route: 'headers', headers: { 'otoroshi-client-id': 'app', 'otoroshi-client-secret': 'app-secret-2' } });
-      const unknown = await check({ route: 'headers', headers: { 'otoroshi-client-id': 'nobody', 'otoroshi-client-secret': 'app-secret-1' } });
+      const unknown = await check({
+        route: 'headers',
+        headers: { 'otoroshi-client-id': 'nobody', 'otoroshi-client-secret': 'app-secret-1' },
+      });
       assertDenied(wrong, { status: 401, message: 'Bad ApiKey', wwwAuthenticate: /^Bearer realm="headers"/ });
       assert.deepEqual(unknown, wrong);
-      assertDenied(await check({ route: 'headers', headers: { 'otoroshi-client-id': 'app' } }), { status: 401, message: 'No ApiKey provided', wwwAuthenticate: /realm="headers"/ });
+      assertDenied(await check({ route: 'headers', headers: { 'otoroshi-client-id': 'app' } }), {
+        status: 401,
+        message: 'No ApiKey provided',
+        wwwAuthenticate: /realm="headers"/,
+      });
     });
 
     it('clientid: the client id alone is refused unless the key allows it', async () => {
-      assertDenied(await check({ route: 'clientid', headers: { 'otoroshi-client-id': 'app' } }), { status: 401, message: 'Bad ApiKey', wwwAuthenticate: /^Bearer realm="clientid"/ });
-      assertDenied(await check({ route: 'clientid', headers: { 'otoroshi-client-id': 'nobody' } }), { status: 401, message: 'Bad ApiKey', wwwAuthenticate: /^Bearer realm="clientid"/ });
-      assertAllowed(await check({ route: 'clientid', headers: { 'otoroshi-client-id': 'id-only' } }), { clientId: 'id-only', clientName: 'Id Only', remove: ['x-client-scopes'] });
+      assertDenied(await check({ route: 'clientid', headers: { 'otoroshi-client-id': 'app' } }), {
+        status: 401,
+        message: 'Bad ApiKey',
+        wwwAuthenticate: /^Bearer realm="clientid"/,
+      });
+      assertDenied(await check({ route: 'clientid', headers: { 'otoroshi-client-id': 'nobody' } }), {
+        status: 401,
+        message: 'Bad ApiKey',
+        wwwAuthenticate: /^Bearer realm="clientid"/,
+      });
+      assertAllowed(await check({ route: 'clientid', headers: { 'otoroshi-client-id': 'id-only' } }), {
+        clientId: 'id-only',
+        clientName: 'Id Only',
+        remove: ['x-client-scopes'],
+      });
       assertDenied(await check({ route: 'clientid' }), { status: 401, message: 'No ApiKey provided', wwwAuthenticate: /realm="clientid"/ });
     });
 
@@ -488,16 +648,33 @@ describe('ext-authz Check over gRPC, Envoy-shaped requests, every decision', () 
         const bad = await check({ route, headers: { 'otoroshi-client-id': 'nobody', 'otoroshi-client-secret': 'nobody-secret' } });
         const none = await check({ route });
         assertDenied(bad, { status: 401, message: 'Bad ApiKey', wwwAuthenticate: new RegExp(`^Bearer realm="${route}"`) });
-        assertDenied(none, { status: 401, message: 'No ApiKey provided', wwwAuthenticate: new RegExp(`^Bearer realm="${route}"`) }, `route ${route}`);
+        assertDenied(
+          none,
+          { status: 401, message: 'No ApiKey provided', wwwAuthenticate: new RegExp(`^Bearer realm="${route}"`) },
+          `route ${route}`,
+        );
         assert.equal(scheme(none), scheme(bad));
       }
     });
 
     it('all: each extractor works on the same route', async () => {
       assertAllowed(await bearer(appToken, 'all'), { clientId: 'app', clientName: 'The App', scopes: 'read write', remove: [] });
-      assertAllowed(await check({ route: 'all', headers: { authorization: rawBasic('basic-user', 'pa:ss%2Fw+rd') } }), { clientId: 'basic-user', clientName: 'Basic User', remove: ['x-client-scopes'] });
-      assertAllowed(await check({ route: 'all', headers: { 'otoroshi-client-id': 'app', 'otoroshi-client-secret': 'app-secret-1' } }), { clientId: 'app', clientName: 'The App', scopes: 'read write', remove: [] });
-      assertAllowed(await check({ route: 'all', headers: { 'otoroshi-client-id': 'id-only' } }), { clientId: 'id-only', clientName: 'Id Only', remove: ['x-client-scopes'] });
+      assertAllowed(await check({ route: 'all', headers: { authorization: rawBasic('basic-user', 'pa:ss%2Fw+rd') } }), {
+        clientId: 'basic-user',
+        clientName: 'Basic User',
+        remove: ['x-client-scopes'],
+      });
+      assertAllowed(await check({ route: 'all', headers: { 'otoroshi-client-id': 'app', 'otoroshi-client-secret': 'app-secret-1' } }), {
+        clientId: 'app',
+        clientName: 'The App',
+        scopes: 'read write',
+        remove: [],
+      });
+      assertAllowed(await check({ route: 'all', headers: { 'otoroshi-client-id': 'id-only' } }), {
+        clientId: 'id-only',
+        clientName: 'Id Only',
+        remove: ['x-client-scopes'],
+      });
       assertDenied(await check({ route: 'all', headers: { 'otoroshi-client-id': 'app' } }), { status: 401, message: 'Bad ApiKey' });
       assertDenied(await check({ route: 'all' }), { status: 401, message: 'No ApiKey provided', wwwAuthenticate: /^Bearer realm="all"$/ });
     });
@@ -518,7 +695,11 @@ describe('ext-authz Check over gRPC, Envoy-shaped requests, every decision', () 
     });
 
     it('API key disabled through the admin API → ApiKey disabled', async () => {
-      const key = await createKey(authority, { clientId: 'to-disable', clientSecret: 'to-disable-secret', authorizedEntities: ['route_foo'] });
+      const key = await createKey(authority, {
+        clientId: 'to-disable',
+        clientSecret: 'to-disable-secret',
+        authorizedEntities: ['route_foo'],
+      });
       const token = await issueToken(authority, key);
       await extAuthz.waitFor(() => extAuthz.replica.apiKey('to-disable') !== undefined);
       assertAllowed(await bearer(token), { clientId: 'to-disable', clientName: 'to-disable', remove: ['x-client-scopes'] });
@@ -526,11 +707,18 @@ describe('ext-authz Check over gRPC, Envoy-shaped requests, every decision', () 
       const waited = await extAuthz.waitFor(() => extAuthz.replica.apiKey('to-disable')?.enabled === false);
       assert.ok(waited < 1000, `replica caught up in ${waited} ms`);
       assertDenied(await bearer(token), { status: 401, message: 'ApiKey disabled' });
-      assertDenied(await check({ route: 'headers', headers: { 'otoroshi-client-id': 'to-disable', 'otoroshi-client-secret': 'to-disable-secret' } }), { status: 401, message: 'ApiKey disabled', wwwAuthenticate: /^Bearer realm="headers"/ });
+      assertDenied(
+        await check({ route: 'headers', headers: { 'otoroshi-client-id': 'to-disable', 'otoroshi-client-secret': 'to-disable-secret' } }),
+        { status: 401, message: 'ApiKey disabled', wwwAuthenticate: /^Bearer realm="headers"/ },
+      );
     });
 
     it('API key deleted → 401', async () => {
-      const key = await createKey(authority, { clientId: 'to-delete', clientSecret: 'to-delete-secret', authorizedEntities: ['route_foo'] });
+      const key = await createKey(authority, {
+        clientId: 'to-delete',
+        clientSecret: 'to-delete-secret',
+        authorizedEntities: ['route_foo'],
+      });
       const token = await issueToken(authority, key);
       await extAuthz.waitFor(() => extAuthz.replica.apiKey('to-delete') !== undefined);
       assertAllowed(await bearer(token), { clientId: 'to-delete', clientName: 'to-delete', remove: ['x-client-scopes'] });
@@ -542,7 +730,12 @@ describe('ext-authz Check over gRPC, Envoy-shaped requests, every decision', () 
     });
 
     it('API key validUntil in the past → 401 ApiKey expired', async () => {
-      const key = await createKey(authority, { clientId: 'to-expire', clientSecret: 'to-expire-secret', authorizedEntities: ['route_foo'], validUntil: Date.now() + 3_600_000 });
+      const key = await createKey(authority, {
+        clientId: 'to-expire',
+        clientSecret: 'to-expire-secret',
+        authorizedEntities: ['route_foo'],
+        validUntil: Date.now() + 3_600_000,
+      });
       const token = await issueToken(authority, key);
       await extAuthz.waitFor(() => extAuthz.replica.apiKey('to-expire') !== undefined);
       assertAllowed(await bearer(token), { clientId: 'to-expire', clientName: 'to-expire', remove: ['x-client-scopes'] });
@@ -557,19 +750,39 @@ describe('ext-authz Check over gRPC, Envoy-shaped requests, every decision', () 
     const readOnly = await issueToken(authority, app, 'read');
     const plainToken = await issueToken(authority, plain);
     const now = Math.floor(Date.now() / 1000);
-    const expired = await signWithAuthorityKey(authority, { ...accessTokenClaims(authority, 'app'), iat: now - 7200, nbf: now - 7200, exp: now - 60 });
+    const expired = await signWithAuthorityKey(authority, {
+      ...accessTokenClaims(authority, 'app'),
+      iat: now - 7200,
+      nbf: now - 7200,
+      exp: now - 60,
+    });
     // Fresh signed tokens (not in the verification cache) as well as the cached appToken.
     const fresh = await Promise.all(Array.from({ length: 10 }, () => signWithAuthorityKey(authority, accessTokenClaims(authority, 'app'))));
     type Kind = { run: () => Promise<any>; verify: (response: any) => void };
     const kinds: Kind[] = [
-      { run: () => bearer(appToken), verify: (r) => assertAllowed(r, { clientId: 'app', clientName: 'The App', scopes: 'read write', remove: [] }) },
-      { run: () => bearer(fresh[Math.floor(Math.random() * fresh.length)]), verify: (r) => assertAllowed(r, { clientId: 'app', clientName: 'The App', remove: ['x-client-scopes'] }) },
+      {
+        run: () => bearer(appToken),
+        verify: (r) => assertAllowed(r, { clientId: 'app', clientName: 'The App', scopes: 'read write', remove: [] }),
+      },
+      {
+        run: () => bearer(fresh[Math.floor(Math.random() * fresh.length)]),
+        verify: (r) => assertAllowed(r, { clientId: 'app', clientName: 'The App', remove: ['x-client-scopes'] }),
+      },
       { run: () => bearer(`${appToken.slice(0, -4)}AAAA`), verify: (r) => assertDenied(r, { status: 401, message: 'Bad ApiKey' }) },
       { run: () => bearer(expired), verify: (r) => assertDenied(r, { status: 401, message: 'Token expired' }) },
-      { run: () => bearer(plainToken), verify: (r) => assertDenied(r, { status: 403, message: 'ApiKey not authorized on this route', wwwAuthenticate: null }) },
-      { run: () => bearer(readOnly, 'scoped'), verify: (r) => assertDenied(r, { status: 403, message: 'ApiKey lacks a required scope', wwwAuthenticate: /insufficient_scope/ }) },
+      {
+        run: () => bearer(plainToken),
+        verify: (r) => assertDenied(r, { status: 403, message: 'ApiKey not authorized on this route', wwwAuthenticate: null }),
+      },
+      {
+        run: () => bearer(readOnly, 'scoped'),
+        verify: (r) => assertDenied(r, { status: 403, message: 'ApiKey lacks a required scope', wwwAuthenticate: /insufficient_scope/ }),
+      },
       { run: () => check({}), verify: (r) => assertDenied(r, { status: 401, message: 'No ApiKey provided' }) },
-      { run: () => check({ route: 'headers', headers: { 'otoroshi-client-id': 'app', 'otoroshi-client-secret': 'app-secret-1' } }), verify: (r) => assertAllowed(r, { clientId: 'app', clientName: 'The App', scopes: 'read write', remove: [] }) },
+      {
+        run: () => check({ route: 'headers', headers: { 'otoroshi-client-id': 'app', 'otoroshi-client-secret': 'app-secret-1' } }),
+        verify: (r) => assertAllowed(r, { clientId: 'app', clientName: 'The App', scopes: 'read write', remove: [] }),
+      },
     ];
     const plan = Array.from({ length: 200 }, (_, index) => kinds[index % kinds.length]);
     const responses = await Promise.all(plan.map((kind) => kind.run()));
@@ -590,7 +803,12 @@ describe('signing keys: rotation and deletion reach Check', () => {
 
   before(async () => {
     authority = await startTestAuthority();
-    app = await createKey(authority, { clientId: 'app', clientName: 'The App', clientSecret: 'app-secret-1', authorizedEntities: ['route_foo'] });
+    app = await createKey(authority, {
+      clientId: 'app',
+      clientName: 'The App',
+      clientSecret: 'app-secret-1',
+      authorizedEntities: ['route_foo'],
+    });
     extAuthz = await startTestExtAuthz(authority);
     await extAuthz.waitFor(() => extAuthz.replica.apiKey('app') !== undefined);
     client = checkClient(extAuthz.grpcAddress);
@@ -625,12 +843,20 @@ describe('signing keys: rotation and deletion reach Check', () => {
 
   it('a deleted key pair denies its tokens within a second', async () => {
     assert.equal((await authority.admin('POST', '/api/keypairs', { id: 'side-keys', algorithm: 'ES256' })).status, 201);
-    const side = await createKey(authority, { clientId: 'side', clientName: 'Side', clientSecret: 'side-secret-1', authorizedEntities: ['route_foo'], metadata: { 'jwt-sign-keypair': 'side-keys' } });
+    const side = await createKey(authority, {
+      clientId: 'side',
+      clientName: 'Side',
+      clientSecret: 'side-secret-1',
+      authorizedEntities: ['route_foo'],
+      metadata: { 'jwt-sign-keypair': 'side-keys' },
+    });
     const token = await issueToken(authority, side);
     const uncheckedToken = await issueToken(authority, side);
     assert.equal(decodeJwt(token).header.kid, 'side-keys');
     assert.equal(decodeJwt(token).header.alg, 'ES256');
-    await extAuthz.waitFor(() => extAuthz.replica.apiKey('side') !== undefined && extAuthz.replica.verificationKey('side-keys') !== undefined);
+    await extAuthz.waitFor(
+      () => extAuthz.replica.apiKey('side') !== undefined && extAuthz.replica.verificationKey('side-keys') !== undefined,
+    );
     assertAllowed(await bearer(token), { clientId: 'side', clientName: 'Side', remove: ['x-client-scopes'] });
 
     // In the right order: the API key stops naming the key pair, then the key pair goes.
@@ -642,7 +868,9 @@ describe('signing keys: rotation and deletion reach Check', () => {
 
     // The API key itself is still fine: the denials are the key pair's doing.
     assert.ok(extAuthz.replica.apiKey('side')?.enabled);
-    const cachedReasons = await reasonsDuring(extAuthz, async () => assertDenied(await bearer(token), { status: 401, message: 'Bad ApiKey', wwwAuthenticate: /error="invalid_token"/ }));
+    const cachedReasons = await reasonsDuring(extAuthz, async () =>
+      assertDenied(await bearer(token), { status: 401, message: 'Bad ApiKey', wwwAuthenticate: /error="invalid_token"/ }),
+    );
     assert.deepEqual(cachedReasons, ['unknown_key'], 'a token in the verification cache');
     assertDenied(await bearer(uncheckedToken), { status: 401, message: 'Bad ApiKey' });
     const replacement = await issueToken(authority, side);

@@ -63,7 +63,7 @@ describe('the tutorial through nginx auth_request and ext-authz', () => {
       const answer = await send(base, '/', { host });
       assertDenied(answer, 401, 'No ApiKey provided', log);
       assert.equal(answer.headers['www-authenticate'], 'Bearer realm="foo"');
-      assert.equal(answer.counts['www-authenticate'], 1, 'one challenge, not nginx\'s copy plus ours');
+      assert.equal(answer.counts['www-authenticate'], 1, "one challenge, not nginx's copy plus ours");
     }
   });
 
@@ -78,7 +78,12 @@ describe('the tutorial through nginx auth_request and ext-authz', () => {
 
   let token: string;
   it('creates my-id / my-secret and gets a token through nginx with a JSON body', async () => {
-    const created = await authority!.admin('POST', '/api/apikeys', { clientId: 'my-id', clientSecret: 'my-secret', clientName: 'My app', authorizedEntities: ['route_foo'] });
+    const created = await authority!.admin('POST', '/api/apikeys', {
+      clientId: 'my-id',
+      clientSecret: 'my-secret',
+      clientName: 'My app',
+      authorizedEntities: ['route_foo'],
+    });
     assert.equal(created.status, 201, JSON.stringify(created.body));
     const answer = await send(base, TOKEN_PATH, {
       host: OAUTH,
@@ -109,20 +114,39 @@ describe('the tutorial through nginx auth_request and ext-authz', () => {
 
   it('overwrites identity headers the client sent', async () => {
     const answer = await send(base, '/', {
-      headers: { ...bearer(token), 'X-Client-Id': 'admin', 'x-client-name': 'root', 'X-Client-Scopes': 'admin', X_Client_Id: 'admin', 'X-Authz-Error': 'x' },
+      headers: {
+        ...bearer(token),
+        'X-Client-Id': 'admin',
+        'x-client-name': 'root',
+        'X-Client-Scopes': 'admin',
+        X_Client_Id: 'admin',
+        'X-Authz-Error': 'x',
+      },
     });
     assert.equal(answer.status, 200, answer.body);
     const seen = echoed(answer);
-    assert.equal(seen.headers['x-client-id'], 'my-id', 'replaced, not joined with the client\'s value');
+    assert.equal(seen.headers['x-client-id'], 'my-id', "replaced, not joined with the client's value");
     assert.equal(seen.headers['x-client-name'], 'My app');
-    assert.equal(seen.headers['x-client-scopes'], undefined, 'the client\'s scopes are removed');
+    assert.equal(seen.headers['x-client-scopes'], undefined, "the client's scopes are removed");
     assert.equal(seen.headers.x_client_id, undefined, 'underscore variants are dropped');
 
     // A key with scopes: the header carries the token's scopes, not the client's.
-    assert.equal((await authority!.admin('POST', '/api/apikeys', { clientId: 'scoped-id', clientSecret: 'scoped-secret', scope: 'read write', authorizedEntities: ['route_foo'] })).status, 201);
+    assert.equal(
+      (
+        await authority!.admin('POST', '/api/apikeys', {
+          clientId: 'scoped-id',
+          clientSecret: 'scoped-secret',
+          scope: 'read write',
+          authorizedEntities: ['route_foo'],
+        })
+      ).status,
+      201,
+    );
     const scopedToken = await tokenFor('scoped-id', 'scoped-secret');
     await extAuthz!.waitFor(() => extAuthz!.replica.apiKey('scoped-id') !== undefined);
-    const scoped = echoed(await send(base, '/', { headers: { ...bearer(scopedToken), 'X-Client-Scopes': 'admin', 'X-Client-Id': 'my-id' } }));
+    const scoped = echoed(
+      await send(base, '/', { headers: { ...bearer(scopedToken), 'X-Client-Scopes': 'admin', 'X-Client-Id': 'my-id' } }),
+    );
     assert.equal(scoped.headers['x-client-scopes'], 'read write');
     assert.equal(scoped.headers['x-client-id'], 'scoped-id');
   });
@@ -140,7 +164,16 @@ describe('the tutorial through nginx auth_request and ext-authz', () => {
 
   let otherToken: string;
   it('answers 403 JSON for a key not authorized on route_foo', async () => {
-    assert.equal((await authority!.admin('POST', '/api/apikeys', { clientId: 'other-id', clientSecret: 'other-secret', authorizedEntities: ['route_bar'] })).status, 201);
+    assert.equal(
+      (
+        await authority!.admin('POST', '/api/apikeys', {
+          clientId: 'other-id',
+          clientSecret: 'other-secret',
+          authorizedEntities: ['route_bar'],
+        })
+      ).status,
+      201,
+    );
     otherToken = await tokenFor('other-id', 'other-secret');
     await extAuthz!.waitFor(() => extAuthz!.replica.apiKey('other-id') !== undefined);
     const answer = await send(base, '/', { headers: bearer(otherToken) });
@@ -151,7 +184,16 @@ describe('the tutorial through nginx auth_request and ext-authz', () => {
   it('passes query strings, escapes and bodies through untouched', async () => {
     // `/a%ff` is a valid escape of a byte that is not UTF-8: nginx passes it, and because the
     // client's URI is not appended to the auth subrequest's path, ext-authz never has to parse it.
-    const paths = ['/a%20b?x=1&y=2', '/a%ff', '/caf%C3%A9/./x', '/x/../etc/passwd?q=%00&r=%zz', '/a%2Fb/?', '/;x', '//double', `/?${'q'.repeat(2000)}`];
+    const paths = [
+      '/a%20b?x=1&y=2',
+      '/a%ff',
+      '/caf%C3%A9/./x',
+      '/x/../etc/passwd?q=%00&r=%zz',
+      '/a%2Fb/?',
+      '/;x',
+      '//double',
+      `/?${'q'.repeat(2000)}`,
+    ];
     for (const rawPath of paths) {
       const answer = await send(base, rawPath, { headers: bearer(token) });
       assert.equal(answer.status, 200, `${rawPath}: ${answer.status} ${answer.body}\n${log()}`);
@@ -160,16 +202,25 @@ describe('the tutorial through nginx auth_request and ext-authz', () => {
       assertDenied(await send(base, rawPath), 401, 'No ApiKey provided', log);
     }
     for (const method of ['POST', 'PUT', 'DELETE', 'PATCH']) {
-      const sent = await send(base, '/submit?x=1', { method, headers: { ...bearer(token), 'content-type': 'application/json', 'transfer-encoding': 'chunked' }, body: '{"a":1}' });
+      const sent = await send(base, '/submit?x=1', {
+        method,
+        headers: { ...bearer(token), 'content-type': 'application/json', 'transfer-encoding': 'chunked' },
+        body: '{"a":1}',
+      });
       assert.equal(sent.status, 200, `${method}: ${sent.body}\n${log()}`);
       assert.equal(echoed(sent).method, method);
-      assertDenied(await send(base, '/submit', { method, headers: { 'content-type': 'application/json' }, body: '{"a":1}' }), 401, 'No ApiKey provided', log);
+      assertDenied(
+        await send(base, '/submit', { method, headers: { 'content-type': 'application/json' }, body: '{"a":1}' }),
+        401,
+        'No ApiKey provided',
+        log,
+      );
     }
     const head = await send(base, '/', { method: 'HEAD', headers: bearer(token) });
     assert.equal(head.status, 200);
   });
 
-  it('rejects paths above the root and keeps the policy out of the client\'s reach', async () => {
+  it("rejects paths above the root and keeps the policy out of the client's reach", async () => {
     // nginx itself refuses (400, before auth or proxying) a path that climbs above the root,
     // plain or escaped, and a malformed escape.
     for (const rawPath of ['/../etc/passwd', '/%2e%2e/authz/open', '/x/..%2F..%2Fauthz/open', '/a%zz']) {
@@ -215,7 +266,12 @@ describe('the tutorial through nginx auth_request and ext-authz', () => {
   it('allows a key whose clientName is not a plain header value (Unicode), and refuses CR/LF in names', async () => {
     const clientId = 'unicode-id';
     const clientName = 'Café ☕ 東京';
-    const created = await authority!.admin('POST', '/api/apikeys', { clientId, clientSecret: `${clientId}-secret`, clientName, authorizedEntities: ['route_foo'] });
+    const created = await authority!.admin('POST', '/api/apikeys', {
+      clientId,
+      clientSecret: `${clientId}-secret`,
+      clientName,
+      authorizedEntities: ['route_foo'],
+    });
     assert.equal(created.status, 201, JSON.stringify(created.body));
     const keyToken = await tokenFor(clientId, `${clientId}-secret`);
     await extAuthz!.waitFor(() => extAuthz!.replica.apiKey(clientId) !== undefined);
@@ -224,7 +280,11 @@ describe('the tutorial through nginx auth_request and ext-authz', () => {
     const seen = echoed(answer);
     assert.equal(seen.headers['x-client-id'], clientId);
     assert.equal(decodeURIComponent(String(seen.headers['x-client-name'])), clientName, 'percent-encoded UTF-8');
-    const injected = await authority!.admin('POST', '/api/apikeys', { clientId: 'crlf-id', clientSecret: 'crlf-id-secret', clientName: 'line\r\nX-Evil: 1' });
+    const injected = await authority!.admin('POST', '/api/apikeys', {
+      clientId: 'crlf-id',
+      clientSecret: 'crlf-id-secret',
+      clientName: 'line\r\nX-Evil: 1',
+    });
     assert.equal(injected.status, 400, 'no header injection through a name');
   });
 
@@ -254,7 +314,7 @@ describe('the tutorial through nginx auth_request and ext-authz', () => {
     assert.ok(Date.now() - reenabled < 1000, `allowed again after ${Date.now() - reenabled} ms`);
   });
 
-  describe('when foo\'s policy requires a scope', () => {
+  describe("when foo's policy requires a scope", () => {
     let strict: TestExtAuthz | undefined;
     let nginx3: TestNginx | undefined;
     after(async () => {
@@ -265,7 +325,7 @@ describe('the tutorial through nginx auth_request and ext-authz', () => {
       }
     });
 
-    it('answers 403 JSON with ext-authz\'s insufficient_scope challenge', async () => {
+    it("answers 403 JSON with ext-authz's insufficient_scope challenge", async () => {
       strict = await startTestExtAuthz(authority!, { policies: { foo: { extractors: ['bearer'], requiredScopes: ['write'] } } });
       nginx3 = await startNginx({ extAuthzUrl: strict.url, echoUrl: echo!.url, authorityUrl: authority!.url });
       const log3 = () => nginx3?.errorLog() ?? '';
@@ -297,7 +357,7 @@ describe('the tutorial through nginx auth_request and ext-authz', () => {
       }
     });
 
-    it('answers 503 JSON, never nginx\'s HTML 500, while ext-authz is starting and when it is down', async () => {
+    it("answers 503 JSON, never nginx's HTML 500, while ext-authz is starting and when it is down", async () => {
       // An ext-authz whose authority never answers: it has no state and says 503.
       starting = await startTestExtAuthz({ grpcAddress: `127.0.0.1:${await freePort()}` }, {}, false);
       nginx2 = await startNginx({ extAuthzUrl: starting.url, echoUrl: echo!.url, authorityUrl: authority!.url });

@@ -23,12 +23,20 @@ describe('ext-authz without its authority', () => {
     const grpcPort = await freePort();
     const settings = { grpc: { host: '127.0.0.1', port: grpcPort } };
     authority = await startTestAuthority(settings, dataDir);
-    await authority.admin('POST', '/api/apikeys', { clientId: 'resilient', clientSecret: 'resilient-secret', authorizedEntities: ['route_foo'] });
-    const { access_token: token } = (await (await authority.postForm(TOKEN_PATH, { grant_type: 'client_credentials', client_id: 'resilient', client_secret: 'resilient-secret' })).json()) as { access_token: string };
+    await authority.admin('POST', '/api/apikeys', {
+      clientId: 'resilient',
+      clientSecret: 'resilient-secret',
+      authorizedEntities: ['route_foo'],
+    });
+    const { access_token: token } = (await (
+      await authority.postForm(TOKEN_PATH, { grant_type: 'client_credentials', client_id: 'resilient', client_secret: 'resilient-secret' })
+    ).json()) as { access_token: string };
     extAuthz = await startTestExtAuthz(authority);
     await extAuthz.waitFor(() => extAuthz!.replica.apiKey('resilient') !== undefined);
-    const check = (credential = token) => httpRequest(`${extAuthz!.url}/authz/foo/`, { headers: { authorization: `Bearer ${credential}` } });
-    const health = async () => JSON.parse((await httpRequest(`${extAuthz!.url}/health`)).body) as { status: string; authority: { connected: boolean } };
+    const check = (credential = token) =>
+      httpRequest(`${extAuthz!.url}/authz/foo/`, { headers: { authorization: `Bearer ${credential}` } });
+    const health = async () =>
+      JSON.parse((await httpRequest(`${extAuthz!.url}/health`)).body) as { status: string; authority: { connected: boolean } };
 
     assert.equal((await check()).status, 200);
     assert.equal((await health()).status, 'ok');
@@ -48,7 +56,10 @@ describe('ext-authz without its authority', () => {
     // Back on the same port and store; a change made while ext-authz was away reaches it.
     authority = await startTestAuthority(settings, dataDir);
     await authority.admin('PATCH', '/api/apikeys/resilient', { enabled: false });
-    const reconnectMs = await extAuthz.waitFor(() => extAuthz!.replica.status === 'synced' && extAuthz!.replica.apiKey('resilient')?.enabled === false, 10_000);
+    const reconnectMs = await extAuthz.waitFor(
+      () => extAuthz!.replica.status === 'synced' && extAuthz!.replica.apiKey('resilient')?.enabled === false,
+      10_000,
+    );
     assert.ok(reconnectMs < 10_000);
     assert.equal((await health()).status, 'ok');
     const denied = await check();
@@ -58,7 +69,11 @@ describe('ext-authz without its authority', () => {
 
   it('refuses to replicate without the data plane token', async () => {
     const open = await startTestAuthority();
-    const intruder = await startTestExtAuthz(open, { authority: { url: open.grpcAddress, token: 'not-the-admin-token-at-all', initialBackoff: 50, maxBackoff: 200 } }, false);
+    const intruder = await startTestExtAuthz(
+      open,
+      { authority: { url: open.grpcAddress, token: 'not-the-admin-token-at-all', initialBackoff: 50, maxBackoff: 200 } },
+      false,
+    );
     try {
       await new Promise((done) => setTimeout(done, 300));
       assert.equal(intruder.replica.ready, false);

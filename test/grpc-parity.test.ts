@@ -48,11 +48,18 @@ describe('REST and gRPC give the same answers (one table of cases)', () => {
     await authority.admin('POST', '/api/apikeys', { clientId: 'other', clientSecret: 'other-secret' });
     await authority.admin('POST', '/api/apikeys', { clientId: 'off', clientSecret: 'off-secret', enabled: false });
     const issue = async (clientId: string, secret: string) =>
-      ((await (await authority.postForm(TOKEN_PATH, { grant_type: 'client_credentials', client_id: clientId, client_secret: secret })).json()) as { access_token: string }).access_token;
+      (
+        (await (
+          await authority.postForm(TOKEN_PATH, { grant_type: 'client_credentials', client_id: clientId, client_secret: secret })
+        ).json()) as { access_token: string }
+      ).access_token;
     liveToken = await issue('app', 'app-secret');
     revokedToken = await issue('app', 'app-secret');
     otherClientsToken = await issue('other', 'other-secret');
-    assert.equal((await authority.postForm(REVOKE_PATH, { token: revokedToken }, { authorization: basic('app', 'app-secret') })).status, 200);
+    assert.equal(
+      (await authority.postForm(REVOKE_PATH, { token: revokedToken }, { authorization: basic('app', 'app-secret') })).status,
+      200,
+    );
   });
   after(async () => {
     grpc.close();
@@ -61,40 +68,162 @@ describe('REST and gRPC give the same answers (one table of cases)', () => {
 
   const asApp = { client_id: 'app', client_secret: 'app-secret' };
   const cases: Case[] = [
-    { name: 'token: credentials in the body / message', operation: 'token', params: GOOD, expect: { tokenType: 'Bearer', scope: 'read write' } },
-    { name: 'token: credentials by Basic header / metadata', operation: 'token', params: { grant_type: 'client_credentials', scope: 'read' }, basic: ['app', 'app-secret'], expect: { tokenType: 'Bearer', scope: 'read' } },
-    { name: 'token: allowed audience', operation: 'token', params: { ...GOOD, audience: 'billing' }, expect: { tokenType: 'Bearer', scope: 'read write' } },
-    { name: 'token: missing grant_type', operation: 'token', params: { client_id: 'app', client_secret: 'app-secret' }, expect: { error: 'invalid_request' } },
-    { name: 'token: unsupported grant type', operation: 'token', params: { ...GOOD, grant_type: 'password' }, expect: { error: 'unsupported_grant_type' } },
-    { name: 'token: no credentials', operation: 'token', params: { grant_type: 'client_credentials' }, expect: { error: 'invalid_client' } },
+    {
+      name: 'token: credentials in the body / message',
+      operation: 'token',
+      params: GOOD,
+      expect: { tokenType: 'Bearer', scope: 'read write' },
+    },
+    {
+      name: 'token: credentials by Basic header / metadata',
+      operation: 'token',
+      params: { grant_type: 'client_credentials', scope: 'read' },
+      basic: ['app', 'app-secret'],
+      expect: { tokenType: 'Bearer', scope: 'read' },
+    },
+    {
+      name: 'token: allowed audience',
+      operation: 'token',
+      params: { ...GOOD, audience: 'billing' },
+      expect: { tokenType: 'Bearer', scope: 'read write' },
+    },
+    {
+      name: 'token: missing grant_type',
+      operation: 'token',
+      params: { client_id: 'app', client_secret: 'app-secret' },
+      expect: { error: 'invalid_request' },
+    },
+    {
+      name: 'token: unsupported grant type',
+      operation: 'token',
+      params: { ...GOOD, grant_type: 'password' },
+      expect: { error: 'unsupported_grant_type' },
+    },
+    {
+      name: 'token: no credentials',
+      operation: 'token',
+      params: { grant_type: 'client_credentials' },
+      expect: { error: 'invalid_client' },
+    },
     { name: 'token: unknown client id', operation: 'token', params: { ...GOOD, client_id: 'ghost' }, expect: { error: 'invalid_client' } },
-    { name: 'token: wrong secret', operation: 'token', params: { ...GOOD, client_secret: 'wrong-secret' }, expect: { error: 'invalid_client' } },
-    { name: 'token: wrong secret by Basic', operation: 'token', params: { grant_type: 'client_credentials' }, basic: ['app', 'wrong-secret'], expect: { error: 'invalid_client' } },
-    { name: 'token: disabled API key', operation: 'token', params: { ...GOOD, client_id: 'off', client_secret: 'off-secret' }, expect: { error: 'invalid_client' } },
-    { name: 'token: Basic and body credentials together', operation: 'token', params: GOOD, basic: ['app', 'app-secret'], expect: { error: 'invalid_request' } },
-    { name: 'token: malformed Basic', operation: 'token', params: { grant_type: 'client_credentials' }, authorization: 'Basic %%%', expect: { error: 'invalid_request' } },
+    {
+      name: 'token: wrong secret',
+      operation: 'token',
+      params: { ...GOOD, client_secret: 'wrong-secret' },
+      expect: { error: 'invalid_client' },
+    },
+    {
+      name: 'token: wrong secret by Basic',
+      operation: 'token',
+      params: { grant_type: 'client_credentials' },
+      basic: ['app', 'wrong-secret'],
+      expect: { error: 'invalid_client' },
+    },
+    {
+      name: 'token: disabled API key',
+      operation: 'token',
+      params: { ...GOOD, client_id: 'off', client_secret: 'off-secret' },
+      expect: { error: 'invalid_client' },
+    },
+    {
+      name: 'token: Basic and body credentials together',
+      operation: 'token',
+      params: GOOD,
+      basic: ['app', 'app-secret'],
+      expect: { error: 'invalid_request' },
+    },
+    {
+      name: 'token: malformed Basic',
+      operation: 'token',
+      params: { grant_type: 'client_credentials' },
+      authorization: 'Basic %%%',
+      expect: { error: 'invalid_request' },
+    },
     { name: 'token: scope not granted', operation: 'token', params: { ...GOOD, scope: 'admin' }, expect: { error: 'invalid_scope' } },
     { name: 'token: malformed scope', operation: 'token', params: { ...GOOD, scope: 'read "x"' }, expect: { error: 'invalid_scope' } },
     { name: 'token: empty scope', operation: 'token', params: { ...GOOD, scope: '' }, expect: { error: 'invalid_scope' } },
-    { name: 'token: audience not allowed', operation: 'token', params: { ...GOOD, audience: 'payroll' }, expect: { error: 'invalid_target' } },
-    { name: 'token: control characters in client_id', operation: 'token', params: { ...GOOD, client_id: 'app\u0001' }, expect: { error: 'invalid_request' } },
+    {
+      name: 'token: audience not allowed',
+      operation: 'token',
+      params: { ...GOOD, audience: 'payroll' },
+      expect: { error: 'invalid_target' },
+    },
+    {
+      name: 'token: control characters in client_id',
+      operation: 'token',
+      params: { ...GOOD, client_id: 'app\u0001' },
+      expect: { error: 'invalid_request' },
+    },
     { name: 'token: unicode client_id', operation: 'token', params: { ...GOOD, client_id: 'äpp-😀' }, expect: { error: 'invalid_client' } },
-    { name: 'token: oversized parameter', operation: 'token', params: { ...GOOD, scope: 'r'.repeat(9000) }, expect: { error: 'invalid_request' } },
-    { name: 'introspect: live token', operation: 'introspect', params: async () => ({ token: liveToken, ...asApp }), expect: { active: true } },
-    { name: 'introspect: revoked token', operation: 'introspect', params: async () => ({ token: revokedToken, ...asApp }), expect: { active: false } },
-    { name: 'introspect: expired token', operation: 'introspect', params: async () => {
-      const now = Math.floor(Date.now() / 1000);
-      return { token: await signWithAuthorityKey(authority, { ...accessTokenClaims(authority, 'app'), iat: now - 7200, nbf: now - 7200, exp: now - 3600 }), ...asApp };
-    }, expect: { active: false } },
+    {
+      name: 'token: oversized parameter',
+      operation: 'token',
+      params: { ...GOOD, scope: 'r'.repeat(9000) },
+      expect: { error: 'invalid_request' },
+    },
+    {
+      name: 'introspect: live token',
+      operation: 'introspect',
+      params: async () => ({ token: liveToken, ...asApp }),
+      expect: { active: true },
+    },
+    {
+      name: 'introspect: revoked token',
+      operation: 'introspect',
+      params: async () => ({ token: revokedToken, ...asApp }),
+      expect: { active: false },
+    },
+    {
+      name: 'introspect: expired token',
+      operation: 'introspect',
+      params: async () => {
+        const now = Math.floor(Date.now() / 1000);
+        return {
+          token: await signWithAuthorityKey(authority, {
+            ...accessTokenClaims(authority, 'app'),
+            iat: now - 7200,
+            nbf: now - 7200,
+            exp: now - 3600,
+          }),
+          ...asApp,
+        };
+      },
+      expect: { active: false },
+    },
     { name: 'introspect: not a JWT', operation: 'introspect', params: { token: 'not-a-jwt', ...asApp }, expect: { active: false } },
-    { name: 'introspect: alg none', operation: 'introspect', params: async () => ({ token: `${Buffer.from('{"alg":"none","typ":"at+jwt","kid":"otoroshi-jwt-signing"}').toString('base64url')}.${Buffer.from(JSON.stringify(accessTokenClaims(authority, 'app'))).toString('base64url')}.`, ...asApp }), expect: { active: false } },
-    { name: 'introspect: signed by another key', operation: 'introspect', params: async () => ({
-      token: await new SignJWT(accessTokenClaims(authority, 'app')).setProtectedHeader({ alg: 'RS256', typ: 'at+jwt', kid: 'otoroshi-jwt-signing' }).sign(generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey),
-      ...asApp,
-    }), expect: { active: false } },
-    { name: 'introspect: caller not authenticated', operation: 'introspect', params: async () => ({ token: liveToken }), expect: { error: 'invalid_client' } },
+    {
+      name: 'introspect: alg none',
+      operation: 'introspect',
+      params: async () => ({
+        token: `${Buffer.from('{"alg":"none","typ":"at+jwt","kid":"otoroshi-jwt-signing"}').toString('base64url')}.${Buffer.from(JSON.stringify(accessTokenClaims(authority, 'app'))).toString('base64url')}.`,
+        ...asApp,
+      }),
+      expect: { active: false },
+    },
+    {
+      name: 'introspect: signed by another key',
+      operation: 'introspect',
+      params: async () => ({
+        token: await new SignJWT(accessTokenClaims(authority, 'app'))
+          .setProtectedHeader({ alg: 'RS256', typ: 'at+jwt', kid: 'otoroshi-jwt-signing' })
+          .sign(generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey),
+        ...asApp,
+      }),
+      expect: { active: false },
+    },
+    {
+      name: 'introspect: caller not authenticated',
+      operation: 'introspect',
+      params: async () => ({ token: liveToken }),
+      expect: { error: 'invalid_client' },
+    },
     { name: 'introspect: missing token', operation: 'introspect', params: asApp, expect: { error: 'invalid_request' } },
-    { name: 'revoke: another client\'s token', operation: 'revoke', params: async () => ({ token: otherClientsToken, ...asApp }), expect: { error: 'invalid_request' } },
+    {
+      name: "revoke: another client's token",
+      operation: 'revoke',
+      params: async () => ({ token: otherClientsToken, ...asApp }),
+      expect: { error: 'invalid_request' },
+    },
     { name: 'revoke: junk token', operation: 'revoke', params: { token: 'junk', ...asApp }, expect: { active: false } },
     { name: 'revoke: no credentials', operation: 'revoke', params: { token: 'junk' }, expect: { error: 'invalid_client' } },
   ];
@@ -104,7 +233,8 @@ describe('REST and gRPC give the same answers (one table of cases)', () => {
     const response = await authority.postForm(REST_PATHS[testCase.operation], params, authorization ? { authorization } : {});
     const body = (await response.json()) as Record<string, any>;
     if (response.status !== 200) return { outcome: { error: body.error }, status: response.status };
-    if (testCase.operation === 'token') return { outcome: { tokenType: body.token_type, scope: body.scope, expiresIn: body.expires_in }, status: 200 };
+    if (testCase.operation === 'token')
+      return { outcome: { tokenType: body.token_type, scope: body.scope, expiresIn: body.expires_in }, status: 200 };
     return { outcome: { active: testCase.operation === 'introspect' ? body.active : false }, status: 200 };
   }
 
@@ -120,7 +250,8 @@ describe('REST and gRPC give the same answers (one table of cases)', () => {
       return { outcome: { error: trailer }, code: result.error.code };
     }
     const response = result.response;
-    if (testCase.operation === 'token') return { outcome: { tokenType: response.token_type, scope: response.scope || undefined, expiresIn: response.expires_in }, code: 0 };
+    if (testCase.operation === 'token')
+      return { outcome: { tokenType: response.token_type, scope: response.scope || undefined, expiresIn: response.expires_in }, code: 0 };
     return { outcome: { active: testCase.operation === 'introspect' ? response.active : false }, code: 0 };
   }
 
@@ -132,7 +263,10 @@ describe('REST and gRPC give the same answers (one table of cases)', () => {
       assert.deepEqual(grpcResult.outcome, rest.outcome, 'same outcome over gRPC and REST');
       if ('error' in testCase.expect) {
         assert.deepEqual(rest.outcome, testCase.expect);
-        assert.ok(HTTP_STATUS_BY_GRPC[grpcResult.code]?.includes(rest.status), `gRPC ${GrpcStatus[grpcResult.code]} for HTTP ${rest.status}`);
+        assert.ok(
+          HTTP_STATUS_BY_GRPC[grpcResult.code]?.includes(rest.status),
+          `gRPC ${GrpcStatus[grpcResult.code]} for HTTP ${rest.status}`,
+        );
       } else if ('active' in testCase.expect) {
         assert.deepEqual(rest.outcome, testCase.expect);
       } else {
@@ -152,9 +286,15 @@ describe('REST and gRPC give the same answers (one table of cases)', () => {
     const issued = await grpc.call('IssueToken', { grant_type: 'client_credentials', client: asApp, scope: 'read' });
     assert.ok(issued.ok);
     const restIntrospection = async () =>
-      ((await (await authority.postForm(INTROSPECT_PATH, { token: issued.response.access_token }, { authorization: basic('app', 'app-secret') })).json()) as { active: boolean; scope: string });
+      (await (
+        await authority.postForm(INTROSPECT_PATH, { token: issued.response.access_token }, { authorization: basic('app', 'app-secret') })
+      ).json()) as { active: boolean; scope: string };
     assert.deepEqual({ active: true, scope: 'read' }, (({ active, scope }) => ({ active, scope }))(await restIntrospection()));
-    const introspected = await grpc.call('IntrospectToken', { token: issued.response.access_token }, { authorization: basic('app', 'app-secret') });
+    const introspected = await grpc.call(
+      'IntrospectToken',
+      { token: issued.response.access_token },
+      { authorization: basic('app', 'app-secret') },
+    );
     assert.ok(introspected.ok);
     assert.equal(introspected.response.client_name, 'app');
     assert.equal(introspected.response.access_type, 'apikey');

@@ -40,12 +40,16 @@ interface ProbeReport {
   get_jwks: Outcome & { count?: number; keys?: { kty: string; alg: string; kid: string; use: string }[] };
 }
 
-function run(file: string, args: string[], timeout = 20_000): Promise<{ code: number | null; stdout: string; stderr: string; spawnError?: string }> {
+function run(
+  file: string,
+  args: string[],
+  timeout = 20_000,
+): Promise<{ code: number | null; stdout: string; stderr: string; spawnError?: string }> {
   // Asynchronous on purpose: the server under test runs in this process's event loop.
   return new Promise((done) => {
     execFile(file, args, { timeout, maxBuffer: 16 * 1024 * 1024 }, (error, stdout, stderr) => {
       const spawnError = error && typeof (error as NodeJS.ErrnoException).code === 'string' ? String(error.message) : undefined;
-      const code = error ? (typeof (error as { code?: unknown }).code === 'number' ? ((error as { code: number }).code) : null) : 0;
+      const code = error ? (typeof (error as { code?: unknown }).code === 'number' ? (error as { code: number }).code : null) : 0;
       done({ code, stdout, stderr, spawnError });
     });
   });
@@ -59,7 +63,11 @@ async function findPython(): Promise<{ python?: string; tried: string[] }> {
   const candidates = process.env.PYTHON ? [process.env.PYTHON] : ['python3', '/usr/bin/python3'];
   const tried: string[] = [];
   for (const candidate of candidates) {
-    const result = await run(candidate, ['-c', 'import grpc, google.protobuf; print(grpc.__version__, google.protobuf.__version__)'], 10_000);
+    const result = await run(
+      candidate,
+      ['-c', 'import grpc, google.protobuf; print(grpc.__version__, google.protobuf.__version__)'],
+      10_000,
+    );
     if (result.code === 0) return { python: candidate, tried };
     tried.push(`${candidate}: ${result.spawnError ?? result.stderr.trim().split('\n').pop() ?? `exit ${result.code}`}`);
   }
@@ -73,7 +81,10 @@ describe('gRPC health and reflection, seen from Python grpcio (not grpc-js)', ()
   let report: ProbeReport;
 
   async function probe(): Promise<ProbeReport> {
-    assert.ok(python, `no usable Python for the gRPC probe (needs python3 with grpc and google.protobuf: apt-get install python3-grpcio python3-protobuf). Tried: ${pythonProblem}`);
+    assert.ok(
+      python,
+      `no usable Python for the gRPC probe (needs python3 with grpc and google.protobuf: apt-get install python3-grpcio python3-protobuf). Tried: ${pythonProblem}`,
+    );
     const result = await run(python, [PROBE, authority.grpcAddress, CLIENT_ID, CLIENT_SECRET]);
     let parsed: ProbeReport | undefined;
     try {
@@ -99,7 +110,10 @@ describe('gRPC health and reflection, seen from Python grpcio (not grpc-js)', ()
   after(() => authority?.stop());
 
   it('has a Python 3 with grpcio and protobuf to probe with', () => {
-    assert.ok(python, `no usable Python for the gRPC probe (needs python3 with grpc and google.protobuf: apt-get install python3-grpcio python3-protobuf). Tried: ${pythonProblem}`);
+    assert.ok(
+      python,
+      `no usable Python for the gRPC probe (needs python3 with grpc and google.protobuf: apt-get install python3-grpcio python3-protobuf). Tried: ${pythonProblem}`,
+    );
     assert.ok(report, 'the probe ran');
     const { runtime } = report;
     assert.match(runtime.grpc, /^\d+\.\d+/);
@@ -139,17 +153,24 @@ describe('gRPC health and reflection, seen from Python grpcio (not grpc-js)', ()
         const loaded = report.descriptors[version][symbol];
         const files = loaded.load_order ?? [];
         const anomalies = (loaded.anomalies ?? []).map((note) => `\n  - ${note}`).join('');
-        assert.ok(loaded.ok, `descriptor chain of ${symbol} (${files.join(' <- ') || 'no file'}) does not load: ${loaded.error ?? loaded.details}${anomalies ? `\nserved descriptors differ from protoc's:${anomalies}` : ''}`);
+        assert.ok(
+          loaded.ok,
+          `descriptor chain of ${symbol} (${files.join(' <- ') || 'no file'}) does not load: ${loaded.error ?? loaded.details}${anomalies ? `\nserved descriptors differ from protoc's:${anomalies}` : ''}`,
+        );
         assert.ok(files.length >= 1);
         // Every import of every file was fetched by name and loaded before the files that need it.
         for (const [name, file] of Object.entries(loaded.files ?? {})) {
           for (const dependency of file.dependency) {
-            assert.ok(files.indexOf(dependency) >= 0 && files.indexOf(dependency) < files.indexOf(name), `${dependency} loaded before ${name}`);
+            assert.ok(
+              files.indexOf(dependency) >= 0 && files.indexOf(dependency) < files.indexOf(name),
+              `${dependency} loaded before ${name}`,
+            );
           }
         }
         const methods = (loaded.methods ?? []).map((method) => method.name);
         const expected = symbol === HEALTH ? ['Check', 'Watch'] : ['IssueToken', 'IntrospectToken', 'GetJwks', 'RevokeToken'];
-        for (const method of expected) assert.ok(methods.includes(method), `${symbol}/${method} in the loaded descriptors (files: ${files.join(', ')})`);
+        for (const method of expected)
+          assert.ok(methods.includes(method), `${symbol}/${method} in the loaded descriptors (files: ${files.join(', ')})`);
       });
     }
   }
@@ -169,7 +190,10 @@ describe('gRPC health and reflection, seen from Python grpcio (not grpc-js)', ()
     const jwks = report.get_jwks;
     assert.ok(jwks.ok, `GetJwks failed: ${JSON.stringify(jwks)}`);
     assert.ok((jwks.count ?? 0) >= 1, 'at least one key');
-    assert.ok(jwks.keys?.some((key) => key.kty === 'RSA' && key.alg === 'RS256'), `an RSA RS256 key: ${JSON.stringify(jwks.keys)}`);
+    assert.ok(
+      jwks.keys?.some((key) => key.kty === 'RSA' && key.alg === 'RS256'),
+      `an RSA RS256 key: ${JSON.stringify(jwks.keys)}`,
+    );
   });
 
   it('reports NOT_SERVING when the application says so, and SERVING again after', async () => {

@@ -7,13 +7,26 @@ import { startTestAuthority, type TestAuthority } from './support/authority';
 import { tokenAuthorityClient, type TokenAuthorityClient } from './support/grpc';
 
 /** Bytes in, status out: calls that no generated client would make. */
-function rawCall(address: string, method: string, payload: Buffer, deadline = Date.now() + 5000): Promise<{ code: number; details: string }> {
+function rawCall(
+  address: string,
+  method: string,
+  payload: Buffer,
+  deadline = Date.now() + 5000,
+): Promise<{ code: number; details: string }> {
   const client = new Client(address, credentials.createInsecure());
   return new Promise((resolve) => {
-    client.makeUnaryRequest(method, (bytes: Buffer) => bytes, (bytes: Buffer) => bytes, payload, new Metadata(), { deadline }, (error: ServiceError | null) => {
-      client.close();
-      resolve(error ? { code: error.code, details: error.details } : { code: GrpcStatus.OK, details: '' });
-    });
+    client.makeUnaryRequest(
+      method,
+      (bytes: Buffer) => bytes,
+      (bytes: Buffer) => bytes,
+      payload,
+      new Metadata(),
+      { deadline },
+      (error: ServiceError | null) => {
+        client.close();
+        resolve(error ? { code: error.code, details: error.details } : { code: GrpcStatus.OK, details: '' });
+      },
+    );
   });
 }
 
@@ -35,10 +48,15 @@ describe('bad input at the gRPC wire', () => {
     assert.ok(result.response.keys.length >= 1);
   };
 
-  it('bytes that are not protobuf → INTERNAL (gRPC\'s code for an unparsable request)', async () => {
+  it("bytes that are not protobuf → INTERNAL (gRPC's code for an unparsable request)", async () => {
     // A tag with no value; a nested message cut short; an endless varint; JSON instead of protobuf.
     // (protobufjs reads known field numbers leniently, so the junk is aimed where it must fail.)
-    for (const garbage of [Buffer.from([0x0e]), Buffer.from([0x12, 0x05, 0x0a, 0x09]), Buffer.from([0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]), Buffer.from('{"grant_type":"client_credentials"}')]) {
+    for (const garbage of [
+      Buffer.from([0x0e]),
+      Buffer.from([0x12, 0x05, 0x0a, 0x09]),
+      Buffer.from([0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]),
+      Buffer.from('{"grant_type":"client_credentials"}'),
+    ]) {
       const result = await rawCall(authority.grpcAddress, '/token_authority.v1.TokenAuthority/IssueToken', garbage);
       assert.equal(result.code, GrpcStatus.INTERNAL, `${garbage.toString('hex')}: ${result.details}`);
     }
@@ -63,7 +81,10 @@ describe('bad input at the gRPC wire', () => {
   });
 
   it('an unknown method or service → UNIMPLEMENTED', async () => {
-    assert.equal((await rawCall(authority.grpcAddress, '/token_authority.v1.TokenAuthority/MintMoney', Buffer.alloc(0))).code, GrpcStatus.UNIMPLEMENTED);
+    assert.equal(
+      (await rawCall(authority.grpcAddress, '/token_authority.v1.TokenAuthority/MintMoney', Buffer.alloc(0))).code,
+      GrpcStatus.UNIMPLEMENTED,
+    );
     assert.equal((await rawCall(authority.grpcAddress, '/token_authority.v2.Nothing/Get', Buffer.alloc(0))).code, GrpcStatus.UNIMPLEMENTED);
     await stillServing();
   });
@@ -104,7 +125,10 @@ describe('bad input at the gRPC wire', () => {
   it('a wrong content type or a plain HTTP/2 GET is refused and the server keeps serving', async () => {
     const session = connect(`http://${authority.grpcAddress}`);
     try {
-      const stream = session.request({ [http2.HTTP2_HEADER_METHOD]: 'GET', [http2.HTTP2_HEADER_PATH]: '/token_authority.v1.TokenAuthority/GetJwks' });
+      const stream = session.request({
+        [http2.HTTP2_HEADER_METHOD]: 'GET',
+        [http2.HTTP2_HEADER_PATH]: '/token_authority.v1.TokenAuthority/GetJwks',
+      });
       const headers = await new Promise<Record<string, unknown>>((resolve, reject) => {
         stream.on('response', resolve);
         stream.on('error', reject);
@@ -126,7 +150,10 @@ describe('graceful shutdown', () => {
     const grpc = tokenAuthorityClient(authority.grpcAddress);
     try {
       assert.ok((await grpc.call('GetJwks', {})).ok, 'connected');
-      const inFlight = grpc.call('IssueToken', { grant_type: 'client_credentials', client: { client_id: 'slow', client_secret: 'slow-secret' } });
+      const inFlight = grpc.call('IssueToken', {
+        grant_type: 'client_credentials',
+        client: { client_id: 'slow', client_secret: 'slow-secret' },
+      });
       await new Promise((done) => setTimeout(done, 5));
       const closing = authority.close();
       const result = await inFlight;

@@ -80,7 +80,13 @@ const HOSTILE: Hostile[] = [
  * 32 × "x" appended (the SHA-256 path), which keeps the run within its time budget.
  */
 const padSecret = (value: Hostile): Hostile =>
-  value.bytes.length >= 32 ? value : { label: `${value.label} + 32 × "x"`, text: value.text === undefined ? undefined : `${value.text}${'x'.repeat(32)}`, bytes: Buffer.concat([value.bytes, Buffer.alloc(32, 'x')]) };
+  value.bytes.length >= 32
+    ? value
+    : {
+        label: `${value.label} + 32 × "x"`,
+        text: value.text === undefined ? undefined : `${value.text}${'x'.repeat(32)}`,
+        bytes: Buffer.concat([value.bytes, Buffer.alloc(32, 'x')]),
+      };
 
 /** Values too large for a request line, a header or metadata (the transports refuse them long before any code of ours). */
 const isHuge = (value: Hostile) => value.bytes.length > 1_000_000;
@@ -109,7 +115,10 @@ const jsonLiteralCache = new Map<Hostile, Buffer>();
 function jsonLiteral(value: Hostile): Buffer {
   let literal = jsonLiteralCache.get(value);
   if (!literal) {
-    literal = value.text !== undefined ? Buffer.from(JSON.stringify(value.text), 'utf8') : Buffer.concat([Buffer.from('"'), value.bytes, Buffer.from('"')]);
+    literal =
+      value.text !== undefined
+        ? Buffer.from(JSON.stringify(value.text), 'utf8')
+        : Buffer.concat([Buffer.from('"'), value.bytes, Buffer.from('"')]);
     jsonLiteralCache.set(value, literal);
   }
   return literal;
@@ -123,10 +132,21 @@ function json(value: Json): Buffer {
     out.push(Buffer.from(close));
     return Buffer.concat(out);
   };
-  const entry = (key: string | H, item: Json) => Buffer.concat([key instanceof H ? jsonLiteral(key.value) : Buffer.from(JSON.stringify(key)), Buffer.from(':'), json(item)]);
-  if (value instanceof Pairs) return join(value.pairs.map(([key, item]) => entry(key, item)), '{', '}');
+  const entry = (key: string | H, item: Json) =>
+    Buffer.concat([key instanceof H ? jsonLiteral(key.value) : Buffer.from(JSON.stringify(key)), Buffer.from(':'), json(item)]);
+  if (value instanceof Pairs)
+    return join(
+      value.pairs.map(([key, item]) => entry(key, item)),
+      '{',
+      '}',
+    );
   if (Array.isArray(value)) return join(value.map(json), '[', ']');
-  if (value !== null && typeof value === 'object') return join(Object.entries(value).map(([key, item]) => entry(key, item)), '{', '}');
+  if (value !== null && typeof value === 'object')
+    return join(
+      Object.entries(value).map(([key, item]) => entry(key, item)),
+      '{',
+      '}',
+    );
   return Buffer.from(JSON.stringify(value));
 }
 
@@ -136,7 +156,15 @@ function pct(bytes: Buffer): string {
   let encoded = pctCache.get(bytes);
   if (encoded === undefined) {
     const latin1 = bytes.toString('latin1');
-    encoded = /^[A-Za-z0-9._~-]*$/.test(latin1) ? latin1 : [...bytes].map((byte) => (/[A-Za-z0-9._~-]/.test(String.fromCharCode(byte)) ? String.fromCharCode(byte) : `%${byte.toString(16).toUpperCase().padStart(2, '0')}`)).join('');
+    encoded = /^[A-Za-z0-9._~-]*$/.test(latin1)
+      ? latin1
+      : [...bytes]
+          .map((byte) =>
+            /[A-Za-z0-9._~-]/.test(String.fromCharCode(byte))
+              ? String.fromCharCode(byte)
+              : `%${byte.toString(16).toUpperCase().padStart(2, '0')}`,
+          )
+          .join('');
     pctCache.set(bytes, encoded);
   }
   return encoded;
@@ -155,9 +183,11 @@ function form(pairs: [string, string | H][], encoding: FormEncoding): Buffer {
   return Buffer.concat(parts);
 }
 
-const basicOf = (id: Buffer | string, secret: Buffer | string) => `Basic ${Buffer.concat([Buffer.from(id), Buffer.from(':'), Buffer.from(secret)]).toString('base64')}`;
+const basicOf = (id: Buffer | string, secret: Buffer | string) =>
+  `Basic ${Buffer.concat([Buffer.from(id), Buffer.from(':'), Buffer.from(secret)]).toString('base64')}`;
 /** A header or metadata value carrying these bytes (node sends a string's characters as latin1 bytes). */
-const asLatin1 = (...parts: (Buffer | string)[]) => Buffer.concat(parts.map((part) => (Buffer.isBuffer(part) ? part : Buffer.from(part, 'latin1')))).toString('latin1');
+const asLatin1 = (...parts: (Buffer | string)[]) =>
+  Buffer.concat(parts.map((part) => (Buffer.isBuffer(part) ? part : Buffer.from(part, 'latin1')))).toString('latin1');
 
 // ---------------------------------------------------------------------------------------------
 // Protobuf decoding of the answers we look into.
@@ -229,7 +259,8 @@ function notUtf8StringFields(bytes: Uint8Array, type: Type, path = type.name): s
         const part = entry.bytes();
         if (entryTag >>> 3 === 1 && field.keyType === 'string') check(part, `${where} key`);
         else if (entryTag >>> 3 === 2 && field.type === 'string') check(part, `${where} value`);
-        else if (entryTag >>> 3 === 2 && field.resolvedType instanceof Type) problems.push(...notUtf8StringFields(part, field.resolvedType, `${where} value`));
+        else if (entryTag >>> 3 === 2 && field.resolvedType instanceof Type)
+          problems.push(...notUtf8StringFields(part, field.resolvedType, `${where} value`));
       }
     } else if (field.type === 'string') check(value, where);
     else if (field.resolvedType instanceof Type) problems.push(...notUtf8StringFields(value, field.resolvedType, where));
@@ -259,11 +290,22 @@ function apiKeyEntries(message: Uint8Array, type: Type): { clientId: string; byt
 /** AuthorityWatch's methods as the proto declares them (Watch, and DeltaWatch where it exists). */
 const WATCH_METHODS = protos.lookupService('token_authority.v1.AuthorityWatch').methodsArray.map((method) => {
   method.resolve();
-  return { name: method.name, deprecated: method.options?.deprecated === true, request: method.resolvedRequestType!, response: method.resolvedResponseType! };
+  return {
+    name: method.name,
+    deprecated: method.options?.deprecated === true,
+    request: method.resolvedRequestType!,
+    response: method.resolvedResponseType!,
+  };
 });
 /** The stream a data plane uses: the first method that is not deprecated. */
 const DATA_PLANE_STREAM = WATCH_METHODS.find((method) => !method.deprecated) ?? WATCH_METHODS[0];
-const decodeIntrospection = (bytes: Buffer) => IntrospectTokenResponse.toObject(IntrospectTokenResponse.decode(bytes), { longs: Number, defaults: true, arrays: true, objects: true }) as Record<string, any>;
+const decodeIntrospection = (bytes: Buffer) =>
+  IntrospectTokenResponse.toObject(IntrospectTokenResponse.decode(bytes), {
+    longs: Number,
+    defaults: true,
+    arrays: true,
+    objects: true,
+  }) as Record<string, any>;
 const CHECK_METHOD = loadAuthorizationService().Check;
 const decodeCheckResponse = (bytes: Buffer) => CHECK_METHOD.responseDeserialize(bytes) as Record<string, any>;
 
@@ -314,19 +356,33 @@ async function unhealthy(service: ChildService, httpPort: number, grpcPort: numb
   } catch (error) {
     return `GET /health: ${(error as Error).message}`;
   }
-  let health = await grpcWire({ address: `127.0.0.1:${grpcPort}`, path: '/grpc.health.v1.Health/Check', message: Buffer.alloc(0), timeoutMs: 3000, session: probeSession(grpcPort) });
+  let health = await grpcWire({
+    address: `127.0.0.1:${grpcPort}`,
+    path: '/grpc.health.v1.Health/Check',
+    message: Buffer.alloc(0),
+    timeoutMs: 3000,
+    session: probeSession(grpcPort),
+  });
   if (health.status !== Grpc.OK) {
     // The reused probe connection may be what failed (a server-side GOAWAY): ask once more on a new one.
     probeSessions.get(grpcPort)?.destroy();
-    health = await grpcWire({ address: `127.0.0.1:${grpcPort}`, path: '/grpc.health.v1.Health/Check', message: Buffer.alloc(0), timeoutMs: 3000 });
+    health = await grpcWire({
+      address: `127.0.0.1:${grpcPort}`,
+      path: '/grpc.health.v1.Health/Check',
+      message: Buffer.alloc(0),
+      timeoutMs: 3000,
+    });
   }
-  if (health.status !== Grpc.OK || !health.messages[0]?.equals(SERVING)) return `grpc.health.v1.Health/Check: ${describeGrpcResult(health)}`;
+  if (health.status !== Grpc.OK || !health.messages[0]?.equals(SERVING))
+    return `grpc.health.v1.Health/Check: ${describeGrpcResult(health)}`;
   return service.exitDescription();
 }
 
 /** Pino lines at error (50) or fatal (60) level: an exception nobody expected, even if it was "served around". */
 function errorLogLines(output: string): string[] {
-  return output.split('\n').filter((line) => /"level":(5|6)0\b/.test(line) || /^(Error|TypeError|RangeError|URIError)\b|^\s+at /.test(line));
+  return output
+    .split('\n')
+    .filter((line) => /"level":(5|6)0\b/.test(line) || /^(Error|TypeError|RangeError|URIError)\b|^\s+at /.test(line));
 }
 
 type ServiceName = 'authority' | 'extAuthz';
@@ -360,12 +416,17 @@ async function hostile(target: ServiceName, what: string, run: () => Promise<voi
       const stderr = service.stderrSince(mark).trim();
       const stdoutErrors = errorLogLines(service.stdoutSince(mark)).join('\n');
       deaths.push(`${what}: ${service.name} ${problem}`);
-      problems.push(`the ${service.name} process (pid ${service.pid}) is not healthy after the request: ${problem}\n--- its stderr since the request ---\n${stderr || '(nothing)'}${stdoutErrors ? `\n--- error log lines ---\n${stdoutErrors}` : ''}`);
+      problems.push(
+        `the ${service.name} process (pid ${service.pid}) is not healthy after the request: ${problem}\n--- its stderr since the request ---\n${stderr || '(nothing)'}${stdoutErrors ? `\n--- error log lines ---\n${stdoutErrors}` : ''}`,
+      );
       await service.restart();
       continue;
     }
     const logged = errorLogLines(service.stdoutSince(mark)).concat(errorLogLines(service.stderrSince(mark)));
-    if (logged.length) problems.push(`the ${service.name} logged at error level during the request (an unexpected exception, even if served around):\n${logged.slice(0, 20).join('\n').slice(0, 4000)}`);
+    if (logged.length)
+      problems.push(
+        `the ${service.name} logged at error level during the request (an unexpected exception, even if served around):\n${logged.slice(0, 20).join('\n').slice(0, 4000)}`,
+      );
   }
   if (problems.length) {
     const request = failure ? `\n--- and the answer itself ---\n${(failure as Error).message}` : '';
@@ -378,15 +439,25 @@ async function hostile(target: ServiceName, what: string, run: () => Promise<voi
 // Expectations.
 
 /** REST: a clean answer. `exact` pins the status; otherwise 4xx, or 2xx where `allow2xx`. */
-function assertRest(response: RawHttpResponse, context: string, options: { allow2xx?: boolean; exact?: number; statuses?: number[] } = {}): void {
+function assertRest(
+  response: RawHttpResponse,
+  context: string,
+  options: { allow2xx?: boolean; exact?: number; statuses?: number[] } = {},
+): void {
   const body = response.body.toString('utf8');
   const summary = `${context}: ${response.status} ${body.slice(0, 300)}`;
   assert.deepEqual(illegalResponseHeaders(response), [], `illegal response header values; ${summary}`);
   assert.ok(response.status < 500, `server error; ${summary}`);
   if (options.exact !== undefined) assert.equal(response.status, options.exact, summary);
-  else if (options.statuses) assert.ok(options.statuses.includes(response.status), `expected one of ${options.statuses.join(', ')}; ${summary}`);
-  else assert.ok((response.status >= 400 && response.status < 500) || (options.allow2xx === true && response.status >= 200 && response.status < 300), `expected 4xx${options.allow2xx ? ' or 2xx' : ''}; ${summary}`);
-  if (/json/.test(responseHeader(response, 'content-type') ?? '') && response.body.length) assert.doesNotThrow(() => JSON.parse(body), `a JSON answer that does not parse; ${summary}`);
+  else if (options.statuses)
+    assert.ok(options.statuses.includes(response.status), `expected one of ${options.statuses.join(', ')}; ${summary}`);
+  else
+    assert.ok(
+      (response.status >= 400 && response.status < 500) || (options.allow2xx === true && response.status >= 200 && response.status < 300),
+      `expected 4xx${options.allow2xx ? ' or 2xx' : ''}; ${summary}`,
+    );
+  if (/json/.test(responseHeader(response, 'content-type') ?? '') && response.body.length)
+    assert.doesNotThrow(() => JSON.parse(body), `a JSON answer that does not parse; ${summary}`);
 }
 
 const jsonBody = (response: RawHttpResponse) => JSON.parse(response.body.toString('utf8')) as Record<string, any>;
@@ -404,7 +475,11 @@ interface GrpcExpectation {
   streamDelivers?: boolean;
 }
 
-const CODE_NAMES = Object.fromEntries(Object.entries(Grpc).filter(([, value]) => typeof value === 'number').map(([name, value]) => [value, name])) as Record<number, string>;
+const CODE_NAMES = Object.fromEntries(
+  Object.entries(Grpc)
+    .filter(([, value]) => typeof value === 'number')
+    .map(([name, value]) => [value, name]),
+) as Record<number, string>;
 
 function assertGrpc(result: GrpcWireResult, context: string, expectation: GrpcExpectation): void {
   const summary = `${context}: ${describeGrpcResult(result)}${result.status !== undefined ? ` (${CODE_NAMES[result.status]})` : ''}`;
@@ -425,12 +500,20 @@ function assertGrpc(result: GrpcWireResult, context: string, expectation: GrpcEx
     return;
   }
   if (result.status === Grpc.INTERNAL && expectation.notUtf8 && /pars|deserializ/i.test(result.statusMessage ?? '')) return;
-  assert.ok(expectation.codes.includes(result.status), `expected ${expectation.codes.map((code) => CODE_NAMES[code]).join(' or ')}; ${summary}`);
-  if (expectation.streamDelivers && result.status === Grpc.OK) assert.ok(result.messages.length > 0, `a stream that answered OK without a message; ${summary}`);
+  assert.ok(
+    expectation.codes.includes(result.status),
+    `expected ${expectation.codes.map((code) => CODE_NAMES[code]).join(' or ')}; ${summary}`,
+  );
+  if (expectation.streamDelivers && result.status === Grpc.OK)
+    assert.ok(result.messages.length > 0, `a stream that answered OK without a message; ${summary}`);
 }
 
 /** An Envoy CheckResponse: never an RPC error; a denial is 401/403 with legal headers; an allow has legal headers. */
-function assertCheckResponse(result: GrpcWireResult, context: string, options: { mayAllow: boolean; tooLarge: boolean }): Record<string, any> | undefined {
+function assertCheckResponse(
+  result: GrpcWireResult,
+  context: string,
+  options: { mayAllow: boolean; tooLarge: boolean },
+): Record<string, any> | undefined {
   if (options.tooLarge) {
     assertGrpc(result, context, { codes: [], tooLarge: true });
     return undefined;
@@ -444,7 +527,8 @@ function assertCheckResponse(result: GrpcWireResult, context: string, options: {
     assert.match(header.key, /^[!#$%&'*+.^_`|~0-9a-z-]+$/, `header name; ${summary}`);
     assert.match(header.value, /^[\x20-\x7e]*$/, `header ${header.key} has an illegal value; ${summary}`);
   }
-  for (const name of response.ok_response?.headers_to_remove ?? []) assert.match(name, /^[!#$%&'*+.^_`|~0-9a-z-]+$/, `headers_to_remove; ${summary}`);
+  for (const name of response.ok_response?.headers_to_remove ?? [])
+    assert.match(name, /^[!#$%&'*+.^_`|~0-9a-z-]+$/, `headers_to_remove; ${summary}`);
   if (response.http_response === 'ok_response') {
     assert.ok(options.mayAllow, `allowed a request whose credential is hostile; ${summary}`);
     assert.equal(response.status?.code ?? 0, Grpc.OK, summary);
@@ -509,7 +593,10 @@ async function issueRestToken(clientId: string, secret = SECRET): Promise<string
   return body.access_token!;
 }
 
-const adminHeaders = (contentType = true): [string, string][] => [['Authorization', `Bearer ${ADMIN_TOKEN}`], ...(contentType ? ([['Content-Type', 'application/json']] as [string, string][]) : [])];
+const adminHeaders = (contentType = true): [string, string][] => [
+  ['Authorization', `Bearer ${ADMIN_TOKEN}`],
+  ...(contentType ? ([['Content-Type', 'application/json']] as [string, string][]) : []),
+];
 
 // ---------------------------------------------------------------------------------------------
 // Request builders.
@@ -526,7 +613,14 @@ const TOKEN_REQUEST_FIELDS = ['token', 'token_type_hint', 'client.client_id', 'c
 function issueTokenMessage(replace: Record<string, Buffer>, withClient = true): Buffer {
   const field = (name: string, fallback: string) => replace[name] ?? Buffer.from(fallback);
   const fields: PbField[] = [[1, field('grant_type', 'client_credentials')]];
-  if (withClient) fields.push([2, [[1, field('client.client_id', 'app')], [2, field('client.client_secret', SECRET)]]]);
+  if (withClient)
+    fields.push([
+      2,
+      [
+        [1, field('client.client_id', 'app')],
+        [2, field('client.client_secret', SECRET)],
+      ],
+    ]);
   fields.push([3, field('scope', 'read')]);
   // audience and resource must agree: a hostile one goes alone, or it would only ever meet "different targets".
   if (!replace.resource) fields.push([4, field('audience', 'billing')]);
@@ -537,8 +631,18 @@ function issueTokenMessage(replace: Record<string, Buffer>, withClient = true): 
 /** IntrospectTokenRequest / RevokeTokenRequest (same shape), valid unless a field is replaced. */
 function tokenRequestMessage(method: 'IntrospectToken' | 'RevokeToken', replace: Record<string, Buffer>, withClient = true): Buffer {
   const field = (name: string, fallback: string) => replace[name] ?? Buffer.from(fallback);
-  const fields: PbField[] = [[1, field('token', method === 'IntrospectToken' ? introspectToken : revokeToken)], [2, field('token_type_hint', 'access_token')]];
-  if (withClient) fields.push([3, [[1, field('client.client_id', 'app')], [2, field('client.client_secret', SECRET)]]]);
+  const fields: PbField[] = [
+    [1, field('token', method === 'IntrospectToken' ? introspectToken : revokeToken)],
+    [2, field('token_type_hint', 'access_token')],
+  ];
+  if (withClient)
+    fields.push([
+      3,
+      [
+        [1, field('client.client_id', 'app')],
+        [2, field('client.client_secret', SECRET)],
+      ],
+    ]);
   return pb(fields);
 }
 
@@ -548,19 +652,50 @@ interface OAuthEndpoint {
   base(): Record<string, string>;
 }
 const OAUTH_ENDPOINTS: OAuthEndpoint[] = [
-  { path: TOKEN_PATH, fields: ['grant_type', 'client_id', 'client_secret', 'scope', 'audience', 'resource'], base: () => ({ grant_type: 'client_credentials', client_id: 'app', client_secret: SECRET, scope: 'read', audience: 'billing', resource: 'billing' }) },
-  { path: INTROSPECT_PATH, fields: ['token', 'token_type_hint', 'client_id', 'client_secret'], base: () => ({ token: introspectToken, token_type_hint: 'access_token', client_id: 'app', client_secret: SECRET }) },
-  { path: REVOKE_PATH, fields: ['token', 'token_type_hint', 'client_id', 'client_secret'], base: () => ({ token: revokeToken, token_type_hint: 'access_token', client_id: 'app', client_secret: SECRET }) },
+  {
+    path: TOKEN_PATH,
+    fields: ['grant_type', 'client_id', 'client_secret', 'scope', 'audience', 'resource'],
+    base: () => ({
+      grant_type: 'client_credentials',
+      client_id: 'app',
+      client_secret: SECRET,
+      scope: 'read',
+      audience: 'billing',
+      resource: 'billing',
+    }),
+  },
+  {
+    path: INTROSPECT_PATH,
+    fields: ['token', 'token_type_hint', 'client_id', 'client_secret'],
+    base: () => ({ token: introspectToken, token_type_hint: 'access_token', client_id: 'app', client_secret: SECRET }),
+  },
+  {
+    path: REVOKE_PATH,
+    fields: ['token', 'token_type_hint', 'client_id', 'client_secret'],
+    base: () => ({ token: revokeToken, token_type_hint: 'access_token', client_id: 'app', client_secret: SECRET }),
+  },
 ];
 
 /** The value between PEM BEGIN/END lines. */
 function pemArmoured(value: Hostile): Hostile {
   const [begin, end] = ['-----BEGIN PRIVATE KEY-----\n', '\n-----END PRIVATE KEY-----\n'];
-  return { label: value.label, text: value.text === undefined ? undefined : `${begin}${value.text}${end}`, bytes: Buffer.concat([Buffer.from(begin), value.bytes, Buffer.from(end)]) };
+  return {
+    label: value.label,
+    text: value.text === undefined ? undefined : `${begin}${value.text}${end}`,
+    bytes: Buffer.concat([Buffer.from(begin), value.bytes, Buffer.from(end)]),
+  };
 }
 
 /** An Envoy CheckRequest (attributes.request.http and context_extensions), every string field as given bytes. */
-function checkRequest(options: { headers?: [Buffer | string, Buffer | string][]; headerMap?: [Buffer | string, Buffer][]; route?: Buffer | string; path?: Buffer | string; host?: Buffer | string; method?: Buffer | string; id?: Buffer | string }): Buffer {
+function checkRequest(options: {
+  headers?: [Buffer | string, Buffer | string][];
+  headerMap?: [Buffer | string, Buffer][];
+  route?: Buffer | string;
+  path?: Buffer | string;
+  host?: Buffer | string;
+  method?: Buffer | string;
+  id?: Buffer | string;
+}): Buffer {
   const http: PbField[] = [
     [1, options.id ?? '1001'],
     [2, options.method ?? 'GET'],
@@ -572,16 +707,45 @@ function checkRequest(options: { headers?: [Buffer | string, Buffer | string][];
       [':method', 'GET'],
       ...(options.headers ?? []),
     ];
-    for (const [key, value] of headers) http.push([3, [[1, key], [2, value]]]);
+    for (const [key, value] of headers)
+      http.push([
+        3,
+        [
+          [1, key],
+          [2, value],
+        ],
+      ]);
   }
   http.push([4, options.path ?? '/api/items'], [5, options.host ?? 'foo.oto.tools:8080'], [6, 'http'], [10, 'HTTP/1.1']);
   if (options.headerMap) {
-    const entries: [Buffer | string, Buffer][] = [[':authority', Buffer.from('foo.oto.tools:8080')], [':path', Buffer.from('/api/items')], ...options.headerMap];
-    http.push([13, entries.map(([key, value]) => [1, [[1, key], [3, value]]] as PbField)]);
+    const entries: [Buffer | string, Buffer][] = [
+      [':authority', Buffer.from('foo.oto.tools:8080')],
+      [':path', Buffer.from('/api/items')],
+      ...options.headerMap,
+    ];
+    http.push([
+      13,
+      entries.map(
+        ([key, value]) =>
+          [
+            1,
+            [
+              [1, key],
+              [3, value],
+            ],
+          ] as PbField,
+      ),
+    ]);
   }
   const attributes: PbField[] = [
     [4, [[2, http]]],
-    [10, [[1, 'route'], [2, options.route ?? 'all']]],
+    [
+      10,
+      [
+        [1, 'route'],
+        [2, options.route ?? 'all'],
+      ],
+    ],
   ];
   return pb([[1, attributes]]);
 }
@@ -610,7 +774,10 @@ describe('hostile input in every field, against real token-authority and ext-aut
     await authority.start();
 
     assert.equal((await adminFetch('POST', '/api/apikeys', APP)).status, 201);
-    assert.equal((await adminFetch('POST', '/api/apikeys', { clientId: 'victim', clientSecret: SECRET, clientName: 'victim' })).status, 201);
+    assert.equal(
+      (await adminFetch('POST', '/api/apikeys', { clientId: 'victim', clientSecret: SECRET, clientName: 'victim' })).status,
+      201,
+    );
     assert.equal((await adminFetch('POST', '/api/keypairs', { id: 'hostile-kp', algorithm: 'ES256' })).status, 201);
     introspectToken = await issueRestToken('app');
     revokeToken = await issueRestToken('app');
@@ -622,7 +789,15 @@ describe('hostile input in every field, against real token-authority and ext-aut
     const issued = await grpcWire({ address: authorityGrpc(), path: `${TA}IssueToken`, message: issueTokenMessage({}) });
     assert.equal(issued.status, Grpc.OK, describeGrpcResult(issued));
     for (const endpoint of OAUTH_ENDPOINTS) {
-      const response = await rawHttp(ports.http, { method: 'POST', target: endpoint.path, headers: [['Content-Type', 'application/x-www-form-urlencoded']], body: form(endpoint.fields.map((field) => [field, endpoint.base()[field]]), 'form (percent-encoded)') });
+      const response = await rawHttp(ports.http, {
+        method: 'POST',
+        target: endpoint.path,
+        headers: [['Content-Type', 'application/x-www-form-urlencoded']],
+        body: form(
+          endpoint.fields.map((field) => [field, endpoint.base()[field]]),
+          'form (percent-encoded)',
+        ),
+      });
       assert.equal(response.status, 200, `${endpoint.path} baseline: ${response.body.toString()}`);
     }
 
@@ -643,7 +818,10 @@ describe('hostile input in every field, against real token-authority and ext-aut
     extAuthz = new ChildService('ext-authz', EXT_AUTHZ_MAIN, cleanEnv({ CONFIG_FILE: extAuthzConfig }), () => healthOk(ports.authzHttp));
     await extAuthz.start();
     const started = Date.now();
-    while ((await rawHttp(ports.authzHttp, { method: 'GET', target: '/authz/all', headers: [['Authorization', `Bearer ${checkToken}`]] })).status !== 200) {
+    while (
+      (await rawHttp(ports.authzHttp, { method: 'GET', target: '/authz/all', headers: [['Authorization', `Bearer ${checkToken}`]] }))
+        .status !== 200
+    ) {
       assert.ok(Date.now() - started < 5000, 'ext-authz did not learn the API key within 5 s');
       await new Promise((done) => setTimeout(done, 20));
     }
@@ -654,7 +832,13 @@ describe('hostile input in every field, against real token-authority and ext-aut
         const clientId = unique('echo');
         const entry: { clientId: string; response?: RawHttpResponse; error?: string } = { clientId };
         await hostile('authority', `creating an echo key, ${field} = ${value.label}`, async () => {
-          entry.response = await rawHttp(ports.http, { method: 'POST', target: '/api/apikeys', headers: adminHeaders(), body: json(echoBody(field, clientId, value)), timeoutMs: 10_000 });
+          entry.response = await rawHttp(ports.http, {
+            method: 'POST',
+            target: '/api/apikeys',
+            headers: adminHeaders(),
+            body: json(echoBody(field, clientId, value)),
+            timeoutMs: 10_000,
+          });
         }).catch((error: Error) => (entry.error = error.message));
         echoCreations.set(echoKey(field, value), entry);
       }
@@ -678,7 +862,11 @@ describe('hostile input in every field, against real token-authority and ext-aut
           hostile('authority', `IssueToken ${field} = ${value.label}`, async () => {
             const message = issueTokenMessage({ [field]: value.bytes });
             const result = await grpcWire({ address: authorityGrpc(), path: `${TA}IssueToken`, message });
-            assertGrpc(result, `IssueToken ${field}`, { codes: [Grpc.INVALID_ARGUMENT, Grpc.UNAUTHENTICATED], tooLarge: tooLarge(message), notUtf8: !wellFormed(value) });
+            assertGrpc(result, `IssueToken ${field}`, {
+              codes: [Grpc.INVALID_ARGUMENT, Grpc.UNAUTHENTICATED],
+              tooLarge: tooLarge(message),
+              notUtf8: !wellFormed(value),
+            });
           }));
       }
     }
@@ -692,8 +880,13 @@ describe('hostile input in every field, against real token-authority and ext-aut
               const result = await grpcWire({ address: authorityGrpc(), path: `${TA}${method}`, message });
               // A token that is not valid is `active: false` (introspection) or nothing to revoke: OK is right.
               const okIsRight = field === 'token' || field === 'token_type_hint';
-              assertGrpc(result, `${method} ${field}`, { codes: [...(okIsRight ? [Grpc.OK] : []), Grpc.INVALID_ARGUMENT, Grpc.UNAUTHENTICATED], tooLarge: tooLarge(message), notUtf8: !wellFormed(value) });
-              if (method === 'IntrospectToken' && field === 'token' && result.status === Grpc.OK) assert.equal(decodeIntrospection(result.messages[0]).active, false, 'a hostile token is not active');
+              assertGrpc(result, `${method} ${field}`, {
+                codes: [...(okIsRight ? [Grpc.OK] : []), Grpc.INVALID_ARGUMENT, Grpc.UNAUTHENTICATED],
+                tooLarge: tooLarge(message),
+                notUtf8: !wellFormed(value),
+              });
+              if (method === 'IntrospectToken' && field === 'token' && result.status === Grpc.OK)
+                assert.equal(decodeIntrospection(result.messages[0]).active, false, 'a hostile token is not active');
             }));
         }
       }
@@ -721,8 +914,16 @@ describe('hostile input in every field, against real token-authority and ext-aut
           it(`${method} metadata ${variant}, value ${value.label}`, () =>
             hostile('authority', `${method} metadata ${variant}, value ${value.label}`, async () => {
               const message = method === 'IssueToken' ? issueTokenMessage({}, false) : tokenRequestMessage(method, {}, false);
-              const result = await grpcWire({ address: authorityGrpc(), path: `${TA}${method}`, message, metadata: { authorization: metadataValue(value) } });
-              assertGrpc(result, `${method} ${variant}`, { codes: [Grpc.INVALID_ARGUMENT, Grpc.UNAUTHENTICATED], transportMayRefuse: true });
+              const result = await grpcWire({
+                address: authorityGrpc(),
+                path: `${TA}${method}`,
+                message,
+                metadata: { authorization: metadataValue(value) },
+              });
+              assertGrpc(result, `${method} ${variant}`, {
+                codes: [Grpc.INVALID_ARGUMENT, Grpc.UNAUTHENTICATED],
+                transportMayRefuse: true,
+              });
             }));
         }
       }
@@ -741,9 +942,21 @@ describe('hostile input in every field, against real token-authority and ext-aut
           it(name, () =>
             hostile('authority', name, async () => {
               const message = messageWithField(method.request, field, value.bytes);
-              const result = await grpcWire({ address: authorityGrpc(), path, message, metadata: { authorization: `Bearer ${DATA_PLANE_TOKEN}` }, stopAfterMessages: 1 });
-              assertGrpc(result, method.name, { codes: [Grpc.OK, Grpc.INVALID_ARGUMENT, ...retired], tooLarge: message.length > MAX_MESSAGE_BYTES, streamDelivers: true, notUtf8: !wellFormed(value) });
-            }));
+              const result = await grpcWire({
+                address: authorityGrpc(),
+                path,
+                message,
+                metadata: { authorization: `Bearer ${DATA_PLANE_TOKEN}` },
+                stopAfterMessages: 1,
+              });
+              assertGrpc(result, method.name, {
+                codes: [Grpc.OK, Grpc.INVALID_ARGUMENT, ...retired],
+                tooLarge: message.length > MAX_MESSAGE_BYTES,
+                streamDelivers: true,
+                notUtf8: !wellFormed(value),
+              });
+            }),
+          );
         }
       }
       for (const [variant, metadataValue] of [
@@ -754,9 +967,16 @@ describe('hostile input in every field, against real token-authority and ext-aut
           const name = `${method.name} metadata ${variant}, value ${value.label}`;
           it(name, () =>
             hostile('authority', name, async () => {
-              const result = await grpcWire({ address: authorityGrpc(), path, message: pb([[1, 'hostile-test']]), metadata: { authorization: metadataValue(value) }, stopAfterMessages: 1 });
+              const result = await grpcWire({
+                address: authorityGrpc(),
+                path,
+                message: pb([[1, 'hostile-test']]),
+                metadata: { authorization: metadataValue(value) },
+                stopAfterMessages: 1,
+              });
               assertGrpc(result, method.name, { codes: [Grpc.UNAUTHENTICATED, ...retired], transportMayRefuse: true });
-            }));
+            }),
+          );
         }
       }
     }
@@ -769,7 +989,11 @@ describe('hostile input in every field, against real token-authority and ext-aut
         it(`${name} grpc.health.v1.Health/Check service = ${value.label}`, () =>
           hostile(target, `${name} Health/Check service = ${value.label}`, async () => {
             const message = pb([[1, value.bytes]]);
-            const result = await grpcWire({ address: target === 'authority' ? authorityGrpc() : extAuthzGrpc(), path: '/grpc.health.v1.Health/Check', message });
+            const result = await grpcWire({
+              address: target === 'authority' ? authorityGrpc() : extAuthzGrpc(),
+              path: '/grpc.health.v1.Health/Check',
+              message,
+            });
             assertGrpc(result, 'Health/Check', { codes: [Grpc.NOT_FOUND], tooLarge: message.length > limit, notUtf8: !wellFormed(value) });
           }));
       }
@@ -779,9 +1003,28 @@ describe('hostile input in every field, against real token-authority and ext-aut
       ['v1', 'file_containing_symbol', (value) => [[4, value]]],
       ['v1', 'file_by_filename', (value) => [[3, value]]],
       ['v1', 'all_extension_numbers_of_type', (value) => [[6, value]]],
-      ['v1', 'file_containing_extension.containing_type', (value) => [[5, [[1, value], [2, 1]]]]],
+      [
+        'v1',
+        'file_containing_extension.containing_type',
+        (value) => [
+          [
+            5,
+            [
+              [1, value],
+              [2, 1],
+            ],
+          ],
+        ],
+      ],
       ['v1', 'list_services', (value) => [[7, value]]],
-      ['v1', 'host (with list_services)', (value) => [[1, value], [7, '']]],
+      [
+        'v1',
+        'host (with list_services)',
+        (value) => [
+          [1, value],
+          [7, ''],
+        ],
+      ],
       ['v1alpha', 'file_containing_symbol', (value) => [[4, value]]],
     ];
     for (const [version, field, request] of reflectionRequests) {
@@ -789,8 +1032,17 @@ describe('hostile input in every field, against real token-authority and ext-aut
         it(`reflection ${version} ${field} = ${value.label}`, () =>
           hostile('authority', `reflection ${version} ${field} = ${value.label}`, async () => {
             const message = pb(request(value.bytes));
-            const result = await grpcWire({ address: authorityGrpc(), path: `/grpc.reflection.${version}.ServerReflection/ServerReflectionInfo`, message });
-            assertGrpc(result, `reflection ${field}`, { codes: [Grpc.OK], tooLarge: message.length > MAX_MESSAGE_BYTES, streamDelivers: true, notUtf8: !wellFormed(value) });
+            const result = await grpcWire({
+              address: authorityGrpc(),
+              path: `/grpc.reflection.${version}.ServerReflection/ServerReflectionInfo`,
+              message,
+            });
+            assertGrpc(result, `reflection ${field}`, {
+              codes: [Grpc.OK],
+              tooLarge: message.length > MAX_MESSAGE_BYTES,
+              streamDelivers: true,
+              notUtf8: !wellFormed(value),
+            });
           }));
       }
     }
@@ -803,21 +1055,85 @@ describe('hostile input in every field, against real token-authority and ext-aut
     /** [name, builds the request, may a correct implementation allow it?] */
     const cases: [string, (value: Hostile) => Buffer, boolean][] = [
       ['headers authorization = value', (value) => checkRequest({ headers: [['authorization', value.bytes]] }), false],
-      ['headers authorization = "Bearer " + value', (value) => checkRequest({ headers: [['authorization', Buffer.concat([Buffer.from('Bearer '), value.bytes])]] }), false],
-      ['headers authorization = Basic base64(value ":" secret)', (value) => checkRequest({ headers: [['authorization', basicOf(value.bytes, SECRET)]] }), false],
-      ['headers authorization = Basic base64("app:" value)', (value) => checkRequest({ headers: [['authorization', basicOf('app', value.bytes)]] }), false],
-      ['headers otoroshi-client-id = value (with a valid secret header)', (value) => checkRequest({ headers: [['otoroshi-client-id', value.bytes], ['otoroshi-client-secret', SECRET]] }), false],
-      ['headers otoroshi-client-secret = value (client id app)', (value) => checkRequest({ headers: [['otoroshi-client-id', 'app'], ['otoroshi-client-secret', value.bytes]] }), false],
+      [
+        'headers authorization = "Bearer " + value',
+        (value) => checkRequest({ headers: [['authorization', Buffer.concat([Buffer.from('Bearer '), value.bytes])]] }),
+        false,
+      ],
+      [
+        'headers authorization = Basic base64(value ":" secret)',
+        (value) => checkRequest({ headers: [['authorization', basicOf(value.bytes, SECRET)]] }),
+        false,
+      ],
+      [
+        'headers authorization = Basic base64("app:" value)',
+        (value) => checkRequest({ headers: [['authorization', basicOf('app', value.bytes)]] }),
+        false,
+      ],
+      [
+        'headers otoroshi-client-id = value (with a valid secret header)',
+        (value) =>
+          checkRequest({
+            headers: [
+              ['otoroshi-client-id', value.bytes],
+              ['otoroshi-client-secret', SECRET],
+            ],
+          }),
+        false,
+      ],
+      [
+        'headers otoroshi-client-secret = value (client id app)',
+        (value) =>
+          checkRequest({
+            headers: [
+              ['otoroshi-client-id', 'app'],
+              ['otoroshi-client-secret', value.bytes],
+            ],
+          }),
+        false,
+      ],
       ['headers otoroshi-client-id = value alone', (value) => checkRequest({ headers: [['otoroshi-client-id', value.bytes]] }), false],
-      ['header_map raw_value of authorization = "Bearer " + value', (value) => checkRequest({ headerMap: [['authorization', Buffer.concat([Buffer.from('Bearer '), value.bytes])]] }), false],
+      [
+        'header_map raw_value of authorization = "Bearer " + value',
+        (value) => checkRequest({ headerMap: [['authorization', Buffer.concat([Buffer.from('Bearer '), value.bytes])]] }),
+        false,
+      ],
       ['header_map raw_value of authorization = value', (value) => checkRequest({ headerMap: [['authorization', value.bytes]] }), false],
-      ['context_extensions route = value (valid token)', (value) => checkRequest({ route: value.bytes, headers: [['authorization', bearer()]] }), false],
+      [
+        'context_extensions route = value (valid token)',
+        (value) => checkRequest({ route: value.bytes, headers: [['authorization', bearer()]] }),
+        false,
+      ],
       // Fields ext-authz does not decide on: with a valid token, an allow is right.
       ['request path = value (valid token)', (value) => checkRequest({ path: value.bytes, headers: [['authorization', bearer()]] }), true],
       ['request host = value (valid token)', (value) => checkRequest({ host: value.bytes, headers: [['authorization', bearer()]] }), true],
-      ['request method and id = value (valid token)', (value) => checkRequest({ method: value.bytes, id: value.bytes, headers: [['authorization', bearer()]] }), true],
-      ['a header named value (valid token)', (value) => checkRequest({ headers: [['authorization', bearer()], [value.bytes, 'x']] }), true],
-      ['header_map key = value (valid token)', (value) => checkRequest({ headerMap: [['authorization', Buffer.from(bearer())], [value.bytes, Buffer.from('x')]] }), true],
+      [
+        'request method and id = value (valid token)',
+        (value) => checkRequest({ method: value.bytes, id: value.bytes, headers: [['authorization', bearer()]] }),
+        true,
+      ],
+      [
+        'a header named value (valid token)',
+        (value) =>
+          checkRequest({
+            headers: [
+              ['authorization', bearer()],
+              [value.bytes, 'x'],
+            ],
+          }),
+        true,
+      ],
+      [
+        'header_map key = value (valid token)',
+        (value) =>
+          checkRequest({
+            headerMap: [
+              ['authorization', Buffer.from(bearer())],
+              [value.bytes, Buffer.from('x')],
+            ],
+          }),
+        true,
+      ],
     ];
     for (const [name, build, mayAllow] of cases) {
       for (const value of HOSTILE) {
@@ -842,21 +1158,34 @@ describe('hostile input in every field, against real token-authority and ext-aut
             it(name, () =>
               hostile('authority', name, async () => {
                 // audience and resource must agree: a hostile one goes alone.
-                const sent = endpoint.fields.filter((each) => !(field === 'audience' && each === 'resource') && !(field === 'resource' && each === 'audience'));
+                const sent = endpoint.fields.filter(
+                  (each) => !(field === 'audience' && each === 'resource') && !(field === 'resource' && each === 'audience'),
+                );
                 const fields: [string, string | H][] = sent.map((each) => [each, each === field ? new H(value) : endpoint.base()[each]]);
                 const body = encoding === 'JSON' ? json(new Pairs(fields)) : form(fields, encoding);
                 const contentType = encoding === 'JSON' ? 'application/json' : 'application/x-www-form-urlencoded';
-                const response = await rawHttp(ports.http, { method: 'POST', target: endpoint.path, headers: [['Content-Type', contentType]], body, timeoutMs: 10_000 });
+                const response = await rawHttp(ports.http, {
+                  method: 'POST',
+                  target: endpoint.path,
+                  headers: [['Content-Type', contentType]],
+                  body,
+                  timeoutMs: 10_000,
+                });
                 if (body.length > BODY_LIMIT) return assertRest(response, name, { exact: 413 });
                 const okIsRight = endpoint.path !== TOKEN_PATH && (field === 'token' || field === 'token_type_hint');
                 assertRest(response, name, { allow2xx: okIsRight });
-                if (endpoint.path === INTROSPECT_PATH && field === 'token' && response.status === 200) assert.equal(jsonBody(response).active, false, 'a hostile token is not active');
-              }));
+                if (endpoint.path === INTROSPECT_PATH && field === 'token' && response.status === 200)
+                  assert.equal(jsonBody(response).active, false, 'a hostile token is not active');
+              }),
+            );
           }
         }
       }
 
-      const credentialless = () => endpoint.fields.filter((field) => field !== 'client_id' && field !== 'client_secret').map((field) => [field, endpoint.base()[field]] as [string, string]);
+      const credentialless = () =>
+        endpoint.fields
+          .filter((field) => field !== 'client_id' && field !== 'client_secret')
+          .map((field) => [field, endpoint.base()[field]] as [string, string]);
       const headerVariants: [string, (value: Hostile) => Buffer][] = [
         ['Authorization = Basic base64(value ":" secret)', (value) => Buffer.from(basicOf(value.bytes, SECRET))],
         ['Authorization = Basic base64("app:" value)', (value) => Buffer.from(basicOf('app', value.bytes))],
@@ -870,9 +1199,18 @@ describe('hostile input in every field, against real token-authority and ext-aut
           it(name, () =>
             hostile('authority', name, async () => {
               const header = headerValue(value);
-              const response = await rawHttp(ports.http, { method: 'POST', target: endpoint.path, headers: [['Content-Type', 'application/x-www-form-urlencoded'], ['Authorization', header]], body: form(credentialless(), 'form (percent-encoded)') });
+              const response = await rawHttp(ports.http, {
+                method: 'POST',
+                target: endpoint.path,
+                headers: [
+                  ['Content-Type', 'application/x-www-form-urlencoded'],
+                  ['Authorization', header],
+                ],
+                body: form(credentialless(), 'form (percent-encoded)'),
+              });
               assertRest(response, name);
-            }));
+            }),
+          );
         }
       }
 
@@ -883,10 +1221,19 @@ describe('hostile input in every field, against real token-authority and ext-aut
             hostile('authority', name, async () => {
               const query = encoding === 'raw bytes' ? value.bytes : Buffer.from(pct(value.bytes), 'latin1');
               const target = Buffer.concat([Buffer.from(`${endpoint.path}?${endpoint.fields[0]}=`), query]);
-              const response = await rawHttp(ports.http, { method: 'POST', target, headers: [['Content-Type', 'application/x-www-form-urlencoded']], body: form(endpoint.fields.map((field) => [field, endpoint.base()[field]]), 'form (percent-encoded)') });
+              const response = await rawHttp(ports.http, {
+                method: 'POST',
+                target,
+                headers: [['Content-Type', 'application/x-www-form-urlencoded']],
+                body: form(
+                  endpoint.fields.map((field) => [field, endpoint.base()[field]]),
+                  'form (percent-encoded)',
+                ),
+              });
               // The query string is not where OAuth parameters go: ignoring it (200) is as right as refusing.
               assertRest(response, name, { allow2xx: !nearHeaderLimit(target.length) });
-            }));
+            }),
+          );
         }
       }
     }
@@ -895,25 +1242,84 @@ describe('hostile input in every field, against real token-authority and ext-aut
   // -------------------------------------------------------------------------------------------
   describe('REST admin API', () => {
     /** Each field of an API key, how to put a hostile value there, and where to find it again. */
-    const apiKeyFields: { field: string; set: (body: { [key: string]: Json }, value: Hostile) => void; read: (key: any, value: Hostile) => unknown; expected: (value: Hostile) => unknown }[] = [
+    const apiKeyFields: {
+      field: string;
+      set: (body: { [key: string]: Json }, value: Hostile) => void;
+      read: (key: any, value: Hostile) => unknown;
+      expected: (value: Hostile) => unknown;
+    }[] = [
       { field: 'clientId', set: (body, value) => (body.clientId = new H(value)), read: (key) => key.clientId, expected: receivedFromJson },
       { field: 'clientSecret', set: (body, value) => (body.clientSecret = new H(value)), read: () => undefined, expected: () => undefined },
-      { field: 'clientName', set: (body, value) => (body.clientName = new H(value)), read: (key) => key.clientName, expected: receivedFromJson },
-      { field: 'description', set: (body, value) => (body.description = new H(value)), read: (key) => key.description, expected: receivedFromJson },
-      { field: 'authorizedEntities[0]', set: (body, value) => (body.authorizedEntities = [new H(value)]), read: (key) => key.authorizedEntities, expected: (value) => [receivedFromJson(value)] },
-      { field: 'metadata key', set: (body, value) => (body.metadata = new Pairs([[new H(value), 'x']])), read: (key, value) => key.metadata?.[receivedFromJson(value)], expected: () => 'x' },
-      { field: 'metadata value', set: (body, value) => (body.metadata = { m: new H(value) }), read: (key) => key.metadata?.m, expected: receivedFromJson },
-      { field: 'tags[0]', set: (body, value) => (body.tags = [new H(value)]), read: (key) => key.tags, expected: (value) => [receivedFromJson(value)] },
-      { field: 'scope (string)', set: (body, value) => (body.scope = new H(value)), read: (key) => key.scope, expected: (value) => receivedFromJson(value).split(' ').filter(Boolean) },
-      { field: 'scope[0] (list)', set: (body, value) => (body.scope = [new H(value)]), read: (key) => key.scope, expected: (value) => [receivedFromJson(value)] },
+      {
+        field: 'clientName',
+        set: (body, value) => (body.clientName = new H(value)),
+        read: (key) => key.clientName,
+        expected: receivedFromJson,
+      },
+      {
+        field: 'description',
+        set: (body, value) => (body.description = new H(value)),
+        read: (key) => key.description,
+        expected: receivedFromJson,
+      },
+      {
+        field: 'authorizedEntities[0]',
+        set: (body, value) => (body.authorizedEntities = [new H(value)]),
+        read: (key) => key.authorizedEntities,
+        expected: (value) => [receivedFromJson(value)],
+      },
+      {
+        field: 'metadata key',
+        set: (body, value) => (body.metadata = new Pairs([[new H(value), 'x']])),
+        read: (key, value) => key.metadata?.[receivedFromJson(value)],
+        expected: () => 'x',
+      },
+      {
+        field: 'metadata value',
+        set: (body, value) => (body.metadata = { m: new H(value) }),
+        read: (key) => key.metadata?.m,
+        expected: receivedFromJson,
+      },
+      {
+        field: 'tags[0]',
+        set: (body, value) => (body.tags = [new H(value)]),
+        read: (key) => key.tags,
+        expected: (value) => [receivedFromJson(value)],
+      },
+      {
+        field: 'scope (string)',
+        set: (body, value) => (body.scope = new H(value)),
+        read: (key) => key.scope,
+        expected: (value) => receivedFromJson(value).split(' ').filter(Boolean),
+      },
+      {
+        field: 'scope[0] (list)',
+        set: (body, value) => (body.scope = [new H(value)]),
+        read: (key) => key.scope,
+        expected: (value) => [receivedFromJson(value)],
+      },
     ];
 
     /** A 2xx must mean the value was stored as sent: in the answer, and when read back. */
-    async function assertStored(response: RawHttpResponse, clientId: string, spec: (typeof apiKeyFields)[number], value: Hostile, name: string): Promise<void> {
+    async function assertStored(
+      response: RawHttpResponse,
+      clientId: string,
+      spec: (typeof apiKeyFields)[number],
+      value: Hostile,
+      name: string,
+    ): Promise<void> {
       if (response.status < 200 || response.status >= 300) return;
       const expected = spec.expected(value);
-      assert.deepEqual(spec.read(jsonBody(response), value), expected, `${name}: accepted (${response.status}) but the answer does not carry the value as sent`);
-      const read = await rawHttp(ports.http, { method: 'GET', target: `/api/apikeys/${pct(Buffer.from(clientId, 'utf8'))}`, headers: adminHeaders(false) });
+      assert.deepEqual(
+        spec.read(jsonBody(response), value),
+        expected,
+        `${name}: accepted (${response.status}) but the answer does not carry the value as sent`,
+      );
+      const read = await rawHttp(ports.http, {
+        method: 'GET',
+        target: `/api/apikeys/${pct(Buffer.from(clientId, 'utf8'))}`,
+        headers: adminHeaders(false),
+      });
       assert.equal(read.status, 200, `${name}: accepted but cannot be read back: ${read.status} ${read.body.toString()}`);
       assert.deepEqual(spec.read(jsonBody(read), value), expected, `${name}: accepted but read back altered`);
     }
@@ -924,14 +1330,30 @@ describe('hostile input in every field, against real token-authority and ext-aut
         it(name, () =>
           hostile('authority', name, async () => {
             const clientId = unique('created');
-            const body: { [key: string]: Json } = { clientId, clientSecret: SECRET, clientName: 'n', description: 'd', authorizedEntities: ['route_foo'], metadata: { k: 'v' }, tags: ['t'], scope: 'read' };
+            const body: { [key: string]: Json } = {
+              clientId,
+              clientSecret: SECRET,
+              clientName: 'n',
+              description: 'd',
+              authorizedEntities: ['route_foo'],
+              metadata: { k: 'v' },
+              tags: ['t'],
+              scope: 'read',
+            };
             spec.set(body, value);
             const bytes = json(body);
-            const response = await rawHttp(ports.http, { method: 'POST', target: '/api/apikeys', headers: adminHeaders(), body: bytes, timeoutMs: 10_000 });
+            const response = await rawHttp(ports.http, {
+              method: 'POST',
+              target: '/api/apikeys',
+              headers: adminHeaders(),
+              body: bytes,
+              timeoutMs: 10_000,
+            });
             if (bytes.length > BODY_LIMIT) return assertRest(response, name, { exact: 413 });
             assertRest(response, name, { allow2xx: true });
             await assertStored(response, spec.field === 'clientId' ? receivedFromJson(value) : clientId, spec, value, name);
-          }));
+          }),
+        );
       }
     }
 
@@ -944,11 +1366,18 @@ describe('hostile input in every field, against real token-authority and ext-aut
               const body: { [key: string]: Json } = {};
               spec.set(body, value);
               const bytes = json(body);
-              const response = await rawHttp(ports.http, { method, target: '/api/apikeys/victim', headers: adminHeaders(), body: bytes, timeoutMs: 10_000 });
+              const response = await rawHttp(ports.http, {
+                method,
+                target: '/api/apikeys/victim',
+                headers: adminHeaders(),
+                body: bytes,
+                timeoutMs: 10_000,
+              });
               if (bytes.length > BODY_LIMIT) return assertRest(response, name, { exact: 413 });
               assertRest(response, name, { allow2xx: true });
               await assertStored(response, 'victim', spec, value, name);
-            }));
+            }),
+          );
         }
       }
     }
@@ -958,9 +1387,16 @@ describe('hostile input in every field, against real token-authority and ext-aut
       it(name, () =>
         hostile('authority', name, async () => {
           const bytes = json({ clientSecret: new H(value) });
-          const response = await rawHttp(ports.http, { method: 'POST', target: '/api/apikeys/victim/rotate-secret', headers: adminHeaders(), body: bytes, timeoutMs: 10_000 });
+          const response = await rawHttp(ports.http, {
+            method: 'POST',
+            target: '/api/apikeys/victim/rotate-secret',
+            headers: adminHeaders(),
+            body: bytes,
+            timeoutMs: 10_000,
+          });
           assertRest(response, name, bytes.length > BODY_LIMIT ? { exact: 413 } : {});
-        }));
+        }),
+      );
     }
 
     const pathRoutes: [string, string, Json | undefined][] = [
@@ -981,10 +1417,20 @@ describe('hostile input in every field, against real token-authority and ext-aut
           it(name, () =>
             hostile('authority', name, async () => {
               const [head, tail] = template.split('{}');
-              const target = Buffer.concat([Buffer.from(head), encoding === 'raw bytes' ? value.bytes : Buffer.from(pct(value.bytes), 'latin1'), Buffer.from(tail)]);
-              const response = await rawHttp(ports.http, { method, target, headers: adminHeaders(body !== undefined), body: body === undefined ? undefined : json(body) });
+              const target = Buffer.concat([
+                Buffer.from(head),
+                encoding === 'raw bytes' ? value.bytes : Buffer.from(pct(value.bytes), 'latin1'),
+                Buffer.from(tail),
+              ]);
+              const response = await rawHttp(ports.http, {
+                method,
+                target,
+                headers: adminHeaders(body !== undefined),
+                body: body === undefined ? undefined : json(body),
+              });
               assertRest(response, name);
-            }));
+            }),
+          );
         }
       }
     }
@@ -1006,7 +1452,13 @@ describe('hostile input in every field, against real token-authority and ext-aut
             const body: { [key: string]: Json } = { id, algorithm: 'ES256', description: 'd' };
             set(body, value);
             const bytes = json(body);
-            const response = await rawHttp(ports.http, { method: 'POST', target: '/api/keypairs', headers: adminHeaders(), body: bytes, timeoutMs: 10_000 });
+            const response = await rawHttp(ports.http, {
+              method: 'POST',
+              target: '/api/keypairs',
+              headers: adminHeaders(),
+              body: bytes,
+              timeoutMs: 10_000,
+            });
             if (bytes.length > BODY_LIMIT) return assertRest(response, name, { exact: 413 });
             assertRest(response, name, { allow2xx: field === 'description' });
             if (response.status >= 200 && response.status < 300) {
@@ -1014,7 +1466,8 @@ describe('hostile input in every field, against real token-authority and ext-aut
               const read = await rawHttp(ports.http, { method: 'GET', target: `/api/keypairs/${id}`, headers: adminHeaders(false) });
               assert.equal(jsonBody(read).description, receivedFromJson(value), `${name}: accepted but read back altered`);
             }
-          }));
+          }),
+        );
       }
     }
 
@@ -1023,9 +1476,16 @@ describe('hostile input in every field, against real token-authority and ext-aut
       it(name, () =>
         hostile('authority', name, async () => {
           const bytes = json({ privateKey: new H(value) });
-          const response = await rawHttp(ports.http, { method: 'POST', target: '/api/keypairs/hostile-kp/rotate', headers: adminHeaders(), body: bytes, timeoutMs: 10_000 });
+          const response = await rawHttp(ports.http, {
+            method: 'POST',
+            target: '/api/keypairs/hostile-kp/rotate',
+            headers: adminHeaders(),
+            body: bytes,
+            timeoutMs: 10_000,
+          });
           assertRest(response, name, bytes.length > BODY_LIMIT ? { exact: 413 } : {});
-        }));
+        }),
+      );
     }
 
     for (const [variant, headerValue] of [
@@ -1039,13 +1499,19 @@ describe('hostile input in every field, against real token-authority and ext-aut
             const header = headerValue(value);
             const response = await rawHttp(ports.http, { method: 'GET', target: '/api/apikeys', headers: [['Authorization', header]] });
             assertRest(response, name);
-          }));
+          }),
+        );
       }
     }
 
     it('GET /api/apikeys lists every stored key, hostile values included', () =>
       hostile('authority', 'GET /api/apikeys', async () => {
-        const response = await rawHttp(ports.http, { method: 'GET', target: '/api/apikeys', headers: adminHeaders(false), timeoutMs: 10_000 });
+        const response = await rawHttp(ports.http, {
+          method: 'GET',
+          target: '/api/apikeys',
+          headers: adminHeaders(false),
+          timeoutMs: 10_000,
+        });
         assertRest(response, 'GET /api/apikeys', { exact: 200 });
         assert.ok(Array.isArray(JSON.parse(response.body.toString('utf8'))));
       }));
@@ -1055,12 +1521,21 @@ describe('hostile input in every field, against real token-authority and ext-aut
   describe('ext-authz HTTP mode (/authz/<policy>/...)', () => {
     const DENIALS = [400, 401, 403];
     // README: "An unknown or missing policy denies (403)"; a proxy with a bad path_prefix sends these.
-    for (const target of ['/authz/', '/authz//x', '/authz/%2e%2e/all', '/authz/all%2Fx', '/authz/%C3%A9', '/authz/%C3%A9/x', '/authz/foo/%FF%00']) {
+    for (const target of [
+      '/authz/',
+      '/authz//x',
+      '/authz/%2e%2e/all',
+      '/authz/all%2Fx',
+      '/authz/%C3%A9',
+      '/authz/%C3%A9/x',
+      '/authz/foo/%FF%00',
+    ]) {
       const name = `GET ${target} (missing or odd policy)`;
       it(name, () =>
         hostile('extAuthz', name, async () => {
           assertRest(await rawHttp(ports.authzHttp, { method: 'GET', target }), name, { statuses: DENIALS });
-        }));
+        }),
+      );
     }
     for (const [where, prefix] of [
       ['/authz/all/<value>', '/authz/all/'],
@@ -1071,11 +1546,19 @@ describe('hostile input in every field, against real token-authority and ext-aut
           const name = `GET ${where} (${encoding}), value ${value.label}`;
           it(name, () =>
             hostile('extAuthz', name, async () => {
-              const target = Buffer.concat([Buffer.from(prefix), encoding === 'raw bytes' ? value.bytes : Buffer.from(pct(value.bytes), 'latin1')]);
+              const target = Buffer.concat([
+                Buffer.from(prefix),
+                encoding === 'raw bytes' ? value.bytes : Buffer.from(pct(value.bytes), 'latin1'),
+              ]);
               const response = await rawHttp(ports.authzHttp, { method: 'GET', target });
-              const statuses = [...DENIALS, ...(nearHeaderLimit(target.length) ? [414, 431] : []), ...(prefix === '/authz/' && target.length - prefix.length > FASTIFY_MAX_PARAM_LENGTH ? [414] : [])];
+              const statuses = [
+                ...DENIALS,
+                ...(nearHeaderLimit(target.length) ? [414, 431] : []),
+                ...(prefix === '/authz/' && target.length - prefix.length > FASTIFY_MAX_PARAM_LENGTH ? [414] : []),
+              ];
               assertRest(response, name, { statuses });
-            }));
+            }),
+          );
         }
       }
     }
@@ -1084,8 +1567,20 @@ describe('hostile input in every field, against real token-authority and ext-aut
       ['Authorization = "Bearer " + value', (value) => [['Authorization', Buffer.concat([Buffer.from('Bearer '), value.bytes])]]],
       ['Authorization = Basic base64(value ":" secret)', (value) => [['Authorization', basicOf(value.bytes, SECRET)]]],
       ['Authorization = Basic base64("app:" value)', (value) => [['Authorization', basicOf('app', value.bytes)]]],
-      ['Otoroshi-Client-Id = value (valid secret header)', (value) => [['Otoroshi-Client-Id', value.bytes], ['Otoroshi-Client-Secret', SECRET]]],
-      ['Otoroshi-Client-Secret = value (client id app)', (value) => [['Otoroshi-Client-Id', 'app'], ['Otoroshi-Client-Secret', value.bytes]]],
+      [
+        'Otoroshi-Client-Id = value (valid secret header)',
+        (value) => [
+          ['Otoroshi-Client-Id', value.bytes],
+          ['Otoroshi-Client-Secret', SECRET],
+        ],
+      ],
+      [
+        'Otoroshi-Client-Secret = value (client id app)',
+        (value) => [
+          ['Otoroshi-Client-Id', 'app'],
+          ['Otoroshi-Client-Secret', value.bytes],
+        ],
+      ],
     ];
     for (const [variant, headers] of headerCases) {
       for (const value of NOT_HUGE) {
@@ -1096,7 +1591,8 @@ describe('hostile input in every field, against real token-authority and ext-aut
             const response = await rawHttp(ports.authzHttp, { method: 'GET', target: '/authz/all/some/client/path', headers: sent });
             const size = sent.reduce((total, [, header]) => total + header.length, 0);
             assertRest(response, name, { statuses: nearHeaderLimit(size) ? [...DENIALS, 431] : DENIALS });
-          }));
+          }),
+        );
       }
     }
   });
@@ -1130,26 +1626,67 @@ describe('hostile input in every field, against real token-authority and ext-aut
             hostile('authority', `${name}: read back and introspected`, async () => {
               const expected = receivedFromJson(value);
               const pick = (key: any) =>
-                field === 'clientName' ? (key.clientName ?? key.client_name) : field === 'description' ? key.description : field === 'metadata key' ? Object.keys(key.metadata ?? {}) : field === 'metadata value' ? key.metadata?.m : key.tags;
+                field === 'clientName'
+                  ? (key.clientName ?? key.client_name)
+                  : field === 'description'
+                    ? key.description
+                    : field === 'metadata key'
+                      ? Object.keys(key.metadata ?? {})
+                      : field === 'metadata value'
+                        ? key.metadata?.m
+                        : key.tags;
               const want = field === 'metadata key' || field === 'tag' ? [expected] : expected;
               await soft('creation answer', () => assert.deepEqual(pick(jsonBody(created)), want, 'carries the value as sent'));
               await soft('GET /api/apikeys/:id', async () => {
-                const read = await rawHttp(ports.http, { method: 'GET', target: `/api/apikeys/${creation.clientId}`, headers: adminHeaders(false) });
+                const read = await rawHttp(ports.http, {
+                  method: 'GET',
+                  target: `/api/apikeys/${creation.clientId}`,
+                  headers: adminHeaders(false),
+                });
                 assertRest(read, 'read back', { exact: 200 });
                 assert.deepEqual(pick(jsonBody(read)), want, 'read back intact');
               });
               const token = await issueRestToken(creation.clientId);
               await soft('REST introspection', async () => {
-                const introspected = await rawHttp(ports.http, { method: 'POST', target: INTROSPECT_PATH, headers: [['Content-Type', 'application/x-www-form-urlencoded']], body: form([['token', token], ['client_id', creation.clientId], ['client_secret', SECRET]], 'form (percent-encoded)') });
+                const introspected = await rawHttp(ports.http, {
+                  method: 'POST',
+                  target: INTROSPECT_PATH,
+                  headers: [['Content-Type', 'application/x-www-form-urlencoded']],
+                  body: form(
+                    [
+                      ['token', token],
+                      ['client_id', creation.clientId],
+                      ['client_secret', SECRET],
+                    ],
+                    'form (percent-encoded)',
+                  ),
+                });
                 assertRest(introspected, 'REST introspection', { exact: 200 });
                 const claims = jsonBody(introspected);
                 assert.equal(claims.active, true);
                 if (field !== 'description') assert.deepEqual(pick(claims), want, 'carries the value intact');
               });
               await soft('gRPC IntrospectToken', async () => {
-                const grpcIntrospection = await grpcWire({ address: authorityGrpc(), path: `${TA}IntrospectToken`, message: pb([[1, token], [3, [[1, creation.clientId], [2, SECRET]]]]) });
+                const grpcIntrospection = await grpcWire({
+                  address: authorityGrpc(),
+                  path: `${TA}IntrospectToken`,
+                  message: pb([
+                    [1, token],
+                    [
+                      3,
+                      [
+                        [1, creation.clientId],
+                        [2, SECRET],
+                      ],
+                    ],
+                  ]),
+                });
                 assertGrpc(grpcIntrospection, 'gRPC IntrospectToken', { codes: [Grpc.OK] });
-                assert.deepEqual(notUtf8StringFields(grpcIntrospection.messages[0], IntrospectTokenResponse), [], 'answers with string fields that are not UTF-8');
+                assert.deepEqual(
+                  notUtf8StringFields(grpcIntrospection.messages[0], IntrospectTokenResponse),
+                  [],
+                  'answers with string fields that are not UTF-8',
+                );
                 const decoded = decodeIntrospection(grpcIntrospection.messages[0]);
                 assert.equal(decoded.active, true);
                 // A proto3 string carries Unicode text: a lone surrogate can only come back as U+FFFD.
@@ -1163,47 +1700,75 @@ describe('hostile input in every field, against real token-authority and ext-aut
                   path: `/token_authority.v1.AuthorityWatch/${DATA_PLANE_STREAM.name}`,
                   message: pb([[1, 'hostile-echo-check']]),
                   metadata: { authorization: `Bearer ${DATA_PLANE_TOKEN}` },
-                  stopWhen: (messages) => (DATA_PLANE_STREAM.response.toObject(DATA_PLANE_STREAM.response.decode(messages[messages.length - 1])) as { more?: boolean }).more !== true,
+                  stopWhen: (messages) =>
+                    (
+                      DATA_PLANE_STREAM.response.toObject(DATA_PLANE_STREAM.response.decode(messages[messages.length - 1])) as {
+                        more?: boolean;
+                      }
+                    ).more !== true,
                   timeoutMs: 10_000,
                 });
                 assertGrpc(stream, `${DATA_PLANE_STREAM.name} snapshot`, { codes: [Grpc.OK], streamDelivers: true });
-                const entries = stream.messages.flatMap((message) => apiKeyEntries(message, DATA_PLANE_STREAM.response)).filter((entry) => entry.clientId === creation.clientId);
+                const entries = stream.messages
+                  .flatMap((message) => apiKeyEntries(message, DATA_PLANE_STREAM.response))
+                  .filter((entry) => entry.clientId === creation.clientId);
                 assert.equal(entries.length, 1, 'the snapshot lists the key once');
-                assert.deepEqual(notUtf8StringFields(entries[0].bytes, entries[0].type), [], 'sends this API key with string fields that are not UTF-8');
+                assert.deepEqual(
+                  notUtf8StringFields(entries[0].bytes, entries[0].type),
+                  [],
+                  'sends this API key with string fields that are not UTF-8',
+                );
               });
             }),
           );
 
-          await soft('ext-authz', () => hostile('extAuthz', `${name}: through ext-authz`, async () => {
-            const token = await issueRestToken(creation.clientId);
-            // Replicated over Watch long ago (the key was made at start); poll briefly anyway.
-            let http: RawHttpResponse;
-            const started = Date.now();
-            for (;;) {
-              http = await rawHttp(ports.authzHttp, { method: 'GET', target: '/authz/foo/', headers: [['Authorization', `Bearer ${token}`]] });
-              if (http.status !== 401 || Date.now() - started > 3000) break;
-              await new Promise((done) => setTimeout(done, 25));
-            }
-            assertRest(http, 'HTTP mode', { exact: 200 });
-            const check = await grpcWire({ address: extAuthzGrpc(), path: '/envoy.service.auth.v3.Authorization/Check', message: checkRequest({ route: 'foo', headers: [['authorization', `Bearer ${token}`]] }) });
-            const response = assertCheckResponse(check, 'gRPC Check', { mayAllow: true, tooLarge: false })!;
-            assert.equal(response.http_response, 'ok_response', `a valid token is allowed: ${JSON.stringify(response).slice(0, 300)}`);
-            if (field === 'clientName') {
-              const original = receivedFromJson(value);
-              const decode = (header: string) => {
-                try {
-                  return decodeURIComponent(header);
-                } catch {
-                  return header;
-                }
-              };
-              const sentName = responseHeader(http, 'x-client-name') ?? '';
-              const checkName = response.ok_response.headers.find((option: any) => option.header.key === 'x-client-name')?.header.value ?? '';
-              for (const [where, header] of [['HTTP mode', sentName], ['gRPC Check', checkName]]) {
-                assert.ok(header === original || decode(header) === wellFormedText(original), `${where} x-client-name ${JSON.stringify(header.slice(0, 100))} does not give back the name`);
+          await soft('ext-authz', () =>
+            hostile('extAuthz', `${name}: through ext-authz`, async () => {
+              const token = await issueRestToken(creation.clientId);
+              // Replicated over Watch long ago (the key was made at start); poll briefly anyway.
+              let http: RawHttpResponse;
+              const started = Date.now();
+              for (;;) {
+                http = await rawHttp(ports.authzHttp, {
+                  method: 'GET',
+                  target: '/authz/foo/',
+                  headers: [['Authorization', `Bearer ${token}`]],
+                });
+                if (http.status !== 401 || Date.now() - started > 3000) break;
+                await new Promise((done) => setTimeout(done, 25));
               }
-            }
-          }));
+              assertRest(http, 'HTTP mode', { exact: 200 });
+              const check = await grpcWire({
+                address: extAuthzGrpc(),
+                path: '/envoy.service.auth.v3.Authorization/Check',
+                message: checkRequest({ route: 'foo', headers: [['authorization', `Bearer ${token}`]] }),
+              });
+              const response = assertCheckResponse(check, 'gRPC Check', { mayAllow: true, tooLarge: false })!;
+              assert.equal(response.http_response, 'ok_response', `a valid token is allowed: ${JSON.stringify(response).slice(0, 300)}`);
+              if (field === 'clientName') {
+                const original = receivedFromJson(value);
+                const decode = (header: string) => {
+                  try {
+                    return decodeURIComponent(header);
+                  } catch {
+                    return header;
+                  }
+                };
+                const sentName = responseHeader(http, 'x-client-name') ?? '';
+                const checkName =
+                  response.ok_response.headers.find((option: any) => option.header.key === 'x-client-name')?.header.value ?? '';
+                for (const [where, header] of [
+                  ['HTTP mode', sentName],
+                  ['gRPC Check', checkName],
+                ]) {
+                  assert.ok(
+                    header === original || decode(header) === wellFormedText(original),
+                    `${where} x-client-name ${JSON.stringify(header.slice(0, 100))} does not give back the name`,
+                  );
+                }
+              }
+            }),
+          );
           if (problems.length) assert.fail(`${name}:\n${problems.join('\n')}`);
         });
       }
@@ -1212,11 +1777,20 @@ describe('hostile input in every field, against real token-authority and ext-aut
 
   // -------------------------------------------------------------------------------------------
   it('covers every string field of every token_authority.v1 RPC request (a new field or RPC needs cases here)', () => {
-    const covered: Record<string, readonly string[]> = { IssueToken: ISSUE_FIELDS, IntrospectToken: TOKEN_REQUEST_FIELDS, RevokeToken: TOKEN_REQUEST_FIELDS, GetJwks: [] };
+    const covered: Record<string, readonly string[]> = {
+      IssueToken: ISSUE_FIELDS,
+      IntrospectToken: TOKEN_REQUEST_FIELDS,
+      RevokeToken: TOKEN_REQUEST_FIELDS,
+      GetJwks: [],
+    };
     for (const method of protos.lookupService('token_authority.v1.TokenAuthority').methodsArray) {
       method.resolve();
       assert.ok(method.name in covered, `TokenAuthority/${method.name} has no hostile-input cases`);
-      assert.deepEqual(stringFieldPaths(method.resolvedRequestType!).sort(), [...covered[method.name]].sort(), `TokenAuthority/${method.name}: string fields without cases`);
+      assert.deepEqual(
+        stringFieldPaths(method.resolvedRequestType!).sort(),
+        [...covered[method.name]].sort(),
+        `TokenAuthority/${method.name}: string fields without cases`,
+      );
     }
     // AuthorityWatch's cases are generated from the proto itself.
     assert.ok(WATCH_METHODS.length > 0);
@@ -1224,7 +1798,10 @@ describe('hostile input in every field, against real token-authority and ext-aut
 
   it('neither process ever died: both still run, exit code null', async () => {
     assert.deepEqual(deaths, [], 'process deaths during the run');
-    assert.deepEqual([...authority.deaths, ...extAuthz.deaths].map((death) => `${death.exit}\n${death.stderr}`), []);
+    assert.deepEqual(
+      [...authority.deaths, ...extAuthz.deaths].map((death) => `${death.exit}\n${death.stderr}`),
+      [],
+    );
     assert.equal(authority.exitCode, null);
     assert.equal(extAuthz.exitCode, null);
     assert.equal(await unhealthy(authority, ports.http, ports.grpc), undefined);

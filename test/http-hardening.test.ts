@@ -97,7 +97,11 @@ describe('request hygiene of the token authority', () => {
       '{"grant_type":"client_credentials","client_id":"nope","client_id":"my-id","client_secret":"my-secret-1"}',
       '{"grant_type":"client_credentials","client_id":"my-id","client_secret":"wrong","client_\\u0073ecret":"my-secret-1"}',
     ]) {
-      const response = await httpRequest(`${authority.url}${TOKEN_PATH}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body });
+      const response = await httpRequest(`${authority.url}${TOKEN_PATH}`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body,
+      });
       assert.equal(response.status, 400, body);
       assert.equal(JSON.parse(response.body).error, 'invalid_request');
       assert.match(JSON.parse(response.body).error_description, /repeats the key 'client_(id|secret)'/);
@@ -119,7 +123,12 @@ describe('request hygiene of the token authority', () => {
 
   it('pages the API key list with a cursor and filters it', async () => {
     for (let index = 0; index < 25; index += 1) {
-      const body = { clientId: `page-${String(index).padStart(2, '0')}`, enabled: index % 5 !== 0, tags: index % 2 ? ['odd'] : ['even'], authorizedEntities: index < 3 ? ['route_foo'] : [] };
+      const body = {
+        clientId: `page-${String(index).padStart(2, '0')}`,
+        enabled: index % 5 !== 0,
+        tags: index % 2 ? ['odd'] : ['even'],
+        authorizedEntities: index < 3 ? ['route_foo'] : [],
+      };
       assert.equal((await authority.admin('POST', '/api/apikeys', body)).status, 201);
     }
     const seen: string[] = [];
@@ -137,7 +146,8 @@ describe('request hygiene of the token authority', () => {
     }
     assert.equal(seen.length, 27, 'every key once');
     assert.deepEqual(seen, [...seen].sort());
-    const list = async (query: string) => ((await authority.admin('GET', `/api/apikeys?${query}`)).body as { clientId: string }[]).map((item) => item.clientId);
+    const list = async (query: string) =>
+      ((await authority.admin('GET', `/api/apikeys?${query}`)).body as { clientId: string }[]).map((item) => item.clientId);
     assert.equal((await list('')).length, 27, 'default page size 100');
     assert.deepEqual(await list('enabled=false'), ['page-00', 'page-05', 'page-10', 'page-15', 'page-20']);
     assert.equal((await list('tag=odd')).length, 12);
@@ -147,7 +157,7 @@ describe('request hygiene of the token authority', () => {
     }
   });
 
-  it('quotes at most 64 characters of a client\'s input in an error, over REST and gRPC', async () => {
+  it("quotes at most 64 characters of a client's input in an error, over REST and gRPC", async () => {
     const response = await authority.postForm(TOKEN_PATH, { grant_type: 'é'.repeat(8192) });
     const body = (await response.json()) as { error: string; error_description: string };
     assert.equal(body.error, 'unsupported_grant_type');
@@ -156,11 +166,19 @@ describe('request hygiene of the token authority', () => {
   });
 
   it('refuses text that has no UTF-8 form (a lone surrogate) in OAuth parameters and admin input', async () => {
-    const token = await httpRequest(`${authority.url}${TOKEN_PATH}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"grant_type":"client_credentials","scope":"\\ud800"}' });
+    const token = await httpRequest(`${authority.url}${TOKEN_PATH}`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: '{"grant_type":"client_credentials","scope":"\\ud800"}',
+    });
     assert.equal(token.status, 400);
     assert.match(JSON.parse(token.body).error_description, /not well-formed Unicode/);
     for (const body of ['{"clientName":"a\\ud800b"}', '{"metadata":{"\\udc00":"x"}}', '{"tags":["\\ud800"]}']) {
-      const created = await httpRequest(`${authority.url}/api/apikeys`, { method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${ADMIN_TOKEN}` }, body });
+      const created = await httpRequest(`${authority.url}/api/apikeys`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', authorization: `Bearer ${ADMIN_TOKEN}` },
+        body,
+      });
       assert.equal(created.status, 400, body);
       assert.match(created.body, /not well-formed Unicode/);
     }
@@ -173,12 +191,18 @@ describe('request hygiene of the token authority', () => {
   });
 
   it('redacts credentials from logged URLs', async () => {
-    assert.equal(redactUrl('/token?client_secret=s3cret&x=1&access_token=t&Token=u&client_%73ecret=v'), '/token?client_secret=[redacted]&x=1&access_token=[redacted]&Token=[redacted]&client_%73ecret=[redacted]');
+    assert.equal(
+      redactUrl('/token?client_secret=s3cret&x=1&access_token=t&Token=u&client_%73ecret=v'),
+      '/token?client_secret=[redacted]&x=1&access_token=[redacted]&Token=[redacted]&client_%73ecret=[redacted]',
+    );
     assert.equal(redactUrl('/plain/path'), '/plain/path');
     // Through the real request log: a pino logger on a captured stream with the service's serializers.
     const lines: string[] = [];
     const logged = createLogger('test', 'info');
-    const capture = pino({ serializers: (logged as unknown as { [key: symbol]: unknown })[pino.symbols.serializersSym] as never }, new Writable({ write: (chunk, _encoding, done) => (lines.push(String(chunk)), done()) }));
+    const capture = pino(
+      { serializers: (logged as unknown as { [key: symbol]: unknown })[pino.symbols.serializersSym] as never },
+      new Writable({ write: (chunk, _encoding, done) => (lines.push(String(chunk)), done()) }),
+    );
     capture.info({ req: { method: 'POST', url: '/x?client_secret=hunter2', headers: {}, socket: {} } }, 'incoming request');
     assert.doesNotMatch(lines.join(''), /hunter2/);
     assert.match(lines.join(''), /client_secret=\[redacted\]/);

@@ -26,7 +26,7 @@ function descendants(root: number): number[] {
   }
   const found: number[] = [];
   const walk = (pid: number) => {
-    for (const [child, parent] of parents) if (parent === pid) (found.push(child), walk(child));
+    for (const [child, parent] of parents) if (parent === pid) found.push(child), walk(child);
   };
   walk(root);
   return found;
@@ -51,10 +51,28 @@ describe('the local stack (npm start) with Envoy on PATH', () => {
   before(async () => {
     const binary = envoyBinary();
     const ports: Record<string, string> = {};
-    for (const name of ['PORT', 'HTTPS_PORT', 'AUTHORITY_HTTP_PORT', 'AUTHORITY_GRPC_PORT', 'EXT_AUTHZ_GRPC_PORT', 'EXT_AUTHZ_HTTP_PORT', 'ECHO_PORT', 'ENVOY_ADMIN_PORT']) ports[name] = String(await freePort());
+    for (const name of [
+      'PORT',
+      'HTTPS_PORT',
+      'AUTHORITY_HTTP_PORT',
+      'AUTHORITY_GRPC_PORT',
+      'EXT_AUTHZ_GRPC_PORT',
+      'EXT_AUTHZ_HTTP_PORT',
+      'ECHO_PORT',
+      'ENVOY_ADMIN_PORT',
+    ])
+      ports[name] = String(await freePort());
     stack = spawn(process.execPath, [path.join(ROOT, 'dist', 'services', 'local-stack', 'main.js')], {
       cwd: ROOT,
-      env: { PATH: `${path.dirname(binary)}:${process.env.PATH}`, ENVOY_BINARY: binary, ADMIN_TOKEN, DATA_DIR: dataDir, HTTP_HOST: '127.0.0.1', LOG_LEVEL: 'warn', ...ports },
+      env: {
+        PATH: `${path.dirname(binary)}:${process.env.PATH}`,
+        ENVOY_BINARY: binary,
+        ADMIN_TOKEN,
+        DATA_DIR: dataDir,
+        HTTP_HOST: '127.0.0.1',
+        LOG_LEVEL: 'warn',
+        ...ports,
+      },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     stack.stdout!.setEncoding('utf8').on('data', (chunk: string) => (output += chunk));

@@ -24,7 +24,10 @@ describe('RFC 6749 §5.2 errors and hostile input on the token endpoints', () =>
 
   before(async () => {
     authority = await startTestAuthority({ allowedAudiences: ['billing'] });
-    assert.equal((await authority.admin('POST', '/api/apikeys', { clientId: 'app', clientSecret: 'app-secret', scope: 'read write' })).status, 201);
+    assert.equal(
+      (await authority.admin('POST', '/api/apikeys', { clientId: 'app', clientSecret: 'app-secret', scope: 'read write' })).status,
+      201,
+    );
     assert.equal((await authority.admin('POST', '/api/apikeys', { clientId: 'other', clientSecret: 'other-secret' })).status, 201);
     issuedToken = ((await (await authority.postForm(TOKEN_PATH, GOOD)).json()) as { access_token: string }).access_token;
   });
@@ -34,20 +37,59 @@ describe('RFC 6749 §5.2 errors and hostile input on the token endpoints', () =>
     const cases: { name: string; form: Record<string, string>; headers?: Record<string, string>; status: number; error: string }[] = [
       { name: 'missing grant_type', form: { client_id: 'app', client_secret: 'app-secret' }, status: 400, error: 'invalid_request' },
       { name: 'password grant', form: { ...GOOD, grant_type: 'password' }, status: 400, error: 'unsupported_grant_type' },
-      { name: 'authorization_code grant', form: { ...GOOD, grant_type: 'authorization_code' }, status: 400, error: 'unsupported_grant_type' },
+      {
+        name: 'authorization_code grant',
+        form: { ...GOOD, grant_type: 'authorization_code' },
+        status: 400,
+        error: 'unsupported_grant_type',
+      },
       { name: 'no client authentication', form: { grant_type: 'client_credentials' }, status: 401, error: 'invalid_client' },
-      { name: 'client_id without secret', form: { grant_type: 'client_credentials', client_id: 'app' }, status: 401, error: 'invalid_client' },
+      {
+        name: 'client_id without secret',
+        form: { grant_type: 'client_credentials', client_id: 'app' },
+        status: 401,
+        error: 'invalid_client',
+      },
       { name: 'wrong secret in the body', form: { ...GOOD, client_secret: 'nope-nope' }, status: 401, error: 'invalid_client' },
       { name: 'unknown client id', form: { ...GOOD, client_id: 'ghost' }, status: 401, error: 'invalid_client' },
-      { name: 'Basic and body secret together', form: GOOD, headers: { authorization: basic('app', 'app-secret') }, status: 400, error: 'invalid_request' },
-      { name: 'Basic with a different body client_id', form: { grant_type: 'client_credentials', client_id: 'other' }, headers: { authorization: basic('app', 'app-secret') }, status: 400, error: 'invalid_request' },
-      { name: 'malformed Basic header', form: { grant_type: 'client_credentials' }, headers: { authorization: 'Basic ***' }, status: 400, error: 'invalid_request' },
-      { name: 'Basic without a colon', form: { grant_type: 'client_credentials' }, headers: { authorization: `Basic ${Buffer.from('app').toString('base64')}` }, status: 400, error: 'invalid_request' },
+      {
+        name: 'Basic and body secret together',
+        form: GOOD,
+        headers: { authorization: basic('app', 'app-secret') },
+        status: 400,
+        error: 'invalid_request',
+      },
+      {
+        name: 'Basic with a different body client_id',
+        form: { grant_type: 'client_credentials', client_id: 'other' },
+        headers: { authorization: basic('app', 'app-secret') },
+        status: 400,
+        error: 'invalid_request',
+      },
+      {
+        name: 'malformed Basic header',
+        form: { grant_type: 'client_credentials' },
+        headers: { authorization: 'Basic ***' },
+        status: 400,
+        error: 'invalid_request',
+      },
+      {
+        name: 'Basic without a colon',
+        form: { grant_type: 'client_credentials' },
+        headers: { authorization: `Basic ${Buffer.from('app').toString('base64')}` },
+        status: 400,
+        error: 'invalid_request',
+      },
       { name: 'scope not granted', form: { ...GOOD, scope: 'read admin' }, status: 400, error: 'invalid_scope' },
       { name: 'malformed scope', form: { ...GOOD, scope: 'read "quoted"' }, status: 400, error: 'invalid_scope' },
       { name: 'empty scope', form: { ...GOOD, scope: ' ' }, status: 400, error: 'invalid_scope' },
       { name: 'audience not allowed', form: { ...GOOD, audience: 'payroll' }, status: 400, error: 'invalid_target' },
-      { name: 'audience and resource disagree', form: { ...GOOD, audience: 'billing', resource: 'otoroshi' }, status: 400, error: 'invalid_request' },
+      {
+        name: 'audience and resource disagree',
+        form: { ...GOOD, audience: 'billing', resource: 'otoroshi' },
+        status: 400,
+        error: 'invalid_request',
+      },
       { name: 'control characters in client_id', form: { ...GOOD, client_id: 'app\u0000' }, status: 400, error: 'invalid_request' },
       { name: 'unicode client_id', form: { ...GOOD, client_id: 'ａｐｐ-ïd-😀' }, status: 401, error: 'invalid_client' },
       { name: 'a 10 kB client_id', form: { ...GOOD, client_id: 'x'.repeat(10_000) }, status: 400, error: 'invalid_request' },
@@ -59,7 +101,11 @@ describe('RFC 6749 §5.2 errors and hostile input on the token endpoints', () =>
     }
 
     it('wrong secret by Basic answers 401 with WWW-Authenticate: Basic', async () => {
-      const response = await authority.postForm(TOKEN_PATH, { grant_type: 'client_credentials' }, { authorization: basic('app', 'wrong-secret') });
+      const response = await authority.postForm(
+        TOKEN_PATH,
+        { grant_type: 'client_credentials' },
+        { authorization: basic('app', 'wrong-secret') },
+      );
       await oauthError(response, 401, 'invalid_client');
       assert.match(response.headers.get('www-authenticate') ?? '', /^Basic realm=/);
     });
@@ -83,17 +129,31 @@ describe('RFC 6749 §5.2 errors and hostile input on the token endpoints', () =>
     it('a disabled or expired API key cannot get a token', async () => {
       await authority.admin('POST', '/api/apikeys', { clientId: 'off', clientSecret: 'off-secret', enabled: false });
       await authority.admin('POST', '/api/apikeys', { clientId: 'old', clientSecret: 'old-secret', validUntil: '2020-01-01T00:00:00Z' });
-      await oauthError(await authority.postForm(TOKEN_PATH, { ...GOOD, client_id: 'off', client_secret: 'off-secret' }), 401, 'invalid_client');
-      await oauthError(await authority.postForm(TOKEN_PATH, { ...GOOD, client_id: 'old', client_secret: 'old-secret' }), 401, 'invalid_client');
+      await oauthError(
+        await authority.postForm(TOKEN_PATH, { ...GOOD, client_id: 'off', client_secret: 'off-secret' }),
+        401,
+        'invalid_client',
+      );
+      await oauthError(
+        await authority.postForm(TOKEN_PATH, { ...GOOD, client_id: 'old', client_secret: 'old-secret' }),
+        401,
+        'invalid_client',
+      );
     });
   });
 
   describe('no client id enumeration', () => {
     async function answer(clientId: string, secret: string) {
       const started = process.hrtime.bigint();
-      const response = await authority.postForm(TOKEN_PATH, { grant_type: 'client_credentials' }, { authorization: basic(clientId, secret) });
+      const response = await authority.postForm(
+        TOKEN_PATH,
+        { grant_type: 'client_credentials' },
+        { authorization: basic(clientId, secret) },
+      );
       const elapsed = Number(process.hrtime.bigint() - started) / 1e6;
-      const headers = Object.fromEntries([...response.headers].filter(([name]) => !['date', 'content-length', 'keep-alive', 'connection'].includes(name)));
+      const headers = Object.fromEntries(
+        [...response.headers].filter(([name]) => !['date', 'content-length', 'keep-alive', 'connection'].includes(name)),
+      );
       return { status: response.status, headers, body: await response.text(), elapsed };
     }
 
@@ -113,7 +173,10 @@ describe('RFC 6749 §5.2 errors and hostile input on the token endpoints', () =>
         }
         const median = (values: number[]) => values.sort((a, b) => a - b)[3];
         const ratio = median(unknown) / median(wrong);
-        assert.ok(ratio > 0.5 && ratio < 2, `unknown ${median(unknown).toFixed(2)} ms vs wrong ${median(wrong).toFixed(2)} ms for a ${secret.length}-char secret`);
+        assert.ok(
+          ratio > 0.5 && ratio < 2,
+          `unknown ${median(unknown).toFixed(2)} ms vs wrong ${median(wrong).toFixed(2)} ms for a ${secret.length}-char secret`,
+        );
       }
     });
   });
@@ -135,7 +198,11 @@ describe('RFC 6749 §5.2 errors and hostile input on the token endpoints', () =>
       await oauthError(await raw('application/json', JSON.stringify({ ...GOOD, scope: ['read'] })), 400, 'invalid_request');
     });
     it('JSON __proto__ pollution attempt → 400', async () => {
-      await oauthError(await raw('application/json', '{"__proto__": {"admin": true}, "grant_type": "client_credentials"}'), 400, 'invalid_request');
+      await oauthError(
+        await raw('application/json', '{"__proto__": {"admin": true}, "grant_type": "client_credentials"}'),
+        400,
+        'invalid_request',
+      );
     });
     it('wrong content type → 400 invalid_request', async () => {
       await oauthError(await raw('text/plain', 'grant_type=client_credentials'), 400, 'invalid_request');
@@ -170,7 +237,8 @@ describe('RFC 6749 §5.2 errors and hostile input on the token endpoints', () =>
       return (await response.json()) as { active: boolean };
     };
     const claims = () => accessTokenClaims(authority, 'app');
-    const signWithOurKey = (payload: Record<string, unknown>, header: Record<string, unknown> = {}) => signWithAuthorityKey(authority, payload, header);
+    const signWithOurKey = (payload: Record<string, unknown>, header: Record<string, unknown> = {}) =>
+      signWithAuthorityKey(authority, payload, header);
 
     it('a live token is active (control)', async () => {
       assert.equal((await introspect(issuedToken)).active, true);
@@ -183,7 +251,9 @@ describe('RFC 6749 §5.2 errors and hostile input on the token endpoints', () =>
     });
     it('signed by another key under our kid', async () => {
       const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
-      const forged = await new SignJWT(claims()).setProtectedHeader({ alg: 'RS256', typ: 'at+jwt', kid: 'otoroshi-jwt-signing' }).sign(privateKey);
+      const forged = await new SignJWT(claims())
+        .setProtectedHeader({ alg: 'RS256', typ: 'at+jwt', kid: 'otoroshi-jwt-signing' })
+        .sign(privateKey);
       assert.deepEqual(await introspect(forged), { active: false });
     });
     it('alg: none', async () => {
@@ -196,12 +266,16 @@ describe('RFC 6749 §5.2 errors and hostile input on the token endpoints', () =>
     it('HS256 keyed with our public key (algorithm confusion)', async () => {
       const keyPair = await authority.authority.store.keyPairs.get('otoroshi-jwt-signing');
       const secret = new TextEncoder().encode(keyPair!.versions[0].publicKeyPem);
-      const confused = await new SignJWT(claims()).setProtectedHeader({ alg: 'HS256', typ: 'at+jwt', kid: 'otoroshi-jwt-signing' }).sign(secret);
+      const confused = await new SignJWT(claims())
+        .setProtectedHeader({ alg: 'HS256', typ: 'at+jwt', kid: 'otoroshi-jwt-signing' })
+        .sign(secret);
       assert.deepEqual(await introspect(confused), { active: false });
     });
     it('expired, not yet valid, wrong issuer, wrong typ, critical header', async () => {
       const now = Math.floor(Date.now() / 1000);
-      assert.deepEqual(await introspect(await signWithOurKey({ ...claims(), iat: now - 7200, nbf: now - 7200, exp: now - 3600 })), { active: false });
+      assert.deepEqual(await introspect(await signWithOurKey({ ...claims(), iat: now - 7200, nbf: now - 7200, exp: now - 3600 })), {
+        active: false,
+      });
       assert.deepEqual(await introspect(await signWithOurKey({ ...claims(), nbf: now + 3600, exp: now + 7200 })), { active: false });
       assert.deepEqual(await introspect(await signWithOurKey({ ...claims(), iss: 'https://evil.example' })), { active: false });
       assert.deepEqual(await introspect(await signWithOurKey(claims(), { typ: 'JWT' })), { active: false });
@@ -209,7 +283,11 @@ describe('RFC 6749 §5.2 errors and hostile input on the token endpoints', () =>
     });
     it('a token of a disabled, then deleted, API key', async () => {
       await authority.admin('POST', '/api/apikeys', { clientId: 'temp', clientSecret: 'temp-secret' });
-      const token = ((await (await authority.postForm(TOKEN_PATH, { ...GOOD, client_id: 'temp', client_secret: 'temp-secret' })).json()) as { access_token: string }).access_token;
+      const token = (
+        (await (await authority.postForm(TOKEN_PATH, { ...GOOD, client_id: 'temp', client_secret: 'temp-secret' })).json()) as {
+          access_token: string;
+        }
+      ).access_token;
       assert.equal((await introspect(token)).active, true);
       await authority.admin('PATCH', '/api/apikeys/temp', { enabled: false });
       assert.deepEqual(await introspect(token), { active: false });
@@ -219,16 +297,27 @@ describe('RFC 6749 §5.2 errors and hostile input on the token endpoints', () =>
       assert.deepEqual(await introspect(token), { active: false });
     });
     it('missing token parameter → 400 invalid_request; no caller authentication → 401', async () => {
-      await oauthError(await authority.postForm(INTROSPECT_PATH, {}, { authorization: basic('app', 'app-secret') }), 400, 'invalid_request');
+      await oauthError(
+        await authority.postForm(INTROSPECT_PATH, {}, { authorization: basic('app', 'app-secret') }),
+        400,
+        'invalid_request',
+      );
       await oauthError(await authority.postForm(INTROSPECT_PATH, { token: issuedToken }), 401, 'invalid_client');
     });
   });
 
   describe('revocation (RFC 7009)', () => {
-    it('needs client authentication, answers 200 for junk, refuses other clients\' tokens', async () => {
+    it("needs client authentication, answers 200 for junk, refuses other clients' tokens", async () => {
       await oauthError(await authority.postForm(REVOKE_PATH, { token: issuedToken }), 401, 'invalid_client');
-      assert.equal((await authority.postForm(REVOKE_PATH, { token: 'not-a-token' }, { authorization: basic('app', 'app-secret') })).status, 200);
-      await oauthError(await authority.postForm(REVOKE_PATH, { token: issuedToken }, { authorization: basic('other', 'other-secret') }), 400, 'invalid_request');
+      assert.equal(
+        (await authority.postForm(REVOKE_PATH, { token: 'not-a-token' }, { authorization: basic('app', 'app-secret') })).status,
+        200,
+      );
+      await oauthError(
+        await authority.postForm(REVOKE_PATH, { token: issuedToken }, { authorization: basic('other', 'other-secret') }),
+        400,
+        'invalid_request',
+      );
       const stillActive = await authority.postForm(INTROSPECT_PATH, { token: issuedToken }, { authorization: basic('app', 'app-secret') });
       assert.equal(((await stillActive.json()) as { active: boolean }).active, true);
     });

@@ -16,7 +16,15 @@ async function startProcess(env: Record<string, string>): Promise<{ child: Child
   const port = await freePort();
   let output = '';
   const child = spawn(process.execPath, [MAIN], {
-    env: { ...process.env, HTTP_HOST: '127.0.0.1', HTTP_PORT: String(port), GRPC_HOST: '127.0.0.1', GRPC_PORT: '0', LOG_LEVEL: 'info', ...env },
+    env: {
+      ...process.env,
+      HTTP_HOST: '127.0.0.1',
+      HTTP_PORT: String(port),
+      GRPC_HOST: '127.0.0.1',
+      GRPC_PORT: '0',
+      LOG_LEVEL: 'info',
+      ...env,
+    },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   child.stdout!.on('data', (chunk) => (output += chunk));
@@ -36,7 +44,8 @@ async function startProcess(env: Record<string, string>): Promise<{ child: Child
   throw new Error(`did not start in 15 s: ${output}`);
 }
 
-const exited = (child: ChildProcess) => new Promise<void>((done) => (child.exitCode !== null || child.signalCode !== null ? done() : child.once('exit', () => done())));
+const exited = (child: ChildProcess) =>
+  new Promise<void>((done) => (child.exitCode !== null || child.signalCode !== null ? done() : child.once('exit', () => done())));
 
 describe('the token authority process', () => {
   const dataDir = mkdtempSync(join(tmpdir(), 'ta-process-'));
@@ -55,15 +64,20 @@ describe('the token authority process', () => {
       headers: { 'content-type': 'application/x-www-form-urlencoded', authorization: basic('durable', 'durable-secret') },
       body: new URLSearchParams(fields).toString(),
     });
-    const { access_token: revokedToken } = (await (await fetch(`${first.url}${TOKEN_PATH}`, form({ grant_type: 'client_credentials' }))).json()) as { access_token: string };
-    const { access_token: liveToken } = (await (await fetch(`${first.url}${TOKEN_PATH}`, form({ grant_type: 'client_credentials' }))).json()) as { access_token: string };
+    const { access_token: revokedToken } = (await (
+      await fetch(`${first.url}${TOKEN_PATH}`, form({ grant_type: 'client_credentials' }))
+    ).json()) as { access_token: string };
+    const { access_token: liveToken } = (await (
+      await fetch(`${first.url}${TOKEN_PATH}`, form({ grant_type: 'client_credentials' }))
+    ).json()) as { access_token: string };
     assert.equal((await fetch(`${first.url}${REVOKE_PATH}`, form({ token: revokedToken }))).status, 200);
     first.child.kill('SIGKILL');
     await exited(first.child);
 
     const second = await startProcess({ DATA_DIR: dataDir, ADMIN_TOKEN: ADMIN });
     try {
-      const introspect = async (token: string) => ((await (await fetch(`${second.url}${INTROSPECT_PATH}`, form({ token }))).json()) as { active: boolean }).active;
+      const introspect = async (token: string) =>
+        ((await (await fetch(`${second.url}${INTROSPECT_PATH}`, form({ token }))).json()) as { active: boolean }).active;
       assert.equal(await introspect(liveToken), true, 'the API key and the signing key survived');
       assert.equal(await introspect(revokedToken), false, 'the revocation survived');
     } finally {
@@ -103,7 +117,11 @@ describe('the token authority process', () => {
       [{ CONFIG_FILE: '/nonexistent/config.yaml' }, /does not exist/],
     ];
     for (const [env, message] of cases) {
-      const result = spawnSync(process.execPath, [MAIN], { env: { ...process.env, DATA_DIR: dataDir, ...env }, encoding: 'utf8', timeout: 15_000 });
+      const result = spawnSync(process.execPath, [MAIN], {
+        env: { ...process.env, DATA_DIR: dataDir, ...env },
+        encoding: 'utf8',
+        timeout: 15_000,
+      });
       assert.equal(result.status, 2, `${JSON.stringify(env)}: ${result.stderr}`);
       assert.match(result.stderr, message);
     }
@@ -113,9 +131,16 @@ describe('the token authority process', () => {
     const dir = mkdtempSync(join(tmpdir(), 'ta-cli-live-'));
     const server = await startProcess({ DATA_DIR: dir, ADMIN_TOKEN: ADMIN });
     try {
-      const kids = async () => ((await (await fetch(`${server.url}/.well-known/otoroshi/oauth/jwks.json`)).json()) as { keys: { kid: string }[] }).keys.map((key) => key.kid);
+      const kids = async () =>
+        ((await (await fetch(`${server.url}/.well-known/otoroshi/oauth/jwks.json`)).json()) as { keys: { kid: string }[] }).keys.map(
+          (key) => key.kid,
+        );
       assert.deepEqual(await kids(), ['otoroshi-jwt-signing']);
-      const rotated = spawnSync(process.execPath, [CLI, 'keypairs', 'rotate', 'otoroshi-jwt-signing'], { env: { ...process.env, DATA_DIR: dir }, encoding: 'utf8', timeout: 15_000 });
+      const rotated = spawnSync(process.execPath, [CLI, 'keypairs', 'rotate', 'otoroshi-jwt-signing'], {
+        env: { ...process.env, DATA_DIR: dir },
+        encoding: 'utf8',
+        timeout: 15_000,
+      });
       assert.equal(rotated.status, 0, rotated.stderr);
       const newKid = JSON.parse(rotated.stdout).activeKid as string;
       const started = Date.now();
@@ -132,7 +157,8 @@ describe('the token authority process', () => {
 
   it('the CLI manages API keys on the same store', () => {
     const dir = mkdtempSync(join(tmpdir(), 'ta-cli-'));
-    const cli = (...args: string[]) => spawnSync(process.execPath, [CLI, ...args], { env: { ...process.env, DATA_DIR: dir }, encoding: 'utf8', timeout: 15_000 });
+    const cli = (...args: string[]) =>
+      spawnSync(process.execPath, [CLI, ...args], { env: { ...process.env, DATA_DIR: dir }, encoding: 'utf8', timeout: 15_000 });
     try {
       const created = cli('apikeys', 'create', '--id', 'cli-id', '--secret', 'cli-secret', '--scope', 'a b', '--metadata', 'team=core');
       assert.equal(created.status, 0, created.stderr);

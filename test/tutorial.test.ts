@@ -31,7 +31,12 @@ describe('the Otoroshi tutorial against the token authority', () => {
   });
 
   it('creates my-id / my-secret through the admin API', async () => {
-    const created = await authority.admin('POST', '/api/apikeys', { clientId: 'my-id', clientSecret: 'my-secret', clientName: 'My app', scope: 'read write' });
+    const created = await authority.admin('POST', '/api/apikeys', {
+      clientId: 'my-id',
+      clientSecret: 'my-secret',
+      clientName: 'My app',
+      scope: 'read write',
+    });
     assert.equal(created.status, 201);
     assert.equal(created.body.clientId, 'my-id');
     assert.equal(created.body.clientSecret, 'my-secret', 'secret shown once, on creation');
@@ -43,7 +48,11 @@ describe('the Otoroshi tutorial against the token authority', () => {
 
   let token: string;
   it('issues a token for a JSON body, as in the tutorial', async () => {
-    const response = await authority.postJson(TOKEN_PATH, { grant_type: 'client_credentials', client_id: 'my-id', client_secret: 'my-secret' });
+    const response = await authority.postJson(TOKEN_PATH, {
+      grant_type: 'client_credentials',
+      client_id: 'my-id',
+      client_secret: 'my-secret',
+    });
     assert.equal(response.status, 200);
     assert.equal(response.headers.get('cache-control'), 'no-store');
     const body = (await response.json()) as Record<string, unknown>;
@@ -56,10 +65,19 @@ describe('the Otoroshi tutorial against the token authority', () => {
   });
 
   it('issues a token for a form body and for HTTP Basic', async () => {
-    const form = await authority.postForm(TOKEN_PATH, { grant_type: 'client_credentials', client_id: 'my-id', client_secret: 'my-secret', scope: 'read' });
+    const form = await authority.postForm(TOKEN_PATH, {
+      grant_type: 'client_credentials',
+      client_id: 'my-id',
+      client_secret: 'my-secret',
+      scope: 'read',
+    });
     assert.equal(form.status, 200);
     assert.equal(((await form.json()) as { scope: string }).scope, 'read');
-    const viaBasic = await authority.postForm(TOKEN_PATH, { grant_type: 'client_credentials' }, { authorization: basic('my-id', 'my-secret') });
+    const viaBasic = await authority.postForm(
+      TOKEN_PATH,
+      { grant_type: 'client_credentials' },
+      { authorization: basic('my-id', 'my-secret') },
+    );
     assert.equal(viaBasic.status, 200);
   });
 
@@ -80,7 +98,11 @@ describe('the Otoroshi tutorial against the token authority', () => {
   });
 
   it('revokes the token; introspection then says inactive', async () => {
-    const revoked = await authority.postForm(REVOKE_PATH, { token, token_type_hint: 'access_token' }, { authorization: basic('my-id', 'my-secret') });
+    const revoked = await authority.postForm(
+      REVOKE_PATH,
+      { token, token_type_hint: 'access_token' },
+      { authorization: basic('my-id', 'my-secret') },
+    );
     assert.equal(revoked.status, 200);
     const response = await authority.postForm(INTROSPECT_PATH, { token }, { authorization: basic('my-id', 'my-secret') });
     assert.deepEqual(await response.json(), { active: false });
@@ -121,7 +143,10 @@ describe('the Otoroshi tutorial against the token authority', () => {
     });
 
     it('openid-client surfaces invalid_scope as an OAuth error', async () => {
-      await assert.rejects(oauth.clientCredentialsGrant(config, { scope: 'admin' }), (error: { error?: string }) => error.error === 'invalid_scope');
+      await assert.rejects(
+        oauth.clientCredentialsGrant(config, { scope: 'admin' }),
+        (error: { error?: string }) => error.error === 'invalid_scope',
+      );
     });
 
     it('jose.createRemoteJWKSet verifies issued tokens, before and after a key rotation', async () => {

@@ -53,7 +53,10 @@ export class Authorizer {
   async check(request: AuthzRequest): Promise<Decision> {
     if (!this.replica.ready) return deny('not_ready');
     // Own properties only: a policy named "constructor" or "__proto__" is simply unknown.
-    const policy = request.policy !== undefined && Object.hasOwn(this.config.policies, request.policy) ? this.config.policies[request.policy] : undefined;
+    const policy =
+      request.policy !== undefined && Object.hasOwn(this.config.policies, request.policy)
+        ? this.config.policies[request.policy]
+        : undefined;
     if (!policy) return deny('unknown_policy');
     // One scheme per route (RFC 7235): Basic for routes that take Basic and no bearer token,
     // Bearer otherwise; RFC 6750 error codes only go with Bearer.
@@ -74,7 +77,10 @@ export class Authorizer {
     if (missing.length) return deny('missing_scope', challenge('insufficient_scope', `, scope="${policy.requiredScopes.join(' ')}"`));
 
     const names = this.config.identityHeaders;
-    const headersToSet: Record<string, string> = { [names.clientId]: legalHeaderValue(apiKey.clientId), [names.clientName]: legalHeaderValue(apiKey.clientName) };
+    const headersToSet: Record<string, string> = {
+      [names.clientId]: legalHeaderValue(apiKey.clientId),
+      [names.clientName]: legalHeaderValue(apiKey.clientName),
+    };
     const headersToRemove: string[] = [];
     if (scopes.length) headersToSet[names.scopes] = legalHeaderValue(scopes.join(' '));
     else headersToRemove.push(names.scopes);
@@ -83,7 +89,10 @@ export class Authorizer {
   }
 
   /** Who the credential names, or why it names nobody usable. */
-  private async identify(credential: Credential, policy: RoutePolicy): Promise<{ apiKey: DataPlaneApiKey; scopes: string[] } | { reason: DenyReason }> {
+  private async identify(
+    credential: Credential,
+    policy: RoutePolicy,
+  ): Promise<{ apiKey: DataPlaneApiKey; scopes: string[] } | { reason: DenyReason }> {
     const now = this.now();
     if (credential.kind === 'bearer') {
       const token = this.verifyToken(credential.token, now);
@@ -99,7 +108,9 @@ export class Authorizer {
     if (credential.kind === 'clientId') {
       if (!apiKey?.allowClientIdOnly) return { reason: 'unknown_api_key' };
     } else {
-      const hashes = (apiKey?.secrets ?? []).filter((secret) => secret.validUntil === undefined || secret.validUntil > now).map((secret) => secret.hash);
+      const hashes = (apiKey?.secrets ?? [])
+        .filter((secret) => secret.validUntil === undefined || secret.validUntil > now)
+        .map((secret) => secret.hash);
       // Same work for an unknown id and a wrong secret (see secret-hash.ts).
       if (!(await verifySecret(credential.clientSecret, hashes)) || !apiKey) return { reason: 'bad_secret' };
     }
@@ -112,9 +123,23 @@ export class Authorizer {
     if (!verified) {
       if (!JWT_CHARACTERS.test(token)) return { reason: 'malformed_credential' };
       const result = verifyJws(token, this.replica.verificationKey);
-      if (!result.ok) return { reason: result.reason === 'malformed' ? 'malformed_credential' : result.reason === 'algorithm_mismatch' ? 'bad_signature' : result.reason };
+      if (!result.ok)
+        return {
+          reason:
+            result.reason === 'malformed'
+              ? 'malformed_credential'
+              : result.reason === 'algorithm_mismatch'
+                ? 'bad_signature'
+                : result.reason,
+        };
       const { header, claims } = result;
-      if (header.typ !== 'at+jwt' || typeof claims.client_id !== 'string' || typeof claims.jti !== 'string' || typeof claims.exp !== 'number' || typeof claims.nbf !== 'number') {
+      if (
+        header.typ !== 'at+jwt' ||
+        typeof claims.client_id !== 'string' ||
+        typeof claims.jti !== 'string' ||
+        typeof claims.exp !== 'number' ||
+        typeof claims.nbf !== 'number'
+      ) {
         return { reason: 'not_access_token' };
       }
       if (claims.iss !== this.replica.issuer) return { reason: 'wrong_issuer' };
@@ -123,7 +148,12 @@ export class Authorizer {
         jti: claims.jti,
         exp: claims.exp,
         nbf: claims.nbf,
-        aud: typeof claims.aud === 'string' ? [claims.aud] : Array.isArray(claims.aud) ? claims.aud.filter((value): value is string => typeof value === 'string') : [],
+        aud:
+          typeof claims.aud === 'string'
+            ? [claims.aud]
+            : Array.isArray(claims.aud)
+              ? claims.aud.filter((value): value is string => typeof value === 'string')
+              : [],
         scopes: typeof claims.scope === 'string' ? claims.scope.split(' ').filter(Boolean) : [],
         kid: header.kid as string,
       };
@@ -159,7 +189,13 @@ function extractCredential(policy: RoutePolicy, headers: AuthzRequest['headers']
     const decoded = Buffer.from(match[1], 'base64').toString('utf8');
     const colon = decoded.indexOf(':');
     if (colon < 1) return 'malformed';
-    return { kind: 'secret', clientId: decoded.slice(0, colon), clientSecret: decoded.slice(colon + 1), headers: ['authorization'], scheme: 'Basic' };
+    return {
+      kind: 'secret',
+      clientId: decoded.slice(0, colon),
+      clientSecret: decoded.slice(colon + 1),
+      headers: ['authorization'],
+      scheme: 'Basic',
+    };
   }
   const clientId = headers[policy.clientIdHeader];
   const clientSecret = headers[policy.clientSecretHeader];

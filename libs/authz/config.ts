@@ -19,8 +19,16 @@ export const policySchema = z
     /** Remove the credential before the request reaches the backend. */
     stripCredential: booleanSetting.default(false),
     /** Header names of the custom-header extractors (Otoroshi's defaults). */
-    clientIdHeader: z.string().min(1).default('otoroshi-client-id').transform((name) => name.toLowerCase()),
-    clientSecretHeader: z.string().min(1).default('otoroshi-client-secret').transform((name) => name.toLowerCase()),
+    clientIdHeader: z
+      .string()
+      .min(1)
+      .default('otoroshi-client-id')
+      .transform((name) => name.toLowerCase()),
+    clientSecretHeader: z
+      .string()
+      .min(1)
+      .default('otoroshi-client-secret')
+      .transform((name) => name.toLowerCase()),
   })
   .strict();
 

@@ -72,6 +72,11 @@ export class AuthzMetrics {
 
   record(mode: 'grpc' | 'http', policy: string | undefined, decision: Decision): void {
     const label = policy !== undefined && this.policies.has(policy) ? policy : '(unknown)';
-    this.decisions.inc({ mode, policy: label, decision: decision.allowed ? 'allow' : 'deny', reason: decision.allowed ? 'ok' : decision.reason });
+    this.decisions.inc({
+      mode,
+      policy: label,
+      decision: decision.allowed ? 'allow' : 'deny',
+      reason: decision.allowed ? 'ok' : decision.reason,
+    });
   }
 }

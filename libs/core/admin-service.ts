@@ -10,14 +10,26 @@ import { createPublicKey, randomBytes } from 'node:crypto';
 
 /** Ids we accept for API keys and key pairs: printable, URL- and header-safe, no `:` (Basic auth) or `#` (kids). */
 const ID = z.string().regex(/^[A-Za-z0-9._~@+-]{1,128}$/, 'use 1 to 128 of A-Z a-z 0-9 . _ ~ @ + -');
-const SECRET = z.string().min(8, 'must be at least 8 characters').max(512).regex(/^[\x21-\x7e]+$/, 'printable ASCII without spaces');
+const SECRET = z
+  .string()
+  .min(8, 'must be at least 8 characters')
+  .max(512)
+  .regex(/^[\x21-\x7e]+$/, 'printable ASCII without spaces');
 const SCOPE_TOKEN = z.string().regex(/^[\x21\x23-\x5b\x5d-\x7e]+$/, 'not a valid scope token (RFC 6749 §3.3)');
-const validUntil = z.union([z.number().int().nonnegative(), z.iso.datetime({ offset: true }).transform((value) => Date.parse(value)), z.null()]);
+const validUntil = z.union([
+  z.number().int().nonnegative(),
+  z.iso.datetime({ offset: true }).transform((value) => Date.parse(value)),
+  z.null(),
+]);
 const quota = z.number().int().nonnegative();
 
 /** The admin API's API key, with Otoroshi's field names. */
 const apiKeyFields = {
-  clientName: z.string().min(1).max(200).regex(/^[^\u0000-\u001f\u007f]*$/, 'no control characters'),
+  clientName: z
+    .string()
+    .min(1)
+    .max(200)
+    .regex(/^[^\u0000-\u001f\u007f]*$/, 'no control characters'),
   description: z.string().max(2000),
   authorizedEntities: z.array(z.string().regex(/^(route|group|service)_[A-Za-z0-9._~@+-]+$/, 'use route_<name> or group_<name>')).max(1000),
   enabled: z.boolean(),
@@ -28,8 +40,16 @@ const apiKeyFields = {
       message: 'metadata scope: scope tokens (RFC 6749 §3.3) separated by spaces or commas',
     }),
   tags: z.array(z.string().max(200)).max(200),
-  scope: z.union([z.string().transform((value) => value.split(' ').filter(Boolean)), z.array(z.string())]).pipe(z.array(SCOPE_TOKEN).max(200)),
-  rotation: z.object({ enabled: z.boolean().default(false), rotationEvery: z.number().positive().default(744), gracePeriod: z.number().nonnegative().default(168) }).strict(),
+  scope: z
+    .union([z.string().transform((value) => value.split(' ').filter(Boolean)), z.array(z.string())])
+    .pipe(z.array(SCOPE_TOKEN).max(200)),
+  rotation: z
+    .object({
+      enabled: z.boolean().default(false),
+      rotationEvery: z.number().positive().default(744),
+      gracePeriod: z.number().nonnegative().default(168),
+    })
+    .strict(),
   allowClientIdOnly: z.boolean(),
   throttlingQuota: quota,
   dailyQuota: quota,
@@ -69,7 +89,10 @@ const apiKeyListQuerySchema = z
   .object({
     limit: z.coerce.number().int().min(1).max(1000).default(100),
     after: z.string().max(128).optional(),
-    enabled: z.enum(['true', 'false']).transform((value) => value === 'true').optional(),
+    enabled: z
+      .enum(['true', 'false'])
+      .transform((value) => value === 'true')
+      .optional(),
     tag: z.string().max(200).optional(),
     authorizedEntity: z.string().max(200).optional(),
   })
@@ -87,7 +110,9 @@ const keyPairCreateSchema = z
   })
   .strict();
 
-const keyPairRotateSchema = z.object({ privateKey: z.string().max(20_000).optional(), publicKey: z.string().max(20_000).optional() }).strict();
+const keyPairRotateSchema = z
+  .object({ privateKey: z.string().max(20_000).optional(), publicKey: z.string().max(20_000).optional() })
+  .strict();
 
 /** The path of the first string (key or value) in `input` with a lone surrogate, which has no UTF-8 form. */
 function illFormedPath(input: unknown, path: string[] = []): string[] | undefined {
@@ -104,7 +129,8 @@ function illFormedPath(input: unknown, path: string[] = []): string[] | undefine
 function parseInput<S extends z.ZodType>(schema: S, input: unknown): z.output<S> {
   // Stored text must survive every transport (protobuf strings are UTF-8): refused here, once.
   const illFormed = illFormedPath(input);
-  if (illFormed) throw new AdminError(400, 'invalid input', [{ path: illFormed.join('.'), message: 'not well-formed Unicode (a lone surrogate)' }]);
+  if (illFormed)
+    throw new AdminError(400, 'invalid input', [{ path: illFormed.join('.'), message: 'not well-formed Unicode (a lone surrogate)' }]);
   const result = schema.safeParse(input ?? {});
   if (!result.success) {
     throw new AdminError(

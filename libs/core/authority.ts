@@ -54,7 +54,8 @@ function adminTokenHash(config: AuthorityConfig, log: AuthorityLogger): Buffer {
   const file = join(config.dataDir, 'admin-token.sha256');
   if (existsSync(file)) {
     const stored = readFileSync(file, 'utf8').trim();
-    if (!/^[0-9a-f]{64}$/.test(stored)) throw new Error(`${file} is not a SHA-256 hex digest; delete it to generate a new admin token, or set ADMIN_TOKEN`);
+    if (!/^[0-9a-f]{64}$/.test(stored))
+      throw new Error(`${file} is not a SHA-256 hex digest; delete it to generate a new admin token, or set ADMIN_TOKEN`);
     return Buffer.from(stored, 'hex');
   }
   const token = generateSecret();
@@ -76,7 +77,11 @@ export async function createAuthority(config: AuthorityConfig, log: AuthorityLog
   const admin = new AdminService(config, authorityStore, keyRing);
   if (!(await authorityStore.keyPairs.get(config.defaultKeyPair))) {
     try {
-      await admin.createKeyPair({ id: config.defaultKeyPair, algorithm: config.defaultKeyPairAlgorithm, description: 'default signing key pair' });
+      await admin.createKeyPair({
+        id: config.defaultKeyPair,
+        algorithm: config.defaultKeyPairAlgorithm,
+        description: 'default signing key pair',
+      });
       log.info(`generated the default key pair '${config.defaultKeyPair}' (${config.defaultKeyPairAlgorithm})`);
     } catch (error) {
       // Another process sharing the store (a replica, the CLI) created it first: use theirs.
@@ -87,7 +92,9 @@ export async function createAuthority(config: AuthorityConfig, log: AuthorityLog
   // through SQLite's data_version) and reloads the key ring when key pairs changed: that is
   // what keeps signing keys current. Where the log stands is read before the key pairs, so a
   // key pair another process commits in between is published (and loaded), never skipped.
-  const dataPlane = new DataPlaneFeed(authorityStore, keyRing, { issuer: config.issuer, audience: config.audience }, (error) => log.warn(`data plane update failed: ${error.message}`));
+  const dataPlane = new DataPlaneFeed(authorityStore, keyRing, { issuer: config.issuer, audience: config.audience }, (error) =>
+    log.warn(`data plane update failed: ${error.message}`),
+  );
   await dataPlane.start();
   await keyRing.reload();
   const tokens = new TokenService(config, authorityStore, keyRing);

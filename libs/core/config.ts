@@ -11,7 +11,12 @@ export const authorityConfigSchema = z
     /** Host on which the OAuth endpoints answer: `*`, an exact host, or a glob such as `*.oto.tools`. */
     domain: z.string().min(1).default('*'),
     /** Token lifetime in milliseconds (Otoroshi's `expiration`). */
-    expiration: z.coerce.number().int().min(1000).max(31 * 24 * 3600 * 1000).default(3_600_000),
+    expiration: z.coerce
+      .number()
+      .int()
+      .min(1000)
+      .max(31 * 24 * 3600 * 1000)
+      .default(3_600_000),
     /** Id of the key pair that signs tokens unless an API key names its own. */
     defaultKeyPair: z.string().min(1).max(200).default('otoroshi-jwt-signing'),
     /** Algorithm of the default key pair when it has to be generated on first start. */
@@ -37,7 +42,12 @@ export const authorityConfigSchema = z
         host: z.string().default('0.0.0.0'),
         port: portSetting.default(8080),
         /** Largest accepted request body in bytes. */
-        bodyLimit: z.coerce.number().int().min(1024).max(10 * 1024 * 1024).default(64 * 1024),
+        bodyLimit: z.coerce
+          .number()
+          .int()
+          .min(1024)
+          .max(10 * 1024 * 1024)
+          .default(64 * 1024),
         limits: httpLimitsSchema,
       })
       .prefault({}),

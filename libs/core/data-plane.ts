@@ -199,7 +199,13 @@ export class DataPlaneFeed {
 
   private async *readSnapshot(version: string): AsyncGenerator<DataPlaneUpdate> {
     const now = this.now();
-    const first: DataPlaneUpdate = { ...emptyUpdate(version, '', now), reset: true, issuer: this.token.issuer, audience: this.token.audience, keyPairs: this.keyRing.keyPairKeys() };
+    const first: DataPlaneUpdate = {
+      ...emptyUpdate(version, '', now),
+      reset: true,
+      issuer: this.token.issuer,
+      audience: this.token.audience,
+      keyPairs: this.keyRing.keyPairKeys(),
+    };
     let part = first;
     let after: string | undefined;
     for (;;) {

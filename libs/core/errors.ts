@@ -46,8 +46,7 @@ export function echo(input: string): string {
 export const invalidRequest = (description: string) => new OAuthError('invalid_request', description, 400);
 export const invalidScope = (description: string) => new OAuthError('invalid_scope', description, 400);
 export const invalidTarget = (description: string) => new OAuthError('invalid_target', description, 400);
-export const unsupportedGrantType = (description: string) =>
-  new OAuthError('unsupported_grant_type', description, 400);
+export const unsupportedGrantType = (description: string) => new OAuthError('unsupported_grant_type', description, 400);
 export const notFound = (description: string) => new OAuthError('not_found', description, 404);
 /** One answer for every client authentication failure, so ids cannot be enumerated. */
 export const invalidClient = (usedBasic: boolean) =>

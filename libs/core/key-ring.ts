@@ -73,7 +73,6 @@ export class KeyRing {
     return version;
   };
 
-
   /** Every key that can still verify a live token, with the end of its window when retired. */
   verificationKeys(): { jwk: PublicJwk; verifyUntil?: number; keyPairId: string }[] {
     const now = this.now();

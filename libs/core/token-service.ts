@@ -49,9 +49,7 @@ export type IntrospectionResponse =
 /** Why a token is not valid: doubles as a log and metric label. */
 export type TokenRejection = JwsFailure | 'not_access_token' | 'wrong_issuer' | 'expired' | 'not_yet_valid' | 'revoked' | 'client_unusable';
 
-export type TokenValidation =
-  | { valid: true; claims: AccessTokenClaims; apiKey: ApiKeyRecord }
-  | { valid: false; reason: TokenRejection };
+export type TokenValidation = { valid: true; claims: AccessTokenClaims; apiKey: ApiKeyRecord } | { valid: false; reason: TokenRejection };
 
 const GRANT_TYPE = 'client_credentials';
 /** RFC 6749 §3.3 scope-token characters. */
@@ -160,8 +158,12 @@ export class TokenService {
     if (result.header.typ !== 'at+jwt') return { reason: 'not_access_token' };
     const claims = result.claims;
     if (
-      typeof claims.exp !== 'number' || typeof claims.nbf !== 'number' || typeof claims.iat !== 'number' ||
-      typeof claims.jti !== 'string' || typeof claims.client_id !== 'string' || typeof claims.sub !== 'string'
+      typeof claims.exp !== 'number' ||
+      typeof claims.nbf !== 'number' ||
+      typeof claims.iat !== 'number' ||
+      typeof claims.jti !== 'string' ||
+      typeof claims.client_id !== 'string' ||
+      typeof claims.sub !== 'string'
     ) {
       return { reason: 'not_access_token' };
     }

@@ -51,7 +51,9 @@ export function renderEnvoyConfig(source: string, placement: EnvoyPlacement): st
         name: 'envoy.transport_sockets.tls',
         typed_config: {
           '@type': 'type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext',
-          common_tls_context: { tls_certificates: [{ certificate_chain: { filename: certificateFile }, private_key: { filename: privateKeyFile } }] },
+          common_tls_context: {
+            tls_certificates: [{ certificate_chain: { filename: certificateFile }, private_key: { filename: privateKeyFile } }],
+          },
         },
       }),
     );

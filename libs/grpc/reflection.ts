@@ -138,14 +138,22 @@ export function addReflection(server: Server, index: DescriptorIndex): void {
   const reflectionServices = versions.map((version) => `grpc.reflection.${version}.ServerReflection`);
   const services = [...new Set([...index.services, ...reflectionServices])].sort();
   for (const version of versions) {
-    const definition = loadSync(`grpc/reflection/${version}/reflection.proto`, { keepCase: true, longs: Number, enums: String, oneofs: true, includeDirs: [REFLECTION_PROTO_ROOT] });
+    const definition = loadSync(`grpc/reflection/${version}/reflection.proto`, {
+      keepCase: true,
+      longs: Number,
+      enums: String,
+      oneofs: true,
+      includeDirs: [REFLECTION_PROTO_ROOT],
+    });
     const loaded = loadPackageDefinition(definition) as any;
     const service: ServiceDefinition = loaded.grpc.reflection[version].ServerReflection.service;
     server.addService(service, {
       ServerReflectionInfo(call: ServerDuplexStream<ReflectionRequest, unknown>) {
         // Per stream, like the reference implementation: each file is sent once.
         const sent = new Set<string>();
-        call.on('data', (request: ReflectionRequest) => call.write({ valid_host: request.host ?? '', original_request: request, ...answer(request, sent) }));
+        call.on('data', (request: ReflectionRequest) =>
+          call.write({ valid_host: request.host ?? '', original_request: request, ...answer(request, sent) }),
+        );
         call.on('end', () => call.end());
         call.on('error', () => call.end());
       },
@@ -160,14 +168,17 @@ export function addReflection(server: Server, index: DescriptorIndex): void {
     };
     if (request.list_services !== undefined) return { list_services_response: { service: services.map((name) => ({ name })) } };
     if (request.file_by_filename !== undefined) return files(request.file_by_filename, `file ${request.file_by_filename}`);
-    if (request.file_containing_symbol !== undefined) return files(index.fileOfSymbol(request.file_containing_symbol), `symbol ${request.file_containing_symbol}`);
+    if (request.file_containing_symbol !== undefined)
+      return files(index.fileOfSymbol(request.file_containing_symbol), `symbol ${request.file_containing_symbol}`);
     if (request.file_containing_extension !== undefined) {
       const { containing_type, extension_number } = request.file_containing_extension;
       return files(index.fileOfExtension(containing_type, extension_number), `extension ${extension_number} of ${containing_type}`);
     }
     if (request.all_extension_numbers_of_type !== undefined) {
       const numbers = index.extensionNumbers(request.all_extension_numbers_of_type);
-      return numbers ? { all_extension_numbers_response: { base_type_name: request.all_extension_numbers_of_type, extension_number: numbers } } : notFound(`type ${request.all_extension_numbers_of_type} not found`);
+      return numbers
+        ? { all_extension_numbers_response: { base_type_name: request.all_extension_numbers_of_type, extension_number: numbers } }
+        : notFound(`type ${request.all_extension_numbers_of_type} not found`);
     }
     return { error_response: { error_code: GrpcStatus.INVALID_ARGUMENT, error_message: 'empty reflection request' } };
   }

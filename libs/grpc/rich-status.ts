@@ -27,7 +27,13 @@ export interface RichError {
  * input are made legal: grpc-js throws on a non-ASCII metadata value, outside any handler.
  * The ErrorInfo (protobuf strings) keeps the text as it is.
  */
-export function richError(code: GrpcStatus, message: string, reason: string, domain: string, trailers: Record<string, string> = {}): RichError {
+export function richError(
+  code: GrpcStatus,
+  message: string,
+  reason: string,
+  domain: string,
+  trailers: Record<string, string> = {},
+): RichError {
   const metadata = new Metadata();
   for (const [key, value] of Object.entries(trailers)) metadata.set(key, legalHeaderValue(value));
   const errorInfo = ErrorInfoType.encode(ErrorInfoType.create({ reason, domain, metadata: trailers })).finish();
@@ -47,5 +53,9 @@ export function decodeErrorInfo(metadata: Metadata): { reason: string; domain: s
   const decoded = StatusType.toObject(StatusType.decode(raw)) as { details?: { type_url: string; value: Uint8Array }[] };
   const detail = decoded.details?.find((entry) => entry.type_url.endsWith('google.rpc.ErrorInfo'));
   if (!detail) return undefined;
-  return ErrorInfoType.toObject(ErrorInfoType.decode(detail.value), { defaults: true }) as { reason: string; domain: string; metadata: Record<string, string> };
+  return ErrorInfoType.toObject(ErrorInfoType.decode(detail.value), { defaults: true }) as {
+    reason: string;
+    domain: string;
+    metadata: Record<string, string>;
+  };
 }

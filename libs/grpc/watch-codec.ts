@@ -48,7 +48,10 @@ const fromTimestamp = (timestamp: Timestamp | null | undefined): number | undefi
   return seconds * 1000 + Math.floor((timestamp.nanos ?? 0) / 1_000_000);
 };
 
-const encodeKey = (key: DataPlaneKey): VerificationKeyMessage => ({ jwk: key.jwk as unknown as Record<string, string>, verify_until: toTimestamp(key.verifyUntil) });
+const encodeKey = (key: DataPlaneKey): VerificationKeyMessage => ({
+  jwk: key.jwk as unknown as Record<string, string>,
+  verify_until: toTimestamp(key.verifyUntil),
+});
 
 const encodeApiKey = (apiKey: DataPlaneApiKey): ApiKeyStateMessage => ({
   client_id: apiKey.clientId,
@@ -104,12 +107,18 @@ export function decodeUpdate(message: DeltaWatchResponseMessage): DataPlaneUpdat
     keyPairs: (message.key_pairs ?? []).map((keyPair) => ({
       keyPairId: keyPair.key_pair_id,
       // Own properties only: a decoded message answers '' for every field it did not carry.
-      keys: (keyPair.keys ?? []).map((key) => ({ jwk: { ...key.jwk } as unknown as PublicJwk, verifyUntil: fromTimestamp(key.verify_until) })),
+      keys: (keyPair.keys ?? []).map((key) => ({
+        jwk: { ...key.jwk } as unknown as PublicJwk,
+        verifyUntil: fromTimestamp(key.verify_until),
+      })),
     })),
     removedKeyPairs: message.removed_key_pairs ?? [],
     apiKeys: (message.api_keys ?? []).map(decodeApiKey),
     removedApiKeys: message.removed_api_keys ?? [],
-    revokedTokens: (message.revoked_tokens ?? []).map((revoked) => ({ jti: revoked.jti, expiresAt: fromTimestamp(revoked.expires_at) ?? 0 })),
+    revokedTokens: (message.revoked_tokens ?? []).map((revoked) => ({
+      jti: revoked.jti,
+      expiresAt: fromTimestamp(revoked.expires_at) ?? 0,
+    })),
     generatedAt: fromTimestamp(message.generated_at) ?? 0,
   };
 }
@@ -133,7 +142,9 @@ function deltaWatchResponseType(): Type {
 }
 
 export function serializeUpdate(update: DataPlaneUpdate): Buffer {
-  const bytes = deltaWatchResponseType().encode(encodeUpdate(update) as unknown as Record<string, unknown>).finish();
+  const bytes = deltaWatchResponseType()
+    .encode(encodeUpdate(update) as unknown as Record<string, unknown>)
+    .finish();
   return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
 }
 

@@ -22,10 +22,18 @@ export const httpLimitsSchema = z
      * Largest request head (request line and headers), bytes: Node's 16 KiB. No OAuth request or
      * credential comes near it; Envoy lets larger heads through (96 KiB) to the backends.
      */
-    maxHeaderSize: z.coerce.number().int().min(8 * 1024).max(1024 * 1024).default(16 * 1024),
+    maxHeaderSize: z.coerce
+      .number()
+      .int()
+      .min(8 * 1024)
+      .max(1024 * 1024)
+      .default(16 * 1024),
   })
   // Node refuses to start a server otherwise.
-  .refine((limits) => limits.headersTimeout <= limits.requestTimeout, { message: 'headersTimeout must not exceed requestTimeout', path: ['headersTimeout'] })
+  .refine((limits) => limits.headersTimeout <= limits.requestTimeout, {
+    message: 'headersTimeout must not exceed requestTimeout',
+    path: ['headersTimeout'],
+  })
   .prefault({});
 
 export type HttpLimits = z.infer<typeof httpLimitsSchema>;
@@ -36,7 +44,12 @@ export function fastifyLimitOptions(limits: HttpLimits) {
     connectionTimeout: limits.idleTimeout,
     keepAliveTimeout: limits.keepAliveTimeout,
     requestTimeout: limits.requestTimeout,
-    http: { headersTimeout: limits.headersTimeout, requestTimeout: limits.requestTimeout, connectionsCheckingInterval: 1_000, maxHeaderSize: limits.maxHeaderSize },
+    http: {
+      headersTimeout: limits.headersTimeout,
+      requestTimeout: limits.requestTimeout,
+      connectionsCheckingInterval: 1_000,
+      maxHeaderSize: limits.maxHeaderSize,
+    },
   };
 }
 

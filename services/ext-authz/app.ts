@@ -80,7 +80,11 @@ export async function startExtAuthz(config: ExtAuthzConfig): Promise<ExtAuthzApp
   );
   health.addToServer(grpcServer);
   const grpcPort = await new Promise<number>((resolve, reject) =>
-    grpcServer.bindAsync(`${config.grpc.host.includes(':') ? `[${config.grpc.host}]` : config.grpc.host}:${config.grpc.port}`, ServerCredentials.createInsecure(), (error, port) => (error ? reject(error) : resolve(port))),
+    grpcServer.bindAsync(
+      `${config.grpc.host.includes(':') ? `[${config.grpc.host}]` : config.grpc.host}:${config.grpc.port}`,
+      ServerCredentials.createInsecure(),
+      (error, port) => (error ? reject(error) : resolve(port)),
+    ),
   );
 
   const adapter = new FastifyAdapter({
@@ -100,7 +104,10 @@ export async function startExtAuthz(config: ExtAuthzConfig): Promise<ExtAuthzApp
     payload.on('end', () => done(null, undefined));
     payload.on('error', (error) => done(error, undefined));
   });
-  const app = await NestFactory.create<NestFastifyApplication>(ExtAuthzModule.forCore(core), adapter, { logger: new NestPinoLogger(logger), bodyParser: false });
+  const app = await NestFactory.create<NestFastifyApplication>(ExtAuthzModule.forCore(core), adapter, {
+    logger: new NestPinoLogger(logger),
+    bodyParser: false,
+  });
   await app.listen(config.http.port, config.http.host);
   capConnections(app.getHttpServer(), config.http.limits);
   const address = app.getHttpServer().address();

@@ -1,4 +1,11 @@
-import { credentials, loadPackageDefinition, Metadata, status as GrpcStatus, type ClientReadableStream, type ServiceError } from '@grpc/grpc-js';
+import {
+  credentials,
+  loadPackageDefinition,
+  Metadata,
+  status as GrpcStatus,
+  type ClientReadableStream,
+  type ServiceError,
+} from '@grpc/grpc-js';
 import { loadSync } from '@grpc/proto-loader';
 import type { Logger } from 'pino';
 import type { AuthorityReplica } from '../../libs/authz/replica';
@@ -71,13 +78,18 @@ export class AuthorityWatchClient {
         outcome = 'out_of_sync';
       }
       if (outcome === 'out_of_sync') {
-        this.logger.warn({ version: this.replica.version, base: message.baseVersion }, 'authority update does not follow on; reading a snapshot');
+        this.logger.warn(
+          { version: this.replica.version, base: message.baseVersion },
+          'authority update does not follow on; reading a snapshot',
+        );
         this.replace(() => this.connect(false));
       } else if (outcome === 'applied' && message.reset) {
         this.logger.info({ version: message.version, ...this.replica.counts }, 'authority snapshot applied');
       }
     });
-    call.on('error', (error: ServiceError) => this.retry(error.code === GrpcStatus.UNAUTHENTICATED ? `refused: ${error.details}` : error.details));
+    call.on('error', (error: ServiceError) =>
+      this.retry(error.code === GrpcStatus.UNAUTHENTICATED ? `refused: ${error.details}` : error.details),
+    );
     call.on('end', () => this.retry('stream ended'));
   }
 

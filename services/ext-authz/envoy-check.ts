@@ -1,4 +1,11 @@
-import { loadPackageDefinition, status as GrpcStatus, type sendUnaryData, type Server, type ServerUnaryCall, type ServiceDefinition } from '@grpc/grpc-js';
+import {
+  loadPackageDefinition,
+  status as GrpcStatus,
+  type sendUnaryData,
+  type Server,
+  type ServerUnaryCall,
+  type ServiceDefinition,
+} from '@grpc/grpc-js';
 import { loadSync } from '@grpc/proto-loader';
 import type { Authorizer, AuthzRequest } from '../../libs/authz/authorizer';
 import { denialBody, type Decision } from '../../libs/authz/decision';
@@ -54,7 +61,8 @@ export function toCheckResponse(decision: Decision): object {
     };
   }
   const headers = [{ header: { key: 'content-type', value: 'application/json' }, append_action: OVERWRITE }];
-  if (decision.wwwAuthenticate) headers.push({ header: { key: 'www-authenticate', value: decision.wwwAuthenticate }, append_action: OVERWRITE });
+  if (decision.wwwAuthenticate)
+    headers.push({ header: { key: 'www-authenticate', value: decision.wwwAuthenticate }, append_action: OVERWRITE });
   return {
     status: { code: RPC_CODE_BY_STATUS[decision.status], message: decision.message },
     denied_response: { status: { code: decision.status }, headers, body: denialBody(decision) },
@@ -80,7 +88,12 @@ export type CheckListener = (decision: Decision, policy: string | undefined) => 
  * Registers Check on a grpc-js server directly (not through Nest's gRPC layer: it is the hot
  * path, see bench/ext-authz.ts). Every call is answered with a CheckResponse, never an RPC error.
  */
-export function addCheckService(server: Server, authorizer: Authorizer, onDecision: CheckListener, onUnexpected: (error: Error) => void): void {
+export function addCheckService(
+  server: Server,
+  authorizer: Authorizer,
+  onDecision: CheckListener,
+  onUnexpected: (error: Error) => void,
+): void {
   server.addService(loadAuthorizationService(), {
     Check(call: ServerUnaryCall<CheckRequest, object>, callback: sendUnaryData<object>) {
       const request = toAuthzRequest(call.request);

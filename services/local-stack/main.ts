@@ -23,7 +23,7 @@ const port = (name: string, fallback: number) => {
 
 function envoyAvailable(binary: string): string | undefined {
   const probe = spawnSync(binary, ['--version'], { encoding: 'utf8', timeout: 10_000 });
-  return probe.status === 0 ? /\/(\d+\.\d+\.\d+)\//.exec(probe.stdout)?.[1] ?? 'unknown' : undefined;
+  return probe.status === 0 ? (/\/(\d+\.\d+\.\d+)\//.exec(probe.stdout)?.[1] ?? 'unknown') : undefined;
 }
 
 const children: { name: string; child: ChildProcess }[] = [];
@@ -35,7 +35,11 @@ async function stopAll(code: number): Promise<void> {
   stopping = true;
   for (const { child } of [...children].reverse()) if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
   const deadline = setTimeout(() => children.forEach(({ child }) => child.kill('SIGKILL')), 12_000);
-  await Promise.all(children.map(({ child }) => (child.exitCode !== null || child.signalCode !== null ? undefined : new Promise((done) => child.once('exit', done)))));
+  await Promise.all(
+    children.map(({ child }) =>
+      child.exitCode !== null || child.signalCode !== null ? undefined : new Promise((done) => child.once('exit', done)),
+    ),
+  );
   clearTimeout(deadline);
   process.exit(code);
 }
@@ -46,7 +50,23 @@ function selfSignedCertificate(dir: string): { certificateFile: string; privateK
   const privateKeyFile = path.join(dir, 'tls.key');
   const made = spawnSync(
     'openssl',
-    ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '30', '-subj', '/CN=oauth.oto.tools', '-addext', 'subjectAltName=DNS:oauth.oto.tools,DNS:foo.oto.tools,DNS:bar.oto.tools', '-keyout', privateKeyFile, '-out', certificateFile],
+    [
+      'req',
+      '-x509',
+      '-newkey',
+      'rsa:2048',
+      '-nodes',
+      '-days',
+      '30',
+      '-subj',
+      '/CN=oauth.oto.tools',
+      '-addext',
+      'subjectAltName=DNS:oauth.oto.tools,DNS:foo.oto.tools,DNS:bar.oto.tools',
+      '-keyout',
+      privateKeyFile,
+      '-out',
+      certificateFile,
+    ],
     { stdio: 'ignore', timeout: 30_000 },
   );
   return made.status === 0 ? { certificateFile, privateKeyFile } : undefined;
@@ -70,7 +90,7 @@ async function main(): Promise<void> {
   // on, not once: a second Ctrl-C must not kill this process before its parts have stopped.
   for (const signal of ['SIGINT', 'SIGTERM'] as const) process.on(signal, () => void stopAll(0));
 
-    // Reverse order: Envoy first, the authority last.
+  // Reverse order: Envoy first, the authority last.
   const start = (name: string, command: readonly string[], childEnv: Record<string, string>) => {
     const child = spawn(command[0], command.slice(1), { cwd: ROOT, env: { ...env, ...childEnv }, stdio: ['ignore', 'inherit', 'inherit'] });
     children.push({ name, child });
@@ -83,7 +103,13 @@ async function main(): Promise<void> {
   };
   const waitFor = async (name: string, url: string, ok: (status: number) => boolean = (status) => status < 500) => {
     for (let attempt = 0; attempt < 600 && !stopping; attempt += 1) {
-      if (await fetch(url).then((response) => ok(response.status), () => false)) return;
+      if (
+        await fetch(url).then(
+          (response) => ok(response.status),
+          () => false,
+        )
+      )
+        return;
       await new Promise((done) => setTimeout(done, 100));
     }
     if (!stopping) throw new Error(`${name} did not answer at ${url}`);

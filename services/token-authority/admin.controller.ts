@@ -1,4 +1,22 @@
-import { Body, CanActivate, Controller, Delete, ExecutionContext, Get, HttpCode, Inject, Injectable, Param, Patch, Post, Put, Query, Req, Res, UseGuards } from '@nestjs/common';
+import {
+  Body,
+  CanActivate,
+  Controller,
+  Delete,
+  ExecutionContext,
+  Get,
+  HttpCode,
+  Inject,
+  Injectable,
+  Param,
+  Patch,
+  Post,
+  Put,
+  Query,
+  Req,
+  Res,
+  UseGuards,
+} from '@nestjs/common';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { Authority } from '../../libs/core/authority';
 import { OAuthError } from '../../libs/core/errors';
@@ -24,7 +42,11 @@ export class AdminController {
 
   /** A page as a JSON array (Otoroshi's shape); the next page's URL in an RFC 8288 Link header. */
   @Get('apikeys')
-  async listApiKeys(@Query() query: Record<string, unknown>, @Req() request: FastifyRequest, @Res({ passthrough: true }) reply: FastifyReply) {
+  async listApiKeys(
+    @Query() query: Record<string, unknown>,
+    @Req() request: FastifyRequest,
+    @Res({ passthrough: true }) reply: FastifyReply,
+  ) {
     const { items, next } = await this.authority.admin.listApiKeys(query);
     if (next !== undefined) {
       const parameters = new URLSearchParams(query as Record<string, string>);

@@ -64,9 +64,13 @@ export async function startTokenAuthority(config: AuthorityConfig): Promise<Toke
     ...fastifyLimitOptions(config.http.limits),
   });
   const watch = new AuthorityWatchService(authority, logger);
-  const app = await NestFactory.create<NestFastifyApplication>(TokenAuthorityModule.forAuthority(authority, authorityMetrics(authority, watch)), adapter, {
-    logger: new NestPinoLogger(logger),
-  });
+  const app = await NestFactory.create<NestFastifyApplication>(
+    TokenAuthorityModule.forAuthority(authority, authorityMetrics(authority, watch)),
+    adapter,
+    {
+      logger: new NestPinoLogger(logger),
+    },
+  );
   // Only form and JSON bodies are OAuth2 requests; anything else is refused as an unsupported type.
   app.getHttpAdapter().getInstance().removeContentTypeParser('text/plain');
   const health = createHealth();
@@ -130,4 +134,3 @@ function boundGrpcPort(microservice: unknown): number {
   for (const http2Server of server?.http2Servers?.keys() ?? []) return http2Server.address().port;
   throw new Error('gRPC server has no bound port');
 }
-

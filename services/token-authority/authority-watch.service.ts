@@ -16,7 +16,12 @@ import { AUTHORITY_WATCH_PROTO, LOADER_OPTIONS } from './grpc-options';
 export const MAX_BUFFERED_ENTRIES = 20_000;
 
 const entriesOf = (update: DataPlaneUpdate) =>
-  1 + update.apiKeys.length + update.removedApiKeys.length + update.revokedTokens.length + update.keyPairs.length + update.removedKeyPairs.length;
+  1 +
+  update.apiKeys.length +
+  update.removedApiKeys.length +
+  update.revokedTokens.length +
+  update.keyPairs.length +
+  update.removedKeyPairs.length;
 
 type WatchCall = ServerWritableStream<{ node_id?: string; resume_from_version?: string }, Buffer>;
 
@@ -141,7 +146,12 @@ export class AuthorityWatchService {
   private deltaWatch(call: WatchCall): void {
     const [authorization] = call.metadata.get('authorization');
     if (!this.authority.isDataPlane(typeof authorization === 'string' ? authorization : undefined)) {
-      call.emit('error', richError(GrpcStatus.UNAUTHENTICATED, 'DeltaWatch needs the data plane or admin bearer token', 'invalid_token', ERROR_DOMAIN, { 'oauth-error': 'invalid_token' }));
+      call.emit(
+        'error',
+        richError(GrpcStatus.UNAUTHENTICATED, 'DeltaWatch needs the data plane or admin bearer token', 'invalid_token', ERROR_DOMAIN, {
+          'oauth-error': 'invalid_token',
+        }),
+      );
       return;
     }
     const node = call.request.node_id || 'unnamed';

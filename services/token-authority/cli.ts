@@ -94,23 +94,35 @@ async function run(authority: Authority, positionals: string[], values: Values):
   };
   const privateKey = values['private-key-file'] ? readFileSync(values['private-key-file'], 'utf8') : undefined;
   switch (`${resource} ${action}`) {
-    case 'apikeys list': return allApiKeys(admin);
-    case 'apikeys get': return admin.getApiKey(need());
-    case 'apikeys create': return admin.createApiKey({ clientId: values.id, ...apiKeyFields(values) });
-    case 'apikeys update': return admin.updateApiKey(need(), apiKeyFields(values));
+    case 'apikeys list':
+      return allApiKeys(admin);
+    case 'apikeys get':
+      return admin.getApiKey(need());
+    case 'apikeys create':
+      return admin.createApiKey({ clientId: values.id, ...apiKeyFields(values) });
+    case 'apikeys update':
+      return admin.updateApiKey(need(), apiKeyFields(values));
     case 'apikeys rotate-secret':
       return admin.rotateApiKeySecret(need(), {
         clientSecret: values.secret,
         gracePeriod: values['grace-hours'] === undefined ? undefined : Number(values['grace-hours']),
       });
-    case 'apikeys delete': return admin.deleteApiKey(need()).then(() => ({ deleted: target }));
-    case 'keypairs list': return admin.listKeyPairs();
-    case 'keypairs get': return admin.getKeyPair(need());
-    case 'keypairs create': return admin.createKeyPair({ id: need(), algorithm: values.alg, description: values.description, privateKey });
-    case 'keypairs rotate': return admin.rotateKeyPair(need(), { privateKey });
-    case 'keypairs retire': return admin.retireKeyPair(need());
-    case 'keypairs delete': return admin.deleteKeyPair(need()).then(() => ({ deleted: target }));
-    default: throw new AdminError(400, `unknown command '${positionals.join(' ')}'\n\n${USAGE}`);
+    case 'apikeys delete':
+      return admin.deleteApiKey(need()).then(() => ({ deleted: target }));
+    case 'keypairs list':
+      return admin.listKeyPairs();
+    case 'keypairs get':
+      return admin.getKeyPair(need());
+    case 'keypairs create':
+      return admin.createKeyPair({ id: need(), algorithm: values.alg, description: values.description, privateKey });
+    case 'keypairs rotate':
+      return admin.rotateKeyPair(need(), { privateKey });
+    case 'keypairs retire':
+      return admin.retireKeyPair(need());
+    case 'keypairs delete':
+      return admin.deleteKeyPair(need()).then(() => ({ deleted: target }));
+    default:
+      throw new AdminError(400, `unknown command '${positionals.join(' ')}'\n\n${USAGE}`);
   }
 }
 

@@ -61,6 +61,6 @@ export class ErrorFilter implements ExceptionFilter {
   /** Logged with its stack and counted; the client learns nothing (see unexpected-errors.ts). */
   private unexpected(where: 'rest' | 'grpc', exception: unknown): void {
     countUnexpectedError(where);
-    this.logger.error(exception instanceof Error ? exception.stack ?? exception.message : String(exception));
+    this.logger.error(exception instanceof Error ? (exception.stack ?? exception.message) : String(exception));
   }
 }

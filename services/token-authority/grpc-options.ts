@@ -31,7 +31,11 @@ export const MAX_MESSAGE_BYTES = 64 * 1024;
  * The gRPC transport of the token authority, shared by main and the tests (as in Nest's
  * sample/04-grpc). Health and reflection are added when the package definition is loaded.
  */
-export function tokenAuthorityGrpcOptions(config: AuthorityConfig, health: HealthImplementation, addServices: (server: Server) => void = () => {}): GrpcOptions {
+export function tokenAuthorityGrpcOptions(
+  config: AuthorityConfig,
+  health: HealthImplementation,
+  addServices: (server: Server) => void = () => {},
+): GrpcOptions {
   return {
     transport: Transport.GRPC,
     options: {

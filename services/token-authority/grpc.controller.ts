@@ -19,9 +19,17 @@ export class TokenAuthorityGrpcController {
   constructor(@Inject(AUTHORITY) private readonly authority: Authority) {}
 
   @GrpcMethod('TokenAuthority', 'IssueToken')
-  issueToken(request: { grant_type?: string; client?: ClientCredentials; scope?: string; audience?: string; resource?: string }, metadata: Metadata) {
-    const params = toParams({ grant_type: request.grant_type, scope: request.scope, audience: request.audience, resource: request.resource }, request.client);
-    return this.authority.tokens.issueToken({ params, authorization: authorizationOf(metadata) }).then((response) => ({ ...response, scope: response.scope ?? '' }));
+  issueToken(
+    request: { grant_type?: string; client?: ClientCredentials; scope?: string; audience?: string; resource?: string },
+    metadata: Metadata,
+  ) {
+    const params = toParams(
+      { grant_type: request.grant_type, scope: request.scope, audience: request.audience, resource: request.resource },
+      request.client,
+    );
+    return this.authority.tokens
+      .issueToken({ params, authorization: authorizationOf(metadata) })
+      .then((response) => ({ ...response, scope: response.scope ?? '' }));
   }
 
   @GrpcMethod('TokenAuthority', 'IntrospectToken')

@@ -14,7 +14,10 @@ export class HealthController {
 
   @Get('metrics')
   async metricsText(@Res() reply: FastifyReply): Promise<void> {
-    await reply.header('cache-control', 'no-store').type(this.metrics.contentType).send(await this.metrics.metrics());
+    await reply
+      .header('cache-control', 'no-store')
+      .type(this.metrics.contentType)
+      .send(await this.metrics.metrics());
   }
 
   @Get('health')

@@ -7,7 +7,13 @@ import { AUTHORITY } from './authority.provider';
 /** `*`, an exact host, or a glob such as `*.oto.tools`, matched case-insensitively without the port. */
 export function domainMatcher(domain: string): (host: string) => boolean {
   if (domain === '*') return () => true;
-  const pattern = new RegExp(`^${domain.split('*').map((part) => part.replace(/[.+?^${}()|[\]\\]/g, '\\$&')).join('[^.]*')}$`, 'i');
+  const pattern = new RegExp(
+    `^${domain
+      .split('*')
+      .map((part) => part.replace(/[.+?^${}()|[\]\\]/g, '\\$&'))
+      .join('[^.]*')}$`,
+    'i',
+  );
   return (host) => pattern.test(host);
 }
 

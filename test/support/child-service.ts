@@ -51,12 +51,16 @@ export class ChildService {
     child.stdout!.setEncoding('utf8').on('data', (chunk: string) => this.stdout.append(chunk));
     child.stderr!.setEncoding('utf8').on('data', (chunk: string) => this.stderr.append(chunk));
     child.once('exit', (code, signal) => {
-      if (!this.stopping) this.deaths.push({ exit: `exited with code ${code} signal ${signal}`, stderr: this.stderr.since(0).slice(-4000) });
+      if (!this.stopping)
+        this.deaths.push({ exit: `exited with code ${code} signal ${signal}`, stderr: this.stderr.since(0).slice(-4000) });
     });
     process.once('exit', this.killOnExit);
     const deadline = Date.now() + timeoutMs;
     while (Date.now() < deadline) {
-      if (child.exitCode !== null || child.signalCode !== null) throw new Error(`${this.name} exited at start (${child.exitCode ?? child.signalCode}):\n${this.stderr.since(0)}\n${this.stdout.since(0)}`);
+      if (child.exitCode !== null || child.signalCode !== null)
+        throw new Error(
+          `${this.name} exited at start (${child.exitCode ?? child.signalCode}):\n${this.stderr.since(0)}\n${this.stdout.since(0)}`,
+        );
       if (await this.ready().catch(() => false)) return;
       await new Promise((done) => setTimeout(done, 50));
     }

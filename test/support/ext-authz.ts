@@ -25,7 +25,11 @@ export const TEST_POLICIES = {
  * A real ext-authz on 127.0.0.1 (random ports) watching a real token authority's gRPC face.
  * Resolves once the first state has arrived, unless `waitForState` is false.
  */
-export async function startTestExtAuthz(authority: TestAuthority | { grpcAddress: string }, settings: Record<string, unknown> = {}, waitForState = true): Promise<TestExtAuthz> {
+export async function startTestExtAuthz(
+  authority: TestAuthority | { grpcAddress: string },
+  settings: Record<string, unknown> = {},
+  waitForState = true,
+): Promise<TestExtAuthz> {
   const config = extAuthzConfigSchema.parse({
     grpc: { host: '127.0.0.1', port: 0 },
     http: { host: '127.0.0.1', port: 0 },

@@ -5,7 +5,12 @@ import { LOADER_OPTIONS, TOKEN_AUTHORITY_PROTO } from '../../services/token-auth
 export type GrpcOutcome = { ok: true; response: any } | { ok: false; error: ServiceError };
 
 export interface TokenAuthorityClient {
-  call(method: 'IssueToken' | 'IntrospectToken' | 'GetJwks' | 'RevokeToken', request: object, metadata?: Record<string, string>, deadlineMs?: number): Promise<GrpcOutcome>;
+  call(
+    method: 'IssueToken' | 'IntrospectToken' | 'GetJwks' | 'RevokeToken',
+    request: object,
+    metadata?: Record<string, string>,
+    deadlineMs?: number,
+  ): Promise<GrpcOutcome>;
   raw: Client;
   close(): void;
 }

@@ -7,11 +7,20 @@ export interface RawResponse {
 }
 
 /** node:http, for what fetch will not send: a Host header, a declared length, a body it cannot stream. */
-export function httpRequest(url: string, options: { method?: string; headers?: Record<string, string | number>; body?: string | Buffer } = {}): Promise<RawResponse> {
+export function httpRequest(
+  url: string,
+  options: { method?: string; headers?: Record<string, string | number>; body?: string | Buffer } = {},
+): Promise<RawResponse> {
   const target = new URL(url);
   return new Promise((resolve, reject) => {
     const req = request(
-      { host: target.hostname, port: target.port, path: `${target.pathname}${target.search}`, method: options.method ?? 'GET', headers: options.headers },
+      {
+        host: target.hostname,
+        port: target.port,
+        path: `${target.pathname}${target.search}`,
+        method: options.method ?? 'GET',
+        headers: options.headers,
+      },
       (res) => {
         const chunks: Buffer[] = [];
         res.on('data', (chunk: Buffer) => chunks.push(chunk));

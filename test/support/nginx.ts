@@ -69,7 +69,9 @@ function portAnswers(port: number): Promise<boolean> {
  */
 export async function startNginx(options: NginxOptions): Promise<TestNginx> {
   if (!existsSync(NGINX_BINARY)) {
-    throw new Error(`nginx is required for this test and was not found at ${NGINX_BINARY}: apt-get install nginx-light (.ci/run does it), or set NGINX_BINARY`);
+    throw new Error(
+      `nginx is required for this test and was not found at ${NGINX_BINARY}: apt-get install nginx-light (.ci/run does it), or set NGINX_BINARY`,
+    );
   }
   const template = readFileSync(NGINX_TEMPLATE, 'utf8');
   let lastError: Error | undefined;
@@ -98,7 +100,9 @@ export async function startNginx(options: NginxOptions): Promise<TestNginx> {
     const checked = spawnSync(NGINX_BINARY, ['-t', '-q', ...args], { encoding: 'utf8', timeout: 10_000 });
     if (checked.status !== 0) {
       rmSync(prefix, { recursive: true, force: true });
-      throw new Error(`nginx -t rejected the rendered nginx/nginx.conf.template:\n${checked.stderr}${checked.stdout}${checked.error ? String(checked.error) : ''}`);
+      throw new Error(
+        `nginx -t rejected the rendered nginx/nginx.conf.template:\n${checked.stderr}${checked.stdout}${checked.error ? String(checked.error) : ''}`,
+      );
     }
 
     const child: ChildProcess = spawn(NGINX_BINARY, args, { stdio: ['ignore', 'ignore', 'pipe'] });

@@ -14,18 +14,30 @@ export interface Answer {
  * One request to a proxy (nginx, Envoy) with node:http, the path sent byte for byte (no URL
  * normalization, unlike fetch or new URL) and a Host header of our choosing. No keep-alive.
  */
-export function send(base: string, rawPath: string, options: { host?: string; method?: string; headers?: Record<string, string>; body?: string } = {}): Promise<Answer> {
+export function send(
+  base: string,
+  rawPath: string,
+  options: { host?: string; method?: string; headers?: Record<string, string>; body?: string } = {},
+): Promise<Answer> {
   const target = new URL(base);
   return new Promise((resolve, reject) => {
     const req = request(
-      { host: target.hostname, port: target.port, path: rawPath, method: options.method ?? 'GET', agent: false, headers: { host: options.host ?? FOO, ...options.headers } },
+      {
+        host: target.hostname,
+        port: target.port,
+        path: rawPath,
+        method: options.method ?? 'GET',
+        agent: false,
+        headers: { host: options.host ?? FOO, ...options.headers },
+      },
       (res) => {
         const chunks: Buffer[] = [];
         res.on('data', (chunk: Buffer) => chunks.push(chunk));
         res.on('error', reject);
         res.on('end', () => {
           const counts: Record<string, number> = {};
-          for (let i = 0; i < res.rawHeaders.length; i += 2) counts[res.rawHeaders[i].toLowerCase()] = (counts[res.rawHeaders[i].toLowerCase()] ?? 0) + 1;
+          for (let i = 0; i < res.rawHeaders.length; i += 2)
+            counts[res.rawHeaders[i].toLowerCase()] = (counts[res.rawHeaders[i].toLowerCase()] ?? 0) + 1;
           resolve({ status: res.statusCode ?? 0, headers: res.headers, counts, body: Buffer.concat(chunks).toString('utf8') });
         });
       },
@@ -34,4 +46,3 @@ export function send(base: string, rawPath: string, options: { host?: string; me
     req.end(options.body);
   });
 }
-

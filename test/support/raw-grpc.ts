@@ -153,7 +153,10 @@ export function grpcWire(call: GrpcWireCall): Promise<GrpcWireResult> {
         result.messages.push(pending.subarray(5, 5 + length));
         pending = pending.subarray(5 + length);
       }
-      const enough = call.stopAfterMessages !== undefined ? result.messages.length >= call.stopAfterMessages : result.messages.length > 0 && call.stopWhen?.(result.messages) === true;
+      const enough =
+        call.stopAfterMessages !== undefined
+          ? result.messages.length >= call.stopAfterMessages
+          : result.messages.length > 0 && call.stopWhen?.(result.messages) === true;
       if (enough && !result.cancelledByClient) {
         result.cancelledByClient = true;
         stream.close(http2.NGHTTP2_CANCEL);
@@ -162,7 +165,8 @@ export function grpcWire(call: GrpcWireCall): Promise<GrpcWireResult> {
     stream.on('error', (error: Error) => (result.error ??= `stream: ${error.message}`));
     stream.on('close', () => {
       clearTimeout(timer);
-      if (stream.rstCode && stream.rstCode !== http2.NGHTTP2_NO_ERROR && !(result.cancelledByClient || result.timedOut)) result.rstCode = stream.rstCode;
+      if (stream.rstCode && stream.rstCode !== http2.NGHTTP2_NO_ERROR && !(result.cancelledByClient || result.timedOut))
+        result.rstCode = stream.rstCode;
       release();
       resolve(result);
     });

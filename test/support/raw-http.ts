@@ -67,9 +67,14 @@ const OVERSIZE_HEAD_BYTES = 16 * 1024;
 export function rawHttp(port: number, request: RawHttpRequest): Promise<RawHttpResponse> {
   const timeoutMs = request.timeoutMs ?? 5000;
   const body = request.body === undefined ? undefined : Buffer.isBuffer(request.body) ? request.body : Buffer.from(request.body, 'utf8');
-  const lines: Buffer[] = [Buffer.from(`${request.method} `), Buffer.isBuffer(request.target) ? request.target : Buffer.from(request.target, 'latin1'), Buffer.from(' HTTP/1.1\r\n')];
+  const lines: Buffer[] = [
+    Buffer.from(`${request.method} `),
+    Buffer.isBuffer(request.target) ? request.target : Buffer.from(request.target, 'latin1'),
+    Buffer.from(' HTTP/1.1\r\n'),
+  ];
   lines.push(Buffer.from(`Host: 127.0.0.1:${port}\r\n`));
-  for (const [name, value] of request.headers ?? []) lines.push(Buffer.from(`${name}: `), Buffer.isBuffer(value) ? value : Buffer.from(value, 'latin1'), CRLF);
+  for (const [name, value] of request.headers ?? [])
+    lines.push(Buffer.from(`${name}: `), Buffer.isBuffer(value) ? value : Buffer.from(value, 'latin1'), CRLF);
   if (body !== undefined) lines.push(Buffer.from(`Content-Length: ${body.length}\r\n`));
   lines.push(CRLF);
   const head = Buffer.concat(lines);
@@ -88,7 +93,10 @@ export function rawHttp(port: number, request: RawHttpRequest): Promise<RawHttpR
       if (outcome instanceof Error) reject(outcome);
       else resolve(outcome);
     };
-    const timer = setTimeout(() => finish(new Error(`no complete response within ${timeoutMs} ms${parsed ? ` (status ${parsed.status} received)` : ''}`)), timeoutMs);
+    const timer = setTimeout(
+      () => finish(new Error(`no complete response within ${timeoutMs} ms${parsed ? ` (status ${parsed.status} received)` : ''}`)),
+      timeoutMs,
+    );
 
     const complete = (atEnd: boolean): RawHttpResponse | undefined => {
       if (!parsed) {
@@ -102,7 +110,17 @@ export function rawHttp(port: number, request: RawHttpRequest): Promise<RawHttpR
         });
         const length = headers.find((header) => header.name === 'content-length');
         const chunked = headers.some((header) => header.name === 'transfer-encoding' && /chunked/i.test(header.value.toString('latin1')));
-        parsed = { status, headers, bodyStart: end + 4, chunked, length: length ? Number(length.value.toString('latin1')) : status === 204 || status === 304 || request.method === 'HEAD' ? 0 : undefined };
+        parsed = {
+          status,
+          headers,
+          bodyStart: end + 4,
+          chunked,
+          length: length
+            ? Number(length.value.toString('latin1'))
+            : status === 204 || status === 304 || request.method === 'HEAD'
+              ? 0
+              : undefined,
+        };
       }
       const data = received.subarray(parsed.bodyStart);
       const response = (bodyBytes: Buffer): RawHttpResponse => ({ status: parsed!.status, headers: parsed!.headers, body: bodyBytes });
@@ -110,7 +128,8 @@ export function rawHttp(port: number, request: RawHttpRequest): Promise<RawHttpR
         const decoded = dechunk(data);
         return decoded ? response(decoded) : atEnd ? response(data) : undefined;
       }
-      if (parsed.length !== undefined) return data.length >= parsed.length ? response(data.subarray(0, parsed.length)) : atEnd ? response(data) : undefined;
+      if (parsed.length !== undefined)
+        return data.length >= parsed.length ? response(data.subarray(0, parsed.length)) : atEnd ? response(data) : undefined;
       return atEnd ? response(data) : undefined;
     };
 

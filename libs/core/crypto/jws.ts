@@ -43,9 +43,7 @@ export interface VerificationKey {
 
 export type JwsFailure = 'malformed' | 'unknown_key' | 'algorithm_mismatch' | 'bad_signature';
 
-export type JwsResult =
-  | { ok: true; header: Record<string, unknown>; claims: Record<string, unknown> }
-  | { ok: false; reason: JwsFailure };
+export type JwsResult = { ok: true; header: Record<string, unknown>; claims: Record<string, unknown> } | { ok: false; reason: JwsFailure };
 
 const BASE64URL = /^[A-Za-z0-9_-]+$/;
 

@@ -16,11 +16,19 @@ export function generateKeyMaterial(algorithm: SigningAlgorithm): KeyMaterial {
   switch (algorithm) {
     case 'RS256':
     case 'PS256': {
-      const { publicKey, privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048, publicKeyEncoding: SPKI_PEM, privateKeyEncoding: PKCS8_PEM });
+      const { publicKey, privateKey } = generateKeyPairSync('rsa', {
+        modulusLength: 2048,
+        publicKeyEncoding: SPKI_PEM,
+        privateKeyEncoding: PKCS8_PEM,
+      });
       return { publicKeyPem: publicKey, privateKeyPem: privateKey };
     }
     case 'ES256': {
-      const { publicKey, privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256', publicKeyEncoding: SPKI_PEM, privateKeyEncoding: PKCS8_PEM });
+      const { publicKey, privateKey } = generateKeyPairSync('ec', {
+        namedCurve: 'P-256',
+        publicKeyEncoding: SPKI_PEM,
+        privateKeyEncoding: PKCS8_PEM,
+      });
       return { publicKeyPem: publicKey, privateKeyPem: privateKey };
     }
     case 'EdDSA': {

@@ -27,9 +27,7 @@ const dummySha256Hash = `sha256$${randomBytes(32).toString('hex')}`;
 
 function scryptAsync(secret: string, salt: Buffer, N: number, r: number, p: number): Promise<Buffer> {
   return new Promise((resolve, reject) =>
-    scrypt(secret, salt, SCRYPT.keyLength, { N, r, p, maxmem: SCRYPT_MAXMEM }, (error, key) =>
-      error ? reject(error) : resolve(key),
-    ),
+    scrypt(secret, salt, SCRYPT.keyLength, { N, r, p, maxmem: SCRYPT_MAXMEM }, (error, key) => (error ? reject(error) : resolve(key))),
   );
 }
 

@@ -3,7 +3,16 @@ import { randomUUID } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { SIGN_KEYPAIR_METADATA, type ApiKeyRecord, type KeyPairRecord } from '../model';
-import type { ApiKeyPageQuery, ApiKeyRepository, AuthorityStore, ChangedEntity, ChangeLog, KeyPairRepository, RevocationRepository, StoreChange } from './repositories';
+import type {
+  ApiKeyPageQuery,
+  ApiKeyRepository,
+  AuthorityStore,
+  ChangedEntity,
+  ChangeLog,
+  KeyPairRepository,
+  RevocationRepository,
+  StoreChange,
+} from './repositories';
 
 const SCHEMA = `
   CREATE TABLE IF NOT EXISTS api_keys (client_id TEXT PRIMARY KEY, doc TEXT NOT NULL) STRICT;
@@ -101,7 +110,10 @@ class DocumentTable<T> {
     return this.listStatement.all().map((row) => JSON.parse(row.doc) as T);
   }
   create(id: string, doc: T): boolean {
-    return this.afterWrite(id, this.write(id, () => this.insertStatement.run(id, JSON.stringify(doc)).changes));
+    return this.afterWrite(
+      id,
+      this.write(id, () => this.insertStatement.run(id, JSON.stringify(doc)).changes),
+    );
   }
   createMany(docs: [string, T][]): void {
     this.insertMany(docs);
@@ -109,10 +121,16 @@ class DocumentTable<T> {
     this.afterCommit();
   }
   update(id: string, doc: T): boolean {
-    return this.afterWrite(id, this.write(id, () => this.updateStatement.run(JSON.stringify(doc), id).changes));
+    return this.afterWrite(
+      id,
+      this.write(id, () => this.updateStatement.run(JSON.stringify(doc), id).changes),
+    );
   }
   delete(id: string): boolean {
-    return this.afterWrite(id, this.write(id, () => this.deleteStatement.run(id).changes));
+    return this.afterWrite(
+      id,
+      this.write(id, () => this.deleteStatement.run(id).changes),
+    );
   }
   modify(id: string, change: (current: T) => T): T | undefined {
     const next = this.modifyTransaction(id, change);
@@ -230,7 +248,9 @@ export class SqliteStore implements AuthorityStore {
       logChange('revocation', jti);
       return true;
     }).immediate;
-    const getRevocation = this.db.prepare<[string], { jti: string; expiresAt: number }>('SELECT jti, expires_at AS expiresAt FROM revoked_tokens WHERE jti = ?');
+    const getRevocation = this.db.prepare<[string], { jti: string; expiresAt: number }>(
+      'SELECT jti, expires_at AS expiresAt FROM revoked_tokens WHERE jti = ?',
+    );
     const purge = this.db.prepare('DELETE FROM revoked_tokens WHERE expires_at <= ?');
     const activePage = this.db.prepare<[number, string, number], { jti: string; expiresAt: number }>(
       'SELECT jti, expires_at AS expiresAt FROM revoked_tokens WHERE expires_at > ? AND jti > ? ORDER BY jti LIMIT ?',
