@@ -1,3 +1,4 @@
+import '../../libs/supported-node';
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { ConfigError } from '../../libs/config/load-config';
