@@ -1,12 +1,11 @@
 import { randomUUID } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
-import type { AuthorityConfig } from './config';
+import type { AuthorityConfig, SigningAlgorithm } from './config';
 import { authenticateClient, ClientAuthError, extractClientCredentials } from './client-auth';
 import { signJwt, verifyJws, type JwsFailure } from './crypto/jws';
 import { echo, invalidRequest, invalidScope, invalidTarget, OAuthError, unsupportedGrantType } from './errors';
 import type { KeyRing } from './key-ring';
 import { NO_OBSERVER, type AuthorityObserver, type OAuthEndpoint } from './observer';
-import type { SigningAlgorithm } from './config';
 import { grantableScopes, isApiKeyUsable, SIGN_KEYPAIR_METADATA, type ApiKeyRecord } from './model';
 import { requireParam, type OAuthParams } from './params';
 import type { AuthorityStore } from './store/repositories';
