@@ -373,6 +373,13 @@ describe('admin API contract: read-only fields, ETag / If-Match, audit log', () 
         assert.equal(entries[0].actor, `cli:${userInfo().username}`);
         assert.equal(entries[0].action, 'apikey.create');
         assert.ok(!JSON.stringify(entries).includes('cli-audited-secret'));
+        const listed = spawnSync(process.execPath, [CLI, 'audit', 'list', '--type', 'apikey', '--id', 'from-cli'], {
+          env: { ...process.env, DATA_DIR: authority.dataDir, ADMIN_TOKEN: undefined },
+          encoding: 'utf8',
+          timeout: 15_000,
+        });
+        assert.equal(listed.status, 0, listed.stderr);
+        assert.deepEqual(JSON.parse(listed.stdout), entries);
       });
     });
   });

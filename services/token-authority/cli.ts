@@ -23,6 +23,7 @@ const USAGE = `usage: npm run cli -- <command>
   keypairs rotate <id> [--private-key-file key.pem]
   keypairs retire <id>
   keypairs delete <id>
+  audit list [--type apikey|keypair] [--id ENTITY_ID] [--limit N] [--after ID]
 
 Works on the store named by the same settings as the server (config/token-authority.yaml, DATA_DIR, STORE_PATH...).
 A running server sees these changes within 250 ms.`;
@@ -43,6 +44,9 @@ const OPTIONS = {
   'grace-hours': { type: 'string' },
   alg: { type: 'string' },
   'private-key-file': { type: 'string' },
+  type: { type: 'string' },
+  limit: { type: 'string' },
+  after: { type: 'string' },
   help: { type: 'boolean', short: 'h' },
 } as const;
 
@@ -132,6 +136,10 @@ async function run(authority: Authority, positionals: string[], values: Values):
       return body(admin.retireKeyPair(need(), context));
     case 'keypairs delete':
       return admin.deleteKeyPair(need(), context).then(() => ({ deleted: target }));
+    case 'audit list': {
+      const query = { entity: values.type, entityId: values.id, limit: values.limit, after: values.after };
+      return (await admin.listAudit(Object.fromEntries(Object.entries(query).filter(([, value]) => value !== undefined)))).items;
+    }
     default:
       throw new AdminError(400, `unknown command '${positionals.join(' ')}'\n\n${USAGE}`);
   }

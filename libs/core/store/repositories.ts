@@ -75,7 +75,11 @@ export type AuditEntity = 'apikey' | 'keypair';
 
 /** One admin change, as the audit log keeps it. Never a secret: the core redacts `change` before it gets here. */
 export interface AuditEntry {
-  /** Assigned by the store: increases in commit order, never reused (what `after` pages by). */
+  /**
+   * Assigned by the store: increases in commit order, never reused (what `after` pages by). A
+   * store whose ids can commit out of order (a PostgreSQL sequence under concurrent writers) must
+   * serialise appends, e.g. with a transaction-scoped advisory lock, or a reader could skip one.
+   */
   id: number;
   /** ISO 8601 time of the change. */
   at: string;
