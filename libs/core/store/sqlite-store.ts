@@ -77,9 +77,9 @@ class DocumentTable<T> {
   readonly insertMany;
 
   constructor(
-    private readonly db: Database.Database,
-    private readonly table: string,
-    private readonly key: string,
+    db: Database.Database,
+    table: string,
+    key: string,
     entity: ChangedEntity,
     private readonly memo: ReadMemo,
     logChange: (entity: ChangedEntity, id: string) => void,
@@ -231,7 +231,10 @@ class ApiKeyPages {
     }
     const sql = `SELECT doc FROM api_keys WHERE ${conditions.join(' AND ')} ORDER BY client_id LIMIT ?`;
     let statement = this.statements.get(sql);
-    if (!statement) this.statements.set(sql, (statement = this.db.prepare<unknown[], { doc: string }>(sql)));
+    if (!statement) {
+      statement = this.db.prepare<unknown[], { doc: string }>(sql);
+      this.statements.set(sql, statement);
+    }
     return statement.all(...values, query.limit).map((row) => JSON.parse(row.doc) as ApiKeyRecord);
   }
 }
@@ -261,7 +264,9 @@ export class SqliteStore implements AuthorityStore {
     this.db.prepare("INSERT OR IGNORE INTO meta (name, value) VALUES ('store_id', ?)").run(randomUUID());
     const storeId = this.db.prepare<[], string>("SELECT value FROM meta WHERE name = 'store_id'").pluck().get()!;
 
-    const changed = () => this.changeListeners.forEach((listener) => listener());
+    const changed = () => {
+      for (const listener of this.changeListeners) listener();
+    };
     const apiKeyMemo = new ReadMemo(100_000);
     const keyPairMemo = new ReadMemo(1_000);
     const revokedMemo = new ReadMemo(100_000);
