@@ -459,6 +459,10 @@ describe('the admin console in a real browser (headless Debian chromium)', { ski
     await page.getByLabel('Rotate automatically').check();
     await page.getByLabel('Rotate every (hours)').fill('240');
     await page.getByLabel('Grace period (hours)').fill('12');
+    // Current consumption shows exactly when the server answers GET /api/apikeys/:id/quotas.
+    const quotasAnswered = (await adminCall('GET', '/api/apikeys/edit-me/quotas')).status === 200;
+    if (quotasAnswered) await page.getByLabel('Current consumption').waitFor();
+    else assert.equal(await page.getByLabel('Current consumption').count(), 0);
     await shot(page, 'api-key-editor');
     await page.getByRole('button', { name: 'Save changes' }).click();
     assert.match((await statusText(page)) ?? '', /API key edit-me saved/);

@@ -475,14 +475,17 @@ export function ApiKeyEditor({ clientId }: { clientId?: string }) {
               </p>
             </div>
             {consumption && (
-              <dl class="consumption" aria-label="Current consumption">
-                {Object.entries(consumption).map(([name, value]) => (
-                  <div key={name}>
-                    <dt>{name}</dt>
-                    <dd>{typeof value === 'object' ? JSON.stringify(value) : String(value)}</dd>
-                  </div>
-                ))}
-              </dl>
+              <section aria-labelledby="consumption-title">
+                <h3 id="consumption-title">Current consumption</h3>
+                <dl class="consumption">
+                  {Object.entries(consumption).map(([name, value]) => (
+                    <div key={name}>
+                      <dt>{name}</dt>
+                      <dd>{typeof value === 'object' ? JSON.stringify(value) : String(value)}</dd>
+                    </div>
+                  ))}
+                </dl>
+              </section>
             )}
           </fieldset>
           <fieldset>
