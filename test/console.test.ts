@@ -745,7 +745,7 @@ describe('the admin console in a real browser (headless Debian chromium)', { ski
       await page.getByRole('link', { name: 'Audit log' }).click();
       await page.getByRole('heading', { level: 1, name: 'Audit log' }).waitFor();
       await assertAccessible(page, 'audit log');
-      await shot(page, 'audit');
+      await shot(page, 'audit-all');
     }
     await close(watched);
     writeFileSync(
@@ -766,12 +766,18 @@ describe('the admin console in a real browser (headless Debian chromium)', { ski
     await signIn(watched);
     await page.getByRole('link', { name: 'Audit log' }).click();
     await page.getByRole('heading', { level: 1, name: 'Audit log' }).waitFor();
+    await page.getByLabel('Entity', { exact: true }).selectOption('apikey');
     await page.getByLabel('Id', { exact: true }).fill('dup-id');
     await page.getByRole('button', { name: 'Apply filters' }).click();
-    await page
-      .getByRole('cell', { name: /dup-id/ })
-      .first()
-      .waitFor();
+    const recorded = (await adminCall('GET', '/api/audit?entity=apikey&entityId=dup-id')).body as { action: string; actor: string }[];
+    assert.ok(recorded.length >= 1);
+    await page.getByRole('cell', { name: recorded[0].action, exact: true }).waitFor();
+    await page.waitForFunction((count) => document.querySelectorAll('tbody tr').length === count, recorded.length);
+    const shown = (await page.locator('main').textContent()) ?? '';
+    assert.ok(shown.includes(recorded[0].actor), 'the actor is shown');
+    assert.ok(!shown.includes('dup-secret-1') && !shown.includes(ADMIN_TOKEN), 'no secret in the audit page');
+    await assertAccessible(page, 'audit log, filtered');
+    await shot(page, 'audit-dup-id');
     await close(watched);
   });
 
@@ -791,6 +797,15 @@ describe('the admin console in a real browser (headless Debian chromium)', { ski
     await page.getByRole('button', { name: 'Save changes' }).click();
     assert.match((await alertText(page)) ?? '', /changed by someone else .*Reload/i);
     assert.equal((await adminCall('GET', '/api/apikeys/dup-id')).body.clientName, 'original');
+    // Reload shows the other change; saved again, the edit goes through on the new ETag.
+    await page.getByRole('button', { name: 'Reload API key' }).click();
+    await page.getByText('Reloaded dup-id').waitFor();
+    assert.equal(await page.getByLabel('Description').inputValue(), 'changed elsewhere');
+    await page.getByLabel('Name').fill('my change');
+    await page.getByRole('button', { name: 'Save changes' }).click();
+    await page.getByText('API key dup-id saved.').waitFor();
+    const saved = (await adminCall('GET', '/api/apikeys/dup-id')).body;
+    assert.deepEqual([saved.clientName, saved.description], ['my change', 'changed elsewhere']);
     await close(watched);
   });
 });

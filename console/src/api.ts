@@ -172,7 +172,8 @@ export interface AuditEntry {
   action: string;
   entity: string;
   entityId: string;
-  changes?: unknown;
+  /** The created or deleted entity, or the changed fields as {field: {before, after}} (secrets redacted). */
+  change?: unknown;
 }
 
 /** A page of a list: the admin API answers a JSON array with an RFC 8288 Link, or {items, next}. */

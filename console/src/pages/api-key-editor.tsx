@@ -121,9 +121,18 @@ export function ApiKeyEditor({ clientId }: { clientId?: string }) {
   const [dialog, setDialog] = useState<'rotate' | 'delete'>();
   const [busy, setBusy] = useState(false);
   const [rotation, setRotation] = useState({ gracePeriod: '', secret: '' });
+  // A write refused with 412: someone changed the key since it was read; offer to read it again.
+  const [stale, setStale] = useState(false);
+  const failed = (error: unknown) => {
+    setStale(error instanceof ApiError && error.status === 412);
+    setNotice(
+      error instanceof ApiError && error.status === 404 ? { kind: 'error', text: 'That API key no longer exists.' } : errorNotice(error),
+    );
+  };
 
   const load = async () => {
     if (creating) return;
+    setStale(false);
     try {
       const answer = await admin<ApiKey>('GET', `/api/apikeys/${encodeURIComponent(clientId)}`);
       setLoaded({ apiKey: answer.data, etag: answer.etag });
@@ -166,7 +175,7 @@ export function ApiKeyEditor({ clientId }: { clientId?: string }) {
         setNotice({ kind: 'success', text: `API key ${clientId} saved.` });
       }
     } catch (error) {
-      setNotice(errorNotice(error));
+      failed(error);
     } finally {
       setBusy(false);
     }
@@ -190,7 +199,7 @@ export function ApiKeyEditor({ clientId }: { clientId?: string }) {
       setRotation({ gracePeriod: '', secret: '' });
       await load();
     } catch (error) {
-      setNotice(errorNotice(error));
+      failed(error);
     }
   };
 
@@ -200,9 +209,7 @@ export function ApiKeyEditor({ clientId }: { clientId?: string }) {
       await admin('DELETE', `/api/apikeys/${encodeURIComponent(clientId!)}`, undefined, { ifMatch: loaded?.etag });
       go('keys');
     } catch (error) {
-      setNotice(
-        error instanceof ApiError && error.status === 404 ? { kind: 'error', text: 'That API key no longer exists.' } : errorNotice(error),
-      );
+      failed(error);
     }
   };
 
@@ -231,6 +238,16 @@ export function ApiKeyEditor({ clientId }: { clientId?: string }) {
         <a href={href('keys')}>Back to API keys</a>
       </p>
       <NoticeLine notice={notice} />
+      {stale && (
+        <p>
+          <button
+            type="button"
+            onClick={() => void load().then(() => setNotice({ kind: 'success', text: `Reloaded ${clientId}: make your changes again.` }))}
+          >
+            Reload API key
+          </button>
+        </p>
+      )}
       {(creating || loaded) && (
         <form class="editor" onSubmit={(event) => void save(event)} novalidate>
           <fieldset>

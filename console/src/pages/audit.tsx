@@ -2,7 +2,36 @@ import { useEffect, useState } from 'preact/hooks';
 import { type AuditEntry, listPage } from '../api';
 import { errorNotice, formatTime, type Notice, NoticeLine, PageTitle } from '../ui';
 
-/** The admin API's audit log of changes (GET /api/audit), newest pages by its cursor. */
+const isFieldChange = (value: unknown): value is { before: unknown; after: unknown } =>
+  typeof value === 'object' && value !== null && 'before' in value && 'after' in value;
+
+/** Changed fields as "field: before → after"; a created or deleted entity folded under a summary. */
+function Change({ change }: { change: unknown }) {
+  if (change === undefined || change === null) return <span>—</span>;
+  const entries = typeof change === 'object' ? Object.entries(change as Record<string, unknown>) : [];
+  if (entries.length > 0 && entries.every(([, value]) => isFieldChange(value))) {
+    return (
+      <ul class="changes">
+        {entries.map(([field, value]) => {
+          const { before, after } = value as { before: unknown; after: unknown };
+          return (
+            <li key={field}>
+              <strong>{field}</strong>: <code>{JSON.stringify(before)}</code> → <code>{JSON.stringify(after)}</code>
+            </li>
+          );
+        })}
+      </ul>
+    );
+  }
+  return (
+    <details>
+      <summary>The whole entity</summary>
+      <code class="changes">{JSON.stringify(change, null, 1)}</code>
+    </details>
+  );
+}
+
+/** The admin API's audit log of changes (GET /api/audit), oldest first, a page at a time by its cursor. */
 export function AuditPage() {
   const [filters, setFilters] = useState({ entity: '', entityId: '' });
   const [applied, setApplied] = useState(filters);
@@ -23,6 +52,7 @@ export function AuditPage() {
   return (
     <>
       <PageTitle>Audit log</PageTitle>
+      <p class="hint">Every change made through the admin API or the CLI, oldest first; secrets show as [redacted].</p>
       <form
         class="filters"
         aria-label="Filter the audit log"
@@ -79,7 +109,7 @@ export function AuditPage() {
                   {entry.entity} <code>{entry.entityId}</code>
                 </td>
                 <td>
-                  <code class="changes">{entry.changes === undefined ? '—' : JSON.stringify(entry.changes)}</code>
+                  <Change change={entry.change} />
                 </td>
               </tr>
             ))}
