@@ -19,6 +19,7 @@ import { OAuthEndpointGuard } from './oauth-endpoint.guard';
 import { OAuthController } from './oauth.controller';
 import { TokenAuthorityGrpcController } from './grpc.controller';
 import { HealthController } from './health.controller';
+import { serveConsole } from './console';
 import { AuthorityWatchService } from './authority-watch.service';
 import { refuseDuplicateJsonKeys } from './json-body';
 import { createHealth, TOKEN_AUTHORITY_SERVICE, tokenAuthorityGrpcOptions } from './grpc-options';
@@ -94,6 +95,8 @@ export async function startTokenAuthority(config: AuthorityConfig): Promise<Toke
   });
   const microservice = app.connectMicroservice(grpcOptions, { inheritAppConfig: true });
   await app.startAllMicroservices();
+  // The admin console's static files at /console/ (when built), on the same origin as the admin API.
+  const consoleServed = await serveConsole(app.getHttpAdapter().getInstance());
   // Nest registers its body parsers on init: replace its JSON parser after that.
   await app.init();
   refuseDuplicateJsonKeys(app.getHttpAdapter().getInstance());
@@ -106,7 +109,10 @@ export async function startTokenAuthority(config: AuthorityConfig): Promise<Toke
   const grpcHost = config.grpc.host === '0.0.0.0' || config.grpc.host === '::' ? '127.0.0.1' : config.grpc.host;
   health.setStatus('', 'SERVING');
   health.setStatus(TOKEN_AUTHORITY_SERVICE, 'SERVING');
-  logger.info({ port, grpcPort, issuer: config.issuer }, 'token authority listening (REST and gRPC)');
+  logger.info(
+    { port, grpcPort, issuer: config.issuer, console: consoleServed ? '/console' : 'not built' },
+    'token authority listening (REST and gRPC)',
+  );
   let closing: Promise<void> | undefined;
   const close = () =>
     (closing ??= (async () => {
