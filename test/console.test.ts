@@ -761,8 +761,9 @@ describe('the admin console in a real browser (headless Debian chromium)', { ski
     await page.getByRole('button', { name: 'Apply filters' }).click();
     const recorded = (await adminCall('GET', '/api/audit?entity=apikey&entityId=dup-id')).body as { action: string; actor: string }[];
     assert.ok(recorded.length >= 1);
-    await page.getByRole('cell', { name: recorded[0].action, exact: true }).waitFor();
+    // The unfiltered page shows first: wait for the filtered rows, then look at them.
     await page.waitForFunction((count) => document.querySelectorAll('tbody tr').length === count, recorded.length);
+    await page.getByRole('cell', { name: recorded[0].action, exact: true }).first().waitFor();
     const shown = (await page.locator('main').textContent()) ?? '';
     assert.ok(shown.includes(recorded[0].actor), 'the actor is shown');
     assert.ok(!shown.includes('dup-secret-1') && !shown.includes(ADMIN_TOKEN), 'no secret in the audit page');
@@ -782,6 +783,11 @@ describe('the admin console in a real browser (headless Debian chromium)', { ski
     await signIn(watched);
     await page.getByRole('link', { name: 'dup-id', exact: true }).click();
     await page.getByRole('heading', { name: 'API key dup-id' }).waitFor();
+    // The heading shows before the key is read: wait for the form to hold it (and its ETag).
+    const name = page.getByLabel('Name');
+    for (const deadline = Date.now() + 10_000; Date.now() < deadline && (await name.inputValue().catch(() => '')) !== 'original'; )
+      await page.waitForTimeout(50);
+    assert.equal(await name.inputValue(), 'original');
     assert.equal((await adminCall('PATCH', '/api/apikeys/dup-id', { description: 'changed elsewhere' })).status, 200);
     await page.getByLabel('Name').fill('my change');
     await page.getByRole('button', { name: 'Save changes' }).click();
