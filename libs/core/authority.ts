@@ -1,6 +1,6 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { isAbsolute, join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { AdminService } from './admin-service';
 import type { AuthorityConfig } from './config';
 import { DataPlaneFeed } from './data-plane';
@@ -8,7 +8,7 @@ import { generateSecret } from './crypto/secret-hash';
 import { AdminError } from './errors';
 import { KeyRing } from './key-ring';
 import type { AuthorityStore } from './store/repositories';
-import { SqliteStore } from './store/sqlite-store';
+import { openStore } from './store/open-store';
 import { TokenService } from './token-service';
 
 export interface AuthorityLogger {
@@ -40,9 +40,7 @@ function bearerMatches(authorization: string | undefined, expectedHash: Buffer |
   return expectedHash !== undefined && match !== null && timingSafeEqual(sha256(match[1].trim()), expectedHash);
 }
 
-export function storePath(config: AuthorityConfig): string {
-  return isAbsolute(config.store.path) ? config.store.path : resolve(config.dataDir, config.store.path);
-}
+export { storePath } from './store/open-store';
 
 /**
  * The admin token's hash: from ADMIN_TOKEN, or generated on first start, kept (hashed) under
@@ -72,7 +70,7 @@ export interface AuthorityOptions {
 }
 
 export async function createAuthority(config: AuthorityConfig, log: AuthorityLogger, options: AuthorityOptions = {}): Promise<Authority> {
-  const authorityStore = options.store ?? new SqliteStore(storePath(config));
+  const authorityStore = options.store ?? (await openStore(config, (level, message) => log[level](message)));
   const keyRing = new KeyRing(authorityStore.keyPairs, Date.now);
   const admin = new AdminService(config, authorityStore, keyRing);
   if (!(await authorityStore.keyPairs.get(config.defaultKeyPair))) {

@@ -62,6 +62,16 @@ export const authorityConfigSchema = z
         kind: z.enum(['sqlite']).default('sqlite'),
         /** SQLite file; relative paths are resolved against `dataDir`. */
         path: z.string().min(1).default('token-authority.sqlite'),
+        /**
+         * `postgres://...` (or `postgresql://`): PostgreSQL, shared by replicas. Anything else is
+         * a SQLite file path (as `path`). Unset: SQLite at `path`.
+         */
+        url: z.string().min(1).optional(),
+        /** PostgreSQL schema of the tables (created when missing); replicas sharing it share the data. */
+        schema: z
+          .string()
+          .regex(/^[A-Za-z_][A-Za-z0-9_]{0,62}$/, 'a PostgreSQL identifier: letters, digits, _')
+          .default('public'),
       })
       .prefault({}),
     /** Folder for the SQLite file and the generated admin token. */
@@ -100,6 +110,8 @@ export const AUTHORITY_ENV_OVERRIDES = {
   GRPC_HOST: 'grpc.host',
   GRPC_PORT: 'grpc.port',
   STORE_PATH: 'store.path',
+  STORE_URL: 'store.url',
+  STORE_SCHEMA: 'store.schema',
   DATA_DIR: 'dataDir',
   ADMIN_TOKEN: 'adminToken',
   DATA_PLANE_TOKEN: 'dataPlaneToken',

@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { authorityConfigSchema, type AuthorityConfig } from '../../libs/core/config';
 import { startTokenAuthority, type TokenAuthorityApp } from '../../services/token-authority/app';
+import { dropAtExit, dropSchema, schemaForDataDir, TEST_STORE_URL } from './postgres';
 
 export const ADMIN_TOKEN = 'test-admin-token-0123456789';
 
@@ -29,12 +30,16 @@ export function basic(id: string, secret: string): string {
 /** Starts a real token authority on 127.0.0.1 with a random port and its own data folder. */
 export async function startTestAuthority(settings: Record<string, unknown> = {}, dataDir?: string): Promise<TestAuthority> {
   const dir = dataDir ?? mkdtempSync(join(tmpdir(), 'ta-test-'));
+  // On PostgreSQL (TEST_STORE_URL), a schema per data folder stands for the SQLite file in it.
+  const schema = TEST_STORE_URL && settings.store === undefined ? schemaForDataDir(dir) : undefined;
+  if (schema) dropAtExit(schema);
   const config = authorityConfigSchema.parse({
     dataDir: dir,
     adminToken: ADMIN_TOKEN,
     http: { host: '127.0.0.1', port: 0 },
     grpc: { host: '127.0.0.1', port: 0 },
     log: { level: 'silent' },
+    ...(schema ? { store: { url: TEST_STORE_URL, schema } } : {}),
     ...settings,
   });
   const app = await startTokenAuthority(config);
@@ -64,7 +69,10 @@ export async function startTestAuthority(settings: Record<string, unknown> = {},
     },
     async stop() {
       await app.close();
-      if (!dataDir) rmSync(dir, { recursive: true, force: true });
+      if (!dataDir) {
+        rmSync(dir, { recursive: true, force: true });
+        if (schema) await dropSchema(schema, TEST_STORE_URL);
+      }
     },
   };
 }

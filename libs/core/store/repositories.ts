@@ -92,5 +92,9 @@ export interface AuthorityStore {
   changes: ChangeLog;
   /** Calls `listener` after any change, by this process or another sharing the store. */
   onChange(listener: () => void): () => void;
+  /** Whether the store is reachable now (a shared database may not be); an embedded one always is. */
+  status?(): StoreStatus;
   close(): Promise<void>;
 }
+
+export type StoreStatus = { available: true } | { available: false; reason: string };
