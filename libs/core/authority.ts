@@ -6,6 +6,7 @@ import type { AuthorityConfig } from './config';
 import { DataPlaneFeed } from './data-plane';
 import { generateSecret } from './crypto/secret-hash';
 import { AdminError } from './errors';
+import { KeyProtector } from './crypto/key-encryption';
 import { KeyRing } from './key-ring';
 import type { AuthorityStore } from './store/repositories';
 import { openStore } from './store/open-store';
@@ -70,8 +71,10 @@ export interface AuthorityOptions {
 }
 
 export async function createAuthority(config: AuthorityConfig, log: AuthorityLogger, options: AuthorityOptions = {}): Promise<Authority> {
+  // A bad key-encryption key setting fails before the store is touched.
+  const protector = KeyProtector.fromSettings(config.keyEncryption);
   const authorityStore = options.store ?? (await openStore(config, (level, message) => log[level](message)));
-  const keyRing = new KeyRing(authorityStore.keyPairs, Date.now);
+  const keyRing = new KeyRing(authorityStore.keyPairs, Date.now, protector);
   const admin = new AdminService(config, authorityStore, keyRing);
   if (!(await authorityStore.keyPairs.get(config.defaultKeyPair))) {
     try {
@@ -94,7 +97,23 @@ export async function createAuthority(config: AuthorityConfig, log: AuthorityLog
     log.warn(`data plane update failed: ${error.message}`),
   );
   await dataPlane.start();
-  await keyRing.reload();
+  try {
+    // Opens every signing key: a wrong or missing key-encryption key fails the start here.
+    await keyRing.reload();
+  } catch (error) {
+    dataPlane.close();
+    if (!options.store) await authorityStore.close();
+    throw error;
+  }
+  if (protector.enabled) {
+    const plaintext = (await authorityStore.keyPairs.list()).filter((keyPair) =>
+      keyPair.versions.some((version) => version.privateKeyPem !== undefined),
+    );
+    if (plaintext.length)
+      log.warn(
+        `${plaintext.length} key pair(s) keep private keys in plaintext (stored before KEY_ENCRYPTION_KEY was set): run \`npm run cli -- keypairs encrypt\``,
+      );
+  }
   const tokens = new TokenService(config, authorityStore, keyRing);
   const adminHash = options.adminApi === false ? undefined : adminTokenHash(config, log);
   const dataPlaneHash = config.dataPlaneToken ? sha256(config.dataPlaneToken) : undefined;

@@ -74,6 +74,18 @@ export const authorityConfigSchema = z
           .default('public'),
       })
       .prefault({}),
+    /**
+     * Envelope encryption of private keys at rest (crypto/key-encryption.ts): a base64 32-byte
+     * key-encryption key, given or read from a file; `previousKey` only opens (during a rotation).
+     */
+    keyEncryption: z
+      .object({
+        key: z.string().min(1).optional(),
+        keyFile: z.string().min(1).optional(),
+        previousKey: z.string().min(1).optional(),
+        previousKeyFile: z.string().min(1).optional(),
+      })
+      .prefault({}),
     /** Folder for the SQLite file and the generated admin token. */
     dataDir: z.string().min(1).default('data'),
     /** Bearer token of the admin API; generated on first start when unset. */
@@ -112,6 +124,10 @@ export const AUTHORITY_ENV_OVERRIDES = {
   STORE_PATH: 'store.path',
   STORE_URL: 'store.url',
   STORE_SCHEMA: 'store.schema',
+  KEY_ENCRYPTION_KEY: 'keyEncryption.key',
+  KEY_ENCRYPTION_KEY_FILE: 'keyEncryption.keyFile',
+  KEY_ENCRYPTION_KEY_PREVIOUS: 'keyEncryption.previousKey',
+  KEY_ENCRYPTION_KEY_PREVIOUS_FILE: 'keyEncryption.previousKeyFile',
   DATA_DIR: 'dataDir',
   ADMIN_TOKEN: 'adminToken',
   DATA_PLANE_TOKEN: 'dataPlaneToken',

@@ -21,6 +21,8 @@ const USAGE = `usage: npm run cli -- <command>
   keypairs rotate <id> [--private-key-file key.pem]
   keypairs retire <id>
   keypairs delete <id>
+  keypairs encrypt       seal every private key under KEY_ENCRYPTION_KEY: plaintext ones (a store written
+                         without it) and those under KEY_ENCRYPTION_KEY_PREVIOUS (rotation)
 
 Works on the store named by the same settings as the server (config/token-authority.yaml, DATA_DIR, STORE_PATH...).
 A running server sees these changes within 250 ms.`;
@@ -119,6 +121,8 @@ async function run(authority: Authority, positionals: string[], values: Values):
       return admin.rotateKeyPair(need(), { privateKey });
     case 'keypairs retire':
       return admin.retireKeyPair(need());
+    case 'keypairs encrypt':
+      return admin.sealPrivateKeys().then((changed) => ({ keyEncryptionKey: authority.keyRing.protector.currentKekId, changed }));
     case 'keypairs delete':
       return admin.deleteKeyPair(need()).then(() => ({ deleted: target }));
     default:
