@@ -1,5 +1,8 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
+import { credentials, makeGenericClientConstructor, status as GrpcStatus, type Client, type ServiceError } from '@grpc/grpc-js';
+import { service as healthService } from 'grpc-health-check';
+import { tokenAuthorityClient } from './support/grpc';
 import { adminQuery, dropSchema, randomSchema } from './support/postgres';
 import { AuthorityReplica, within } from './support/replicas';
 import { TcpProxy } from './support/tcp-proxy';
@@ -50,6 +53,21 @@ async function storedIds(schema: string, prefix: string): Promise<Set<string>> {
     `${prefix}-%`,
   ]);
   return new Set(rows.map((row) => row.client_id));
+}
+
+const HealthClient = makeGenericClientConstructor(healthService as any, 'Health');
+
+async function grpcHealth(address: string): Promise<string> {
+  const client = new HealthClient(address, credentials.createInsecure()) as Client & Record<string, Function>;
+  try {
+    return await new Promise((resolve, reject) =>
+      client.Check({ service: '' }, { deadline: Date.now() + 3_000 }, (error: ServiceError | null, response: { status: string }) =>
+        error ? reject(error) : resolve(response.status),
+      ),
+    );
+  } finally {
+    client.close();
+  }
 }
 
 const sleep = (ms: number) => new Promise((done) => setTimeout(done, ms));
@@ -115,6 +133,18 @@ describe('replica faults on PostgreSQL', () => {
     assert.deepEqual(unknown.body, { error: 'temporarily_unavailable', error_description: 'the store is unreachable; retry shortly' });
     const write = await a.admin('POST', '/api/apikeys', { clientId: 'while-away' });
     assert.equal(write.status, 503);
+    const grpc = tokenAuthorityClient(a.grpcAddress);
+    try {
+      const issued = await grpc.call('IssueToken', {
+        grant_type: 'client_credentials',
+        client: { client_id: 'never-seen', client_secret: 'whatever-secret-0123' },
+      });
+      assert.equal(issued.ok, false);
+      assert.equal(!issued.ok && issued.error.code, GrpcStatus.UNAVAILABLE);
+    } finally {
+      grpc.close();
+    }
+    timings.cutToGrpcHealthNotServing = await within(5000, async () => (await grpcHealth(a.grpcAddress)) === 'NOT_SERVING');
     assert.equal((await a.token('steady', 'steady-secret-0123456789')).status, 200, 'served from memory meanwhile');
     assert.equal((await b.token('steady', 'steady-secret-0123456789')).status, 200, 'B is not affected');
     await sleep(Math.max(0, 1000 - (performance.now() - cutAt)));
@@ -123,6 +153,7 @@ describe('replica faults on PostgreSQL', () => {
     await within(10_000, async () => (await a.admin('POST', '/api/apikeys', { clientId: 'back-again' })).status === 201);
     timings.restoreToWrites = Math.round(performance.now() - restoredAt);
     timings.restoreToHealth200 = await within(10_000, async () => (await a.admin('GET', '/health')).status === 200);
+    await within(5000, async () => (await grpcHealth(a.grpcAddress)) === 'SERVING');
     assert.equal(a.exitDescription(), undefined, 'A never restarted');
   });
 
