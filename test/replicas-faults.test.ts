@@ -36,7 +36,7 @@ async function createKeysUnderLoad(
       for (let index = 0; index < maxEach && !done; index += 1) {
         const clientId = `${prefix}-${worker}-${index}`;
         const { status, body } = await replica
-          .admin('POST', '/api/apikeys', { clientId, clientSecret: 'load-secret-0123456789' })
+          .admin('POST', '/api/apikeys', { clientId, clientSecret: 'load-secret-long-enough-for-sha256-0123456789' })
           .catch(() => ({ status: 0, body: undefined }));
         outcome.statuses.set(status, (outcome.statuses.get(status) ?? 0) + 1);
         if (status === 201) outcome.created.push(clientId);
