@@ -4,6 +4,7 @@ import { authorityConfigSchema } from '../libs/core/config';
 import { createAuthority } from '../libs/core/authority';
 import { StoreUnavailableError } from '../libs/core/errors';
 import type { ApiKeyRecord } from '../libs/core/model';
+import { POSTGRES_MIGRATIONS } from '../libs/core/store/postgres-migrations';
 import { PostgresStore } from '../libs/core/store/postgres-store';
 import { adminQuery, dropSchema, POSTGRES_URL, randomSchema } from './support/postgres';
 import { TcpProxy } from './support/tcp-proxy';
@@ -61,8 +62,8 @@ describe('PostgreSQL store', () => {
       assert.equal(b.changes.storeId, c.changes.storeId);
       const versions = await adminQuery<{ version: number }>(`SELECT version FROM "${schema}".schema_migrations`);
       assert.deepEqual(
-        versions.map((row) => row.version),
-        [1],
+        versions.map((row) => row.version).sort(),
+        POSTGRES_MIGRATIONS.map((migration) => migration.version),
       );
     } finally {
       await Promise.all([a.close(), b.close(), c.close()]);

@@ -3,7 +3,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { authorityConfigSchema, type AuthorityConfig } from '../../libs/core/config';
 import { startTokenAuthority, type TokenAuthorityApp } from '../../services/token-authority/app';
-import { dropAtExit, dropSchema, schemaForDataDir, TEST_STORE_URL } from './postgres';
+import { DatabaseSync } from 'node:sqlite';
+import { isPostgresUrl } from '../../libs/core/store/open-store';
+import { adminQuery, dropAtExit, dropSchema, schemaForDataDir, TEST_STORE_URL } from './postgres';
 
 export const ADMIN_TOKEN = 'test-admin-token-0123456789';
 
@@ -75,4 +77,22 @@ export async function startTestAuthority(settings: Record<string, unknown> = {},
       }
     },
   };
+}
+
+/** Environment for another process (the CLI) on the same store as `authority`: its data folder, and its PostgreSQL schema if any. */
+export function storeEnv(authority: { config: AuthorityConfig }): Record<string, string> {
+  const { dataDir, store } = authority.config;
+  return isPostgresUrl(store.url) ? { DATA_DIR: dataDir, STORE_URL: store.url, STORE_SCHEMA: store.schema } : { DATA_DIR: dataDir };
+}
+
+/** A table's rows as the database holds them, read without the store's code (node:sqlite or a pg client), as JSON text. */
+export async function storedRows(authority: { config: AuthorityConfig }, table: string): Promise<string> {
+  const { dataDir, store } = authority.config;
+  if (isPostgresUrl(store.url)) return JSON.stringify(await adminQuery(`SELECT * FROM "${store.schema}".${table}`));
+  const db = new DatabaseSync(join(dataDir, 'token-authority.sqlite'), { readOnly: true });
+  try {
+    return JSON.stringify(db.prepare(`SELECT * FROM ${table}`).all());
+  } finally {
+    db.close();
+  }
 }

@@ -19,4 +19,17 @@ export const POSTGRES_MIGRATIONS: { version: number; name: string; sql: string }
       CREATE TABLE {schema}.meta (name text PRIMARY KEY, value text NOT NULL);
     `,
   },
+  {
+    version: 2,
+    name: 'audit log',
+    // Ids from a sequence, taken while the write holds the change-log counter row (PostgresStore
+    // appends after logging the change): they increase in commit order, so paging never skips one.
+    sql: `
+      CREATE TABLE {schema}.audit_log (
+        id bigserial PRIMARY KEY, at text NOT NULL, actor text NOT NULL, action text NOT NULL,
+        entity text NOT NULL, entity_id text COLLATE "C" NOT NULL, change json NOT NULL
+      );
+      CREATE INDEX audit_log_entity ON {schema}.audit_log (entity, entity_id, id);
+    `,
+  },
 ];

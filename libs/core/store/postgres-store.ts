@@ -5,9 +5,15 @@ import { SIGN_KEYPAIR_METADATA, type ApiKeyRecord, type KeyPairRecord } from '..
 import type {
   ApiKeyPageQuery,
   ApiKeyRepository,
+  AuditDraft,
+  AuditedWrite,
+  AuditEntry,
+  AuditPageQuery,
+  AuditRepository,
   AuthorityStore,
   ChangedEntity,
   ChangeLog,
+  DeleteOptions,
   KeyPairRepository,
   Revocation,
   RevocationRepository,
@@ -66,6 +72,20 @@ class AsyncReadMemo {
   }
 }
 
+/** An error thrown by the caller's code inside a transaction (an If-Match check, a refused change): rethrown as is. */
+class CallerError {
+  constructor(readonly cause: unknown) {}
+}
+
+/** Runs caller code inside a transaction so that what it throws is told apart from database errors. */
+function callerCode<T>(run: () => T): T {
+  try {
+    return run();
+  } catch (error) {
+    throw new CallerError(error);
+  }
+}
+
 /** SQLSTATE classes that mean the connection, not the statement, failed. */
 const CONNECTION_SQLSTATE = /^(08|53|57P0)/;
 
@@ -109,8 +129,9 @@ export class PostgresStore implements AuthorityStore {
   readonly keyPairs: KeyPairRepository;
   readonly revocations: RevocationRepository;
   readonly changes: ChangeLog;
+  readonly audit: AuditRepository;
   private readonly pool: pg.Pool;
-  private readonly tables: { apiKeys: string; keyPairs: string; revoked: string; changes: string; head: string; meta: string };
+  private readonly tables: Record<'apiKeys' | 'keyPairs' | 'revoked' | 'changes' | 'head' | 'meta' | 'audit', string>;
   private readonly channel: string;
   private readonly changeListeners = new Set<() => void>();
   private readonly memos: Record<ChangedEntity, AsyncReadMemo> = {
@@ -155,6 +176,7 @@ export class PostgresStore implements AuthorityStore {
       changes: table('changes'),
       head: table('change_head'),
       meta: table('meta'),
+      audit: table('audit_log'),
     };
     this.channel = changeChannel(schema);
     this.pool = new pg.Pool({
@@ -187,7 +209,7 @@ export class PostgresStore implements AuthorityStore {
         const { sql, values } = apiKeyPageSql(tables.apiKeys, query);
         return docs<ApiKeyRecord>((await this.query<{ doc: string }>(sql, values)).rows);
       },
-      create: (apiKey) => this.insert('apiKey', tables.apiKeys, 'client_id', apiKey.clientId, apiKey),
+      create: (apiKey, options) => this.insert('apiKey', tables.apiKeys, 'client_id', apiKey.clientId, apiKey, options),
       createMany: async (records) => {
         if (!records.length) return;
         await this.write(async (client) => {
@@ -204,8 +226,8 @@ export class PostgresStore implements AuthorityStore {
         this.changed();
       },
       update: (apiKey) => this.replace('apiKey', tables.apiKeys, 'client_id', apiKey.clientId, apiKey),
-      modify: (clientId, change) => this.modify('apiKey', tables.apiKeys, 'client_id', clientId, change),
-      delete: (clientId) => this.remove('apiKey', tables.apiKeys, 'client_id', clientId),
+      modify: (clientId, change, options) => this.modify('apiKey', tables.apiKeys, 'client_id', clientId, change, options),
+      delete: (clientId, options) => this.remove('apiKey', tables.apiKeys, 'client_id', clientId, options),
     };
 
     this.keyPairs = {
@@ -218,10 +240,10 @@ export class PostgresStore implements AuthorityStore {
       },
       list: async () =>
         docs<KeyPairRecord>((await this.query<{ doc: string }>(`SELECT doc::text AS doc FROM ${tables.keyPairs} ORDER BY id`)).rows),
-      create: (keyPair) => this.insert('keyPair', tables.keyPairs, 'id', keyPair.id, keyPair),
+      create: (keyPair, options) => this.insert('keyPair', tables.keyPairs, 'id', keyPair.id, keyPair, options),
       update: (keyPair) => this.replace('keyPair', tables.keyPairs, 'id', keyPair.id, keyPair),
-      modify: (id, change) => this.modify('keyPair', tables.keyPairs, 'id', id, change),
-      delete: (id) => this.remove('keyPair', tables.keyPairs, 'id', id),
+      modify: (id, change, options) => this.modify('keyPair', tables.keyPairs, 'id', id, change, options),
+      delete: (id, options) => this.remove('keyPair', tables.keyPairs, 'id', id, options),
     };
 
     const toRevocation = (row: { jti: string; expires_at: string }): Revocation => ({ jti: row.jti, expiresAt: Number(row.expires_at) });
@@ -260,6 +282,28 @@ export class PostgresStore implements AuthorityStore {
         const { rowCount } = await this.query(`DELETE FROM ${tables.revoked} WHERE expires_at <= $1`, [now]);
         if (rowCount) revokedMemo.clear();
         return rowCount ?? 0;
+      },
+    };
+
+    this.audit = {
+      listPage: async (query: AuditPageQuery) => {
+        const values: unknown[] = [query.after ?? 0];
+        const conditions = ['id > $1'];
+        if (query.entity !== undefined) {
+          values.push(query.entity);
+          conditions.push(`entity = $${values.length}`);
+        }
+        if (query.entityId !== undefined) {
+          values.push(query.entityId);
+          conditions.push(`entity_id = $${values.length}`);
+        }
+        values.push(query.limit);
+        const { rows } = await this.query<Omit<AuditEntry, 'id' | 'change'> & { id: string; change: string }>(
+          `SELECT id, at, actor, action, entity, entity_id AS "entityId", change::text AS change FROM ${tables.audit}
+           WHERE ${conditions.join(' AND ')} ORDER BY id LIMIT $${values.length}`,
+          values,
+        );
+        return rows.map((row) => ({ ...row, id: Number(row.id), change: JSON.parse(row.change) }) as AuditEntry);
       },
     };
 
@@ -335,13 +379,26 @@ export class PostgresStore implements AuthorityStore {
       await client.query('COMMIT');
       return result;
     } catch (error) {
-      const storeError = asStoreError(error);
+      const storeError = error instanceof CallerError ? undefined : asStoreError(error);
       if (storeError instanceof StoreUnavailableError) broken = storeError;
       else await client.query('ROLLBACK').catch((rollbackError: Error) => (broken = rollbackError));
-      throw storeError;
+      throw error instanceof CallerError ? error.cause : storeError;
     } finally {
       client.release(broken);
     }
+  }
+
+  /** Appends an audit entry in the write's transaction, after its change is logged (see migration 2). */
+  private async appendAudit(client: Queryable, draft: AuditDraft | undefined): Promise<void> {
+    if (!draft) return;
+    await client.query(`INSERT INTO ${this.tables.audit} (at, actor, action, entity, entity_id, change) VALUES ($1, $2, $3, $4, $5, $6)`, [
+      draft.at,
+      draft.actor,
+      draft.action,
+      draft.entity,
+      draft.entityId,
+      JSON.stringify(draft.change ?? null),
+    ]);
   }
 
   /**
@@ -362,14 +419,26 @@ export class PostgresStore implements AuthorityStore {
     await client.query('SELECT pg_notify($1, $2)', [this.channel, String(last)]);
   }
 
-  private async insert<T>(entity: ChangedEntity, table: string, key: string, id: string, doc: T): Promise<boolean> {
+  private async insert<T>(
+    entity: ChangedEntity,
+    table: string,
+    key: string,
+    id: string,
+    doc: T,
+    options: AuditedWrite<T> = {},
+  ): Promise<boolean> {
     const inserted = await this.write(async (client) => {
       const { rowCount } = await client.query(`INSERT INTO ${table} (${key}, doc) VALUES ($1, $2) ON CONFLICT DO NOTHING`, [
         id,
         JSON.stringify(doc),
       ]);
-      if (rowCount) await this.logChanges(client, [[entity, id]]);
-      return rowCount === 1;
+      if (!rowCount) return false;
+      await this.logChanges(client, [[entity, id]]);
+      await this.appendAudit(
+        client,
+        callerCode(() => options.audit?.(undefined, doc)),
+      );
+      return true;
     });
     return this.afterWrite(entity, id, inserted);
   }
@@ -383,11 +452,20 @@ export class PostgresStore implements AuthorityStore {
     return this.afterWrite(entity, id, updated);
   }
 
-  private async remove(entity: ChangedEntity, table: string, key: string, id: string): Promise<boolean> {
+  /** Deletes under the row's lock, after the caller's check of the current record (If-Match). */
+  private async remove<T>(entity: ChangedEntity, table: string, key: string, id: string, options: DeleteOptions<T> = {}): Promise<boolean> {
     const deleted = await this.write(async (client) => {
-      const { rowCount } = await client.query(`DELETE FROM ${table} WHERE ${key} = $1`, [id]);
-      if (rowCount) await this.logChanges(client, [[entity, id]]);
-      return rowCount === 1;
+      const { rows } = await client.query<{ doc: string }>(`SELECT doc::text AS doc FROM ${table} WHERE ${key} = $1 FOR UPDATE`, [id]);
+      if (!rows.length) return false;
+      const current = JSON.parse(rows[0].doc) as T;
+      callerCode(() => options.check?.(current));
+      await client.query(`DELETE FROM ${table} WHERE ${key} = $1`, [id]);
+      await this.logChanges(client, [[entity, id]]);
+      await this.appendAudit(
+        client,
+        callerCode(() => options.audit?.(current, undefined)),
+      );
+      return true;
     });
     return this.afterWrite(entity, id, deleted);
   }
@@ -399,17 +477,25 @@ export class PostgresStore implements AuthorityStore {
     key: string,
     id: string,
     change: (current: T) => T,
+    options: AuditedWrite<T> = {},
   ): Promise<T | undefined> {
-    const next = await this.write(async (client) => {
+    const result = await this.write(async (client) => {
       const { rows } = await client.query<{ doc: string }>(`SELECT doc::text AS doc FROM ${table} WHERE ${key} = $1 FOR UPDATE`, [id]);
       if (!rows.length) return undefined;
-      const changed = change(JSON.parse(rows[0].doc) as T);
-      await client.query(`UPDATE ${table} SET doc = $2 WHERE ${key} = $1`, [id, JSON.stringify(changed)]);
+      const current = JSON.parse(rows[0].doc) as T;
+      const next = callerCode(() => change(current));
+      // The change handed back the record it was given: nothing to write, log or audit.
+      if (next === current) return { next, written: false };
+      await client.query(`UPDATE ${table} SET doc = $2 WHERE ${key} = $1`, [id, JSON.stringify(next)]);
       await this.logChanges(client, [[entity, id]]);
-      return changed;
+      await this.appendAudit(
+        client,
+        callerCode(() => options.audit?.(current, next)),
+      );
+      return { next, written: true };
     });
-    this.afterWrite(entity, id, next !== undefined);
-    return next;
+    this.afterWrite(entity, id, result?.written === true);
+    return result?.next;
   }
 
   private afterWrite(entity: ChangedEntity, id: string, changed: boolean): boolean {
