@@ -141,6 +141,20 @@ describe('PostgreSQL store', () => {
     }
   });
 
+  it('fails to open with a message naming where, never the password, when the database is unreachable at start', async () => {
+    const proxy = new TcpProxy('127.0.0.1', 5432);
+    await proxy.start();
+    await proxy.cut();
+    await assert.rejects(
+      PostgresStore.open({ url: `postgres://postgres:s3cret-password@127.0.0.1:${proxy.port}/postgres`, schema: fresh() }),
+      (error: Error) => {
+        assert.match(error.message, new RegExp(`^cannot reach PostgreSQL at 127\\.0\\.0\\.1:${proxy.port}/postgres: `));
+        assert.ok(!error.message.includes('s3cret'));
+        return true;
+      },
+    );
+  });
+
   it('answers StoreUnavailableError while the database is unreachable, serves cached reads, and recovers by itself', async () => {
     const schema = fresh();
     const proxy = new TcpProxy('127.0.0.1', 5432);

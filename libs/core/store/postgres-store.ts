@@ -98,6 +98,16 @@ function asStoreError(error: unknown): Error {
   return new StoreUnavailableError((error as Error).message ?? String(error));
 }
 
+/** Where a URL points, for messages: never its password. */
+function describeUrl(url: string): string {
+  try {
+    const parsed = new URL(url);
+    return `${parsed.hostname}:${parsed.port || 5432}${parsed.pathname}`;
+  } catch {
+    return 'STORE_URL (unparsable)';
+  }
+}
+
 function quoteIdent(name: string): string {
   return `"${name.replace(/"/g, '""')}"`;
 }
@@ -161,6 +171,8 @@ export class PostgresStore implements AuthorityStore {
       await store.startListening();
     } catch (error) {
       await store.close();
+      if (error instanceof StoreUnavailableError)
+        throw new Error(`cannot reach PostgreSQL at ${describeUrl(options.url)}: ${error.reason}`);
       throw error;
     }
     return store;
@@ -595,7 +607,13 @@ export class PostgresStore implements AuthorityStore {
 
   /** A dedicated connection LISTENing on the schema's channel; replaced with backoff when lost. */
   private async startListening(): Promise<void> {
-    const client = new pg.Client({ connectionString: this.options.url, keepAlive: true, connectionTimeoutMillis: QUERY_TIMEOUT_MS });
+    // query_timeout: a ping that hangs (a silently dead peer) counts as a lost connection too.
+    const client = new pg.Client({
+      connectionString: this.options.url,
+      keepAlive: true,
+      connectionTimeoutMillis: QUERY_TIMEOUT_MS,
+      query_timeout: QUERY_TIMEOUT_MS,
+    });
     let lost = false;
     const onLost = (error?: Error) => {
       if (lost) return;
