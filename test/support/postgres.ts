@@ -1,5 +1,9 @@
 import { createHash, randomBytes } from 'node:crypto';
+import { join } from 'node:path';
 import pg from 'pg';
+import { PostgresStore } from '../../libs/core/store/postgres-store';
+import type { AuthorityStore } from '../../libs/core/store/repositories';
+import { SqliteStore } from '../../libs/core/store/sqlite-store';
 
 /** The PostgreSQL the tests use (trust auth on loopback; `.ci/run` starts it). */
 export const POSTGRES_URL = process.env.TEST_POSTGRES_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
@@ -52,4 +56,15 @@ export async function adminQuery<R extends pg.QueryResultRow = pg.QueryResultRow
   } finally {
     await client.end();
   }
+}
+
+/**
+ * A store for a test that works on the store directly: SQLite in `dataDir`, or (TEST_STORE_URL)
+ * the PostgreSQL schema of that folder, dropped at exit. Opened twice, it is one store seen by two "processes".
+ */
+export async function openTestStore(dataDir: string): Promise<AuthorityStore> {
+  if (!TEST_STORE_URL) return new SqliteStore(join(dataDir, 'store.sqlite'));
+  const schema = schemaForDataDir(dataDir);
+  dropAtExit(schema);
+  return PostgresStore.open({ url: TEST_STORE_URL, schema });
 }

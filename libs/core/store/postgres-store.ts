@@ -62,6 +62,18 @@ class AsyncReadMemo {
     }
     return value;
   }
+  /** As `get` for many keys: the ones not in memory are loaded together (`loadMany` answers in their order). */
+  async getMany<T>(keys: string[], loadMany: (missing: string[]) => Promise<T[]>): Promise<T[]> {
+    const missing = keys.filter((key) => !this.entries.has(key));
+    const generation = this.generation;
+    const loaded = missing.length ? await loadMany(missing) : [];
+    const fresh = new Map(missing.map((key, index) => [key, loaded[index]]));
+    if (generation === this.generation) {
+      if (this.entries.size + missing.length > this.max) this.entries.clear();
+      for (const [key, value] of fresh) this.entries.set(key, value);
+    }
+    return keys.map((key) => (fresh.has(key) ? fresh.get(key) : this.entries.get(key)) as T);
+  }
   forget(key: string): void {
     this.entries.delete(key);
     this.generation += 1;
@@ -217,6 +229,17 @@ export class PostgresStore implements AuthorityStore {
         });
         return doc === undefined ? undefined : (JSON.parse(doc) as ApiKeyRecord);
       },
+      getMany: async (clientIds) => {
+        const docs = await apiKeyMemo.getMany(clientIds, async (missing) => {
+          const { rows } = await this.query<{ client_id: string; doc: string }>(
+            `SELECT client_id, doc::text AS doc FROM ${tables.apiKeys} WHERE client_id = ANY($1::text[])`,
+            [missing],
+          );
+          const byId = new Map(rows.map((row) => [row.client_id, row.doc]));
+          return missing.map((clientId) => byId.get(clientId));
+        });
+        return docs.map((doc) => (doc === undefined ? undefined : (JSON.parse(doc) as ApiKeyRecord)));
+      },
       listPage: async (query) => {
         const { sql, values } = apiKeyPageSql(tables.apiKeys, query);
         return docs<ApiKeyRecord>((await this.query<{ doc: string }>(sql, values)).rows);
@@ -282,6 +305,15 @@ export class PostgresStore implements AuthorityStore {
       },
       isRevoked: (jti) => revokedMemo.get(jti, async () => (await getRevocation(jti)) !== undefined),
       get: getRevocation,
+      getMany: async (jtis) => {
+        if (!jtis.length) return [];
+        const { rows } = await this.query<{ jti: string; expires_at: string }>(
+          `SELECT jti, expires_at FROM ${tables.revoked} WHERE jti = ANY($1::text[])`,
+          [jtis],
+        );
+        const byJti = new Map(rows.map((row) => [row.jti, toRevocation(row)]));
+        return jtis.map((jti) => byJti.get(jti));
+      },
       listActivePage: async (now, after, limit) =>
         (
           await this.query<{ jti: string; expires_at: string }>(
