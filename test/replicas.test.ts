@@ -88,6 +88,22 @@ describe('two authority replicas and ext-authz on one PostgreSQL', () => {
     timings.disabledOnADeniedByExtAuthzOfB = await within(BOUND_MS, async () => (await check()).status === 401);
   });
 
+  it('two admins changing one key at once, on A and on B, lose neither change', async () => {
+    await a.admin('POST', '/api/apikeys', { clientId: 'contended', clientSecret: 'contended-secret' });
+    for (let round = 0; round < 10; round += 1) {
+      const [onA, onB] = await Promise.all([
+        a.admin('PATCH', '/api/apikeys/contended', { description: `from A, round ${round}` }),
+        b.admin('PATCH', '/api/apikeys/contended', { tags: [`from-b-${round}`] }),
+      ]);
+      assert.deepEqual([onA.status, onB.status], [200, 200]);
+      const stored = await adminQuery<{ doc: { description: string; tags: string[] } }>(
+        `SELECT doc FROM "${schema}".api_keys WHERE client_id = 'contended'`,
+      );
+      assert.equal(stored[0].doc.description, `from A, round ${round}`);
+      assert.deepEqual(stored[0].doc.tags, [`from-b-${round}`]);
+    }
+  });
+
   it('a key pair rotated on A signs on both', async () => {
     await a.admin('POST', '/api/apikeys', { clientId: 'signer', clientSecret: 'signer-secret' });
     await within(BOUND_MS, async () => (await b.token('signer', 'signer-secret')).status === 200);
