@@ -58,7 +58,7 @@ async function storedIds(schema: string, prefix: string): Promise<Set<string>> {
 const HealthClient = makeGenericClientConstructor(healthService as any, 'Health');
 
 async function grpcHealth(address: string): Promise<string> {
-  const client = new HealthClient(address, credentials.createInsecure()) as Client & Record<string, Function>;
+  const client = new HealthClient(address, credentials.createInsecure()) as Client & Record<string, (...args: any[]) => void>;
   try {
     return await new Promise((resolve, reject) =>
       client.Check({ service: '' }, { deadline: Date.now() + 3_000 }, (error: ServiceError | null, response: { status: string }) =>
@@ -125,6 +125,10 @@ describe('replica faults on PostgreSQL', () => {
 
   it('database unreachable: 503 temporarily_unavailable where it is needed, /health 503, cached keys keep issuing, recovery by itself', async () => {
     assert.equal((await a.token('steady', 'steady-secret-0123456789')).status, 200, 'steady is cached on A');
+    const seenToken = (await a.token('steady', 'steady-secret-0123456789')).body.access_token as string;
+    assert.equal((await a.introspect(seenToken, 'steady', 'steady-secret-0123456789')).body.active, true);
+    // A token A has never checked: whether it is revoked is a question for the database.
+    const unseenToken = (await b.token('steady', 'steady-secret-0123456789')).body.access_token as string;
     const cutAt = performance.now();
     await proxy.cut();
     timings.cutToHealth503 = await within(10_000, async () => (await a.admin('GET', '/health')).status === 503);
@@ -146,6 +150,10 @@ describe('replica faults on PostgreSQL', () => {
     }
     timings.cutToGrpcHealthNotServing = await within(5000, async () => (await grpcHealth(a.grpcAddress)) === 'NOT_SERVING');
     assert.equal((await a.token('steady', 'steady-secret-0123456789')).status, 200, 'served from memory meanwhile');
+    assert.equal((await a.introspect(seenToken, 'steady', 'steady-secret-0123456789')).body.active, true, 'checked before: from memory');
+    const unseen = await a.introspect(unseenToken, 'steady', 'steady-secret-0123456789');
+    assert.equal(unseen.status, 503);
+    assert.equal(unseen.body.error, 'temporarily_unavailable');
     assert.equal((await b.token('steady', 'steady-secret-0123456789')).status, 200, 'B is not affected');
     await sleep(Math.max(0, 1000 - (performance.now() - cutAt)));
     const restoredAt = performance.now();
