@@ -36,6 +36,11 @@ export function runService<Config>(
     }
   };
   main().catch((error: unknown) => {
+    // A settings problem found while starting (a wrong key-encryption key): its message says it all.
+    if (error instanceof ConfigError) {
+      process.stderr.write(`${name} failed to start: ${error.message}\n`);
+      process.exit(2);
+    }
     process.stderr.write(`${name} failed to start: ${error instanceof Error ? error.stack : String(error)}\n`);
     process.exit(1);
   });

@@ -6,21 +6,11 @@ import { userInfo, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { DatabaseSync } from 'node:sqlite';
-import { ADMIN_TOKEN, startTestAuthority, type TestAuthority } from './support/authority';
+import { ADMIN_TOKEN, startTestAuthority, storedRows, storeEnv, type TestAuthority } from './support/authority';
 
 const CLI = resolve(__dirname, '../services/token-authority/cli.js');
 const DATA_PLANE_TOKEN = 'contract-data-plane-token-0123';
 const ACTOR = `admin-token:${createHash('sha256').update(ADMIN_TOKEN).digest('hex').slice(0, 12)}`;
-
-/** The audit table's rows as the database holds them (node:sqlite: a reader independent of the store's driver). */
-function auditRows(dataDir: string): string {
-  const db = new DatabaseSync(join(dataDir, 'token-authority.sqlite'), { readOnly: true });
-  try {
-    return JSON.stringify(db.prepare('SELECT * FROM audit_log').all());
-  } finally {
-    db.close();
-  }
-}
 
 interface Answer {
   status: number;
@@ -291,7 +281,7 @@ describe('admin API contract: read-only fields, ETag / If-Match, audit log', () 
 
       // No secret, hash or secret-like metadata anywhere: not in the API's answer, not in the rows.
       const everything = JSON.stringify(await audit('limit=1000'));
-      const stored = auditRows(authority.dataDir);
+      const stored = await storedRows(authority, 'audit_log');
       for (const leak of [secret, `${secret}-2`, rotated.body.clientSecret, 'meta-token-value-42', 'scrypt', '$']) {
         assert.ok(!everything.includes(leak), `audit API shows ${leak}`);
         assert.ok(!stored.includes(leak), `audit rows hold ${leak}`);
@@ -320,7 +310,7 @@ describe('admin API contract: read-only fields, ETag / If-Match, audit log', () 
       assert.equal(system.actor, 'system');
       assert.equal(system.action, 'keypair.create');
       const everything = JSON.stringify(await audit('limit=1000'));
-      const stored = auditRows(authority.dataDir);
+      const stored = await storedRows(authority, 'audit_log');
       for (const pem of [first, second]) {
         const body = pem.split('\n')[1];
         for (const text of [everything, stored]) assert.ok(!text.includes(body) && !text.includes('PRIVATE KEY'));
@@ -363,7 +353,7 @@ describe('admin API contract: read-only fields, ETag / If-Match, audit log', () 
 
     it('the CLI audits as the operating system user', () => {
       const result = spawnSync(process.execPath, [CLI, 'apikeys', 'create', '--id', 'from-cli', '--secret', 'cli-audited-secret'], {
-        env: { ...process.env, DATA_DIR: authority.dataDir, ADMIN_TOKEN: undefined },
+        env: { ...process.env, ...storeEnv(authority), ADMIN_TOKEN: undefined },
         encoding: 'utf8',
         timeout: 15_000,
       });
@@ -374,7 +364,7 @@ describe('admin API contract: read-only fields, ETag / If-Match, audit log', () 
         assert.equal(entries[0].action, 'apikey.create');
         assert.ok(!JSON.stringify(entries).includes('cli-audited-secret'));
         const listed = spawnSync(process.execPath, [CLI, 'audit', 'list', '--type', 'apikey', '--id', 'from-cli'], {
-          env: { ...process.env, DATA_DIR: authority.dataDir, ADMIN_TOKEN: undefined },
+          env: { ...process.env, ...storeEnv(authority), ADMIN_TOKEN: undefined },
           encoding: 'utf8',
           timeout: 15_000,
         });

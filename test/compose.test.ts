@@ -18,6 +18,8 @@ interface ComposeService {
   volumes?: (string | { type?: string; source: string; target: string; read_only?: boolean })[];
   depends_on?: Record<string, { condition: string }>;
   healthcheck?: { test: string[] };
+  profiles?: string[];
+  networks?: Record<string, { aliases?: string[] } | null>;
 }
 interface ComposeConfig {
   services: Record<string, ComposeService>;
@@ -66,14 +68,50 @@ function mounts(service: ComposeService): { source: string; target: string; read
 }
 
 describe('docker-compose.yml', () => {
-  const NODE_SERVICES = ['token-authority', 'ext-authz', 'echo'];
+  const NODE_SERVICES = ['token-authority', 'ext-authz', 'echo', 'authority-a', 'authority-b', 'cluster-ext-authz'];
   let config: ComposeConfig;
   before(() => {
     config = composeConfig();
   });
 
-  it('has the four services', () => {
-    assert.deepEqual(Object.keys(config.services).sort(), ['echo', 'envoy', 'ext-authz', 'token-authority']);
+  it('has the four services, and the cluster profile beside them', () => {
+    const byProfile = (profile: string | undefined) =>
+      Object.entries(config.services)
+        .filter(([, service]) => service.profiles?.[0] === profile)
+        .map(([name]) => name)
+        .sort();
+    assert.deepEqual(byProfile(undefined), ['echo', 'envoy', 'ext-authz', 'token-authority'], 'docker-compose up: the tutorial');
+    assert.deepEqual(byProfile('cluster'), ['authority-a', 'authority-b', 'cluster-envoy', 'cluster-ext-authz', 'postgres']);
+  });
+
+  it('cluster profile: two replicas on one PostgreSQL, ext-authz fed by them, Envoy balancing them on :8180', () => {
+    const postgres = config.services.postgres;
+    assert.match(postgres.image ?? '', /^postgres:\d+\.\d+/, 'a pinned release');
+    assert.deepEqual(ports(postgres), [], 'the database is not published');
+    for (const name of ['authority-a', 'authority-b']) {
+      const replica = config.services[name];
+      assert.match(replica.environment?.STORE_URL ?? '', /^postgres:\/\/authority:[^@]+@postgres:5432\/authority$/, name);
+      assert.equal(replica.depends_on?.postgres?.condition, 'service_healthy');
+      assert.equal(replica.environment?.ADMIN_TOKEN, SECRETS.ADMIN_TOKEN);
+      assert.deepEqual(replica.networks?.default?.aliases, ['token-authority-replicas']);
+      assert.deepEqual(ports(replica), [], 'reached through Envoy only');
+    }
+    const extAuthz = config.services['cluster-ext-authz'];
+    assert.equal(extAuthz.environment?.AUTHORITY_GRPC_URL, 'token-authority-replicas:50051');
+    assert.equal(extAuthz.environment?.AUTHORITY_TOKEN, SECRETS.DATA_PLANE_TOKEN);
+    const envoy = config.services['cluster-envoy'];
+    assert.equal(envoy.image, config.services.envoy.image, 'the Envoy release the tests run');
+    assert.deepEqual(mounts(envoy), [
+      { source: path.join(ROOT, 'envoy', 'envoy-cluster.yaml'), target: '/etc/envoy/envoy.yaml', readOnly: true },
+    ]);
+    assert.deepEqual(
+      ports(envoy).map((port) => [port.hostIp, port.published, port.target]),
+      [
+        [undefined, 8180, 8080],
+        ['127.0.0.1', 9911, 9901],
+      ],
+    );
+    assert.equal(envoy.depends_on?.['cluster-ext-authz']?.condition, 'service_healthy');
   });
 
   it('runs a pinned Envoy release with envoy/envoy.yaml mounted read-only', () => {

@@ -9,6 +9,7 @@ import { ENVOY_PROTO_INCLUDE_DIRS, EXT_AUTHZ_PROTO } from '../libs/envoy/envoy-p
 const ROOT = path.resolve(__dirname, '..', '..');
 const GRPC_YAML = readFileSync(path.join(ROOT, 'envoy', 'envoy.yaml'), 'utf8');
 const HTTP_YAML = readFileSync(path.join(ROOT, 'envoy', 'envoy-http.yaml'), 'utf8');
+const CLUSTER_YAML = readFileSync(path.join(ROOT, 'envoy', 'envoy-cluster.yaml'), 'utf8');
 
 /** Parsed YAML: walked by the paths the test spells out, so loosely typed on purpose. */
 type Yaml = any;
@@ -120,6 +121,39 @@ describe('the authorization contract of envoy-http.yaml', () => {
     const authz = cluster(config, 'ext_authz_http');
     assert.deepEqual(endpointOf(authz), { address: 'ext-authz', port_value: 9192 });
     assert.equal(authz.health_checks[0].http_health_check.path, '/health');
+  });
+});
+
+describe('envoy-cluster.yaml (compose profile `cluster`): envoy.yaml in front of two authority replicas', () => {
+  const config = parse(CLUSTER_YAML);
+  const single = parse(GRPC_YAML);
+  const endpoints = (entry: Yaml) =>
+    entry.load_assignment.endpoints[0].lb_endpoints.map((item: Yaml) => item.endpoint.address.socket_address);
+
+  it('keeps the routes and filters of envoy.yaml', () => {
+    assert.deepEqual(hcm(config), hcm(single));
+    assert.deepEqual(config.admin, single.admin);
+  });
+
+  it('balances both faces over the two replicas, health-checked (a replica without its database answers /health 503)', () => {
+    const rest = cluster(config, 'token_authority');
+    assert.equal(rest.lb_policy, 'ROUND_ROBIN');
+    assert.deepEqual(endpoints(rest), [
+      { address: 'authority-a', port_value: 8080 },
+      { address: 'authority-b', port_value: 8080 },
+    ]);
+    assert.equal(rest.health_checks[0].http_health_check.path, '/health');
+    const grpc = cluster(config, 'token_authority_grpc');
+    assert.deepEqual(endpoints(grpc), [
+      { address: 'authority-a', port_value: 50051 },
+      { address: 'authority-b', port_value: 50051 },
+    ]);
+    assert.deepEqual(grpc.health_checks[0].grpc_health_check, {});
+  });
+
+  it("asks the cluster's ext-authz and sends traffic to the shared echo backend", () => {
+    assert.deepEqual(endpointOf(cluster(config, 'ext_authz')), { address: 'cluster-ext-authz', port_value: 9191 });
+    assert.deepEqual(endpointOf(cluster(config, 'echo')), { address: 'echo', port_value: 8081 });
   });
 });
 

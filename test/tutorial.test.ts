@@ -111,7 +111,7 @@ describe('the Otoroshi tutorial against the token authority', () => {
   it('answers GET /health for load balancers and compose', async () => {
     const response = await fetch(`${authority.url}/health`);
     assert.equal(response.status, 200);
-    assert.deepEqual(await response.json(), { status: 'ok', defaultKeyPair: 'active', keyPairs: 1 });
+    assert.deepEqual(await response.json(), { status: 'ok', store: 'ok', defaultKeyPair: 'active', keyPairs: 1 });
   });
 
   it('serves RFC 8414 metadata built from the configured issuer, not the Host header', async () => {

@@ -451,7 +451,7 @@ export class AdminService {
       algorithm: fields.algorithm,
       description: fields.description,
       createdAt: now,
-      versions: [{ kid: fields.id, ...material, createdAt: now }],
+      versions: [{ kid: fields.id, ...this.stored(material), createdAt: now }],
     };
     const action = fields.privateKey === undefined ? 'keypair.create' : 'keypair.import';
     const created = await this.store.keyPairs.create(keyPair, {
@@ -486,7 +486,11 @@ export class AdminService {
       assertMatches(ifMatch, keyPair, `key pair '${id}'`);
       const now = this.now();
       this.retireActive(keyPair, now);
-      keyPair.versions.push({ kid: `${id}#${keyPair.versions.length + 1}-${randomBytes(3).toString('hex')}`, ...material, createdAt: now });
+      keyPair.versions.push({
+        kid: `${id}#${keyPair.versions.length + 1}-${randomBytes(3).toString('hex')}`,
+        ...this.stored(material),
+        createdAt: now,
+      });
       return keyPair;
     });
   }
@@ -555,6 +559,34 @@ export class AdminService {
     const keyPair = await this.store.keyPairs.get(id);
     if (!keyPair) throw new AdminError(404, `key pair '${id}' does not exist`);
     return keyPair;
+  }
+
+  /** Key material as the store keeps it: the private key sealed when a key-encryption key is set. */
+  private stored(material: KeyMaterial) {
+    return { publicKeyPem: material.publicKeyPem, ...this.keyRing.protector.protect(material.privateKeyPem) };
+  }
+
+  /**
+   * Seals every private key still in plaintext and rewraps those sealed under another (previous)
+   * key-encryption key, each key pair atomically. Returns what it changed.
+   */
+  async sealPrivateKeys(): Promise<{ keyPair: string; versions: number }[]> {
+    const changed: { keyPair: string; versions: number }[] = [];
+    for (const { id } of await this.store.keyPairs.list()) {
+      let count = 0;
+      await this.store.keyPairs.modify(id, (keyPair) => {
+        count = 0;
+        const versions = keyPair.versions.map((version) => {
+          const resealed = this.keyRing.protector.reseal(version, id);
+          if (resealed) count += 1;
+          return resealed ?? version;
+        });
+        return { ...keyPair, versions };
+      });
+      if (count) changed.push({ keyPair: id, versions: count });
+    }
+    await this.keyRing.reload();
+    return changed;
   }
 
   private material(algorithm: KeyPairRecord['algorithm'], privateKey?: string, publicKey?: string): KeyMaterial {

@@ -1,16 +1,17 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { isAbsolute, join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { AdminService } from './admin-service';
 import { adminTokenActor } from './audit';
 import type { AuthorityConfig } from './config';
 import { DataPlaneFeed } from './data-plane';
 import { generateSecret } from './crypto/secret-hash';
 import { AdminError } from './errors';
+import { KeyProtector } from './crypto/key-encryption';
 import { KeyRing } from './key-ring';
 import type { AuthorityObserver } from './observer';
 import type { AuthorityStore } from './store/repositories';
-import { SqliteStore } from './store/sqlite-store';
+import { openStore } from './store/open-store';
 import { TokenService } from './token-service';
 
 export interface AuthorityLogger {
@@ -44,9 +45,7 @@ function bearerMatches(authorization: string | undefined, expectedHash: Buffer |
   return expectedHash !== undefined && match !== null && timingSafeEqual(sha256(match[1].trim()), expectedHash);
 }
 
-export function storePath(config: AuthorityConfig): string {
-  return isAbsolute(config.store.path) ? config.store.path : resolve(config.dataDir, config.store.path);
-}
+export { storePath } from './store/open-store';
 
 /**
  * The admin token's hash: from ADMIN_TOKEN, or generated on first start, kept (hashed) under
@@ -78,8 +77,10 @@ export interface AuthorityOptions {
 }
 
 export async function createAuthority(config: AuthorityConfig, log: AuthorityLogger, options: AuthorityOptions = {}): Promise<Authority> {
-  const authorityStore = options.store ?? new SqliteStore(storePath(config));
-  const keyRing = new KeyRing(authorityStore.keyPairs, Date.now);
+  // A bad key-encryption key setting fails before the store is touched.
+  const protector = KeyProtector.fromSettings(config.keyEncryption);
+  const authorityStore = options.store ?? (await openStore(config, (level, message) => log[level](message)));
+  const keyRing = new KeyRing(authorityStore.keyPairs, Date.now, protector);
   const admin = new AdminService(config, authorityStore, keyRing);
   if (!(await authorityStore.keyPairs.get(config.defaultKeyPair))) {
     try {
@@ -102,7 +103,23 @@ export async function createAuthority(config: AuthorityConfig, log: AuthorityLog
     log.warn(`data plane update failed: ${error.message}`),
   );
   await dataPlane.start();
-  await keyRing.reload();
+  try {
+    // Opens every signing key: a wrong or missing key-encryption key fails the start here.
+    await keyRing.reload();
+  } catch (error) {
+    dataPlane.close();
+    if (!options.store) await authorityStore.close();
+    throw error;
+  }
+  if (protector.enabled) {
+    const plaintext = (await authorityStore.keyPairs.list()).filter((keyPair) =>
+      keyPair.versions.some((version) => version.privateKeyPem !== undefined),
+    );
+    if (plaintext.length)
+      log.warn(
+        `${plaintext.length} key pair(s) keep private keys in plaintext (stored before KEY_ENCRYPTION_KEY was set): run \`npm run cli -- keypairs encrypt\``,
+      );
+  }
   const tokens = new TokenService(config, authorityStore, keyRing, undefined, options.observer);
   const adminHash = options.adminApi === false ? undefined : adminTokenHash(config, log);
   const dataPlaneHash = config.dataPlaneToken ? sha256(config.dataPlaneToken) : undefined;

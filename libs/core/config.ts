@@ -62,6 +62,28 @@ export const authorityConfigSchema = z
         kind: z.enum(['sqlite']).default('sqlite'),
         /** SQLite file; relative paths are resolved against `dataDir`. */
         path: z.string().min(1).default('token-authority.sqlite'),
+        /**
+         * `postgres://...` (or `postgresql://`): PostgreSQL, shared by replicas. Anything else is
+         * a SQLite file path (as `path`). Unset: SQLite at `path`.
+         */
+        url: z.string().min(1).optional(),
+        /** PostgreSQL schema of the tables (created when missing); replicas sharing it share the data. */
+        schema: z
+          .string()
+          .regex(/^[A-Za-z_][A-Za-z0-9_]{0,62}$/, 'a PostgreSQL identifier: letters, digits, _')
+          .default('public'),
+      })
+      .prefault({}),
+    /**
+     * Envelope encryption of private keys at rest (crypto/key-encryption.ts): a base64 32-byte
+     * key-encryption key, given or read from a file; `previousKey` only opens (during a rotation).
+     */
+    keyEncryption: z
+      .object({
+        key: z.string().min(1).optional(),
+        keyFile: z.string().min(1).optional(),
+        previousKey: z.string().min(1).optional(),
+        previousKeyFile: z.string().min(1).optional(),
       })
       .prefault({}),
     /** Folder for the SQLite file and the generated admin token. */
@@ -100,6 +122,12 @@ export const AUTHORITY_ENV_OVERRIDES = {
   GRPC_HOST: 'grpc.host',
   GRPC_PORT: 'grpc.port',
   STORE_PATH: 'store.path',
+  STORE_URL: 'store.url',
+  STORE_SCHEMA: 'store.schema',
+  KEY_ENCRYPTION_KEY: 'keyEncryption.key',
+  KEY_ENCRYPTION_KEY_FILE: 'keyEncryption.keyFile',
+  KEY_ENCRYPTION_KEY_PREVIOUS: 'keyEncryption.previousKey',
+  KEY_ENCRYPTION_KEY_PREVIOUS_FILE: 'keyEncryption.previousKeyFile',
   DATA_DIR: 'dataDir',
   ADMIN_TOKEN: 'adminToken',
   DATA_PLANE_TOKEN: 'dataPlaneToken',

@@ -324,15 +324,16 @@ export class DataPlaneFeed {
         else first.removedKeyPairs.push(id);
       }
     }
-    for (const jti of ids.revocation) {
-      const revocation = await this.store.revocations.get(jti);
+    for (const revocation of await this.store.revocations.getMany([...ids.revocation])) {
       if (revocation && revocation.expiresAt > now) first.revokedTokens.push(revocation);
     }
     const parts = [first];
     let part = first;
     let bytes = 0;
-    for (const clientId of ids.apiKey) {
-      const record = await this.store.apiKeys.get(clientId);
+    const clientIds = [...ids.apiKey];
+    const records = await this.store.apiKeys.getMany(clientIds);
+    for (const [index, clientId] of clientIds.entries()) {
+      const record = records[index];
       const apiKey = record && toDataPlaneApiKey(record, now);
       const size = apiKey ? approximateBytes(apiKey) : clientId.length + 2;
       if (part.apiKeys.length + part.removedApiKeys.length >= UPDATE_CHUNK || (bytes + size > UPDATE_BYTES && part.apiKeys.length)) {

@@ -68,3 +68,15 @@ export class AdminError extends Error {
     this.name = 'AdminError';
   }
 }
+
+/**
+ * The store cannot be reached (a shared database down or cut off). Requests that need it are
+ * answered 503 `temporarily_unavailable` (gRPC UNAVAILABLE) and may be retried; the store
+ * reconnects by itself.
+ */
+export class StoreUnavailableError extends OAuthError {
+  constructor(readonly reason: string) {
+    super('temporarily_unavailable', 'the store is unreachable; retry shortly', 503);
+    this.name = 'StoreUnavailableError';
+  }
+}

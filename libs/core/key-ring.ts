@@ -1,6 +1,7 @@
 import { createPrivateKey, createPublicKey, KeyObject } from 'node:crypto';
 import { publicJwk, PublicJwk } from './crypto/key-pairs';
 import type { SigningKey, VerificationKey } from './crypto/jws';
+import { KeyProtector } from './crypto/key-encryption';
 import type { KeyPairRecord } from './model';
 import type { KeyPairRepository } from './store/repositories';
 
@@ -25,6 +26,8 @@ export class KeyRing {
   constructor(
     private readonly repository: KeyPairRepository,
     private readonly now: () => number,
+    /** Opens private keys sealed at rest (and seals new ones, for the admin service). */
+    readonly protector: KeyProtector = new KeyProtector(),
   ) {}
 
   /** Rebuilds the crypto objects when the stored key pairs changed (by anyone: API, CLI, another replica). */
@@ -53,7 +56,7 @@ export class KeyRing {
         jwk: publicJwk(publicKey, version.kid, keyPair.algorithm),
       };
       if (version.retiredAt === undefined) {
-        loaded.privateKey = createPrivateKey(version.privateKeyPem);
+        loaded.privateKey = createPrivateKey(this.protector.privateKeyPem(version, keyPair.id));
         signerByPair.set(keyPair.id, { kid: version.kid, algorithm: keyPair.algorithm, privateKey: loaded.privateKey });
       }
       byKid.set(version.kid, loaded);

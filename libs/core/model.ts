@@ -1,4 +1,5 @@
 import type { SigningAlgorithm } from './config';
+import type { SealedPrivateKey } from './crypto/key-encryption';
 
 /** An API key as the store keeps it: Otoroshi's model, the secret only as hashes. */
 export interface ApiKeyRecord {
@@ -46,7 +47,10 @@ export interface KeyPairRecord {
 export interface KeyVersion {
   kid: string;
   publicKeyPem: string;
-  privateKeyPem: string;
+  /** The private key in plaintext (no key-encryption key set when it was stored)... */
+  privateKeyPem?: string;
+  /** ... or sealed by envelope encryption (crypto/key-encryption.ts). */
+  sealedPrivateKey?: SealedPrivateKey;
   createdAt: number;
   /** Set when retired: it signs nothing more. */
   retiredAt?: number;

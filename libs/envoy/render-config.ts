@@ -9,8 +9,8 @@ export interface SocketAddress {
 export interface EnvoyPlacement {
   listener?: SocketAddress;
   admin?: SocketAddress;
-  /** Cluster name (as in the config) to its endpoint. */
-  clusters?: Record<string, SocketAddress>;
+  /** Cluster name (as in the config) to its endpoint, or to each of its endpoints in order (a balanced cluster). */
+  clusters?: Record<string, SocketAddress | SocketAddress[]>;
   /**
    * An HTTPS listener beside the first one, with the same routes and filters: the certificate
    * and key files are the caller's (generated for a local run or a test; never in the repo).
@@ -35,7 +35,12 @@ export function renderEnvoyConfig(source: string, placement: EnvoyPlacement): st
   for (const [name, endpoint] of Object.entries(placement.clusters ?? {})) {
     const index = clusters?.items.findIndex((cluster) => cluster.get('name') === name) ?? -1;
     if (index < 0) throw new Error(`the Envoy config has no cluster '${name}'`);
-    set(['static_resources', 'clusters', index, 'load_assignment', 'endpoints', 0, 'lb_endpoints', 0, 'endpoint', 'address'], endpoint);
+    const endpoints = Array.isArray(endpoint) ? endpoint : [endpoint];
+    const listed = document.getIn(['static_resources', 'clusters', index, 'load_assignment', 'endpoints', 0, 'lb_endpoints']) as YAMLSeq;
+    if (endpoints.length > (listed?.items.length ?? 0)) throw new Error(`cluster '${name}' lists fewer endpoints than given`);
+    endpoints.forEach((each, at) =>
+      set(['static_resources', 'clusters', index, 'load_assignment', 'endpoints', 0, 'lb_endpoints', at, 'endpoint', 'address'], each),
+    );
   }
   if (placement.tls) {
     const { address, port, certificateFile, privateKeyFile } = placement.tls;

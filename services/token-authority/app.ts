@@ -109,6 +109,15 @@ export async function startTokenAuthority(config: AuthorityConfig): Promise<Toke
   const grpcHost = config.grpc.host === '0.0.0.0' || config.grpc.host === '::' ? '127.0.0.1' : config.grpc.host;
   health.setStatus('', 'SERVING');
   health.setStatus(TOKEN_AUTHORITY_SERVICE, 'SERVING');
+  // A shared store out of reach: gRPC health says so too (as GET /health does), so balancers move on.
+  let storeAvailable = true;
+  const storeWatch = setInterval(() => {
+    const available = authority.store.status?.().available ?? true;
+    if (available === storeAvailable || closing !== undefined) return;
+    storeAvailable = available;
+    health.setStatus('', available ? 'SERVING' : 'NOT_SERVING');
+    health.setStatus(TOKEN_AUTHORITY_SERVICE, available ? 'SERVING' : 'NOT_SERVING');
+  }, STORE_HEALTH_MS).unref();
   logger.info(
     { port, grpcPort, issuer: config.issuer, console: consoleServed ? '/console' : 'not built' },
     'token authority listening (REST and gRPC)',
@@ -117,6 +126,7 @@ export async function startTokenAuthority(config: AuthorityConfig): Promise<Toke
   const close = () =>
     (closing ??= (async () => {
       // Tell health checkers first, then let calls in flight finish (bounded), then release the store.
+      clearInterval(storeWatch);
       health.setStatus('', 'NOT_SERVING');
       health.setStatus(TOKEN_AUTHORITY_SERVICE, 'NOT_SERVING');
       // Watch streams never end by themselves: end them so data planes reconnect elsewhere.
@@ -126,6 +136,9 @@ export async function startTokenAuthority(config: AuthorityConfig): Promise<Toke
     })());
   return { app, authority, url: `http://${host}:${port}`, grpcAddress: `${grpcHost}:${grpcPort}`, health, close };
 }
+
+/** How often gRPC health follows the store's reachability. */
+const STORE_HEALTH_MS = 500;
 
 /** How long calls in flight may take to finish after SIGTERM before they are cut. */
 const SHUTDOWN_GRACE_MS = 10_000;

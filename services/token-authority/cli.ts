@@ -24,6 +24,8 @@ const USAGE = `usage: npm run cli -- <command>
   keypairs rotate <id> [--private-key-file key.pem]
   keypairs retire <id>
   keypairs delete <id>
+  keypairs encrypt       seal every private key under KEY_ENCRYPTION_KEY: plaintext ones (a store written
+                         without it) and those under KEY_ENCRYPTION_KEY_PREVIOUS (rotation)
   audit list [--type apikey|keypair] [--id ENTITY_ID] [--limit N] [--after ID]
 
 Works on the store named by the same settings as the server (config/token-authority.yaml, DATA_DIR, STORE_PATH...).
@@ -135,6 +137,8 @@ async function run(authority: Authority, positionals: string[], values: Values):
       return body(admin.rotateKeyPair(need(), { privateKey }, context));
     case 'keypairs retire':
       return body(admin.retireKeyPair(need(), context));
+    case 'keypairs encrypt':
+      return admin.sealPrivateKeys().then((changed) => ({ keyEncryptionKey: authority.keyRing.protector.currentKekId, changed }));
     case 'keypairs delete':
       return admin.deleteKeyPair(need(), context).then(() => ({ deleted: target }));
     case 'audit list': {

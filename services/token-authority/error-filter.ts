@@ -35,6 +35,7 @@ export class ErrorFilter implements ExceptionFilter {
     reply.header('cache-control', 'no-store');
     if (exception instanceof OAuthError) {
       if (exception.wwwAuthenticate) reply.header('www-authenticate', exception.wwwAuthenticate);
+      if (exception.status === 503) reply.header('retry-after', '1');
       void reply.status(exception.status).send(exception.toJSON());
       return;
     }

@@ -1,7 +1,8 @@
-import { Controller, Get, Header, Inject, Res } from '@nestjs/common';
+import { Controller, Get, Inject, Res } from '@nestjs/common';
 import type { FastifyReply } from 'fastify';
 import type { Registry } from 'prom-client';
 import type { Authority } from '../../libs/core/authority';
+import { StoreUnavailableError } from '../../libs/core/errors';
 import { AUTHORITY, METRICS } from './authority.provider';
 
 /** HTTP health for load balancers and compose (the store answers and a key signs), and Prometheus metrics. */
@@ -20,14 +21,22 @@ export class HealthController {
       .send(await this.metrics.metrics());
   }
 
+  /** 503 while the store is unreachable (a shared database down): a load balancer sends the traffic elsewhere. */
   @Get('health')
-  @Header('cache-control', 'no-store')
-  async health() {
-    const keyPairs = await this.authority.store.keyPairs.list();
-    return {
-      status: 'ok',
-      defaultKeyPair: this.authority.keyRing.signingKey(this.authority.config.defaultKeyPair) ? 'active' : 'missing',
-      keyPairs: keyPairs.length,
-    };
+  async health(@Res() reply: FastifyReply): Promise<void> {
+    reply.header('cache-control', 'no-store');
+    const defaultKeyPair = this.authority.keyRing.signingKey(this.authority.config.defaultKeyPair) ? 'active' : 'missing';
+    const status = this.authority.store.status?.() ?? { available: true };
+    if (!status.available) {
+      await reply.status(503).send({ status: 'unavailable', store: 'unreachable', defaultKeyPair });
+      return;
+    }
+    try {
+      const keyPairs = await this.authority.store.keyPairs.list();
+      await reply.send({ status: 'ok', store: 'ok', defaultKeyPair, keyPairs: keyPairs.length });
+    } catch (error) {
+      if (!(error instanceof StoreUnavailableError)) throw error;
+      await reply.status(503).send({ status: 'unavailable', store: 'unreachable', defaultKeyPair });
+    }
   }
 }

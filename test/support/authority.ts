@@ -3,6 +3,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { authorityConfigSchema, type AuthorityConfig } from '../../libs/core/config';
 import { startTokenAuthority, type TokenAuthorityApp } from '../../services/token-authority/app';
+import { DatabaseSync } from 'node:sqlite';
+import { isPostgresUrl } from '../../libs/core/store/open-store';
+import { adminQuery, dropAtExit, dropSchema, schemaForDataDir, TEST_STORE_URL } from './postgres';
 
 export const ADMIN_TOKEN = 'test-admin-token-0123456789';
 
@@ -29,12 +32,16 @@ export function basic(id: string, secret: string): string {
 /** Starts a real token authority on 127.0.0.1 with a random port and its own data folder. */
 export async function startTestAuthority(settings: Record<string, unknown> = {}, dataDir?: string): Promise<TestAuthority> {
   const dir = dataDir ?? mkdtempSync(join(tmpdir(), 'ta-test-'));
+  // On PostgreSQL (TEST_STORE_URL), a schema per data folder stands for the SQLite file in it.
+  const schema = TEST_STORE_URL && settings.store === undefined ? schemaForDataDir(dir) : undefined;
+  if (schema) dropAtExit(schema);
   const config = authorityConfigSchema.parse({
     dataDir: dir,
     adminToken: ADMIN_TOKEN,
     http: { host: '127.0.0.1', port: 0 },
     grpc: { host: '127.0.0.1', port: 0 },
     log: { level: 'silent' },
+    ...(schema ? { store: { url: TEST_STORE_URL, schema } } : {}),
     ...settings,
   });
   const app = await startTokenAuthority(config);
@@ -64,7 +71,28 @@ export async function startTestAuthority(settings: Record<string, unknown> = {},
     },
     async stop() {
       await app.close();
-      if (!dataDir) rmSync(dir, { recursive: true, force: true });
+      if (!dataDir) {
+        rmSync(dir, { recursive: true, force: true });
+        if (schema) await dropSchema(schema, TEST_STORE_URL);
+      }
     },
   };
+}
+
+/** Environment for another process (the CLI) on the same store as `authority`: its data folder, and its PostgreSQL schema if any. */
+export function storeEnv(authority: { config: AuthorityConfig }): Record<string, string> {
+  const { dataDir, store } = authority.config;
+  return isPostgresUrl(store.url) ? { DATA_DIR: dataDir, STORE_URL: store.url, STORE_SCHEMA: store.schema } : { DATA_DIR: dataDir };
+}
+
+/** A table's rows as the database holds them, read without the store's code (node:sqlite or a pg client), as JSON text. */
+export async function storedRows(authority: { config: AuthorityConfig }, table: string): Promise<string> {
+  const { dataDir, store } = authority.config;
+  if (isPostgresUrl(store.url)) return JSON.stringify(await adminQuery(`SELECT * FROM "${store.schema}".${table}`));
+  const db = new DatabaseSync(join(dataDir, 'token-authority.sqlite'), { readOnly: true });
+  try {
+    return JSON.stringify(db.prepare(`SELECT * FROM ${table}`).all());
+  } finally {
+    db.close();
+  }
 }

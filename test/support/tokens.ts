@@ -29,5 +29,5 @@ export async function signWithAuthorityKey(
   const keyPair = await authority.authority.store.keyPairs.get('otoroshi-jwt-signing');
   const encode = (value: unknown) => Buffer.from(JSON.stringify(value)).toString('base64url');
   const input = `${encode({ alg: 'RS256', typ: 'at+jwt', kid: 'otoroshi-jwt-signing', ...header })}.${encode(payload)}`;
-  return `${input}.${sign('sha256', Buffer.from(input), keyPair!.versions[0].privateKeyPem).toString('base64url')}`;
+  return `${input}.${sign('sha256', Buffer.from(input), keyPair!.versions[0].privateKeyPem!).toString('base64url')}`;
 }

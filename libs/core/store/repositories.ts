@@ -6,6 +6,8 @@ import type { ApiKeyRecord, KeyPairRecord } from '../model';
  */
 export interface ApiKeyRepository {
   get(clientId: string): Promise<ApiKeyRecord | undefined>;
+  /** As `get`, for many ids at once, in their order (a data plane delta after a bulk change: one query, not one per key). */
+  getMany(clientIds: string[]): Promise<(ApiKeyRecord | undefined)[]>;
   /**
    * One page in client id order, after `after` (exclusive), optionally filtered: what the admin
    * list and data plane snapshots read, so neither holds every key at once.
@@ -123,6 +125,8 @@ export interface RevocationRepository {
   isRevoked(jti: string): Promise<boolean>;
   /** The revocation of `jti`, if any. */
   get(jti: string): Promise<Revocation | undefined>;
+  /** As `get`, for many at once, in their order. */
+  getMany(jtis: string[]): Promise<(Revocation | undefined)[]>;
   /** One page (in jti order, after `after`) of the revocations of tokens not expired at `now`. */
   listActivePage(now: number, after: string | undefined, limit: number): Promise<Revocation[]>;
   purgeExpired(now: number): Promise<number>;
@@ -160,5 +164,9 @@ export interface AuthorityStore {
   audit: AuditRepository;
   /** Calls `listener` after any change, by this process or another sharing the store. */
   onChange(listener: () => void): () => void;
+  /** Whether the store is reachable now (a shared database may not be); an embedded one always is. */
+  status?(): StoreStatus;
   close(): Promise<void>;
 }
+
+export type StoreStatus = { available: true } | { available: false; reason: string };

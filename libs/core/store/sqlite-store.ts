@@ -308,6 +308,7 @@ export class SqliteStore implements AuthorityStore {
     const apiKeyPages = new ApiKeyPages(this.db);
     this.apiKeys = {
       get: async (clientId) => apiKeys.get(clientId),
+      getMany: async (clientIds) => clientIds.map((clientId) => apiKeys.get(clientId)),
       listPage: async (query) => apiKeyPages.page(query),
       create: async (apiKey, options) => apiKeys.create(apiKey.clientId, apiKey, options),
       createMany: async (records) => apiKeys.createMany(records.map((apiKey) => [apiKey.clientId, apiKey])),
@@ -347,6 +348,7 @@ export class SqliteStore implements AuthorityStore {
       },
       isRevoked: async (jti) => revokedMemo.get(jti, () => getRevocation.get(jti) !== undefined),
       get: async (jti) => getRevocation.get(jti),
+      getMany: async (jtis) => jtis.map((jti) => getRevocation.get(jti)),
       listActivePage: async (now, after, limit) => activePage.all(now, after ?? '', limit),
       // Expired revocations need no change-log entry: every reader drops them by their expiry.
       purgeExpired: async (now) => {
