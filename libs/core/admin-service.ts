@@ -22,6 +22,8 @@ const validUntil = z.union([
   z.null(),
 ]);
 const quota = z.number().int().nonnegative();
+/** Rotation periods in hours, at most ten years: an unbounded one overflowed the expiry of a replaced secret to Infinity. */
+const HOURS = z.number().max(87_600, 'at most 87600 hours (ten years)');
 
 /** The admin API's API key, with Otoroshi's field names. */
 const apiKeyFields = {
@@ -46,8 +48,8 @@ const apiKeyFields = {
   rotation: z
     .object({
       enabled: z.boolean().default(false),
-      rotationEvery: z.number().positive().default(744),
-      gracePeriod: z.number().nonnegative().default(168),
+      rotationEvery: HOURS.positive().default(744),
+      gracePeriod: HOURS.nonnegative().default(168),
     })
     .strict(),
   allowClientIdOnly: z.boolean(),
@@ -56,7 +58,7 @@ const apiKeyFields = {
   monthlyQuota: quota,
 };
 
-const apiKeyCreateSchema = z
+export const apiKeyCreateSchema = z
   .object({
     clientId: ID.optional(),
     clientSecret: SECRET.optional(),
@@ -76,7 +78,7 @@ const apiKeyCreateSchema = z
   })
   .strict();
 
-const apiKeyPatchSchema = z
+export const apiKeyPatchSchema = z
   .object({
     clientId: ID.optional(),
     clientSecret: SECRET.optional(),
@@ -85,7 +87,7 @@ const apiKeyPatchSchema = z
   .strict() as z.ZodType<Partial<z.input<typeof apiKeyCreateSchema>> & { clientSecret?: string; clientId?: string }, unknown>;
 
 /** Query of the API key list (strings, as a query string gives them). */
-const apiKeyListQuerySchema = z
+export const apiKeyListQuerySchema = z
   .object({
     limit: z.coerce.number().int().min(1).max(1000).default(100),
     after: z.string().max(128).optional(),
@@ -98,9 +100,9 @@ const apiKeyListQuerySchema = z
   })
   .strict();
 
-const rotateSecretSchema = z.object({ clientSecret: SECRET.optional(), gracePeriod: z.number().nonnegative().optional() }).strict();
+export const rotateSecretSchema = z.object({ clientSecret: SECRET.optional(), gracePeriod: HOURS.nonnegative().optional() }).strict();
 
-const keyPairCreateSchema = z
+export const keyPairCreateSchema = z
   .object({
     id: ID,
     algorithm: z.enum(SIGNING_ALGORITHMS).default('RS256'),
@@ -110,7 +112,7 @@ const keyPairCreateSchema = z
   })
   .strict();
 
-const keyPairRotateSchema = z
+export const keyPairRotateSchema = z
   .object({ privateKey: z.string().max(20_000).optional(), publicKey: z.string().max(20_000).optional() })
   .strict();
 
@@ -249,7 +251,7 @@ export class AdminService {
         ...current,
         secretHash,
         previousSecretHash: current.secretHash,
-        previousSecretValidUntil: now + (gracePeriod ?? current.rotation.gracePeriod) * 3_600_000,
+        previousSecretValidUntil: now + Math.floor((gracePeriod ?? current.rotation.gracePeriod) * 3_600_000),
         updatedAt: now,
       };
     });

@@ -14,6 +14,7 @@ import { OAuthEndpointGuard } from './oauth-endpoint.guard';
 import { OAuthController } from './oauth.controller';
 import { TokenAuthorityGrpcController } from './grpc.controller';
 import { HealthController } from './health.controller';
+import { OpenApiController } from './openapi.controller';
 import { AuthorityWatchService } from './authority-watch.service';
 import { refuseDuplicateJsonKeys } from './json-body';
 import { createHealth, TOKEN_AUTHORITY_SERVICE, tokenAuthorityGrpcOptions } from './grpc-options';
@@ -26,7 +27,7 @@ class TokenAuthorityModule {
   static forAuthority(authority: Authority, metrics: Registry): DynamicModule {
     return {
       module: TokenAuthorityModule,
-      controllers: [OAuthController, AdminController, HealthController, TokenAuthorityGrpcController],
+      controllers: [OAuthController, AdminController, HealthController, OpenApiController, TokenAuthorityGrpcController],
       providers: [
         { provide: AUTHORITY, useValue: authority },
         { provide: METRICS, useValue: metrics },
@@ -46,6 +47,8 @@ export interface TokenAuthorityApp {
   /** host:port of the gRPC face once listening. */
   grpcAddress: string;
   health: HealthImplementation;
+  /** Every HTTP route registered (method and Fastify URL), HEAD included: what the OpenAPI test compares. */
+  routes: { method: string; url: string }[];
   close(): Promise<void>;
 }
 
@@ -62,6 +65,10 @@ export async function startTokenAuthority(config: AuthorityConfig): Promise<Toke
     trustProxy: config.trustProxy,
     // Slow, idle or too many clients must not hold sockets.
     ...fastifyLimitOptions(config.http.limits),
+  });
+  const routes: { method: string; url: string }[] = [];
+  adapter.getInstance().addHook('onRoute', (route) => {
+    for (const method of [route.method].flat()) routes.push({ method, url: route.url });
   });
   const watch = new AuthorityWatchService(authority, logger);
   const app = await NestFactory.create<NestFastifyApplication>(
@@ -101,7 +108,7 @@ export async function startTokenAuthority(config: AuthorityConfig): Promise<Toke
       await withDeadline(app.close(), SHUTDOWN_GRACE_MS, () => forceShutdownGrpc(microservice));
       await authority.close();
     })());
-  return { app, authority, url: `http://${host}:${port}`, grpcAddress: `${grpcHost}:${grpcPort}`, health, close };
+  return { app, authority, url: `http://${host}:${port}`, grpcAddress: `${grpcHost}:${grpcPort}`, health, routes, close };
 }
 
 /** How long calls in flight may take to finish after SIGTERM before they are cut. */
