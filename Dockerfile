@@ -3,7 +3,7 @@
 # (`node dist/services/ext-authz/main.js`) and the echo backend (`node dist/services/echo-backend/main.js`).
 # See docker-compose.yml.
 
-FROM node:20.20-bookworm-slim AS base
+FROM node:24.21-bookworm-slim AS base
 WORKDIR /app
 
 # Production dependencies. better-sqlite3 is native: npm fetches a prebuilt binary or compiles it

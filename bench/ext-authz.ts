@@ -9,7 +9,6 @@ import {
   grpcStatusOf,
   startExtAuthzProcess,
   h2loadGrpc,
-  spawnNode,
   startAuthorityProcess,
   type LoadResult,
 } from './support';

@@ -24,6 +24,7 @@ function basicMetadata(clientId: string, clientSecret: string): Metadata {
 
 async function main(args: string[]): Promise<number> {
   const address = process.env.TOKEN_AUTHORITY_GRPC ?? '127.0.0.1:50051';
+  // biome-ignore lint/suspicious/noExplicitAny: a package loaded from .proto at run time has no static type
   const definition = loadPackageDefinition(loadSync(TOKEN_AUTHORITY_PROTO, LOADER_OPTIONS)) as any;
   const client = new definition.token_authority.v1.TokenAuthority(address, credentials.createInsecure());
   const call = (method: string, request: object, metadata = new Metadata()) =>
@@ -63,4 +64,4 @@ async function main(args: string[]): Promise<number> {
   }
 }
 
-main(process.argv.slice(2)).then((code) => process.exit(code));
+void main(process.argv.slice(2)).then((code) => process.exit(code));

@@ -25,7 +25,7 @@ describe('admin API and key pairs', () => {
       `Basic ${Buffer.from(`admin:${ADMIN_TOKEN}`).toString('base64')}`,
       `Bearer ${ADMIN_TOKEN}x`,
     ]) {
-      it(`refuses ${authorization ? authorization.split(' ')[0] + ' ' + (authorization.length > 30 ? 'wrong' : '') : 'no header'} with 401`, async () => {
+      it(`refuses ${authorization ? `${authorization.split(' ')[0]} ${authorization.length > 30 ? 'wrong' : ''}` : 'no header'} with 401`, async () => {
         const response = await fetch(`${authority.url}/api/apikeys`, { headers: authorization ? { authorization } : {} });
         assert.equal(response.status, 401);
         assert.match(response.headers.get('www-authenticate') ?? '', /^Bearer/);

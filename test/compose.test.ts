@@ -169,10 +169,10 @@ describe('Dockerfile', () => {
   const instructions = (keyword: string) =>
     lines.filter((line) => line.startsWith(`${keyword} `)).map((line) => line.slice(keyword.length + 1));
 
-  it('builds on a pinned node 20 bookworm-slim image', () => {
+  it('builds on a pinned Node 24 LTS bookworm-slim image', () => {
     const images = instructions('FROM').map((from) => from.split(' ')[0]);
     const external = images.filter((image) => image.includes(':'));
-    assert.deepEqual(external, ['node:20.20-bookworm-slim']);
+    assert.deepEqual(external, ['node:24.21-bookworm-slim']);
   });
 
   it('runs as an unprivileged user, the token authority by default', () => {

@@ -13,7 +13,7 @@ const HTTP_YAML = readFileSync(path.join(ROOT, 'envoy', 'envoy-http.yaml'), 'utf
 /** Parsed YAML: walked by the paths the test spells out, so loosely typed on purpose. */
 type Yaml = any;
 
-const HCM = 'static_resources.listeners[0].filter_chains[0].filters[0].typed_config';
+const _HCM = 'static_resources.listeners[0].filter_chains[0].filters[0].typed_config';
 const hcm = (config: Yaml): Yaml => config.static_resources.listeners[0].filter_chains[0].filters[0].typed_config;
 const virtualHost = (config: Yaml, domain: string): Yaml =>
   hcm(config).route_config.virtual_hosts.find((host: Yaml) => host.domains.includes(domain));

@@ -249,9 +249,9 @@ describe('ext-authz Check over gRPC, Envoy-shaped requests, every decision', () 
   /** Authorized on route_foo, no scopes at all. */
   let noScopes: Key;
   /** Secret with a ':' in it (RFC 7617 allows it in the password). */
-  let basicKey: Key;
+  let _basicKey: Key;
   /** allowClientIdOnly: true. */
-  let idOnly: Key;
+  let _idOnly: Key;
   let appToken: string;
 
   const check = (options: EnvoyRequestOptions) => client.check(envoyCheckRequest(options));
@@ -274,8 +274,8 @@ describe('ext-authz Check over gRPC, Envoy-shaped requests, every decision', () 
       clientSecret: 'noscopes-secret',
       authorizedEntities: ['route_foo'],
     });
-    basicKey = await createKey(authority, { clientId: 'basic-user', clientName: 'Basic User', clientSecret: 'pa:ss%2Fw+rd' });
-    idOnly = await createKey(authority, {
+    _basicKey = await createKey(authority, { clientId: 'basic-user', clientName: 'Basic User', clientSecret: 'pa:ss%2Fw+rd' });
+    _idOnly = await createKey(authority, {
       clientId: 'id-only',
       clientName: 'Id Only',
       clientSecret: 'id-only-secret',

@@ -181,7 +181,7 @@ function extractCredential(policy: RoutePolicy, headers: AuthzRequest['headers']
   const on = (name: ExtractorName) => policy.extractors.includes(name);
   if (on('bearer') && authorization && /^bearer\b/i.test(authorization)) {
     const match = BEARER.exec(authorization);
-    return match && match[1] ? { kind: 'bearer', token: match[1], header: 'authorization' } : 'malformed';
+    return match?.[1] ? { kind: 'bearer', token: match[1], header: 'authorization' } : 'malformed';
   }
   if (on('basic') && authorization && /^basic\b/i.test(authorization)) {
     const match = BASIC.exec(authorization);

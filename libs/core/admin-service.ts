@@ -31,6 +31,7 @@ const apiKeyFields = {
     .string()
     .min(1)
     .max(200)
+    // biome-ignore lint/suspicious/noControlCharactersInRegex: refusing control characters is the point
     .regex(/^[^\u0000-\u001f\u007f]*$/, 'no control characters'),
   description: z.string().max(2000),
   authorizedEntities: z.array(z.string().regex(/^(route|group|service)_[A-Za-z0-9._~@+-]+$/, 'use route_<name> or group_<name>')).max(1000),

@@ -261,7 +261,7 @@ export class DataPlaneFeed {
 
   /** Publishes deltas until the change log is read to its end; one run at a time. */
   private publish(): Promise<void> {
-    if (this.publishing) {
+    if (this.publishing !== undefined) {
       this.again = true;
       return this.publishing;
     }
@@ -336,7 +336,8 @@ export class DataPlaneFeed {
       const apiKey = record && toDataPlaneApiKey(record, now);
       const size = apiKey ? approximateBytes(apiKey) : clientId.length + 2;
       if (part.apiKeys.length + part.removedApiKeys.length >= UPDATE_CHUNK || (bytes + size > UPDATE_BYTES && part.apiKeys.length)) {
-        parts.push((part = emptyUpdate(version, baseVersion, now)));
+        part = emptyUpdate(version, baseVersion, now);
+        parts.push(part);
         bytes = 0;
       }
       bytes += size;

@@ -3,6 +3,7 @@ import { echo, invalidRequest } from './errors';
 /** OAuth2 request parameters after transport decoding: one string each. */
 export type OAuthParams = Readonly<Record<string, string>>;
 
+// biome-ignore lint/suspicious/noControlCharactersInRegex: matching control characters is the point
 const CONTROL_CHARACTERS = /[\u0000-\u001f\u007f]/;
 const MAX_PARAM_LENGTH = 8192;
 

@@ -145,6 +145,7 @@ export function addReflection(server: Server, index: DescriptorIndex): void {
       oneofs: true,
       includeDirs: [REFLECTION_PROTO_ROOT],
     });
+    // biome-ignore lint/suspicious/noExplicitAny: a package loaded from .proto at run time has no static type
     const loaded = loadPackageDefinition(definition) as any;
     const service: ServiceDefinition = loaded.grpc.reflection[version].ServerReflection.service;
     server.addService(service, {

@@ -1,3 +1,4 @@
+import '../../libs/supported-node';
 import { startEchoBackend } from './server';
 
 /** Echo backend for the docker-compose demo: PORT (default 8081), HOST (default 0.0.0.0). */

@@ -21,6 +21,7 @@ import { AUTHORITY_WATCH_PROTO, LOADER_OPTIONS } from '../token-authority/grpc-o
  * sends what was missed, or a snapshot when it no longer can).
  */
 export class AuthorityWatchClient {
+  // biome-ignore lint/suspicious/noExplicitAny: a package loaded from .proto at run time has no static type
   private readonly client: any;
   private call: ClientReadableStream<DataPlaneUpdate> | undefined;
   private retryTimer: NodeJS.Timeout | undefined;
@@ -35,6 +36,7 @@ export class AuthorityWatchClient {
     private readonly logger: Logger,
     private readonly nodeId: string,
   ) {
+    // biome-ignore lint/suspicious/noExplicitAny: a package loaded from .proto at run time has no static type
     const definition = loadPackageDefinition(loadSync(AUTHORITY_WATCH_PROTO, LOADER_OPTIONS)) as any;
     this.client = new definition.token_authority.v1.AuthorityWatch(config.authority.url, credentials.createInsecure(), {
       // Notice a silently dead authority (no FIN, no RST) within about 30 s.
@@ -70,7 +72,7 @@ export class AuthorityWatchClient {
     call.on('data', (message: DataPlaneUpdate) => {
       this.attempt = 0;
       this.replica.setConnected(true);
-      let outcome;
+      let outcome: ReturnType<AuthorityReplica['apply']>;
       try {
         outcome = this.replica.apply(message);
       } catch (error) {

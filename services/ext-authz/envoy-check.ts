@@ -79,6 +79,7 @@ export function loadAuthorizationService(): ServiceDefinition {
     oneofs: true,
     includeDirs: [...ENVOY_PROTO_INCLUDE_DIRS],
   });
+  // biome-ignore lint/suspicious/noExplicitAny: a package loaded from .proto at run time has no static type
   return (loadPackageDefinition(definition) as any).envoy.service.auth.v3.Authorization.service;
 }
 

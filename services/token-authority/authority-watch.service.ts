@@ -131,6 +131,7 @@ export class AuthorityWatchService {
   }
 
   addTo(server: Server): void {
+    // biome-ignore lint/suspicious/noExplicitAny: a package loaded from .proto at run time has no static type
     const definition = loadPackageDefinition(loadSync(AUTHORITY_WATCH_PROTO, LOADER_OPTIONS)) as any;
     const loaded = definition.token_authority.v1.AuthorityWatch.service as ServiceDefinition;
     // Updates are written already encoded (serializeUpdate): grpc-js passes the bytes through.

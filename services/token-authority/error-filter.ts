@@ -25,7 +25,7 @@ const FASTIFY_MESSAGES: Record<string, string> = {
 export class ErrorFilter implements ExceptionFilter {
   private readonly logger = new Logger('Errors');
 
-  catch(exception: unknown, host: ArgumentsHost): void | Observable<never> {
+  catch(exception: unknown, host: ArgumentsHost): undefined | Observable<never> {
     if (host.getType() === 'rpc') {
       const grpcError = toGrpcError(exception);
       if (grpcError.details === 'internal error') this.unexpected('grpc', exception);

@@ -10,7 +10,7 @@ export function refuseDuplicateJsonKeys(fastify: FastifyInstance): void {
   const parseJson = fastify.getDefaultJsonParser('error', 'error');
   fastify.removeContentTypeParser('application/json');
   fastify.addContentTypeParser('application/json', { parseAs: 'string' }, (request, body, done) => {
-    parseJson(request, body as string, (error: Error | null, value?: unknown) => {
+    void parseJson(request, body as string, (error: Error | null, value?: unknown) => {
       if (error) return done(error, undefined);
       const duplicate = firstDuplicateKey(body as string);
       if (duplicate !== undefined) return done(invalidRequest(`the JSON body repeats the key '${duplicate}'`), undefined);

@@ -1,3 +1,4 @@
+import '../../libs/supported-node';
 import { loadAuthorityConfig } from '../../libs/core/config';
 import { runService } from '../../libs/service-main';
 import { startTokenAuthority } from './app';

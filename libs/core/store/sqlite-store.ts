@@ -64,9 +64,9 @@ class DocumentTable<T> {
   readonly insertMany;
 
   constructor(
-    private readonly db: Database.Database,
-    private readonly table: string,
-    private readonly key: string,
+    db: Database.Database,
+    table: string,
+    key: string,
     entity: ChangedEntity,
     private readonly memo: ReadMemo,
     logChange: (entity: ChangedEntity, id: string) => void,
@@ -173,7 +173,10 @@ class ApiKeyPages {
     }
     const sql = `SELECT doc FROM api_keys WHERE ${conditions.join(' AND ')} ORDER BY client_id LIMIT ?`;
     let statement = this.statements.get(sql);
-    if (!statement) this.statements.set(sql, (statement = this.db.prepare<unknown[], { doc: string }>(sql)));
+    if (!statement) {
+      statement = this.db.prepare<unknown[], { doc: string }>(sql);
+      this.statements.set(sql, statement);
+    }
     return statement.all(...values, query.limit).map((row) => JSON.parse(row.doc) as ApiKeyRecord);
   }
 }
