@@ -159,7 +159,7 @@ describe('OpenAPI document (docs/openapi.json, GET /openapi.json)', () => {
       '    except Exception as error:',
       '        print(name, "invalid", type(error).__name__, str(error).splitlines()[0])',
     ].join('\n');
-    const result = await run(python, ['-c', script], 60_000, JSON.stringify({ document, broken }));
+    const result = await run(python, ['-c', script], 60_000, { input: JSON.stringify({ document, broken }) });
     assert.equal(result.code, 0, result.output);
     const operationCount = documentedRoutes(document).size;
     assert.match(result.output, new RegExp(`^document valid ${operationCount}$`, 'm'), result.output);

@@ -20,8 +20,11 @@ const CLIENT = { id: 'schemathesis-client', secret: 'schemathesis-secret-1' };
 /** Fixed so a failure can be replayed (print SCHEMATHESIS_SEED=… to try others). */
 const SEED = process.env.SCHEMATHESIS_SEED ?? '20261128';
 
-/** What the time budget must at least buy; about twice that on an idle two-core machine. */
-const MIN_REQUESTS = 2000;
+/**
+ * What the time budget must at least buy even on a busy machine: Schemathesis's own generation is
+ * CPU-bound, so the count follows the load (about 1600 to 3900 seen on two shared cores).
+ */
+const MIN_REQUESTS = 1000;
 
 const RUNS = [
   {
@@ -98,7 +101,8 @@ describe('Schemathesis against the running token authority', { skip: schemathesi
         '--request-timeout',
         '10',
       ];
-      const result = await run(binary, args, (spec.seconds + 45) * 1000);
+      // In the temporary folder: Schemathesis keeps a cache (.schemathesis/) where it runs.
+      const result = await run(binary, args, (spec.seconds + 45) * 1000, { cwd: dir });
       const summary = /(\d+) generated/.exec(result.output);
       assert.equal(result.code, 0, `schemathesis ${args.join(' ')} failed:\n${result.output.slice(-12_000)}`);
       assert.ok(summary, result.output.slice(-3000));

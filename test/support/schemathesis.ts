@@ -44,9 +44,14 @@ export interface ProcessResult {
 }
 
 /** Runs a command without blocking the event loop (the server under test lives in this process), killed after `timeoutMs`. */
-export function run(command: string, args: string[], timeoutMs: number, input?: string): Promise<ProcessResult> {
+export function run(
+  command: string,
+  args: string[],
+  timeoutMs: number,
+  options: { input?: string; cwd?: string } = {},
+): Promise<ProcessResult> {
   return new Promise((resolve, reject) => {
-    const child = spawn(command, args, { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, NO_COLOR: '1' } });
+    const child = spawn(command, args, { cwd: options.cwd, stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, NO_COLOR: '1' } });
     let output = '';
     child.stdout.setEncoding('utf8').on('data', (chunk: string) => (output += chunk));
     child.stderr.setEncoding('utf8').on('data', (chunk: string) => (output += chunk));
@@ -56,6 +61,6 @@ export function run(command: string, args: string[], timeoutMs: number, input?: 
       clearTimeout(timer);
       resolve({ code, output });
     });
-    child.stdin.end(input ?? '');
+    child.stdin.end(options.input ?? '');
   });
 }
