@@ -57,10 +57,10 @@ export const invalidClient = (usedBasic: boolean) =>
     usedBasic ? 'Basic realm="token-authority", charset="UTF-8"' : undefined,
   );
 
-/** Errors of the admin API: validation, missing entity, conflict. */
+/** Errors of the admin API: validation, missing entity, conflict, failed If-Match. */
 export class AdminError extends Error {
   constructor(
-    readonly status: 400 | 404 | 409,
+    readonly status: 400 | 404 | 409 | 412,
     message: string,
     readonly details?: unknown,
   ) {

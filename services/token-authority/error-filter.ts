@@ -5,7 +5,7 @@ import { AdminError, OAuthError } from '../../libs/core/errors';
 import { countUnexpectedError } from '../../libs/observability/unexpected-errors';
 import { toGrpcError } from './grpc-errors';
 
-const ADMIN_ERROR_CODES = { 400: 'invalid_request', 404: 'not_found', 409: 'conflict' } as const;
+const ADMIN_ERROR_CODES = { 400: 'invalid_request', 404: 'not_found', 409: 'conflict', 412: 'precondition_failed' } as const;
 
 /** Body parse failures from Fastify, in words a client can act on. */
 const FASTIFY_MESSAGES: Record<string, string> = {

@@ -31,7 +31,13 @@ export function toGrpcError(exception: unknown): RichError {
   }
   if (exception instanceof AdminError) {
     const code =
-      exception.status === 404 ? GrpcStatus.NOT_FOUND : exception.status === 409 ? GrpcStatus.ALREADY_EXISTS : GrpcStatus.INVALID_ARGUMENT;
+      exception.status === 404
+        ? GrpcStatus.NOT_FOUND
+        : exception.status === 409
+          ? GrpcStatus.ALREADY_EXISTS
+          : exception.status === 412
+            ? GrpcStatus.FAILED_PRECONDITION
+            : GrpcStatus.INVALID_ARGUMENT;
     return richError(code, exception.message, 'invalid_request', ERROR_DOMAIN);
   }
   return richError(GrpcStatus.INTERNAL, 'internal error', 'server_error', ERROR_DOMAIN, { 'oauth-error': 'server_error' });

@@ -2,11 +2,15 @@ import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { z } from 'zod';
 import {
+  API_KEY_READ_ONLY,
   apiKeyCreateSchema,
   apiKeyListQuerySchema,
   apiKeyPatchSchema,
+  auditListQuerySchema,
+  KEY_PAIR_READ_ONLY,
   keyPairCreateSchema,
   keyPairRotateSchema,
+  keyPairUpdateSchema,
   rotateSecretSchema,
 } from '../../libs/core/admin-service';
 import { SIGNING_ALGORITHMS } from '../../libs/core/config';
@@ -95,6 +99,18 @@ const keyPair = z
   .strict()
   .meta({ description: 'A signing key pair with its versions; never a private key.' });
 
+const auditEntry = z
+  .object({
+    id: z.number().int().meta({ description: 'Increases in commit order; the `after` cursor.' }),
+    at: z.string().meta({ description: 'ISO 8601 time of the change.' }),
+    actor: z.string().meta({ examples: ['admin-token:0123456789ab', 'cli:root', 'system'] }),
+    action: z.string().meta({ examples: ['apikey.create', 'keypair.rotate'] }),
+    entity: z.enum(['apikey', 'keypair']),
+    entityId: z.string(),
+    change: z.unknown().meta({ description: 'The created or deleted entity, or `{field: {before, after}}`; secrets redacted.' }),
+  })
+  .strict();
+
 const tokenResponse = z
   .object({
     access_token: z.string().meta({ description: 'An RFC 9068 JWT (typ at+jwt).' }),
@@ -155,7 +171,7 @@ const oauthError = z
 /** The admin API's errors: the RFC 6749 shape, with `details` naming each bad field of a 400. */
 const adminError = z
   .object({
-    error: z.string().meta({ examples: ['invalid_request', 'not_found', 'conflict', 'invalid_token'] }),
+    error: z.string().meta({ examples: ['invalid_request', 'not_found', 'conflict', 'precondition_failed', 'invalid_token'] }),
     error_description: z.string(),
     details: z.array(z.object({ path: z.string(), message: z.string() })).optional(),
   })
@@ -260,35 +276,61 @@ const KEY_PAIR_ID = pathParam('id', 'The key pair’s id.');
 interface AdminOperation {
   operationId: string;
   summary: string;
-  tag: 'apikeys' | 'keypairs';
+  tag: 'apikeys' | 'keypairs' | 'audit';
   parameters?: unknown[];
   body?: JsonSchema;
   ok: [status: string, description: string, schema?: JsonSchema, headers?: Record<string, unknown>];
   /** OpenAPI links from the success answer: what a client (and Schemathesis's stateful phase) can call next. */
   links?: Record<string, unknown>;
+  /** The answer carries the strong ETag of the stored record. */
+  etag?: boolean;
+  /** A write that takes If-Match (412 when the record changed since). */
+  ifMatch?: boolean;
   /** Codes the operation answers besides 401, and 400/413 for a body. */
   errors: Partial<Record<'400' | '404' | '409', string>>;
 }
 
+const ETAG_HEADER = {
+  ETag: {
+    required: true,
+    description: 'Strong entity tag of the stored record (RFC 9110 §8.8.3): send it in If-Match.',
+    schema: { type: 'string' },
+  },
+};
+const IF_MATCH = {
+  name: 'If-Match',
+  in: 'header',
+  required: false,
+  description:
+    '`*` or entity tags (RFC 9110 §13.1.1): the write happens only if the stored record still has one of them (strong comparison).',
+  schema: { type: 'string' },
+};
+
 function adminOperation(operation: AdminOperation) {
-  const [status, description, schema, headers] = operation.ok;
+  const [status, description, schema, okHeaders] = operation.ok;
+  const headers = operation.etag ? { ...okHeaders, ...ETAG_HEADER } : okHeaders;
   const responses: Record<string, unknown> = {
     [status]: schema
       ? { description, ...(headers ? { headers } : {}), content: json(schema), ...(operation.links ? { links: operation.links } : {}) }
       : { description },
     '401': adminUnauthorized,
   };
-  const errors = { ...operation.errors };
+  const errors: Record<string, string> = { ...operation.errors };
   if (operation.body)
     errors['400'] ??= 'Invalid input: malformed JSON, a repeated key, an unsupported content type or bad fields (details).';
+  if (operation.ifMatch) {
+    errors['400'] ??= 'A malformed If-Match header.';
+    errors['412'] = 'precondition_failed: the record changed since the ETag sent in If-Match.';
+  }
   for (const [code, text] of Object.entries(errors)) responses[code] = errorResponse(text, ADMIN_ERROR);
   if (operation.body) Object.assign(responses, bodyErrors(ADMIN_ERROR));
+  const parameters = [...(operation.parameters ?? []), ...(operation.ifMatch ? [IF_MATCH] : [])];
   return {
     operationId: operation.operationId,
     summary: operation.summary,
     tags: [operation.tag],
     security: adminSecurity,
-    ...(operation.parameters ? { parameters: operation.parameters } : {}),
+    ...(parameters.length ? { parameters } : {}),
     ...(operation.body ? { requestBody: { required: false, content: json(operation.body) } } : {}),
     responses,
   };
@@ -316,9 +358,29 @@ const API_KEY_LINKS = linksTo(
   'clientId',
   '/clientId',
 );
-const KEY_PAIR_LINKS = linksTo(['getKeyPair', 'rotateKeyPair', 'retireKeyPair', 'deleteKeyPair'], 'id', '/id');
+const KEY_PAIR_LINKS = linksTo(
+  ['getKeyPair', 'updateKeyPair', 'replaceKeyPair', 'rotateKeyPair', 'retireKeyPair', 'deleteKeyPair'],
+  'id',
+  '/id',
+);
+
+/**
+ * A PUT/PATCH body: the fields a write may change, plus the read-only fields GET shows, which
+ * a body may carry unchanged (GET, edit, PUT) and which are refused (400) when changed.
+ */
+function editBody(writable: z.ZodType, view: z.ZodObject, readOnly: readonly string[]): JsonSchema {
+  const body = requestSchema(writable) as { properties: Record<string, JsonSchema> };
+  const shown = (responseSchema(view) as { properties: Record<string, JsonSchema> }).properties;
+  for (const field of readOnly) {
+    body.properties[field] = { ...shown[field], description: 'Read-only: accepted only unchanged (400 otherwise).' };
+  }
+  return body;
+}
 
 const API_KEY = { $ref: '#/components/schemas/ApiKey' };
+const LINK_HEADER = {
+  Link: { description: 'RFC 8288 `<…&after=…>; rel="next"` when the page is full.', schema: { type: 'string' } },
+};
 const KEY_PAIR = { $ref: '#/components/schemas/KeyPair' };
 const OTOROSHI = '/.well-known/otoroshi/oauth';
 
@@ -346,6 +408,7 @@ export function openApiDocument(): Record<string, unknown> {
       { name: 'oauth', description: 'OAuth2 endpoints (Otoroshi’s paths), subject to `domain` and `secure`.' },
       { name: 'apikeys', description: 'Admin API: API keys.' },
       { name: 'keypairs', description: 'Admin API: signing key pairs.' },
+      { name: 'audit', description: 'Admin API: the audit log of admin changes.' },
       { name: 'operations', description: 'Health, metrics and this document.' },
     ],
     paths: {
@@ -404,17 +467,7 @@ export function openApiDocument(): Record<string, unknown> {
           summary: 'A page of API keys in clientId order',
           tag: 'apikeys',
           parameters: queryParameters(apiKeyListQuerySchema),
-          ok: [
-            '200',
-            'A page of keys.',
-            { type: 'array', items: API_KEY },
-            {
-              Link: {
-                description: 'RFC 8288 `<…&after=…>; rel="next"` when the page is full.',
-                schema: { type: 'string' },
-              },
-            },
-          ],
+          ok: ['200', 'A page of keys.', { type: 'array', items: API_KEY }, LINK_HEADER],
           errors: { '400': 'A bad or unknown query parameter (details).' },
         }),
         post: adminOperation({
@@ -423,6 +476,7 @@ export function openApiDocument(): Record<string, unknown> {
           tag: 'apikeys',
           body: requestSchema(apiKeyCreateSchema),
           ok: ['201', 'Created; clientSecret included.', API_KEY],
+          etag: true,
           links: API_KEY_LINKS,
           errors: { '409': 'An API key with this clientId exists.' },
         }),
@@ -434,15 +488,18 @@ export function openApiDocument(): Record<string, unknown> {
           tag: 'apikeys',
           parameters: [CLIENT_ID],
           ok: ['200', 'The key.', API_KEY],
+          etag: true,
           errors: { '404': 'No such API key.' },
         }),
         put: adminOperation({
           operationId: 'replaceApiKey',
-          summary: 'Change the given fields (as PATCH)',
+          summary: 'Change the given fields (as PATCH); a body read with GET may be sent back edited',
           tag: 'apikeys',
           parameters: [CLIENT_ID],
-          body: requestSchema(apiKeyPatchSchema),
-          ok: ['200', 'The changed key.', API_KEY],
+          body: editBody(apiKeyPatchSchema, apiKey, API_KEY_READ_ONLY),
+          ok: ['200', 'The key as stored.', API_KEY],
+          etag: true,
+          ifMatch: true,
           errors: { '404': 'No such API key.' },
         }),
         patch: adminOperation({
@@ -450,8 +507,10 @@ export function openApiDocument(): Record<string, unknown> {
           summary: 'Change the given fields; a new clientSecret replaces the old one at once',
           tag: 'apikeys',
           parameters: [CLIENT_ID],
-          body: requestSchema(apiKeyPatchSchema),
-          ok: ['200', 'The changed key.', API_KEY],
+          body: editBody(apiKeyPatchSchema, apiKey, API_KEY_READ_ONLY),
+          ok: ['200', 'The key as stored.', API_KEY],
+          etag: true,
+          ifMatch: true,
           errors: { '404': 'No such API key.' },
         }),
         delete: adminOperation({
@@ -460,6 +519,7 @@ export function openApiDocument(): Record<string, unknown> {
           tag: 'apikeys',
           parameters: [CLIENT_ID],
           ok: ['204', 'Deleted.'],
+          ifMatch: true,
           errors: { '404': 'No such API key.' },
         }),
       },
@@ -471,6 +531,8 @@ export function openApiDocument(): Record<string, unknown> {
           parameters: [CLIENT_ID],
           body: requestSchema(rotateSecretSchema),
           ok: ['200', 'The key with its new clientSecret.', API_KEY],
+          etag: true,
+          ifMatch: true,
           links: API_KEY_LINKS,
           errors: { '404': 'No such API key.' },
         }),
@@ -489,6 +551,7 @@ export function openApiDocument(): Record<string, unknown> {
           tag: 'keypairs',
           body: requestSchema(keyPairCreateSchema),
           ok: ['201', 'Created.', KEY_PAIR],
+          etag: true,
           links: KEY_PAIR_LINKS,
           errors: { '409': 'A key pair with this id exists.' },
         }),
@@ -500,6 +563,29 @@ export function openApiDocument(): Record<string, unknown> {
           tag: 'keypairs',
           parameters: [KEY_PAIR_ID],
           ok: ['200', 'The key pair.', KEY_PAIR],
+          etag: true,
+          errors: { '404': 'No such key pair.' },
+        }),
+        put: adminOperation({
+          operationId: 'replaceKeyPair',
+          summary: 'Change the description (as PATCH); a body read with GET may be sent back edited',
+          tag: 'keypairs',
+          parameters: [KEY_PAIR_ID],
+          body: editBody(keyPairUpdateSchema, keyPair, KEY_PAIR_READ_ONLY),
+          ok: ['200', 'The key pair as stored.', KEY_PAIR],
+          etag: true,
+          ifMatch: true,
+          errors: { '404': 'No such key pair.' },
+        }),
+        patch: adminOperation({
+          operationId: 'updateKeyPair',
+          summary: 'Change the description',
+          tag: 'keypairs',
+          parameters: [KEY_PAIR_ID],
+          body: editBody(keyPairUpdateSchema, keyPair, KEY_PAIR_READ_ONLY),
+          ok: ['200', 'The key pair as stored.', KEY_PAIR],
+          etag: true,
+          ifMatch: true,
           errors: { '404': 'No such key pair.' },
         }),
         delete: adminOperation({
@@ -508,6 +594,7 @@ export function openApiDocument(): Record<string, unknown> {
           tag: 'keypairs',
           parameters: [KEY_PAIR_ID],
           ok: ['204', 'Deleted.'],
+          ifMatch: true,
           errors: { '404': 'No such key pair.', '409': 'It is the defaultKeyPair, or API keys name it.' },
         }),
       },
@@ -519,6 +606,8 @@ export function openApiDocument(): Record<string, unknown> {
           parameters: [KEY_PAIR_ID],
           body: requestSchema(keyPairRotateSchema),
           ok: ['200', 'The key pair with its new version.', KEY_PAIR],
+          etag: true,
+          ifMatch: true,
           links: KEY_PAIR_LINKS,
           errors: { '404': 'No such key pair.' },
         }),
@@ -530,7 +619,19 @@ export function openApiDocument(): Record<string, unknown> {
           tag: 'keypairs',
           parameters: [KEY_PAIR_ID],
           ok: ['200', 'The retired key pair.', KEY_PAIR],
+          etag: true,
+          ifMatch: true,
           errors: { '404': 'No such key pair.', '409': 'Already retired.' },
+        }),
+      },
+      '/api/audit': {
+        get: adminOperation({
+          operationId: 'listAudit',
+          summary: 'Every admin change (API, CLI), oldest first, paged as the API keys are',
+          tag: 'audit',
+          parameters: queryParameters(auditListQuerySchema),
+          ok: ['200', 'A page of audit entries.', { type: 'array', items: { $ref: '#/components/schemas/AuditEntry' } }, LINK_HEADER],
+          errors: { '400': 'A bad or unknown query parameter (details).' },
         }),
       },
       '/health': {
@@ -592,6 +693,7 @@ export function openApiDocument(): Record<string, unknown> {
         Health: responseSchema(health),
         OAuthError: responseSchema(oauthError),
         AdminError: responseSchema(adminError),
+        AuditEntry: responseSchema(auditEntry),
       },
     },
   };
