@@ -100,6 +100,32 @@ describe('OpenAPI document (docs/openapi.json, GET /openapi.json)', () => {
     assert.deepEqual(registered.extraHead, [], 'HEAD routes without a GET');
   });
 
+  it('a documented path asked with a method it does not document answers 405 with Allow; an unknown path 404', async () => {
+    const documented = documentedRoutes(document);
+    for (const [method, path, allow] of [
+      ['PUT', '/health', 'GET, HEAD'],
+      ['GET', '/.well-known/otoroshi/oauth/token', 'POST'],
+      ['DELETE', '/.well-known/otoroshi/oauth/jwks.json', 'GET, HEAD'],
+      ['POST', '/api/keypairs/some-id', 'DELETE, GET, HEAD, PATCH, PUT'],
+    ]) {
+      const response = await fetch(`${authority.url}${path}`, { method });
+      assert.equal(response.status, 405, `${method} ${path}`);
+      assert.equal(response.headers.get('allow'), allow, `${method} ${path}`);
+      assert.deepEqual(await response.json(), { error: 'method_not_allowed', error_description: `use ${allow}` });
+      // Allow lists exactly the documented methods (HEAD comes with GET).
+      const template = [...documented]
+        .map((route) => route.split(' '))
+        .filter(([, route]) => new RegExp(`^${route.replace(/\{[^}]+\}/g, '[^/]+')}$`).test(path));
+      assert.deepEqual(
+        allow.split(', ').filter((verb) => verb !== 'HEAD'),
+        template.map(([verb]) => verb).sort(),
+      );
+    }
+    for (const path of ['/nowhere', '/.well-known/otoroshi/oauth/unknown', '/api/unknown']) {
+      assert.equal((await fetch(`${authority.url}${path}`, { method: 'PUT' })).status, 404, path);
+    }
+  });
+
   it('the route comparison notices a missing or an extra operation', () => {
     const registered = registeredRoutes(authority.routes);
     const trimmed = structuredClone(document);

@@ -15,7 +15,8 @@ import { findSchemathesis, requireSchemathesis, run, schemathesisSkip } from './
  * through the document's links).
  */
 
-const CHECKS = 'not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance';
+const CHECKS =
+  'not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,unsupported_method,allow_header_conformance';
 const CLIENT = { id: 'schemathesis-client', secret: 'schemathesis-secret-1' };
 /** Fixed so a failure can be replayed (print SCHEMATHESIS_SEED=… to try others). */
 const SEED = process.env.SCHEMATHESIS_SEED ?? '20261128';
@@ -78,7 +79,7 @@ describe('Schemathesis against the running token authority', { skip: schemathesi
 
   let generated = 0;
   for (const spec of RUNS) {
-    it(`${spec.name}: no 5xx, documented statuses, content types and bodies`, { timeout: (spec.seconds + 60) * 1000 }, async (t) => {
+    it(`${spec.name}: no 5xx; documented statuses, content types and bodies; 405 with Allow for other methods`, { timeout: (spec.seconds + 60) * 1000 }, async (t) => {
       const { binary } = requireSchemathesis(schemathesis);
       const args = [
         '--config-file',

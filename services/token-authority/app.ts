@@ -15,6 +15,7 @@ import { OAuthController } from './oauth.controller';
 import { TokenAuthorityGrpcController } from './grpc.controller';
 import { HealthController } from './health.controller';
 import { OpenApiController } from './openapi.controller';
+import { RouteTable, ROUTES } from './route-table';
 import { AuthorityWatchService } from './authority-watch.service';
 import { refuseDuplicateJsonKeys } from './json-body';
 import { createHealth, TOKEN_AUTHORITY_SERVICE, tokenAuthorityGrpcOptions } from './grpc-options';
@@ -24,13 +25,14 @@ import { capConnections, fastifyLimitOptions } from '../../libs/http/server-limi
 
 @Module({})
 class TokenAuthorityModule {
-  static forAuthority(authority: Authority, metrics: Registry): DynamicModule {
+  static forAuthority(authority: Authority, metrics: Registry, routes: RouteTable): DynamicModule {
     return {
       module: TokenAuthorityModule,
       controllers: [OAuthController, AdminController, HealthController, OpenApiController, TokenAuthorityGrpcController],
       providers: [
         { provide: AUTHORITY, useValue: authority },
         { provide: METRICS, useValue: metrics },
+        { provide: ROUTES, useValue: routes },
         { provide: APP_FILTER, useClass: ErrorFilter },
         OAuthEndpointGuard,
         AdminTokenGuard,
@@ -66,13 +68,13 @@ export async function startTokenAuthority(config: AuthorityConfig): Promise<Toke
     // Slow, idle or too many clients must not hold sockets.
     ...fastifyLimitOptions(config.http.limits),
   });
-  const routes: { method: string; url: string }[] = [];
+  const routes = new RouteTable();
   adapter.getInstance().addHook('onRoute', (route) => {
-    for (const method of [route.method].flat()) routes.push({ method, url: route.url });
+    for (const method of [route.method].flat()) routes.add(method, route.url);
   });
   const watch = new AuthorityWatchService(authority, logger);
   const app = await NestFactory.create<NestFastifyApplication>(
-    TokenAuthorityModule.forAuthority(authority, authorityMetrics(authority, watch)),
+    TokenAuthorityModule.forAuthority(authority, authorityMetrics(authority, watch), routes),
     adapter,
     {
       logger: new NestPinoLogger(logger),
@@ -108,7 +110,7 @@ export async function startTokenAuthority(config: AuthorityConfig): Promise<Toke
       await withDeadline(app.close(), SHUTDOWN_GRACE_MS, () => forceShutdownGrpc(microservice));
       await authority.close();
     })());
-  return { app, authority, url: `http://${host}:${port}`, grpcAddress: `${grpcHost}:${grpcPort}`, health, routes, close };
+  return { app, authority, url: `http://${host}:${port}`, grpcAddress: `${grpcHost}:${grpcPort}`, health, routes: routes.entries, close };
 }
 
 /** How long calls in flight may take to finish after SIGTERM before they are cut. */

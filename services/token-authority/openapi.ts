@@ -229,7 +229,7 @@ const oauthGuardErrors = {
 
 function oauthBody(schema: JsonSchema) {
   return {
-    required: false,
+    required: true,
     content: { 'application/x-www-form-urlencoded': { schema }, 'application/json': { schema } },
   };
 }
@@ -400,7 +400,7 @@ export function openApiDocument(): Record<string, unknown> {
       title: 'Token authority (Otoroshi client credentials)',
       version: '0.1.0',
       description:
-        'OAuth2 client-credentials token authority with Otoroshi’s endpoints, RFC 8414 metadata, RFC 7662 introspection, RFC 7009 revocation and an admin API. Generated from the code (services/token-authority/openapi.ts); errors are RFC 6749 §5.2 JSON with Cache-Control: no-store.',
+        'OAuth2 client-credentials token authority with Otoroshi’s endpoints, RFC 8414 metadata, RFC 7662 introspection, RFC 7009 revocation and an admin API. Generated from the code (services/token-authority/openapi.ts); errors are RFC 6749 §5.2 JSON with Cache-Control: no-store. A path asked with a method it does not document answers 405 method_not_allowed with Allow; an unknown path 404 not_found.',
       license: { name: 'Apache-2.0', identifier: 'Apache-2.0' },
     },
     'x-catch-all-routes': CATCH_ALL_ROUTES,
