@@ -79,7 +79,9 @@ describe('Schemathesis against the running token authority', { skip: schemathesi
 
   let generated = 0;
   for (const spec of RUNS) {
-    it(`${spec.name}: no 5xx; documented statuses, content types and bodies; 405 with Allow for other methods`, { timeout: (spec.seconds + 60) * 1000 }, async (t) => {
+    it(`${spec.name}: no 5xx; documented statuses, content types and bodies; 405 with Allow for other methods`, {
+      timeout: (spec.seconds + 60) * 1000,
+    }, async (t) => {
       const { binary } = requireSchemathesis(schemathesis);
       const args = [
         '--config-file',
