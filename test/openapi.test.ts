@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 import { CATCH_ALL_ROUTES, COMMITTED_OPENAPI, openApiDocument, openApiJson } from '../services/token-authority/openapi';
-import { startTestAuthority, type TestAuthority } from './support/authority';
+import { ADMIN_TOKEN, startTestAuthority, type TestAuthority } from './support/authority';
 import { findSchemathesis, requireSchemathesis, run, schemathesisSkip } from './support/schemathesis';
 
 type Document = { paths: Record<string, Record<string, any>>; components: Record<string, Record<string, unknown>> } & Record<string, any>;
@@ -123,6 +123,32 @@ describe('OpenAPI document (docs/openapi.json, GET /openapi.json)', () => {
     }
     for (const path of ['/nowhere', '/.well-known/otoroshi/oauth/unknown', '/api/unknown']) {
       assert.equal((await fetch(`${authority.url}${path}`, { method: 'PUT' })).status, 404, path);
+    }
+  });
+
+  it('what Schemathesis found stays fixed: unbounded grace periods, JSON null bodies', async () => {
+    const created = await authority.admin('POST', '/api/apikeys', { clientId: 'found-by-schemathesis', clientSecret: 'a-secret-123' });
+    assert.equal(created.status, 201);
+    // 1e300 hours overflowed the old secret's expiry to Infinity, stored and shown as null.
+    const huge = await authority.admin('POST', '/api/apikeys/found-by-schemathesis/rotate-secret', { gracePeriod: 1e300 });
+    assert.equal(huge.status, 400);
+    assert.deepEqual(
+      huge.body.details.map((detail: { path: string }) => detail.path),
+      ['gracePeriod'],
+    );
+    const fractional = await authority.admin('POST', '/api/apikeys/found-by-schemathesis/rotate-secret', { gracePeriod: 0.123456789 });
+    assert.equal(fractional.status, 200);
+    assert.ok(Number.isSafeInteger(fractional.body.previousSecretValidUntil), String(fractional.body.previousSecretValidUntil));
+    for (const [method, path] of [
+      ['POST', '/api/apikeys'],
+      ['PATCH', '/api/apikeys/found-by-schemathesis'],
+    ]) {
+      const response = await fetch(`${authority.url}${path}`, {
+        method,
+        headers: { authorization: `Bearer ${ADMIN_TOKEN}`, 'content-type': 'application/json' },
+        body: 'null',
+      });
+      assert.equal(response.status, 400, `${method} ${path} with a JSON null body`);
     }
   });
 

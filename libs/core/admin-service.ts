@@ -204,7 +204,8 @@ function parseInput<S extends z.ZodType>(schema: S, input: unknown): z.output<S>
   const illFormed = illFormedPath(input);
   if (illFormed)
     throw new AdminError(400, 'invalid input', [{ path: illFormed.join('.'), message: 'not well-formed Unicode (a lone surrogate)' }]);
-  const result = schema.safeParse(input ?? {});
+  // No body is an empty one; a JSON null is not an object and is refused like any other non-object.
+  const result = schema.safeParse(input === undefined ? {} : input);
   if (!result.success) {
     throw new AdminError(
       400,
