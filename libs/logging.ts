@@ -1,5 +1,6 @@
 import type { LoggerService } from '@nestjs/common';
 import pino, { type Logger } from 'pino';
+import { traceLogMixin } from './observability/trace-context';
 
 /** Query parameters that carry credentials (OAuth2, RFC 6750 §2.3, Otoroshi's headers as parameters). */
 const SECRET_PARAMETERS =
@@ -27,12 +28,14 @@ export function redactUrl(url: string): string {
 
 /**
  * JSON logs (pino). Credentials are redacted wherever they could appear, query strings
- * included; the code never logs request bodies.
+ * included; the code never logs request bodies. Lines written while serving a request that came
+ * with a valid W3C `traceparent` carry its `trace_id` and `span_id` (trace-context.ts).
  */
 export function createLogger(service: string, level: string): Logger {
   return pino({
     level,
     base: { service },
+    mixin: traceLogMixin,
     serializers: {
       // Fastify's request log line, with the URL's credentials redacted.
       req: (request: {

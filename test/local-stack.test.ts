@@ -26,7 +26,11 @@ function descendants(root: number): number[] {
   }
   const found: number[] = [];
   const walk = (pid: number) => {
-    for (const [child, parent] of parents) if (parent === pid) found.push(child), walk(child);
+    for (const [child, parent] of parents) {
+      if (parent !== pid) continue;
+      found.push(child);
+      walk(child);
+    }
   };
   walk(root);
   return found;
@@ -95,6 +99,14 @@ describe('the local stack (npm start) with Envoy on PATH', () => {
     assert.match(output, /token authority: REST http:\/\/127\.0\.0\.1:\d+, gRPC/);
     assert.match(output, /ext-authz: Envoy Check/);
     assert.match(output, /HTTPS: https:\/\/oauth\.oto\.tools:\d+ and https:\/\/foo\.oto\.tools:\d+, with a self-signed certificate/);
+    assert.match(output, /admin console: http:\/\/oauth\.oto\.tools:\d+\/console/);
+  });
+
+  it('serves the admin console through Envoy at oauth.oto.tools/console', async () => {
+    const page = await send(base, '/console/', { host: 'oauth.oto.tools:8080' });
+    assert.equal(page.status, 200);
+    assert.match(String(page.headers['content-security-policy']), /script-src 'self'/);
+    assert.match(page.body, /<script type="module" crossorigin src="\/console\/assets\/index-[^"]+\.js"><\/script>/);
   });
 
   it('serves the tutorial through Envoy, with the admin token given and nothing else set', async () => {

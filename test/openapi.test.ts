@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
-import { CATCH_ALL_ROUTES, COMMITTED_OPENAPI, openApiDocument, openApiJson } from '../services/token-authority/openapi';
+import { CATCH_ALL_ROUTES, COMMITTED_OPENAPI, openApiDocument, openApiJson, STATIC_ROUTES } from '../services/token-authority/openapi';
 import { ADMIN_TOKEN, startTestAuthority, type TestAuthority } from './support/authority';
 import { findSchemathesis, requireSchemathesis, run, schemathesisSkip } from './support/schemathesis';
 
@@ -19,18 +19,22 @@ function documentedRoutes(document: Document): Set<string> {
 
 /**
  * `METHOD /path/{param}` for every route the app registered, as Fastify reports them. HEAD
- * routes Fastify adds for each GET are left out, and so are the catch-all routes, which the
- * document lists under x-catch-all-routes (OpenAPI paths cannot say "anything below").
+ * routes Fastify adds for each GET are left out; so are the catch-all and static routes, which
+ * the document lists under x-catch-all-routes and x-static-routes (they are no API operation).
  */
 function registeredRoutes(routes: { method: string; url: string }[]): {
   endpoints: Set<string>;
   catchAll: Set<string>;
+  staticFiles: Set<string>;
   extraHead: string[];
 } {
   const endpoints = new Set<string>();
   const catchAll = new Set<string>();
+  const staticFiles = new Set<string>();
+  const staticPaths = STATIC_ROUTES.map((route) => route.path);
   for (const { method, url } of routes) {
-    if (url.endsWith('*')) catchAll.add(url);
+    if (staticPaths.includes(url)) staticFiles.add(url);
+    else if (url.endsWith('*')) catchAll.add(url);
     else if (method !== 'HEAD') endpoints.add(`${method} ${url.replace(/:([A-Za-z0-9_]+)/g, '{$1}')}`);
   }
   const extraHead = routes
@@ -38,7 +42,7 @@ function registeredRoutes(routes: { method: string; url: string }[]): {
       ({ method, url }) => method === 'HEAD' && !url.endsWith('*') && !routes.some((route) => route.method === 'GET' && route.url === url),
     )
     .map(({ url }) => url);
-  return { endpoints, catchAll, extraHead };
+  return { endpoints, catchAll, staticFiles, extraHead };
 }
 
 function difference(a: Set<string>, b: Set<string>): string[] {
@@ -97,6 +101,11 @@ describe('OpenAPI document (docs/openapi.json, GET /openapi.json)', () => {
     assert.deepEqual(difference(registered.endpoints, documented), [], 'routes the app serves that the document lacks');
     assert.deepEqual(difference(documented, registered.endpoints), [], 'documented operations the app does not serve');
     assert.deepEqual([...registered.catchAll].sort(), CATCH_ALL_ROUTES.map((route) => route.path).sort());
+    // The console's files are served only when it was built (npm run build builds it).
+    for (const url of registered.staticFiles) {
+      const methods = authority.routes.filter((route) => route.url === url).map((route) => route.method);
+      assert.deepEqual(methods.sort(), ['GET', 'HEAD'], url);
+    }
     assert.deepEqual(registered.extraHead, [], 'HEAD routes without a GET');
   });
 

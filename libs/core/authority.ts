@@ -8,6 +8,7 @@ import { DataPlaneFeed } from './data-plane';
 import { generateSecret } from './crypto/secret-hash';
 import { AdminError } from './errors';
 import { KeyRing } from './key-ring';
+import type { AuthorityObserver } from './observer';
 import type { AuthorityStore } from './store/repositories';
 import { SqliteStore } from './store/sqlite-store';
 import { TokenService } from './token-service';
@@ -72,6 +73,8 @@ export interface AuthorityOptions {
   store?: AuthorityStore;
   /** The server needs the admin token; the CLI, which works on the store directly, does not. */
   adminApi?: boolean;
+  /** Told the outcome of every OAuth2 request (metrics, logs). */
+  observer?: AuthorityObserver;
 }
 
 export async function createAuthority(config: AuthorityConfig, log: AuthorityLogger, options: AuthorityOptions = {}): Promise<Authority> {
@@ -100,7 +103,7 @@ export async function createAuthority(config: AuthorityConfig, log: AuthorityLog
   );
   await dataPlane.start();
   await keyRing.reload();
-  const tokens = new TokenService(config, authorityStore, keyRing);
+  const tokens = new TokenService(config, authorityStore, keyRing, undefined, options.observer);
   const adminHash = options.adminApi === false ? undefined : adminTokenHash(config, log);
   const dataPlaneHash = config.dataPlaneToken ? sha256(config.dataPlaneToken) : undefined;
 

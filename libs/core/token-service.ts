@@ -1,10 +1,11 @@
 import { randomUUID } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
-import type { AuthorityConfig } from './config';
-import { authenticateClient, extractClientCredentials } from './client-auth';
+import type { AuthorityConfig, SigningAlgorithm } from './config';
+import { authenticateClient, ClientAuthError, extractClientCredentials } from './client-auth';
 import { signJwt, verifyJws, type JwsFailure } from './crypto/jws';
 import { echo, invalidRequest, invalidScope, invalidTarget, OAuthError, unsupportedGrantType } from './errors';
 import type { KeyRing } from './key-ring';
+import { NO_OBSERVER, type AuthorityObserver, type OAuthEndpoint } from './observer';
 import { grantableScopes, isApiKeyUsable, SIGN_KEYPAIR_METADATA, type ApiKeyRecord } from './model';
 import { requireParam, type OAuthParams } from './params';
 import type { AuthorityStore } from './store/repositories';
@@ -68,10 +69,32 @@ export class TokenService {
     private readonly store: AuthorityStore,
     private readonly keyRing: KeyRing,
     private readonly clock: Clock = { now: () => Date.now() },
+    private readonly observer: AuthorityObserver = NO_OBSERVER,
   ) {}
 
   /** RFC 6749 §4.4: the client credentials grant. */
   async issueToken(request: OAuthRequest): Promise<TokenResponse> {
+    const signed: { algorithm?: SigningAlgorithm } = {};
+    try {
+      const response = await this.grant(request, signed);
+      this.observer.tokenRequest('issued', signed.algorithm);
+      return response;
+    } catch (error) {
+      this.observer.tokenRequest(this.failed('token', error), signed.algorithm);
+      throw error;
+    }
+  }
+
+  /**
+   * Reports a client authentication failure with its reason; the OAuth2 code the caller gets
+   * (a non-OAuth error is a `server_error` to the caller: the transport answers 500/INTERNAL).
+   */
+  private failed(endpoint: OAuthEndpoint, error: unknown) {
+    if (error instanceof ClientAuthError) this.observer.clientAuthFailed(endpoint, error.reason);
+    return error instanceof OAuthError ? error.code : 'server_error';
+  }
+
+  private async grant(request: OAuthRequest, signed: { algorithm?: SigningAlgorithm }): Promise<TokenResponse> {
     const { params } = request;
     const grantType = requireParam(params, 'grant_type');
     if (grantType !== GRANT_TYPE) throw unsupportedGrantType(`grant_type '${echo(grantType)}' is not supported; use client_credentials`);
@@ -86,6 +109,7 @@ export class TokenService {
     if (!signingKey) {
       throw new OAuthError('unauthorized_client', `key pair '${keyPairId}' selected for this client does not exist or is retired`, 400);
     }
+    signed.algorithm = signingKey.algorithm;
     const issuedAt = Math.floor(now / 1000);
     const expiresIn = Math.floor(this.config.expiration / 1000);
     const claims: AccessTokenClaims = {
@@ -176,6 +200,17 @@ export class TokenService {
 
   /** RFC 7662. Starts from `active: false` and says nothing more for any failed check. */
   async introspect(request: OAuthRequest): Promise<IntrospectionResponse> {
+    try {
+      const response = await this.introspection(request);
+      this.observer.introspection(response.active ? 'active' : 'inactive');
+      return response;
+    } catch (error) {
+      this.observer.introspection(this.failed('introspect', error));
+      throw error;
+    }
+  }
+
+  private async introspection(request: OAuthRequest): Promise<IntrospectionResponse> {
     if (this.config.introspection.requireClientAuth) {
       await authenticateClient(this.store.apiKeys, extractClientCredentials(request.authorization, request.params), this.clock.now());
     }
@@ -199,13 +234,23 @@ export class TokenService {
    * not ours or no longer valid is answered with success (§2.2), as there is nothing to do.
    */
   async revoke(request: OAuthRequest): Promise<void> {
+    try {
+      this.observer.revocation(await this.revocation(request));
+    } catch (error) {
+      this.observer.revocation(this.failed('revoke', error));
+      throw error;
+    }
+  }
+
+  private async revocation(request: OAuthRequest): Promise<'revoked' | 'ignored'> {
     const now = this.clock.now();
     const client = await authenticateClient(this.store.apiKeys, extractClientCredentials(request.authorization, request.params), now);
     const token = requireParam(request.params, 'token');
     const signed = this.verifySignature(token, now);
-    if ('reason' in signed) return;
+    if ('reason' in signed) return 'ignored';
     if (signed.claims.client_id !== client.clientId) throw invalidRequest('the token was not issued to this client');
     await this.store.revocations.revoke(signed.claims.jti, signed.claims.exp * 1000);
+    return 'revoked';
   }
 
   /** RFC 8414 authorization server metadata. */

@@ -13,7 +13,9 @@ import { createLogger, NestPinoLogger } from '../../libs/logging';
 import { capConnections, fastifyLimitOptions } from '../../libs/http/server-limits';
 import { countUnexpectedError } from '../../libs/observability/unexpected-errors';
 import { AuthorityWatchClient } from './authority-watch';
+import { logDecision } from './decision-log';
 import { addCheckService } from './envoy-check';
+import { installTraceContext } from '../../libs/observability/trace-context';
 import { EXT_AUTHZ, type ExtAuthz } from './ext-authz.provider';
 import { HttpModeController } from './http-mode.controller';
 
@@ -49,7 +51,16 @@ export async function startExtAuthz(config: ExtAuthzConfig): Promise<ExtAuthzApp
   const watch = new AuthorityWatchClient(config, replica, logger, `ext-authz@${hostname()}:${process.pid}`);
   const authorizer = new Authorizer(config, replica);
   const metrics = new AuthzMetrics(replica, watch, new Set(Object.keys(config.policies)));
-  const core: ExtAuthz = { authorizer, replica, metrics, watch };
+  const core: ExtAuthz = {
+    authorizer,
+    replica,
+    metrics,
+    watch,
+    decided(mode, policy, decision) {
+      metrics.record(mode, policy, decision);
+      logDecision(logger, mode, policy, decision);
+    },
+  };
 
   // Health: SERVING once a state is loaded, and through authority outages (decisions go on).
   const health = new HealthImplementation({ '': 'NOT_SERVING', [AUTHORIZATION_SERVICE]: 'NOT_SERVING' });
@@ -72,7 +83,7 @@ export async function startExtAuthz(config: ExtAuthzConfig): Promise<ExtAuthzApp
   addCheckService(
     grpcServer,
     authorizer,
-    (decision, policy) => metrics.record('grpc', policy, decision),
+    (decision, policy) => core.decided('grpc', policy, decision),
     (error) => {
       countUnexpectedError('grpc');
       logger.error({ err: error }, 'Check failed unexpectedly; answered INTERNAL');
@@ -99,6 +110,8 @@ export async function startExtAuthz(config: ExtAuthzConfig): Promise<ExtAuthzApp
   });
   // Proxies ask with the client's headers and no body worth reading: never parse one.
   adapter.getInstance().removeAllContentTypeParsers();
+  // The decision's log line carries the caller's trace ids.
+  installTraceContext(adapter.getInstance());
   adapter.getInstance().addContentTypeParser('*', (_request, payload, done) => {
     payload.resume();
     payload.on('end', () => done(null, undefined));

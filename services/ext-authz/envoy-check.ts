@@ -10,6 +10,7 @@ import { loadSync } from '@grpc/proto-loader';
 import type { Authorizer, AuthzRequest } from '../../libs/authz/authorizer';
 import { denialBody, type Decision } from '../../libs/authz/decision';
 import { ENVOY_PROTO_INCLUDE_DIRS, EXT_AUTHZ_PROTO } from '../../libs/envoy/envoy-protos';
+import { withTraceparent } from '../../libs/observability/trace-context';
 
 /** The parts of envoy.service.auth.v3.CheckRequest that ext-authz reads. */
 export interface CheckRequest {
@@ -98,16 +99,19 @@ export function addCheckService(
   server.addService(loadAuthorizationService(), {
     Check(call: ServerUnaryCall<CheckRequest, object>, callback: sendUnaryData<object>) {
       const request = toAuthzRequest(call.request);
-      authorizer.check(request).then(
-        (decision) => {
-          onDecision(decision, request.policy);
-          callback(null, toCheckResponse(decision));
-        },
-        (error: Error) => {
-          // The authorizer never throws by design; if it does, the call fails closed (Envoy denies).
-          onUnexpected(error);
-          callback({ code: GrpcStatus.INTERNAL, details: 'internal error' });
-        },
+      // The client's traceparent as Envoy passes it on among the request's headers.
+      void withTraceparent(request.headers.traceparent, () =>
+        authorizer.check(request).then(
+          (decision) => {
+            onDecision(decision, request.policy);
+            callback(null, toCheckResponse(decision));
+          },
+          (error: Error) => {
+            // The authorizer never throws by design; if it does, the call fails closed (Envoy denies).
+            onUnexpected(error);
+            callback({ code: GrpcStatus.INTERNAL, details: 'internal error' });
+          },
+        ),
       );
     },
   });

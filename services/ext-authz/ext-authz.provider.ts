@@ -1,4 +1,5 @@
 import type { Authorizer } from '../../libs/authz/authorizer';
+import type { Decision } from '../../libs/authz/decision';
 import type { AuthzMetrics } from '../../libs/authz/metrics';
 import type { AuthorityReplica } from '../../libs/authz/replica';
 
@@ -10,4 +11,6 @@ export interface ExtAuthz {
   replica: AuthorityReplica;
   metrics: AuthzMetrics;
   watch: { reconnects: number };
+  /** Every decision, whatever the transport: counted and logged. */
+  decided(mode: 'grpc' | 'http', policy: string | undefined, decision: Decision): void;
 }

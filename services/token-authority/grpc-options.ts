@@ -60,8 +60,9 @@ export function tokenAuthorityGrpcOptions(
         'grpc.max_concurrent_streams': 1000,
       },
       onLoadPackageDefinition: (_packageDefinition, server) => {
-        health.addToServer(server as unknown as Server);
+        // addServices first: it may instrument the server for whatever is added after it.
         addServices(server as unknown as Server);
+        health.addToServer(server as unknown as Server);
         addReflection(server as unknown as Server, new DescriptorIndex(DESCRIPTOR_SETS));
       },
     },

@@ -14,6 +14,7 @@ import {
   rotateSecretSchema,
 } from '../../libs/core/admin-service';
 import { SIGNING_ALGORITHMS } from '../../libs/core/config';
+import { CONSOLE_PREFIX } from './console';
 
 /**
  * The REST contract of the token authority as an OpenAPI 3.1 document, built from the zod
@@ -384,13 +385,16 @@ const LINK_HEADER = {
 const KEY_PAIR = { $ref: '#/components/schemas/KeyPair' };
 const OTOROSHI = '/.well-known/otoroshi/oauth';
 
-/** Routes that are no endpoint: what any other path below them answers (not expressible as OpenAPI paths). */
+/**
+ * Routes that are no API operation, which OpenAPI paths cannot describe: what any other path
+ * below the OAuth prefix answers, and the admin console's static files (registered when built).
+ */
 export const CATCH_ALL_ROUTES = [
-  {
-    path: `${OTOROSHI}/*`,
-    status: 404,
-    description: 'Any other path under /.well-known/otoroshi/oauth/: 404 not_found (OAuthError), every method.',
-  },
+  { path: `${OTOROSHI}/*`, methods: 'all', description: 'Any other path under /.well-known/otoroshi/oauth/: 404 not_found (OAuthError).' },
+];
+export const STATIC_ROUTES = [
+  { path: CONSOLE_PREFIX, methods: 'GET, HEAD', description: '301 to /console/.' },
+  { path: `${CONSOLE_PREFIX}/*`, methods: 'GET, HEAD', description: 'The admin console (HTML, JS, CSS), when built.' },
 ];
 
 export function openApiDocument(): Record<string, unknown> {
@@ -404,6 +408,7 @@ export function openApiDocument(): Record<string, unknown> {
       license: { name: 'Apache-2.0', identifier: 'Apache-2.0' },
     },
     'x-catch-all-routes': CATCH_ALL_ROUTES,
+    'x-static-routes': STATIC_ROUTES,
     tags: [
       { name: 'oauth', description: 'OAuth2 endpoints (Otoroshi’s paths), subject to `domain` and `secure`.' },
       { name: 'apikeys', description: 'Admin API: API keys.' },

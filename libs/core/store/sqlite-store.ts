@@ -252,17 +252,22 @@ export class SqliteStore implements AuthorityStore {
   private readonly db: Database.Database;
   private readonly timers: NodeJS.Timeout[];
   private readonly changeListeners = new Set<() => void>();
+  private readonly keptStatements: Database.Statement[] = [];
 
   constructor(path: string) {
     if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true });
     this.db = new Database(path);
-    this.db.pragma('journal_mode = WAL');
-    this.db.pragma('synchronous = FULL');
-    this.db.pragma('busy_timeout = 5000');
+    // exec, not pragma(), and the one-off statements below kept: better-sqlite3 12.11 on Node 24
+    // can abort the process (RemoveEnvironmentCleanupHook: env != nullptr) when V8 collects a
+    // Statement from a task outside any JS context, so no statement is left to the collector early.
+    this.db.exec('PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000');
     this.db.exec(SCHEMA);
     // Two processes creating the file at once both keep the first id written.
-    this.db.prepare("INSERT OR IGNORE INTO meta (name, value) VALUES ('store_id', ?)").run(randomUUID());
-    const storeId = this.db.prepare<[], string>("SELECT value FROM meta WHERE name = 'store_id'").pluck().get()!;
+    const insertStoreId = this.db.prepare("INSERT OR IGNORE INTO meta (name, value) VALUES ('store_id', ?)");
+    const selectStoreId = this.db.prepare<[], string>("SELECT value FROM meta WHERE name = 'store_id'").pluck();
+    this.keptStatements.push(insertStoreId, selectStoreId);
+    insertStoreId.run(randomUUID());
+    const storeId = selectStoreId.get()!;
 
     const changed = () => {
       for (const listener of this.changeListeners) listener();

@@ -1,0 +1,603 @@
+import { useEffect, useState } from 'preact/hooks';
+import { admin, adminOptional, type ApiKey, ApiError, type KeyPair, SIGN_KEYPAIR_METADATA } from '../api';
+import { go, href } from '../router';
+import { ConfirmDialog, errorNotice, formatTime, type Notice, NoticeLine, PageTitle, SecretOnce, splitList } from '../ui';
+
+/** The form's fields as typed (strings for lists and numbers), turned into the API's JSON on save. */
+interface Draft {
+  clientId: string;
+  secretMode: 'generate' | 'given';
+  clientSecret: string;
+  clientName: string;
+  description: string;
+  enabled: boolean;
+  scope: string;
+  authorizedEntities: string;
+  tags: string;
+  validUntil: string;
+  signKeyPair: string;
+  metadata: { key: string; value: string }[];
+  throttlingQuota: string;
+  dailyQuota: string;
+  monthlyQuota: string;
+  rotationEnabled: boolean;
+  rotationEvery: string;
+  gracePeriod: string;
+  allowClientIdOnly: boolean;
+}
+
+const DEFAULT_QUOTA = '10000000';
+
+const EMPTY: Draft = {
+  clientId: '',
+  secretMode: 'generate',
+  clientSecret: '',
+  clientName: '',
+  description: '',
+  enabled: true,
+  scope: '',
+  authorizedEntities: '',
+  tags: '',
+  validUntil: '',
+  signKeyPair: '',
+  metadata: [],
+  throttlingQuota: DEFAULT_QUOTA,
+  dailyQuota: DEFAULT_QUOTA,
+  monthlyQuota: DEFAULT_QUOTA,
+  rotationEnabled: false,
+  rotationEvery: '744',
+  gracePeriod: '168',
+  allowClientIdOnly: false,
+};
+
+/** A date as <input type="datetime-local"> shows it, in the browser's time zone. */
+function localInput(epochMs: number | null): string {
+  if (epochMs === null) return '';
+  const date = new Date(epochMs);
+  return new Date(epochMs - date.getTimezoneOffset() * 60_000).toISOString().slice(0, 16);
+}
+
+function draftOf(apiKey: ApiKey): Draft {
+  const { [SIGN_KEYPAIR_METADATA]: signKeyPair = '', ...metadata } = apiKey.metadata;
+  return {
+    ...EMPTY,
+    clientId: apiKey.clientId,
+    clientName: apiKey.clientName,
+    description: apiKey.description,
+    enabled: apiKey.enabled,
+    scope: apiKey.scope.join(' '),
+    authorizedEntities: apiKey.authorizedEntities.join(', '),
+    tags: apiKey.tags.join(', '),
+    validUntil: localInput(apiKey.validUntil),
+    signKeyPair,
+    metadata: Object.entries(metadata).map(([key, value]) => ({ key, value })),
+    throttlingQuota: String(apiKey.throttlingQuota),
+    dailyQuota: String(apiKey.dailyQuota),
+    monthlyQuota: String(apiKey.monthlyQuota),
+    rotationEnabled: apiKey.rotation.enabled,
+    rotationEvery: String(apiKey.rotation.rotationEvery),
+    gracePeriod: String(apiKey.rotation.gracePeriod),
+    allowClientIdOnly: apiKey.allowClientIdOnly,
+  };
+}
+
+/** The JSON the admin API takes; numbers stay as typed when not numbers, so the server names the field. */
+function bodyOf(draft: Draft, creating: boolean): Record<string, unknown> {
+  const number = (text: string) => (text.trim() !== '' && Number.isFinite(Number(text)) ? Number(text) : text);
+  const metadata: Record<string, string> = {};
+  for (const entry of draft.metadata) if (entry.key.trim()) metadata[entry.key.trim()] = entry.value;
+  if (draft.signKeyPair) metadata[SIGN_KEYPAIR_METADATA] = draft.signKeyPair;
+  const body: Record<string, unknown> = {
+    clientName: draft.clientName.trim() || undefined,
+    description: draft.description,
+    enabled: draft.enabled,
+    scope: splitList(draft.scope),
+    authorizedEntities: splitList(draft.authorizedEntities),
+    tags: splitList(draft.tags),
+    validUntil: draft.validUntil ? new Date(draft.validUntil).getTime() : null,
+    metadata,
+    throttlingQuota: number(draft.throttlingQuota),
+    dailyQuota: number(draft.dailyQuota),
+    monthlyQuota: number(draft.monthlyQuota),
+    rotation: { enabled: draft.rotationEnabled, rotationEvery: number(draft.rotationEvery), gracePeriod: number(draft.gracePeriod) },
+    allowClientIdOnly: draft.allowClientIdOnly,
+  };
+  if (creating) {
+    if (draft.clientId.trim()) body.clientId = draft.clientId.trim();
+    if (draft.secretMode === 'given') body.clientSecret = draft.clientSecret;
+  }
+  return body;
+}
+
+/** Creates an API key, or edits every field of one (with rotate and delete). */
+export function ApiKeyEditor({ clientId }: { clientId?: string }) {
+  const creating = clientId === undefined;
+  const [draft, setDraft] = useState<Draft>(EMPTY);
+  const [loaded, setLoaded] = useState<{ apiKey: ApiKey; etag?: string }>();
+  const [keyPairs, setKeyPairs] = useState<KeyPair[]>([]);
+  const [consumption, setConsumption] = useState<Record<string, unknown>>();
+  const [notice, setNotice] = useState<Notice>();
+  const [secret, setSecret] = useState<{ clientId: string; secret: string }>();
+  const [dialog, setDialog] = useState<'rotate' | 'delete'>();
+  const [busy, setBusy] = useState(false);
+  const [rotation, setRotation] = useState({ gracePeriod: '', secret: '' });
+  // A write refused with 412: someone changed the key since it was read; offer to read it again.
+  const [stale, setStale] = useState(false);
+  const failed = (error: unknown) => {
+    setStale(error instanceof ApiError && error.status === 412);
+    setNotice(
+      error instanceof ApiError && error.status === 404 ? { kind: 'error', text: 'That API key no longer exists.' } : errorNotice(error),
+    );
+  };
+
+  const load = async () => {
+    if (creating) return;
+    setStale(false);
+    try {
+      const answer = await admin<ApiKey>('GET', `/api/apikeys/${encodeURIComponent(clientId)}`);
+      setLoaded({ apiKey: answer.data, etag: answer.etag });
+      setDraft(draftOf(answer.data));
+      // Current consumption, when the server counts it.
+      const quotas = await adminOptional<Record<string, unknown>>(`/api/apikeys/${encodeURIComponent(clientId)}/quotas`).catch(
+        () => undefined,
+      );
+      setConsumption(quotas?.data);
+    } catch (error) {
+      setNotice(errorNotice(error));
+    }
+  };
+
+  useEffect(() => {
+    void load();
+    admin<KeyPair[]>('GET', '/api/keypairs').then(
+      (answer) => setKeyPairs(answer.data),
+      () => undefined,
+    );
+  }, [clientId]);
+
+  const set = <K extends keyof Draft>(name: K, value: Draft[K]) => setDraft((current) => ({ ...current, [name]: value }));
+
+  const save = async (event: Event) => {
+    event.preventDefault();
+    setBusy(true);
+    setNotice(undefined);
+    try {
+      if (creating) {
+        const answer = await admin<ApiKey>('POST', '/api/apikeys', bodyOf(draft, true));
+        setSecret({ clientId: answer.data.clientId, secret: answer.data.clientSecret ?? '' });
+        setNotice({ kind: 'success', text: `API key ${answer.data.clientId} created.` });
+      } else {
+        const answer = await admin<ApiKey>('PATCH', `/api/apikeys/${encodeURIComponent(clientId)}`, bodyOf(draft, false), {
+          ifMatch: loaded?.etag,
+        });
+        setLoaded({ apiKey: answer.data, etag: answer.etag ?? loaded?.etag });
+        setDraft(draftOf(answer.data));
+        setNotice({ kind: 'success', text: `API key ${clientId} saved.` });
+      }
+    } catch (error) {
+      failed(error);
+    } finally {
+      setBusy(false);
+    }
+  };
+
+  const rotate = async () => {
+    setDialog(undefined);
+    setNotice(undefined);
+    try {
+      const body: Record<string, unknown> = {};
+      if (rotation.gracePeriod.trim() !== '') body.gracePeriod = Number(rotation.gracePeriod);
+      if (rotation.secret) body.clientSecret = rotation.secret;
+      const answer = await admin<ApiKey>('POST', `/api/apikeys/${encodeURIComponent(clientId!)}/rotate-secret`, body, {
+        ifMatch: loaded?.etag,
+      });
+      setSecret({ clientId: answer.data.clientId, secret: answer.data.clientSecret ?? '' });
+      setNotice({
+        kind: 'success',
+        text: `Secret rotated. The previous secret works until ${formatTime(answer.data.previousSecretValidUntil)}.`,
+      });
+      setRotation({ gracePeriod: '', secret: '' });
+      await load();
+    } catch (error) {
+      failed(error);
+    }
+  };
+
+  const remove = async () => {
+    setDialog(undefined);
+    try {
+      await admin('DELETE', `/api/apikeys/${encodeURIComponent(clientId!)}`, undefined, { ifMatch: loaded?.etag });
+      go('keys');
+    } catch (error) {
+      failed(error);
+    }
+  };
+
+  if (secret) {
+    return (
+      <>
+        <PageTitle>{creating ? 'API key created' : 'Secret rotated'}</PageTitle>
+        <NoticeLine notice={notice} />
+        <SecretOnce
+          clientId={secret.clientId}
+          secret={secret.secret}
+          onDone={() => {
+            setSecret(undefined);
+            go('keys', secret.clientId);
+          }}
+        />
+      </>
+    );
+  }
+
+  const signingChoices = keyPairs.filter((keyPair) => keyPair.status === 'active' || keyPair.id === draft.signKeyPair);
+  return (
+    <>
+      <PageTitle>{creating ? 'Create an API key' : `API key ${clientId}`}</PageTitle>
+      <p>
+        <a href={href('keys')}>Back to API keys</a>
+      </p>
+      <NoticeLine notice={notice} />
+      {stale && (
+        <p>
+          <button
+            type="button"
+            onClick={() => void load().then(() => setNotice({ kind: 'success', text: `Reloaded ${clientId}: make your changes again.` }))}
+          >
+            Reload API key
+          </button>
+        </p>
+      )}
+      {(creating || loaded) && (
+        <form class="editor" onSubmit={(event) => void save(event)} novalidate>
+          <fieldset>
+            <legend>Identity</legend>
+            {creating ? (
+              <p>
+                <label for="clientId">Client id</label>
+                <input
+                  id="clientId"
+                  value={draft.clientId}
+                  onInput={(event) => set('clientId', event.currentTarget.value)}
+                  aria-describedby="clientId-hint"
+                  autocomplete="off"
+                />
+                <span id="clientId-hint" class="hint">
+                  Leave empty to have one generated.
+                </span>
+              </p>
+            ) : (
+              <p>
+                Client id: <code>{clientId}</code> (created {formatTime(loaded?.apiKey.createdAt)}, last change{' '}
+                {formatTime(loaded?.apiKey.updatedAt)})
+              </p>
+            )}
+            {creating && (
+              <div role="radiogroup" aria-labelledby="secret-mode-label" class="radios">
+                <span id="secret-mode-label">Client secret</span>
+                <label>
+                  <input
+                    type="radio"
+                    name="secretMode"
+                    checked={draft.secretMode === 'generate'}
+                    onChange={() => set('secretMode', 'generate')}
+                  />
+                  Generate a secret
+                </label>
+                <label>
+                  <input
+                    type="radio"
+                    name="secretMode"
+                    checked={draft.secretMode === 'given'}
+                    onChange={() => set('secretMode', 'given')}
+                  />
+                  Use my own secret
+                </label>
+              </div>
+            )}
+            {creating && draft.secretMode === 'given' && (
+              <p>
+                <label for="clientSecret">Secret</label>
+                <input
+                  id="clientSecret"
+                  type="password"
+                  autocomplete="new-password"
+                  value={draft.clientSecret}
+                  onInput={(event) => set('clientSecret', event.currentTarget.value)}
+                />
+              </p>
+            )}
+            <p>
+              <label for="clientName">Name</label>
+              <input id="clientName" value={draft.clientName} onInput={(event) => set('clientName', event.currentTarget.value)} />
+            </p>
+            <p>
+              <label for="description">Description</label>
+              <textarea
+                id="description"
+                rows={2}
+                value={draft.description}
+                onInput={(event) => set('description', event.currentTarget.value)}
+              />
+            </p>
+            <p class="check">
+              <input
+                id="enabled"
+                type="checkbox"
+                checked={draft.enabled}
+                onChange={(event) => set('enabled', event.currentTarget.checked)}
+              />
+              <label for="enabled">Enabled</label>
+            </p>
+          </fieldset>
+          <fieldset>
+            <legend>Access</legend>
+            <p>
+              <label for="scope">Scopes</label>
+              <input
+                id="scope"
+                value={draft.scope}
+                onInput={(event) => set('scope', event.currentTarget.value)}
+                aria-describedby="scope-hint"
+                autocomplete="off"
+              />
+              <span id="scope-hint" class="hint">
+                Separated by spaces, e.g. read write.
+              </span>
+            </p>
+            <p>
+              <label for="authorizedEntities">Authorized entities</label>
+              <input
+                id="authorizedEntities"
+                value={draft.authorizedEntities}
+                onInput={(event) => set('authorizedEntities', event.currentTarget.value)}
+                aria-describedby="entities-hint"
+                autocomplete="off"
+              />
+              <span id="entities-hint" class="hint">
+                route_&lt;name&gt; or group_&lt;name&gt;, separated by commas.
+              </span>
+            </p>
+            <p>
+              <label for="tags">Tags</label>
+              <input id="tags" value={draft.tags} onInput={(event) => set('tags', event.currentTarget.value)} autocomplete="off" />
+            </p>
+            <p>
+              <label for="validUntil">Valid until</label>
+              <input
+                id="validUntil"
+                type="datetime-local"
+                value={draft.validUntil}
+                onInput={(event) => set('validUntil', event.currentTarget.value)}
+                aria-describedby="validUntil-hint"
+              />
+              <span id="validUntil-hint" class="hint">
+                Empty: never expires.
+              </span>
+            </p>
+            <p class="check">
+              <input
+                id="allowClientIdOnly"
+                type="checkbox"
+                checked={draft.allowClientIdOnly}
+                onChange={(event) => set('allowClientIdOnly', event.currentTarget.checked)}
+              />
+              <label for="allowClientIdOnly">Allow the client id alone (no secret) at gateways</label>
+            </p>
+          </fieldset>
+          <fieldset>
+            <legend>Signing and metadata</legend>
+            <p>
+              <label for="signKeyPair">Signing key pair ({SIGN_KEYPAIR_METADATA})</label>
+              <select id="signKeyPair" value={draft.signKeyPair} onChange={(event) => set('signKeyPair', event.currentTarget.value)}>
+                <option value="">The default key pair</option>
+                {signingChoices.map((keyPair) => (
+                  <option key={keyPair.id} value={keyPair.id}>
+                    {keyPair.id} ({keyPair.algorithm})
+                  </option>
+                ))}
+              </select>
+            </p>
+            <table class="metadata">
+              <caption>Metadata</caption>
+              <thead>
+                <tr>
+                  <th scope="col">Key</th>
+                  <th scope="col">Value</th>
+                  <th scope="col">
+                    <span class="visually-hidden">Actions</span>
+                  </th>
+                </tr>
+              </thead>
+              <tbody>
+                {draft.metadata.map((entry, index) => (
+                  <tr key={index}>
+                    <td>
+                      <input
+                        aria-label={`Metadata key ${index + 1}`}
+                        value={entry.key}
+                        onInput={(event) =>
+                          set(
+                            'metadata',
+                            draft.metadata.map((item, at) => (at === index ? { ...item, key: event.currentTarget.value } : item)),
+                          )
+                        }
+                      />
+                    </td>
+                    <td>
+                      <input
+                        aria-label={`Metadata value ${index + 1}`}
+                        value={entry.value}
+                        onInput={(event) =>
+                          set(
+                            'metadata',
+                            draft.metadata.map((item, at) => (at === index ? { ...item, value: event.currentTarget.value } : item)),
+                          )
+                        }
+                      />
+                    </td>
+                    <td>
+                      <button
+                        type="button"
+                        aria-label={`Remove metadata ${entry.key || index + 1}`}
+                        onClick={() =>
+                          set(
+                            'metadata',
+                            draft.metadata.filter((_, at) => at !== index),
+                          )
+                        }
+                      >
+                        Remove
+                      </button>
+                    </td>
+                  </tr>
+                ))}
+              </tbody>
+            </table>
+            <p>
+              <button type="button" onClick={() => set('metadata', [...draft.metadata, { key: '', value: '' }])}>
+                Add metadata
+              </button>
+            </p>
+          </fieldset>
+          <fieldset>
+            <legend>Quotas</legend>
+            <div class="row">
+              <p>
+                <label for="throttlingQuota">Calls per second</label>
+                <input
+                  id="throttlingQuota"
+                  inputMode="numeric"
+                  value={draft.throttlingQuota}
+                  onInput={(event) => set('throttlingQuota', event.currentTarget.value)}
+                />
+              </p>
+              <p>
+                <label for="dailyQuota">Calls per day</label>
+                <input
+                  id="dailyQuota"
+                  inputMode="numeric"
+                  value={draft.dailyQuota}
+                  onInput={(event) => set('dailyQuota', event.currentTarget.value)}
+                />
+              </p>
+              <p>
+                <label for="monthlyQuota">Calls per month</label>
+                <input
+                  id="monthlyQuota"
+                  inputMode="numeric"
+                  value={draft.monthlyQuota}
+                  onInput={(event) => set('monthlyQuota', event.currentTarget.value)}
+                />
+              </p>
+            </div>
+            {consumption && (
+              <section aria-labelledby="consumption-title">
+                <h3 id="consumption-title">Current consumption</h3>
+                <dl class="consumption">
+                  {Object.entries(consumption).map(([name, value]) => (
+                    <div key={name}>
+                      <dt>{name}</dt>
+                      <dd>{typeof value === 'object' ? JSON.stringify(value) : String(value)}</dd>
+                    </div>
+                  ))}
+                </dl>
+              </section>
+            )}
+          </fieldset>
+          <fieldset>
+            <legend>Secret rotation</legend>
+            <p class="check">
+              <input
+                id="rotationEnabled"
+                type="checkbox"
+                checked={draft.rotationEnabled}
+                onChange={(event) => set('rotationEnabled', event.currentTarget.checked)}
+              />
+              <label for="rotationEnabled">Rotate automatically</label>
+            </p>
+            <div class="row">
+              <p>
+                <label for="rotationEvery">Rotate every (hours)</label>
+                <input
+                  id="rotationEvery"
+                  inputMode="numeric"
+                  value={draft.rotationEvery}
+                  onInput={(event) => set('rotationEvery', event.currentTarget.value)}
+                />
+              </p>
+              <p>
+                <label for="gracePeriod">Grace period (hours)</label>
+                <input
+                  id="gracePeriod"
+                  inputMode="numeric"
+                  value={draft.gracePeriod}
+                  onInput={(event) => set('gracePeriod', event.currentTarget.value)}
+                />
+              </p>
+            </div>
+          </fieldset>
+          <p class="actions">
+            <button type="submit" class="primary" disabled={busy}>
+              {creating ? 'Create API key' : 'Save changes'}
+            </button>
+            {!creating && (
+              <>
+                <button type="button" onClick={() => setDialog('rotate')}>
+                  Rotate secret
+                </button>
+                <a class="button" href={href('try', clientId)}>
+                  Try it
+                </a>
+                <button type="button" class="danger" onClick={() => setDialog('delete')}>
+                  Delete
+                </button>
+              </>
+            )}
+          </p>
+        </form>
+      )}
+      {dialog === 'rotate' && (
+        <ConfirmDialog
+          title={`Rotate the secret of ${clientId}?`}
+          confirmLabel="Rotate secret"
+          onConfirm={() => void rotate()}
+          onCancel={() => setDialog(undefined)}
+        >
+          <p>A new secret replaces the current one; the current one keeps working during the grace period.</p>
+          <p>
+            <label for="rotate-grace">Grace period (hours)</label>
+            <input
+              id="rotate-grace"
+              inputMode="numeric"
+              placeholder={draft.gracePeriod}
+              value={rotation.gracePeriod}
+              onInput={(event) => setRotation({ ...rotation, gracePeriod: event.currentTarget.value })}
+            />
+          </p>
+          <p>
+            <label for="rotate-secret">New secret (empty: generated)</label>
+            <input
+              id="rotate-secret"
+              type="password"
+              autocomplete="new-password"
+              value={rotation.secret}
+              onInput={(event) => setRotation({ ...rotation, secret: event.currentTarget.value })}
+            />
+          </p>
+        </ConfirmDialog>
+      )}
+      {dialog === 'delete' && (
+        <ConfirmDialog
+          title={`Delete API key ${clientId}?`}
+          confirmLabel={`Delete ${clientId}`}
+          danger
+          onConfirm={() => void remove()}
+          onCancel={() => setDialog(undefined)}
+        >
+          <p>Its tokens stop working at once. This cannot be undone.</p>
+        </ConfirmDialog>
+      )}
+    </>
+  );
+}

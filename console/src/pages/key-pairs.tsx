@@ -1,0 +1,249 @@
+import { useEffect, useState } from 'preact/hooks';
+import { admin, ApiError, type KeyPair } from '../api';
+import { ConfirmDialog, errorNotice, formatTime, type Notice, NoticeLine, PageTitle } from '../ui';
+
+const ALGORITHMS = ['RS256', 'PS256', 'ES256', 'EdDSA'];
+
+type Action = { kind: 'rotate' | 'retire' | 'delete'; keyPair: KeyPair };
+
+/** The server's refusals (409) in words: why, and what to do instead. */
+export function explainConflict(error: unknown, id: string): Notice {
+  if (!(error instanceof ApiError) || error.status !== 409) return errorNotice(error);
+  const message = error.message;
+  if (/defaultKeyPair/.test(message))
+    return {
+      kind: 'error',
+      text: `${id} cannot be deleted: it is this authority's default key pair (defaultKeyPair in its configuration), which signs the tokens of every API key without a key pair of its own. Make another key pair the default in the configuration first.`,
+    };
+  const users = /used by API keys: (.*?)\.?$/.exec(message);
+  if (users)
+    return {
+      kind: 'error',
+      text: `${id} cannot be deleted: API keys still sign their tokens with it (their jwt-sign-keypair metadata names it): ${users[1]}. Point them at another key pair first.`,
+    };
+  if (/already retired/.test(message)) return { kind: 'error', text: `${id} is already retired: it signs nothing more.` };
+  if (/already exists/.test(message)) return { kind: 'error', text: `A key pair named ${id} already exists: choose another id.` };
+  return { kind: 'error', text: `Refused by the server: ${message}` };
+}
+
+/** Key pairs: list with versions and state; create (generated or imported PEM), rotate, retire, delete. */
+export function KeyPairsPage() {
+  const [keyPairs, setKeyPairs] = useState<KeyPair[]>();
+  const [notice, setNotice] = useState<Notice>();
+  const [action, setAction] = useState<Action>();
+  const [form, setForm] = useState({ id: '', algorithm: 'RS256', description: '', source: 'generate', privateKey: '', publicKey: '' });
+  const [busy, setBusy] = useState(false);
+
+  const load = () =>
+    admin<KeyPair[]>('GET', '/api/keypairs').then(
+      (answer) => setKeyPairs(answer.data),
+      (error) => setNotice(errorNotice(error)),
+    );
+  useEffect(() => void load(), []);
+
+  const create = async (event: Event) => {
+    event.preventDefault();
+    setBusy(true);
+    setNotice(undefined);
+    try {
+      const body: Record<string, string> = { id: form.id.trim(), algorithm: form.algorithm, description: form.description };
+      if (form.source === 'import') {
+        body.privateKey = form.privateKey;
+        if (form.publicKey.trim()) body.publicKey = form.publicKey;
+      }
+      await admin('POST', '/api/keypairs', body);
+      setForm({ ...form, id: '', description: '', privateKey: '', publicKey: '' });
+      await load();
+      setNotice({ kind: 'success', text: `Key pair ${body.id} created.` });
+    } catch (error) {
+      setNotice(explainConflict(error, form.id.trim()));
+    } finally {
+      setBusy(false);
+    }
+  };
+
+  const run = async ({ kind, keyPair }: Action) => {
+    setAction(undefined);
+    setNotice(undefined);
+    const path = `/api/keypairs/${encodeURIComponent(keyPair.id)}`;
+    try {
+      if (kind === 'delete') await admin('DELETE', path);
+      else await admin('POST', `${path}/${kind}`, kind === 'rotate' ? {} : undefined);
+      const done = { rotate: 'rotated: a new kid signs from now on', retire: 'retired: it signs nothing more', delete: 'deleted' }[kind];
+      // The list first, then the message: what the message says is on screen when it is announced.
+      await load();
+      setNotice({ kind: 'success', text: `Key pair ${keyPair.id} ${done}.` });
+    } catch (error) {
+      await load();
+      setNotice(explainConflict(error, keyPair.id));
+    }
+  };
+
+  return (
+    <>
+      <PageTitle>Key pairs</PageTitle>
+      <NoticeLine notice={notice} />
+      {keyPairs && (
+        <table>
+          <caption class="visually-hidden">Signing key pairs</caption>
+          <thead>
+            <tr>
+              <th scope="col">Id</th>
+              <th scope="col">Algorithm</th>
+              <th scope="col">State</th>
+              <th scope="col">Versions (kid)</th>
+              <th scope="col">Created</th>
+              <th scope="col">Actions</th>
+            </tr>
+          </thead>
+          <tbody>
+            {keyPairs.map((keyPair) => (
+              <tr key={keyPair.id} data-key-pair={keyPair.id}>
+                <td>
+                  {keyPair.id}
+                  {keyPair.description && <div class="hint">{keyPair.description}</div>}
+                </td>
+                <td>{keyPair.algorithm}</td>
+                <td>{keyPair.status === 'active' ? 'Active' : 'Retired'}</td>
+                <td>
+                  <ul class="versions">
+                    {keyPair.versions.map((version) => (
+                      <li key={version.kid}>
+                        <code>{version.kid}</code>{' '}
+                        {version.status === 'active' ? '(signing)' : `(retired, verifies until ${formatTime(version.verifyUntil)})`}
+                      </li>
+                    ))}
+                  </ul>
+                </td>
+                <td>{formatTime(keyPair.createdAt)}</td>
+                <td class="row-actions">
+                  <button type="button" aria-label={`Rotate ${keyPair.id}`} onClick={() => setAction({ kind: 'rotate', keyPair })}>
+                    Rotate
+                  </button>
+                  {keyPair.status === 'active' && (
+                    <button type="button" aria-label={`Retire ${keyPair.id}`} onClick={() => setAction({ kind: 'retire', keyPair })}>
+                      Retire
+                    </button>
+                  )}
+                  <button
+                    type="button"
+                    class="danger"
+                    aria-label={`Delete ${keyPair.id}`}
+                    onClick={() => setAction({ kind: 'delete', keyPair })}
+                  >
+                    Delete
+                  </button>
+                </td>
+              </tr>
+            ))}
+          </tbody>
+        </table>
+      )}
+      <form class="editor" onSubmit={(event) => void create(event)} aria-labelledby="create-key-pair">
+        <h2 id="create-key-pair">Create a key pair</h2>
+        <div class="row">
+          <p>
+            <label for="kp-id">Id</label>
+            <input
+              id="kp-id"
+              required
+              autocomplete="off"
+              value={form.id}
+              onInput={(event) => setForm({ ...form, id: event.currentTarget.value })}
+            />
+          </p>
+          <p>
+            <label for="kp-algorithm">Algorithm</label>
+            <select
+              id="kp-algorithm"
+              value={form.algorithm}
+              onChange={(event) => setForm({ ...form, algorithm: event.currentTarget.value })}
+            >
+              {ALGORITHMS.map((algorithm) => (
+                <option key={algorithm}>{algorithm}</option>
+              ))}
+            </select>
+          </p>
+          <p>
+            <label for="kp-description">Description</label>
+            <input
+              id="kp-description"
+              value={form.description}
+              onInput={(event) => setForm({ ...form, description: event.currentTarget.value })}
+            />
+          </p>
+        </div>
+        <div role="radiogroup" aria-labelledby="kp-source-label" class="radios">
+          <span id="kp-source-label">Keys</span>
+          <label>
+            <input
+              type="radio"
+              name="kp-source"
+              checked={form.source === 'generate'}
+              onChange={() => setForm({ ...form, source: 'generate' })}
+            />
+            Generate
+          </label>
+          <label>
+            <input
+              type="radio"
+              name="kp-source"
+              checked={form.source === 'import'}
+              onChange={() => setForm({ ...form, source: 'import' })}
+            />
+            Import PEM
+          </label>
+        </div>
+        {form.source === 'import' && (
+          <>
+            <p>
+              <label for="kp-private">Private key (PEM)</label>
+              <textarea
+                id="kp-private"
+                rows={6}
+                spellcheck={false}
+                value={form.privateKey}
+                onInput={(event) => setForm({ ...form, privateKey: event.currentTarget.value })}
+              />
+            </p>
+            <p>
+              <label for="kp-public">Public key (PEM, optional: derived from the private key)</label>
+              <textarea
+                id="kp-public"
+                rows={4}
+                spellcheck={false}
+                value={form.publicKey}
+                onInput={(event) => setForm({ ...form, publicKey: event.currentTarget.value })}
+              />
+            </p>
+          </>
+        )}
+        <p>
+          <button type="submit" class="primary" disabled={busy}>
+            Create key pair
+          </button>
+        </p>
+      </form>
+      {action && (
+        <ConfirmDialog
+          title={`${{ rotate: 'Rotate', retire: 'Retire', delete: 'Delete' }[action.kind]} key pair ${action.keyPair.id}?`}
+          confirmLabel={`${{ rotate: 'Rotate', retire: 'Retire', delete: 'Delete' }[action.kind]} ${action.keyPair.id}`}
+          danger={action.kind !== 'rotate'}
+          onConfirm={() => void run(action)}
+          onCancel={() => setAction(undefined)}
+        >
+          <p>
+            {
+              {
+                rotate:
+                  'A new version with a new kid signs from now on; the current one is retired and keeps verifying until its tokens expire.',
+                retire: 'It signs nothing more; its keys verify until their tokens have expired.',
+                delete: 'Its tokens stop verifying at once. This cannot be undone.',
+              }[action.kind]
+            }
+          </p>
+        </ConfirmDialog>
+      )}
+    </>
+  );
+}
