@@ -24,6 +24,8 @@ const validUntil = z.union([
   z.null(),
 ]);
 const quota = z.number().int().nonnegative();
+/** Rotation periods in hours, at most ten years: an unbounded one overflowed the expiry of a replaced secret to Infinity. */
+const HOURS = z.number().max(87_600, 'at most 87600 hours (ten years)');
 
 /** The admin API's API key, with Otoroshi's field names. */
 const apiKeyFields = {
@@ -49,8 +51,8 @@ const apiKeyFields = {
   rotation: z
     .object({
       enabled: z.boolean().default(false),
-      rotationEvery: z.number().positive().default(744),
-      gracePeriod: z.number().nonnegative().default(168),
+      rotationEvery: HOURS.positive().default(744),
+      gracePeriod: HOURS.nonnegative().default(168),
     })
     .strict(),
   allowClientIdOnly: z.boolean(),
@@ -59,7 +61,7 @@ const apiKeyFields = {
   monthlyQuota: quota,
 };
 
-const apiKeyCreateSchema = z
+export const apiKeyCreateSchema = z
   .object({
     clientId: ID.optional(),
     clientSecret: SECRET.optional(),
@@ -79,7 +81,7 @@ const apiKeyCreateSchema = z
   })
   .strict();
 
-const apiKeyPatchSchema = z
+export const apiKeyPatchSchema = z
   .object({
     clientId: ID.optional(),
     clientSecret: SECRET.optional(),
@@ -88,7 +90,7 @@ const apiKeyPatchSchema = z
   .strict() as z.ZodType<Partial<z.input<typeof apiKeyCreateSchema>> & { clientSecret?: string; clientId?: string }, unknown>;
 
 /** Query of the API key list (strings, as a query string gives them). */
-const apiKeyListQuerySchema = z
+export const apiKeyListQuerySchema = z
   .object({
     limit: z.coerce.number().int().min(1).max(1000).default(100),
     after: z.string().max(128).optional(),
@@ -102,7 +104,7 @@ const apiKeyListQuerySchema = z
   .strict();
 
 /** Query of the audit log (strings, as a query string gives them). */
-const auditListQuerySchema = z
+export const auditListQuerySchema = z
   .object({
     limit: z.coerce.number().int().min(1).max(1000).default(100),
     after: z
@@ -115,9 +117,9 @@ const auditListQuerySchema = z
   })
   .strict();
 
-const rotateSecretSchema = z.object({ clientSecret: SECRET.optional(), gracePeriod: z.number().nonnegative().optional() }).strict();
+export const rotateSecretSchema = z.object({ clientSecret: SECRET.optional(), gracePeriod: HOURS.nonnegative().optional() }).strict();
 
-const keyPairCreateSchema = z
+export const keyPairCreateSchema = z
   .object({
     id: ID,
     algorithm: z.enum(SIGNING_ALGORITHMS).default('RS256'),
@@ -127,14 +129,14 @@ const keyPairCreateSchema = z
   })
   .strict();
 
-const keyPairUpdateSchema = z.object({ description: z.string().max(2000).optional() }).strict();
+export const keyPairUpdateSchema = z.object({ description: z.string().max(2000).optional() }).strict();
 
 /**
  * Fields GET returns that no write can change. A body may carry them (GET, edit, PUT works) as
  * long as they equal the stored values; a changed one is refused with 400 naming it.
  */
-const API_KEY_READ_ONLY = ['createdAt', 'updatedAt', 'previousSecretValidUntil'] as const;
-const KEY_PAIR_READ_ONLY = ['id', 'algorithm', 'createdAt', 'status', 'activeKid', 'versions'] as const;
+export const API_KEY_READ_ONLY = ['createdAt', 'updatedAt', 'previousSecretValidUntil'] as const;
+export const KEY_PAIR_READ_ONLY = ['id', 'algorithm', 'createdAt', 'status', 'activeKid', 'versions'] as const;
 
 /** `input` without the read-only fields, and those fields apart (left for the check against the stored record). */
 function splitReadOnly(input: unknown, readOnly: readonly string[]): { rest: unknown; given: Record<string, unknown> } {
@@ -181,7 +183,7 @@ function pageOf<R, T>(rows: R[], limit: number, view: (row: R) => T, cursor: (ro
   return rows.length === limit ? { items, next: cursor(rows[rows.length - 1]) } : { items };
 }
 
-const keyPairRotateSchema = z
+export const keyPairRotateSchema = z
   .object({ privateKey: z.string().max(20_000).optional(), publicKey: z.string().max(20_000).optional() })
   .strict();
 
@@ -202,7 +204,8 @@ function parseInput<S extends z.ZodType>(schema: S, input: unknown): z.output<S>
   const illFormed = illFormedPath(input);
   if (illFormed)
     throw new AdminError(400, 'invalid input', [{ path: illFormed.join('.'), message: 'not well-formed Unicode (a lone surrogate)' }]);
-  const result = schema.safeParse(input ?? {});
+  // No body is an empty one; a JSON null is not an object and is refused like any other non-object.
+  const result = schema.safeParse(input === undefined ? {} : input);
   if (!result.success) {
     throw new AdminError(
       400,
@@ -395,7 +398,7 @@ export class AdminService {
           ...current,
           secretHash,
           previousSecretHash: current.secretHash,
-          previousSecretValidUntil: now + (gracePeriod ?? current.rotation.gracePeriod) * 3_600_000,
+          previousSecretValidUntil: now + Math.floor((gracePeriod ?? current.rotation.gracePeriod) * 3_600_000),
           updatedAt: now,
         };
       },

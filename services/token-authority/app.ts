@@ -19,6 +19,8 @@ import { OAuthEndpointGuard } from './oauth-endpoint.guard';
 import { OAuthController } from './oauth.controller';
 import { TokenAuthorityGrpcController } from './grpc.controller';
 import { HealthController } from './health.controller';
+import { OpenApiController } from './openapi.controller';
+import { RouteTable, ROUTES } from './route-table';
 import { serveConsole } from './console';
 import { AuthorityWatchService } from './authority-watch.service';
 import { refuseDuplicateJsonKeys } from './json-body';
@@ -29,13 +31,14 @@ import { capConnections, fastifyLimitOptions } from '../../libs/http/server-limi
 
 @Module({})
 class TokenAuthorityModule {
-  static forAuthority(authority: Authority, metrics: Registry): DynamicModule {
+  static forAuthority(authority: Authority, metrics: Registry, routes: RouteTable): DynamicModule {
     return {
       module: TokenAuthorityModule,
-      controllers: [OAuthController, AdminController, HealthController, TokenAuthorityGrpcController],
+      controllers: [OAuthController, AdminController, HealthController, OpenApiController, TokenAuthorityGrpcController],
       providers: [
         { provide: AUTHORITY, useValue: authority },
         { provide: METRICS, useValue: metrics },
+        { provide: ROUTES, useValue: routes },
         { provide: APP_FILTER, useClass: ErrorFilter },
         OAuthEndpointGuard,
         AdminTokenGuard,
@@ -52,6 +55,8 @@ export interface TokenAuthorityApp {
   /** host:port of the gRPC face once listening. */
   grpcAddress: string;
   health: HealthImplementation;
+  /** Every HTTP route registered (method and Fastify URL), HEAD included: what the OpenAPI test compares. */
+  routes: { method: string; url: string }[];
   close(): Promise<void>;
 }
 
@@ -76,11 +81,19 @@ export async function startTokenAuthority(config: AuthorityConfig): Promise<Toke
     // Slow, idle or too many clients must not hold sockets.
     ...fastifyLimitOptions(config.http.limits),
   });
+  const routes = new RouteTable();
+  adapter.getInstance().addHook('onRoute', (route) => {
+    for (const method of [route.method].flat()) routes.add(method, route.url);
+  });
   const watch = new AuthorityWatchService(authority, logger);
   metrics.watchState(authority, watch);
-  const app = await NestFactory.create<NestFastifyApplication>(TokenAuthorityModule.forAuthority(authority, metrics.registry), adapter, {
-    logger: new NestPinoLogger(logger),
-  });
+  const app = await NestFactory.create<NestFastifyApplication>(
+    TokenAuthorityModule.forAuthority(authority, metrics.registry, routes),
+    adapter,
+    {
+      logger: new NestPinoLogger(logger),
+    },
+  );
   // Only form and JSON bodies are OAuth2 requests; anything else is refused as an unsupported type.
   const fastify = app.getHttpAdapter().getInstance();
   fastify.removeContentTypeParser('text/plain');
@@ -134,7 +147,7 @@ export async function startTokenAuthority(config: AuthorityConfig): Promise<Toke
       await withDeadline(app.close(), SHUTDOWN_GRACE_MS, () => forceShutdownGrpc(microservice));
       await authority.close();
     })());
-  return { app, authority, url: `http://${host}:${port}`, grpcAddress: `${grpcHost}:${grpcPort}`, health, close };
+  return { app, authority, url: `http://${host}:${port}`, grpcAddress: `${grpcHost}:${grpcPort}`, health, routes: routes.entries, close };
 }
 
 /** How often gRPC health follows the store's reachability. */

@@ -1,9 +1,10 @@
-import { ArgumentsHost, Catch, ExceptionFilter, HttpException, Logger } from '@nestjs/common';
-import type { FastifyReply } from 'fastify';
+import { ArgumentsHost, Catch, ExceptionFilter, HttpException, Inject, Logger, Optional } from '@nestjs/common';
+import type { FastifyReply, FastifyRequest } from 'fastify';
 import { throwError, type Observable } from 'rxjs';
 import { AdminError, OAuthError } from '../../libs/core/errors';
 import { countUnexpectedError } from '../../libs/observability/unexpected-errors';
 import { toGrpcError } from './grpc-errors';
+import { type RouteTable, ROUTES } from './route-table';
 
 const ADMIN_ERROR_CODES = { 400: 'invalid_request', 404: 'not_found', 409: 'conflict', 412: 'precondition_failed' } as const;
 
@@ -25,7 +26,9 @@ const FASTIFY_MESSAGES: Record<string, string> = {
 export class ErrorFilter implements ExceptionFilter {
   private readonly logger = new Logger('Errors');
 
-  catch(exception: unknown, host: ArgumentsHost): Observable<never> | undefined {
+  constructor(@Optional() @Inject(ROUTES) private readonly routes?: RouteTable) {}
+
+  catch(exception: unknown, host: ArgumentsHost): undefined | Observable<never> {
     if (host.getType() === 'rpc') {
       const grpcError = toGrpcError(exception);
       if (grpcError.details === 'internal error') this.unexpected('grpc', exception);
@@ -33,6 +36,8 @@ export class ErrorFilter implements ExceptionFilter {
     }
     const reply = host.switchToHttp().getResponse<FastifyReply>();
     reply.header('cache-control', 'no-store');
+    // Whatever failed (Fastify's 404, its body checks, the OAuth catch-all), a method the path has no route for is the answer.
+    if (this.methodNotAllowed(host.switchToHttp().getRequest<FastifyRequest>(), reply)) return;
     if (exception instanceof OAuthError) {
       if (exception.wwwAuthenticate) reply.header('www-authenticate', exception.wwwAuthenticate);
       if (exception.status === 503) reply.header('retry-after', '1');
@@ -57,6 +62,17 @@ export class ErrorFilter implements ExceptionFilter {
     }
     this.unexpected('rest', exception);
     void reply.status(500).send({ error: 'server_error', error_description: 'internal error' });
+  }
+
+  /** No route for this method, but the path has others: 405 with Allow (RFC 9110 §15.5.6), not 404. */
+  private methodNotAllowed(request: FastifyRequest, reply: FastifyReply): boolean {
+    const allowed = this.routes?.allowedMethods(request.url.split('?')[0]) ?? [];
+    if (allowed.length === 0 || allowed.includes(request.method)) return false;
+    void reply
+      .status(405)
+      .header('allow', allowed.join(', '))
+      .send({ error: 'method_not_allowed', error_description: `use ${allowed.join(', ')}` });
+    return true;
   }
 
   /** Logged with its stack and counted; the client learns nothing (see unexpected-errors.ts). */

@@ -1,0 +1,722 @@
+import { writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { z } from 'zod';
+import {
+  API_KEY_READ_ONLY,
+  apiKeyCreateSchema,
+  apiKeyListQuerySchema,
+  apiKeyPatchSchema,
+  auditListQuerySchema,
+  KEY_PAIR_READ_ONLY,
+  keyPairCreateSchema,
+  keyPairRotateSchema,
+  keyPairUpdateSchema,
+  rotateSecretSchema,
+} from '../../libs/core/admin-service';
+import { SIGNING_ALGORITHMS } from '../../libs/core/config';
+import { CONSOLE_PREFIX } from './console';
+
+/**
+ * The REST contract of the token authority as an OpenAPI 3.1 document, built from the zod
+ * schemas the admin API validates with, so the document follows the code. Served at
+ * GET /openapi.json, committed as docs/openapi.json (`npm run openapi`), and checked against
+ * the routes the running app registers by test/openapi.test.ts.
+ */
+
+type JsonSchema = Record<string, unknown>;
+
+/** A request schema as a client sees it (defaults make fields optional, transforms take their input). */
+const requestSchema = (schema: z.ZodType): JsonSchema => withoutDialect(z.toJSONSchema(schema, { io: 'input', target: 'draft-2020-12' }));
+const responseSchema = (schema: z.ZodType): JsonSchema => withoutDialect(z.toJSONSchema(schema, { io: 'output', target: 'draft-2020-12' }));
+
+/** OpenAPI 3.1's default dialect is 2020-12: the `$schema` of each piece is noise. */
+function withoutDialect(schema: JsonSchema): JsonSchema {
+  const { $schema: _dialect, ...rest } = schema;
+  return rest;
+}
+
+// ---- Response bodies (the shapes apiKeyView, keyPairView and TokenService return) ----
+
+const jwk = z
+  .object({
+    kty: z.string(),
+    kid: z.string(),
+    alg: z.enum(SIGNING_ALGORITHMS),
+    use: z.literal('sig'),
+    n: z.string().optional(),
+    e: z.string().optional(),
+    crv: z.string().optional(),
+    x: z.string().optional(),
+    y: z.string().optional(),
+  })
+  .meta({ description: 'A public JWK (never private members).' });
+
+const apiKey = z
+  .object({
+    clientId: z.string(),
+    clientName: z.string(),
+    description: z.string(),
+    authorizedEntities: z.array(z.string()),
+    enabled: z.boolean(),
+    validUntil: z.number().int().nullable().meta({ description: 'Epoch ms; null for never.' }),
+    metadata: z.record(z.string(), z.string()),
+    tags: z.array(z.string()),
+    scope: z.array(z.string()),
+    allowClientIdOnly: z.boolean(),
+    rotation: z.object({ enabled: z.boolean(), rotationEvery: z.number(), gracePeriod: z.number() }),
+    throttlingQuota: z.number().int(),
+    dailyQuota: z.number().int(),
+    monthlyQuota: z.number().int(),
+    createdAt: z.number().int(),
+    updatedAt: z.number().int(),
+    previousSecretValidUntil: z.number().int().optional().meta({ description: 'Epoch ms until which the replaced secret still works.' }),
+    clientSecret: z.string().optional().meta({ description: 'Only in the answer of a create or a secret rotation; never again.' }),
+  })
+  .strict()
+  .meta({ description: 'An API key with Otoroshi field names; never a secret hash.' });
+
+const keyPair = z
+  .object({
+    id: z.string(),
+    algorithm: z.enum(SIGNING_ALGORITHMS),
+    description: z.string(),
+    createdAt: z.number().int(),
+    status: z.enum(['active', 'retired']),
+    activeKid: z.string().nullable(),
+    versions: z.array(
+      z
+        .object({
+          kid: z.string(),
+          status: z.enum(['active', 'retired']),
+          createdAt: z.number().int(),
+          retiredAt: z.number().int().nullable(),
+          verifyUntil: z.number().int().nullable(),
+          publicKey: z.string().meta({ description: 'SPKI PEM.' }),
+          jwk,
+        })
+        .strict(),
+    ),
+  })
+  .strict()
+  .meta({ description: 'A signing key pair with its versions; never a private key.' });
+
+const auditEntry = z
+  .object({
+    id: z.number().int().meta({ description: 'Increases in commit order; the `after` cursor.' }),
+    at: z.string().meta({ description: 'ISO 8601 time of the change.' }),
+    actor: z.string().meta({ examples: ['admin-token:0123456789ab', 'cli:root', 'system'] }),
+    action: z.string().meta({ examples: ['apikey.create', 'keypair.rotate'] }),
+    entity: z.enum(['apikey', 'keypair']),
+    entityId: z.string(),
+    change: z.unknown().meta({ description: 'The created or deleted entity, or `{field: {before, after}}`; secrets redacted.' }),
+  })
+  .strict();
+
+const tokenResponse = z
+  .object({
+    access_token: z.string().meta({ description: 'An RFC 9068 JWT (typ at+jwt).' }),
+    token_type: z.literal('Bearer'),
+    expires_in: z.number().int(),
+    scope: z.string().optional(),
+  })
+  .strict();
+
+const introspection = z.union([
+  z.object({ active: z.literal(false) }).strict(),
+  z
+    .object({
+      active: z.literal(true),
+      token_type: z.literal('Bearer'),
+      iss: z.string(),
+      sub: z.string(),
+      client_id: z.string(),
+      cid: z.string(),
+      aud: z.string(),
+      iat: z.number().int(),
+      nbf: z.number().int(),
+      exp: z.number().int(),
+      jti: z.string(),
+      scope: z.string().optional(),
+      clientName: z.string(),
+      metadata: z.record(z.string(), z.string()),
+      tags: z.array(z.string()),
+      access_type: z.literal('apikey'),
+    })
+    .strict(),
+]);
+
+const authMethods = z.array(z.enum(['none', 'client_secret_basic', 'client_secret_post']));
+const serverMetadata = z
+  .object({
+    issuer: z.string(),
+    token_endpoint: z.string(),
+    jwks_uri: z.string(),
+    introspection_endpoint: z.string(),
+    revocation_endpoint: z.string(),
+    grant_types_supported: z.array(z.literal('client_credentials')),
+    response_types_supported: z.array(z.string()),
+    token_endpoint_auth_methods_supported: authMethods,
+    introspection_endpoint_auth_methods_supported: authMethods,
+    revocation_endpoint_auth_methods_supported: authMethods,
+  })
+  .strict();
+
+const health = z
+  .object({ status: z.literal('ok'), defaultKeyPair: z.enum(['active', 'missing']), keyPairs: z.number().int().nonnegative() })
+  .strict();
+
+/** RFC 6749 §5.2; also what the framework answers (not_found, unauthorized, invalid_request, server_error). */
+const oauthError = z
+  .object({ error: z.string().meta({ examples: ['invalid_request', 'invalid_client', 'not_found'] }), error_description: z.string() })
+  .strict();
+/** The admin API's errors: the RFC 6749 shape, with `details` naming each bad field of a 400. */
+const adminError = z
+  .object({
+    error: z.string().meta({ examples: ['invalid_request', 'not_found', 'conflict', 'precondition_failed', 'invalid_token'] }),
+    error_description: z.string(),
+    details: z.array(z.object({ path: z.string(), message: z.string() })).optional(),
+  })
+  .strict();
+
+// ---- OAuth request parameters (what normalizeParams and TokenService read) ----
+
+const param = (description: string) => ({ type: 'string', maxLength: 8192, description });
+const clientParams = {
+  client_id: param('client_secret_post; or the same id as HTTP Basic'),
+  client_secret: param('client_secret_post; not with HTTP Basic'),
+};
+/** Parameters are strings; unknown ones are ignored, repeated ones refused. */
+const paramsObject = (properties: Record<string, JsonSchema>, required: string[]): JsonSchema => ({
+  type: 'object',
+  properties,
+  required,
+  additionalProperties: { type: 'string' },
+});
+
+const tokenParams = paramsObject(
+  {
+    grant_type: { type: 'string', enum: ['client_credentials'] },
+    ...clientParams,
+    scope: param('space-separated scopes, each granted to the key; none asked means all of them'),
+    audience: param('an allowed audience'),
+    resource: param('RFC 8707: an allowed audience'),
+  },
+  ['grant_type'],
+);
+const tokenParamsWithHint = paramsObject({ token: param('the access token'), token_type_hint: param('ignored'), ...clientParams }, [
+  'token',
+]);
+
+// ---- Building blocks of operations ----
+
+const OAUTH_ERROR = { $ref: '#/components/schemas/OAuthError' };
+const ADMIN_ERROR = { $ref: '#/components/schemas/AdminError' };
+const json = (schema: JsonSchema) => ({ 'application/json': { schema } });
+const noStore = { 'Cache-Control': { schema: { type: 'string', const: 'no-store' } } };
+
+function errorResponse(description: string, schema: JsonSchema = OAUTH_ERROR, headers: Record<string, unknown> = {}) {
+  return { description, headers: { ...noStore, ...headers }, content: json(schema) };
+}
+
+/** Every answer of a body-taking endpoint that its body can cause before the handler runs. */
+const bodyErrors = (schema: JsonSchema) => ({
+  '413': errorResponse('The body is larger than http.bodyLimit.', schema),
+});
+
+const oauthGuardErrors = {
+  '400': errorResponse('`secure` is set and the request did not come over HTTPS (invalid_request).'),
+  '404': errorResponse('No OAuth endpoint on this host (`domain`).'),
+};
+
+function oauthBody(schema: JsonSchema) {
+  return {
+    required: true,
+    content: { 'application/x-www-form-urlencoded': { schema }, 'application/json': { schema } },
+  };
+}
+
+const clientSecurity = [{ clientBasic: [] }, {}];
+
+function oauthPost(operationId: string, summary: string, params: JsonSchema, ok: JsonSchema, okDescription: string) {
+  return {
+    post: {
+      operationId,
+      summary,
+      tags: ['oauth'],
+      security: clientSecurity,
+      requestBody: oauthBody(params),
+      responses: {
+        '200': { description: okDescription, headers: noStore, content: json(ok) },
+        '400': errorResponse(
+          'invalid_request (missing, repeated or malformed parameter, malformed or empty body, unsupported content type, Basic and body credentials together, not over HTTPS with `secure`), unsupported_grant_type, invalid_scope, invalid_target, unauthorized_client.',
+        ),
+        '401': errorResponse('invalid_client: client authentication failed.', OAUTH_ERROR, {
+          'WWW-Authenticate': {
+            description: 'Present when the client used HTTP Basic (RFC 6749 §5.2).',
+            schema: { type: 'string', examples: ['Basic realm="token-authority", charset="UTF-8"'] },
+          },
+        }),
+        '404': oauthGuardErrors['404'],
+        ...bodyErrors(OAUTH_ERROR),
+      },
+    },
+  };
+}
+
+const adminSecurity = [{ adminBearer: [] }];
+const adminUnauthorized = errorResponse('invalid_token: no valid admin bearer token.', OAUTH_ERROR, {
+  'WWW-Authenticate': { required: true, schema: { type: 'string', const: 'Bearer realm="admin"' } },
+});
+
+function pathParam(name: string, description: string) {
+  return { name, in: 'path', required: true, description, schema: { type: 'string', minLength: 1 } };
+}
+const CLIENT_ID = pathParam('clientId', 'The API key’s client id.');
+const KEY_PAIR_ID = pathParam('id', 'The key pair’s id.');
+
+interface AdminOperation {
+  operationId: string;
+  summary: string;
+  tag: 'apikeys' | 'keypairs' | 'audit';
+  parameters?: unknown[];
+  body?: JsonSchema;
+  ok: [status: string, description: string, schema?: JsonSchema, headers?: Record<string, unknown>];
+  /** OpenAPI links from the success answer: what a client (and Schemathesis's stateful phase) can call next. */
+  links?: Record<string, unknown>;
+  /** The answer carries the strong ETag of the stored record. */
+  etag?: boolean;
+  /** A write that takes If-Match (412 when the record changed since). */
+  ifMatch?: boolean;
+  /** Codes the operation answers besides 401, and 400/413 for a body. */
+  errors: Partial<Record<'400' | '404' | '409', string>>;
+}
+
+const ETAG_HEADER = {
+  ETag: {
+    required: true,
+    description: 'Strong entity tag of the stored record (RFC 9110 §8.8.3): send it in If-Match.',
+    schema: { type: 'string' },
+  },
+};
+const IF_MATCH = {
+  name: 'If-Match',
+  in: 'header',
+  required: false,
+  description:
+    '`*` or entity tags (RFC 9110 §13.1.1): the write happens only if the stored record still has one of them (strong comparison).',
+  schema: { type: 'string' },
+};
+
+function adminOperation(operation: AdminOperation) {
+  const [status, description, schema, okHeaders] = operation.ok;
+  const headers = operation.etag ? { ...okHeaders, ...ETAG_HEADER } : okHeaders;
+  const responses: Record<string, unknown> = {
+    [status]: schema
+      ? { description, ...(headers ? { headers } : {}), content: json(schema), ...(operation.links ? { links: operation.links } : {}) }
+      : { description },
+    '401': adminUnauthorized,
+  };
+  const errors: Record<string, string> = { ...operation.errors };
+  if (operation.body)
+    errors['400'] ??= 'Invalid input: malformed JSON, a repeated key, an unsupported content type or bad fields (details).';
+  if (operation.ifMatch) {
+    errors['400'] ??= 'A malformed If-Match header.';
+    errors['412'] = 'precondition_failed: the record changed since the ETag sent in If-Match.';
+  }
+  for (const [code, text] of Object.entries(errors)) responses[code] = errorResponse(text, ADMIN_ERROR);
+  if (operation.body) Object.assign(responses, bodyErrors(ADMIN_ERROR));
+  const parameters = [...(operation.parameters ?? []), ...(operation.ifMatch ? [IF_MATCH] : [])];
+  return {
+    operationId: operation.operationId,
+    summary: operation.summary,
+    tags: [operation.tag],
+    security: adminSecurity,
+    ...(parameters.length ? { parameters } : {}),
+    ...(operation.body ? { requestBody: { required: false, content: json(operation.body) } } : {}),
+    responses,
+  };
+}
+
+/** Query parameters from the zod object the code validates the query with. */
+function queryParameters(schema: z.ZodType): unknown[] {
+  const object = requestSchema(schema) as { properties: Record<string, JsonSchema>; required?: string[] };
+  return Object.entries(object.properties).map(([name, property]) => ({
+    name,
+    in: 'query',
+    required: object.required?.includes(name) ?? false,
+    schema: property,
+  }));
+}
+
+/** Links to the operations on the entity an answer names, with its id taken from the answer. */
+function linksTo(operationIds: string[], parameter: string, pointer: string): Record<string, unknown> {
+  return Object.fromEntries(
+    operationIds.map((operationId) => [operationId, { operationId, parameters: { [parameter]: `$response.body#${pointer}` } }]),
+  );
+}
+const API_KEY_LINKS = linksTo(
+  ['getApiKey', 'updateApiKey', 'replaceApiKey', 'rotateApiKeySecret', 'deleteApiKey'],
+  'clientId',
+  '/clientId',
+);
+const KEY_PAIR_LINKS = linksTo(
+  ['getKeyPair', 'updateKeyPair', 'replaceKeyPair', 'rotateKeyPair', 'retireKeyPair', 'deleteKeyPair'],
+  'id',
+  '/id',
+);
+
+/**
+ * A PUT/PATCH body: the fields a write may change, plus the read-only fields GET shows, which
+ * a body may carry unchanged (GET, edit, PUT) and which are refused (400) when changed.
+ */
+function editBody(writable: z.ZodType, view: z.ZodObject, readOnly: readonly string[]): JsonSchema {
+  const body = requestSchema(writable) as { properties: Record<string, JsonSchema> };
+  const shown = (responseSchema(view) as { properties: Record<string, JsonSchema> }).properties;
+  for (const field of readOnly) {
+    body.properties[field] = { ...shown[field], description: 'Read-only: accepted only unchanged (400 otherwise).' };
+  }
+  return body;
+}
+
+const API_KEY = { $ref: '#/components/schemas/ApiKey' };
+const LINK_HEADER = {
+  Link: { description: 'RFC 8288 `<…&after=…>; rel="next"` when the page is full.', schema: { type: 'string' } },
+};
+const KEY_PAIR = { $ref: '#/components/schemas/KeyPair' };
+const OTOROSHI = '/.well-known/otoroshi/oauth';
+
+/**
+ * Routes that are no API operation, which OpenAPI paths cannot describe: what any other path
+ * below the OAuth prefix answers, and the admin console's static files (registered when built).
+ */
+export const CATCH_ALL_ROUTES = [
+  { path: `${OTOROSHI}/*`, methods: 'all', description: 'Any other path under /.well-known/otoroshi/oauth/: 404 not_found (OAuthError).' },
+];
+export const STATIC_ROUTES = [
+  { path: CONSOLE_PREFIX, methods: 'GET, HEAD', description: '301 to /console/.' },
+  { path: `${CONSOLE_PREFIX}/*`, methods: 'GET, HEAD', description: 'The admin console (HTML, JS, CSS), when built.' },
+];
+
+export function openApiDocument(): Record<string, unknown> {
+  return {
+    openapi: '3.1.1',
+    info: {
+      title: 'Token authority (Otoroshi client credentials)',
+      version: '0.1.0',
+      description:
+        'OAuth2 client-credentials token authority with Otoroshi’s endpoints, RFC 8414 metadata, RFC 7662 introspection, RFC 7009 revocation and an admin API. Generated from the code (services/token-authority/openapi.ts); errors are RFC 6749 §5.2 JSON with Cache-Control: no-store. A path asked with a method it does not document answers 405 method_not_allowed with Allow; an unknown path 404 not_found.',
+      license: { name: 'Apache-2.0', identifier: 'Apache-2.0' },
+    },
+    'x-catch-all-routes': CATCH_ALL_ROUTES,
+    'x-static-routes': STATIC_ROUTES,
+    tags: [
+      { name: 'oauth', description: 'OAuth2 endpoints (Otoroshi’s paths), subject to `domain` and `secure`.' },
+      { name: 'apikeys', description: 'Admin API: API keys.' },
+      { name: 'keypairs', description: 'Admin API: signing key pairs.' },
+      { name: 'audit', description: 'Admin API: the audit log of admin changes.' },
+      { name: 'operations', description: 'Health, metrics and this document.' },
+    ],
+    paths: {
+      [`${OTOROSHI}/jwks.json`]: {
+        get: {
+          operationId: 'jwks',
+          summary: 'Every public key that can still verify a live token',
+          tags: ['oauth'],
+          security: [],
+          responses: {
+            '200': {
+              description: 'JWK set.',
+              headers: { 'Cache-Control': { schema: { type: 'string', const: 'public, max-age=60' } } },
+              content: json({ $ref: '#/components/schemas/Jwks' }),
+            },
+            ...oauthGuardErrors,
+          },
+        },
+      },
+      [`${OTOROSHI}/token`]: oauthPost(
+        'token',
+        'Client credentials grant (RFC 6749 §4.4); credentials by HTTP Basic or in the body',
+        tokenParams,
+        { $ref: '#/components/schemas/TokenResponse' },
+        'An access token.',
+      ),
+      [`${OTOROSHI}/token/introspect`]: oauthPost(
+        'introspect',
+        'Token introspection (RFC 7662); the caller authenticates unless introspection.requireClientAuth is false',
+        tokenParamsWithHint,
+        { $ref: '#/components/schemas/Introspection' },
+        'Whether the token is active, with its claims when it is.',
+      ),
+      [`${OTOROSHI}/token/revoke`]: oauthPost(
+        'revoke',
+        'Token revocation (RFC 7009); a client revokes its own tokens',
+        tokenParamsWithHint,
+        { type: 'object', additionalProperties: false },
+        'Revoked, or nothing to revoke (RFC 7009 §2.2).',
+      ),
+      '/.well-known/oauth-authorization-server': {
+        get: {
+          operationId: 'serverMetadata',
+          summary: 'RFC 8414 authorization server metadata',
+          tags: ['oauth'],
+          security: [],
+          responses: {
+            '200': { description: 'Metadata built from `issuer`.', content: json({ $ref: '#/components/schemas/ServerMetadata' }) },
+            ...oauthGuardErrors,
+          },
+        },
+      },
+      '/api/apikeys': {
+        get: adminOperation({
+          operationId: 'listApiKeys',
+          summary: 'A page of API keys in clientId order',
+          tag: 'apikeys',
+          parameters: queryParameters(apiKeyListQuerySchema),
+          ok: ['200', 'A page of keys.', { type: 'array', items: API_KEY }, LINK_HEADER],
+          errors: { '400': 'A bad or unknown query parameter (details).' },
+        }),
+        post: adminOperation({
+          operationId: 'createApiKey',
+          summary: 'Create an API key (the secret, given or generated, is shown once)',
+          tag: 'apikeys',
+          body: requestSchema(apiKeyCreateSchema),
+          ok: ['201', 'Created; clientSecret included.', API_KEY],
+          etag: true,
+          links: API_KEY_LINKS,
+          errors: { '409': 'An API key with this clientId exists.' },
+        }),
+      },
+      '/api/apikeys/{clientId}': {
+        get: adminOperation({
+          operationId: 'getApiKey',
+          summary: 'Read an API key',
+          tag: 'apikeys',
+          parameters: [CLIENT_ID],
+          ok: ['200', 'The key.', API_KEY],
+          etag: true,
+          errors: { '404': 'No such API key.' },
+        }),
+        put: adminOperation({
+          operationId: 'replaceApiKey',
+          summary: 'Change the given fields (as PATCH); a body read with GET may be sent back edited',
+          tag: 'apikeys',
+          parameters: [CLIENT_ID],
+          body: editBody(apiKeyPatchSchema, apiKey, API_KEY_READ_ONLY),
+          ok: ['200', 'The key as stored.', API_KEY],
+          etag: true,
+          ifMatch: true,
+          errors: { '404': 'No such API key.' },
+        }),
+        patch: adminOperation({
+          operationId: 'updateApiKey',
+          summary: 'Change the given fields; a new clientSecret replaces the old one at once',
+          tag: 'apikeys',
+          parameters: [CLIENT_ID],
+          body: editBody(apiKeyPatchSchema, apiKey, API_KEY_READ_ONLY),
+          ok: ['200', 'The key as stored.', API_KEY],
+          etag: true,
+          ifMatch: true,
+          errors: { '404': 'No such API key.' },
+        }),
+        delete: adminOperation({
+          operationId: 'deleteApiKey',
+          summary: 'Delete an API key; its tokens stop introspecting as active at once',
+          tag: 'apikeys',
+          parameters: [CLIENT_ID],
+          ok: ['204', 'Deleted.'],
+          ifMatch: true,
+          errors: { '404': 'No such API key.' },
+        }),
+      },
+      '/api/apikeys/{clientId}/rotate-secret': {
+        post: adminOperation({
+          operationId: 'rotateApiKeySecret',
+          summary: 'New secret; the old one works for gracePeriod hours',
+          tag: 'apikeys',
+          parameters: [CLIENT_ID],
+          body: requestSchema(rotateSecretSchema),
+          ok: ['200', 'The key with its new clientSecret.', API_KEY],
+          etag: true,
+          ifMatch: true,
+          links: API_KEY_LINKS,
+          errors: { '404': 'No such API key.' },
+        }),
+      },
+      '/api/keypairs': {
+        get: adminOperation({
+          operationId: 'listKeyPairs',
+          summary: 'Every key pair',
+          tag: 'keypairs',
+          ok: ['200', 'Key pairs.', { type: 'array', items: KEY_PAIR }],
+          errors: {},
+        }),
+        post: adminOperation({
+          operationId: 'createKeyPair',
+          summary: 'Generate or import (PEM) a key pair',
+          tag: 'keypairs',
+          body: requestSchema(keyPairCreateSchema),
+          ok: ['201', 'Created.', KEY_PAIR],
+          etag: true,
+          links: KEY_PAIR_LINKS,
+          errors: { '409': 'A key pair with this id exists.' },
+        }),
+      },
+      '/api/keypairs/{id}': {
+        get: adminOperation({
+          operationId: 'getKeyPair',
+          summary: 'Read a key pair',
+          tag: 'keypairs',
+          parameters: [KEY_PAIR_ID],
+          ok: ['200', 'The key pair.', KEY_PAIR],
+          etag: true,
+          errors: { '404': 'No such key pair.' },
+        }),
+        put: adminOperation({
+          operationId: 'replaceKeyPair',
+          summary: 'Change the description (as PATCH); a body read with GET may be sent back edited',
+          tag: 'keypairs',
+          parameters: [KEY_PAIR_ID],
+          body: editBody(keyPairUpdateSchema, keyPair, KEY_PAIR_READ_ONLY),
+          ok: ['200', 'The key pair as stored.', KEY_PAIR],
+          etag: true,
+          ifMatch: true,
+          errors: { '404': 'No such key pair.' },
+        }),
+        patch: adminOperation({
+          operationId: 'updateKeyPair',
+          summary: 'Change the description',
+          tag: 'keypairs',
+          parameters: [KEY_PAIR_ID],
+          body: editBody(keyPairUpdateSchema, keyPair, KEY_PAIR_READ_ONLY),
+          ok: ['200', 'The key pair as stored.', KEY_PAIR],
+          etag: true,
+          ifMatch: true,
+          errors: { '404': 'No such key pair.' },
+        }),
+        delete: adminOperation({
+          operationId: 'deleteKeyPair',
+          summary: 'Delete a key pair; its tokens stop verifying at once',
+          tag: 'keypairs',
+          parameters: [KEY_PAIR_ID],
+          ok: ['204', 'Deleted.'],
+          ifMatch: true,
+          errors: { '404': 'No such key pair.', '409': 'It is the defaultKeyPair, or API keys name it.' },
+        }),
+      },
+      '/api/keypairs/{id}/rotate': {
+        post: adminOperation({
+          operationId: 'rotateKeyPair',
+          summary: 'A new version with a new kid signs from now on',
+          tag: 'keypairs',
+          parameters: [KEY_PAIR_ID],
+          body: requestSchema(keyPairRotateSchema),
+          ok: ['200', 'The key pair with its new version.', KEY_PAIR],
+          etag: true,
+          ifMatch: true,
+          links: KEY_PAIR_LINKS,
+          errors: { '404': 'No such key pair.' },
+        }),
+      },
+      '/api/keypairs/{id}/retire': {
+        post: adminOperation({
+          operationId: 'retireKeyPair',
+          summary: 'The key pair signs nothing more',
+          tag: 'keypairs',
+          parameters: [KEY_PAIR_ID],
+          ok: ['200', 'The retired key pair.', KEY_PAIR],
+          etag: true,
+          ifMatch: true,
+          errors: { '404': 'No such key pair.', '409': 'Already retired.' },
+        }),
+      },
+      '/api/audit': {
+        get: adminOperation({
+          operationId: 'listAudit',
+          summary: 'Every admin change (API, CLI), oldest first, paged as the API keys are',
+          tag: 'audit',
+          parameters: queryParameters(auditListQuerySchema),
+          ok: ['200', 'A page of audit entries.', { type: 'array', items: { $ref: '#/components/schemas/AuditEntry' } }, LINK_HEADER],
+          errors: { '400': 'A bad or unknown query parameter (details).' },
+        }),
+      },
+      '/health': {
+        get: {
+          operationId: 'health',
+          summary: 'The store answers and the default key pair can sign',
+          tags: ['operations'],
+          security: [],
+          responses: { '200': { description: 'Healthy.', headers: noStore, content: json({ $ref: '#/components/schemas/Health' }) } },
+        },
+      },
+      '/metrics': {
+        get: {
+          operationId: 'metrics',
+          summary: 'Prometheus metrics',
+          tags: ['operations'],
+          security: [],
+          responses: {
+            '200': {
+              description: 'Prometheus text exposition format 0.0.4.',
+              headers: noStore,
+              content: { 'text/plain': { schema: { type: 'string' } } },
+            },
+          },
+        },
+      },
+      '/openapi.json': {
+        get: {
+          operationId: 'openApi',
+          summary: 'This document',
+          tags: ['operations'],
+          security: [],
+          responses: {
+            '200': {
+              description: 'The OpenAPI 3.1 document.',
+              headers: { 'Cache-Control': { schema: { type: 'string', const: 'public, max-age=3600' } } },
+              content: json({ type: 'object' }),
+            },
+          },
+        },
+      },
+    },
+    components: {
+      securitySchemes: {
+        clientBasic: {
+          type: 'http',
+          scheme: 'basic',
+          description: 'client_secret_basic: client_id and client_secret, form-urlencoded, then base64 (RFC 6749 §2.3.1).',
+        },
+        adminBearer: { type: 'http', scheme: 'bearer', description: 'The admin token (ADMIN_TOKEN, or generated on first start).' },
+      },
+      schemas: {
+        ApiKey: responseSchema(apiKey),
+        KeyPair: responseSchema(keyPair),
+        Jwks: responseSchema(z.object({ keys: z.array(jwk) }).strict()),
+        TokenResponse: responseSchema(tokenResponse),
+        Introspection: responseSchema(introspection),
+        ServerMetadata: responseSchema(serverMetadata),
+        Health: responseSchema(health),
+        OAuthError: responseSchema(oauthError),
+        AdminError: responseSchema(adminError),
+        AuditEntry: responseSchema(auditEntry),
+      },
+    },
+  };
+}
+
+/** The document as served and committed: stable key order, two-space indent, final newline. */
+export function openApiJson(): string {
+  return `${JSON.stringify(openApiDocument(), null, 2)}\n`;
+}
+
+/** Where the committed copy lives, from dist/services/token-authority or services/token-authority. */
+export const COMMITTED_OPENAPI = path.resolve(
+  __dirname,
+  __dirname.includes(`${path.sep}dist${path.sep}`) ? '../../../docs/openapi.json' : '../../docs/openapi.json',
+);
+
+// `npm run openapi`: regenerate docs/openapi.json.
+if (require.main === module) {
+  writeFileSync(COMMITTED_OPENAPI, openApiJson());
+  process.stdout.write(`wrote ${COMMITTED_OPENAPI}\n`);
+}
