@@ -162,7 +162,15 @@ const serverMetadata = z
   .strict();
 
 const health = z
-  .object({ status: z.literal('ok'), defaultKeyPair: z.enum(['active', 'missing']), keyPairs: z.number().int().nonnegative() })
+  .object({
+    status: z.literal('ok'),
+    store: z.literal('ok'),
+    defaultKeyPair: z.enum(['active', 'missing']),
+    keyPairs: z.number().int().nonnegative(),
+  })
+  .strict();
+const unhealthy = z
+  .object({ status: z.literal('unavailable'), store: z.literal('unreachable'), defaultKeyPair: z.enum(['active', 'missing']) })
   .strict();
 
 /** RFC 6749 §5.2; also what the framework answers (not_found, unauthorized, invalid_request, server_error). */
@@ -218,6 +226,12 @@ function errorResponse(description: string, schema: JsonSchema = OAUTH_ERROR, he
   return { description, headers: { ...noStore, ...headers }, content: json(schema) };
 }
 
+/** A shared store (PostgreSQL) out of reach: the request needed it (libs/core/errors.ts StoreUnavailableError). */
+const storeUnavailable = (schema: JsonSchema) =>
+  errorResponse('temporarily_unavailable: the shared store is out of reach; retry after Retry-After seconds.', schema, {
+    'Retry-After': { schema: { type: 'string' } },
+  });
+
 /** Every answer of a body-taking endpoint that its body can cause before the handler runs. */
 const bodyErrors = (schema: JsonSchema) => ({
   '413': errorResponse('The body is larger than http.bodyLimit.', schema),
@@ -258,6 +272,7 @@ function oauthPost(operationId: string, summary: string, params: JsonSchema, ok:
         }),
         '404': oauthGuardErrors['404'],
         ...bodyErrors(OAUTH_ERROR),
+        '503': storeUnavailable(OAUTH_ERROR),
       },
     },
   };
@@ -325,6 +340,7 @@ function adminOperation(operation: AdminOperation) {
   }
   for (const [code, text] of Object.entries(errors)) responses[code] = errorResponse(text, ADMIN_ERROR);
   if (operation.body) Object.assign(responses, bodyErrors(ADMIN_ERROR));
+  responses['503'] = storeUnavailable(OAUTH_ERROR);
   const parameters = [...(operation.parameters ?? []), ...(operation.ifMatch ? [IF_MATCH] : [])];
   return {
     operationId: operation.operationId,
@@ -645,7 +661,14 @@ export function openApiDocument(): Record<string, unknown> {
           summary: 'The store answers and the default key pair can sign',
           tags: ['operations'],
           security: [],
-          responses: { '200': { description: 'Healthy.', headers: noStore, content: json({ $ref: '#/components/schemas/Health' }) } },
+          responses: {
+            '200': { description: 'Healthy.', headers: noStore, content: json({ $ref: '#/components/schemas/Health' }) },
+            '503': {
+              description: 'The shared store (PostgreSQL) is out of reach: a load balancer should send traffic elsewhere.',
+              headers: noStore,
+              content: json(responseSchema(unhealthy)),
+            },
+          },
         },
       },
       '/metrics': {
