@@ -7,6 +7,8 @@ import type { KeyRing } from './key-ring';
 import { activeVersion, SIGN_KEYPAIR_METADATA, type ApiKeyRecord, type KeyPairRecord } from './model';
 import type { AuthorityStore } from './store/repositories';
 import { createPublicKey, randomBytes } from 'node:crypto';
+import { applyPatch, deepClone, validate as validatePatch, type Operation } from 'fast-json-patch';
+import type { QuotaConsumption, QuotaCounters } from '../authz/quotas';
 
 /** Ids we accept for API keys and key pairs: printable, URL- and header-safe, no `:` (Basic auth) or `#` (kids). */
 const ID = z.string().regex(/^[A-Za-z0-9._~@+-]{1,128}$/, 'use 1 to 128 of A-Z a-z 0-9 . _ ~ @ + -');
@@ -151,6 +153,23 @@ export function apiKeyView(apiKey: ApiKeyRecord, clientSecret?: string): ApiKeyV
   return clientSecret === undefined ? view : { ...view, clientSecret };
 }
 
+/** The fields a JSON Patch may touch: the view without read-only fields. */
+function editableView(apiKey: ApiKeyRecord): Record<string, unknown> {
+  const { createdAt: _created, updatedAt: _updated, previousSecretValidUntil: _previous, ...editable } = apiKeyView(apiKey);
+  return editable as Record<string, unknown>;
+}
+
+function patchError(error: unknown): AdminError {
+  const failure = error as { name?: string; message?: string; index?: number };
+  if (failure.name === 'TEST_OPERATION_FAILED') return new AdminError(409, `JSON Patch test operation ${failure.index} failed`);
+  const where = failure.index === undefined ? '' : ` (operation ${failure.index})`;
+  return new AdminError(400, `invalid JSON Patch${where}: ${(failure.message ?? String(error)).split('\n')[0]}`);
+}
+
+function quotasOf(apiKey: ApiKeyRecord) {
+  return { throttlingQuota: apiKey.throttlingQuota, dailyQuota: apiKey.dailyQuota, monthlyQuota: apiKey.monthlyQuota };
+}
+
 /** What the admin API shows of a key pair: never a private key. */
 export function keyPairView(keyPair: KeyPairRecord) {
   const active = activeVersion(keyPair);
@@ -180,6 +199,8 @@ export class AdminService {
     private readonly store: AuthorityStore,
     private readonly keyRing: KeyRing,
     private readonly now: () => number = Date.now,
+    /** Shared quota counters (Redis); undefined when each ext-authz counts in its own memory. */
+    private readonly quotaCounters?: QuotaCounters,
   ) {}
 
   /**
@@ -237,6 +258,54 @@ export class AdminService {
     });
     if (!next) throw new AdminError(404, `API key '${clientId}' does not exist`);
     return apiKeyView(next);
+  }
+
+  /**
+   * RFC 6902 JSON Patch (Otoroshi's PATCH with an array, as its quotas tutorial does) on the key
+   * as the admin API shows it; the result is validated exactly as a PUT body, then written the
+   * same way. A failed `test` operation is 409; a malformed patch or result is 400.
+   */
+  async patchApiKey(clientId: string, operations: unknown): Promise<ApiKeyView> {
+    if (!Array.isArray(operations)) throw new AdminError(400, 'a JSON Patch (RFC 6902) body is an array of operations');
+    const document = editableView(await this.requireApiKey(clientId));
+    const invalid = validatePatch(operations as Operation[], document);
+    if (invalid) throw patchError(invalid);
+    let patched: Record<string, unknown>;
+    try {
+      patched = applyPatch(deepClone(document), operations as Operation[], false, false).newDocument;
+    } catch (error) {
+      throw patchError(error);
+    }
+    if (typeof patched !== 'object' || patched === null || Array.isArray(patched)) {
+      throw new AdminError(400, 'invalid JSON Patch: the result is not an API key object');
+    }
+    const removed = Object.keys(document).filter((field) => !(field in patched));
+    if (removed.length) throw new AdminError(400, `invalid JSON Patch: ${removed.join(', ')} cannot be removed, only replaced`);
+    return this.updateApiKey(clientId, patched);
+  }
+
+  /** Otoroshi's RemainingQuotas of a key, read from the shared counters. */
+  async getQuotas(clientId: string): Promise<QuotaConsumption> {
+    const apiKey = await this.requireApiKey(clientId);
+    return this.requireQuotaCounters().consumption(clientId, quotasOf(apiKey), this.now());
+  }
+
+  /** Resets a key's counters (second, day, month); answers the consumption afterwards. */
+  async resetQuotas(clientId: string): Promise<QuotaConsumption> {
+    const apiKey = await this.requireApiKey(clientId);
+    const counters = this.requireQuotaCounters();
+    await counters.reset(clientId, this.now());
+    return counters.consumption(clientId, quotasOf(apiKey), this.now());
+  }
+
+  private requireQuotaCounters(): QuotaCounters {
+    if (!this.quotaCounters) {
+      throw new AdminError(
+        501,
+        'quota counters are not shared: each ext-authz counts in its own memory. Set REDIS_URL (and the same REDIS_KEY_PREFIX) on ext-authz and on the token authority to read and reset them here',
+      );
+    }
+    return this.quotaCounters;
   }
 
   /** Replaces the secret; the old one keeps working for the grace period (hours, default the key's rotation.gracePeriod). */

@@ -10,6 +10,8 @@ import { KeyRing } from './key-ring';
 import type { AuthorityStore } from './store/repositories';
 import { SqliteStore } from './store/sqlite-store';
 import { TokenService } from './token-service';
+import { AuthFailureLimiter } from './auth-failure-limiter';
+import { connectRedis, RedisQuotaCounters } from '../authz/quota-redis';
 
 export interface AuthorityLogger {
   info(message: string): void;
@@ -74,7 +76,19 @@ export interface AuthorityOptions {
 export async function createAuthority(config: AuthorityConfig, log: AuthorityLogger, options: AuthorityOptions = {}): Promise<Authority> {
   const authorityStore = options.store ?? new SqliteStore(storePath(config));
   const keyRing = new KeyRing(authorityStore.keyPairs, Date.now);
-  const admin = new AdminService(config, authorityStore, keyRing);
+  // Redis, when configured: the quota counters ext-authz keeps there, and shared failure limits.
+  const redis = config.redis.url
+    ? connectRedis({
+        url: config.redis.url,
+        commandTimeoutMs: 1000,
+        onStateChange: (up, error) =>
+          log.warn(
+            up ? 'redis connection ready' : `redis connection lost${error ? `: ${error.message}` : ''}; failure limits fall back to memory`,
+          ),
+      })
+    : undefined;
+  const quotaCounters = redis ? new RedisQuotaCounters(redis, config.redis.keyPrefix) : undefined;
+  const admin = new AdminService(config, authorityStore, keyRing, Date.now, quotaCounters);
   if (!(await authorityStore.keyPairs.get(config.defaultKeyPair))) {
     try {
       await admin.createKeyPair({
@@ -97,7 +111,13 @@ export async function createAuthority(config: AuthorityConfig, log: AuthorityLog
   );
   await dataPlane.start();
   await keyRing.reload();
-  const tokens = new TokenService(config, authorityStore, keyRing);
+  const tokens = new TokenService(
+    config,
+    authorityStore,
+    keyRing,
+    undefined,
+    new AuthFailureLimiter(config.authFailures, redis, config.redis.keyPrefix),
+  );
   const adminHash = options.adminApi === false ? undefined : adminTokenHash(config, log);
   const dataPlaneHash = config.dataPlaneToken ? sha256(config.dataPlaneToken) : undefined;
 
@@ -117,6 +137,7 @@ export async function createAuthority(config: AuthorityConfig, log: AuthorityLog
     async close() {
       clearInterval(purgeTimer);
       dataPlane.close();
+      redis?.disconnect();
       await authorityStore.close();
     },
   };

@@ -1,5 +1,6 @@
 import type { Authorizer } from '../../libs/authz/authorizer';
 import type { AuthzMetrics } from '../../libs/authz/metrics';
+import type { QuotaEnforcer } from '../../libs/authz/quotas';
 import type { AuthorityReplica } from '../../libs/authz/replica';
 
 /** Nest injection token of the wired ext-authz core. */
@@ -10,4 +11,6 @@ export interface ExtAuthz {
   replica: AuthorityReplica;
   metrics: AuthzMetrics;
   watch: { reconnects: number };
+  /** Undefined when quotas are off. */
+  quotas?: QuotaEnforcer;
 }

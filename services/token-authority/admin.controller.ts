@@ -5,6 +5,7 @@ import {
   Delete,
   ExecutionContext,
   Get,
+  Headers,
   HttpCode,
   Inject,
   Injectable,
@@ -71,9 +72,24 @@ export class AdminController {
     return this.authority.admin.updateApiKey(clientId, body);
   }
 
+  /** A JSON merge body (the fields given replace the stored ones), or an RFC 6902 JSON Patch array. */
   @Patch('apikeys/:clientId')
-  updateApiKey(@Param('clientId') clientId: string, @Body() body: unknown) {
+  updateApiKey(@Param('clientId') clientId: string, @Body() body: unknown, @Headers('content-type') contentType?: string) {
+    if (Array.isArray(body) || /^application\/json-patch\+json\b/i.test(contentType ?? '')) {
+      return this.authority.admin.patchApiKey(clientId, body);
+    }
     return this.authority.admin.updateApiKey(clientId, body);
+  }
+
+  /** Otoroshi's RemainingQuotas, from the counters ext-authz shares on Redis. */
+  @Get('apikeys/:clientId/quotas')
+  getQuotas(@Param('clientId') clientId: string) {
+    return this.authority.admin.getQuotas(clientId);
+  }
+
+  @Delete('apikeys/:clientId/quotas')
+  resetQuotas(@Param('clientId') clientId: string) {
+    return this.authority.admin.resetQuotas(clientId);
   }
 
   @Post('apikeys/:clientId/rotate-secret')

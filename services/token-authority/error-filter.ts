@@ -5,7 +5,7 @@ import { AdminError, OAuthError } from '../../libs/core/errors';
 import { countUnexpectedError } from '../../libs/observability/unexpected-errors';
 import { toGrpcError } from './grpc-errors';
 
-const ADMIN_ERROR_CODES = { 400: 'invalid_request', 404: 'not_found', 409: 'conflict' } as const;
+const ADMIN_ERROR_CODES = { 400: 'invalid_request', 404: 'not_found', 409: 'conflict', 501: 'not_implemented' } as const;
 
 /** Body parse failures from Fastify, in words a client can act on. */
 const FASTIFY_MESSAGES: Record<string, string> = {
@@ -35,6 +35,7 @@ export class ErrorFilter implements ExceptionFilter {
     reply.header('cache-control', 'no-store');
     if (exception instanceof OAuthError) {
       if (exception.wwwAuthenticate) reply.header('www-authenticate', exception.wwwAuthenticate);
+      if (exception.retryAfter !== undefined) reply.header('retry-after', String(exception.retryAfter));
       void reply.status(exception.status).send(exception.toJSON());
       return;
     }

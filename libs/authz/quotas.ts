@@ -1,0 +1,350 @@
+import type { ApiKeyQuotas } from '../core/data-plane';
+
+/**
+ * Otoroshi's per-key quotas: `throttlingQuota` calls per second, `dailyQuota` per UTC day,
+ * `monthlyQuota` per UTC month. Framework-free; two back ends share one contract:
+ *
+ * - MemoryQuotaCounters: exact, for one ext-authz.
+ * - RedisQuotaCounters (quota-redis.ts): shared by every replica on one Redis.
+ *
+ * The per-second throttle is GCRA (the generic cell rate algorithm, a token bucket kept as one
+ * timestamp): a burst of up to `throttlingQuota` calls passes at once, and over any window the
+ * key never gets more than `throttlingQuota` per second plus that one burst. Day and month are
+ * plain counters keyed by the UTC day (20261128) and month (202611), as Otoroshi counts them.
+ *
+ * Counters are consumed by *reservations*: a call is only admitted against calls already counted
+ * in the store, so replicas never admit more than the quota together. With Redis a replica
+ * reserves a small batch (a lease) and spends it locally, so most Checks take no round trip;
+ * see QuotaEnforcer for how leases are sized and given back.
+ */
+
+export type QuotaPeriod = 'second' | 'day' | 'month';
+
+/** What a reservation got. `granted` 0 means refused, because of `exceeded`. */
+export interface Grant {
+  granted: number;
+  /** Calls counted today and this month after the reservation, across all replicas. */
+  dailyUsed: number;
+  monthlyUsed: number;
+  exceeded?: QuotaPeriod;
+  /** When refused for the second: ms until one call fits again. */
+  retryAfterMs?: number;
+}
+
+/** Otoroshi's RemainingQuotas (GET /api/apikeys/:clientId/quotas). */
+export interface QuotaConsumption {
+  authorizedCallsPerSec: number;
+  currentCallsPerSec: number;
+  remainingCallsPerSec: number;
+  authorizedCallsPerDay: number;
+  currentCallsPerDay: number;
+  remainingCallsPerDay: number;
+  authorizedCallsPerMonth: number;
+  currentCallsPerMonth: number;
+  remainingCallsPerMonth: number;
+}
+
+/** The store of counters. Implementations reject (never hang) when they cannot answer. */
+export interface QuotaCounters {
+  readonly kind: 'memory' | 'redis';
+  /** Reserves up to `want` calls (at least one when any is left) at `now`. */
+  reserve(clientId: string, quotas: ApiKeyQuotas, want: number, now: number): Promise<Grant>;
+  /** Gives back reserved calls that were not used (same UTC day and month only). */
+  release(clientId: string, calls: number, day: string, month: string): Promise<void>;
+  consumption(clientId: string, quotas: ApiKeyQuotas, now: number): Promise<QuotaConsumption>;
+  /** Forgets the key's counters (second, day, month). */
+  reset(clientId: string, now: number): Promise<void>;
+  close(): Promise<void>;
+}
+
+export const utcDay = (now: number): string => new Date(now).toISOString().slice(0, 10).replaceAll('-', '');
+export const utcMonth = (now: number): string => new Date(now).toISOString().slice(0, 7).replace('-', '');
+
+/** Ms until the next UTC day, and until the next UTC month. */
+export function msUntilNextDay(now: number): number {
+  const date = new Date(now);
+  return Date.UTC(date.getUTCFullYear(), date.getUTCMonth(), date.getUTCDate() + 1) - now;
+}
+export function msUntilNextMonth(now: number): number {
+  const date = new Date(now);
+  return Date.UTC(date.getUTCFullYear(), date.getUTCMonth() + 1, 1) - now;
+}
+
+/** GCRA's state for one key: the theoretical arrival time (ms) of the next call. */
+export function gcraReserve(tat: number, rate: number, want: number, now: number): { granted: number; tat: number; retryAfterMs: number } {
+  if (rate <= 0) return { granted: 0, tat, retryAfterMs: 1000 };
+  const period = 1000 / rate;
+  const start = Math.max(tat, now);
+  // A burst of `rate` calls: the bucket holds one second of calls.
+  const available = Math.floor((1000 - (start - now)) / period + 1e-9);
+  if (available < 1) return { granted: 0, tat, retryAfterMs: Math.max(1, Math.ceil(start - now - 1000 + period)) };
+  const granted = Math.min(want, available);
+  return { granted, tat: start + granted * period, retryAfterMs: 0 };
+}
+
+/** Calls in the bucket at `now` (Otoroshi's "current calls per second"). */
+export function gcraCurrent(tat: number, rate: number, now: number): number {
+  if (rate <= 0 || tat <= now) return 0;
+  return Math.min(rate, Math.ceil((tat - now) / (1000 / rate) - 1e-9));
+}
+
+/**
+ * How many calls a reservation may take when `left` remain in a period: all it wants while
+ * plenty is left, one at a time near the end (so N replicas together can spend the last calls).
+ */
+export function leaseCap(left: number): number {
+  return Math.max(1, Math.floor(left / 64));
+}
+
+export function consumptionOf(quotas: ApiKeyQuotas, perSecond: number, daily: number, monthly: number): QuotaConsumption {
+  return {
+    authorizedCallsPerSec: quotas.throttlingQuota,
+    currentCallsPerSec: perSecond,
+    remainingCallsPerSec: Math.max(0, quotas.throttlingQuota - perSecond),
+    authorizedCallsPerDay: quotas.dailyQuota,
+    currentCallsPerDay: daily,
+    remainingCallsPerDay: Math.max(0, quotas.dailyQuota - daily),
+    authorizedCallsPerMonth: quotas.monthlyQuota,
+    currentCallsPerMonth: monthly,
+    remainingCallsPerMonth: Math.max(0, quotas.monthlyQuota - monthly),
+  };
+}
+
+interface MemoryEntry {
+  tat: number;
+  day: string;
+  daily: number;
+  month: string;
+  monthly: number;
+}
+
+/** Exact counters in this process (the default: one ext-authz). */
+export class MemoryQuotaCounters implements QuotaCounters {
+  readonly kind = 'memory';
+  private readonly entries = new Map<string, MemoryEntry>();
+
+  private entry(clientId: string, now: number): MemoryEntry {
+    const day = utcDay(now);
+    const month = utcMonth(now);
+    let entry = this.entries.get(clientId);
+    if (!entry) {
+      entry = { tat: 0, day, daily: 0, month, monthly: 0 };
+      this.entries.set(clientId, entry);
+    }
+    if (entry.day !== day) {
+      entry.day = day;
+      entry.daily = 0;
+    }
+    if (entry.month !== month) {
+      entry.month = month;
+      entry.monthly = 0;
+    }
+    return entry;
+  }
+
+  /** Synchronous: the enforcer calls this directly on the hot path. */
+  reserveNow(clientId: string, quotas: ApiKeyQuotas, want: number, now: number): Grant {
+    const entry = this.entry(clientId, now);
+    const refused = (exceeded: QuotaPeriod, retryAfterMs?: number): Grant => ({
+      granted: 0,
+      dailyUsed: entry.daily,
+      monthlyUsed: entry.monthly,
+      exceeded,
+      retryAfterMs,
+    });
+    if (entry.daily >= quotas.dailyQuota) return refused('day');
+    if (entry.monthly >= quotas.monthlyQuota) return refused('month');
+    const limit = Math.min(want, quotas.dailyQuota - entry.daily, quotas.monthlyQuota - entry.monthly);
+    const throttled = gcraReserve(entry.tat, quotas.throttlingQuota, limit, now);
+    if (!throttled.granted) return refused('second', throttled.retryAfterMs);
+    entry.tat = throttled.tat;
+    entry.daily += throttled.granted;
+    entry.monthly += throttled.granted;
+    return { granted: throttled.granted, dailyUsed: entry.daily, monthlyUsed: entry.monthly };
+  }
+
+  async reserve(clientId: string, quotas: ApiKeyQuotas, want: number, now: number): Promise<Grant> {
+    return this.reserveNow(clientId, quotas, want, now);
+  }
+
+  async release(clientId: string, calls: number, day: string, month: string): Promise<void> {
+    const entry = this.entries.get(clientId);
+    if (entry?.day === day) entry.daily = Math.max(0, entry.daily - calls);
+    if (entry?.month === month) entry.monthly = Math.max(0, entry.monthly - calls);
+  }
+
+  async consumption(clientId: string, quotas: ApiKeyQuotas, now: number): Promise<QuotaConsumption> {
+    const entry = this.entry(clientId, now);
+    return consumptionOf(quotas, gcraCurrent(entry.tat, quotas.throttlingQuota, now), entry.daily, entry.monthly);
+  }
+
+  async reset(clientId: string): Promise<void> {
+    this.entries.delete(clientId);
+  }
+
+  async close(): Promise<void> {}
+}
+
+/** What the enforcer answers for one call. */
+export type QuotaDecision =
+  | { outcome: 'allowed'; dailyRemaining: number; monthlyRemaining: number }
+  | { outcome: 'exceeded'; period: QuotaPeriod; retryAfterSeconds: number }
+  | { outcome: 'unavailable'; error: Error };
+
+interface Lease {
+  /** Reserved calls not spent yet. */
+  left: number;
+  day: string;
+  month: string;
+  /** When the store last answered for this key: leases older than the lease TTL are given back. */
+  at: number;
+  /** Usage after the last reservation, for the remaining-calls headers. */
+  dailyUsed: number;
+  monthlyUsed: number;
+  /** Refused until then (ms), without asking the store again. */
+  refusedUntil: number;
+  refusal?: { period: QuotaPeriod; retryAfterSeconds: number };
+  pending?: Promise<void>;
+}
+
+export interface QuotaEnforcerOptions {
+  /** Largest lease (calls reserved at once); 1 reserves every call (memory does that anyway). */
+  leaseMax: number;
+  /** Unspent leases are given back after this long without use (ms). */
+  leaseTtlMs: number;
+  /** A refusal for the day or month is remembered this long (ms) before the store is asked again. */
+  refusalCacheMs: number;
+}
+
+/**
+ * Spends reservations call by call. With the memory back end every call is reserved at once and
+ * exactly. With Redis a replica reserves a lease of up to `leaseMax` calls (fewer near the end of
+ * a quota, see leaseCap, and no more than a tenth of a second of the throttle) and spends it
+ * without a round trip; one reservation per key is in flight at a time, and unspent leases go
+ * back after `leaseTtlMs`. No call is ever admitted that the store has not counted, so the
+ * replicas together never exceed a quota; what a lease costs is that its calls are counted
+ * before they happen (the remaining-calls headers run ahead by at most the leases out).
+ */
+export class QuotaEnforcer {
+  private readonly leases = new Map<string, Lease>();
+  private readonly sweep: NodeJS.Timeout;
+
+  constructor(
+    readonly counters: QuotaCounters,
+    private readonly options: QuotaEnforcerOptions,
+    private readonly now: () => number = Date.now,
+  ) {
+    this.sweep = setInterval(() => this.giveBackIdleLeases(), Math.max(100, options.leaseTtlMs)).unref();
+  }
+
+  async consume(clientId: string, quotas: ApiKeyQuotas): Promise<QuotaDecision> {
+    if (this.counters instanceof MemoryQuotaCounters) {
+      const now = this.now();
+      return this.decide(this.counters.reserveNow(clientId, quotas, 1, now), quotas, now, 0);
+    }
+    for (let attempt = 0; attempt < 8; attempt++) {
+      const now = this.now();
+      const day = utcDay(now);
+      const month = utcMonth(now);
+      let lease = this.leases.get(clientId);
+      if (lease && (lease.day !== day || lease.month !== month)) {
+        // A new UTC day or month: what was reserved belonged to the last one.
+        this.leases.delete(clientId);
+        lease = undefined;
+      }
+      if (lease && lease.left > 0) {
+        lease.left -= 1;
+        lease.at = now;
+        return {
+          outcome: 'allowed',
+          dailyRemaining: Math.max(0, quotas.dailyQuota - lease.dailyUsed + lease.left),
+          monthlyRemaining: Math.max(0, quotas.monthlyQuota - lease.monthlyUsed + lease.left),
+        };
+      }
+      if (lease?.refusal && lease.refusedUntil > now) return { outcome: 'exceeded', ...lease.refusal };
+      if (lease?.pending !== undefined) {
+        await lease.pending;
+        continue;
+      }
+      const current = lease ?? { left: 0, day, month, at: now, dailyUsed: 0, monthlyUsed: 0, refusedUntil: 0 };
+      this.leases.set(clientId, current);
+      let failure: Error | undefined;
+      current.pending = this.counters
+        .reserve(clientId, quotas, this.want(quotas), now)
+        .then(
+          (grant) => {
+            current.left += grant.granted;
+            current.at = now;
+            current.dailyUsed = grant.dailyUsed;
+            current.monthlyUsed = grant.monthlyUsed;
+            const refused = this.decide(grant, quotas, now, 0);
+            if (refused.outcome === 'exceeded') {
+              current.refusal = { period: refused.period, retryAfterSeconds: refused.retryAfterSeconds };
+              current.refusedUntil =
+                now +
+                (refused.period === 'second'
+                  ? Math.min(refused.retryAfterSeconds * 1000, grant.retryAfterMs ?? 0)
+                  : this.options.refusalCacheMs);
+            } else {
+              current.refusal = undefined;
+            }
+          },
+          (error: Error) => {
+            failure = error;
+          },
+        )
+        .finally(() => {
+          current.pending = undefined;
+        });
+      await current.pending;
+      if (failure) return { outcome: 'unavailable', error: failure };
+    }
+    // Others kept taking the calls this one waited for: it is refused like an exhausted quota.
+    return { outcome: 'exceeded', period: 'second', retryAfterSeconds: 1 };
+  }
+
+  private want(quotas: ApiKeyQuotas): number {
+    return Math.max(1, Math.min(this.options.leaseMax, Math.floor(quotas.throttlingQuota / 10)));
+  }
+
+  /** A reservation's outcome as the decision for the call that asked (the memory path spends it at once). */
+  private decide(grant: Grant, quotas: ApiKeyQuotas, now: number, left: number): QuotaDecision {
+    if (grant.granted > 0) {
+      return {
+        outcome: 'allowed',
+        dailyRemaining: Math.max(0, quotas.dailyQuota - grant.dailyUsed + left),
+        monthlyRemaining: Math.max(0, quotas.monthlyQuota - grant.monthlyUsed + left),
+      };
+    }
+    const ms =
+      grant.exceeded === 'day' ? msUntilNextDay(now) : grant.exceeded === 'month' ? msUntilNextMonth(now) : (grant.retryAfterMs ?? 1000);
+    return { outcome: 'exceeded', period: grant.exceeded ?? 'second', retryAfterSeconds: Math.max(1, Math.ceil(ms / 1000)) };
+  }
+
+  /** Forgets this replica's lease and refusal for a key (after an admin reset). */
+  forget(clientId: string): void {
+    this.leases.delete(clientId);
+  }
+
+  private giveBackIdleLeases(): void {
+    const now = this.now();
+    for (const [clientId, lease] of this.leases) {
+      if (lease.pending || now - lease.at < this.options.leaseTtlMs) continue;
+      if (lease.refusal && lease.refusedUntil > now) continue;
+      this.leases.delete(clientId);
+      if (lease.left > 0) this.counters.release(clientId, lease.left, lease.day, lease.month).catch(() => undefined);
+    }
+  }
+
+  /** Gives back every unspent lease (on shutdown), then closes the store. */
+  async close(): Promise<void> {
+    clearInterval(this.sweep);
+    await Promise.all(
+      [...this.leases].map(([clientId, lease]) =>
+        lease.left > 0 ? this.counters.release(clientId, lease.left, lease.day, lease.month).catch(() => undefined) : undefined,
+      ),
+    );
+    this.leases.clear();
+    await this.counters.close();
+  }
+}
