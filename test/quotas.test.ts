@@ -41,7 +41,7 @@ describe('quota counters (memory) and the per-second GCRA', () => {
   it('counts per UTC day and month, and starts again on a new UTC day (injected clock)', async () => {
     const counters = new MemoryQuotaCounters();
     let now = Date.UTC(2026, 10, 28, 23, 59, 59, 500);
-    const enforcer = new QuotaEnforcer(counters, { leaseMax: 1, leaseTtlMs: 1000, refusalCacheMs: 0 }, () => now);
+    const enforcer = new QuotaEnforcer(counters, { leaseMax: 1, leaseTtlMs: 1000, refusalCacheMs: 0, waitMs: 100 }, () => now);
     try {
       const outcomes = [];
       for (let i = 0; i < 4; i++) outcomes.push(await enforcer.consume('k', LIMITS));
@@ -74,7 +74,7 @@ describe('quota counters (memory) and the per-second GCRA', () => {
   });
 
   it('refuses a key whose quota is 0', async () => {
-    const enforcer = new QuotaEnforcer(new MemoryQuotaCounters(), { leaseMax: 1, leaseTtlMs: 1000, refusalCacheMs: 0 });
+    const enforcer = new QuotaEnforcer(new MemoryQuotaCounters(), { leaseMax: 1, leaseTtlMs: 1000, refusalCacheMs: 0, waitMs: 100 });
     try {
       assert.equal((await enforcer.consume('z', { throttlingQuota: 0, dailyQuota: 10, monthlyQuota: 10 })).outcome, 'exceeded');
       assert.equal((await enforcer.consume('z', { throttlingQuota: 10, dailyQuota: 0, monthlyQuota: 10 })).outcome, 'exceeded');

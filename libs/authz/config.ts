@@ -76,7 +76,10 @@ export const extAuthzConfigSchema = z
         leaseMax: z.coerce.number().int().min(1).max(10_000).default(100),
         /** Unspent reserved calls go back to Redis after this long without use, ms. */
         leaseTtlMs: z.coerce.number().int().min(10).default(1000),
-        /** A Redis command slower than this counts as Redis being away, ms. */
+        /**
+         * How long a Check waits for Redis, ms; past it the call fails open or closed (quotaFailure).
+         * Keep it under the proxy's ext_authz timeout (0.25 s in envoy/*.yaml).
+         */
         commandTimeoutMs: z.coerce.number().int().min(1).default(100),
       })
       .prefault({}),

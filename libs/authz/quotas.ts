@@ -214,6 +214,28 @@ export interface QuotaEnforcerOptions {
   leaseTtlMs: number;
   /** A refusal for the day or month is remembered this long (ms) before the store is asked again. */
   refusalCacheMs: number;
+  /**
+   * How long a Check waits for the store (ms); then it fails open or closed as its policy says.
+   * The reservation itself goes on: what it gets is kept for the next calls, never lost.
+   */
+  waitMs: number;
+}
+
+/** Whether `promise` settles within `ms` (it keeps running either way). */
+function settlesWithin(promise: Promise<unknown>, ms: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => resolve(false), ms);
+    promise.then(
+      () => {
+        clearTimeout(timer);
+        resolve(true);
+      },
+      () => {
+        clearTimeout(timer);
+        resolve(true);
+      },
+    );
+  });
 }
 
 /**
@@ -240,9 +262,18 @@ export class QuotaEnforcer {
   async consume(clientId: string, quotas: ApiKeyQuotas): Promise<QuotaDecision> {
     if (this.counters instanceof MemoryQuotaCounters) {
       const now = this.now();
-      return this.decide(this.counters.reserveNow(clientId, quotas, 1, now), quotas, now, 0);
+      const grant = this.counters.reserveNow(clientId, quotas, 1, now);
+      if (grant.granted === 0) return this.decide(grant, now);
+      return {
+        outcome: 'allowed',
+        dailyRemaining: Math.max(0, quotas.dailyQuota - grant.dailyUsed),
+        monthlyRemaining: Math.max(0, quotas.monthlyQuota - grant.monthlyUsed),
+      };
     }
-    for (let attempt = 0; attempt < 8; attempt++) {
+    // Each pass either spends a reserved call, meets a remembered refusal, waits for the
+    // reservation in flight, or makes one itself (and then gets the first of what it reserved),
+    // so every caller ends; the bound is only a safety net.
+    for (let pass = 0; pass < 1000; pass++) {
       const now = this.now();
       const day = utcDay(now);
       const month = utcMonth(now);
@@ -252,23 +283,16 @@ export class QuotaEnforcer {
         this.leases.delete(clientId);
         lease = undefined;
       }
-      if (lease && lease.left > 0) {
-        lease.left -= 1;
-        lease.at = now;
-        return {
-          outcome: 'allowed',
-          dailyRemaining: Math.max(0, quotas.dailyQuota - lease.dailyUsed + lease.left),
-          monthlyRemaining: Math.max(0, quotas.monthlyQuota - lease.monthlyUsed + lease.left),
-        };
-      }
+      if (lease && lease.left > 0) return this.spend(lease, quotas, now);
       if (lease?.refusal && lease.refusedUntil > now) return { outcome: 'exceeded', ...lease.refusal };
       if (lease?.pending !== undefined) {
-        await lease.pending;
+        if (!(await settlesWithin(lease.pending, this.options.waitMs))) return this.slow();
         continue;
       }
       const current = lease ?? { left: 0, day, month, at: now, dailyUsed: 0, monthlyUsed: 0, refusedUntil: 0 };
       this.leases.set(clientId, current);
-      let failure: Error | undefined;
+      let outcome: QuotaDecision | undefined;
+      let abandoned = false;
       current.pending = this.counters
         .reserve(clientId, quotas, this.want(quotas), now)
         .then(
@@ -277,45 +301,55 @@ export class QuotaEnforcer {
             current.at = now;
             current.dailyUsed = grant.dailyUsed;
             current.monthlyUsed = grant.monthlyUsed;
-            const refused = this.decide(grant, quotas, now, 0);
-            if (refused.outcome === 'exceeded') {
-              current.refusal = { period: refused.period, retryAfterSeconds: refused.retryAfterSeconds };
-              current.refusedUntil =
-                now +
-                (refused.period === 'second'
-                  ? Math.min(refused.retryAfterSeconds * 1000, grant.retryAfterMs ?? 0)
-                  : this.options.refusalCacheMs);
-            } else {
+            if (grant.granted > 0) {
               current.refusal = undefined;
+              // The caller that reserved spends first, before any waiter wakes up; if it gave up
+              // waiting, the calls stay in the lease for the next ones (they are counted already).
+              if (!abandoned) outcome = this.spend(current, quotas, now);
+              return;
             }
+            const refused = this.decide(grant, now);
+            current.refusal = { period: refused.period, retryAfterSeconds: refused.retryAfterSeconds };
+            current.refusedUntil = now + (refused.period === 'second' ? (grant.retryAfterMs ?? 1000) : this.options.refusalCacheMs);
+            outcome = refused;
           },
           (error: Error) => {
-            failure = error;
+            outcome = { outcome: 'unavailable', error };
           },
         )
         .finally(() => {
           current.pending = undefined;
         });
-      await current.pending;
-      if (failure) return { outcome: 'unavailable', error: failure };
+      if (!(await settlesWithin(current.pending, this.options.waitMs))) {
+        abandoned = true;
+        return this.slow();
+      }
+      if (outcome) return outcome;
     }
-    // Others kept taking the calls this one waited for: it is refused like an exhausted quota.
     return { outcome: 'exceeded', period: 'second', retryAfterSeconds: 1 };
+  }
+
+  private slow(): QuotaDecision {
+    return { outcome: 'unavailable', error: new Error(`the quota store did not answer within ${this.options.waitMs} ms`) };
+  }
+
+  private spend(lease: Lease, quotas: ApiKeyQuotas, now: number): QuotaDecision {
+    lease.left -= 1;
+    lease.at = now;
+    // The store counted the whole lease: what this replica has not spent yet is still to come.
+    return {
+      outcome: 'allowed',
+      dailyRemaining: Math.max(0, quotas.dailyQuota - lease.dailyUsed + lease.left),
+      monthlyRemaining: Math.max(0, quotas.monthlyQuota - lease.monthlyUsed + lease.left),
+    };
   }
 
   private want(quotas: ApiKeyQuotas): number {
     return Math.max(1, Math.min(this.options.leaseMax, Math.floor(quotas.throttlingQuota / 10)));
   }
 
-  /** A reservation's outcome as the decision for the call that asked (the memory path spends it at once). */
-  private decide(grant: Grant, quotas: ApiKeyQuotas, now: number, left: number): QuotaDecision {
-    if (grant.granted > 0) {
-      return {
-        outcome: 'allowed',
-        dailyRemaining: Math.max(0, quotas.dailyQuota - grant.dailyUsed + left),
-        monthlyRemaining: Math.max(0, quotas.monthlyQuota - grant.monthlyUsed + left),
-      };
-    }
+  /** A refused reservation as the caller's answer: Retry-After is the next second, UTC day or month. */
+  private decide(grant: Grant, now: number): QuotaDecision & { outcome: 'exceeded' } {
     const ms =
       grant.exceeded === 'day' ? msUntilNextDay(now) : grant.exceeded === 'month' ? msUntilNextMonth(now) : (grant.retryAfterMs ?? 1000);
     return { outcome: 'exceeded', period: grant.exceeded ?? 'second', retryAfterSeconds: Math.max(1, Math.ceil(ms / 1000)) };

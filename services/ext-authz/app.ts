@@ -61,7 +61,8 @@ export async function startExtAuthz(config: ExtAuthzConfig, options: ExtAuthzOpt
   const redis = config.quotas.redisUrl
     ? connectRedis({
         url: config.quotas.redisUrl,
-        commandTimeoutMs: config.quotas.commandTimeoutMs,
+        // A backstop for a hung Redis; Checks wait only quotas.commandTimeoutMs (the enforcer's waitMs).
+        commandTimeoutMs: Math.max(2000, config.quotas.commandTimeoutMs),
         onStateChange: (up, error) => {
           metrics.quotaStoreUp = up;
           if (up) logger.info('quota store (redis) connected');
@@ -86,7 +87,12 @@ export async function startExtAuthz(config: ExtAuthzConfig, options: ExtAuthzOpt
     counters &&
     new QuotaEnforcer(
       counters,
-      { leaseMax: redis ? config.quotas.leaseMax : 1, leaseTtlMs: config.quotas.leaseTtlMs, refusalCacheMs: 250 },
+      {
+        leaseMax: redis ? config.quotas.leaseMax : 1,
+        leaseTtlMs: config.quotas.leaseTtlMs,
+        refusalCacheMs: 250,
+        waitMs: config.quotas.commandTimeoutMs,
+      },
       options.quotaClock,
     );
   let lastStoreFailureLog = 0;
