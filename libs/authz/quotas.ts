@@ -57,8 +57,24 @@ export interface QuotaCounters {
   close(): Promise<void>;
 }
 
-export const utcDay = (now: number): string => new Date(now).toISOString().slice(0, 10).replaceAll('-', '');
-export const utcMonth = (now: number): string => new Date(now).toISOString().slice(0, 7).replace('-', '');
+/**
+ * The UTC day (20261128) and month (202611) of an instant. Formatting a date costs more than the
+ * rest of a quota check, so the day of the last instant asked is kept, with its bounds.
+ */
+const calendar = { start: 0, end: 0, day: '', month: '' };
+function periodsOf(now: number): typeof calendar {
+  if (now < calendar.start || now >= calendar.end) {
+    const date = new Date(now);
+    calendar.start = Date.UTC(date.getUTCFullYear(), date.getUTCMonth(), date.getUTCDate());
+    calendar.end = calendar.start + 86_400_000;
+    const iso = date.toISOString();
+    calendar.day = iso.slice(0, 10).replaceAll('-', '');
+    calendar.month = iso.slice(0, 7).replace('-', '');
+  }
+  return calendar;
+}
+export const utcDay = (now: number): string => periodsOf(now).day;
+export const utcMonth = (now: number): string => periodsOf(now).month;
 
 /** Ms until the next UTC day, and until the next UTC month. */
 export function msUntilNextDay(now: number): number {
@@ -205,6 +221,8 @@ interface Lease {
   refusedUntil: number;
   refusal?: { period: QuotaPeriod; retryAfterSeconds: number };
   pending?: Promise<void>;
+  /** Size of the last grant: a large lease is topped up before it runs out (see spend). */
+  lastGrant: number;
 }
 
 export interface QuotaEnforcerOptions {
@@ -283,13 +301,13 @@ export class QuotaEnforcer {
         this.leases.delete(clientId);
         lease = undefined;
       }
-      if (lease && lease.left > 0) return this.spend(lease, quotas, now);
+      if (lease && lease.left > 0) return this.spend(clientId, lease, quotas, now);
       if (lease?.refusal && lease.refusedUntil > now) return { outcome: 'exceeded', ...lease.refusal };
       if (lease?.pending !== undefined) {
         if (!(await settlesWithin(lease.pending, this.options.waitMs))) return this.slow();
         continue;
       }
-      const current = lease ?? { left: 0, day, month, at: now, dailyUsed: 0, monthlyUsed: 0, refusedUntil: 0 };
+      const current = lease ?? { left: 0, day, month, at: now, dailyUsed: 0, monthlyUsed: 0, refusedUntil: 0, lastGrant: 0 };
       this.leases.set(clientId, current);
       let outcome: QuotaDecision | undefined;
       let abandoned = false;
@@ -297,15 +315,11 @@ export class QuotaEnforcer {
         .reserve(clientId, quotas, this.want(quotas), now)
         .then(
           (grant) => {
-            current.left += grant.granted;
-            current.at = now;
-            current.dailyUsed = grant.dailyUsed;
-            current.monthlyUsed = grant.monthlyUsed;
+            this.granted(current, grant, now);
             if (grant.granted > 0) {
-              current.refusal = undefined;
               // The caller that reserved spends first, before any waiter wakes up; if it gave up
               // waiting, the calls stay in the lease for the next ones (they are counted already).
-              if (!abandoned) outcome = this.spend(current, quotas, now);
+              if (!abandoned) outcome = this.spend(clientId, current, quotas, now);
               return;
             }
             const refused = this.decide(grant, now);
@@ -333,9 +347,47 @@ export class QuotaEnforcer {
     return { outcome: 'unavailable', error: new Error(`the quota store did not answer within ${this.options.waitMs} ms`) };
   }
 
-  private spend(lease: Lease, quotas: ApiKeyQuotas, now: number): QuotaDecision {
+  private granted(lease: Lease, grant: Grant, now: number): void {
+    lease.left += grant.granted;
+    lease.at = now;
+    lease.dailyUsed = grant.dailyUsed;
+    lease.monthlyUsed = grant.monthlyUsed;
+    if (grant.granted > 0) {
+      lease.refusal = undefined;
+      lease.lastGrant = grant.granted;
+    }
+  }
+
+  private spend(clientId: string, lease: Lease, quotas: ApiKeyQuotas, now: number): QuotaDecision {
     lease.left -= 1;
     lease.at = now;
+    // A busy key's lease is topped up in the background when a quarter is left, so its calls
+    // never wait for Redis in the steady state. Small leases (the end of a quota) are not: there,
+    // every call is reserved when it comes, which keeps the last calls exact across replicas.
+    if (lease.lastGrant >= 8 && lease.left <= lease.lastGrant / 4 && lease.pending === undefined && !lease.refusal) {
+      lease.pending = this.counters
+        .reserve(clientId, quotas, this.want(quotas), now)
+        .then(
+          (grant) => {
+            if (this.leases.get(clientId) !== lease) {
+              // Dropped meanwhile (new day, reset, idle): give the calls back.
+              if (grant.granted > 0) this.counters.release(clientId, grant.granted, lease.day, lease.month).catch(() => undefined);
+              return;
+            }
+            this.granted(lease, grant, now);
+            if (grant.granted === 0) {
+              const refused = this.decide(grant, now);
+              lease.refusal = { period: refused.period, retryAfterSeconds: refused.retryAfterSeconds };
+              lease.refusedUntil = now + (refused.period === 'second' ? (grant.retryAfterMs ?? 1000) : this.options.refusalCacheMs);
+            }
+          },
+          // The next call that finds the lease empty asks again, and fails open or closed then.
+          () => undefined,
+        )
+        .finally(() => {
+          lease.pending = undefined;
+        });
+    }
     // The store counted the whole lease: what this replica has not spent yet is still to come.
     return {
       outcome: 'allowed',
