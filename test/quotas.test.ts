@@ -235,6 +235,33 @@ describe('admin API: quotas without Redis, and RFC 6902 JSON Patch', () => {
     assert.equal((await authority!.admin('PATCH', '/api/apikeys/patched', { monthlyQuota: 99 })).body.monthlyQuota, 99);
   });
 
+  it('goes through the same write as PUT: If-Match (412 when stale), a new ETag, an audit entry', async () => {
+    const url = `${authority!.url}/api/apikeys/patched`;
+    const admin = { authorization: 'Bearer test-admin-token-0123456789', 'content-type': 'application/json-patch+json' };
+    const etag = (await fetch(url, { headers: admin })).headers.get('etag');
+    assert.ok(etag);
+    const patch = JSON.stringify([{ op: 'replace', path: '/dailyQuota', value: 11 }]);
+    const stale = await fetch(url, { method: 'PATCH', headers: { ...admin, 'if-match': '"stale"' }, body: patch });
+    assert.equal(stale.status, 412);
+    const fresh = await fetch(url, { method: 'PATCH', headers: { ...admin, 'if-match': etag }, body: patch });
+    assert.equal(fresh.status, 200);
+    assert.notEqual(fresh.headers.get('etag'), etag);
+    // Read-only fields are checked as for PUT.
+    const readOnly = await authority!.admin('PATCH', '/api/apikeys/patched', [{ op: 'replace', path: '/createdAt', value: 1 }]);
+    assert.equal(readOnly.status, 400);
+    const entries = (await authority!.admin('GET', '/api/audit?entity=apikey&entityId=patched')).body as {
+      action: string;
+      change: Record<string, unknown>;
+    }[];
+    const last = entries[entries.length - 1];
+    assert.equal(last.action, 'apikey.update');
+    assert.deepEqual(last.change.dailyQuota, { before: 10, after: 11 });
+    assert.equal(
+      (await authority!.admin('PATCH', '/api/apikeys/patched', [{ op: 'replace', path: '/dailyQuota', value: 10 }])).status,
+      200,
+    );
+  });
+
   it('refuses bad patches with 400 (409 for a failed test) and validates the result as PUT does', async () => {
     const cases: [unknown, number, RegExp][] = [
       [[{ op: 'replace', path: '/dailyQuota', value: -1 }], 400, /invalid input/],

@@ -2,10 +2,12 @@ import { z } from 'zod';
 import { SIGNING_ALGORITHMS, type AuthorityConfig } from './config';
 import { generateKeyMaterial, importKeyMaterial, KeyMaterialError, publicJwk, type KeyMaterial } from './crypto/key-pairs';
 import { generateSecret, hashSecret } from './crypto/secret-hash';
-import { AdminError } from './errors';
+import { changedFields, redact, SYSTEM_ACTOR } from './audit';
+import { assertMatches, canonicalJson, entityTag, parseIfMatch } from './entity-tags';
+import { AdminError, echo } from './errors';
 import type { KeyRing } from './key-ring';
 import { activeVersion, SIGN_KEYPAIR_METADATA, type ApiKeyRecord, type KeyPairRecord } from './model';
-import type { AuthorityStore } from './store/repositories';
+import type { AuditDraft, AuditEntity, AuditEntry, AuthorityStore } from './store/repositories';
 import { createPublicKey, randomBytes } from 'node:crypto';
 import { applyPatch, deepClone, validate as validatePatch, type Operation } from 'fast-json-patch';
 import type { QuotaConsumption, QuotaCounters } from '../authz/quotas';
@@ -31,7 +33,7 @@ const apiKeyFields = {
     .string()
     .min(1)
     .max(200)
-    // biome-ignore lint/suspicious/noControlCharactersInRegex: refusing control characters is the point
+    // biome-ignore lint/suspicious/noControlCharactersInRegex: the control characters are what it refuses
     .regex(/^[^\u0000-\u001f\u007f]*$/, 'no control characters'),
   description: z.string().max(2000),
   authorizedEntities: z.array(z.string().regex(/^(route|group|service)_[A-Za-z0-9._~@+-]+$/, 'use route_<name> or group_<name>')).max(1000),
@@ -101,6 +103,20 @@ const apiKeyListQuerySchema = z
   })
   .strict();
 
+/** Query of the audit log (strings, as a query string gives them). */
+const auditListQuerySchema = z
+  .object({
+    limit: z.coerce.number().int().min(1).max(1000).default(100),
+    after: z
+      .string()
+      .regex(/^\d{1,15}$/, 'the id of the last entry of the previous page')
+      .transform(Number)
+      .optional(),
+    entity: z.enum(['apikey', 'keypair']).optional(),
+    entityId: z.string().max(128).optional(),
+  })
+  .strict();
+
 const rotateSecretSchema = z.object({ clientSecret: SECRET.optional(), gracePeriod: z.number().nonnegative().optional() }).strict();
 
 const keyPairCreateSchema = z
@@ -112,6 +128,60 @@ const keyPairCreateSchema = z
     publicKey: z.string().max(20_000).optional(),
   })
   .strict();
+
+const keyPairUpdateSchema = z.object({ description: z.string().max(2000).optional() }).strict();
+
+/**
+ * Fields GET returns that no write can change. A body may carry them (GET, edit, PUT works) as
+ * long as they equal the stored values; a changed one is refused with 400 naming it.
+ */
+const API_KEY_READ_ONLY = ['createdAt', 'updatedAt', 'previousSecretValidUntil'] as const;
+const KEY_PAIR_READ_ONLY = ['id', 'algorithm', 'createdAt', 'status', 'activeKid', 'versions'] as const;
+
+/** `input` without the read-only fields, and those fields apart (left for the check against the stored record). */
+function splitReadOnly(input: unknown, readOnly: readonly string[]): { rest: unknown; given: Record<string, unknown> } {
+  if (input === null || typeof input !== 'object' || Array.isArray(input)) return { rest: input, given: {} };
+  const rest: Record<string, unknown> = {};
+  const given: Record<string, unknown> = {};
+  for (const [key, value] of Object.entries(input)) (readOnly.includes(key) ? given : rest)[key] = value;
+  return { rest, given };
+}
+
+function assertReadOnlyUnchanged(given: Record<string, unknown>, stored: Record<string, unknown>): void {
+  for (const [field, value] of Object.entries(given)) {
+    if (canonicalJson(value) === canonicalJson(stored[field])) continue;
+    throw new AdminError(
+      400,
+      `${field} is read-only: leave it out or send it unchanged (stored: ${echo(canonicalJson(stored[field] ?? null) ?? 'null')}); if it changed since you read it, read it again`,
+      [{ path: field, message: 'read-only; cannot be changed' }],
+    );
+  }
+}
+
+/** Who makes a change and on which condition: what each transport passes to the admin writes. */
+export interface AdminContext {
+  /** Recorded in the audit log: see audit.ts for the forms. Default `system`. */
+  actor?: string;
+  /** The raw If-Match header, if any: the write happens only if the stored record still matches. */
+  ifMatch?: string | string[];
+}
+
+/** An answer with the strong ETag of the stored record it shows. */
+export interface Tagged<T> {
+  body: T;
+  etag: string;
+}
+
+/** A page of a list, and the cursor of the next one when the page is full (the admin lists' shared shape). */
+export interface Page<T> {
+  items: T[];
+  next?: string;
+}
+
+function pageOf<R, T>(rows: R[], limit: number, view: (row: R) => T, cursor: (row: R) => string): Page<T> {
+  const items = rows.map(view);
+  return rows.length === limit ? { items, next: cursor(rows[rows.length - 1]) } : { items };
+}
 
 const keyPairRotateSchema = z
   .object({ privateKey: z.string().max(20_000).optional(), publicKey: z.string().max(20_000).optional() })
@@ -153,10 +223,22 @@ export function apiKeyView(apiKey: ApiKeyRecord, clientSecret?: string): ApiKeyV
   return clientSecret === undefined ? view : { ...view, clientSecret };
 }
 
-/** The fields a JSON Patch may touch: the view without read-only fields. */
-function editableView(apiKey: ApiKeyRecord): Record<string, unknown> {
-  const { createdAt: _created, updatedAt: _updated, previousSecretValidUntil: _previous, ...editable } = apiKeyView(apiKey);
-  return editable as Record<string, unknown>;
+/** `operations` applied to a copy of `document`; every failure as an AdminError. */
+function applyJsonPatch(document: object, operations: Operation[]): Record<string, unknown> {
+  const invalid = validatePatch(operations, document);
+  if (invalid) throw patchError(invalid);
+  let patched: unknown;
+  try {
+    patched = applyPatch(deepClone(document), operations, false, false).newDocument;
+  } catch (error) {
+    throw patchError(error);
+  }
+  if (typeof patched !== 'object' || patched === null || Array.isArray(patched)) {
+    throw new AdminError(400, 'invalid JSON Patch: the result is not an API key object');
+  }
+  const removed = Object.keys(document).filter((field) => !(field in patched));
+  if (removed.length) throw new AdminError(400, `invalid JSON Patch: ${removed.join(', ')} cannot be removed, only replaced`);
+  return patched as Record<string, unknown>;
 }
 
 function patchError(error: unknown): AdminError {
@@ -169,6 +251,8 @@ function patchError(error: unknown): AdminError {
 function quotasOf(apiKey: ApiKeyRecord) {
   return { throttlingQuota: apiKey.throttlingQuota, dailyQuota: apiKey.dailyQuota, monthlyQuota: apiKey.monthlyQuota };
 }
+
+export type KeyPairView = ReturnType<typeof keyPairView>;
 
 /** What the admin API shows of a key pair: never a private key. */
 export function keyPairView(keyPair: KeyPairRecord) {
@@ -192,7 +276,25 @@ export function keyPairView(keyPair: KeyPairRecord) {
   };
 }
 
-/** Creates, changes and deletes API keys and key pairs; the key ring is reloaded after each key pair change. */
+/** What the audit log keeps of a key pair: no key material, the kids tell the versions apart. */
+function keyPairSummary(keyPair: KeyPairRecord) {
+  const active = activeVersion(keyPair);
+  return {
+    id: keyPair.id,
+    algorithm: keyPair.algorithm,
+    description: keyPair.description,
+    createdAt: keyPair.createdAt,
+    status: active ? 'active' : 'retired',
+    activeKid: active?.kid ?? null,
+    kids: keyPair.versions.map((version) => version.kid),
+  };
+}
+
+/**
+ * Creates, changes and deletes API keys and key pairs; the key ring is reloaded after each key
+ * pair change. Every write takes an AdminContext: its actor goes to the audit log entry written
+ * in the write's transaction, its If-Match is checked in that transaction too.
+ */
 export class AdminService {
   constructor(
     private readonly config: AuthorityConfig,
@@ -207,19 +309,48 @@ export class AdminService {
    * One page of API keys in client id order: `limit` (default 100, at most 1000) after the
    * `after` cursor, optionally filtered. `next` is the cursor of the following page, if any.
    */
-  async listApiKeys(query: unknown = {}): Promise<{ items: ApiKeyView[]; next?: string }> {
+  async listApiKeys(query: unknown = {}): Promise<Page<ApiKeyView>> {
     const { limit, after, enabled, tag, authorizedEntity } = parseInput(apiKeyListQuerySchema, query);
-    const page = await this.store.apiKeys.listPage({ limit, after, enabled, tag, authorizedEntity });
-    const items = page.map((apiKey) => apiKeyView(apiKey));
-    return page.length === limit ? { items, next: page[page.length - 1].clientId } : { items };
+    const rows = await this.store.apiKeys.listPage({ limit, after, enabled, tag, authorizedEntity });
+    return pageOf(
+      rows,
+      limit,
+      (apiKey) => apiKeyView(apiKey),
+      (apiKey) => apiKey.clientId,
+    );
   }
 
-  async getApiKey(clientId: string): Promise<ApiKeyView> {
-    return apiKeyView(await this.requireApiKey(clientId));
+  /** One page of the audit log, oldest first: `limit`, `after` (an entry id), `entity`, `entityId`. */
+  async listAudit(query: unknown = {}): Promise<Page<AuditEntry>> {
+    const { limit, after, entity, entityId } = parseInput(auditListQuerySchema, query);
+    const rows = await this.store.audit.listPage({ limit, after, entity, entityId });
+    return pageOf(
+      rows,
+      limit,
+      (entry) => entry,
+      (entry) => String(entry.id),
+    );
+  }
+
+  async getApiKey(clientId: string): Promise<Tagged<ApiKeyView>> {
+    const apiKey = await this.requireApiKey(clientId);
+    return { body: apiKeyView(apiKey), etag: entityTag(apiKey) };
+  }
+
+  /** The audit entry of a change, made inside the write's transaction (see AuditedWrite). */
+  private auditEntry(context: AdminContext, action: string, entity: AuditEntity, entityId: string, change: unknown): AuditDraft {
+    return {
+      at: new Date(this.now()).toISOString(),
+      actor: context.actor ?? SYSTEM_ACTOR,
+      action,
+      entity,
+      entityId,
+      change: redact(change),
+    };
   }
 
   /** Creates a key; the secret (given or generated) is in the answer, and never again. */
-  async createApiKey(input: unknown): Promise<ApiKeyView> {
+  async createApiKey(input: unknown, context: AdminContext = {}): Promise<Tagged<ApiKeyView>> {
     const fields = parseInput(apiKeyCreateSchema, input);
     const clientId = fields.clientId ?? randomBytes(12).toString('base64url');
     const clientSecret = fields.clientSecret ?? generateSecret();
@@ -234,54 +365,75 @@ export class AdminService {
       createdAt: now,
       updatedAt: now,
     };
-    if (!(await this.store.apiKeys.create(apiKey))) throw new AdminError(409, `API key '${clientId}' already exists`);
-    return apiKeyView(apiKey, clientSecret);
+    const created = await this.store.apiKeys.create(apiKey, {
+      audit: () => this.auditEntry(context, 'apikey.create', 'apikey', clientId, apiKeyView(apiKey)),
+    });
+    if (!created) throw new AdminError(409, `API key '${clientId}' already exists`);
+    return { body: apiKeyView(apiKey, clientSecret), etag: entityTag(apiKey) };
   }
 
-  /** PATCH semantics: the fields given replace the stored ones; a new clientSecret replaces the old at once. */
-  async updateApiKey(clientId: string, input: unknown): Promise<ApiKeyView> {
-    const changes = parseInput(apiKeyPatchSchema, input);
+  /**
+   * PUT and PATCH: the fields given replace the stored ones (the others are kept); a new
+   * clientSecret replaces the old at once. Read-only fields may be sent unchanged. A write that
+   * changes nothing is not made: updatedAt, the ETag and the audit log stay as they were.
+   */
+  async updateApiKey(clientId: string, input: unknown, context: AdminContext = {}): Promise<Tagged<ApiKeyView>> {
+    const ifMatch = parseIfMatch(context.ifMatch);
+    const { rest, given: readOnly } = splitReadOnly(input, API_KEY_READ_ONLY);
+    const changes = parseInput(apiKeyPatchSchema, rest);
     if (changes.clientId !== undefined && changes.clientId !== clientId) throw new AdminError(400, 'clientId cannot be changed');
     const { clientSecret, clientId: _id, ...fields } = changes;
     if (fields.metadata) await this.assertKeyPairReference(fields.metadata);
     // Slow work (a short secret's scrypt) before the atomic read-change-write, so concurrent
     // changes of the same key never overwrite each other with stale copies.
     const secretHash = clientSecret === undefined ? undefined : await hashSecret(clientSecret);
-    const next = await this.store.apiKeys.modify(clientId, (current) => {
-      const changed: ApiKeyRecord = { ...current, ...(fields as Partial<ApiKeyRecord>), updatedAt: this.now() };
-      if (secretHash !== undefined) {
-        changed.secretHash = secretHash;
-        delete changed.previousSecretHash;
-        delete changed.previousSecretValidUntil;
-      }
-      return changed;
-    });
+    const next = await this.store.apiKeys.modify(
+      clientId,
+      (current) => {
+        assertMatches(ifMatch, current, `API key '${clientId}'`);
+        assertReadOnlyUnchanged(readOnly, apiKeyView(current));
+        const changed: ApiKeyRecord = { ...current, ...(fields as Partial<ApiKeyRecord>) };
+        if (secretHash !== undefined) {
+          changed.secretHash = secretHash;
+          delete changed.previousSecretHash;
+          delete changed.previousSecretValidUntil;
+        }
+        if (canonicalJson(changed) === canonicalJson(current)) return current;
+        changed.updatedAt = this.now();
+        return changed;
+      },
+      { audit: (before, after) => this.auditEntry(context, 'apikey.update', 'apikey', clientId, this.apiKeyChanges(before, after)) },
+    );
     if (!next) throw new AdminError(404, `API key '${clientId}' does not exist`);
-    return apiKeyView(next);
+    return { body: apiKeyView(next), etag: entityTag(next) };
+  }
+
+  /** What an update changed; secret hashes show as changed, redacted. */
+  private apiKeyChanges(before: ApiKeyRecord | undefined, after: ApiKeyRecord | undefined) {
+    return changedFields({ ...before }, { ...after }, ['updatedAt']);
   }
 
   /**
-   * RFC 6902 JSON Patch (Otoroshi's PATCH with an array, as its quotas tutorial does) on the key
-   * as the admin API shows it; the result is validated exactly as a PUT body, then written the
-   * same way. A failed `test` operation is 409; a malformed patch or result is 400.
+   * RFC 6902 JSON Patch (Otoroshi's PATCH with an array, as its quotas tutorial does) on the key as
+   * GET shows it, then the same write as PUT: same validation (read-only fields may not change),
+   * same audit entry, same If-Match. The patch applies to a snapshot that is written only if the
+   * key is still that snapshot: with the client's If-Match, a 412 otherwise; without, the patch is
+   * applied again to the new state. A failed `test` operation is 409; a malformed patch 400.
    */
-  async patchApiKey(clientId: string, operations: unknown): Promise<ApiKeyView> {
+  async patchApiKey(clientId: string, operations: unknown, context: AdminContext = {}): Promise<Tagged<ApiKeyView>> {
     if (!Array.isArray(operations)) throw new AdminError(400, 'a JSON Patch (RFC 6902) body is an array of operations');
-    const document = editableView(await this.requireApiKey(clientId));
-    const invalid = validatePatch(operations as Operation[], document);
-    if (invalid) throw patchError(invalid);
-    let patched: Record<string, unknown>;
-    try {
-      patched = applyPatch(deepClone(document), operations as Operation[], false, false).newDocument;
-    } catch (error) {
-      throw patchError(error);
+    const ifMatch = parseIfMatch(context.ifMatch);
+    for (let attempt = 1; ; attempt++) {
+      const current = await this.requireApiKey(clientId);
+      assertMatches(ifMatch, current, `API key '${clientId}'`);
+      const patched = applyJsonPatch(apiKeyView(current), operations as Operation[]);
+      try {
+        return await this.updateApiKey(clientId, patched, { ...context, ifMatch: entityTag(current) });
+      } catch (error) {
+        const raced = error instanceof AdminError && error.status === 412;
+        if (!raced || ifMatch !== undefined || attempt >= 5) throw error;
+      }
     }
-    if (typeof patched !== 'object' || patched === null || Array.isArray(patched)) {
-      throw new AdminError(400, 'invalid JSON Patch: the result is not an API key object');
-    }
-    const removed = Object.keys(document).filter((field) => !(field in patched));
-    if (removed.length) throw new AdminError(400, `invalid JSON Patch: ${removed.join(', ')} cannot be removed, only replaced`);
-    return this.updateApiKey(clientId, patched);
   }
 
   /** Otoroshi's RemainingQuotas of a key, read from the shared counters. */
@@ -309,26 +461,37 @@ export class AdminService {
   }
 
   /** Replaces the secret; the old one keeps working for the grace period (hours, default the key's rotation.gracePeriod). */
-  async rotateApiKeySecret(clientId: string, input: unknown): Promise<ApiKeyView> {
+  async rotateApiKeySecret(clientId: string, input: unknown, context: AdminContext = {}): Promise<Tagged<ApiKeyView>> {
+    const ifMatch = parseIfMatch(context.ifMatch);
     const { clientSecret = generateSecret(), gracePeriod } = parseInput(rotateSecretSchema, input);
     await this.requireApiKey(clientId);
     const secretHash = await hashSecret(clientSecret);
-    const next = await this.store.apiKeys.modify(clientId, (current) => {
-      const now = this.now();
-      return {
-        ...current,
-        secretHash,
-        previousSecretHash: current.secretHash,
-        previousSecretValidUntil: now + (gracePeriod ?? current.rotation.gracePeriod) * 3_600_000,
-        updatedAt: now,
-      };
-    });
+    const next = await this.store.apiKeys.modify(
+      clientId,
+      (current) => {
+        assertMatches(ifMatch, current, `API key '${clientId}'`);
+        const now = this.now();
+        return {
+          ...current,
+          secretHash,
+          previousSecretHash: current.secretHash,
+          previousSecretValidUntil: now + (gracePeriod ?? current.rotation.gracePeriod) * 3_600_000,
+          updatedAt: now,
+        };
+      },
+      { audit: (before, after) => this.auditEntry(context, 'apikey.rotate-secret', 'apikey', clientId, this.apiKeyChanges(before, after)) },
+    );
     if (!next) throw new AdminError(404, `API key '${clientId}' does not exist`);
-    return apiKeyView(next, clientSecret);
+    return { body: apiKeyView(next, clientSecret), etag: entityTag(next) };
   }
 
-  async deleteApiKey(clientId: string): Promise<void> {
-    if (!(await this.store.apiKeys.delete(clientId))) throw new AdminError(404, `API key '${clientId}' does not exist`);
+  async deleteApiKey(clientId: string, context: AdminContext = {}): Promise<void> {
+    const ifMatch = parseIfMatch(context.ifMatch);
+    const deleted = await this.store.apiKeys.delete(clientId, {
+      check: (current) => assertMatches(ifMatch, current, `API key '${clientId}'`),
+      audit: (before) => this.auditEntry(context, 'apikey.delete', 'apikey', clientId, before && apiKeyView(before)),
+    });
+    if (!deleted) throw new AdminError(404, `API key '${clientId}' does not exist`);
   }
 
   private async requireApiKey(clientId: string): Promise<ApiKeyRecord> {
@@ -351,11 +514,15 @@ export class AdminService {
     return (await this.store.keyPairs.list()).map(keyPairView);
   }
 
-  async getKeyPair(id: string) {
-    return keyPairView(await this.requireKeyPair(id));
+  async getKeyPair(id: string): Promise<Tagged<KeyPairView>> {
+    return this.taggedKeyPair(await this.requireKeyPair(id));
   }
 
-  async createKeyPair(input: unknown) {
+  private taggedKeyPair(keyPair: KeyPairRecord): Tagged<KeyPairView> {
+    return { body: keyPairView(keyPair), etag: entityTag(keyPair) };
+  }
+
+  async createKeyPair(input: unknown, context: AdminContext = {}): Promise<Tagged<KeyPairView>> {
     const fields = parseInput(keyPairCreateSchema, input);
     const material = this.material(fields.algorithm, fields.privateKey, fields.publicKey);
     const now = this.now();
@@ -366,17 +533,37 @@ export class AdminService {
       createdAt: now,
       versions: [{ kid: fields.id, ...material, createdAt: now }],
     };
-    if (!(await this.store.keyPairs.create(keyPair))) throw new AdminError(409, `key pair '${fields.id}' already exists`);
+    const action = fields.privateKey === undefined ? 'keypair.create' : 'keypair.import';
+    const created = await this.store.keyPairs.create(keyPair, {
+      audit: () => this.auditEntry(context, action, 'keypair', fields.id, keyPairSummary(keyPair)),
+    });
+    if (!created) throw new AdminError(409, `key pair '${fields.id}' already exists`);
     await this.keyRing.reload();
-    return keyPairView(keyPair);
+    return this.taggedKeyPair(keyPair);
+  }
+
+  /** PUT and PATCH of a key pair: only its description changes; the other fields are read-only (sent unchanged, or left out). */
+  async updateKeyPair(id: string, input: unknown, context: AdminContext = {}): Promise<Tagged<KeyPairView>> {
+    const ifMatch = parseIfMatch(context.ifMatch);
+    const { rest, given: readOnly } = splitReadOnly(input, KEY_PAIR_READ_ONLY);
+    const { description } = parseInput(keyPairUpdateSchema, rest);
+    return this.changeKeyPair(id, 'keypair.update', context, (keyPair) => {
+      assertMatches(ifMatch, keyPair, `key pair '${id}'`);
+      assertReadOnlyUnchanged(readOnly, keyPairView(keyPair));
+      if (description === undefined || description === keyPair.description) return undefined;
+      keyPair.description = description;
+      return keyPair;
+    });
   }
 
   /** Generates (or imports) a new version with a new kid; the old version is retired but keeps verifying. */
-  async rotateKeyPair(id: string, input: unknown) {
+  async rotateKeyPair(id: string, input: unknown, context: AdminContext = {}): Promise<Tagged<KeyPairView>> {
+    const ifMatch = parseIfMatch(context.ifMatch);
     const fields = parseInput(keyPairRotateSchema, input);
     const { algorithm } = await this.requireKeyPair(id);
     const material = this.material(algorithm, fields.privateKey, fields.publicKey);
-    return this.changeKeyPair(id, (keyPair) => {
+    return this.changeKeyPair(id, 'keypair.rotate', context, (keyPair) => {
+      assertMatches(ifMatch, keyPair, `key pair '${id}'`);
       const now = this.now();
       this.retireActive(keyPair, now);
       keyPair.versions.push({ kid: `${id}#${keyPair.versions.length + 1}-${randomBytes(3).toString('hex')}`, ...material, createdAt: now });
@@ -385,8 +572,10 @@ export class AdminService {
   }
 
   /** Retires the key pair: it signs nothing more, and its keys verify until their tokens have expired. */
-  async retireKeyPair(id: string) {
-    return this.changeKeyPair(id, (keyPair) => {
+  async retireKeyPair(id: string, context: AdminContext = {}): Promise<Tagged<KeyPairView>> {
+    const ifMatch = parseIfMatch(context.ifMatch);
+    return this.changeKeyPair(id, 'keypair.retire', context, (keyPair) => {
+      assertMatches(ifMatch, keyPair, `key pair '${id}'`);
       if (!activeVersion(keyPair)) throw new AdminError(409, `key pair '${id}' is already retired`);
       this.retireActive(keyPair, this.now());
       return keyPair;
@@ -394,14 +583,19 @@ export class AdminService {
   }
 
   /** Deleting stops verification at once; refused while the key pair is the default or an API key names it. */
-  async deleteKeyPair(id: string): Promise<void> {
+  async deleteKeyPair(id: string, context: AdminContext = {}): Promise<void> {
+    const ifMatch = parseIfMatch(context.ifMatch);
     await this.requireKeyPair(id);
     if (id === this.config.defaultKeyPair) throw new AdminError(409, `key pair '${id}' is the defaultKeyPair`);
     const users = await this.store.apiKeys.listPage({ signKeyPair: id, limit: 20 });
     if (users.length) {
       throw new AdminError(409, `key pair '${id}' is used by API keys: ${users.map((apiKey) => apiKey.clientId).join(', ')}`);
     }
-    await this.store.keyPairs.delete(id);
+    const deleted = await this.store.keyPairs.delete(id, {
+      check: (current) => assertMatches(ifMatch, current, `key pair '${id}'`),
+      audit: (before) => this.auditEntry(context, 'keypair.delete', 'keypair', id, before && keyPairSummary(before)),
+    });
+    if (!deleted) throw new AdminError(404, `key pair '${id}' does not exist`);
     await this.keyRing.reload();
   }
 
@@ -412,12 +606,29 @@ export class AdminService {
     active.verifyUntil = now + this.config.expiration;
   }
 
-  /** An atomic change of a stored key pair, then the key ring picks it up. */
-  private async changeKeyPair(id: string, change: (keyPair: KeyPairRecord) => KeyPairRecord) {
-    const changed = await this.store.keyPairs.modify(id, change);
+  /**
+   * An atomic change of a stored key pair (audited), then the key ring picks it up. `change`
+   * works on a copy; it returns undefined when there is nothing to change.
+   */
+  private async changeKeyPair(
+    id: string,
+    action: string,
+    context: AdminContext,
+    change: (keyPair: KeyPairRecord) => KeyPairRecord | undefined,
+  ): Promise<Tagged<KeyPairView>> {
+    const changed = await this.store.keyPairs.modify(id, (current) => change(structuredClone(current)) ?? current, {
+      audit: (before, after) =>
+        this.auditEntry(
+          context,
+          action,
+          'keypair',
+          id,
+          changedFields(before ? keyPairSummary(before) : {}, after ? keyPairSummary(after) : {}),
+        ),
+    });
     if (!changed) throw new AdminError(404, `key pair '${id}' does not exist`);
     await this.keyRing.reload();
-    return keyPairView(changed);
+    return this.taggedKeyPair(changed);
   }
 
   private async requireKeyPair(id: string): Promise<KeyPairRecord> {

@@ -2,6 +2,7 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { isAbsolute, join, resolve } from 'node:path';
 import { AdminService } from './admin-service';
+import { adminTokenActor } from './audit';
 import type { AuthorityConfig } from './config';
 import { DataPlaneFeed } from './data-plane';
 import { generateSecret } from './crypto/secret-hash';
@@ -29,6 +30,8 @@ export interface Authority {
   dataPlane: DataPlaneFeed;
   /** Whether an `Authorization` header carries the admin bearer token. */
   isAdmin(authorization: string | undefined): boolean;
+  /** The audit log's actor for an admin API call: which admin token, by a digest that does not reveal it. */
+  adminActor(authorization: string | undefined): string;
   /** Whether it carries a token that may follow DeltaWatch (the data plane token or the admin token). */
   isDataPlane(authorization: string | undefined): boolean;
   close(): Promise<void>;
@@ -133,6 +136,7 @@ export async function createAuthority(config: AuthorityConfig, log: AuthorityLog
     admin,
     dataPlane,
     isAdmin: (authorization) => bearerMatches(authorization, adminHash),
+    adminActor: (authorization) => adminTokenActor(/^Bearer (.+)$/i.exec(authorization ?? '')?.[1].trim() ?? ''),
     isDataPlane: (authorization) => bearerMatches(authorization, adminHash) || bearerMatches(authorization, dataPlaneHash),
     async close() {
       clearInterval(purgeTimer);

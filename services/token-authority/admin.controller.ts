@@ -19,6 +19,7 @@ import {
   UseGuards,
 } from '@nestjs/common';
 import type { FastifyReply, FastifyRequest } from 'fastify';
+import type { AdminContext, Page, Tagged } from '../../libs/core/admin-service';
 import type { Authority } from '../../libs/core/authority';
 import { OAuthError } from '../../libs/core/errors';
 import { AUTHORITY } from './authority.provider';
@@ -35,50 +36,77 @@ export class AdminTokenGuard implements CanActivate {
   }
 }
 
-/** Admin REST API: API keys (Otoroshi's field names) and key pairs. */
+/** The admin lists' answer: a page as a JSON array (Otoroshi's shape), the next page's URL in an RFC 8288 Link header. */
+function sendPage<T>(page: Page<T>, query: Record<string, unknown>, request: FastifyRequest, reply: FastifyReply): T[] {
+  if (page.next !== undefined) {
+    const parameters = new URLSearchParams(query as Record<string, string>);
+    parameters.set('after', page.next);
+    void reply.header('link', `<${request.url.split('?')[0]}?${parameters}>; rel="next"`);
+  }
+  return page.items;
+}
+
+/** The body of an answer, with its ETag header. */
+function sendTagged<T>(tagged: Tagged<T>, reply: FastifyReply): T {
+  void reply.header('etag', tagged.etag);
+  return tagged.body;
+}
+
+/**
+ * Admin REST API: API keys (Otoroshi's field names), key pairs and the audit log. Writes take
+ * If-Match (checked atomically with the write) and are audited under the admin token's actor.
+ */
 @Controller('api')
 @UseGuards(AdminTokenGuard)
 export class AdminController {
   constructor(@Inject(AUTHORITY) private readonly authority: Authority) {}
 
-  /** A page as a JSON array (Otoroshi's shape); the next page's URL in an RFC 8288 Link header. */
+  private context(request: FastifyRequest): AdminContext {
+    return { actor: this.authority.adminActor(request.headers.authorization), ifMatch: request.headers['if-match'] };
+  }
+
   @Get('apikeys')
   async listApiKeys(
     @Query() query: Record<string, unknown>,
     @Req() request: FastifyRequest,
     @Res({ passthrough: true }) reply: FastifyReply,
   ) {
-    const { items, next } = await this.authority.admin.listApiKeys(query);
-    if (next !== undefined) {
-      const parameters = new URLSearchParams(query as Record<string, string>);
-      parameters.set('after', next);
-      void reply.header('link', `<${request.url.split('?')[0]}?${parameters}>; rel="next"`);
-    }
-    return items;
+    return sendPage(await this.authority.admin.listApiKeys(query), query, request, reply);
   }
 
   @Post('apikeys')
-  createApiKey(@Body() body: unknown) {
-    return this.authority.admin.createApiKey(body);
+  async createApiKey(@Body() body: unknown, @Req() request: FastifyRequest, @Res({ passthrough: true }) reply: FastifyReply) {
+    return sendTagged(await this.authority.admin.createApiKey(body, this.context(request)), reply);
   }
 
   @Get('apikeys/:clientId')
-  getApiKey(@Param('clientId') clientId: string) {
-    return this.authority.admin.getApiKey(clientId);
+  async getApiKey(@Param('clientId') clientId: string, @Res({ passthrough: true }) reply: FastifyReply) {
+    return sendTagged(await this.authority.admin.getApiKey(clientId), reply);
   }
 
   @Put('apikeys/:clientId')
-  replaceApiKey(@Param('clientId') clientId: string, @Body() body: unknown) {
-    return this.authority.admin.updateApiKey(clientId, body);
+  async replaceApiKey(
+    @Param('clientId') clientId: string,
+    @Body() body: unknown,
+    @Req() request: FastifyRequest,
+    @Res({ passthrough: true }) reply: FastifyReply,
+  ) {
+    return sendTagged(await this.authority.admin.updateApiKey(clientId, body, this.context(request)), reply);
   }
 
   /** A JSON merge body (the fields given replace the stored ones), or an RFC 6902 JSON Patch array. */
   @Patch('apikeys/:clientId')
-  updateApiKey(@Param('clientId') clientId: string, @Body() body: unknown, @Headers('content-type') contentType?: string) {
-    if (Array.isArray(body) || /^application\/json-patch\+json\b/i.test(contentType ?? '')) {
-      return this.authority.admin.patchApiKey(clientId, body);
-    }
-    return this.authority.admin.updateApiKey(clientId, body);
+  async updateApiKey(
+    @Param('clientId') clientId: string,
+    @Body() body: unknown,
+    @Req() request: FastifyRequest,
+    @Res({ passthrough: true }) reply: FastifyReply,
+    @Headers('content-type') contentType?: string,
+  ) {
+    const patch = Array.isArray(body) || /^application\/json-patch\+json\b/i.test(contentType ?? '');
+    const admin = this.authority.admin;
+    const context = this.context(request);
+    return sendTagged(await (patch ? admin.patchApiKey(clientId, body, context) : admin.updateApiKey(clientId, body, context)), reply);
   }
 
   /** Otoroshi's RemainingQuotas, from the counters ext-authz shares on Redis. */
@@ -94,14 +122,19 @@ export class AdminController {
 
   @Post('apikeys/:clientId/rotate-secret')
   @HttpCode(200)
-  rotateSecret(@Param('clientId') clientId: string, @Body() body: unknown) {
-    return this.authority.admin.rotateApiKeySecret(clientId, body);
+  async rotateSecret(
+    @Param('clientId') clientId: string,
+    @Body() body: unknown,
+    @Req() request: FastifyRequest,
+    @Res({ passthrough: true }) reply: FastifyReply,
+  ) {
+    return sendTagged(await this.authority.admin.rotateApiKeySecret(clientId, body, this.context(request)), reply);
   }
 
   @Delete('apikeys/:clientId')
   @HttpCode(204)
-  deleteApiKey(@Param('clientId') clientId: string) {
-    return this.authority.admin.deleteApiKey(clientId);
+  deleteApiKey(@Param('clientId') clientId: string, @Req() request: FastifyRequest) {
+    return this.authority.admin.deleteApiKey(clientId, this.context(request));
   }
 
   @Get('keypairs')
@@ -110,30 +143,65 @@ export class AdminController {
   }
 
   @Post('keypairs')
-  createKeyPair(@Body() body: unknown) {
-    return this.authority.admin.createKeyPair(body);
+  async createKeyPair(@Body() body: unknown, @Req() request: FastifyRequest, @Res({ passthrough: true }) reply: FastifyReply) {
+    return sendTagged(await this.authority.admin.createKeyPair(body, this.context(request)), reply);
   }
 
   @Get('keypairs/:id')
-  getKeyPair(@Param('id') id: string) {
-    return this.authority.admin.getKeyPair(id);
+  async getKeyPair(@Param('id') id: string, @Res({ passthrough: true }) reply: FastifyReply) {
+    return sendTagged(await this.authority.admin.getKeyPair(id), reply);
+  }
+
+  @Put('keypairs/:id')
+  async replaceKeyPair(
+    @Param('id') id: string,
+    @Body() body: unknown,
+    @Req() request: FastifyRequest,
+    @Res({ passthrough: true }) reply: FastifyReply,
+  ) {
+    return sendTagged(await this.authority.admin.updateKeyPair(id, body, this.context(request)), reply);
+  }
+
+  @Patch('keypairs/:id')
+  async updateKeyPair(
+    @Param('id') id: string,
+    @Body() body: unknown,
+    @Req() request: FastifyRequest,
+    @Res({ passthrough: true }) reply: FastifyReply,
+  ) {
+    return sendTagged(await this.authority.admin.updateKeyPair(id, body, this.context(request)), reply);
   }
 
   @Post('keypairs/:id/rotate')
   @HttpCode(200)
-  rotateKeyPair(@Param('id') id: string, @Body() body: unknown) {
-    return this.authority.admin.rotateKeyPair(id, body);
+  async rotateKeyPair(
+    @Param('id') id: string,
+    @Body() body: unknown,
+    @Req() request: FastifyRequest,
+    @Res({ passthrough: true }) reply: FastifyReply,
+  ) {
+    return sendTagged(await this.authority.admin.rotateKeyPair(id, body, this.context(request)), reply);
   }
 
   @Post('keypairs/:id/retire')
   @HttpCode(200)
-  retireKeyPair(@Param('id') id: string) {
-    return this.authority.admin.retireKeyPair(id);
+  async retireKeyPair(@Param('id') id: string, @Req() request: FastifyRequest, @Res({ passthrough: true }) reply: FastifyReply) {
+    return sendTagged(await this.authority.admin.retireKeyPair(id, this.context(request)), reply);
   }
 
   @Delete('keypairs/:id')
   @HttpCode(204)
-  deleteKeyPair(@Param('id') id: string) {
-    return this.authority.admin.deleteKeyPair(id);
+  deleteKeyPair(@Param('id') id: string, @Req() request: FastifyRequest) {
+    return this.authority.admin.deleteKeyPair(id, this.context(request));
+  }
+
+  /** Every admin change, oldest first, paged as GET /api/apikeys is; admin token only (the guard above). */
+  @Get('audit')
+  async listAudit(
+    @Query() query: Record<string, unknown>,
+    @Req() request: FastifyRequest,
+    @Res({ passthrough: true }) reply: FastifyReply,
+  ) {
+    return sendPage(await this.authority.admin.listAudit(query), query, request, reply);
   }
 }

@@ -3,6 +3,8 @@ import { parseArgs } from 'node:util';
 import { ConfigError } from '../../libs/config/load-config';
 import { createAuthority, type Authority } from '../../libs/core/authority';
 import { loadAuthorityConfig } from '../../libs/core/config';
+import type { AdminContext } from '../../libs/core/admin-service';
+import { cliActor } from '../../libs/core/audit';
 import { AdminError } from '../../libs/core/errors';
 
 const USAGE = `usage: npm run cli -- <command>
@@ -21,6 +23,7 @@ const USAGE = `usage: npm run cli -- <command>
   keypairs rotate <id> [--private-key-file key.pem]
   keypairs retire <id>
   keypairs delete <id>
+  audit list [--type apikey|keypair] [--id ENTITY_ID] [--limit N] [--after ID]
 
 Works on the store named by the same settings as the server (config/token-authority.yaml, DATA_DIR, STORE_PATH...).
 A running server sees these changes within 250 ms.`;
@@ -41,6 +44,9 @@ const OPTIONS = {
   'grace-hours': { type: 'string' },
   alg: { type: 'string' },
   'private-key-file': { type: 'string' },
+  type: { type: 'string' },
+  limit: { type: 'string' },
+  after: { type: 'string' },
   help: { type: 'boolean', short: 'h' },
 } as const;
 
@@ -93,34 +99,47 @@ async function run(authority: Authority, positionals: string[], values: Values):
     return target;
   };
   const privateKey = values['private-key-file'] ? readFileSync(values['private-key-file'], 'utf8') : undefined;
+  // Changes made here are audited as the operating system user who ran the command.
+  const context: AdminContext = { actor: cliActor() };
+  const body = <T>(tagged: Promise<{ body: T }>) => tagged.then((answer) => answer.body);
   switch (`${resource} ${action}`) {
     case 'apikeys list':
       return allApiKeys(admin);
     case 'apikeys get':
-      return admin.getApiKey(need());
+      return body(admin.getApiKey(need()));
     case 'apikeys create':
-      return admin.createApiKey({ clientId: values.id, ...apiKeyFields(values) });
+      return body(admin.createApiKey({ clientId: values.id, ...apiKeyFields(values) }, context));
     case 'apikeys update':
-      return admin.updateApiKey(need(), apiKeyFields(values));
+      return body(admin.updateApiKey(need(), apiKeyFields(values), context));
     case 'apikeys rotate-secret':
-      return admin.rotateApiKeySecret(need(), {
-        clientSecret: values.secret,
-        gracePeriod: values['grace-hours'] === undefined ? undefined : Number(values['grace-hours']),
-      });
+      return body(
+        admin.rotateApiKeySecret(
+          need(),
+          {
+            clientSecret: values.secret,
+            gracePeriod: values['grace-hours'] === undefined ? undefined : Number(values['grace-hours']),
+          },
+          context,
+        ),
+      );
     case 'apikeys delete':
-      return admin.deleteApiKey(need()).then(() => ({ deleted: target }));
+      return admin.deleteApiKey(need(), context).then(() => ({ deleted: target }));
     case 'keypairs list':
       return admin.listKeyPairs();
     case 'keypairs get':
-      return admin.getKeyPair(need());
+      return body(admin.getKeyPair(need()));
     case 'keypairs create':
-      return admin.createKeyPair({ id: need(), algorithm: values.alg, description: values.description, privateKey });
+      return body(admin.createKeyPair({ id: need(), algorithm: values.alg, description: values.description, privateKey }, context));
     case 'keypairs rotate':
-      return admin.rotateKeyPair(need(), { privateKey });
+      return body(admin.rotateKeyPair(need(), { privateKey }, context));
     case 'keypairs retire':
-      return admin.retireKeyPair(need());
+      return body(admin.retireKeyPair(need(), context));
     case 'keypairs delete':
-      return admin.deleteKeyPair(need()).then(() => ({ deleted: target }));
+      return admin.deleteKeyPair(need(), context).then(() => ({ deleted: target }));
+    case 'audit list': {
+      const query = { entity: values.type, entityId: values.id, limit: values.limit, after: values.after };
+      return (await admin.listAudit(Object.fromEntries(Object.entries(query).filter(([, value]) => value !== undefined)))).items;
+    }
     default:
       throw new AdminError(400, `unknown command '${positionals.join(' ')}'\n\n${USAGE}`);
   }

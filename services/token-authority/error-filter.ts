@@ -5,7 +5,13 @@ import { AdminError, OAuthError } from '../../libs/core/errors';
 import { countUnexpectedError } from '../../libs/observability/unexpected-errors';
 import { toGrpcError } from './grpc-errors';
 
-const ADMIN_ERROR_CODES = { 400: 'invalid_request', 404: 'not_found', 409: 'conflict', 501: 'not_implemented' } as const;
+const ADMIN_ERROR_CODES = {
+  400: 'invalid_request',
+  404: 'not_found',
+  409: 'conflict',
+  412: 'precondition_failed',
+  501: 'not_implemented',
+} as const;
 
 /** Body parse failures from Fastify, in words a client can act on. */
 const FASTIFY_MESSAGES: Record<string, string> = {
@@ -25,7 +31,7 @@ const FASTIFY_MESSAGES: Record<string, string> = {
 export class ErrorFilter implements ExceptionFilter {
   private readonly logger = new Logger('Errors');
 
-  catch(exception: unknown, host: ArgumentsHost): undefined | Observable<never> {
+  catch(exception: unknown, host: ArgumentsHost): Observable<never> | undefined {
     if (host.getType() === 'rpc') {
       const grpcError = toGrpcError(exception);
       if (grpcError.details === 'internal error') this.unexpected('grpc', exception);

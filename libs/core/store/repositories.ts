@@ -12,17 +12,24 @@ export interface ApiKeyRepository {
    */
   listPage(query: ApiKeyPageQuery): Promise<ApiKeyRecord[]>;
   /** Returns false when the client id is taken. */
-  create(apiKey: ApiKeyRecord): Promise<boolean>;
+  create(apiKey: ApiKeyRecord, options?: AuditedWrite<ApiKeyRecord>): Promise<boolean>;
   /** Creates many keys in one transaction (imports, benchmarks); fails whole if one id is taken. */
   createMany(apiKeys: ApiKeyRecord[]): Promise<void>;
   /** Returns false when the key does not exist. */
   update(apiKey: ApiKeyRecord): Promise<boolean>;
   /**
    * Reads, changes and writes one key atomically (no other write in between); `change` must be
-   * synchronous. Resolves to the new record, or undefined when the key does not exist.
+   * synchronous. Resolves to the new record, or undefined when the key does not exist. `change`
+   * may throw to abort (nothing is written, the error reaches the caller: how a stale If-Match
+   * is refused), or return `current` itself to write nothing (no change log or audit entry).
    */
-  modify(clientId: string, change: (current: ApiKeyRecord) => ApiKeyRecord): Promise<ApiKeyRecord | undefined>;
-  delete(clientId: string): Promise<boolean>;
+  modify(
+    clientId: string,
+    change: (current: ApiKeyRecord) => ApiKeyRecord,
+    options?: AuditedWrite<ApiKeyRecord>,
+  ): Promise<ApiKeyRecord | undefined>;
+  /** Returns false when the key does not exist. */
+  delete(clientId: string, options?: DeleteOptions<ApiKeyRecord>): Promise<boolean>;
 }
 
 export interface ApiKeyPageQuery {
@@ -38,11 +45,71 @@ export interface ApiKeyPageQuery {
 export interface KeyPairRepository {
   get(id: string): Promise<KeyPairRecord | undefined>;
   list(): Promise<KeyPairRecord[]>;
-  create(keyPair: KeyPairRecord): Promise<boolean>;
+  create(keyPair: KeyPairRecord, options?: AuditedWrite<KeyPairRecord>): Promise<boolean>;
   update(keyPair: KeyPairRecord): Promise<boolean>;
   /** As ApiKeyRepository.modify. */
-  modify(id: string, change: (current: KeyPairRecord) => KeyPairRecord): Promise<KeyPairRecord | undefined>;
-  delete(id: string): Promise<boolean>;
+  modify(
+    id: string,
+    change: (current: KeyPairRecord) => KeyPairRecord,
+    options?: AuditedWrite<KeyPairRecord>,
+  ): Promise<KeyPairRecord | undefined>;
+  delete(id: string, options?: DeleteOptions<KeyPairRecord>): Promise<boolean>;
+}
+
+/**
+ * An admin write that leaves a trace in the audit log. `audit` is called (synchronously) inside
+ * the write's transaction with the record before and after the write (undefined before a
+ * create, after a delete); the entry it returns is appended in that same transaction, so the
+ * change and its audit entry commit together or not at all. Not called when nothing is written.
+ */
+export interface AuditedWrite<T> {
+  audit?: (before: T | undefined, after: T | undefined) => AuditDraft | undefined;
+}
+
+export interface DeleteOptions<T> extends AuditedWrite<T> {
+  /** Called (synchronously) on the current record inside the delete's transaction; throw to abort it (If-Match). */
+  check?: (current: T) => void;
+}
+
+export type AuditEntity = 'apikey' | 'keypair';
+
+/** One admin change, as the audit log keeps it. Never a secret: the core redacts `change` before it gets here. */
+export interface AuditEntry {
+  /**
+   * Assigned by the store: increases in commit order, never reused (what `after` pages by). A
+   * store whose ids can commit out of order (a PostgreSQL sequence under concurrent writers) must
+   * serialise appends, e.g. with a transaction-scoped advisory lock, or a reader could skip one.
+   */
+  id: number;
+  /** ISO 8601 time of the change. */
+  at: string;
+  /** Who: `admin-token:<12 hex of the token's SHA-256>`, `cli:<os user>`, `system`. */
+  actor: string;
+  /** `<entity>.<verb>`, e.g. `apikey.create`, `keypair.rotate`. */
+  action: string;
+  entity: AuditEntity;
+  entityId: string;
+  /** JSON: the created or deleted entity, or for updates `{ field: { before, after } }`. */
+  change: unknown;
+}
+
+export type AuditDraft = Omit<AuditEntry, 'id'>;
+
+export interface AuditPageQuery {
+  /** Entries with an id greater than this. */
+  after?: number;
+  limit: number;
+  entity?: AuditEntity;
+  entityId?: string;
+}
+
+/**
+ * The audit log's read side; entries are appended by the audited writes above, never on their
+ * own. Retention: entries are kept until removed by hand (admin changes are few; nothing prunes).
+ */
+export interface AuditRepository {
+  /** One page in id order (oldest first), optionally filtered by entity and entity id. */
+  listPage(query: AuditPageQuery): Promise<AuditEntry[]>;
 }
 
 export interface Revocation {
@@ -90,6 +157,7 @@ export interface AuthorityStore {
   keyPairs: KeyPairRepository;
   revocations: RevocationRepository;
   changes: ChangeLog;
+  audit: AuditRepository;
   /** Calls `listener` after any change, by this process or another sharing the store. */
   onChange(listener: () => void): () => void;
   close(): Promise<void>;

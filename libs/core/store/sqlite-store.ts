@@ -6,9 +6,15 @@ import { SIGN_KEYPAIR_METADATA, type ApiKeyRecord, type KeyPairRecord } from '..
 import type {
   ApiKeyPageQuery,
   ApiKeyRepository,
+  AuditDraft,
+  AuditedWrite,
+  AuditEntry,
+  AuditPageQuery,
+  AuditRepository,
   AuthorityStore,
   ChangedEntity,
   ChangeLog,
+  DeleteOptions,
   KeyPairRepository,
   RevocationRepository,
   StoreChange,
@@ -21,6 +27,11 @@ const SCHEMA = `
   CREATE INDEX IF NOT EXISTS revoked_tokens_expiry ON revoked_tokens (expires_at);
   CREATE TABLE IF NOT EXISTS changes (seq INTEGER PRIMARY KEY AUTOINCREMENT, entity TEXT NOT NULL, id TEXT NOT NULL) STRICT;
   CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;
+  CREATE TABLE IF NOT EXISTS audit_log (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
+    entity TEXT NOT NULL, entity_id TEXT NOT NULL, change TEXT NOT NULL
+  ) STRICT;
+  CREATE INDEX IF NOT EXISTS audit_log_entity ON audit_log (entity, entity_id, id);
 `;
 
 /**
@@ -52,7 +63,7 @@ class ReadMemo {
   }
 }
 
-/** A table of JSON documents keyed by id: the shape both entities need. Each write logs its change. */
+/** A table of JSON documents keyed by id: the shape both entities need. Each write logs its change (and its audit entry, if any). */
 class DocumentTable<T> {
   private readonly getStatement;
   private readonly listStatement;
@@ -60,7 +71,9 @@ class DocumentTable<T> {
   private readonly updateStatement;
   private readonly deleteStatement;
   private readonly write;
+  private readonly createTransaction;
   private readonly modifyTransaction;
+  private readonly deleteTransaction;
   readonly insertMany;
 
   constructor(
@@ -70,6 +83,7 @@ class DocumentTable<T> {
     entity: ChangedEntity,
     private readonly memo: ReadMemo,
     logChange: (entity: ChangedEntity, id: string) => void,
+    appendAudit: (draft: AuditDraft | undefined) => void,
     private readonly afterCommit: () => void,
   ) {
     this.getStatement = db.prepare<[string], { doc: string }>(`SELECT doc FROM ${table} WHERE ${key} = ?`);
@@ -83,14 +97,36 @@ class DocumentTable<T> {
       if (changes > 0) logChange(entity, id);
       return changes;
     }).immediate;
-    // BEGIN IMMEDIATE: the read and the write hold the write lock together, across processes too.
-    this.modifyTransaction = db.transaction((id: string, change: (current: T) => T): T | undefined => {
-      const row = this.getStatement.get(id);
-      if (!row) return undefined;
-      const next = change(JSON.parse(row.doc) as T);
-      this.updateStatement.run(JSON.stringify(next), id);
+    this.createTransaction = db.transaction((id: string, doc: T, options: AuditedWrite<T>): number => {
+      if (this.insertStatement.run(id, JSON.stringify(doc)).changes === 0) return 0;
       logChange(entity, id);
-      return next;
+      appendAudit(options.audit?.(undefined, doc));
+      return 1;
+    }).immediate;
+    // BEGIN IMMEDIATE: the read and the write hold the write lock together, across processes too.
+    this.modifyTransaction = db.transaction(
+      (id: string, change: (current: T) => T, options: AuditedWrite<T>): { next: T; written: boolean } | undefined => {
+        const row = this.getStatement.get(id);
+        if (!row) return undefined;
+        const current = JSON.parse(row.doc) as T;
+        const next = change(current);
+        // The change function handed back the record it was given: nothing to write.
+        if (next === current) return { next, written: false };
+        this.updateStatement.run(JSON.stringify(next), id);
+        logChange(entity, id);
+        appendAudit(options.audit?.(current, next));
+        return { next, written: true };
+      },
+    ).immediate;
+    this.deleteTransaction = db.transaction((id: string, options: DeleteOptions<T>): number => {
+      const row = this.getStatement.get(id);
+      if (!row) return 0;
+      const current = JSON.parse(row.doc) as T;
+      options.check?.(current);
+      this.deleteStatement.run(id);
+      logChange(entity, id);
+      appendAudit(options.audit?.(current, undefined));
+      return 1;
     }).immediate;
     const strictInsert = db.prepare(`INSERT INTO ${table} (${key}, doc) VALUES (?, ?)`);
     this.insertMany = db.transaction((docs: [string, T][]) => {
@@ -109,11 +145,8 @@ class DocumentTable<T> {
   list(): T[] {
     return this.listStatement.all().map((row) => JSON.parse(row.doc) as T);
   }
-  create(id: string, doc: T): boolean {
-    return this.afterWrite(
-      id,
-      this.write(id, () => this.insertStatement.run(id, JSON.stringify(doc)).changes),
-    );
+  create(id: string, doc: T, options: AuditedWrite<T> = {}): boolean {
+    return this.afterWrite(id, this.createTransaction(id, doc, options));
   }
   createMany(docs: [string, T][]): void {
     this.insertMany(docs);
@@ -126,16 +159,13 @@ class DocumentTable<T> {
       this.write(id, () => this.updateStatement.run(JSON.stringify(doc), id).changes),
     );
   }
-  delete(id: string): boolean {
-    return this.afterWrite(
-      id,
-      this.write(id, () => this.deleteStatement.run(id).changes),
-    );
+  delete(id: string, options: DeleteOptions<T> = {}): boolean {
+    return this.afterWrite(id, this.deleteTransaction(id, options));
   }
-  modify(id: string, change: (current: T) => T): T | undefined {
-    const next = this.modifyTransaction(id, change);
-    if (next !== undefined) this.afterWrite(id, 1);
-    return next;
+  modify(id: string, change: (current: T) => T, options: AuditedWrite<T> = {}): T | undefined {
+    const result = this.modifyTransaction(id, change, options);
+    if (result?.written) this.afterWrite(id, 1);
+    return result?.next;
   }
   /** Drops the memo entry once the write is committed, so nobody reads the old row from memory. */
   private afterWrite(id: string, changes: number): boolean {
@@ -146,6 +176,34 @@ class DocumentTable<T> {
     return changes === 1;
   }
 }
+
+/** The audit log, filtered and paged in SQL (one prepared statement per filter combination). */
+class AuditPages {
+  private readonly statements = new Map<string, Database.Statement<unknown[], AuditRow>>();
+  constructor(private readonly db: Database.Database) {}
+
+  page(query: AuditPageQuery): AuditEntry[] {
+    const conditions = ['id > ?'];
+    const values: unknown[] = [query.after ?? 0];
+    if (query.entity !== undefined) {
+      conditions.push('entity = ?');
+      values.push(query.entity);
+    }
+    if (query.entityId !== undefined) {
+      conditions.push('entity_id = ?');
+      values.push(query.entityId);
+    }
+    const sql = `SELECT id, at, actor, action, entity, entity_id AS entityId, change FROM audit_log WHERE ${conditions.join(' AND ')} ORDER BY id LIMIT ?`;
+    let statement = this.statements.get(sql);
+    if (!statement) {
+      statement = this.db.prepare<unknown[], AuditRow>(sql);
+      this.statements.set(sql, statement);
+    }
+    return statement.all(...values, query.limit).map((row) => ({ ...row, change: JSON.parse(row.change) }) as AuditEntry);
+  }
+}
+
+type AuditRow = Omit<AuditEntry, 'change'> & { change: string };
 
 /** api_keys filtered in SQL (json_extract / json_each), one prepared statement per filter combination. */
 class ApiKeyPages {
@@ -190,6 +248,7 @@ export class SqliteStore implements AuthorityStore {
   readonly keyPairs: KeyPairRepository;
   readonly revocations: RevocationRepository;
   readonly changes: ChangeLog;
+  readonly audit: AuditRepository;
   private readonly db: Database.Database;
   private readonly timers: NodeJS.Timeout[];
   private readonly changeListeners = new Set<() => void>();
@@ -205,12 +264,20 @@ export class SqliteStore implements AuthorityStore {
     this.db.prepare("INSERT OR IGNORE INTO meta (name, value) VALUES ('store_id', ?)").run(randomUUID());
     const storeId = this.db.prepare<[], string>("SELECT value FROM meta WHERE name = 'store_id'").pluck().get()!;
 
-    const changed = () => this.changeListeners.forEach((listener) => listener());
+    const changed = () => {
+      for (const listener of this.changeListeners) listener();
+    };
     const apiKeyMemo = new ReadMemo(100_000);
     const keyPairMemo = new ReadMemo(1_000);
     const revokedMemo = new ReadMemo(100_000);
     const insertChange = this.db.prepare('INSERT INTO changes (entity, id) VALUES (?, ?)');
     const logChange = (entity: ChangedEntity, id: string) => insertChange.run(entity, id);
+    const insertAudit = this.db.prepare('INSERT INTO audit_log (at, actor, action, entity, entity_id, change) VALUES (?, ?, ?, ?, ?, ?)');
+    const appendAudit = (draft: AuditDraft | undefined) => {
+      if (draft) insertAudit.run(draft.at, draft.actor, draft.action, draft.entity, draft.entityId, JSON.stringify(draft.change ?? null));
+    };
+    const auditPages = new AuditPages(this.db);
+    this.audit = { listPage: async (query) => auditPages.page(query) };
 
     // Another connection committed: we cannot tell what from here cheaply, so forget all reads.
     const dataVersion = this.db.prepare<[], number>('PRAGMA data_version').pluck();
@@ -223,26 +290,35 @@ export class SqliteStore implements AuthorityStore {
       changed();
     }, CHANGE_POLL_MS).unref();
 
-    const apiKeys = new DocumentTable<ApiKeyRecord>(this.db, 'api_keys', 'client_id', 'apiKey', apiKeyMemo, logChange, changed);
+    const apiKeys = new DocumentTable<ApiKeyRecord>(
+      this.db,
+      'api_keys',
+      'client_id',
+      'apiKey',
+      apiKeyMemo,
+      logChange,
+      appendAudit,
+      changed,
+    );
     const apiKeyPages = new ApiKeyPages(this.db);
     this.apiKeys = {
       get: async (clientId) => apiKeys.get(clientId),
       listPage: async (query) => apiKeyPages.page(query),
-      create: async (apiKey) => apiKeys.create(apiKey.clientId, apiKey),
+      create: async (apiKey, options) => apiKeys.create(apiKey.clientId, apiKey, options),
       createMany: async (records) => apiKeys.createMany(records.map((apiKey) => [apiKey.clientId, apiKey])),
       update: async (apiKey) => apiKeys.update(apiKey.clientId, apiKey),
-      modify: async (clientId, change) => apiKeys.modify(clientId, change),
-      delete: async (clientId) => apiKeys.delete(clientId),
+      modify: async (clientId, change, options) => apiKeys.modify(clientId, change, options),
+      delete: async (clientId, options) => apiKeys.delete(clientId, options),
     };
 
-    const keyPairs = new DocumentTable<KeyPairRecord>(this.db, 'key_pairs', 'id', 'keyPair', keyPairMemo, logChange, changed);
+    const keyPairs = new DocumentTable<KeyPairRecord>(this.db, 'key_pairs', 'id', 'keyPair', keyPairMemo, logChange, appendAudit, changed);
     this.keyPairs = {
       get: async (id) => keyPairs.get(id),
       list: async () => keyPairs.list(),
-      create: async (keyPair) => keyPairs.create(keyPair.id, keyPair),
+      create: async (keyPair, options) => keyPairs.create(keyPair.id, keyPair, options),
       update: async (keyPair) => keyPairs.update(keyPair.id, keyPair),
-      modify: async (id, change) => keyPairs.modify(id, change),
-      delete: async (id) => keyPairs.delete(id),
+      modify: async (id, change, options) => keyPairs.modify(id, change, options),
+      delete: async (id, options) => keyPairs.delete(id, options),
     };
 
     const insertRevocation = this.db.prepare('INSERT OR IGNORE INTO revoked_tokens (jti, expires_at) VALUES (?, ?)');
