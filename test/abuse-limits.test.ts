@@ -96,7 +96,7 @@ describe('failed client authentications on the token authority are limited per (
     const statuses = new Map<number, number>();
     let sent = 0;
     let flooding = true;
-    const concurrency = 10;
+    const concurrency = 4;
     const attacker = Promise.all(
       Array.from({ length: concurrency }, async () => {
         while (sent < 1000) {
@@ -127,11 +127,14 @@ describe('failed client authentications on the token authority are limited per (
     const refused = statuses.get(429) ?? 0;
     const failed = statuses.get(401) ?? 0;
     t.diagnostic(
-      `attacker: ${failed} × 401 then ${refused} × 429; good client p99 ${percentile(baseline, 99).toFixed(1)} ms alone, ${percentile(during, 99).toFixed(1)} ms during the flood (${during.length} tokens)`,
+      `attacker: ${failed} × 401, ${refused} × 429, ${statuses.get(503) ?? 0} × 503 (scrypt queue full); good client p99 ${percentile(baseline, 99).toFixed(1)} ms alone, ${percentile(during, 99).toFixed(1)} ms during the flood (${during.length} tokens)`,
     );
-    assert.equal(failed + refused, 1000, JSON.stringify([...statuses]));
+    // 503: the bounded scrypt queue was full (see below); it checks nothing and counts for nothing.
+    const busy = statuses.get(503) ?? 0;
+    assert.equal(failed + refused + busy, 1000, JSON.stringify([...statuses]));
     // The threshold is 10; up to `concurrency` more were already past the check when the 10th failed.
     assert.ok(failed >= 10 && failed <= 10 + concurrency, `${failed} wrong secrets were checked`);
+    assert.ok(refused > 900, `${refused} refused with 429`);
     // Tolerance for a shared machine: at most twice the baseline p99, or 20 ms over it.
     assert.ok(
       percentile(during, 99) <= Math.max(2 * percentile(baseline, 99), percentile(baseline, 99) + 20),
@@ -146,7 +149,13 @@ describe('failed client authentications on the token authority are limited per (
     }
   });
 
-  it('answers the same for an existing and an unknown client id', async () => {
+  it('answers the same for an existing and an unknown client id', async (t) => {
+    // Scrypt pacing off here: it is measured above, and only slows this sequence down.
+    const saved = scryptLimits.dutyCycle;
+    scryptLimits.dutyCycle = 1;
+    t.after(() => {
+      scryptLimits.dutyCycle = saved;
+    });
     const run = async (address: string, clientId: string) => {
       const replies = [];
       for (let i = 0; i < 12; i++) {
@@ -246,7 +255,7 @@ describe('ext-authz limits failed Basic / secret-header authentications per (id,
 describe('the slow secret hash has bounded concurrency', () => {
   it('runs at most `concurrency` scrypt at once, queues a few, and refuses the rest at once with SecretHashBusy', async () => {
     const saved = { ...scryptLimits };
-    Object.assign(scryptLimits, { concurrency: 1, queue: 2 });
+    Object.assign(scryptLimits, { concurrency: 1, queue: 2, dutyCycle: 1 });
     try {
       let peak = 0;
       const sampler = setInterval(() => (peak = Math.max(peak, scryptLoad().running)), 1);

@@ -1,5 +1,4 @@
 import { createHash, createHmac, randomBytes, scrypt, timingSafeEqual } from 'node:crypto';
-import { availableParallelism } from 'node:os';
 import { LRUCache } from 'lru-cache';
 
 /**
@@ -35,13 +34,18 @@ export class SecretHashBusy extends Error {
 }
 
 /**
- * scrypt runs on libuv's thread pool (4 threads by default), which JWT signing and file I/O share.
- * A flood of wrong short secrets must not take all of it, nor all the CPU: at most `concurrency`
- * scrypt runs at once (half the cores by default), and at most `queue` verifications wait; past
- * that, verifySecret throws SecretHashBusy at once.
+ * scrypt runs on libuv's thread pool (4 threads by default), which JWT signing shares, and each run
+ * takes tens of ms of a core and 32 MiB of memory traffic. A flood of wrong short secrets must not
+ * take the pool or the CPU from everyone else: at most `concurrency` scrypt runs at once, and
+ * after each the next waits long enough that scrypt uses at most `dutyCycle` of a core (a run of
+ * 60 ms with 0.25: 180 ms of pause; on a slower or busier machine runs take longer and pauses
+ * too); at most `queue` verifications wait, and past that verifySecret throws SecretHashBusy at
+ * once. A short secret verified once is remembered (see verifiedCache), so the budget only goes
+ * to first verifications and wrong secrets. bench/abuse.ts measures the effect.
  */
-export const scryptLimits = { concurrency: Math.max(1, Math.floor(availableParallelism() / 2)), queue: 16 };
+export const scryptLimits = { concurrency: 1, dutyCycle: 0.25, queue: 4 };
 let scryptRunning = 0;
+let nextScryptStart = 0;
 const scryptWaiting: (() => void)[] = [];
 
 async function scryptSlot<T>(bounded: boolean, work: () => Promise<T>): Promise<T> {
@@ -52,7 +56,17 @@ async function scryptSlot<T>(bounded: boolean, work: () => Promise<T>): Promise<
     scryptRunning += 1;
   }
   try {
-    return await work();
+    // Setting a secret (admin API) is not paced: only verifications are what a flood can send.
+    if (!bounded) return await work();
+    const wait = nextScryptStart - Date.now();
+    if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
+    const started = performance.now();
+    try {
+      return await work();
+    } finally {
+      const ran = performance.now() - started;
+      nextScryptStart = Date.now() + (ran * (1 - scryptLimits.dutyCycle)) / scryptLimits.dutyCycle;
+    }
   } finally {
     // The slot passes straight to the next in line, or is freed.
     const next = scryptWaiting.shift();
