@@ -36,16 +36,24 @@ export class SecretHashBusy extends Error {
 /**
  * scrypt runs on libuv's thread pool (4 threads by default), which JWT signing shares, and each run
  * takes tens of ms of a core and 32 MiB of memory traffic. A flood of wrong short secrets must not
- * take the pool or the CPU from everyone else: at most `concurrency` scrypt runs at once, and
- * after each the next waits long enough that scrypt uses at most `dutyCycle` of a core (a run of
- * 60 ms with 0.25: 180 ms of pause; on a slower or busier machine runs take longer and pauses
- * too); at most `queue` verifications wait, and past that verifySecret throws SecretHashBusy at
- * once. A short secret verified once is remembered (see verifiedCache), so the budget only goes
- * to first verifications and wrong secrets. bench/abuse.ts measures the effect.
+ * take the pool or the CPU from everyone else: at most `concurrency` scrypt runs at once, and over
+ * time scrypt uses at most `dutyCycle` of a core (a budget of scrypt time that refills at that
+ * rate and holds at most `burstMs`, so a lone verification never waits and a flood is paced); at
+ * most `queue` verifications wait, and past that verifySecret throws SecretHashBusy at once. A
+ * short secret verified once is remembered (see verifiedCache), so the budget only goes to first
+ * verifications and wrong secrets. bench/abuse.ts measures the effect.
  */
-export const scryptLimits = { concurrency: 1, dutyCycle: 0.25, queue: 4 };
+export const scryptLimits = { concurrency: 1, dutyCycle: 0.25, burstMs: 500, queue: 4 };
 let scryptRunning = 0;
-let nextScryptStart = 0;
+/** Scrypt time (ms) that may run now without waiting; negative: in debt. */
+let scryptBudget = scryptLimits.burstMs;
+let scryptBudgetAt = 0;
+
+function refillScryptBudget(): void {
+  const now = performance.now();
+  scryptBudget = Math.min(scryptLimits.burstMs, scryptBudget + (now - scryptBudgetAt) * scryptLimits.dutyCycle);
+  scryptBudgetAt = now;
+}
 const scryptWaiting: (() => void)[] = [];
 
 async function scryptSlot<T>(bounded: boolean, work: () => Promise<T>): Promise<T> {
@@ -58,14 +66,14 @@ async function scryptSlot<T>(bounded: boolean, work: () => Promise<T>): Promise<
   try {
     // Setting a secret (admin API) is not paced: only verifications are what a flood can send.
     if (!bounded) return await work();
-    const wait = nextScryptStart - Date.now();
-    if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
+    refillScryptBudget();
+    if (scryptBudget < 0) await new Promise((resolve) => setTimeout(resolve, -scryptBudget / scryptLimits.dutyCycle));
     const started = performance.now();
     try {
       return await work();
     } finally {
-      const ran = performance.now() - started;
-      nextScryptStart = Date.now() + (ran * (1 - scryptLimits.dutyCycle)) / scryptLimits.dutyCycle;
+      refillScryptBudget();
+      scryptBudget -= performance.now() - started;
     }
   } finally {
     // The slot passes straight to the next in line, or is freed.
