@@ -1,5 +1,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
+import type { DataPlaneApiKey, DataPlaneUpdate } from '../libs/core/data-plane';
+import { deserializeUpdate, serializeUpdate } from '../libs/grpc/watch-codec';
 import { gcraReserve, MemoryQuotaCounters, msUntilNextDay, QuotaEnforcer, utcDay, utcMonth } from '../libs/authz/quotas';
 import { startTestAuthority, type TestAuthority } from './support/authority';
 import { startEnvoy, type TestEnvoy } from './support/envoy';
@@ -10,6 +12,40 @@ import { keyWithQuotas, startCountingBackend } from './support/quota-fixtures';
 
 const QUOTA_BODY = JSON.stringify({ 'Otoroshi-Error': 'You performed too much requests' });
 const LIMITS = { throttlingQuota: 1000, dailyQuota: 3, monthlyQuota: 100 };
+
+describe('quotas on the data plane (token_authority.v1.ApiKeyState.quotas)', () => {
+  const key = (quotas?: DataPlaneApiKey['quotas']): DataPlaneApiKey => ({
+    clientId: 'q',
+    clientName: 'q',
+    enabled: true,
+    authorizedEntities: [],
+    scopes: [],
+    metadata: {},
+    tags: [],
+    secrets: [],
+    allowClientIdOnly: false,
+    quotas,
+  });
+  const update = (apiKey: DataPlaneApiKey): DataPlaneUpdate => ({
+    version: 's:1',
+    baseVersion: '',
+    reset: true,
+    more: false,
+    keyPairs: [],
+    removedKeyPairs: [],
+    apiKeys: [apiKey],
+    removedApiKeys: [],
+    revokedTokens: [],
+    generatedAt: 0,
+  });
+
+  it('carries the three quotas, 0 included (a key that may make no call), and none from an authority that sends none', () => {
+    const quotas = { throttlingQuota: 0, dailyQuota: 3, monthlyQuota: 10_000_000_000 };
+    assert.deepEqual(deserializeUpdate(serializeUpdate(update(key(quotas)))).apiKeys[0].quotas, quotas);
+    // An older authority: no quotas message, so ext-authz enforces none.
+    assert.equal(deserializeUpdate(serializeUpdate(update(key()))).apiKeys[0].quotas, undefined);
+  });
+});
 
 describe('quota counters (memory) and the per-second GCRA', () => {
   it('lets a burst of throttlingQuota calls through at once, then one call per 1/rate seconds', () => {
