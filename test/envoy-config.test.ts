@@ -106,8 +106,12 @@ describe('the authorization contract of envoy-http.yaml', () => {
     assert.equal(settings.failure_mode_allow, false);
   });
 
-  it('passes the credential and request id, and takes back identity headers', () => {
-    assert.deepEqual(exactNames(settings.allowed_headers), ['authorization', 'x-request-id']);
+  it("passes the credential, request id and Envoy's X-Forwarded-For, and takes back identity and remaining-calls headers", () => {
+    assert.deepEqual(exactNames(settings.allowed_headers), ['authorization', 'x-request-id', 'x-forwarded-for']);
+    assert.deepEqual(exactNames(settings.http_service.authorization_response.allowed_client_headers_on_success), [
+      'otoroshi-daily-calls-remaining',
+      'otoroshi-monthly-calls-remaining',
+    ]);
     assert.deepEqual(exactNames(settings.http_service.authorization_response.allowed_upstream_headers), [
       'x-client-id',
       'x-client-name',

@@ -767,6 +767,9 @@ describe('hostile input in every field, against real token-authority and ext-aut
         allowedAudiences: ['billing'],
         http: { host: '127.0.0.1', port: ports.http },
         grpc: { host: '127.0.0.1', port: ports.grpc },
+        // Hundreds of failing authentications from 127.0.0.1 are the point here; the failure
+        // limits that would cut them off are tested in abuse-limits.test.ts.
+        authFailures: { perClientAddress: 1_000_000, perAddress: 1_000_000 },
         log: { level: 'warn' },
       }),
     );
@@ -812,6 +815,7 @@ describe('hostile input in every field, against real token-authority and ext-aut
           foo: { extractors: ['bearer'], authorizedEntities: ['route_foo'] },
           all: { extractors: ['bearer', 'basic', 'customHeaders', 'clientId'] },
         },
+        authFailures: { perClientAddress: 1_000_000, perAddress: 1_000_000 },
         log: { level: 'warn' },
       }),
     );

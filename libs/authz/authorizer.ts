@@ -1,16 +1,28 @@
 import { LRUCache } from 'lru-cache';
-import { verifySecret } from '../core/crypto/secret-hash';
+import type { AuthFailureLimiter } from '../core/auth-failure-limiter';
+import { SecretHashBusy, verifySecret } from '../core/crypto/secret-hash';
 import { verifyJws } from '../core/crypto/jws';
 import type { DataPlaneApiKey } from '../core/data-plane';
 import type { ExtAuthzConfig, ExtractorName, RoutePolicy } from './config';
 import { legalHeaderValue } from '../http/header-value';
-import { deny, type Decision, type DenyReason } from './decision';
+import { DAILY_REMAINING_HEADER, deny, MONTHLY_REMAINING_HEADER, type Decision, type DenyReason } from './decision';
+import type { QuotaEnforcer } from './quotas';
 import type { AuthorityReplica } from './replica';
 
 /** A request to authorize, as every transport can describe it. Header names are lower case. */
 export interface AuthzRequest {
   policy: string | undefined;
   headers: Readonly<Record<string, string | undefined>>;
+  /** The client's address, for the failure limits of secret credentials. */
+  sourceAddress?: string;
+}
+
+/** Optional stages of the pipeline: quotas, failure limits, and whom to tell when Redis is away. */
+export interface AuthorizerGuards {
+  quotas?: QuotaEnforcer;
+  failures?: AuthFailureLimiter;
+  /** A call let through (fail open) or refused (fail closed) because the quota store did not answer. */
+  onQuotaStoreFailure?: (error: Error, policy: string, failOpen: boolean) => void;
 }
 
 type Credential =
@@ -45,6 +57,7 @@ export class Authorizer {
     private readonly config: ExtAuthzConfig,
     private readonly replica: AuthorityReplica,
     private readonly now: () => number = Date.now,
+    private readonly guards: AuthorizerGuards = {},
   ) {
     this.verified = config.cacheSize > 0 ? new LRUCache({ max: config.cacheSize }) : undefined;
   }
@@ -67,8 +80,11 @@ export class Authorizer {
     if (extracted === 'malformed') return deny('malformed_credential', challenge('invalid_request'));
     if (!extracted) return deny('no_credential', challenge());
 
-    const identity = await this.identify(extracted, policy);
-    if ('reason' in identity) return deny(identity.reason, challenge(extracted.kind === 'bearer' ? 'invalid_token' : undefined));
+    const identity = await this.identify(extracted, policy, request.sourceAddress);
+    if ('reason' in identity) {
+      if (identity.retryAfter !== undefined) return deny(identity.reason, undefined, identity.retryAfter);
+      return deny(identity.reason, challenge(extracted.kind === 'bearer' ? 'invalid_token' : undefined));
+    }
     const { apiKey, scopes } = identity;
     if (policy.authorizedEntities.length && !apiKey.authorizedEntities.some((entity) => policy.authorizedEntities.includes(entity))) {
       return deny('not_authorized');
@@ -85,14 +101,29 @@ export class Authorizer {
     if (scopes.length) headersToSet[names.scopes] = legalHeaderValue(scopes.join(' '));
     else headersToRemove.push(names.scopes);
     if (policy.stripCredential) headersToRemove.push(...(extracted.kind === 'bearer' ? [extracted.header] : extracted.headers));
-    return { allowed: true, clientId: apiKey.clientId, headersToSet, headersToRemove };
+    const responseHeaders: Record<string, string> = {};
+    // Last, so that only calls that would pass are counted (Otoroshi counts allowed calls).
+    if (this.guards.quotas && apiKey.quotas) {
+      const quota = await this.guards.quotas.consume(apiKey.clientId, apiKey.quotas);
+      if (quota.outcome === 'exceeded') return deny('quota_exceeded', undefined, quota.retryAfterSeconds);
+      if (quota.outcome === 'unavailable') {
+        const failOpen = policy.quotaFailure === 'open';
+        this.guards.onQuotaStoreFailure?.(quota.error, request.policy as string, failOpen);
+        if (!failOpen) return deny('quota_unavailable', undefined, 1);
+      } else {
+        responseHeaders[DAILY_REMAINING_HEADER] = String(quota.dailyRemaining);
+        responseHeaders[MONTHLY_REMAINING_HEADER] = String(quota.monthlyRemaining);
+      }
+    }
+    return { allowed: true, clientId: apiKey.clientId, headersToSet, headersToRemove, responseHeaders };
   }
 
   /** Who the credential names, or why it names nobody usable. */
   private async identify(
     credential: Credential,
     policy: RoutePolicy,
-  ): Promise<{ apiKey: DataPlaneApiKey; scopes: string[] } | { reason: DenyReason }> {
+    sourceAddress: string | undefined,
+  ): Promise<{ apiKey: DataPlaneApiKey; scopes: string[] } | { reason: DenyReason; retryAfter?: number }> {
     const now = this.now();
     if (credential.kind === 'bearer') {
       const token = this.verifyToken(credential.token, now);
@@ -111,8 +142,21 @@ export class Authorizer {
       const hashes = (apiKey?.secrets ?? [])
         .filter((secret) => secret.validUntil === undefined || secret.validUntil > now)
         .map((secret) => secret.hash);
+      // Refused before any hashing once this id and address (or this address) failed too often.
+      const wait = await this.guards.failures?.retryAfter(credential.clientId, sourceAddress);
+      if (wait !== undefined) return { reason: 'too_many_failures', retryAfter: wait };
       // Same work for an unknown id and a wrong secret (see secret-hash.ts).
-      if (!(await verifySecret(credential.clientSecret, hashes)) || !apiKey) return { reason: 'bad_secret' };
+      let matches: boolean;
+      try {
+        matches = await verifySecret(credential.clientSecret, hashes);
+      } catch (error) {
+        if (error instanceof SecretHashBusy) return { reason: 'busy', retryAfter: 1 };
+        throw error;
+      }
+      if (!matches || !apiKey) {
+        await this.guards.failures?.failed(credential.clientId, sourceAddress);
+        return { reason: 'bad_secret' };
+      }
     }
     return apiKeyState(apiKey, now) ?? { apiKey, scopes: apiKey.scopes };
   }

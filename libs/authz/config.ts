@@ -29,6 +29,11 @@ export const policySchema = z
       .min(1)
       .default('otoroshi-client-secret')
       .transform((name) => name.toLowerCase()),
+    /**
+     * When the shared quota counters (Redis) cannot be reached: `open` keeps authorizing without
+     * counting (a metric and a log line say so), `closed` answers 503.
+     */
+    quotaFailure: z.enum(['open', 'closed']).default('open'),
   })
   .strict();
 
@@ -59,6 +64,36 @@ export const extAuthzConfigSchema = z
       .prefault({}),
     /** Route policies by name: Envoy's context_extensions `route`, or the HTTP mode's path. */
     policies: z.record(z.string().regex(/^[A-Za-z0-9._-]+$/, 'policy names use A-Z a-z 0-9 . _ -'), policySchema).default({}),
+    /** Otoroshi's per-key quotas (throttlingQuota, dailyQuota, monthlyQuota); see README "Quotas and abuse limits". */
+    quotas: z
+      .object({
+        enabled: booleanSetting.default(true),
+        /** Shared counters for several replicas; in memory (one ext-authz) when unset. */
+        redisUrl: z.string().min(1).optional(),
+        /** Prefix of every Redis key (the token authority must use the same to read them). */
+        keyPrefix: z.string().default('otoroshi-ta:'),
+        /** Calls a replica reserves at once on Redis (1: a round trip per call). */
+        leaseMax: z.coerce.number().int().min(1).max(10_000).default(100),
+        /** Unspent reserved calls go back to Redis after this long without use, ms. */
+        leaseTtlMs: z.coerce.number().int().min(10).default(1000),
+        /**
+         * How long a Check waits for Redis, ms; past it the call fails open or closed (quotaFailure).
+         * Keep it under the proxy's ext_authz timeout (0.25 s in envoy/*.yaml).
+         */
+        commandTimeoutMs: z.coerce.number().int().min(1).default(100),
+      })
+      .prefault({}),
+    /** Failed Basic / custom-header authentications, limited per client id and address (see README). */
+    authFailures: z
+      .object({
+        /** Failures of one client id from one address before it is refused (429). */
+        perClientAddress: z.coerce.number().int().min(1).default(10),
+        /** Failures from one address (any ids) before it is refused. */
+        perAddress: z.coerce.number().int().min(1).default(100),
+        /** Window and block duration, seconds. */
+        windowSeconds: z.coerce.number().int().min(1).default(60),
+      })
+      .prefault({}),
     /** Bound of the verified-token cache. */
     cacheSize: z.coerce.number().int().min(0).default(100_000),
     log: z.object({ level: logLevelSetting }).prefault({}),
@@ -76,6 +111,12 @@ export const EXT_AUTHZ_ENV_OVERRIDES = {
   AUTHORITY_GRPC_URL: 'authority.url',
   AUTHORITY_TOKEN: 'authority.token',
   CACHE_SIZE: 'cacheSize',
+  QUOTAS_ENABLED: 'quotas.enabled',
+  REDIS_URL: 'quotas.redisUrl',
+  REDIS_KEY_PREFIX: 'quotas.keyPrefix',
+  QUOTA_LEASE_MAX: 'quotas.leaseMax',
+  AUTH_FAILURES_PER_CLIENT_ADDRESS: 'authFailures.perClientAddress',
+  AUTH_FAILURES_PER_ADDRESS: 'authFailures.perAddress',
   LOG_LEVEL: 'log.level',
 } as const;
 

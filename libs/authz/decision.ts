@@ -22,10 +22,16 @@ export type DenyReason =
   | 'expired_api_key'
   | 'bad_secret'
   | 'not_authorized'
-  | 'missing_scope';
+  | 'missing_scope'
+  | 'quota_exceeded'
+  | 'quota_unavailable'
+  | 'too_many_failures'
+  | 'busy';
 
 /** Otoroshi's error messages where it has one, a more precise one where that helps the caller. */
-export const DENIALS: Record<DenyReason, { status: 401 | 403 | 503; message: string }> = {
+export type DenyStatus = 401 | 403 | 429 | 503;
+
+export const DENIALS: Record<DenyReason, { status: DenyStatus; message: string }> = {
   not_ready: { status: 503, message: 'Authorization service is starting' },
   unknown_policy: { status: 403, message: 'No authorization policy for this route' },
   no_credential: { status: 401, message: 'No ApiKey provided' },
@@ -44,6 +50,10 @@ export const DENIALS: Record<DenyReason, { status: 401 | 403 | 503; message: str
   bad_secret: { status: 401, message: 'Bad ApiKey' },
   not_authorized: { status: 403, message: 'ApiKey not authorized on this route' },
   missing_scope: { status: 403, message: 'ApiKey lacks a required scope' },
+  quota_exceeded: { status: 429, message: 'You performed too much requests' },
+  quota_unavailable: { status: 503, message: 'Quota service unavailable' },
+  too_many_failures: { status: 429, message: 'Too many failed authentications' },
+  busy: { status: 503, message: 'Authorization service is busy' },
 };
 
 export interface Allow {
@@ -53,12 +63,16 @@ export interface Allow {
   headersToSet: Record<string, string>;
   /** Headers to remove before the upstream (spoofed identity headers, a stripped credential). */
   headersToRemove: string[];
+  /** Headers for the client's response (Otoroshi's remaining-calls headers). */
+  responseHeaders: Record<string, string>;
 }
 
 export interface Deny {
   allowed: false;
   reason: DenyReason;
-  status: 401 | 403 | 503;
+  status: DenyStatus;
+  /** Seconds, on 429 and 503: the client's Retry-After. */
+  retryAfter?: number;
   /** Otoroshi's body: {"Otoroshi-Error": message}. */
   message: string;
   /** RFC 6750 / RFC 7617 challenge, on 401 and on insufficient scope. */
@@ -67,11 +81,23 @@ export interface Deny {
 
 export type Decision = Allow | Deny;
 
-export function deny(reason: DenyReason, challenge?: string): Deny {
+export function deny(reason: DenyReason, challenge?: string, retryAfter?: number): Deny {
   const { status, message } = DENIALS[reason];
   // The challenge names the route's policy: made a legal header value here, for both transports.
-  return { allowed: false, reason, status, message, wwwAuthenticate: challenge === undefined ? undefined : legalHeaderValue(challenge) };
+  const decision: Deny = {
+    allowed: false,
+    reason,
+    status,
+    message,
+    wwwAuthenticate: challenge === undefined ? undefined : legalHeaderValue(challenge),
+  };
+  if (retryAfter !== undefined) decision.retryAfter = retryAfter;
+  return decision;
 }
+
+/** Otoroshi's headers on a call within quota. */
+export const DAILY_REMAINING_HEADER = 'Otoroshi-Daily-Calls-Remaining';
+export const MONTHLY_REMAINING_HEADER = 'Otoroshi-Monthly-Calls-Remaining';
 
 /** The JSON body of a denial, as Otoroshi writes it. */
 export function denialBody(decision: Deny): string {

@@ -7,6 +7,9 @@ import type { AuthorityReplica } from './replica';
 export class AuthzMetrics {
   readonly registry = new Registry();
   private readonly decisions: Counter<'mode' | 'policy' | 'decision' | 'reason'>;
+  private readonly quotaStoreFailures: Counter<'policy' | 'outcome'>;
+  /** Whether the quota store (Redis) answers; always 1 for memory counters. */
+  quotaStoreUp = true;
 
   constructor(
     replica: AuthorityReplica,
@@ -21,6 +24,21 @@ export class AuthzMetrics {
       help: 'Authorization decisions, by transport, policy, outcome and deny reason.',
       labelNames: ['mode', 'policy', 'decision', 'reason'],
       registers: [this.registry],
+    });
+    this.quotaStoreFailures = new Counter({
+      name: 'ext_authz_quota_store_failures_total',
+      help: 'Calls whose quota could not be counted (Redis away): let through (fail open) or refused with 503 (fail closed).',
+      labelNames: ['policy', 'outcome'],
+      registers: [this.registry],
+    });
+    const metrics = this;
+    new Gauge({
+      name: 'ext_authz_quota_store_up',
+      help: '1 while the quota counters (Redis when REDIS_URL is set) answer.',
+      registers: [this.registry],
+      collect() {
+        this.set(metrics.quotaStoreUp ? 1 : 0);
+      },
     });
     new Gauge({
       name: 'ext_authz_authority_connected',
@@ -68,6 +86,10 @@ export class AuthzMetrics {
         this.set(watch.reconnects);
       },
     });
+  }
+
+  recordQuotaStoreFailure(policy: string, failOpen: boolean): void {
+    this.quotaStoreFailures.inc({ policy: this.policies.has(policy) ? policy : '(unknown)', outcome: failOpen ? 'open' : 'closed' });
   }
 
   record(mode: 'grpc' | 'http', policy: string | undefined, decision: Decision): void {

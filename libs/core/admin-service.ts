@@ -9,6 +9,8 @@ import type { KeyRing } from './key-ring';
 import { activeVersion, SIGN_KEYPAIR_METADATA, type ApiKeyRecord, type KeyPairRecord } from './model';
 import type { AuditDraft, AuditEntity, AuditEntry, AuthorityStore } from './store/repositories';
 import { createPublicKey, randomBytes } from 'node:crypto';
+import { applyPatch, deepClone, validate as validatePatch, type Operation } from 'fast-json-patch';
+import type { QuotaConsumption, QuotaCounters } from '../authz/quotas';
 
 /** Ids we accept for API keys and key pairs: printable, URL- and header-safe, no `:` (Basic auth) or `#` (kids). */
 const ID = z.string().regex(/^[A-Za-z0-9._~@+-]{1,128}$/, 'use 1 to 128 of A-Z a-z 0-9 . _ ~ @ + -');
@@ -224,6 +226,35 @@ export function apiKeyView(apiKey: ApiKeyRecord, clientSecret?: string): ApiKeyV
   return clientSecret === undefined ? view : { ...view, clientSecret };
 }
 
+/** `operations` applied to a copy of `document`; every failure as an AdminError. */
+function applyJsonPatch(document: object, operations: Operation[]): Record<string, unknown> {
+  const invalid = validatePatch(operations, document);
+  if (invalid) throw patchError(invalid);
+  let patched: unknown;
+  try {
+    patched = applyPatch(deepClone(document), operations, false, false).newDocument;
+  } catch (error) {
+    throw patchError(error);
+  }
+  if (typeof patched !== 'object' || patched === null || Array.isArray(patched)) {
+    throw new AdminError(400, 'invalid JSON Patch: the result is not an API key object');
+  }
+  const removed = Object.keys(document).filter((field) => !(field in patched));
+  if (removed.length) throw new AdminError(400, `invalid JSON Patch: ${removed.join(', ')} cannot be removed, only replaced`);
+  return patched as Record<string, unknown>;
+}
+
+function patchError(error: unknown): AdminError {
+  const failure = error as { name?: string; message?: string; index?: number };
+  if (failure.name === 'TEST_OPERATION_FAILED') return new AdminError(409, `JSON Patch test operation ${failure.index} failed`);
+  const where = failure.index === undefined ? '' : ` (operation ${failure.index})`;
+  return new AdminError(400, `invalid JSON Patch${where}: ${(failure.message ?? String(error)).split('\n')[0]}`);
+}
+
+function quotasOf(apiKey: ApiKeyRecord) {
+  return { throttlingQuota: apiKey.throttlingQuota, dailyQuota: apiKey.dailyQuota, monthlyQuota: apiKey.monthlyQuota };
+}
+
 export type KeyPairView = ReturnType<typeof keyPairView>;
 
 /** What the admin API shows of a key pair: never a private key. */
@@ -273,6 +304,8 @@ export class AdminService {
     private readonly store: AuthorityStore,
     private readonly keyRing: KeyRing,
     private readonly now: () => number = Date.now,
+    /** Shared quota counters (Redis); undefined when each ext-authz counts in its own memory. */
+    private readonly quotaCounters?: QuotaCounters,
   ) {}
 
   /**
@@ -381,6 +414,53 @@ export class AdminService {
   /** What an update changed; secret hashes show as changed, redacted. */
   private apiKeyChanges(before: ApiKeyRecord | undefined, after: ApiKeyRecord | undefined) {
     return changedFields({ ...before }, { ...after }, ['updatedAt']);
+  }
+
+  /**
+   * RFC 6902 JSON Patch (Otoroshi's PATCH with an array, as its quotas tutorial does) on the key as
+   * GET shows it, then the same write as PUT: same validation (read-only fields may not change),
+   * same audit entry, same If-Match. The patch applies to a snapshot that is written only if the
+   * key is still that snapshot: with the client's If-Match, a 412 otherwise; without, the patch is
+   * applied again to the new state. A failed `test` operation is 409; a malformed patch 400.
+   */
+  async patchApiKey(clientId: string, operations: unknown, context: AdminContext = {}): Promise<Tagged<ApiKeyView>> {
+    if (!Array.isArray(operations)) throw new AdminError(400, 'a JSON Patch (RFC 6902) body is an array of operations');
+    const ifMatch = parseIfMatch(context.ifMatch);
+    for (let attempt = 1; ; attempt++) {
+      const current = await this.requireApiKey(clientId);
+      assertMatches(ifMatch, current, `API key '${clientId}'`);
+      const patched = applyJsonPatch(apiKeyView(current), operations as Operation[]);
+      try {
+        return await this.updateApiKey(clientId, patched, { ...context, ifMatch: entityTag(current) });
+      } catch (error) {
+        const raced = error instanceof AdminError && error.status === 412;
+        if (!raced || ifMatch !== undefined || attempt >= 5) throw error;
+      }
+    }
+  }
+
+  /** Otoroshi's RemainingQuotas of a key, read from the shared counters. */
+  async getQuotas(clientId: string): Promise<QuotaConsumption> {
+    const apiKey = await this.requireApiKey(clientId);
+    return this.requireQuotaCounters().consumption(clientId, quotasOf(apiKey), this.now());
+  }
+
+  /** Resets a key's counters (second, day, month); answers the consumption afterwards. */
+  async resetQuotas(clientId: string): Promise<QuotaConsumption> {
+    const apiKey = await this.requireApiKey(clientId);
+    const counters = this.requireQuotaCounters();
+    await counters.reset(clientId, this.now());
+    return counters.consumption(clientId, quotasOf(apiKey), this.now());
+  }
+
+  private requireQuotaCounters(): QuotaCounters {
+    if (!this.quotaCounters) {
+      throw new AdminError(
+        501,
+        'quota counters are not shared: each ext-authz counts in its own memory. Set REDIS_URL (and the same REDIS_KEY_PREFIX) on ext-authz and on the token authority to read and reset them here',
+      );
+    }
+    return this.quotaCounters;
   }
 
   /** Replaces the secret; the old one keeps working for the grace period (hours, default the key's rotation.gracePeriod). */

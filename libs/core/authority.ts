@@ -13,6 +13,8 @@ import type { AuthorityObserver } from './observer';
 import type { AuthorityStore } from './store/repositories';
 import { openStore } from './store/open-store';
 import { TokenService } from './token-service';
+import { AuthFailureLimiter } from './auth-failure-limiter';
+import { connectRedis, RedisQuotaCounters } from '../authz/quota-redis';
 
 export interface AuthorityLogger {
   info(message: string): void;
@@ -81,7 +83,19 @@ export async function createAuthority(config: AuthorityConfig, log: AuthorityLog
   const protector = KeyProtector.fromSettings(config.keyEncryption);
   const authorityStore = options.store ?? (await openStore(config, (level, message) => log[level](message)));
   const keyRing = new KeyRing(authorityStore.keyPairs, Date.now, protector);
-  const admin = new AdminService(config, authorityStore, keyRing);
+  // Redis, when configured: the quota counters ext-authz keeps there, and shared failure limits.
+  const redis = config.redis.url
+    ? connectRedis({
+        url: config.redis.url,
+        commandTimeoutMs: 1000,
+        onStateChange: (up, error) =>
+          log.warn(
+            up ? 'redis connection ready' : `redis connection lost${error ? `: ${error.message}` : ''}; failure limits fall back to memory`,
+          ),
+      })
+    : undefined;
+  const quotaCounters = redis ? new RedisQuotaCounters(redis, config.redis.keyPrefix) : undefined;
+  const admin = new AdminService(config, authorityStore, keyRing, Date.now, quotaCounters);
   if (!(await authorityStore.keyPairs.get(config.defaultKeyPair))) {
     try {
       await admin.createKeyPair({
@@ -109,6 +123,7 @@ export async function createAuthority(config: AuthorityConfig, log: AuthorityLog
   } catch (error) {
     dataPlane.close();
     if (!options.store) await authorityStore.close();
+    redis?.disconnect();
     throw error;
   }
   if (protector.enabled) {
@@ -120,7 +135,14 @@ export async function createAuthority(config: AuthorityConfig, log: AuthorityLog
         `${plaintext.length} key pair(s) keep private keys in plaintext (stored before KEY_ENCRYPTION_KEY was set): run \`npm run cli -- keypairs encrypt\``,
       );
   }
-  const tokens = new TokenService(config, authorityStore, keyRing, undefined, options.observer);
+  const tokens = new TokenService(
+    config,
+    authorityStore,
+    keyRing,
+    undefined,
+    options.observer,
+    new AuthFailureLimiter(config.authFailures, redis, config.redis.keyPrefix),
+  );
   const adminHash = options.adminApi === false ? undefined : adminTokenHash(config, log);
   const dataPlaneHash = config.dataPlaneToken ? sha256(config.dataPlaneToken) : undefined;
 
@@ -141,6 +163,7 @@ export async function createAuthority(config: AuthorityConfig, log: AuthorityLog
     async close() {
       clearInterval(purgeTimer);
       dataPlane.close();
+      redis?.disconnect();
       await authorityStore.close();
     },
   };

@@ -1,5 +1,5 @@
-import { invalidClient, invalidRequest, OAuthError } from './errors';
-import { verifySecret } from './crypto/secret-hash';
+import { busy, invalidClient, invalidRequest, OAuthError } from './errors';
+import { SecretHashBusy, verifySecret } from './crypto/secret-hash';
 import { activeSecretHashes, isApiKeyUsable, type ApiKeyRecord } from './model';
 import type { ClientAuthFailure } from './observer';
 import type { OAuthParams } from './params';
@@ -78,7 +78,10 @@ export async function authenticateClient(
   const usedBasic = credentials.method === 'client_secret_basic';
   const apiKey = credentials.clientId ? await apiKeys.get(credentials.clientId) : undefined;
   const hashes = apiKey ? activeSecretHashes(apiKey, now).map((secret) => secret.hash) : [];
-  const secretMatches = await verifySecret(credentials.clientSecret, hashes);
+  const secretMatches = await verifySecret(credentials.clientSecret, hashes).catch((error: unknown) => {
+    // The bounded scrypt queue is full: "busy, retry", the same for every id.
+    throw error instanceof SecretHashBusy ? busy() : error;
+  });
   const fail = (reason: ClientAuthFailure) => new ClientAuthError(reason, invalidClient(usedBasic));
   if (!apiKey) throw fail('unknown_client');
   if (!secretMatches) throw fail('invalid_secret');

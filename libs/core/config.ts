@@ -92,6 +92,25 @@ export const authorityConfigSchema = z
     adminToken: z.string().min(16, 'must be at least 16 characters').optional(),
     /** Bearer token with which data planes (ext-authz) may follow DeltaWatch; the admin token works too. */
     dataPlaneToken: z.string().min(16, 'must be at least 16 characters').optional(),
+    /**
+     * Redis shared with ext-authz: the admin API reads and resets the quota counters there (GET and
+     * DELETE /api/apikeys/:clientId/quotas), and the failure limits are shared by replicas.
+     */
+    redis: z
+      .object({
+        url: z.string().min(1).optional(),
+        /** Must equal ext-authz's `quotas.keyPrefix`. */
+        keyPrefix: z.string().default('otoroshi-ta:'),
+      })
+      .prefault({}),
+    /** Failed client authentications: limits per (client id, address) and per address (see README). */
+    authFailures: z
+      .object({
+        perClientAddress: z.coerce.number().int().min(1).default(10),
+        perAddress: z.coerce.number().int().min(1).default(100),
+        windowSeconds: z.coerce.number().int().min(1).default(60),
+      })
+      .prefault({}),
     log: z
       .object({
         level: logLevelSetting,
@@ -131,6 +150,10 @@ export const AUTHORITY_ENV_OVERRIDES = {
   DATA_DIR: 'dataDir',
   ADMIN_TOKEN: 'adminToken',
   DATA_PLANE_TOKEN: 'dataPlaneToken',
+  REDIS_URL: 'redis.url',
+  REDIS_KEY_PREFIX: 'redis.keyPrefix',
+  AUTH_FAILURES_PER_CLIENT_ADDRESS: 'authFailures.perClientAddress',
+  AUTH_FAILURES_PER_ADDRESS: 'authFailures.perAddress',
   LOG_LEVEL: 'log.level',
   LOG_REQUESTS: 'log.requests',
 } as const;

@@ -53,6 +53,15 @@ export interface DataPlaneApiKey {
   tags: string[];
   secrets: { hash: string; validUntil?: number }[];
   allowClientIdOnly: boolean;
+  /** Otoroshi's quotas; absent from an authority that does not send them (no quota then). */
+  quotas?: ApiKeyQuotas;
+}
+
+/** Calls per second (`throttlingQuota`), per UTC day, per UTC month. */
+export interface ApiKeyQuotas {
+  throttlingQuota: number;
+  dailyQuota: number;
+  monthlyQuota: number;
 }
 
 export function toDataPlaneApiKey(apiKey: ApiKeyRecord, now: number): DataPlaneApiKey {
@@ -67,6 +76,7 @@ export function toDataPlaneApiKey(apiKey: ApiKeyRecord, now: number): DataPlaneA
     tags: apiKey.tags,
     secrets: activeSecretHashes(apiKey, now),
     allowClientIdOnly: apiKey.allowClientIdOnly ?? false,
+    quotas: { throttlingQuota: apiKey.throttlingQuota, dailyQuota: apiKey.dailyQuota, monthlyQuota: apiKey.monthlyQuota },
   };
 }
 
@@ -95,6 +105,7 @@ function approximateBytes(apiKey: DataPlaneApiKey): number {
   for (const list of [apiKey.authorizedEntities, apiKey.scopes, apiKey.tags]) for (const item of list) bytes += item.length + 2;
   for (const [key, value] of Object.entries(apiKey.metadata)) bytes += key.length + value.length + 6;
   for (const secret of apiKey.secrets) bytes += secret.hash.length + 16;
+  if (apiKey.quotas) bytes += 32;
   return bytes;
 }
 

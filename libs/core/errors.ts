@@ -25,6 +25,8 @@ export class OAuthError extends Error {
     readonly status: number,
     /** RFC 6749 §5.2: answer 401 with WWW-Authenticate when the client used HTTP Basic. */
     readonly wwwAuthenticate?: string,
+    /** Seconds, sent as Retry-After (429, 503). */
+    readonly retryAfter?: number,
   ) {
     super(`${code}: ${description}`);
     this.name = 'OAuthError';
@@ -57,10 +59,16 @@ export const invalidClient = (usedBasic: boolean) =>
     usedBasic ? 'Basic realm="token-authority", charset="UTF-8"' : undefined,
   );
 
-/** Errors of the admin API: validation, missing entity, conflict, failed If-Match. */
+/** Too many failed client authentications from this id and address, or from this address. */
+export const tooManyFailures = (retryAfter: number) =>
+  new OAuthError('temporarily_unavailable', 'too many failed client authentications; retry later', 429, undefined, retryAfter);
+/** The bounded secret verification queue is full (see secret-hash.ts). */
+export const busy = () => new OAuthError('temporarily_unavailable', 'the server is busy; retry later', 503, undefined, 1);
+
+/** Errors of the admin API: validation, missing entity, conflict, failed If-Match, a feature not set up here. */
 export class AdminError extends Error {
   constructor(
-    readonly status: 400 | 404 | 409 | 412,
+    readonly status: 400 | 404 | 409 | 412 | 501,
     message: string,
     readonly details?: unknown,
   ) {

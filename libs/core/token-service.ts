@@ -1,9 +1,10 @@
 import { randomUUID } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
 import type { AuthorityConfig, SigningAlgorithm } from './config';
+import { AuthFailureLimiter, DEFAULT_AUTH_FAILURE_SETTINGS } from './auth-failure-limiter';
 import { authenticateClient, ClientAuthError, extractClientCredentials } from './client-auth';
 import { signJwt, verifyJws, type JwsFailure } from './crypto/jws';
-import { echo, invalidRequest, invalidScope, invalidTarget, OAuthError, unsupportedGrantType } from './errors';
+import { echo, invalidRequest, invalidScope, invalidTarget, OAuthError, tooManyFailures, unsupportedGrantType } from './errors';
 import type { KeyRing } from './key-ring';
 import { NO_OBSERVER, type AuthorityObserver, type OAuthEndpoint } from './observer';
 import { grantableScopes, isApiKeyUsable, SIGN_KEYPAIR_METADATA, type ApiKeyRecord } from './model';
@@ -14,6 +15,8 @@ import type { AuthorityStore } from './store/repositories';
 export interface OAuthRequest {
   params: OAuthParams;
   authorization?: string;
+  /** The client's address (REST: the peer, or X-Forwarded-For with trustProxy; gRPC: the peer), for the failure limits. */
+  clientAddress?: string;
 }
 
 export interface TokenResponse {
@@ -70,7 +73,25 @@ export class TokenService {
     private readonly keyRing: KeyRing,
     private readonly clock: Clock = { now: () => Date.now() },
     private readonly observer: AuthorityObserver = NO_OBSERVER,
+    private readonly failures = new AuthFailureLimiter(DEFAULT_AUTH_FAILURE_SETTINGS),
   ) {}
+
+  /**
+   * Client authentication behind the failure limits: an id and address (or an address) that failed
+   * too often is refused with 429 before any secret is checked; every invalid_client counts.
+   */
+  private async authenticate(request: OAuthRequest, now: number): Promise<ApiKeyRecord> {
+    const credentials = extractClientCredentials(request.authorization, request.params);
+    const clientId = credentials?.clientId ?? '';
+    const wait = await this.failures.retryAfter(clientId, request.clientAddress);
+    if (wait !== undefined) throw tooManyFailures(wait);
+    try {
+      return await authenticateClient(this.store.apiKeys, credentials, now);
+    } catch (error) {
+      if (error instanceof OAuthError && error.code === 'invalid_client') await this.failures.failed(clientId, request.clientAddress);
+      throw error;
+    }
+  }
 
   /** RFC 6749 §4.4: the client credentials grant. */
   async issueToken(request: OAuthRequest): Promise<TokenResponse> {
@@ -98,9 +119,8 @@ export class TokenService {
     const { params } = request;
     const grantType = requireParam(params, 'grant_type');
     if (grantType !== GRANT_TYPE) throw unsupportedGrantType(`grant_type '${echo(grantType)}' is not supported; use client_credentials`);
-    const credentials = extractClientCredentials(request.authorization, params);
     const now = this.clock.now();
-    const apiKey = await authenticateClient(this.store.apiKeys, credentials, now);
+    const apiKey = await this.authenticate(request, now);
     const scopes = this.grantedScopes(apiKey, params.scope);
     const audience = this.requestedAudience(params);
 
@@ -212,7 +232,7 @@ export class TokenService {
 
   private async introspection(request: OAuthRequest): Promise<IntrospectionResponse> {
     if (this.config.introspection.requireClientAuth) {
-      await authenticateClient(this.store.apiKeys, extractClientCredentials(request.authorization, request.params), this.clock.now());
+      await this.authenticate(request, this.clock.now());
     }
     const token = requireParam(request.params, 'token');
     const validation = await this.validateAccessToken(token);
@@ -244,7 +264,7 @@ export class TokenService {
 
   private async revocation(request: OAuthRequest): Promise<'revoked' | 'ignored'> {
     const now = this.clock.now();
-    const client = await authenticateClient(this.store.apiKeys, extractClientCredentials(request.authorization, request.params), now);
+    const client = await this.authenticate(request, now);
     const token = requireParam(request.params, 'token');
     const signed = this.verifySignature(token, now);
     if ('reason' in signed) return 'ignored';

@@ -24,7 +24,11 @@ interface ApiKeyStateMessage {
   tags?: string[];
   secrets?: { hash: string; valid_until?: Timestamp | null }[];
   allow_client_id_only?: boolean;
+  quotas?: { throttling_quota?: Int64; daily_quota?: Int64; monthly_quota?: Int64 } | null;
 }
+/** int64 as we build it (number) or as protobufjs decodes it (a Long). */
+type Int64 = number | { toNumber(): number };
+const fromInt64 = (value: Int64 | undefined): number => (value === undefined ? 0 : typeof value === 'number' ? value : value.toNumber());
 export interface DeltaWatchResponseMessage {
   version: string;
   base_version?: string;
@@ -64,6 +68,11 @@ const encodeApiKey = (apiKey: DataPlaneApiKey): ApiKeyStateMessage => ({
   tags: apiKey.tags,
   secrets: apiKey.secrets.map((secret) => ({ hash: secret.hash, valid_until: toTimestamp(secret.validUntil) })),
   allow_client_id_only: apiKey.allowClientIdOnly,
+  quotas: apiKey.quotas && {
+    throttling_quota: apiKey.quotas.throttlingQuota,
+    daily_quota: apiKey.quotas.dailyQuota,
+    monthly_quota: apiKey.quotas.monthlyQuota,
+  },
 });
 
 const decodeApiKey = (apiKey: ApiKeyStateMessage): DataPlaneApiKey => ({
@@ -77,6 +86,13 @@ const decodeApiKey = (apiKey: ApiKeyStateMessage): DataPlaneApiKey => ({
   tags: apiKey.tags ?? [],
   secrets: (apiKey.secrets ?? []).map((secret) => ({ hash: secret.hash, validUntil: fromTimestamp(secret.valid_until) })),
   allowClientIdOnly: apiKey.allow_client_id_only ?? false,
+  quotas: apiKey.quotas
+    ? {
+        throttlingQuota: fromInt64(apiKey.quotas.throttling_quota),
+        dailyQuota: fromInt64(apiKey.quotas.daily_quota),
+        monthlyQuota: fromInt64(apiKey.quotas.monthly_quota),
+      }
+    : undefined,
 });
 
 export function encodeUpdate(update: DataPlaneUpdate): DeltaWatchResponseMessage {

@@ -9,6 +9,9 @@ import { Authorizer } from '../../libs/authz/authorizer';
 import type { ExtAuthzConfig } from '../../libs/authz/config';
 import { AuthzMetrics } from '../../libs/authz/metrics';
 import { AuthorityReplica } from '../../libs/authz/replica';
+import { MemoryQuotaCounters, QuotaEnforcer, type QuotaCounters } from '../../libs/authz/quotas';
+import { connectRedis, RedisQuotaCounters, whenReady } from '../../libs/authz/quota-redis';
+import { AuthFailureLimiter } from '../../libs/core/auth-failure-limiter';
 import { createLogger, NestPinoLogger } from '../../libs/logging';
 import { capConnections, fastifyLimitOptions } from '../../libs/http/server-limits';
 import { countUnexpectedError } from '../../libs/observability/unexpected-errors';
@@ -44,18 +47,78 @@ export interface ExtAuthzApp extends ExtAuthz {
 
 const displayHost = (host: string) => (host === '0.0.0.0' || host === '::' ? '127.0.0.1' : host);
 
+export interface ExtAuthzOptions {
+  /** The quotas' clock (tests move it to the next UTC day); token times keep the real one. */
+  quotaClock?: () => number;
+}
+
 /** Wires the core, connects to the authority, serves Check over gRPC and the HTTP mode. */
-export async function startExtAuthz(config: ExtAuthzConfig): Promise<ExtAuthzApp> {
+export async function startExtAuthz(config: ExtAuthzConfig, options: ExtAuthzOptions = {}): Promise<ExtAuthzApp> {
   const logger = createLogger('ext-authz', config.log.level);
   const replica = new AuthorityReplica();
   const watch = new AuthorityWatchClient(config, replica, logger, `ext-authz@${hostname()}:${process.pid}`);
-  const authorizer = new Authorizer(config, replica);
   const metrics = new AuthzMetrics(replica, watch, new Set(Object.keys(config.policies)));
+
+  // Quotas: counters in memory, or on Redis (shared by replicas, leases: see libs/authz/quotas.ts).
+  const redis = config.quotas.redisUrl
+    ? connectRedis({
+        url: config.quotas.redisUrl,
+        // A backstop for a hung Redis; Checks wait only quotas.commandTimeoutMs (the enforcer's waitMs).
+        commandTimeoutMs: Math.max(2000, config.quotas.commandTimeoutMs),
+        onStateChange: (up, error) => {
+          metrics.quotaStoreUp = up;
+          if (up) logger.info('quota store (redis) connected');
+          else
+            logger.warn(
+              { err: error?.message },
+              'quota store (redis) unreachable; policies fail open or closed (quotaFailure) until it is back',
+            );
+        },
+      })
+    : undefined;
+  if (redis && !(await whenReady(redis, 2000))) {
+    metrics.quotaStoreUp = false;
+    logger.warn('quota store (redis) not reachable at start; reconnecting in the background');
+  }
+  const counters: QuotaCounters | undefined = config.quotas.enabled
+    ? redis
+      ? new RedisQuotaCounters(redis, config.quotas.keyPrefix)
+      : new MemoryQuotaCounters()
+    : undefined;
+  const quotas =
+    counters &&
+    new QuotaEnforcer(
+      counters,
+      {
+        leaseMax: redis ? config.quotas.leaseMax : 1,
+        leaseTtlMs: config.quotas.leaseTtlMs,
+        refusalCacheMs: 250,
+        waitMs: config.quotas.commandTimeoutMs,
+      },
+      options.quotaClock,
+    );
+  let lastStoreFailureLog = 0;
+  const authorizer = new Authorizer(config, replica, Date.now, {
+    quotas,
+    failures: new AuthFailureLimiter(config.authFailures, redis, config.quotas.keyPrefix),
+    onQuotaStoreFailure: (error, policy, failOpen) => {
+      metrics.recordQuotaStoreFailure(policy, failOpen);
+      // One line per second at most: an outage must not flood the log.
+      if (Date.now() - lastStoreFailureLog > 1000) {
+        lastStoreFailureLog = Date.now();
+        logger.warn(
+          { err: error.message, policy, failOpen },
+          failOpen ? 'quota not counted (fail open)' : 'call refused: quota store unavailable (fail closed)',
+        );
+      }
+    },
+  });
   const core: ExtAuthz = {
     authorizer,
     replica,
     metrics,
     watch,
+    quotas,
     decided(mode, policy, decision) {
       metrics.record(mode, policy, decision);
       logDecision(logger, mode, policy, decision);
@@ -150,6 +213,8 @@ export async function startExtAuthz(config: ExtAuthzConfig): Promise<ExtAuthzApp
           });
         });
         await app.close();
+        await quotas?.close();
+        if (!quotas) redis?.disconnect();
       })()),
   };
 }

@@ -15,6 +15,8 @@ import { withTraceparent } from '../../libs/observability/trace-context';
 /** The parts of envoy.service.auth.v3.CheckRequest that ext-authz reads. */
 export interface CheckRequest {
   attributes?: {
+    /** The downstream peer as Envoy sees it. */
+    source?: { address?: { socket_address?: { address?: string } } };
     request?: {
       http?: {
         id?: string;
@@ -44,11 +46,20 @@ export function toAuthzRequest(check: CheckRequest): AuthzRequest {
       headers[key.toLowerCase()] = headers[key.toLowerCase()] === undefined ? text : `${headers[key.toLowerCase()]},${text}`;
     }
   }
-  return { policy: check.attributes?.context_extensions?.[POLICY_EXTENSION], headers };
+  return {
+    policy: check.attributes?.context_extensions?.[POLICY_EXTENSION],
+    headers,
+    sourceAddress: check.attributes?.source?.address?.socket_address?.address,
+  };
 }
 
 const OVERWRITE = 'OVERWRITE_IF_EXISTS_OR_ADD';
-const RPC_CODE_BY_STATUS = { 401: GrpcStatus.UNAUTHENTICATED, 403: GrpcStatus.PERMISSION_DENIED, 503: GrpcStatus.UNAVAILABLE } as const;
+const RPC_CODE_BY_STATUS = {
+  401: GrpcStatus.UNAUTHENTICATED,
+  403: GrpcStatus.PERMISSION_DENIED,
+  429: GrpcStatus.RESOURCE_EXHAUSTED,
+  503: GrpcStatus.UNAVAILABLE,
+} as const;
 
 /** The core's decision as Envoy's CheckResponse: status always set, headers with an explicit append action. */
 export function toCheckResponse(decision: Decision): object {
@@ -58,12 +69,19 @@ export function toCheckResponse(decision: Decision): object {
       ok_response: {
         headers: Object.entries(decision.headersToSet).map(([key, value]) => ({ header: { key, value }, append_action: OVERWRITE })),
         headers_to_remove: decision.headersToRemove,
+        // Onto the client's response (Otoroshi's remaining-calls headers).
+        response_headers_to_add: Object.entries(decision.responseHeaders).map(([key, value]) => ({
+          header: { key, value },
+          append_action: OVERWRITE,
+        })),
       },
     };
   }
   const headers = [{ header: { key: 'content-type', value: 'application/json' }, append_action: OVERWRITE }];
   if (decision.wwwAuthenticate)
     headers.push({ header: { key: 'www-authenticate', value: decision.wwwAuthenticate }, append_action: OVERWRITE });
+  if (decision.retryAfter !== undefined)
+    headers.push({ header: { key: 'retry-after', value: String(decision.retryAfter) }, append_action: OVERWRITE });
   return {
     status: { code: RPC_CODE_BY_STATUS[decision.status], message: decision.message },
     denied_response: { status: { code: decision.status }, headers, body: denialBody(decision) },

@@ -1,6 +1,7 @@
 import type { Authorizer } from '../../libs/authz/authorizer';
 import type { Decision } from '../../libs/authz/decision';
 import type { AuthzMetrics } from '../../libs/authz/metrics';
+import type { QuotaEnforcer } from '../../libs/authz/quotas';
 import type { AuthorityReplica } from '../../libs/authz/replica';
 
 /** Nest injection token of the wired ext-authz core. */
@@ -13,4 +14,6 @@ export interface ExtAuthz {
   watch: { reconnects: number };
   /** Every decision, whatever the transport: counted and logged. */
   decided(mode: 'grpc' | 'http', policy: string | undefined, decision: Decision): void;
+  /** Undefined when quotas are off. */
+  quotas?: QuotaEnforcer;
 }

@@ -16,17 +16,21 @@ export class HttpModeController {
   @All('authz/:policy')
   async check(@Param('policy') policy: string, @Req() request: FastifyRequest, @Res() reply: FastifyReply): Promise<void> {
     const headers = request.headers as Record<string, string | undefined>;
-    const decision = await this.extAuthz.authorizer.check({ policy, headers });
+    const decision = await this.extAuthz.authorizer.check({ policy, headers, sourceAddress: clientAddress(request) });
     this.extAuthz.decided('http', policy, decision);
     reply.header('cache-control', 'no-store');
     if (decision.allowed) {
       for (const [name, value] of Object.entries(decision.headersToSet)) reply.header(name, value);
       // Envoy removes these from the upstream request (spoofed identity headers, a stripped credential).
       if (decision.headersToRemove.length) reply.header('x-envoy-auth-headers-to-remove', decision.headersToRemove.join(','));
+      // For the client's response: Envoy copies them (allowed_client_headers_on_success), nginx
+      // through auth_request_set + add_header.
+      for (const [name, value] of Object.entries(decision.responseHeaders)) reply.header(name, value);
       await reply.status(200).send();
       return;
     }
     if (decision.wwwAuthenticate) reply.header('www-authenticate', decision.wwwAuthenticate);
+    if (decision.retryAfter !== undefined) reply.header('retry-after', String(decision.retryAfter));
     // For nginx, which cannot pass an auth_request body on: the message, to rebuild the body.
     reply.header('x-authz-error', decision.message);
     await reply.status(decision.status).type('application/json').send(denialBody(decision));
@@ -53,4 +57,17 @@ export class HttpModeController {
   async metrics(@Res() reply: FastifyReply): Promise<void> {
     await reply.type(this.extAuthz.metrics.registry.contentType).send(await this.extAuthz.metrics.registry.metrics());
   }
+}
+
+/**
+ * The client's address as the proxy in front reports it: nginx's X-Real-IP (set in the shipped
+ * template), else the last X-Forwarded-For entry (the one Envoy appended), else the peer. Only
+ * the proxy can reach the HTTP mode, so these headers are its word, not the client's.
+ */
+function clientAddress(request: FastifyRequest): string {
+  const realIp = request.headers['x-real-ip'];
+  if (typeof realIp === 'string' && realIp) return realIp.trim();
+  const forwarded = request.headers['x-forwarded-for'];
+  const last = (Array.isArray(forwarded) ? forwarded.join(',') : (forwarded ?? '')).split(',').pop()?.trim();
+  return last || request.socket.remoteAddress || 'unknown';
 }

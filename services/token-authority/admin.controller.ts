@@ -5,6 +5,7 @@ import {
   Delete,
   ExecutionContext,
   Get,
+  Headers,
   HttpCode,
   Inject,
   Injectable,
@@ -93,14 +94,30 @@ export class AdminController {
     return sendTagged(await this.authority.admin.updateApiKey(clientId, body, this.context(request)), reply);
   }
 
+  /** A JSON merge body (the fields given replace the stored ones), or an RFC 6902 JSON Patch array. */
   @Patch('apikeys/:clientId')
   async updateApiKey(
     @Param('clientId') clientId: string,
     @Body() body: unknown,
     @Req() request: FastifyRequest,
     @Res({ passthrough: true }) reply: FastifyReply,
+    @Headers('content-type') contentType?: string,
   ) {
-    return sendTagged(await this.authority.admin.updateApiKey(clientId, body, this.context(request)), reply);
+    const patch = Array.isArray(body) || /^application\/json-patch\+json\b/i.test(contentType ?? '');
+    const admin = this.authority.admin;
+    const context = this.context(request);
+    return sendTagged(await (patch ? admin.patchApiKey(clientId, body, context) : admin.updateApiKey(clientId, body, context)), reply);
+  }
+
+  /** Otoroshi's RemainingQuotas, from the counters ext-authz shares on Redis. */
+  @Get('apikeys/:clientId/quotas')
+  getQuotas(@Param('clientId') clientId: string) {
+    return this.authority.admin.getQuotas(clientId);
+  }
+
+  @Delete('apikeys/:clientId/quotas')
+  resetQuotas(@Param('clientId') clientId: string) {
+    return this.authority.admin.resetQuotas(clientId);
   }
 
   @Post('apikeys/:clientId/rotate-secret')

@@ -6,7 +6,13 @@ import { countUnexpectedError } from '../../libs/observability/unexpected-errors
 import { toGrpcError } from './grpc-errors';
 import { type RouteTable, ROUTES } from './route-table';
 
-const ADMIN_ERROR_CODES = { 400: 'invalid_request', 404: 'not_found', 409: 'conflict', 412: 'precondition_failed' } as const;
+const ADMIN_ERROR_CODES = {
+  400: 'invalid_request',
+  404: 'not_found',
+  409: 'conflict',
+  412: 'precondition_failed',
+  501: 'not_implemented',
+} as const;
 
 /** Body parse failures from Fastify, in words a client can act on. */
 const FASTIFY_MESSAGES: Record<string, string> = {
@@ -40,7 +46,8 @@ export class ErrorFilter implements ExceptionFilter {
     if (this.methodNotAllowed(host.switchToHttp().getRequest<FastifyRequest>(), reply)) return;
     if (exception instanceof OAuthError) {
       if (exception.wwwAuthenticate) reply.header('www-authenticate', exception.wwwAuthenticate);
-      if (exception.status === 503) reply.header('retry-after', '1');
+      if (exception.retryAfter !== undefined) reply.header('retry-after', String(exception.retryAfter));
+      else if (exception.status === 503) reply.header('retry-after', '1');
       void reply.status(exception.status).send(exception.toJSON());
       return;
     }

@@ -24,10 +24,11 @@ export const ERROR_DOMAIN = 'token-authority';
 /** The gRPC form of a core error: status code, description, and the OAuth2 code in trailers and details. */
 export function toGrpcError(exception: unknown): RichError {
   if (exception instanceof OAuthError) {
-    return richError(STATUS_BY_OAUTH_CODE[exception.code], exception.description, exception.code, ERROR_DOMAIN, {
-      'oauth-error': exception.code,
-      'oauth-error-description': exception.description,
-    });
+    // Too many failures is a quota of attempts: RESOURCE_EXHAUSTED, with the HTTP face's Retry-After.
+    const code = exception.status === 429 ? GrpcStatus.RESOURCE_EXHAUSTED : STATUS_BY_OAUTH_CODE[exception.code];
+    const trailers: Record<string, string> = { 'oauth-error': exception.code, 'oauth-error-description': exception.description };
+    if (exception.retryAfter !== undefined) trailers['retry-after'] = String(exception.retryAfter);
+    return richError(code, exception.description, exception.code, ERROR_DOMAIN, trailers);
   }
   if (exception instanceof AdminError) {
     const code =
@@ -37,7 +38,9 @@ export function toGrpcError(exception: unknown): RichError {
           ? GrpcStatus.ALREADY_EXISTS
           : exception.status === 412
             ? GrpcStatus.FAILED_PRECONDITION
-            : GrpcStatus.INVALID_ARGUMENT;
+            : exception.status === 501
+              ? GrpcStatus.UNIMPLEMENTED
+              : GrpcStatus.INVALID_ARGUMENT;
     return richError(code, exception.message, 'invalid_request', ERROR_DOMAIN);
   }
   return richError(GrpcStatus.INTERNAL, 'internal error', 'server_error', ERROR_DOMAIN, { 'oauth-error': 'server_error' });

@@ -1,4 +1,4 @@
-import type { Metadata } from '@grpc/grpc-js';
+import type { Metadata, ServerUnaryCall } from '@grpc/grpc-js';
 import { Controller, Inject } from '@nestjs/common';
 import { GrpcMethod } from '@nestjs/microservices';
 import type { Authority } from '../../libs/core/authority';
@@ -22,24 +22,31 @@ export class TokenAuthorityGrpcController {
   issueToken(
     request: { grant_type?: string; client?: ClientCredentials; scope?: string; audience?: string; resource?: string },
     metadata: Metadata,
+    call: ServerUnaryCall<unknown, unknown>,
   ) {
     const params = toParams(
       { grant_type: request.grant_type, scope: request.scope, audience: request.audience, resource: request.resource },
       request.client,
     );
     return this.authority.tokens
-      .issueToken({ params, authorization: authorizationOf(metadata) })
+      .issueToken({ params, authorization: authorizationOf(metadata), clientAddress: peerAddress(call) })
       .then((response) => ({ ...response, scope: response.scope ?? '' }));
   }
 
   @GrpcMethod('TokenAuthority', 'IntrospectToken')
-  introspectToken(request: { token?: string; token_type_hint?: string; client?: ClientCredentials }, metadata: Metadata) {
+  introspectToken(
+    request: { token?: string; token_type_hint?: string; client?: ClientCredentials },
+    metadata: Metadata,
+    call: ServerUnaryCall<unknown, unknown>,
+  ) {
     const params = toParams({ token: request.token, token_type_hint: request.token_type_hint }, request.client);
-    return this.authority.tokens.introspect({ params, authorization: authorizationOf(metadata) }).then((response) => {
-      if (!response.active) return { active: false };
-      const { clientName, ...claims } = response;
-      return { ...claims, client_name: clientName };
-    });
+    return this.authority.tokens
+      .introspect({ params, authorization: authorizationOf(metadata), clientAddress: peerAddress(call) })
+      .then((response) => {
+        if (!response.active) return { active: false };
+        const { clientName, ...claims } = response;
+        return { ...claims, client_name: clientName };
+      });
   }
 
   @GrpcMethod('TokenAuthority', 'GetJwks')
@@ -48,9 +55,13 @@ export class TokenAuthorityGrpcController {
   }
 
   @GrpcMethod('TokenAuthority', 'RevokeToken')
-  async revokeToken(request: { token?: string; token_type_hint?: string; client?: ClientCredentials }, metadata: Metadata) {
+  async revokeToken(
+    request: { token?: string; token_type_hint?: string; client?: ClientCredentials },
+    metadata: Metadata,
+    call: ServerUnaryCall<unknown, unknown>,
+  ) {
     const params = toParams({ token: request.token, token_type_hint: request.token_type_hint }, request.client);
-    await this.authority.tokens.revoke({ params, authorization: authorizationOf(metadata) });
+    await this.authority.tokens.revoke({ params, authorization: authorizationOf(metadata), clientAddress: peerAddress(call) });
     return {};
   }
 }
@@ -63,4 +74,15 @@ function toParams(fields: Record<string, string | undefined>, client: ClientCred
 function authorizationOf(metadata: Metadata): string | undefined {
   const [value] = metadata.get('authorization');
   return typeof value === 'string' ? value : undefined;
+}
+
+/** The peer's address without its port: grpc-js says `ipv4:127.0.0.1:5000`, `ipv6:[::1]:5000` or `127.0.0.1:5000`. */
+export function peerAddress(call: { getPeer?(): string } | undefined): string | undefined {
+  const peer = call?.getPeer?.();
+  if (!peer) return undefined;
+  const bare = peer.replace(/^ipv[46]:/, '');
+  const bracketed = /^\[([^\]]+)\]/.exec(bare);
+  if (bracketed) return bracketed[1];
+  const colon = bare.lastIndexOf(':');
+  return colon > 0 && bare.indexOf(':') === colon ? bare.slice(0, colon) : bare;
 }

@@ -1,4 +1,4 @@
-import { All, Body, Controller, Get, Header, Headers, HttpCode, Inject, Post, UseGuards } from '@nestjs/common';
+import { All, Body, Controller, Get, Header, Headers, HttpCode, Inject, Ip, Post, UseGuards } from '@nestjs/common';
 import type { Authority } from '../../libs/core/authority';
 import { notFound } from '../../libs/core/errors';
 import { normalizeParams } from '../../libs/core/params';
@@ -23,22 +23,22 @@ export class OAuthController {
   @HttpCode(200)
   @Header('cache-control', 'no-store')
   @Header('pragma', 'no-cache')
-  token(@Body() body: unknown, @Headers('authorization') authorization?: string) {
-    return this.authority.tokens.issueToken({ params: normalizeParams(body), authorization });
+  token(@Body() body: unknown, @Ip() clientAddress: string, @Headers('authorization') authorization?: string) {
+    return this.authority.tokens.issueToken({ params: normalizeParams(body), authorization, clientAddress });
   }
 
   @Post(`${OTOROSHI}/token/introspect`)
   @HttpCode(200)
   @Header('cache-control', 'no-store')
-  introspect(@Body() body: unknown, @Headers('authorization') authorization?: string) {
-    return this.authority.tokens.introspect({ params: normalizeParams(body), authorization });
+  introspect(@Body() body: unknown, @Ip() clientAddress: string, @Headers('authorization') authorization?: string) {
+    return this.authority.tokens.introspect({ params: normalizeParams(body), authorization, clientAddress });
   }
 
   @Post(`${OTOROSHI}/token/revoke`)
   @HttpCode(200)
   @Header('cache-control', 'no-store')
-  async revoke(@Body() body: unknown, @Headers('authorization') authorization?: string) {
-    await this.authority.tokens.revoke({ params: normalizeParams(body), authorization });
+  async revoke(@Body() body: unknown, @Ip() clientAddress: string, @Headers('authorization') authorization?: string) {
+    await this.authority.tokens.revoke({ params: normalizeParams(body), authorization, clientAddress });
     return {};
   }
 

@@ -42,6 +42,9 @@ export async function startTestAuthority(settings: Record<string, unknown> = {},
     grpc: { host: '127.0.0.1', port: 0 },
     log: { level: 'silent' },
     ...(schema ? { store: { url: TEST_STORE_URL, schema } } : {}),
+    // Every test client comes from 127.0.0.1: the failure limits would mix unrelated tests up.
+    // test/abuse-limits.test.ts sets its own.
+    authFailures: { perClientAddress: 1_000_000, perAddress: 1_000_000 },
     ...settings,
   });
   const app = await startTokenAuthority(config);

@@ -1,5 +1,5 @@
 import { extAuthzConfigSchema, type ExtAuthzConfig } from '../../libs/authz/config';
-import { startExtAuthz, type ExtAuthzApp } from '../../services/ext-authz/app';
+import { startExtAuthz, type ExtAuthzApp, type ExtAuthzOptions } from '../../services/ext-authz/app';
 import { ADMIN_TOKEN, type TestAuthority } from './authority';
 
 export interface TestExtAuthz extends ExtAuthzApp {
@@ -29,6 +29,7 @@ export async function startTestExtAuthz(
   authority: TestAuthority | { grpcAddress: string },
   settings: Record<string, unknown> = {},
   waitForState = true,
+  options: ExtAuthzOptions = {},
 ): Promise<TestExtAuthz> {
   const config = extAuthzConfigSchema.parse({
     grpc: { host: '127.0.0.1', port: 0 },
@@ -36,9 +37,11 @@ export async function startTestExtAuthz(
     authority: { url: authority.grpcAddress, token: ADMIN_TOKEN, initialBackoff: 50, maxBackoff: 500 },
     policies: TEST_POLICIES,
     log: { level: 'silent' },
+    // As in authority.ts: the failure limits are tested on their own (abuse-limits.test.ts).
+    authFailures: { perClientAddress: 1_000_000, perAddress: 1_000_000 },
     ...settings,
   });
-  const app = await startExtAuthz(config);
+  const app = await startExtAuthz(config, options);
   const waitFor = async (predicate: () => boolean, timeoutMs = 5000) => {
     const started = Date.now();
     while (!predicate()) {
