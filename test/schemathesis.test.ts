@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { ADMIN_TOKEN, startTestAuthority, type TestAuthority } from './support/authority';
+import { redisTestPrefix, SHARED_REDIS } from './support/quota-fixtures';
 import { findSchemathesis, requireSchemathesis, run, schemathesisSkip } from './support/schemathesis';
 
 /**
@@ -46,9 +47,12 @@ describe('Schemathesis against the running token authority', { skip: schemathesi
   /** Requests the authority received (its HTTP server's own count, whatever Schemathesis reports). */
   let requests = 0;
 
+  // Counters on the real Redis (a prefix of this run's own), so the quotas endpoints answer as deployed.
+  const redisKeys = redisTestPrefix();
+
   before(async () => {
     requireSchemathesis(schemathesis);
-    authority = await startTestAuthority();
+    authority = await startTestAuthority({ redis: { url: SHARED_REDIS, keyPrefix: redisKeys.prefix } });
     authority.app.getHttpServer().on('request', () => requests++);
     const created = await authority.admin('POST', '/api/apikeys', {
       clientId: CLIENT.id,
@@ -74,6 +78,7 @@ describe('Schemathesis against the running token authority', { skip: schemathesi
 
   after(async () => {
     await authority?.stop();
+    await redisKeys.cleanup();
     if (dir) rmSync(dir, { recursive: true, force: true });
   });
 

@@ -272,6 +272,9 @@ function oauthPost(operationId: string, summary: string, params: JsonSchema, ok:
         }),
         '404': oauthGuardErrors['404'],
         ...bodyErrors(OAUTH_ERROR),
+        '429': errorResponse('Too many failed client authentications from this address (or for this client from it).', OAUTH_ERROR, {
+          'Retry-After': { required: true, schema: { type: 'string' } },
+        }),
         '503': storeUnavailable(OAUTH_ERROR),
       },
     },
@@ -303,8 +306,50 @@ interface AdminOperation {
   /** A write that takes If-Match (412 when the record changed since). */
   ifMatch?: boolean;
   /** Codes the operation answers besides 401, and 400/413 for a body. */
-  errors: Partial<Record<'400' | '404' | '409', string>>;
+  errors: Partial<Record<'400' | '404' | '409' | '501', string>>;
 }
+
+/** RFC 6902 operations, as PATCH takes them. */
+const JSON_PATCH = {
+  type: 'array',
+  items: {
+    type: 'object',
+    required: ['op', 'path'],
+    properties: {
+      op: { enum: ['add', 'remove', 'replace', 'move', 'copy', 'test'] },
+      path: { type: 'string' },
+      from: { type: 'string' },
+      value: {},
+    },
+  },
+};
+
+/** PATCH also takes the JSON Patch media type (RFC 6902 §6). */
+function withJsonPatch<T extends { requestBody?: { required: boolean; content: Record<string, unknown> } }>(operation: T): T {
+  const content = { ...operation.requestBody?.content, 'application/json-patch+json': { schema: JSON_PATCH } };
+  return { ...operation, requestBody: { required: false, content } };
+}
+
+const QUOTA_CONSUMPTION = {
+  type: 'object',
+  additionalProperties: false,
+  required: [
+    'authorizedCallsPerSec',
+    'currentCallsPerSec',
+    'remainingCallsPerSec',
+    'authorizedCallsPerDay',
+    'currentCallsPerDay',
+    'remainingCallsPerDay',
+    'authorizedCallsPerMonth',
+    'currentCallsPerMonth',
+    'remainingCallsPerMonth',
+  ],
+  properties: Object.fromEntries(
+    ['Sec', 'Day', 'Month'].flatMap((unit) =>
+      ['authorized', 'current', 'remaining'].map((kind) => [`${kind}CallsPer${unit}`, { type: 'number' }]),
+    ),
+  ),
+};
 
 const ETAG_HEADER = {
   ETag: {
@@ -523,17 +568,23 @@ export function openApiDocument(): Record<string, unknown> {
           ifMatch: true,
           errors: { '404': 'No such API key.' },
         }),
-        patch: adminOperation({
-          operationId: 'updateApiKey',
-          summary: 'Change the given fields; a new clientSecret replaces the old one at once',
-          tag: 'apikeys',
-          parameters: [CLIENT_ID],
-          body: editBody(apiKeyPatchSchema, apiKey, API_KEY_READ_ONLY),
-          ok: ['200', 'The key as stored.', API_KEY],
-          etag: true,
-          ifMatch: true,
-          errors: { '404': 'No such API key.' },
-        }),
+        patch: withJsonPatch(
+          adminOperation({
+            operationId: 'updateApiKey',
+            summary:
+              'Change the given fields (a JSON object), or apply an RFC 6902 JSON Patch (an array, or application/json-patch+json) as Otoroshi does; a new clientSecret replaces the old one at once',
+            tag: 'apikeys',
+            parameters: [CLIENT_ID],
+            body: { anyOf: [editBody(apiKeyPatchSchema, apiKey, API_KEY_READ_ONLY), JSON_PATCH] },
+            ok: ['200', 'The key as stored.', API_KEY],
+            etag: true,
+            ifMatch: true,
+            errors: {
+              '404': 'No such API key.',
+              '409': 'A JSON Patch `test` operation failed: the key is not what the patch expects.',
+            },
+          }),
+        ),
         delete: adminOperation({
           operationId: 'deleteApiKey',
           summary: 'Delete an API key; its tokens stop introspecting as active at once',
@@ -542,6 +593,24 @@ export function openApiDocument(): Record<string, unknown> {
           ok: ['204', 'Deleted.'],
           ifMatch: true,
           errors: { '404': 'No such API key.' },
+        }),
+      },
+      '/api/apikeys/{clientId}/quotas': {
+        get: adminOperation({
+          operationId: 'getApiKeyQuotas',
+          summary: "The key's quota consumption (Otoroshi's RemainingQuotas), from the counters ext-authz shares on Redis",
+          tag: 'apikeys',
+          parameters: [CLIENT_ID],
+          ok: ['200', 'Consumption now.', QUOTA_CONSUMPTION],
+          errors: { '404': 'No such API key.', '501': 'Counters are not shared (no REDIS_URL): each ext-authz counts in memory.' },
+        }),
+        delete: adminOperation({
+          operationId: 'resetApiKeyQuotas',
+          summary: "Reset the key's counters (second, day, month)",
+          tag: 'apikeys',
+          parameters: [CLIENT_ID],
+          ok: ['200', 'Consumption after the reset.', QUOTA_CONSUMPTION],
+          errors: { '404': 'No such API key.', '501': 'Counters are not shared (no REDIS_URL): each ext-authz counts in memory.' },
         }),
       },
       '/api/apikeys/{clientId}/rotate-secret': {
