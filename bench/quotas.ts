@@ -1,5 +1,5 @@
-import { connectRedis, RedisQuotaCounters, whenReady } from '../libs/authz/quota-redis';
-import { MemoryQuotaCounters, type QuotaCounters, QuotaEnforcer } from '../libs/authz/quotas';
+import { connectRedis, RedisQuotaCounters, whenReady } from '../libs/quotas/quota-redis';
+import { MemoryQuotaCounters, type QuotaCounters, QuotaEnforcer } from '../libs/quotas/quotas';
 import { redisTestPrefix } from '../test/support/quota-fixtures';
 import {
   adminPost,

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import type { DataPlaneApiKey, DataPlaneUpdate } from '../libs/core/data-plane';
 import { deserializeUpdate, serializeUpdate } from '../libs/grpc/watch-codec';
-import { gcraReserve, MemoryQuotaCounters, msUntilNextDay, QuotaEnforcer, utcDay, utcMonth } from '../libs/authz/quotas';
+import { gcraReserve, MemoryQuotaCounters, msUntilNextDay, QuotaEnforcer, utcDay, utcMonth } from '../libs/quotas/quotas';
 import { startTestAuthority, type TestAuthority } from './support/authority';
 import { startEnvoy, type TestEnvoy } from './support/envoy';
 import { startTestExtAuthz, type TestExtAuthz } from './support/ext-authz';

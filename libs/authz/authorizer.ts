@@ -6,7 +6,7 @@ import type { DataPlaneApiKey } from '../core/data-plane';
 import type { ExtAuthzConfig, ExtractorName, RoutePolicy } from './config';
 import { legalHeaderValue } from '../http/header-value';
 import { DAILY_REMAINING_HEADER, deny, MONTHLY_REMAINING_HEADER, type Decision, type DenyReason } from './decision';
-import type { QuotaEnforcer } from './quotas';
+import type { QuotaEnforcer } from '../quotas/quotas';
 import type { AuthorityReplica } from './replica';
 
 /** A request to authorize, as every transport can describe it. Header names are lower case. */

@@ -10,7 +10,7 @@ import { activeVersion, SIGN_KEYPAIR_METADATA, type ApiKeyRecord, type KeyPairRe
 import type { AuditDraft, AuditEntity, AuditEntry, AuthorityStore } from './store/repositories';
 import { createPublicKey, randomBytes } from 'node:crypto';
 import { applyPatch, deepClone, validate as validatePatch, type Operation } from 'fast-json-patch';
-import type { QuotaConsumption, QuotaCounters } from '../authz/quotas';
+import type { QuotaConsumption, QuotaCounters } from '../quotas/quotas';
 
 /** Ids we accept for API keys and key pairs: printable, URL- and header-safe, no `:` (Basic auth) or `#` (kids). */
 const ID = z.string().regex(/^[A-Za-z0-9._~@+-]{1,128}$/, 'use 1 to 128 of A-Z a-z 0-9 . _ ~ @ + -');

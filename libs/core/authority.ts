@@ -14,7 +14,7 @@ import type { AuthorityStore } from './store/repositories';
 import { openStore } from './store/open-store';
 import { TokenService } from './token-service';
 import { AuthFailureLimiter } from './auth-failure-limiter';
-import { connectRedis, RedisQuotaCounters } from '../authz/quota-redis';
+import { connectRedis, RedisQuotaCounters } from '../quotas/quota-redis';
 
 export interface AuthorityLogger {
   info(message: string): void;

@@ -9,8 +9,8 @@ import { Authorizer } from '../../libs/authz/authorizer';
 import type { ExtAuthzConfig } from '../../libs/authz/config';
 import { AuthzMetrics } from '../../libs/authz/metrics';
 import { AuthorityReplica } from '../../libs/authz/replica';
-import { MemoryQuotaCounters, QuotaEnforcer, type QuotaCounters } from '../../libs/authz/quotas';
-import { connectRedis, RedisQuotaCounters, whenReady } from '../../libs/authz/quota-redis';
+import { MemoryQuotaCounters, QuotaEnforcer, type QuotaCounters } from '../../libs/quotas/quotas';
+import { connectRedis, RedisQuotaCounters, whenReady } from '../../libs/quotas/quota-redis';
 import { AuthFailureLimiter } from '../../libs/core/auth-failure-limiter';
 import { createLogger, NestPinoLogger } from '../../libs/logging';
 import { capConnections, fastifyLimitOptions } from '../../libs/http/server-limits';
@@ -59,7 +59,7 @@ export async function startExtAuthz(config: ExtAuthzConfig, options: ExtAuthzOpt
   const watch = new AuthorityWatchClient(config, replica, logger, `ext-authz@${hostname()}:${process.pid}`);
   const metrics = new AuthzMetrics(replica, watch, new Set(Object.keys(config.policies)));
 
-  // Quotas: counters in memory, or on Redis (shared by replicas, leases: see libs/authz/quotas.ts).
+  // Quotas: counters in memory, or on Redis (shared by replicas, leases: see libs/quotas/quotas.ts).
   const redis = config.quotas.redisUrl
     ? connectRedis({
         url: config.quotas.redisUrl,

@@ -1,7 +1,7 @@
 import type { Authorizer } from '../../libs/authz/authorizer';
 import type { Decision } from '../../libs/authz/decision';
 import type { AuthzMetrics } from '../../libs/authz/metrics';
-import type { QuotaEnforcer } from '../../libs/authz/quotas';
+import type { QuotaEnforcer } from '../../libs/quotas/quotas';
 import type { AuthorityReplica } from '../../libs/authz/replica';
 
 /** Nest injection token of the wired ext-authz core. */
