@@ -17,11 +17,12 @@ import { DataPlaneFeed, formatVersion, type DataPlaneUpdate } from '../libs/core
 import { KeyRing } from '../libs/core/key-ring';
 import type { ApiKeyRecord } from '../libs/core/model';
 import type { AuthorityStore } from '../libs/core/store/repositories';
+import { MAX_BUFFERED_ENTRIES } from '../services/token-authority/authority-watch.service';
 import { AUTHORITY_WATCH_PROTO, LOADER_OPTIONS } from '../services/token-authority/grpc-options';
 import { ADMIN_TOKEN, startTestAuthority, type TestAuthority } from './support/authority';
 import { startTestExtAuthz } from './support/ext-authz';
 import { freePort } from './support/ports';
-import { openTestStore, TEST_STORE_URL } from './support/postgres';
+import { openTestStore } from './support/postgres';
 
 function apiKey(clientId: string, changes: Partial<ApiKeyRecord> = {}): ApiKeyRecord {
   return {
@@ -312,10 +313,15 @@ describe('DeltaWatch over gRPC', () => {
     client.close();
   });
 
-  // Needs the 30 deltas in one burst, as SQLite publishes them: spread over a second (a shared
-  // database), each is handed to HTTP/2 before the next and the stream's own count stays low.
-  const burstNote = TEST_STORE_URL ? 'its burst of deltas is SQLite timing (see the note above)' : false;
-  it('ends a client that does not read with RESOURCE_EXHAUSTED, holding a bounded amount for it', { skip: burstNote }, async () => {
+  // The client takes the first message and stops reading; the changes come in batches spread over
+  // time (each published before the next), not in one burst, on SQLite as on PostgreSQL. A paused
+  // grpc-js client still reads ahead until its stream holds 16 messages (its readable high-water
+  // mark), plus its 64 KB window: ~18 deltas of 1,000 keys leave the authority before the callbacks
+  // stop. After that the authority must end the stream once it holds MAX_BUFFERED_ENTRIES, well
+  // before PUBLISH_CAP; an authority that held without bound would keep the stream open.
+  it('ends a client that does not read with RESOURCE_EXHAUSTED, holding a bounded amount for it', async () => {
+    const PUBLISH_CAP = 3 * MAX_BUFFERED_ENTRIES;
+    const BATCH = 2_000;
     const client = new definition.token_authority.v1.AuthorityWatch(authority.grpcAddress, credentials.createInsecure(), {
       'grpc.max_receive_message_length': 64 * 1024 * 1024,
     });
@@ -326,23 +332,26 @@ describe('DeltaWatch over gRPC', () => {
       if (messages === 1) call.pause();
     });
     const ended = new Promise<ServiceError>((resolve) => call.on('error', resolve));
-    await new Promise((done) => setTimeout(done, 200));
-    // 30,000 changes, ~30 deltas of 1,000 keys, while the client reads nothing.
-    for (let batch = 0; batch < 3; batch += 1) {
-      await authority.authority.store.apiKeys.createMany(
-        Array.from({ length: 10_000 }, (_, index) => apiKey(`slow-${batch}-${String(index).padStart(5, '0')}`)),
-      );
-      await new Promise((done) => setTimeout(done, 50));
-    }
     const metrics = async () => (await fetch(`${authority.url}/metrics`)).text();
+    const streamEnded = async () => /token_authority_watch_streams 0/.test(await metrics());
     const deadline = Date.now() + 10_000;
-    while (!/token_authority_watch_streams 0/.test(await metrics()) && Date.now() < deadline)
-      await new Promise((done) => setTimeout(done, 100));
-    assert.match(await metrics(), /token_authority_watch_streams 0/, 'the authority let the stuck stream go');
+    while (messages === 0 && Date.now() < deadline) await new Promise((done) => setTimeout(done, 20));
+    assert.equal(messages, 1, 'the client read its first update');
+    let published = 0;
+    while (published < PUBLISH_CAP && !(await streamEnded())) {
+      await authority.authority.store.apiKeys.createMany(
+        Array.from({ length: BATCH }, (_, index) => apiKey(`slow-${String(published + index).padStart(6, '0')}`)),
+      );
+      published += BATCH;
+      await publishedThroughHead(authority.authority.dataPlane, authority.authority.store, 10_000);
+      await new Promise((done) => setTimeout(done, 20));
+    }
+    assert.ok(await streamEnded(), `the stream was still open after ${published} changes: the authority holds them without bound`);
     call.resume();
     const error = await ended;
     assert.equal(error.code, GrpcStatus.RESOURCE_EXHAUSTED);
-    assert.ok(messages < 30, `${messages} messages reached the client`);
+    assert.ok(published > MAX_BUFFERED_ENTRIES, `ended after only ${published} changes`);
+    assert.ok(messages < published / 1_000, `${messages} messages reached the client`);
     assert.equal((await fetch(`${authority.url}/health`)).status, 200);
     client.close();
   });

@@ -12,6 +12,12 @@ import { AUTHORITY_WATCH_PROTO, LOADER_OPTIONS } from './grpc-options';
  * Entries (API keys, revocations, key pairs) a stream may hold while its client does not read,
  * queued here or written to grpc-js but not yet sent: past this the client is too slow to
  * follow and is ended with RESOURCE_EXHAUSTED; it reconnects and resumes from its version.
+ *
+ * "Sent" is grpc-js's write callback, which Node's http2 calls once it has sent the bytes on the
+ * socket, and it sends only within the client's HTTP/2 flow-control window: a client that stops
+ * reading closes its window and the callbacks stop, however the deltas are spread over time, so
+ * this count is what the authority holds for it. What the client's side took before its window
+ * closed (its window, socket buffers) is not held here and not counted.
  */
 export const MAX_BUFFERED_ENTRIES = 20_000;
 
@@ -28,7 +34,7 @@ type WatchCall = ServerWritableStream<{ node_id?: string; resume_from_version?: 
 /** One DeltaWatch stream: the first update (snapshot or catch-up), then every delta, in order, with backpressure. */
 class UpdateStream {
   private readonly queue: DataPlaneUpdate[] = [];
-  /** Entries queued, or written and not yet handed to HTTP/2. */
+  /** Entries queued, or written and not yet sent to the client (see MAX_BUFFERED_ENTRIES). */
   private bufferedEntries = 0;
   private initialSent = false;
   private flushing = false;
