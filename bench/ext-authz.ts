@@ -2,6 +2,7 @@ import { spawn } from 'node:child_process';
 import { resolve } from 'node:path';
 import {
   adminPost,
+  benchClientToken,
   DURATION_SECONDS,
   formatRow,
   freePort,
@@ -52,15 +53,7 @@ async function main() {
       authorizedEntities: ['route_foo'],
       scope: 'read',
     });
-    const token = (
-      (await (
-        await fetch(`${authority.url}/.well-known/otoroshi/oauth/token`, {
-          method: 'POST',
-          headers: { 'content-type': 'application/x-www-form-urlencoded' },
-          body: 'grant_type=client_credentials&client_id=bench&client_secret=bench-secret-0123456789-0123456789-01',
-        })
-      ).json()) as { access_token: string }
-    ).access_token;
+    const token = await benchClientToken(authority);
     const frame = envoyCheckRequest(token);
 
     const bare = await startBareServer();

@@ -3,6 +3,7 @@ import { MemoryQuotaCounters, type QuotaCounters, QuotaEnforcer } from '../libs/
 import { redisTestPrefix } from '../test/support/quota-fixtures';
 import {
   adminPost,
+  benchClientToken,
   DURATION_SECONDS,
   envoyCheckRequest,
   formatRow,
@@ -75,15 +76,7 @@ async function main() {
       clientSecret: 'bench-secret-0123456789-0123456789-01',
       authorizedEntities: ['route_foo'],
     });
-    const token = (
-      (await (
-        await fetch(`${authority.url}/.well-known/otoroshi/oauth/token`, {
-          method: 'POST',
-          headers: { 'content-type': 'application/x-www-form-urlencoded' },
-          body: 'grant_type=client_credentials&client_id=bench&client_secret=bench-secret-0123456789-0123456789-01',
-        })
-      ).json()) as { access_token: string }
-    ).access_token;
+    const token = await benchClientToken(authority);
     const frame = envoyCheckRequest(token);
 
     const rows: [string, Record<string, string>][] = [

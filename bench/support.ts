@@ -88,6 +88,16 @@ function toMs(value: string): number {
 }
 
 /** wrk (Debian's package): one thread, a fixed number of connections, a fixed duration. */
+/** A token for the `bench` API key (created by the caller), from the authority's token endpoint. */
+export async function benchClientToken(authority: { url: string }): Promise<string> {
+  const answer = await fetch(`${authority.url}/.well-known/otoroshi/oauth/token`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/x-www-form-urlencoded' },
+    body: 'grant_type=client_credentials&client_id=bench&client_secret=bench-secret-0123456789-0123456789-01',
+  });
+  return ((await answer.json()) as { access_token: string }).access_token;
+}
+
 export function wrk(
   url: string,
   options: { connections: number; method?: string; body?: string; headers?: Record<string, string> },

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { authFailureSettingsSchema } from '../core/auth-failure-limiter';
 import { booleanSetting, loadConfig, logLevelSetting, portSetting } from '../config/load-config';
 import { httpLimitEnvOverrides, httpLimitsSchema } from '../http/server-limits';
 
@@ -84,16 +85,7 @@ export const extAuthzConfigSchema = z
       })
       .prefault({}),
     /** Failed Basic / custom-header authentications, limited per client id and address (see README). */
-    authFailures: z
-      .object({
-        /** Failures of one client id from one address before it is refused (429). */
-        perClientAddress: z.coerce.number().int().min(1).default(10),
-        /** Failures from one address (any ids) before it is refused. */
-        perAddress: z.coerce.number().int().min(1).default(100),
-        /** Window and block duration, seconds. */
-        windowSeconds: z.coerce.number().int().min(1).default(60),
-      })
-      .prefault({}),
+    authFailures: authFailureSettingsSchema,
     /** Bound of the verified-token cache. */
     cacheSize: z.coerce.number().int().min(0).default(100_000),
     log: z.object({ level: logLevelSetting }).prefault({}),

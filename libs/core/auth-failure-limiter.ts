@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import type { Redis } from 'ioredis';
 import { RateLimiterMemory, RateLimiterRedis, type RateLimiterAbstract, type RateLimiterRes } from 'rate-limiter-flexible';
+import { z } from 'zod';
 
 export interface AuthFailureSettings {
   /** Failures of one client id from one address within the window before that pair is refused. */
@@ -12,6 +13,18 @@ export interface AuthFailureSettings {
 }
 
 export const DEFAULT_AUTH_FAILURE_SETTINGS: AuthFailureSettings = { perClientAddress: 10, perAddress: 100, windowSeconds: 60 };
+
+/** The `authFailures` settings of both services (token authority and ext-authz). */
+export const authFailureSettingsSchema = z
+  .object({
+    /** Failures of one client id from one address before it is refused (429). */
+    perClientAddress: z.coerce.number().int().min(1).default(DEFAULT_AUTH_FAILURE_SETTINGS.perClientAddress),
+    /** Failures from one address (any ids) before it is refused. */
+    perAddress: z.coerce.number().int().min(1).default(DEFAULT_AUTH_FAILURE_SETTINGS.perAddress),
+    /** Window and block duration, seconds. */
+    windowSeconds: z.coerce.number().int().min(1).default(DEFAULT_AUTH_FAILURE_SETTINGS.windowSeconds),
+  })
+  .prefault({});
 
 /**
  * Failed client authentications (token, introspection, revocation; ext-authz's Basic and

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { authFailureSettingsSchema } from './auth-failure-limiter';
 import { booleanSetting, loadConfig, logLevelSetting, portSetting } from '../config/load-config';
 import { httpLimitEnvOverrides, httpLimitsSchema } from '../http/server-limits';
 
@@ -104,13 +105,7 @@ export const authorityConfigSchema = z
       })
       .prefault({}),
     /** Failed client authentications: limits per (client id, address) and per address (see README). */
-    authFailures: z
-      .object({
-        perClientAddress: z.coerce.number().int().min(1).default(10),
-        perAddress: z.coerce.number().int().min(1).default(100),
-        windowSeconds: z.coerce.number().int().min(1).default(60),
-      })
-      .prefault({}),
+    authFailures: authFailureSettingsSchema,
     log: z
       .object({
         level: logLevelSetting,
