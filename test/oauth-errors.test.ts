@@ -33,6 +33,17 @@ describe('RFC 6749 §5.2 errors and hostile input on the token endpoints', () =>
   });
   after(() => authority.stop());
 
+  it("a path the router cannot decode gets the OAuth2 error shape, not the framework's", async () => {
+    for (const path of ['/api/apikeys/%FF', '/api/apikeys/%C3%28/quotas', '/.well-known/otoroshi/oauth/%E0%A4%A']) {
+      const answer = await fetch(`${authority.url}${path}`, { headers: { authorization: 'Bearer test-admin-token-0123456789' } });
+      assert.equal(answer.status, 400, path);
+      assert.deepEqual(await answer.json(), {
+        error: 'invalid_request',
+        error_description: 'the URL path is not valid percent-encoded UTF-8',
+      });
+    }
+  });
+
   describe('token endpoint errors', () => {
     const cases: { name: string; form: Record<string, string>; headers?: Record<string, string>; status: number; error: string }[] = [
       { name: 'missing grant_type', form: { client_id: 'app', client_secret: 'app-secret' }, status: 400, error: 'invalid_request' },

@@ -309,6 +309,9 @@ describe('admin API: quotas without Redis, and RFC 6902 JSON Patch', () => {
       [[{ op: 'replace', path: '/nested/missing', value: 1 }], 400, /invalid JSON Patch/],
       [[{ op: 'replace', value: 1 }], 400, /invalid JSON Patch/],
       [['not an operation'], 400, /invalid JSON Patch/],
+      // fast-json-patch throws (rather than reports) prototype paths: still a 400, never a 500.
+      [[{ op: 'add', path: '/__proto__/polluted', value: 1 }], 400, /invalid JSON Patch/],
+      [[{ op: 'replace', path: '/constructor/prototype/x', value: 1 }], 400, /invalid JSON Patch/],
       [[{ op: 'test', path: '/dailyQuota', value: 12345 }], 409, /test operation 0 failed/],
     ];
     for (const [patch, status, message] of cases) {

@@ -228,10 +228,11 @@ export function apiKeyView(apiKey: ApiKeyRecord, clientSecret?: string): ApiKeyV
 
 /** `operations` applied to a copy of `document`; every failure as an AdminError. */
 function applyJsonPatch(document: object, operations: Operation[]): Record<string, unknown> {
-  const invalid = validatePatch(operations, document);
-  if (invalid) throw patchError(invalid);
   let patched: unknown;
   try {
+    // validate() returns most problems but throws some (a `__proto__` path): both become 400s.
+    const invalid = validatePatch(operations, document);
+    if (invalid) throw invalid;
     patched = applyPatch(deepClone(document), operations, false, false).newDocument;
   } catch (error) {
     throw patchError(error);

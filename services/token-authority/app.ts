@@ -3,6 +3,7 @@ import { Module, type DynamicModule } from '@nestjs/common';
 import { APP_FILTER } from '@nestjs/core';
 import { NestFactory } from '@nestjs/core';
 import { FastifyAdapter, type NestFastifyApplication } from '@nestjs/platform-fastify';
+import type { FastifyReply } from 'fastify';
 import { createAuthority, type Authority } from '../../libs/core/authority';
 import type { AuthorityConfig } from '../../libs/core/config';
 import { AdminController, AdminTokenGuard } from './admin.controller';
@@ -80,6 +81,14 @@ export async function startTokenAuthority(config: AuthorityConfig): Promise<Toke
     trustProxy: config.trustProxy,
     // Slow, idle or too many clients must not hold sockets.
     ...fastifyLimitOptions(config.http.limits),
+    // A path Fastify's router cannot decode (`/api/apikeys/%FF`) is refused before any route, so
+    // outside Nest's error filter: answer it in the same OAuth2 error shape as every other 400.
+    frameworkErrors: (_error: unknown, _request: unknown, reply: FastifyReply) => {
+      void reply
+        .status(400)
+        .header('cache-control', 'no-store')
+        .send({ error: 'invalid_request', error_description: 'the URL path is not valid percent-encoded UTF-8' });
+    },
   });
   const routes = new RouteTable();
   adapter.getInstance().addHook('onRoute', (route) => {
