@@ -81,7 +81,7 @@ describe('docker-compose.yml', () => {
         .map(([name]) => name)
         .sort();
     assert.deepEqual(byProfile(undefined), ['echo', 'envoy', 'ext-authz', 'token-authority'], 'docker-compose up: the tutorial');
-    assert.deepEqual(byProfile('cluster'), ['authority-a', 'authority-b', 'cluster-envoy', 'cluster-ext-authz', 'postgres']);
+    assert.deepEqual(byProfile('cluster'), ['authority-a', 'authority-b', 'cluster-envoy', 'cluster-ext-authz', 'postgres', 'redis']);
   });
 
   it('cluster profile: two replicas on one PostgreSQL, ext-authz fed by them, Envoy balancing them on :8180', () => {
@@ -98,6 +98,14 @@ describe('docker-compose.yml', () => {
     }
     const extAuthz = config.services['cluster-ext-authz'];
     assert.equal(extAuthz.environment?.AUTHORITY_GRPC_URL, 'token-authority-replicas:50051');
+    // Quotas on one Redis: the replicas' admin API reads the counters ext-authz keeps.
+    const redis = config.services.redis;
+    assert.match(redis.image ?? '', /^redis:\d+\.\d+/, 'a pinned release');
+    assert.deepEqual(ports(redis), [], 'Redis is not published');
+    for (const name of ['authority-a', 'authority-b', 'cluster-ext-authz']) {
+      assert.equal(config.services[name].environment?.REDIS_URL, 'redis://redis:6379', name);
+      assert.equal(config.services[name].depends_on?.redis?.condition, 'service_healthy', name);
+    }
     assert.equal(extAuthz.environment?.AUTHORITY_TOKEN, SECRETS.DATA_PLANE_TOKEN);
     const envoy = config.services['cluster-envoy'];
     assert.equal(envoy.image, config.services.envoy.image, 'the Envoy release the tests run');
