@@ -28,6 +28,8 @@ export function runService<Config>(
     keepServingOnUncaughtErrors(createLogger(name, 'error'));
     for (const signal of ['SIGTERM', 'SIGINT'] as const) {
       process.once(signal, () => {
+        // Said on stderr, so an exit nobody asked for shows who ended it (a signal, not a crash).
+        process.stderr.write(`${name}: ${signal} received, closing\n`);
         service.close().then(
           () => process.exit(0),
           () => process.exit(1),
