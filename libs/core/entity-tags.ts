@@ -2,9 +2,10 @@ import { createHash } from 'node:crypto';
 import { AdminError } from './errors';
 
 /**
- * JSON with object keys sorted at every level: the same record gives the same text whichever
- * store read it back (PostgreSQL's jsonb does not keep key order), so tags and "did anything
- * change" comparisons do not depend on it.
+ * JSON with object keys sorted at every level: the same record gives the same text however it
+ * was built or stored (a patched copy, a document read back from either store, or a jsonb column
+ * should a store ever use one, which does not keep key order), so tags and "did anything change"
+ * comparisons do not depend on key order.
  */
 export function canonicalJson(value: unknown): string | undefined {
   return JSON.stringify(value, (_key, inner: unknown) =>
