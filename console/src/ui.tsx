@@ -156,3 +156,32 @@ export function ConfirmDialog(props: {
 export function splitList(text: string): string[] {
   return text.split(/[\s,]+/).filter(Boolean);
 }
+
+/** Where a cursor-paged list (the admin API's `limit` + `after`) stands: cursors[n] opens page n+1. */
+export function useCursorPages() {
+  const [cursors, setCursors] = useState<(string | undefined)[]>([undefined]);
+  return {
+    /** Changes whenever the page does: a dependency for the effect that loads it. */
+    cursors,
+    after: cursors[cursors.length - 1],
+    index: cursors.length - 1,
+    first: () => setCursors([undefined]),
+    previous: () => setCursors(cursors.slice(0, -1)),
+    next: (cursor: string) => setCursors([...cursors, cursor]),
+  };
+}
+
+/** Previous / next buttons of a cursor-paged list; `next` is the cursor the API gave, if any. */
+export function Pager({ label, pages, next }: { label: string; pages: ReturnType<typeof useCursorPages>; next?: string }) {
+  return (
+    <nav class="pager" aria-label={label}>
+      <button type="button" disabled={pages.index === 0} onClick={pages.previous}>
+        Previous page
+      </button>
+      <span>Page {pages.index + 1}</span>
+      <button type="button" disabled={next === undefined} onClick={() => next && pages.next(next)}>
+        Next page
+      </button>
+    </nav>
+  );
+}

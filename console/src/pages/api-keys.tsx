@@ -1,7 +1,7 @@
 import { useEffect, useState } from 'preact/hooks';
 import { admin, type ApiKey, ApiError, listPage } from '../api';
 import { href } from '../router';
-import { ConfirmDialog, errorNotice, formatTime, type Notice, NoticeLine, PageTitle } from '../ui';
+import { ConfirmDialog, errorNotice, formatTime, type Notice, NoticeLine, PageTitle, Pager, useCursorPages } from '../ui';
 
 interface Filters {
   enabled: '' | 'true' | 'false';
@@ -25,26 +25,24 @@ function listPath(filters: Filters, after: string | undefined): string {
 export function ApiKeysPage() {
   const [filters, setFilters] = useState<Filters>(NO_FILTERS);
   const [draft, setDraft] = useState<Filters>(NO_FILTERS);
-  // Cursors of the pages seen so far: cursors[n] opens page n+1 (undefined: the first page).
-  const [cursors, setCursors] = useState<(string | undefined)[]>([undefined]);
+  const pages = useCursorPages();
   const [page, setPage] = useState<{ items: ApiKey[]; next?: string }>();
   const [search, setSearch] = useState('');
   const [found, setFound] = useState<ApiKey>();
   const [notice, setNotice] = useState<Notice>();
   const [deleting, setDeleting] = useState<ApiKey>();
   const [reload, setReload] = useState(0);
-  const pageIndex = cursors.length - 1;
 
   useEffect(() => {
     let current = true;
-    listPage<ApiKey>(listPath(filters, cursors[pageIndex])).then(
+    listPage<ApiKey>(listPath(filters, pages.after)).then(
       (answer) => current && setPage(answer),
       (error) => current && setNotice(errorNotice(error)),
     );
     return () => {
       current = false;
     };
-  }, [filters, cursors, reload]);
+  }, [filters, pages.cursors, reload]);
 
   const term = search.trim().toLowerCase();
   const shown = (page?.items ?? []).filter(
@@ -76,7 +74,7 @@ export function ApiKeysPage() {
     event.preventDefault();
     setNotice(undefined);
     setFilters({ ...draft });
-    setCursors([undefined]);
+    pages.first();
   };
 
   const remove = async (apiKey: ApiKey) => {
@@ -161,7 +159,7 @@ export function ApiKeysPage() {
       <NoticeLine notice={notice} />
       {page && (
         <table>
-          <caption class="visually-hidden">API keys, page {pageIndex + 1}</caption>
+          <caption class="visually-hidden">API keys, page {pages.index + 1}</caption>
           <thead>
             <tr>
               <th scope="col">Client id</th>
@@ -207,15 +205,7 @@ export function ApiKeysPage() {
           </tbody>
         </table>
       )}
-      <nav class="pager" aria-label="Pages of API keys">
-        <button type="button" disabled={pageIndex === 0} onClick={() => setCursors(cursors.slice(0, -1))}>
-          Previous page
-        </button>
-        <span>Page {pageIndex + 1}</span>
-        <button type="button" disabled={page?.next === undefined} onClick={() => page?.next && setCursors([...cursors, page.next])}>
-          Next page
-        </button>
-      </nav>
+      <Pager label="Pages of API keys" pages={pages} next={page?.next} />
       {deleting && (
         <ConfirmDialog
           title={`Delete API key ${deleting.clientId}?`}

@@ -1,6 +1,6 @@
 import { useEffect, useState } from 'preact/hooks';
 import { type AuditEntry, listPage } from '../api';
-import { errorNotice, formatTime, type Notice, NoticeLine, PageTitle } from '../ui';
+import { errorNotice, formatTime, type Notice, NoticeLine, PageTitle, Pager, useCursorPages } from '../ui';
 
 const isFieldChange = (value: unknown): value is { before: unknown; after: unknown } =>
   typeof value === 'object' && value !== null && 'before' in value && 'after' in value;
@@ -35,19 +35,17 @@ function Change({ change }: { change: unknown }) {
 export function AuditPage() {
   const [filters, setFilters] = useState({ entity: '', entityId: '' });
   const [applied, setApplied] = useState(filters);
-  const [cursors, setCursors] = useState<(string | undefined)[]>([undefined]);
+  const pages = useCursorPages();
   const [page, setPage] = useState<{ items: AuditEntry[]; next?: string }>();
   const [notice, setNotice] = useState<Notice>();
-  const pageIndex = cursors.length - 1;
 
   useEffect(() => {
     const query = new URLSearchParams({ limit: '50' });
     if (applied.entity) query.set('entity', applied.entity);
     if (applied.entityId.trim()) query.set('entityId', applied.entityId.trim());
-    const after = cursors[pageIndex];
-    if (after !== undefined) query.set('after', after);
+    if (pages.after !== undefined) query.set('after', pages.after);
     listPage<AuditEntry>(`/api/audit?${query}`).then(setPage, (error) => setNotice(errorNotice(error)));
-  }, [applied, cursors]);
+  }, [applied, pages.cursors]);
 
   return (
     <>
@@ -59,7 +57,7 @@ export function AuditPage() {
         onSubmit={(event) => {
           event.preventDefault();
           setApplied({ ...filters });
-          setCursors([undefined]);
+          pages.first();
         }}
       >
         <p>
@@ -89,7 +87,7 @@ export function AuditPage() {
       <NoticeLine notice={notice} />
       {page && (
         <table>
-          <caption class="visually-hidden">Audit log, page {pageIndex + 1}</caption>
+          <caption class="visually-hidden">Audit log, page {pages.index + 1}</caption>
           <thead>
             <tr>
               <th scope="col">When</th>
@@ -121,15 +119,7 @@ export function AuditPage() {
           </tbody>
         </table>
       )}
-      <nav class="pager" aria-label="Pages of the audit log">
-        <button type="button" disabled={pageIndex === 0} onClick={() => setCursors(cursors.slice(0, -1))}>
-          Previous page
-        </button>
-        <span>Page {pageIndex + 1}</span>
-        <button type="button" disabled={page?.next === undefined} onClick={() => page?.next && setCursors([...cursors, page.next])}>
-          Next page
-        </button>
-      </nav>
+      <Pager label="Pages of the audit log" pages={pages} next={page?.next} />
     </>
   );
 }
