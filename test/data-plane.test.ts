@@ -15,7 +15,6 @@ import { after, before, describe, it } from 'node:test';
 import { AuthorityReplica } from '../libs/authz/replica';
 import { DataPlaneFeed, formatVersion, type DataPlaneUpdate } from '../libs/core/data-plane';
 import { KeyRing } from '../libs/core/key-ring';
-import type { ApiKeyRecord } from '../libs/core/model';
 import type { AuthorityStore } from '../libs/core/store/repositories';
 import { MAX_BUFFERED_ENTRIES } from '../services/token-authority/authority-watch.service';
 import { AUTHORITY_WATCH_PROTO, LOADER_OPTIONS } from '../services/token-authority/grpc-options';
@@ -23,29 +22,7 @@ import { ADMIN_TOKEN, startTestAuthority, type TestAuthority } from './support/a
 import { startTestExtAuthz } from './support/ext-authz';
 import { freePort } from './support/ports';
 import { openTestStore } from './support/postgres';
-
-function apiKey(clientId: string, changes: Partial<ApiKeyRecord> = {}): ApiKeyRecord {
-  return {
-    clientId,
-    secretHash: 'sha256$x',
-    clientName: clientId,
-    description: '',
-    authorizedEntities: ['route_foo'],
-    enabled: true,
-    validUntil: null,
-    metadata: {},
-    tags: [],
-    scope: [],
-    allowClientIdOnly: false,
-    rotation: { enabled: false, rotationEvery: 744, gracePeriod: 168 },
-    throttlingQuota: 1,
-    dailyQuota: 1,
-    monthlyQuota: 1,
-    createdAt: 0,
-    updatedAt: 0,
-    ...changes,
-  };
-}
+import { apiKeyRecord } from './support/records';
 
 async function collect(updates: AsyncGenerator<DataPlaneUpdate>): Promise<DataPlaneUpdate[]> {
   const parts: DataPlaneUpdate[] = [];
@@ -103,7 +80,7 @@ describe('data plane feed over the store change log', () => {
   });
 
   it('sends only what changed, with the version it applies on', async () => {
-    await store.apiKeys.createMany(Array.from({ length: 50 }, (_, index) => apiKey(`bulk-${String(index).padStart(3, '0')}`)));
+    await store.apiKeys.createMany(Array.from({ length: 50 }, (_, index) => apiKeyRecord(`bulk-${String(index).padStart(3, '0')}`)));
     await nextDeltas(feed).catch(() => {});
     const before = feed.version;
     const deltas = nextDeltas(feed);
@@ -139,7 +116,7 @@ describe('data plane feed over the store change log', () => {
   });
 
   it('reads a snapshot in pages that all carry one version, the first one resetting', async () => {
-    await store.apiKeys.createMany(Array.from({ length: 2100 }, (_, index) => apiKey(`page-${String(index).padStart(5, '0')}`)));
+    await store.apiKeys.createMany(Array.from({ length: 2100 }, (_, index) => apiKeyRecord(`page-${String(index).padStart(5, '0')}`)));
     await new Promise((done) => setTimeout(done, 100));
     const parts = await collect(feed.updatesFrom());
     assert.ok(parts.length >= 3, `${parts.length} parts`);
@@ -256,7 +233,7 @@ describe('data plane feed over the store change log', () => {
 
   it('splits a snapshot by size as well as by count, so large keys never make a message too big', async () => {
     const large = { huge: 'x'.repeat(900_000) };
-    await store.apiKeys.createMany(Array.from({ length: 12 }, (_, index) => apiKey(`zz-large-${index}`, { metadata: large })));
+    await store.apiKeys.createMany(Array.from({ length: 12 }, (_, index) => apiKeyRecord(`zz-large-${index}`, { metadata: large })));
     const parts = await collect(feed.updatesFrom());
     const sizes = parts.map((part) => part.apiKeys.reduce((sum, key) => sum + JSON.stringify(key).length, 0));
     assert.ok(Math.max(...sizes) < 5 * 1024 * 1024, `largest part ${Math.max(...sizes)} bytes`);
@@ -340,7 +317,7 @@ describe('DeltaWatch over gRPC', () => {
     let published = 0;
     while (published < PUBLISH_CAP && !(await streamEnded())) {
       await authority.authority.store.apiKeys.createMany(
-        Array.from({ length: BATCH }, (_, index) => apiKey(`slow-${String(published + index).padStart(6, '0')}`)),
+        Array.from({ length: BATCH }, (_, index) => apiKeyRecord(`slow-${String(published + index).padStart(6, '0')}`)),
       );
       published += BATCH;
       await publishedThroughHead(authority.authority.dataPlane, authority.authority.store, 10_000);

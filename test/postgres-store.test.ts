@@ -8,29 +8,10 @@ import { POSTGRES_MIGRATIONS } from '../libs/core/store/postgres-migrations';
 import { PostgresStore } from '../libs/core/store/postgres-store';
 import { adminQuery, dropSchema, POSTGRES_URL, randomSchema } from './support/postgres';
 import { TcpProxy } from './support/tcp-proxy';
+import { apiKeyRecord } from './support/records';
 
-function apiKey(clientId: string, fields: Partial<ApiKeyRecord> = {}): ApiKeyRecord {
-  return {
-    clientId,
-    secretHash: 'x',
-    clientName: clientId,
-    description: '',
-    authorizedEntities: [],
-    enabled: true,
-    validUntil: null,
-    metadata: {},
-    tags: [],
-    scope: [],
-    allowClientIdOnly: false,
-    rotation: { enabled: false, rotationEvery: 744, gracePeriod: 168 },
-    throttlingQuota: 1,
-    dailyQuota: 1,
-    monthlyQuota: 1,
-    createdAt: 0,
-    updatedAt: 0,
-    ...fields,
-  };
-}
+const apiKey = (clientId: string, fields: Partial<ApiKeyRecord> = {}) =>
+  apiKeyRecord(clientId, { secretHash: 'x', authorizedEntities: [], ...fields });
 
 const quiet = { info: () => {}, warn: () => {} };
 
