@@ -1,4 +1,4 @@
-import { Agent, request } from 'node:http';
+import { closeLoopbackAgents, percentile, postFrom } from '../test/support/loopback-client';
 import { adminPost, DURATION_SECONDS, startAuthorityProcess } from './support';
 
 /**
@@ -20,39 +20,6 @@ const GOOD_IN_FLIGHT = 4;
 const ATTACK_RATE = Number(process.env.ATTACK_RATE ?? 200);
 const ATTACK_MAX_OUTSTANDING = 256;
 
-const agents = new Map<string, Agent>();
-function post(base: string, localAddress: string, form: Record<string, string>): Promise<{ status: number; ms: number }> {
-  let agent = agents.get(localAddress);
-  if (!agent) agents.set(localAddress, (agent = new Agent({ keepAlive: true, localAddress, maxSockets: 16 })));
-  const url = new URL(base);
-  const body = new URLSearchParams(form).toString();
-  const started = performance.now();
-  return new Promise((resolve, reject) => {
-    const req = request(
-      {
-        host: url.hostname,
-        port: url.port,
-        path: TOKEN_PATH,
-        method: 'POST',
-        agent,
-        headers: { 'content-type': 'application/x-www-form-urlencoded', 'content-length': Buffer.byteLength(body) },
-      },
-      (res) => {
-        res.resume();
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, ms: performance.now() - started }));
-        res.on('error', reject);
-      },
-    );
-    req.on('error', reject);
-    req.end(body);
-  });
-}
-
-const percentile = (values: number[], p: number) => {
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? Number.NaN;
-};
-
 /** The good client, GOOD_IN_FLIGHT requests in flight, until `until`. */
 async function goodClient(base: string, until: number): Promise<{ latencies: number[]; failures: number }> {
   const latencies: number[] = [];
@@ -60,7 +27,11 @@ async function goodClient(base: string, until: number): Promise<{ latencies: num
   await Promise.all(
     Array.from({ length: GOOD_IN_FLIGHT }, async () => {
       while (Date.now() < until) {
-        const reply = await post(base, '127.0.0.1', { grant_type: 'client_credentials', client_id: GOOD.id, client_secret: GOOD.secret });
+        const reply = await postFrom('127.0.0.1', base, TOKEN_PATH, {
+          grant_type: 'client_credentials',
+          client_id: GOOD.id,
+          client_secret: GOOD.secret,
+        });
         if (reply.status === 200) latencies.push(reply.ms);
         else failures += 1;
       }
@@ -108,7 +79,7 @@ async function main() {
             client_secret: secret(guess),
           };
           sent.push(
-            post(authority.url, address, form).then(
+            postFrom(address, authority.url, TOKEN_PATH, form).then(
               (reply) => {
                 outstanding -= 1;
                 statuses.set(reply.status, (statuses.get(reply.status) ?? 0) + 1);
@@ -131,7 +102,7 @@ async function main() {
       );
     }
   } finally {
-    for (const agent of agents.values()) agent.destroy();
+    closeLoopbackAgents();
     await authority.stop();
   }
 }

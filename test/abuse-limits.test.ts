@@ -1,60 +1,11 @@
 import assert from 'node:assert/strict';
-import { Agent, request } from 'node:http';
 import { after, before, describe, it } from 'node:test';
 import { scryptLimits, scryptLoad, SecretHashBusy, verifySecret } from '../libs/core/crypto/secret-hash';
 import { decodeErrorInfo } from '../libs/grpc/rich-status';
 import { INTROSPECT_PATH, REVOKE_PATH, startTestAuthority, TOKEN_PATH, type TestAuthority } from './support/authority';
 import { startTestExtAuthz, type TestExtAuthz } from './support/ext-authz';
 import { tokenAuthorityClient } from './support/grpc';
-
-interface Reply {
-  status: number;
-  headers: Record<string, string | string[] | undefined>;
-  body: string;
-  ms: number;
-}
-
-const agents = new Map<string, Agent>();
-/** A form POST from a loopback address of our choosing (127.0.0.0/8 is all loopback on Linux): another "client address". */
-function postFrom(localAddress: string, base: string, path: string, form: Record<string, string>): Promise<Reply> {
-  let agent = agents.get(localAddress);
-  if (!agent) agents.set(localAddress, (agent = new Agent({ keepAlive: true, localAddress, maxSockets: 64 })));
-  const url = new URL(base);
-  const body = new URLSearchParams(form).toString();
-  const started = performance.now();
-  return new Promise((resolve, reject) => {
-    const req = request(
-      {
-        host: url.hostname,
-        port: url.port,
-        path,
-        method: 'POST',
-        agent,
-        headers: { 'content-type': 'application/x-www-form-urlencoded', 'content-length': Buffer.byteLength(body) },
-      },
-      (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (chunk: Buffer) => chunks.push(chunk));
-        res.on('end', () =>
-          resolve({
-            status: res.statusCode ?? 0,
-            headers: res.headers,
-            body: Buffer.concat(chunks).toString(),
-            ms: performance.now() - started,
-          }),
-        );
-        res.on('error', reject);
-      },
-    );
-    req.on('error', reject);
-    req.end(body);
-  });
-}
-
-const percentile = (values: number[], p: number) => {
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
-};
+import { closeLoopbackAgents, percentile, postFrom } from './support/loopback-client';
 
 const GOOD_SECRET = 'good-secret-0123456789-0123456789-0123456789';
 const tokenForm = (clientId: string, clientSecret: string) => ({
@@ -77,8 +28,7 @@ describe('failed client authentications on the token authority are limited per (
   });
 
   after(async () => {
-    for (const agent of agents.values()) agent.destroy();
-    agents.clear();
+    closeLoopbackAgents();
     await authority?.stop();
   });
 
@@ -299,8 +249,7 @@ describe('the slow secret hash has bounded concurrency', () => {
       });
     } finally {
       await authority.stop();
-      for (const agent of agents.values()) agent.destroy();
-      agents.clear();
+      closeLoopbackAgents();
     }
   });
 });
