@@ -84,7 +84,7 @@ export class AdminError extends Error {
  */
 export class StoreUnavailableError extends OAuthError {
   constructor(readonly reason: string) {
-    super('temporarily_unavailable', 'the store is unreachable; retry shortly', 503);
+    super('temporarily_unavailable', 'the store is unreachable; retry shortly', 503, undefined, 1);
     this.name = 'StoreUnavailableError';
   }
 }

@@ -47,7 +47,6 @@ export class ErrorFilter implements ExceptionFilter {
     if (exception instanceof OAuthError) {
       if (exception.wwwAuthenticate) reply.header('www-authenticate', exception.wwwAuthenticate);
       if (exception.retryAfter !== undefined) reply.header('retry-after', String(exception.retryAfter));
-      else if (exception.status === 503) reply.header('retry-after', '1');
       void reply.status(exception.status).send(exception.toJSON());
       return;
     }
