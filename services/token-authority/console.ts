@@ -15,6 +15,18 @@ export const CONSOLE_CSP =
   "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; object-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
 
 /**
+ * Whether a browser treats this origin as potentially trustworthy (W3C Secure Contexts): HTTPS,
+ * or a loopback host (localhost, *.localhost, 127.0.0.0/8, [::1]) over plain HTTP. `protocol`
+ * is Fastify's (X-Forwarded-Proto counts only with trustProxy); `host` is the Host header.
+ */
+export function isTrustworthyOrigin(protocol: string, host: string | undefined): boolean {
+  if (protocol === 'https') return true;
+  const name = (host ?? '').trim().toLowerCase().replace(/:\d*$/, '').replace(/\.$/, '');
+  if (name === '[::1]' || name === 'localhost' || name.endsWith('.localhost')) return true;
+  return /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(name) && name.split('.').every((part) => Number(part) <= 255);
+}
+
+/**
  * Serves the admin console's static files at /console/. Vite names assets by content hash, so
  * they are cached for a year; index.html is revalidated on every load so a new build shows at once.
  * Returns false (and serves nothing) when the console was not built.
@@ -26,7 +38,9 @@ export async function serveConsole(fastify: FastifyInstance, root = CONSOLE_DIR)
     void reply.header('content-security-policy', CONSOLE_CSP);
     void reply.header('x-content-type-options', 'nosniff');
     void reply.header('referrer-policy', 'no-referrer');
-    void reply.header('cross-origin-opener-policy', 'same-origin');
+    // Browsers honour COOP only on a trustworthy origin and log an error for it anywhere else
+    // (the tutorial's http://oauth.oto.tools:8080): sent only where it takes effect.
+    if (isTrustworthyOrigin(request.protocol, request.headers.host)) void reply.header('cross-origin-opener-policy', 'same-origin');
   });
   await fastify.register(fastifyStatic, {
     root,
