@@ -52,7 +52,16 @@ function cleanEnv(extra: Record<string, string>): NodeJS.ProcessEnv {
   return { ...env, ...extra };
 }
 
-/** What a page did that it must not: script errors, CSP violations, and every dialog it opened. */
+/** The browser's line for an API answer with this status, at a URL that matches `path` (a regex source, anchored at the end). */
+const refused = (status: number, path: string) =>
+  new RegExp(`^error: Failed to load resource: the server responded with a status of ${status} \\(.*\\) @ https?://[^/]+${path}$`);
+/**
+ * Issue 18 item 1: without Redis GET /api/apikeys/:id/quotas answers 501 and the key page logs it.
+ * Allowed in every tab until that item lands; then delete this line and its use in openConsole.
+ */
+const QUOTAS_501_UNTIL_ISSUE_18_ITEM_1 = refused(501, '/api/apikeys/[^/]+/quotas');
+
+/** What a page did that it must not: script errors, console errors and warnings, and every dialog it opened. */
 interface Watched {
   page: Page;
   context: BrowserContext;
@@ -141,8 +150,8 @@ describe('the admin console in a real browser (headless Debian chromium)', { ski
     rmSync(dataDir, { recursive: true, force: true });
   });
 
-  /** A fresh tab (own context: nothing shared between tests) that records dialogs, script errors and CSP violations. */
-  async function openConsole(url = `${base}/console/`): Promise<Watched> {
+  /** A fresh tab (own context: nothing shared between tests) that records dialogs, script errors, and console errors and warnings not in `allow`. */
+  async function openConsole(url = `${base}/console/`, allow: RegExp[] = []): Promise<Watched> {
     const context = await browser.newContext({
       permissions: ['clipboard-read', 'clipboard-write'],
       viewport: { width: 1280, height: 800 },
@@ -154,8 +163,12 @@ describe('the admin console in a real browser (headless Debian chromium)', { ski
       void dialog.dismiss();
     });
     page.on('pageerror', (error) => watched.problems.push(`page error: ${error.message}`));
+    // Any error or warning the page causes is a defect (a CSP violation, an ignored header, a
+    // favicon 404...), except what the test names in `allow` because it causes it on purpose.
     page.on('console', (message) => {
-      if (/Content Security Policy|Refused to/i.test(message.text())) watched.problems.push(`CSP: ${message.text()}`);
+      if (message.type() !== 'error' && message.type() !== 'warning') return;
+      const seen = `${message.type()}: ${message.text()} @ ${message.location().url}`;
+      if (![...allow, QUOTAS_501_UNTIL_ISSUE_18_ITEM_1].some((pattern) => pattern.test(seen))) watched.problems.push(seen);
     });
     await page.goto(url);
     opened.push(watched);
@@ -172,7 +185,7 @@ describe('the admin console in a real browser (headless Debian chromium)', { ski
   /** Ends a tab: nothing it did may have opened a dialog, thrown, or broken the CSP. */
   async function close(watched: Watched): Promise<void> {
     await watched.context.close();
-    assert.deepEqual(watched.problems, [], 'no script error or CSP violation');
+    assert.deepEqual(watched.problems, [], 'no script error, console error or warning');
     assert.deepEqual(watched.dialogs, [], 'no dialog opened');
   }
 
@@ -253,8 +266,21 @@ describe('the admin console in a real browser (headless Debian chromium)', { ski
     assert.equal((await fetch(`${base}/console/../data/admin-token.sha256`)).status, 404);
   });
 
+  it('over plain HTTP on a name that is not loopback (http://oauth.oto.tools): no Cross-Origin-Opener-Policy the browser would ignore, no console error or warning', async () => {
+    // The tutorial's address without TLS: chromium ignores COOP there and says so in the console.
+    const host = `${OAUTH}:${new URL(base).port}`;
+    const watched = await openConsole(`http://${host}/console/`);
+    await signIn(watched);
+    await close(watched);
+    // node:http (send), not fetch: fetch does not let a caller choose the Host header.
+    const coop = async (name: string) => (await send(base, '/console/', { host: name })).headers['cross-origin-opener-policy'];
+    assert.equal(await coop(host), undefined, 'plain HTTP on a public name: not honoured, not sent');
+    assert.equal(await coop(new URL(base).host), 'same-origin', 'loopback address: honoured, sent');
+    assert.equal(await coop('localhost:8080'), 'same-origin', 'localhost: honoured, sent');
+  });
+
   it('refuses a wrong admin token in words, keeps the token only in memory, and signing out forgets it', async () => {
-    const watched = await openConsole();
+    const watched = await openConsole(undefined, [refused(401, '/api/apikeys\\?limit=1')]);
     const { page } = watched;
     await assertAccessible(page, 'sign in');
     await shot(page, 'sign-in');
@@ -349,7 +375,7 @@ describe('the admin console in a real browser (headless Debian chromium)', { ski
       (await adminCall('POST', '/api/apikeys', { clientId: 'dup-id', clientSecret: 'dup-secret-1', clientName: 'original' })).status,
       201,
     );
-    const watched = await openConsole();
+    const watched = await openConsole(undefined, [refused(409, '/api/apikeys'), refused(400, '/api/apikeys(/dup-id)?')]);
     const { page } = watched;
     await signIn(watched);
     await page.getByRole('link', { name: 'Create API key' }).click();
@@ -382,7 +408,7 @@ describe('the admin console in a real browser (headless Debian chromium)', { ski
     assert.equal((await adminCall('POST', '/api/keypairs', { id: 'kp-used', algorithm: 'ES256' })).status, 201);
     const user = { clientId: 'kp-user', clientSecret: 'kp-user-secret', metadata: { 'jwt-sign-keypair': 'kp-used' } };
     assert.equal((await adminCall('POST', '/api/apikeys', user)).status, 201);
-    const watched = await openConsole();
+    const watched = await openConsole(undefined, [refused(409, '/api/keypairs/[^/]+')]);
     const { page } = watched;
     await signIn(watched);
     await page.getByRole('link', { name: 'Key pairs' }).click();
@@ -519,7 +545,7 @@ describe('the admin console in a real browser (headless Debian chromium)', { ski
   it('key pairs: generated and imported PEM, rotated, retired, deleted; the JWKS page shows the JWKS as served', async () => {
     const { privateKey } = generateKeyPairSync('ed25519');
     const pem = privateKey.export({ type: 'pkcs8', format: 'pem' }).toString();
-    const watched = await openConsole();
+    const watched = await openConsole(undefined, [refused(400, '/api/keypairs')]);
     const { page } = watched;
     await signIn(watched);
     await page.getByRole('link', { name: 'Key pairs' }).click();
@@ -570,7 +596,7 @@ describe('the admin console in a real browser (headless Debian chromium)', { ski
       (await adminCall('POST', '/api/apikeys', { clientId: 'try-id', clientSecret: 'try-secret', scope: 'read write' })).status,
       201,
     );
-    const watched = await openConsole();
+    const watched = await openConsole(undefined, [refused(401, '/\\.well-known/otoroshi/oauth/token')]);
     const { page } = watched;
     await signIn(watched);
     await page.getByRole('link', { name: 'Try it with try-id' }).click();
@@ -780,7 +806,7 @@ describe('the admin console in a real browser (headless Debian chromium)', { ski
       t.skip('this authority gives no ETag on admin reads');
       return;
     }
-    const watched = await openConsole();
+    const watched = await openConsole(undefined, [refused(412, '/api/apikeys/dup-id')]);
     const { page } = watched;
     await signIn(watched);
     await page.getByRole('link', { name: 'dup-id', exact: true }).click();
