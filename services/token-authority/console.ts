@@ -1,5 +1,6 @@
 import { existsSync } from 'node:fs';
 import path from 'node:path';
+import { isIPv4 } from 'node:net';
 import fastifyStatic from '@fastify/static';
 import type { FastifyInstance } from 'fastify';
 
@@ -23,7 +24,7 @@ export function isTrustworthyOrigin(protocol: string, host: string | undefined):
   if (protocol === 'https') return true;
   const name = (host ?? '').trim().toLowerCase().replace(/:\d*$/, '').replace(/\.$/, '');
   if (name === '[::1]' || name === 'localhost' || name.endsWith('.localhost')) return true;
-  return /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(name) && name.split('.').every((part) => Number(part) <= 255);
+  return isIPv4(name) && name.startsWith('127.');
 }
 
 /**
