@@ -198,6 +198,26 @@ export class MemoryQuotaCounters implements QuotaCounters {
     this.entries.delete(clientId);
   }
 
+  /**
+   * The key's counters at `now` without creating an entry (the authority's queries, see
+   * replica-counters.ts, must not fill the map with keys that made no call): zeros for a key
+   * never counted, and for a day or month that has passed.
+   */
+  peek(clientId: string, quotas: ApiKeyQuotas, now: number): { perSecond: number; daily: number; monthly: number } {
+    const entry = this.entries.get(clientId);
+    if (!entry) return { perSecond: 0, daily: 0, monthly: 0 };
+    return {
+      perSecond: gcraCurrent(entry.tat, quotas.throttlingQuota, now),
+      daily: entry.day === utcDay(now) ? entry.daily : 0,
+      monthly: entry.month === utcMonth(now) ? entry.monthly : 0,
+    };
+  }
+
+  /** Keys with counters (for tests and metrics). */
+  get size(): number {
+    return this.entries.size;
+  }
+
   async close(): Promise<void> {}
 }
 
