@@ -32,7 +32,7 @@ COPY --from=build /app/proto ./proto
 COPY --from=build /app/config ./config
 # The SQLite store and the generated admin token go to /app/data (a named volume in
 # docker-compose). Created here so a new volume starts owned by the unprivileged user.
-RUN mkdir -p data && chown node:node data
+RUN mkdir -p data data-plane && chown node:node data data-plane
 USER node
 # token-authority HTTP and gRPC, ext-authz gRPC and HTTP, echo backend.
 EXPOSE 8080 50051 9191 9192 8081

@@ -26,7 +26,7 @@ interface ComposeConfig {
   volumes?: Record<string, unknown>;
 }
 
-/** The secrets compose refuses to start without (no defaults: the admin API is behind Envoy). */
+/** Tokens given explicitly (without them, the authority generates its own: see below). */
 const SECRETS = { ADMIN_TOKEN: 'compose-test-admin-token-0123456789', DATA_PLANE_TOKEN: 'compose-test-data-plane-token-0123' };
 
 function runComposeConfig(env: NodeJS.ProcessEnv) {
@@ -140,13 +140,38 @@ describe('docker-compose.yml', () => {
     assert.equal(envoy.depends_on?.['ext-authz']?.condition, 'service_healthy', 'ext_authz fails closed: wait for ext-authz');
   });
 
-  it('refuses to start without an admin token and a data plane token (no guessable defaults)', () => {
-    for (const missing of Object.keys(SECRETS)) {
-      const env: NodeJS.ProcessEnv = { ...process.env, ...SECRETS };
-      delete env[missing];
-      const result = runComposeConfig(env);
-      assert.notEqual(result.status, 0, `config passed without ${missing}`);
-      assert.match(result.stderr, new RegExp(missing));
+  it('starts without tokens: the authority generates them (no default value in the file), shared with ext-authz through a volume', () => {
+    const env: NodeJS.ProcessEnv = { ...process.env };
+    for (const name of Object.keys(SECRETS)) delete env[name];
+    delete env.ENVOY_CONFIG;
+    const result = runComposeConfig(env);
+    assert.equal(result.status, 0, result.stderr);
+    const unset = parse(result.stdout) as ComposeConfig;
+    for (const [authority, extAuthz, dataVolume, tokenVolume] of [
+      ['token-authority', 'ext-authz', 'authority-data', 'data-plane-token'],
+      ['authority-a', 'cluster-ext-authz', 'cluster-authority-data', 'cluster-data-plane-token'],
+      ['authority-b', 'cluster-ext-authz', 'cluster-authority-data', 'cluster-data-plane-token'],
+    ]) {
+      const environment = unset.services[authority].environment ?? {};
+      // Empty is unset: generated on first start (the admin token printed once in the log, its hash kept).
+      assert.equal(environment.ADMIN_TOKEN ?? '', '', authority);
+      assert.equal(environment.DATA_PLANE_TOKEN ?? '', '', authority);
+      assert.equal(environment.DATA_PLANE_TOKEN_FILE, '/app/data-plane/token', authority);
+      assert.equal(unset.services[extAuthz].environment?.AUTHORITY_TOKEN ?? '', '', extAuthz);
+      assert.equal(unset.services[extAuthz].environment?.AUTHORITY_TOKEN_FILE, '/app/data-plane/token', extAuthz);
+      assert.deepEqual(
+        mounts(unset.services[authority]).map((mount) => [mount.source, mount.target, mount.readOnly]),
+        [
+          [dataVolume, '/app/data', false],
+          [tokenVolume, '/app/data-plane', false],
+        ],
+        authority,
+      );
+      assert.deepEqual(
+        mounts(unset.services[extAuthz]).map((mount) => [mount.source, mount.target, mount.readOnly]),
+        [[tokenVolume, '/app/data-plane', true]],
+        `${extAuthz} reads the token, nothing else of the authority's data`,
+      );
     }
   });
 

@@ -1,10 +1,11 @@
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { basic, INTROSPECT_PATH, REVOKE_PATH, TOKEN_PATH } from './support/authority';
+import { startTestExtAuthz } from './support/ext-authz';
 import { freePort } from './support/ports';
 
 const MAIN = resolve(__dirname, '../services/token-authority/main.js');
@@ -103,6 +104,49 @@ describe('the token authority process', () => {
       second.child.kill('SIGTERM');
       await exited(second.child);
     } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('two processes starting at once on one data folder share one generated admin token and one data plane token, which ext-authz reads from the file', async () => {
+    // As docker-compose's replicas: the data folder and the token file on shared volumes; each its own store here.
+    const dir = mkdtempSync(join(tmpdir(), 'ta-shared-'));
+    const tokenFile = join(dir, 'data-plane', 'token');
+    const grpcPort = await freePort();
+    // ext-authz first, as compose may start it: the file does not exist yet, the refused stream retries.
+    const extAuthz = await startTestExtAuthz(
+      { grpcAddress: `127.0.0.1:${grpcPort}` },
+      { authority: { url: `127.0.0.1:${grpcPort}`, tokenFile, initialBackoff: 50, maxBackoff: 200 } },
+      false,
+    );
+    const started: Awaited<ReturnType<typeof startProcess>>[] = [];
+    try {
+      const common = { DATA_DIR: dir, ADMIN_TOKEN: '', DATA_PLANE_TOKEN: '', DATA_PLANE_TOKEN_FILE: tokenFile };
+      started.push(
+        ...(await Promise.all([
+          startProcess({ ...common, STORE_PATH: join(dir, 'a.sqlite'), GRPC_PORT: String(grpcPort) }),
+          startProcess({ ...common, STORE_PATH: join(dir, 'b.sqlite') }),
+        ])),
+      );
+      const printed = started.flatMap((instance) => [...instance.output().matchAll(/Generated admin API token[^\n]*\n\n\s+(\S+)/g)]);
+      assert.equal(printed.length, 1, 'printed once, by the process that created the hash');
+      for (const instance of started) {
+        const status = (await fetch(`${instance.url}/api/apikeys`, { headers: { authorization: `Bearer ${printed[0][1]}` } })).status;
+        assert.equal(status, 200, 'both processes accept the one admin token');
+      }
+      const dataPlaneToken = readFileSync(tokenFile, 'utf8');
+      assert.ok(dataPlaneToken.length >= 32);
+      assert.equal(statSync(tokenFile).mode & 0o777, 0o600);
+      assert.deepEqual(readdirSync(join(dir, 'data-plane')), ['token'], 'nothing left beside it (the losing writer removed its draft)');
+      for (const instance of started)
+        assert.equal(instance.output().includes(dataPlaneToken), false, 'the data plane token is never printed');
+      await extAuthz.waitFor(() => extAuthz.replica.ready, 10_000);
+    } finally {
+      await extAuthz.close();
+      for (const { child } of started) {
+        child.kill('SIGTERM');
+        await exited(child);
+      }
       rmSync(dir, { recursive: true, force: true });
     }
   });

@@ -50,6 +50,8 @@ export const extAuthzConfigSchema = z
         url: z.string().min(1).default('127.0.0.1:50051'),
         /** Bearer token for DeltaWatch: the authority's data plane token or admin token. */
         token: z.string().min(16, 'must be at least 16 characters').optional(),
+        /** Without `token`: a file holding it, read at every (re)connection (the authority's DATA_PLANE_TOKEN_FILE). */
+        tokenFile: z.string().min(1).optional(),
         /** Reconnection backoff, ms: doubles from `initialBackoff` up to `maxBackoff`, with jitter. */
         initialBackoff: z.coerce.number().int().min(10).default(100),
         maxBackoff: z.coerce.number().int().min(100).default(5000),
@@ -102,6 +104,7 @@ export const EXT_AUTHZ_ENV_OVERRIDES = {
   ...httpLimitEnvOverrides('HTTP_', 'http.limits'),
   AUTHORITY_GRPC_URL: 'authority.url',
   AUTHORITY_TOKEN: 'authority.token',
+  AUTHORITY_TOKEN_FILE: 'authority.tokenFile',
   CACHE_SIZE: 'cacheSize',
   QUOTAS_ENABLED: 'quotas.enabled',
   REDIS_URL: 'quotas.redisUrl',

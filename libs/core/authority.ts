@@ -1,6 +1,6 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { readOrCreateSecretFile } from './secret-file';
 import { AdminService } from './admin-service';
 import { adminTokenActor } from './audit';
 import type { AuthorityConfig } from './config';
@@ -51,23 +51,38 @@ export { storePath } from './store/open-store';
 
 /**
  * The admin token's hash: from ADMIN_TOKEN, or generated on first start, kept (hashed) under
- * the data folder and shown once on the terminal, never through the logger.
+ * the data folder and shown once on the terminal, never through the logger. Replicas sharing the
+ * data folder agree: the first to start creates the hash, the others read it.
  */
 function adminTokenHash(config: AuthorityConfig, log: AuthorityLogger): Buffer {
   if (config.adminToken) return sha256(config.adminToken);
-  mkdirSync(config.dataDir, { recursive: true });
   const file = join(config.dataDir, 'admin-token.sha256');
-  if (existsSync(file)) {
-    const stored = readFileSync(file, 'utf8').trim();
-    if (!/^[0-9a-f]{64}$/.test(stored))
-      throw new Error(`${file} is not a SHA-256 hex digest; delete it to generate a new admin token, or set ADMIN_TOKEN`);
-    return Buffer.from(stored, 'hex');
+  let token: string | undefined;
+  const { value: stored, created } = readOrCreateSecretFile(file, () => {
+    token = generateSecret();
+    return sha256(token).toString('hex');
+  });
+  if (!/^[0-9a-f]{64}$/.test(stored))
+    throw new Error(`${file} is not a SHA-256 hex digest; delete it to generate a new admin token, or set ADMIN_TOKEN`);
+  if (created && token) {
+    process.stderr.write(`\nGenerated admin API token (shown once, only its hash is kept in ${file}):\n\n  ${token}\n\n`);
+    log.warn(`generated a new admin token; its hash is in ${file}`);
   }
-  const token = generateSecret();
-  writeFileSync(file, sha256(token).toString('hex'), { mode: 0o600 });
-  process.stderr.write(`\nGenerated admin API token (shown once, only its hash is kept in ${file}):\n\n  ${token}\n\n`);
-  log.warn(`generated a new admin token; its hash is in ${file}`);
-  return sha256(token);
+  return Buffer.from(stored, 'hex');
+}
+
+/**
+ * The data plane token: DATA_PLANE_TOKEN, or the one in DATA_PLANE_TOKEN_FILE, generated there on
+ * first start when the file does not exist (docker-compose shares it with ext-authz, which reads
+ * it with AUTHORITY_TOKEN_FILE). Never logged.
+ */
+function dataPlaneToken(config: AuthorityConfig, log: AuthorityLogger): string | undefined {
+  if (config.dataPlaneToken || !config.dataPlaneTokenFile) return config.dataPlaneToken;
+  const file = config.dataPlaneTokenFile;
+  const { value, created } = readOrCreateSecretFile(file, generateSecret);
+  if (value.length < 16) throw new Error(`${file} holds no data plane token of at least 16 characters; delete it to generate one`);
+  if (created) log.info(`generated a data plane token in ${file}`);
+  return value;
 }
 
 export interface AuthorityOptions {
@@ -144,7 +159,8 @@ export async function createAuthority(config: AuthorityConfig, log: AuthorityLog
     new AuthFailureLimiter(config.authFailures, redis, config.redis.keyPrefix),
   );
   const adminHash = options.adminApi === false ? undefined : adminTokenHash(config, log);
-  const dataPlaneHash = config.dataPlaneToken ? sha256(config.dataPlaneToken) : undefined;
+  const dataPlaneSecret = dataPlaneToken(config, log);
+  const dataPlaneHash = dataPlaneSecret ? sha256(dataPlaneSecret) : undefined;
 
   const purge = () => authorityStore.revocations.purgeExpired(Date.now()).catch(() => 0);
   await purge();

@@ -93,6 +93,8 @@ export const authorityConfigSchema = z
     adminToken: z.string().min(16, 'must be at least 16 characters').optional(),
     /** Bearer token with which data planes (ext-authz) may follow DeltaWatch; the admin token works too. */
     dataPlaneToken: z.string().min(16, 'must be at least 16 characters').optional(),
+    /** Without dataPlaneToken: the file holding it, generated there on first start (shared with ext-authz, e.g. on a volume). */
+    dataPlaneTokenFile: z.string().min(1).optional(),
     /**
      * Redis shared with ext-authz: the admin API reads and resets the quota counters there (GET and
      * DELETE /api/apikeys/:clientId/quotas), and the failure limits are shared by replicas.
@@ -145,6 +147,7 @@ export const AUTHORITY_ENV_OVERRIDES = {
   DATA_DIR: 'dataDir',
   ADMIN_TOKEN: 'adminToken',
   DATA_PLANE_TOKEN: 'dataPlaneToken',
+  DATA_PLANE_TOKEN_FILE: 'dataPlaneTokenFile',
   REDIS_URL: 'redis.url',
   REDIS_KEY_PREFIX: 'redis.keyPrefix',
   AUTH_FAILURES_PER_CLIENT_ADDRESS: 'authFailures.perClientAddress',
