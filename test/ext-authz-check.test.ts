@@ -1,10 +1,11 @@
 import assert from 'node:assert/strict';
 import { createHmac, generateKeyPairSync, sign as rsaSign } from 'node:crypto';
-import { credentials, makeGenericClientConstructor, type Client, type ServiceError } from '@grpc/grpc-js';
+import { credentials, makeGenericClientConstructor, status as GrpcStatus, type Client, type ServiceError } from '@grpc/grpc-js';
 import { service as healthService } from 'grpc-health-check';
 import { after, before, describe, it } from 'node:test';
 import { loadAuthorizationService } from '../services/ext-authz/envoy-check';
 import { httpRequest } from './support/http';
+import { describeGrpcResult, grpcWire } from './support/raw-grpc';
 import { REVOKE_PATH, startTestAuthority, TOKEN_PATH, type TestAuthority } from './support/authority';
 import { startTestExtAuthz, type TestExtAuthz } from './support/ext-authz';
 import { accessTokenClaims, signWithAuthorityKey } from './support/tokens';
@@ -787,6 +788,21 @@ describe('ext-authz Check over gRPC, Envoy-shaped requests, every decision', () 
     const plan = Array.from({ length: 200 }, (_, index) => kinds[index % kinds.length]);
     const responses = await Promise.all(plan.map((kind) => kind.run()));
     responses.forEach((response, index) => plan[index].verify(response));
+  });
+
+  it('bytes that are not a CheckRequest: INVALID_ARGUMENT; over 1 MB: RESOURCE_EXHAUSTED; another method: UNIMPLEMENTED; then Checks go on', async () => {
+    const call = (path: string, message: Buffer) => grpcWire({ address: extAuthz.grpcAddress, path, message, timeoutMs: 10_000 });
+    const CHECK = '/envoy.service.auth.v3.Authorization/Check';
+    // Truncated, a length past the end, attributes as a varint, wire type 7.
+    for (const bytes of ['0a80', '0a0501', '0801', '0f']) {
+      const result = await call(CHECK, Buffer.from(bytes, 'hex'));
+      assert.equal(result.status, GrpcStatus.INVALID_ARGUMENT, `${bytes}: ${describeGrpcResult(result)}`);
+    }
+    const huge = await call(CHECK, Buffer.concat([Buffer.from([0x0a, 0x81, 0x80, 0x40]), Buffer.alloc(1024 * 1024 + 1)]));
+    assert.equal(huge.status, GrpcStatus.RESOURCE_EXHAUSTED, describeGrpcResult(huge));
+    const other = await call('/envoy.service.auth.v3.Authorization/Nope', Buffer.alloc(0));
+    assert.equal(other.status, GrpcStatus.UNIMPLEMENTED, describeGrpcResult(other));
+    assertAllowed(await bearer(appToken), { clientId: 'app', clientName: 'The App', scopes: 'read write', remove: [] });
   });
 
   it('grpc health: SERVING once the replica has a state', async () => {

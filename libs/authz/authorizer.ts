@@ -30,6 +30,8 @@ type Credential =
   | { kind: 'secret'; clientId: string; clientSecret: string; headers: string[]; scheme?: 'Basic' }
   | { kind: 'clientId'; clientId: string; headers: string[] };
 
+type Identity = { apiKey: DataPlaneApiKey; scopes: string[] } | { reason: DenyReason; retryAfter?: number };
+
 interface VerifiedToken {
   kid: string;
   clientId: string;
@@ -62,8 +64,30 @@ export class Authorizer {
     this.verified = config.cacheSize > 0 ? new LRUCache({ max: config.cacheSize }) : undefined;
   }
 
+  /** The request headers the pipeline can read (lower case): what a transport must pass on, at least. */
+  headerNames(): string[] {
+    const names = new Set(['authorization']);
+    for (const policy of Object.values(this.config.policies)) names.add(policy.clientIdHeader).add(policy.clientSecretHeader);
+    return [...names];
+  }
+
   /** Runs the pipeline; never throws for any input. */
-  async check(request: AuthzRequest): Promise<Decision> {
+  check(request: AuthzRequest): Promise<Decision> {
+    try {
+      const decision = this.decide(request);
+      return decision instanceof Promise ? decision : Promise.resolve(decision);
+    } catch (error) {
+      return Promise.reject(error);
+    }
+  }
+
+  /**
+   * The pipeline, synchronous where nothing needs waiting for: a bearer token (verified or from
+   * the cache) on a key without quotas, and every denial before the credential is looked at, are
+   * decided in the caller's tick. A secret's hash or the failure limits, and quotas, make it a
+   * promise. Throws only on a bug (check() turns that into a rejected promise).
+   */
+  decide(request: AuthzRequest): Decision | Promise<Decision> {
     if (!this.replica.ready) return deny('not_ready');
     // Own properties only: a policy named "constructor" or "__proto__" is simply unknown.
     const policy =
@@ -79,8 +103,21 @@ export class Authorizer {
     const extracted = extractCredential(policy, request.headers);
     if (extracted === 'malformed') return deny('malformed_credential', challenge('invalid_request'));
     if (!extracted) return deny('no_credential', challenge());
+    if (extracted.kind === 'bearer')
+      return this.conclude(request, policy, extracted, this.identifyBearer(extracted.token, policy, this.now()), challenge);
+    return this.identifySecret(extracted, request.sourceAddress).then((identity) =>
+      this.conclude(request, policy, extracted, identity, challenge),
+    );
+  }
 
-    const identity = await this.identify(extracted, policy, request.sourceAddress);
+  /** From an identity (or why there is none) to the decision: entities, scopes, headers, then quotas. */
+  private conclude(
+    request: AuthzRequest,
+    policy: RoutePolicy,
+    extracted: Credential,
+    identity: Identity,
+    challenge: (error?: string, extra?: string) => string,
+  ): Decision | Promise<Decision> {
     if ('reason' in identity) {
       if (identity.retryAfter !== undefined) return deny(identity.reason, undefined, identity.retryAfter);
       return deny(identity.reason, challenge(extracted.kind === 'bearer' ? 'invalid_token' : undefined));
@@ -101,40 +138,40 @@ export class Authorizer {
     if (scopes.length) headersToSet[names.scopes] = legalHeaderValue(scopes.join(' '));
     else headersToRemove.push(names.scopes);
     if (policy.stripCredential) headersToRemove.push(...(extracted.kind === 'bearer' ? [extracted.header] : extracted.headers));
-    const responseHeaders: Record<string, string> = {};
     // Last, so that only calls that would pass are counted (Otoroshi counts allowed calls).
     if (this.guards.quotas && apiKey.quotas) {
-      const quota = await this.guards.quotas.consume(apiKey.clientId, apiKey.quotas);
-      if (quota.outcome === 'exceeded') return deny('quota_exceeded', undefined, quota.retryAfterSeconds);
-      if (quota.outcome === 'unavailable') {
-        const failOpen = policy.quotaFailure === 'open';
-        this.guards.onQuotaStoreFailure?.(quota.error, request.policy as string, failOpen);
-        if (!failOpen) return deny('quota_unavailable', undefined, 1);
-      } else {
-        responseHeaders[DAILY_REMAINING_HEADER] = String(quota.dailyRemaining);
-        responseHeaders[MONTHLY_REMAINING_HEADER] = String(quota.monthlyRemaining);
-      }
+      return this.guards.quotas.consume(apiKey.clientId, apiKey.quotas).then((quota): Decision => {
+        const responseHeaders: Record<string, string> = {};
+        if (quota.outcome === 'exceeded') return deny('quota_exceeded', undefined, quota.retryAfterSeconds);
+        if (quota.outcome === 'unavailable') {
+          const failOpen = policy.quotaFailure === 'open';
+          this.guards.onQuotaStoreFailure?.(quota.error, request.policy as string, failOpen);
+          if (!failOpen) return deny('quota_unavailable', undefined, 1);
+        } else {
+          responseHeaders[DAILY_REMAINING_HEADER] = String(quota.dailyRemaining);
+          responseHeaders[MONTHLY_REMAINING_HEADER] = String(quota.monthlyRemaining);
+        }
+        return { allowed: true, clientId: apiKey.clientId, headersToSet, headersToRemove, responseHeaders };
+      });
     }
-    return { allowed: true, clientId: apiKey.clientId, headersToSet, headersToRemove, responseHeaders };
+    return { allowed: true, clientId: apiKey.clientId, headersToSet, headersToRemove, responseHeaders: {} };
   }
 
-  /** Who the credential names, or why it names nobody usable. */
-  private async identify(
-    credential: Credential,
-    policy: RoutePolicy,
-    sourceAddress: string | undefined,
-  ): Promise<{ apiKey: DataPlaneApiKey; scopes: string[] } | { reason: DenyReason; retryAfter?: number }> {
+  /** Who a bearer token names (memory only: the verification cache, the replica), or why it names nobody usable. */
+  private identifyBearer(token: string, policy: RoutePolicy, now: number): Identity {
+    const verified = this.verifyToken(token, now);
+    if ('reason' in verified) return verified;
+    if (this.replica.isRevoked(verified.jti)) return { reason: 'revoked' };
+    const audiences = policy.audiences.length ? policy.audiences : [this.replica.audience];
+    if (!verified.aud.some((audience) => audiences.includes(audience))) return { reason: 'wrong_audience' };
+    const apiKey = this.replica.apiKey(verified.clientId);
+    const state = apiKeyState(apiKey, now);
+    return state ?? { apiKey: apiKey!, scopes: verified.scopes };
+  }
+
+  /** Who a secret or client id credential names, or why it names nobody usable. */
+  private async identifySecret(credential: Exclude<Credential, { kind: 'bearer' }>, sourceAddress: string | undefined): Promise<Identity> {
     const now = this.now();
-    if (credential.kind === 'bearer') {
-      const token = this.verifyToken(credential.token, now);
-      if ('reason' in token) return token;
-      if (this.replica.isRevoked(token.jti)) return { reason: 'revoked' };
-      const audiences = policy.audiences.length ? policy.audiences : [this.replica.audience];
-      if (!token.aud.some((audience) => audiences.includes(audience))) return { reason: 'wrong_audience' };
-      const apiKey = this.replica.apiKey(token.clientId);
-      const state = apiKeyState(apiKey, now);
-      return state ?? { apiKey: apiKey!, scopes: token.scopes };
-    }
     const apiKey = this.replica.apiKey(credential.clientId);
     if (credential.kind === 'clientId') {
       if (!apiKey?.allowClientIdOnly) return { reason: 'unknown_api_key' };

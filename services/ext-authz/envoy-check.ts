@@ -9,6 +9,7 @@ import {
 import { loadSync } from '@grpc/proto-loader';
 import type { Authorizer, AuthzRequest } from '../../libs/authz/authorizer';
 import { denialBody, type Decision } from '../../libs/authz/decision';
+import { CheckRequestDecoder, CheckResponseEncoder, POLICY_EXTENSION } from '../../libs/authz/check-wire';
 import { ENVOY_PROTO_INCLUDE_DIRS, EXT_AUTHZ_PROTO } from '../../libs/envoy/envoy-protos';
 import { withTraceparent } from '../../libs/observability/trace-context';
 
@@ -31,10 +32,12 @@ export interface CheckRequest {
   };
 }
 
-/** The context_extensions key that names the route policy (set per route in envoy.yaml). */
-export const POLICY_EXTENSION = 'route';
+export { POLICY_EXTENSION };
 
-/** Envoy's request attributes as the core's request. */
+/**
+ * Envoy's request attributes, decoded in full by proto-loader, as the core's request: the
+ * reference that CheckRequestDecoder (libs/authz/check-wire.ts) is tested against.
+ */
 export function toAuthzRequest(check: CheckRequest): AuthzRequest {
   const http = check.attributes?.request?.http;
   let headers: Record<string, string> = http?.headers ?? {};
@@ -61,7 +64,7 @@ const RPC_CODE_BY_STATUS = {
   503: GrpcStatus.UNAVAILABLE,
 } as const;
 
-/** The core's decision as Envoy's CheckResponse: status always set, headers with an explicit append action. */
+/** The core's decision as Envoy's CheckResponse (the reference for CheckResponseEncoder): status always set, headers with an explicit append action. */
 export function toCheckResponse(decision: Decision): object {
   if (decision.allowed) {
     return {
@@ -104,9 +107,31 @@ export function loadAuthorizationService(): ServiceDefinition {
 
 export type CheckListener = (decision: Decision, policy: string | undefined) => void;
 
+export const CHECK_PATH = '/envoy.service.auth.v3.Authorization/Check';
+const passThrough = (bytes: Buffer) => bytes;
+
+/**
+ * Check with Buffers in and out: the request is read straight from its bytes and the answer
+ * written from the decision (libs/authz/check-wire.ts), not through proto-loader's objects.
+ */
+const PASS_THROUGH_CHECK: ServiceDefinition = {
+  Check: {
+    path: CHECK_PATH,
+    requestStream: false,
+    responseStream: false,
+    requestSerialize: passThrough,
+    requestDeserialize: passThrough,
+    responseSerialize: passThrough,
+    responseDeserialize: passThrough,
+    originalName: 'check',
+  },
+};
+
 /**
  * Registers Check on a grpc-js server directly (not through Nest's gRPC layer: it is the hot
- * path, see bench/ext-authz.ts). Every call is answered with a CheckResponse, never an RPC error.
+ * path, see bench/ext-authz.ts). Every CheckRequest is answered with a CheckResponse, never an
+ * RPC error; bytes that are not a CheckRequest get INVALID_ARGUMENT (grpc-js itself answers
+ * RESOURCE_EXHAUSTED past grpc.max_receive_message_length).
  */
 export function addCheckService(
   server: Server,
@@ -114,23 +139,39 @@ export function addCheckService(
   onDecision: CheckListener,
   onUnexpected: (error: Error) => void,
 ): void {
-  server.addService(loadAuthorizationService(), {
-    Check(call: ServerUnaryCall<CheckRequest, object>, callback: sendUnaryData<object>) {
-      const request = toAuthzRequest(call.request);
-      // The client's traceparent as Envoy passes it on among the request's headers.
-      void withTraceparent(request.headers.traceparent, () =>
-        authorizer.check(request).then(
-          (decision) => {
-            onDecision(decision, request.policy);
-            callback(null, toCheckResponse(decision));
-          },
-          (error: Error) => {
-            // The authorizer never throws by design; if it does, the call fails closed (Envoy denies).
-            onUnexpected(error);
-            callback({ code: GrpcStatus.INTERNAL, details: 'internal error' });
-          },
-        ),
-      );
+  // The authorizer's headers, and the caller's traceparent as Envoy passes it on among them.
+  const decoder = new CheckRequestDecoder([...authorizer.headerNames(), 'traceparent']);
+  const encoder = new CheckResponseEncoder();
+  server.addService(PASS_THROUGH_CHECK, {
+    Check(call: ServerUnaryCall<Buffer, Buffer>, callback: sendUnaryData<Buffer>) {
+      let request: AuthzRequest;
+      try {
+        request = decoder.decode(call.request);
+      } catch {
+        callback({ code: GrpcStatus.INVALID_ARGUMENT, details: 'malformed CheckRequest' });
+        return;
+      }
+      const answer = (decision: Decision) => {
+        onDecision(decision, request.policy);
+        callback(null, encoder.encode(decision));
+      };
+      const fail = (error: Error) => {
+        // The authorizer never throws by design; if it does, the call fails closed (Envoy denies).
+        onUnexpected(error);
+        callback({ code: GrpcStatus.INTERNAL, details: 'internal error' });
+      };
+      // A warm-cache decision is made and answered in this tick; only a pending one is awaited.
+      withTraceparent(request.headers.traceparent, () => {
+        let decision: Decision | Promise<Decision>;
+        try {
+          decision = authorizer.decide(request);
+        } catch (error) {
+          fail(error as Error);
+          return;
+        }
+        if (decision instanceof Promise) decision.then(answer, fail);
+        else answer(decision);
+      });
     },
   });
 }
