@@ -76,35 +76,109 @@ function expectEnd(reader: Reader, end: number): void {
   if (reader.pos !== end) throw new MalformedCheckRequest('a field runs past the end of its message');
 }
 
+/** Buffer's own UTF-8 decoder without toString's argument handling (what protobufjs's BufferReader calls too). */
+type NodeBuffer = Buffer & { utf8Slice(start: number, end: number): string };
+const slice = (reader: Reader, start: number, end: number) => (reader.buf as NodeBuffer).utf8Slice(start, end);
+
 /** A string (proto `string` or `bytes`) decoded as UTF-8, as protobufjs does on a Buffer (U+FFFD for bad bytes). */
 function utf8(reader: Reader, wireType: number): string {
   const end = fieldEnd(reader, wireType);
-  const text = (reader.buf as Buffer).toString('utf8', reader.pos, end);
+  const text = slice(reader, reader.pos, end);
   reader.pos = end;
   return text;
 }
 
-/** A map<string, string> entry: key = 1, value = 2, each "" when absent. */
-function mapEntry(reader: Reader, end: number): [string, string] {
-  let key = '';
-  let value = '';
+/**
+ * Names to look for (lower case), matched on a key's bytes: no string is made for a key nobody
+ * reads. Both ways agree with comparing the decoded strings: a name is ASCII, and a key decodes to
+ * an ASCII string only from those same bytes (bad bytes decode to U+FFFD).
+ */
+class NameSet {
+  private readonly byLength = new Map<number, { name: string; bytes: Buffer }[]>();
+  readonly names: ReadonlySet<string>;
+
+  constructor(names: Iterable<string>) {
+    this.names = new Set([...names].map((name) => name.toLowerCase()));
+    for (const name of this.names) {
+      if (!/^[\x21-\x7e]+$/.test(name)) throw new Error(`header name ${JSON.stringify(name)} is not printable ASCII`);
+      const list = this.byLength.get(name.length) ?? [];
+      list.push({ name, bytes: Buffer.from(name, 'latin1') });
+      this.byLength.set(name.length, list);
+    }
+  }
+
+  /** The name whose bytes are exactly buf[start, end). */
+  exact(buf: Uint8Array, start: number, end: number): string | undefined {
+    const candidates = this.byLength.get(end - start);
+    if (!candidates) return undefined;
+    next: for (const { name, bytes } of candidates) {
+      for (let i = 0; i < bytes.length; i++) if (buf[start + i] !== bytes[i]) continue next;
+      return name;
+    }
+    return undefined;
+  }
+
+  /** The name equal to the key at buf[start, end) once lower-cased (String.prototype.toLowerCase, as the full path does). */
+  lowerCased(buf: Uint8Array, start: number, end: number): string | undefined {
+    for (let i = start; i < end; i++) {
+      if (buf[i] >= 0x80) {
+        // Non-ASCII may lower-case into ASCII (U+212A KELVIN SIGN is "k"): the string way.
+        const name = (buf as NodeBuffer).utf8Slice(start, end).toLowerCase();
+        return this.names.has(name) ? name : undefined;
+      }
+    }
+    const candidates = this.byLength.get(end - start);
+    if (!candidates) return undefined;
+    next: for (const { name, bytes } of candidates) {
+      for (let i = 0; i < bytes.length; i++) {
+        const byte = buf[start + i];
+        if ((byte >= 0x41 && byte <= 0x5a ? byte + 32 : byte) !== bytes[i]) continue next;
+      }
+      return name;
+    }
+    return undefined;
+  }
+}
+
+/**
+ * A map<string, string> entry (key = 1, value = 2, each "" when absent, the last of a repeated
+ * one): the name and value when `names` holds the key, else undefined (its value never decoded).
+ */
+function mapEntry(reader: Reader, end: number, names: NameSet): [string, string] | undefined {
+  let keyStart = 0;
+  let keyEnd = 0;
+  let valueStart = -1;
+  let valueEnd = -1;
   while (reader.pos < end) {
     const tag = reader.uint32();
     const field = tag >>> 3;
-    if (field === 1) key = utf8(reader, tag & 7);
-    else if (field === 2) value = utf8(reader, tag & 7);
-    else skipField(reader, tag & 7);
+    if (field === 1) {
+      keyEnd = fieldEnd(reader, tag & 7);
+      keyStart = reader.pos;
+      reader.pos = keyEnd;
+    } else if (field === 2) {
+      valueEnd = fieldEnd(reader, tag & 7);
+      valueStart = reader.pos;
+      reader.pos = valueEnd;
+    } else skipField(reader, tag & 7);
   }
   expectEnd(reader, end);
-  return [key, value];
+  const name = names.exact(reader.buf, keyStart, keyEnd);
+  if (name === undefined) return undefined;
+  return [name, valueStart < 0 ? '' : slice(reader, valueStart, valueEnd)];
 }
 
-/** Reads CheckRequests for a fixed set of header names (lower case). */
+const ONLY_POLICY = new NameSet([POLICY_EXTENSION]);
+
+/** Reads CheckRequests for a fixed set of header names (printable ASCII, matched in lower case). */
 export class CheckRequestDecoder {
-  private readonly wanted: ReadonlySet<string>;
+  private readonly wanted: NameSet;
+  /** A headers object with every wanted name present (undefined until read): one shape, fast to fill. */
+  private readonly blank: Record<string, string | undefined>;
 
   constructor(headerNames: Iterable<string>) {
-    this.wanted = new Set([...headerNames].map((name) => name.toLowerCase()));
+    this.wanted = new NameSet(headerNames);
+    this.blank = Object.fromEntries([...this.wanted.names].map((name) => [name, undefined]));
   }
 
   /**
@@ -130,7 +204,7 @@ export class CheckRequestDecoder {
       } else skipField(reader, tag & 7);
     }
     expectEnd(reader, reader.len);
-    const headers = state.headerMap?.count ? state.headerMap.headers : (state.headers ?? Object.create(null));
+    const headers = state.headerMap?.count ? state.headerMap.headers : (state.headers ?? { ...this.blank });
     return { policy: state.policy, headers, sourceAddress: state.sourceAddress };
   }
 
@@ -147,8 +221,8 @@ export class CheckRequestDecoder {
           this.request(reader, fieldEnd(reader, tag & 7), state);
           break;
         case 10: {
-          const [key, value] = mapEntry(reader, fieldEnd(reader, tag & 7));
-          if (key === POLICY_EXTENSION) state.policy = value;
+          const route = mapEntry(reader, fieldEnd(reader, tag & 7), ONLY_POLICY);
+          if (route) state.policy = route[1];
           break;
         }
         default:
@@ -176,12 +250,12 @@ export class CheckRequestDecoder {
       const tag = reader.uint32();
       const field = tag >>> 3;
       if (field === 3) {
-        const [key, value] = mapEntry(reader, fieldEnd(reader, tag & 7));
-        state.headers ??= Object.create(null) as Record<string, string>;
-        if (this.wanted.has(key)) state.headers[key] = value;
+        const header = mapEntry(reader, fieldEnd(reader, tag & 7), this.wanted);
+        state.headers ??= { ...this.blank };
+        if (header) state.headers[header[0]] = header[1];
       } else if (field === 13) {
         // A later header_map replaces the earlier one.
-        state.headerMap = { count: 0, headers: Object.create(null) };
+        state.headerMap = { count: 0, headers: { ...this.blank } };
         this.headerMap(reader, fieldEnd(reader, tag & 7), state.headerMap);
       } else skipField(reader, tag & 7);
     }
@@ -197,21 +271,34 @@ export class CheckRequestDecoder {
       }
       const entryEnd = fieldEnd(reader, tag & 7);
       into.count++;
-      let key = '';
-      let value: string | undefined;
-      let raw: string | undefined;
+      let keyStart = 0;
+      let keyEnd = 0;
+      // Where value (2) and raw_value (3) are: decoded only for a wanted name.
+      let value = -1;
+      let valueEnd = -1;
+      let raw = -1;
+      let rawEnd = -1;
       while (reader.pos < entryEnd) {
         const entryTag = reader.uint32();
         const field = entryTag >>> 3;
-        if (field === 1) key = utf8(reader, entryTag & 7);
-        else if (field === 2) value = utf8(reader, entryTag & 7);
-        else if (field === 3) raw = utf8(reader, entryTag & 7);
-        else skipField(reader, entryTag & 7);
+        if (field === 1) {
+          keyEnd = fieldEnd(reader, entryTag & 7);
+          keyStart = reader.pos;
+          reader.pos = keyEnd;
+        } else if (field === 2) {
+          valueEnd = fieldEnd(reader, entryTag & 7);
+          value = reader.pos;
+          reader.pos = valueEnd;
+        } else if (field === 3) {
+          rawEnd = fieldEnd(reader, entryTag & 7);
+          raw = reader.pos;
+          reader.pos = rawEnd;
+        } else skipField(reader, entryTag & 7);
       }
       expectEnd(reader, entryEnd);
-      const name = key.toLowerCase();
-      if (!this.wanted.has(name)) continue;
-      const text = raw ?? value ?? '';
+      const name = this.wanted.lowerCased(reader.buf, keyStart, keyEnd);
+      if (name === undefined) continue;
+      const text = raw >= 0 ? slice(reader, raw, rawEnd) : value >= 0 ? slice(reader, value, valueEnd) : '';
       const earlier = into.headers[name];
       into.headers[name] = earlier === undefined ? text : `${earlier},${text}`;
     }
@@ -222,13 +309,13 @@ export class CheckRequestDecoder {
 interface HeaderMapState {
   /** Entries seen, wanted or not: an empty header_map leaves the `headers` map in force. */
   count: number;
-  headers: Record<string, string>;
+  headers: Record<string, string | undefined>;
 }
 
 interface DecodeState {
   policy: string | undefined;
   sourceAddress: string | undefined;
-  headers: Record<string, string> | undefined;
+  headers: Record<string, string | undefined> | undefined;
   headerMap: HeaderMapState | undefined;
 }
 
