@@ -96,11 +96,13 @@ function utf8(reader: Reader, wireType: number): string {
 class NameSet {
   private readonly byLength = new Map<number, { name: string; bytes: Buffer }[]>();
   readonly names: ReadonlySet<string>;
+  /** A name that is not ASCII (no HTTP header has one, but the config allows it): keys are compared as strings. */
+  private readonly asStrings: boolean;
 
   constructor(names: Iterable<string>) {
     this.names = new Set([...names].map((name) => name.toLowerCase()));
+    this.asStrings = [...this.names].some((name) => Buffer.byteLength(name) !== name.length);
     for (const name of this.names) {
-      if (!/^[\x21-\x7e]+$/.test(name)) throw new Error(`header name ${JSON.stringify(name)} is not printable ASCII`);
       const list = this.byLength.get(name.length) ?? [];
       list.push({ name, bytes: Buffer.from(name, 'latin1') });
       this.byLength.set(name.length, list);
@@ -109,6 +111,10 @@ class NameSet {
 
   /** The name whose bytes are exactly buf[start, end). */
   exact(buf: Uint8Array, start: number, end: number): string | undefined {
+    if (this.asStrings) {
+      const key = (buf as NodeBuffer).utf8Slice(start, end);
+      return this.names.has(key) ? key : undefined;
+    }
     const candidates = this.byLength.get(end - start);
     if (!candidates) return undefined;
     next: for (const { name, bytes } of candidates) {
@@ -121,7 +127,7 @@ class NameSet {
   /** The name equal to the key at buf[start, end) once lower-cased (String.prototype.toLowerCase, as the full path does). */
   lowerCased(buf: Uint8Array, start: number, end: number): string | undefined {
     for (let i = start; i < end; i++) {
-      if (buf[i] >= 0x80) {
+      if (buf[i] >= 0x80 || this.asStrings) {
         // Non-ASCII may lower-case into ASCII (U+212A KELVIN SIGN is "k"): the string way.
         const name = (buf as NodeBuffer).utf8Slice(start, end).toLowerCase();
         return this.names.has(name) ? name : undefined;

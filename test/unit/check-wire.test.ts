@@ -331,6 +331,26 @@ describe('CheckRequestDecoder against proto-loader', () => {
     for (const bytes of malformed) assert.ok(ours(bytes) instanceof Error, bytes.toString('hex'));
   });
 
+  it('matches a configured non-ASCII header name as the full path does (compared as strings)', () => {
+    const odd = new CheckRequestDecoder(['authorization', 'x-ünï']);
+    for (const raw of [false, true]) {
+      const bytes = encodeRequest(
+        envoyRequest({
+          raw,
+          headers: [
+            ['x-ünï', 'one'],
+            ['X-ÜNÏ', 'two'],
+            ['authorization', 'a'],
+          ],
+        }),
+      );
+      const expected = reference(bytes) as AuthzRequest;
+      const actual = odd.decode(bytes);
+      assert.equal(actual.headers['x-ünï'], expected.headers['x-ünï'], `raw=${raw}`);
+      assert.equal(actual.headers.authorization, 'a');
+    }
+  });
+
   it('agrees on 2,000 random requests built from the proto, and survives their random mutations', () => {
     let seed = 0x5eed;
     const random = () => {
