@@ -13,6 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { AuthorityReplica } from '../libs/authz/replica';
+import { generateKeyMaterial } from '../libs/core/crypto/key-pairs';
 import { DataPlaneFeed, formatVersion, type DataPlaneUpdate } from '../libs/core/data-plane';
 import { KeyRing } from '../libs/core/key-ring';
 import type { AuthorityStore } from '../libs/core/store/repositories';
@@ -242,6 +243,46 @@ describe('data plane feed over the store change log', () => {
     for (let index = 0; index < 12; index += 1) await store.apiKeys.delete(`zz-large-${index}`);
     await settled;
     await new Promise((done) => setTimeout(done, 100));
+  });
+
+  it('a replica applies a multi-part catch-up whole: a key disabled in one part, its key pair deleted in another', async () => {
+    // Keys large enough that two of them do not fit one part (UPDATE_BYTES), so the catch-up has several.
+    const large = { blob: 'y'.repeat(2_500_000) };
+    const material = generateKeyMaterial('EdDSA');
+    const now = Date.now();
+    await store.keyPairs.create({
+      id: 'atomic-kp',
+      algorithm: 'EdDSA',
+      description: '',
+      createdAt: now,
+      versions: [{ kid: 'atomic-kp-v1', ...material, createdAt: now }],
+    });
+    await store.apiKeys.createMany(['atomic-a', 'atomic-b'].map((id) => apiKeyRecord(id, { metadata: large })));
+    await publishedThroughHead(feed, store);
+    const replica = new AuthorityReplica();
+    for (const part of await collect(feed.updatesFrom())) replica.apply(part);
+    const from = replica.version;
+    const seen = () => ({
+      a: replica.apiKey('atomic-a')?.enabled,
+      b: replica.apiKey('atomic-b')?.enabled,
+      key: replica.verificationKey('atomic-kp-v1') !== undefined,
+    });
+    assert.deepEqual(seen(), { a: true, b: true, key: true });
+
+    for (const id of ['atomic-a', 'atomic-b']) await store.apiKeys.modify(id, (current) => ({ ...current, enabled: false }));
+    await store.keyPairs.delete('atomic-kp');
+    await publishedThroughHead(feed, store);
+    const parts = await collect(feed.updatesFrom(from));
+    assert.ok(parts.length >= 3, `${parts.length} parts`);
+    assert.ok(parts.some((part) => part.removedKeyPairs.includes('atomic-kp')));
+    for (const part of parts.slice(0, -1)) {
+      assert.equal(replica.apply(part), 'partial');
+      assert.deepEqual(seen(), { a: true, b: true, key: true }, 'nothing of the update shows before its last part');
+    }
+    assert.equal(replica.apply(parts[parts.length - 1]), 'applied');
+    assert.deepEqual(seen(), { a: false, b: false, key: false });
+    for (const id of ['atomic-a', 'atomic-b']) await store.apiKeys.delete(id);
+    await publishedThroughHead(feed, store);
   });
 
   it('a replica follows snapshot then deltas, and refuses a delta that does not follow on', async () => {

@@ -10,7 +10,54 @@ interface ReplicaKey extends VerificationKey {
   verifyUntil?: number;
 }
 
-/** The replicated state proper: swapped whole when a snapshot completes, changed in place by deltas. */
+/** A key pair's keys with their KeyObjects built: the slow part of applying an update, done before anything changes. */
+interface PreparedKeyPair {
+  kids: string[];
+  keys: Map<string, ReplicaKey>;
+}
+
+/**
+ * The parts of one delta received so far, with the work of each part (building KeyObjects) already
+ * done: committed to the live state in one synchronous step once the last part arrives, so a
+ * Check sees the whole delta or none of it. Later parts win over earlier ones for the same entity
+ * (a catch-up may name an entity in two of its runs).
+ */
+class PendingDelta {
+  issuer: string | undefined;
+  audience: string | undefined;
+  /** By key pair id: its new keys, or null when removed. */
+  readonly keyPairs = new Map<string, PreparedKeyPair | null>();
+  /** By client id: its new state, or null when removed. */
+  readonly apiKeys = new Map<string, DataPlaneApiKey | null>();
+  readonly revoked = new Map<string, number>();
+
+  add(update: DataPlaneUpdate, live: ReplicaState): void {
+    // Everything that can throw (a JWK the crypto module refuses) runs here, before any map is touched.
+    const prepared = update.keyPairs.map((keyPair) => [keyPair.keyPairId, prepareKeyPair(keyPair, live)] as const);
+    if (update.issuer !== undefined) this.issuer = update.issuer;
+    if (update.audience !== undefined) this.audience = update.audience;
+    for (const [keyPairId, keyPair] of prepared) this.keyPairs.set(keyPairId, keyPair);
+    for (const keyPairId of update.removedKeyPairs) this.keyPairs.set(keyPairId, null);
+    for (const apiKey of update.apiKeys) this.apiKeys.set(apiKey.clientId, apiKey);
+    for (const clientId of update.removedApiKeys) this.apiKeys.set(clientId, null);
+    for (const { jti, expiresAt } of update.revokedTokens) this.revoked.set(jti, expiresAt);
+  }
+}
+
+/** Builds a key pair's KeyObjects; those of keys the live state already holds unchanged are reused (building one costs more than comparing JSON). */
+function prepareKeyPair({ keys }: DataPlaneKeyPair, live: ReplicaState): PreparedKeyPair {
+  const prepared: PreparedKeyPair = { kids: [], keys: new Map() };
+  for (const { jwk, verifyUntil } of keys) {
+    const jwkJson = JSON.stringify(jwk);
+    const known = live.keys.get(jwk.kid);
+    const publicKey = known?.jwkJson === jwkJson ? known.publicKey : createPublicKey({ key: jwk as JsonWebKey, format: 'jwk' });
+    prepared.keys.set(jwk.kid, { algorithm: jwk.alg as SigningAlgorithm, publicKey, jwkJson, verifyUntil });
+    prepared.kids.push(jwk.kid);
+  }
+  return prepared;
+}
+
+/** The replicated state proper: replaced whole when a snapshot completes, changed by a delta's commit only. */
 class ReplicaState {
   readonly keys = new Map<string, ReplicaKey>();
   readonly kidsByKeyPair = new Map<string, string[]>();
@@ -19,33 +66,30 @@ class ReplicaState {
   issuer = '';
   audience = '';
 
-  /** Replaces a key pair's keys; KeyObjects of unchanged keys are reused (building one costs more than comparing JSON). */
-  setKeyPair({ keyPairId, keys }: DataPlaneKeyPair, previous: ReplicaState): void {
+  private setKeyPair(keyPairId: string, { kids, keys }: PreparedKeyPair): void {
     this.removeKeyPair(keyPairId);
-    const kids: string[] = [];
-    for (const { jwk, verifyUntil } of keys) {
-      const jwkJson = JSON.stringify(jwk);
-      const known = previous.keys.get(jwk.kid);
-      const publicKey = known?.jwkJson === jwkJson ? known.publicKey : createPublicKey({ key: jwk as JsonWebKey, format: 'jwk' });
-      this.keys.set(jwk.kid, { algorithm: jwk.alg as SigningAlgorithm, publicKey, jwkJson, verifyUntil });
-      kids.push(jwk.kid);
-    }
+    for (const [kid, key] of keys) this.keys.set(kid, key);
     this.kidsByKeyPair.set(keyPairId, kids);
   }
 
-  removeKeyPair(keyPairId: string): void {
+  private removeKeyPair(keyPairId: string): void {
     for (const kid of this.kidsByKeyPair.get(keyPairId) ?? []) this.keys.delete(kid);
     this.kidsByKeyPair.delete(keyPairId);
   }
 
-  apply(update: DataPlaneUpdate, previous: ReplicaState): void {
-    if (update.issuer !== undefined) this.issuer = update.issuer;
-    if (update.audience !== undefined) this.audience = update.audience;
-    for (const keyPair of update.keyPairs) this.setKeyPair(keyPair, previous);
-    for (const keyPairId of update.removedKeyPairs) this.removeKeyPair(keyPairId);
-    for (const apiKey of update.apiKeys) this.apiKeys.set(apiKey.clientId, apiKey);
-    for (const clientId of update.removedApiKeys) this.apiKeys.delete(clientId);
-    for (const { jti, expiresAt } of update.revokedTokens) this.revoked.set(jti, expiresAt);
+  /** Applies a delta's parts, or a snapshot into a state nobody reads yet. Map writes only: it cannot fail halfway. */
+  commit(delta: PendingDelta): void {
+    if (delta.issuer !== undefined) this.issuer = delta.issuer;
+    if (delta.audience !== undefined) this.audience = delta.audience;
+    for (const [keyPairId, keyPair] of delta.keyPairs) {
+      if (keyPair) this.setKeyPair(keyPairId, keyPair);
+      else this.removeKeyPair(keyPairId);
+    }
+    for (const [clientId, apiKey] of delta.apiKeys) {
+      if (apiKey) this.apiKeys.set(clientId, apiKey);
+      else this.apiKeys.delete(clientId);
+    }
+    for (const [jti, expiresAt] of delta.revoked) this.revoked.set(jti, expiresAt);
   }
 
   /** Revocations of expired tokens serve no purpose: the token is refused for its `exp` anyway. */
@@ -68,6 +112,8 @@ export class AuthorityReplica {
   private state = new ReplicaState();
   /** A snapshot being received: it replaces `state` once its last part has arrived. */
   private incoming: ReplicaState | undefined;
+  /** A multi-part delta being received: committed to `state` at once when its last part arrives. */
+  private pending: PendingDelta | undefined;
   /** The version of the update whose parts are arriving (snapshot or multi-part delta). */
   private partsOf: string | undefined;
   version = '';
@@ -95,20 +141,34 @@ export class AuthorityReplica {
   apply(update: DataPlaneUpdate): ApplyOutcome {
     if (update.reset) {
       this.incoming = new ReplicaState();
+      this.pending = undefined;
       this.partsOf = update.version;
     } else if (this.partsOf !== undefined) {
       if (update.version !== this.partsOf) return this.outOfSync();
     } else if (update.baseVersion !== this.version || !this.ready) {
       return this.outOfSync();
     }
-    (this.incoming ?? this.state).apply(update, this.state);
+    // A snapshot's part goes straight into its own state, which nobody reads before it is whole;
+    // a delta's parts are gathered and committed together.
+    if (!this.incoming) this.pending ??= new PendingDelta();
+    const target = this.pending ?? new PendingDelta();
+    try {
+      target.add(update, this.state);
+    } catch (error) {
+      // Nothing of this update reaches Check; the caller reads a snapshot.
+      this.outOfSync();
+      throw error;
+    }
+    if (this.incoming) this.incoming.commit(target);
     if (update.more) {
       this.partsOf = update.version;
       return 'partial';
     }
     if (this.incoming) this.state = this.incoming;
+    else this.state.commit(target);
     this.applied[this.incoming ? 'snapshots' : 'deltas'] += 1;
     this.incoming = undefined;
+    this.pending = undefined;
     this.partsOf = undefined;
     this.version = update.version;
     this.lastUpdateAt = this.now();
@@ -122,6 +182,7 @@ export class AuthorityReplica {
 
   private outOfSync(): ApplyOutcome {
     this.incoming = undefined;
+    this.pending = undefined;
     this.partsOf = undefined;
     return 'out_of_sync';
   }
