@@ -86,9 +86,9 @@ export function formatVersion(storeId: string, seq: number): string {
 }
 
 export function parseVersion(version: string): { storeId: string; seq: number } | undefined {
-  const colon = version.lastIndexOf(':');
-  const seq = Number(version.slice(colon + 1));
-  return colon > 0 && Number.isSafeInteger(seq) && seq >= 0 ? { storeId: version.slice(0, colon), seq } : undefined;
+  // Decimal digits only: Number() would also take '', ' 1', '0x10' or '1e3'.
+  const match = /^(.+):(\d{1,15})$/.exec(version);
+  return match ? { storeId: match[1], seq: Number(match[2]) } : undefined;
 }
 
 /** Entries per message of a snapshot or catch-up: each part is read and encoded without holding the event loop for long. */
