@@ -156,6 +156,8 @@ const emptyUpdate = (version: string, baseVersion: string, now: number): DataPla
  */
 export class DataPlaneFeed {
   private seq = 0;
+  /** The store id of `seq`: when the store gets a new one (a restored backup), every subscriber starts over. */
+  private storeId: string;
   private readonly listeners = new Set<UpdateListener>();
   private pending: NodeJS.Timeout | undefined;
   private publishing: Promise<void> | undefined;
@@ -172,6 +174,7 @@ export class DataPlaneFeed {
     private readonly onError: (error: Error) => void,
     private readonly now: () => number = Date.now,
   ) {
+    this.storeId = store.changes.storeId;
     this.ready = store.changes.head().then((head) => {
       this.seq = head;
     });
@@ -185,7 +188,7 @@ export class DataPlaneFeed {
 
   /** The version of the last delta published (what a new stream starts at). */
   get version(): string {
-    return formatVersion(this.store.changes.storeId, this.seq);
+    return formatVersion(this.storeId, this.seq);
   }
 
   subscribe(listener: UpdateListener): () => void {
@@ -202,9 +205,9 @@ export class DataPlaneFeed {
    */
   updatesFrom(resumeFrom?: string): AsyncGenerator<DataPlaneUpdate> {
     const to = this.seq;
-    const version = formatVersion(this.store.changes.storeId, to);
+    const version = formatVersion(this.storeId, to);
     const from = resumeFrom ? parseVersion(resumeFrom) : undefined;
-    const resumable = from !== undefined && from.storeId === this.store.changes.storeId && from.seq <= to;
+    const resumable = from !== undefined && from.storeId === this.storeId && from.seq <= to;
     return resumable ? this.readCatchUp(resumeFrom!, from.seq, to) : this.readSnapshot(version);
   }
 
@@ -245,7 +248,7 @@ export class DataPlaneFeed {
 
   /** The changes from `fromSeq` to `to`, or a snapshot at `to` when the log no longer reaches back. */
   private async *readCatchUp(fromVersion: string, fromSeq: number, to: number): AsyncGenerator<DataPlaneUpdate> {
-    const version = formatVersion(this.store.changes.storeId, to);
+    const version = formatVersion(this.storeId, to);
     let seq = fromSeq;
     while (seq < to) {
       const changes = (await this.store.changes.since(seq, CHANGES_PER_DELTA))?.filter((change) => change.seq <= to);
@@ -300,6 +303,15 @@ export class DataPlaneFeed {
   }
 
   private async publishOnce(): Promise<void> {
+    if (this.store.changes.storeId !== this.storeId) {
+      // A new store id (a restored backup): positions of the old one mean nothing any more.
+      const storeId = this.store.changes.storeId;
+      await this.keyRing.reload();
+      this.seq = await this.store.changes.head();
+      this.storeId = storeId;
+      this.listeners.forEach((listener) => listener('resync'));
+      return;
+    }
     const changes = await this.store.changes.since(this.seq, CHANGES_PER_DELTA);
     if (changes === undefined) {
       // Fell further behind than the log keeps: every subscriber starts over from a snapshot.
@@ -308,9 +320,9 @@ export class DataPlaneFeed {
       return;
     }
     if (!changes.length) return;
-    const baseVersion = formatVersion(this.store.changes.storeId, this.seq);
+    const baseVersion = formatVersion(this.storeId, this.seq);
     const seq = changes[changes.length - 1].seq;
-    const version = formatVersion(this.store.changes.storeId, seq);
+    const version = formatVersion(this.storeId, seq);
     const parts = await this.delta(changes, version, baseVersion);
     this.seq = seq;
     parts.forEach((part, index) => {

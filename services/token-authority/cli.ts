@@ -7,6 +7,7 @@ import { loadAuthorityConfig } from '../../libs/core/config';
 import type { AdminContext } from '../../libs/core/admin-service';
 import { cliActor } from '../../libs/core/audit';
 import { AdminError } from '../../libs/core/errors';
+import { SqliteStore } from '../../libs/core/store/sqlite-store';
 
 const USAGE = `usage: npm run cli -- <command>
 
@@ -27,6 +28,10 @@ const USAGE = `usage: npm run cli -- <command>
   keypairs encrypt       seal every private key under KEY_ENCRYPTION_KEY: plaintext ones (a store written
                          without it) and those under KEY_ENCRYPTION_KEY_PREVIOUS (rotation)
   audit list [--type apikey|keypair] [--id ENTITY_ID] [--limit N] [--after ID]
+  store backup <file>    a consistent copy of a SQLite store, while servers run (PostgreSQL: pg_dump)
+  store restore <file>   replaces a SQLite store's content with a backup's, and gives it a new store id
+  store rotate-id        a new store id, after restoring a backup by other means (a file copy, pg_restore):
+                         data planes then read a snapshot instead of resuming from the old positions
 
 Works on the store named by the same settings as the server (config/token-authority.yaml, DATA_DIR, STORE_PATH...).
 A running server sees these changes within 250 ms.`;
@@ -94,6 +99,11 @@ async function allApiKeys(admin: Authority['admin']): Promise<unknown[]> {
   return all;
 }
 
+function sqliteStore(authority: Authority, command: string): SqliteStore {
+  if (authority.store instanceof SqliteStore) return authority.store;
+  throw new AdminError(400, `store ${command} works on a SQLite store; for PostgreSQL use pg_dump / pg_restore, then store rotate-id`);
+}
+
 async function run(authority: Authority, positionals: string[], values: Values): Promise<unknown> {
   const [resource, action, target] = positionals;
   const admin = authority.admin;
@@ -145,6 +155,16 @@ async function run(authority: Authority, positionals: string[], values: Values):
       const query = { entity: values.type, entityId: values.id, limit: values.limit, after: values.after };
       return (await admin.listAudit(Object.fromEntries(Object.entries(query).filter(([, value]) => value !== undefined)))).items;
     }
+    case 'store backup':
+      return sqliteStore(authority, 'backup')
+        .backupTo(need())
+        .then(() => ({ backup: target, storeId: authority.store.changes.storeId }));
+    case 'store restore':
+      return sqliteStore(authority, 'restore')
+        .restoreFrom(need())
+        .then((storeId) => ({ restored: target, storeId }));
+    case 'store rotate-id':
+      return authority.store.rotateStoreId().then((storeId) => ({ storeId }));
     default:
       throw new AdminError(400, `unknown command '${positionals.join(' ')}'\n\n${USAGE}`);
   }

@@ -150,6 +150,22 @@ describe('delta building', () => {
     assert.equal(resumed.reset, false);
   });
 
+  it('starts every subscriber over when the store gets a new id (a restored backup)', async () => {
+    const feed = await feedAtHead();
+    const old = feed.version;
+    const seen: string[] = [];
+    feed.subscribe((update) => seen.push(update === 'resync' ? 'resync' : update.version));
+    const storeId = await store.rotateStoreId();
+    await new Promise((done) => setTimeout(done, 60)); // the feed's 20 ms debounce
+    assert.deepEqual(seen, ['resync']);
+    assert.equal(parseVersion(feed.version)?.storeId, storeId);
+    assert.equal(parseVersion(feed.version)?.seq, parseVersion(old)?.seq, 'the same log position, under the new id');
+    const [first] = await collect(feed.updatesFrom(old));
+    assert.equal(first.reset, true, 'a version of the old id reads a snapshot');
+    const [resumed] = await collect(feed.updatesFrom(feed.version));
+    assert.equal(resumed.reset, false);
+  });
+
   it('parses only versions it wrote', () => {
     assert.deepEqual(parseVersion(formatVersion('store-1', 42)), { storeId: 'store-1', seq: 42 });
     for (const version of ['', ':', 'x', 'x:', 'x:-1', 'x:1.5', ':3', 'x:1e400', 'x:0x10', 'x: 1', 'x:1e3'])

@@ -396,6 +396,23 @@ export class PostgresStore implements AuthorityStore {
     for (const listener of this.changeListeners) listener();
   }
 
+  /**
+   * A new store id (after a backup was restored, with pg_restore say): data planes read a
+   * snapshot instead of resuming from positions that may now mean other changes. Every replica
+   * of the authority follows at the NOTIFY.
+   */
+  async rotateStoreId(): Promise<string> {
+    const id = randomUUID();
+    await this.write(async (client) => {
+      await client.query(`UPDATE ${this.tables.meta} SET value = $1 WHERE name = 'store_id'`, [id]);
+      await client.query('SELECT pg_notify($1, $2)', [this.channel, 'store_id']);
+    });
+    this.storeIdValue = id;
+    for (const memo of Object.values(this.memos)) memo.clear();
+    this.changed();
+    return id;
+  }
+
   private noteFailure(error: unknown): void {
     this.lastError = (error as Error)?.message ?? String(error);
   }
@@ -709,6 +726,12 @@ export class PostgresStore implements AuthorityStore {
     this.catchingUp = (async () => {
       do {
         this.catchUpAgain = false;
+        // Another process may have given the store a new id (rotateStoreId): one row, read with the changes.
+        const stored = await this.query<{ value: string }>(`SELECT value FROM ${this.tables.meta} WHERE name = 'store_id'`);
+        if (stored.rows[0] && stored.rows[0].value !== this.storeIdValue) {
+          this.storeIdValue = stored.rows[0].value;
+          for (const memo of Object.values(this.memos)) memo.clear();
+        }
         const changes = await this.readSince(this.seenSeq, 10_000);
         if (changes === undefined) {
           // Missed more than the log keeps (or the log is another's): forget everything.

@@ -148,7 +148,7 @@ export interface StoreChange {
  * newest changes only (`retained`); older positions answer undefined (read a snapshot instead).
  */
 export interface ChangeLog {
-  /** Names this store's log: positions of another store's log mean nothing here. */
+  /** Names this store's log: positions of another store's log mean nothing here. Changes only by rotateStoreId. */
   readonly storeId: string;
   /** The position of the newest change (0 for none). */
   head(): Promise<number>;
@@ -166,6 +166,12 @@ export interface AuthorityStore {
   onChange(listener: () => void): () => void;
   /** Whether the store is reachable now (a shared database may not be); an embedded one always is. */
   status?(): StoreStatus;
+  /**
+   * Gives the store a new `changes.storeId` (after a backup was restored): data planes then read
+   * a snapshot instead of resuming from positions that may now mean other changes. Every process
+   * on the store follows (fires onChange).
+   */
+  rotateStoreId(): Promise<string>;
   close(): Promise<void>;
 }
 

@@ -1,6 +1,6 @@
 import Database from 'better-sqlite3';
 import { randomUUID } from 'node:crypto';
-import { mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { SIGN_KEYPAIR_METADATA, type ApiKeyRecord, type KeyPairRecord } from '../model';
 import type {
@@ -267,7 +267,14 @@ export class SqliteStore implements AuthorityStore {
     const selectStoreId = this.db.prepare<[], string>("SELECT value FROM meta WHERE name = 'store_id'").pluck();
     this.keptStatements.push(insertStoreId, selectStoreId);
     insertStoreId.run(randomUUID());
-    const storeId = selectStoreId.get()!;
+    // Re-read when another connection commits: `store rotate-id` or `store restore` by the CLI.
+    let storeId = selectStoreId.get()!;
+    const updateStoreId = this.db.prepare("UPDATE meta SET value = ? WHERE name = 'store_id'");
+    this.keptStatements.push(updateStoreId);
+    this.setStoreId = (id) => {
+      updateStoreId.run(id);
+      storeId = id;
+    };
 
     const changed = () => {
       for (const listener of this.changeListeners) listener();
@@ -291,6 +298,7 @@ export class SqliteStore implements AuthorityStore {
       const version = dataVersion.get();
       if (version === seenVersion) return;
       seenVersion = version;
+      storeId = selectStoreId.get()!;
       for (const memo of [apiKeyMemo, keyPairMemo, revokedMemo]) memo.clear();
       changed();
     }, CHANGE_POLL_MS).unref();
@@ -373,7 +381,9 @@ export class SqliteStore implements AuthorityStore {
       return since.all(seq, limit);
     });
     this.changes = {
-      storeId,
+      get storeId() {
+        return storeId;
+      },
       head: async () => head.get()!,
       since: async (seq, limit) => {
         const changes = readSince(seq, limit);
@@ -385,6 +395,66 @@ export class SqliteStore implements AuthorityStore {
     };
     const pruneChanges = setInterval(() => prune.run(head.get()! - CHANGES_RETAINED), CHANGES_PRUNE_MS).unref();
     this.timers = [changePoll, pruneChanges];
+    this.memos = [apiKeyMemo, keyPairMemo, revokedMemo];
+    this.changed = changed;
+  }
+
+  private readonly setStoreId: (id: string) => void;
+  private readonly memos: ReadMemo[];
+  private readonly changed: () => void;
+
+  /**
+   * A new store id: versions of the old one name another store, so every data plane reads a
+   * snapshot instead of resuming from positions that may now mean other changes (after a backup
+   * was restored by copying the file back, say). Another process sees it within the poll interval.
+   */
+  async rotateStoreId(): Promise<string> {
+    const id = randomUUID();
+    this.setStoreId(id);
+    this.changed();
+    return id;
+  }
+
+  /** A consistent copy of the store in one file (SQLite's online backup), while others read and write. */
+  async backupTo(path: string): Promise<void> {
+    await this.db.backup(path);
+  }
+
+  /**
+   * Replaces every table with a backup's (a file written by backupTo, or a copy of a store file),
+   * in one transaction, and gives the store a new id (rotateStoreId): running servers and data
+   * planes start over from the restored state instead of taking its positions for theirs.
+   */
+  async restoreFrom(path: string): Promise<string> {
+    if (!existsSync(path)) throw new Error(`no backup at ${path}`);
+    const id = randomUUID();
+    this.db.prepare('ATTACH DATABASE ? AS restored').run(path);
+    try {
+      const tables = ['api_keys', 'key_pairs', 'revoked_tokens', 'changes', 'meta', 'audit_log'];
+      const present = new Set(this.db.prepare<[], string>("SELECT name FROM restored.sqlite_master WHERE type = 'table'").pluck().all());
+      const missing = tables.filter((table) => !present.has(table));
+      if (missing.length) throw new Error(`${path} is not a store backup (no ${missing.join(', ')})`);
+      this.db
+        .transaction(() => {
+          for (const table of tables) {
+            this.db.exec(`DELETE FROM main.${table}; INSERT INTO main.${table} SELECT * FROM restored.${table};`);
+          }
+          // The change log's and the audit log's positions go back with their rows.
+          this.db.exec("DELETE FROM main.sqlite_sequence WHERE name IN ('changes', 'audit_log')");
+          if (present.has('sqlite_sequence')) {
+            this.db.exec(
+              "INSERT INTO main.sqlite_sequence (name, seq) SELECT name, seq FROM restored.sqlite_sequence WHERE name IN ('changes', 'audit_log')",
+            );
+          }
+          this.setStoreId(id);
+        })
+        .immediate();
+    } finally {
+      this.db.exec('DETACH DATABASE restored');
+    }
+    for (const memo of this.memos) memo.clear();
+    this.changed();
+    return id;
   }
 
   onChange(listener: () => void): () => void {

@@ -1,0 +1,136 @@
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { describe, it } from 'node:test';
+import { parseVersion } from '../libs/core/data-plane';
+import { startTestAuthority, storeEnv, type TestAuthority } from './support/authority';
+import { startTestExtAuthz, type TestExtAuthz } from './support/ext-authz';
+import { freePort } from './support/ports';
+import { adminQuery, TEST_STORE_URL } from './support/postgres';
+
+/*
+ * A restored backup under a running ext-authz (issue 18 item 5). The backup's change log rewinds
+ * the positions; once new writes pass the replica's old position, a resume from it would read
+ * only the newest changes and keep what the restore took away. A restore gives the store a new
+ * id, so the replica reads a snapshot. SQLite: `store backup` / `store restore`; PostgreSQL
+ * (TEST_STORE_URL): the tables copied aside and back, as pg_dump / pg_restore would, then
+ * `store rotate-id`.
+ */
+
+const CLI = resolve(__dirname, '../services/token-authority/cli.js');
+
+function cli(authority: TestAuthority, ...args: string[]): Record<string, unknown> {
+  const result = spawnSync(process.execPath, [CLI, ...args], {
+    env: { ...process.env, ...storeEnv(authority) },
+    encoding: 'utf8',
+    timeout: 20_000,
+  });
+  assert.equal(result.status, 0, `cli ${args.join(' ')}: ${result.stderr}`);
+  return JSON.parse(result.stdout);
+}
+
+const TABLES = ['api_keys', 'key_pairs', 'revoked_tokens', 'changes', 'change_head', 'meta', 'audit_log'];
+
+/** A copy of the store's content now, and a way to put it back (the store itself stays open elsewhere). */
+async function backup(authority: TestAuthority, file: string): Promise<(target: TestAuthority) => Promise<void>> {
+  if (!TEST_STORE_URL) {
+    cli(authority, 'store', 'backup', file);
+    return async (target) => {
+      cli(target, 'store', 'restore', file);
+    };
+  }
+  const schema = `"${authority.config.store.schema}"`;
+  const aside = `"${authority.config.store.schema}_backup"`;
+  await adminQuery(`DROP SCHEMA IF EXISTS ${aside} CASCADE; CREATE SCHEMA ${aside}`);
+  for (const table of TABLES) await adminQuery(`CREATE TABLE ${aside}.${table} AS SELECT * FROM ${schema}.${table}`);
+  return async (target) => {
+    await adminQuery(
+      `BEGIN; ${TABLES.map((table) => `DELETE FROM ${schema}.${table}; INSERT INTO ${schema}.${table} SELECT * FROM ${aside}.${table};`).join(' ')}
+       SELECT setval(pg_get_serial_sequence('${schema}.audit_log', 'id'), coalesce((SELECT max(id) FROM ${schema}.audit_log), 0) + 1, false);
+       COMMIT; DROP SCHEMA ${aside} CASCADE`,
+    );
+    cli(target, 'store', 'rotate-id');
+  };
+}
+
+describe('a restored backup under a running ext-authz', () => {
+  it('makes the replica read a snapshot even when new writes have passed its old position (authority stopped for the restore)', async () => {
+    const dataDir = mkdtempSync(join(tmpdir(), 'restore-'));
+    const settings = { grpc: { host: '127.0.0.1', port: await freePort() } };
+    let authority = await startTestAuthority(settings, dataDir);
+    let extAuthz: TestExtAuthz | undefined;
+    try {
+      extAuthz = await startTestExtAuthz(authority);
+      const replica = extAuthz.replica;
+      assert.equal(
+        (await authority.admin('POST', '/api/apikeys', { clientId: 'kept', clientSecret: 'kept-secret-long-enough-0123456789' })).status,
+        201,
+      );
+      await extAuthz.waitFor(() => replica.apiKey('kept') !== undefined);
+      const restore = await backup(authority, join(dataDir, 'backup.sqlite'));
+      const backupSeq = parseVersion(authority.authority.dataPlane.version)!.seq;
+
+      // After the backup: a key that the restore takes away, and a change it undoes.
+      await authority.admin('POST', '/api/apikeys', { clientId: 'lost', clientSecret: 'lost-secret-long-enough-0123456789' });
+      await authority.admin('PATCH', '/api/apikeys/kept', { enabled: false });
+      await extAuthz.waitFor(() => replica.apiKey('lost') !== undefined && replica.apiKey('kept')?.enabled === false);
+      const replicaSeq = parseVersion(replica.version)!.seq;
+      assert.ok(replicaSeq > backupSeq);
+
+      await authority.close();
+      await extAuthz.waitFor(() => replica.status === 'degraded');
+      await restore(authority);
+      // New writes on the restored history, past the replica's position.
+      for (let index = 0; backupSeq + index <= replicaSeq; index++) cli(authority, 'apikeys', 'create', '--id', `after-${index}`);
+      authority = await startTestAuthority(settings, dataDir);
+      assert.ok(parseVersion(authority.authority.dataPlane.version)!.seq > replicaSeq, 'the restored log passed the old position');
+
+      await extAuthz.waitFor(() => replica.status === 'synced' && replica.version === authority.authority.dataPlane.version, 10_000);
+      assert.ok(replica.apiKey('after-0'), 'the first write after the restore is there');
+      assert.equal(replica.apiKey('lost'), undefined, 'what the restore took away is gone');
+      assert.equal(replica.apiKey('kept')?.enabled, true, 'what it undid is undone');
+      assert.equal(replica.applied.snapshots, 2, 'the replica read a snapshot after the restore');
+    } finally {
+      await extAuthz?.close();
+      await authority.stop();
+      rmSync(dataDir, { recursive: true, force: true });
+    }
+  });
+
+  it('a restore or a new store id while the authority runs: every data plane starts over from a snapshot', async () => {
+    const dataDir = mkdtempSync(join(tmpdir(), 'restore-live-'));
+    const authority = await startTestAuthority({}, dataDir);
+    let extAuthz: TestExtAuthz | undefined;
+    try {
+      extAuthz = await startTestExtAuthz(authority);
+      const replica = extAuthz.replica;
+      await authority.admin('POST', '/api/apikeys', { clientId: 'kept', clientSecret: 'kept-secret-long-enough-0123456789' });
+      await extAuthz.waitFor(() => replica.apiKey('kept') !== undefined);
+      const restore = await backup(authority, join(dataDir, 'backup.sqlite'));
+      await authority.admin('POST', '/api/apikeys', { clientId: 'lost', clientSecret: 'lost-secret-long-enough-0123456789' });
+      await extAuthz.waitFor(() => replica.apiKey('lost') !== undefined);
+      const before = authority.authority.store.changes.storeId;
+
+      await restore(authority);
+      await extAuthz.waitFor(() => replica.apiKey('lost') === undefined && replica.status === 'synced', 10_000);
+      assert.notEqual(authority.authority.store.changes.storeId, before, 'the running authority follows the new store id');
+      assert.equal(parseVersion(replica.version)!.storeId, authority.authority.store.changes.storeId);
+      assert.equal(replica.applied.snapshots, 2);
+      // The restored state is served: tokens and writes go on.
+      assert.equal((await authority.admin('GET', '/api/apikeys/lost')).status, 404);
+      await authority.admin('POST', '/api/apikeys', { clientId: 'next', clientSecret: 'next-secret-long-enough-0123456789' });
+      await extAuthz.waitFor(() => replica.apiKey('next') !== undefined);
+
+      const rotated = cli(authority, 'store', 'rotate-id');
+      await extAuthz.waitFor(() => replica.applied.snapshots === 3 && replica.status === 'synced', 10_000);
+      assert.equal(parseVersion(replica.version)!.storeId, rotated.storeId);
+      assert.ok(replica.apiKey('next') && replica.apiKey('kept'));
+    } finally {
+      await extAuthz?.close();
+      await authority.stop();
+      rmSync(dataDir, { recursive: true, force: true });
+    }
+  });
+});
