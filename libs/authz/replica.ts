@@ -77,7 +77,7 @@ class ReplicaState {
     this.kidsByKeyPair.delete(keyPairId);
   }
 
-  /** Applies a delta's parts, or a snapshot into a state nobody reads yet. Map writes only: it cannot fail halfway. */
+  /** Applies a delta's gathered parts. Map writes only: it cannot fail halfway. */
   commit(delta: PendingDelta): void {
     if (delta.issuer !== undefined) this.issuer = delta.issuer;
     if (delta.audience !== undefined) this.audience = delta.audience;
@@ -90,6 +90,17 @@ class ReplicaState {
       else this.apiKeys.delete(clientId);
     }
     for (const [jti, expiresAt] of delta.revoked) this.revoked.set(jti, expiresAt);
+  }
+
+  /** Applies a snapshot's part straight to a state nobody reads yet (no staging: a snapshot is swapped whole anyway). */
+  fill(update: DataPlaneUpdate, live: ReplicaState): void {
+    if (update.issuer !== undefined) this.issuer = update.issuer;
+    if (update.audience !== undefined) this.audience = update.audience;
+    for (const keyPair of update.keyPairs) this.setKeyPair(keyPair.keyPairId, prepareKeyPair(keyPair, live));
+    for (const keyPairId of update.removedKeyPairs) this.removeKeyPair(keyPairId);
+    for (const apiKey of update.apiKeys) this.apiKeys.set(apiKey.clientId, apiKey);
+    for (const clientId of update.removedApiKeys) this.apiKeys.delete(clientId);
+    for (const { jti, expiresAt } of update.revokedTokens) this.revoked.set(jti, expiresAt);
   }
 
   /** Revocations of expired tokens serve no purpose: the token is refused for its `exp` anyway. */
@@ -150,22 +161,21 @@ export class AuthorityReplica {
     }
     // A snapshot's part goes straight into its own state, which nobody reads before it is whole;
     // a delta's parts are gathered and committed together.
-    if (!this.incoming) this.pending ??= new PendingDelta();
-    const target = this.pending ?? new PendingDelta();
+    this.pending ??= this.incoming ? undefined : new PendingDelta();
     try {
-      target.add(update, this.state);
+      if (this.incoming) this.incoming.fill(update, this.state);
+      else this.pending?.add(update, this.state);
     } catch (error) {
       // Nothing of this update reaches Check; the caller reads a snapshot.
       this.outOfSync();
       throw error;
     }
-    if (this.incoming) this.incoming.commit(target);
     if (update.more) {
       this.partsOf = update.version;
       return 'partial';
     }
     if (this.incoming) this.state = this.incoming;
-    else this.state.commit(target);
+    else if (this.pending) this.state.commit(this.pending);
     this.applied[this.incoming ? 'snapshots' : 'deltas'] += 1;
     this.incoming = undefined;
     this.pending = undefined;
