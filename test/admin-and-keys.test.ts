@@ -244,7 +244,7 @@ describe('domain and secure settings', () => {
   });
 
   it('with trustProxy, still matches the Host header, not a client-sent X-Forwarded-Host', async () => {
-    const authority = await startTestAuthority({ domain: 'oauth.oto.tools', trustProxy: true });
+    const authority = await startTestAuthority({ domain: 'oauth.oto.tools', trustProxy: 1 });
     try {
       const spoofed = await httpRequest(`${authority.url}${JWKS_PATH}`, {
         headers: { host: 'evil.example', 'x-forwarded-host': 'oauth.oto.tools' },
@@ -258,7 +258,7 @@ describe('domain and secure settings', () => {
 
   it('secure: refuses plain HTTP, accepts X-Forwarded-Proto only from a trusted proxy', async () => {
     const strict = await startTestAuthority({ secure: true });
-    const trusting = await startTestAuthority({ secure: true, trustProxy: true });
+    const trusting = await startTestAuthority({ secure: true, trustProxy: 1 });
     try {
       const plain = await fetch(`${strict.url}${JWKS_PATH}`);
       assert.equal(plain.status, 400);

@@ -161,6 +161,21 @@ describe('envoy-cluster.yaml (compose profile `cluster`): envoy.yaml in front of
   });
 });
 
+describe('every envoy/*.yaml is the edge: it believes no client-sent X-Forwarded-* (issue 22)', () => {
+  for (const [name, text] of [
+    ['envoy.yaml', GRPC_YAML],
+    ['envoy-http.yaml', HTTP_YAML],
+    ['envoy-cluster.yaml', CLUSTER_YAML],
+  ]) {
+    it(`${name}: use_remote_address with xff_num_trusted_hops 0, so the last X-Forwarded-For entry is the real peer`, () => {
+      const manager = hcm(parse(text));
+      assert.equal(manager.use_remote_address, true);
+      assert.equal(manager.xff_num_trusted_hops, 0);
+      assert.equal(manager.original_ip_detection_extensions, undefined);
+    });
+  }
+});
+
 describe("Envoy's ext_authz service protos", () => {
   it('load with @grpc/proto-loader from the exported include dirs', () => {
     const definition = loadSync(EXT_AUTHZ_PROTO, { includeDirs: [...ENVOY_PROTO_INCLUDE_DIRS], keepCase: true });

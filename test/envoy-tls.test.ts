@@ -83,7 +83,7 @@ describe("HTTPS through a real Envoy, with the authority's secure setting", () =
       { stdio: 'ignore' },
     );
     ca = readFileSync(certificateFile);
-    authority = await startTestAuthority({ domain: OAUTH, secure: true, trustProxy: true });
+    authority = await startTestAuthority({ domain: OAUTH, secure: true, trustProxy: 1 });
     extAuthz = await startTestExtAuthz(authority);
     echo = await startEchoBackend(0, '127.0.0.1');
     const endpoint = (url: string) => ({ address: '127.0.0.1', port: Number(url.split(':').pop()) });

@@ -2,6 +2,7 @@ import { z } from 'zod';
 import { authFailureSettingsSchema } from './auth-failure-limiter';
 import { booleanSetting, loadConfig, logLevelSetting, portSetting } from '../config/load-config';
 import { httpLimitEnvOverrides, httpLimitsSchema } from '../http/server-limits';
+import { trustProxySetting } from '../http/trust-proxy';
 
 export const SIGNING_ALGORITHMS = ['RS256', 'PS256', 'ES256', 'EdDSA'] as const;
 export type SigningAlgorithm = (typeof SIGNING_ALGORITHMS)[number];
@@ -24,8 +25,11 @@ export const authorityConfigSchema = z
     defaultKeyPairAlgorithm: z.enum(SIGNING_ALGORITHMS).default('RS256'),
     /** Answer only requests that arrived over HTTPS (Otoroshi's `secure`). */
     secure: booleanSetting.default(false),
-    /** Trust X-Forwarded-Proto / X-Forwarded-For from the peer (set behind a proxy you control). */
-    trustProxy: booleanSetting.default(false),
+    /**
+     * Which proxies' X-Forwarded-For / -Proto / -Host are believed: `false`, a hop count 1-10, or a
+     * list of proxy addresses/CIDRs (libs/http/trust-proxy.ts); `true` is refused.
+     */
+    trustProxy: trustProxySetting.default(false),
     /** `iss` of every token; never derived from the Host header. */
     issuer: z.url().default('http://oauth.oto.tools:8080'),
     /** Default `aud` of every token. */

@@ -122,8 +122,10 @@ async function main(): Promise<void> {
     HTTP_PORT: String(ports.authority),
     GRPC_PORT: String(ports.authorityGrpc),
     DATA_PLANE_TOKEN: dataPlaneToken,
-    // Behind Envoy, which overwrites x-forwarded-* (use_remote_address); only Envoy reaches the port.
-    ...(envoyVersion ? { TRUST_PROXY: 'true' } : {}),
+    // Behind Envoy: believe one hop, the X-Forwarded-For entry Envoy appends and its X-Forwarded-Proto
+    // (use_remote_address, xff_num_trusted_hops: 0). A hop count, not Envoy's address: clients
+    // connect from 127.0.0.1 too, and a trusted client address could write its own X-Forwarded-For.
+    ...(envoyVersion ? { TRUST_PROXY: '1' } : {}),
   });
   await waitFor('token-authority', `http://127.0.0.1:${ports.authority}/health`, (status) => status === 200);
   start('ext-authz', node('services/ext-authz/main.js'), {

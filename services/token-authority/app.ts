@@ -29,6 +29,7 @@ import { createHealth, TOKEN_AUTHORITY_SERVICE, tokenAuthorityGrpcOptions } from
 import type { HealthImplementation } from 'grpc-health-check';
 import { createLogger, NestPinoLogger } from '../../libs/logging';
 import { capConnections, fastifyLimitOptions } from '../../libs/http/server-limits';
+import { describeTrustProxy, fastifyTrustProxy } from '../../libs/http/trust-proxy';
 
 @Module({})
 class TokenAuthorityModule {
@@ -78,7 +79,8 @@ export async function startTokenAuthority(config: AuthorityConfig): Promise<Toke
     // Its request log lines carry the caller's trace ids.
     childLoggerFactory: traceChildLoggerFactory as never,
     bodyLimit: config.http.bodyLimit,
-    trustProxy: config.trustProxy,
+    // Only the configured proxies' X-Forwarded-* count (issue 22): a function from @fastify/proxy-addr.
+    trustProxy: fastifyTrustProxy(config.trustProxy),
     // Slow, idle or too many clients must not hold sockets.
     ...fastifyLimitOptions(config.http.limits),
     // A path Fastify's router cannot decode (`/api/apikeys/%FF`) is refused before any route, so
@@ -141,7 +143,13 @@ export async function startTokenAuthority(config: AuthorityConfig): Promise<Toke
     health.setStatus(TOKEN_AUTHORITY_SERVICE, available ? 'SERVING' : 'NOT_SERVING');
   }, STORE_HEALTH_MS).unref();
   logger.info(
-    { port, grpcPort, issuer: config.issuer, console: consoleServed ? '/console' : 'not built' },
+    {
+      port,
+      grpcPort,
+      issuer: config.issuer,
+      trustProxy: describeTrustProxy(config.trustProxy),
+      console: consoleServed ? '/console' : 'not built',
+    },
     'token authority listening (REST and gRPC)',
   );
   let closing: Promise<void> | undefined;

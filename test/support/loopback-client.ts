@@ -13,7 +13,14 @@ const agents = new Map<string, Agent>();
  * A form POST from a loopback address of our choosing (127.0.0.0/8 is all loopback on Linux), so
  * each address is another "client address" to the failure limits. Keep-alive, one agent per address.
  */
-export function postFrom(localAddress: string, base: string, path: string, form: Record<string, string>): Promise<FormReply> {
+export function postFrom(
+  localAddress: string,
+  base: string,
+  path: string,
+  form: Record<string, string>,
+  /** Extra request headers (a Host for Envoy's virtual hosts, a made-up X-Forwarded-For...). */
+  headers: Record<string, string> = {},
+): Promise<FormReply> {
   let agent = agents.get(localAddress);
   if (!agent) agents.set(localAddress, (agent = new Agent({ keepAlive: true, localAddress, maxSockets: 64 })));
   const url = new URL(base);
@@ -27,7 +34,7 @@ export function postFrom(localAddress: string, base: string, path: string, form:
         path,
         method: 'POST',
         agent,
-        headers: { 'content-type': 'application/x-www-form-urlencoded', 'content-length': Buffer.byteLength(body) },
+        headers: { 'content-type': 'application/x-www-form-urlencoded', 'content-length': Buffer.byteLength(body), ...headers },
       },
       (res) => {
         const chunks: Buffer[] = [];
