@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { copyFileSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { describe, it } from 'node:test';
@@ -33,12 +33,22 @@ function cli(authority: TestAuthority, ...args: string[]): Record<string, unknow
 
 const TABLES = ['api_keys', 'key_pairs', 'revoked_tokens', 'changes', 'change_head', 'meta', 'audit_log'];
 
-/** A copy of the store's content now, and a way to put it back (the store itself stays open elsewhere). */
-async function backup(authority: TestAuthority, file: string): Promise<(target: TestAuthority) => Promise<void>> {
+/**
+ * A copy of the store's content now, and a way to put it back (the store itself stays open
+ * elsewhere). `plain`: as an operator would without the CLI (the SQLite file copied back with the
+ * authority stopped; PostgreSQL without rotate-id): the store keeps its id.
+ */
+async function backup(authority: TestAuthority, file: string, plain = false): Promise<(target: TestAuthority) => Promise<void>> {
   if (!TEST_STORE_URL) {
     cli(authority, 'store', 'backup', file);
     return async (target) => {
-      cli(target, 'store', 'restore', file);
+      if (!plain) {
+        cli(target, 'store', 'restore', file);
+        return;
+      }
+      const live = join(target.config.dataDir, 'token-authority.sqlite');
+      for (const suffix of ['-wal', '-shm']) rmSync(`${live}${suffix}`, { force: true });
+      copyFileSync(file, live);
     };
   }
   const schema = `"${authority.config.store.schema}"`;
@@ -51,53 +61,57 @@ async function backup(authority: TestAuthority, file: string): Promise<(target: 
        SELECT setval(pg_get_serial_sequence('${schema}.audit_log', 'id'), coalesce((SELECT max(id) FROM ${schema}.audit_log), 0) + 1, false);
        COMMIT; DROP SCHEMA ${aside} CASCADE`,
     );
-    cli(target, 'store', 'rotate-id');
+    if (!plain) cli(target, 'store', 'rotate-id');
   };
 }
 
 describe('a restored backup under a running ext-authz', () => {
-  it('makes the replica read a snapshot even when new writes have passed its old position (authority stopped for the restore)', async () => {
-    const dataDir = mkdtempSync(join(tmpdir(), 'restore-'));
-    const settings = { grpc: { host: '127.0.0.1', port: await freePort() } };
-    let authority = await startTestAuthority(settings, dataDir);
-    let extAuthz: TestExtAuthz | undefined;
-    try {
-      extAuthz = await startTestExtAuthz(authority);
-      const replica = extAuthz.replica;
-      assert.equal(
-        (await authority.admin('POST', '/api/apikeys', { clientId: 'kept', clientSecret: 'kept-secret-long-enough-0123456789' })).status,
-        201,
-      );
-      await extAuthz.waitFor(() => replica.apiKey('kept') !== undefined);
-      const restore = await backup(authority, join(dataDir, 'backup.sqlite'));
-      const backupSeq = parseVersion(authority.authority.dataPlane.version)!.seq;
+  for (const plain of [false, true]) {
+    it(`makes the replica read a snapshot even when new writes have passed its old position (authority stopped for the restore${plain ? '; restored without the CLI, same store id: the change tags tell the histories apart' : ''})`, async () => {
+      const dataDir = mkdtempSync(join(tmpdir(), 'restore-'));
+      const settings = { grpc: { host: '127.0.0.1', port: await freePort() } };
+      let authority = await startTestAuthority(settings, dataDir);
+      let extAuthz: TestExtAuthz | undefined;
+      try {
+        extAuthz = await startTestExtAuthz(authority);
+        const replica = extAuthz.replica;
+        assert.equal(
+          (await authority.admin('POST', '/api/apikeys', { clientId: 'kept', clientSecret: 'kept-secret-long-enough-0123456789' })).status,
+          201,
+        );
+        await extAuthz.waitFor(() => replica.apiKey('kept') !== undefined);
+        const restore = await backup(authority, join(dataDir, 'backup.sqlite'), plain);
+        const backupSeq = parseVersion(authority.authority.dataPlane.version)!.seq;
+        const storeId = authority.authority.store.changes.storeId;
 
-      // After the backup: a key that the restore takes away, and a change it undoes.
-      await authority.admin('POST', '/api/apikeys', { clientId: 'lost', clientSecret: 'lost-secret-long-enough-0123456789' });
-      await authority.admin('PATCH', '/api/apikeys/kept', { enabled: false });
-      await extAuthz.waitFor(() => replica.apiKey('lost') !== undefined && replica.apiKey('kept')?.enabled === false);
-      const replicaSeq = parseVersion(replica.version)!.seq;
-      assert.ok(replicaSeq > backupSeq);
+        // After the backup: a key that the restore takes away, and a change it undoes.
+        await authority.admin('POST', '/api/apikeys', { clientId: 'lost', clientSecret: 'lost-secret-long-enough-0123456789' });
+        await authority.admin('PATCH', '/api/apikeys/kept', { enabled: false });
+        await extAuthz.waitFor(() => replica.apiKey('lost') !== undefined && replica.apiKey('kept')?.enabled === false);
+        const replicaSeq = parseVersion(replica.version)!.seq;
+        assert.ok(replicaSeq > backupSeq);
 
-      await authority.close();
-      await extAuthz.waitFor(() => replica.status === 'degraded');
-      await restore(authority);
-      // New writes on the restored history, past the replica's position.
-      for (let index = 0; backupSeq + index <= replicaSeq; index++) cli(authority, 'apikeys', 'create', '--id', `after-${index}`);
-      authority = await startTestAuthority(settings, dataDir);
-      assert.ok(parseVersion(authority.authority.dataPlane.version)!.seq > replicaSeq, 'the restored log passed the old position');
+        await authority.close();
+        await extAuthz.waitFor(() => replica.status === 'degraded');
+        await restore(authority);
+        // New writes on the restored history, past the replica's position.
+        for (let index = 0; backupSeq + index <= replicaSeq; index++) cli(authority, 'apikeys', 'create', '--id', `after-${index}`);
+        authority = await startTestAuthority(settings, dataDir);
+        assert.ok(parseVersion(authority.authority.dataPlane.version)!.seq > replicaSeq, 'the restored log passed the old position');
 
-      await extAuthz.waitFor(() => replica.status === 'synced' && replica.version === authority.authority.dataPlane.version, 10_000);
-      assert.ok(replica.apiKey('after-0'), 'the first write after the restore is there');
-      assert.equal(replica.apiKey('lost'), undefined, 'what the restore took away is gone');
-      assert.equal(replica.apiKey('kept')?.enabled, true, 'what it undid is undone');
-      assert.equal(replica.applied.snapshots, 2, 'the replica read a snapshot after the restore');
-    } finally {
-      await extAuthz?.close();
-      await authority.stop();
-      rmSync(dataDir, { recursive: true, force: true });
-    }
-  });
+        await extAuthz.waitFor(() => replica.status === 'synced' && replica.version === authority.authority.dataPlane.version, 10_000);
+        assert.ok(replica.apiKey('after-0'), 'the first write after the restore is there');
+        assert.equal(replica.apiKey('lost'), undefined, 'what the restore took away is gone');
+        assert.equal(replica.apiKey('kept')?.enabled, true, 'what it undid is undone');
+        assert.equal(replica.applied.snapshots, 2, 'the replica read a snapshot after the restore');
+        assert.equal(authority.authority.store.changes.storeId === storeId, plain, plain ? 'the same store id' : 'a new store id');
+      } finally {
+        await extAuthz?.close();
+        await authority.stop();
+        rmSync(dataDir, { recursive: true, force: true });
+      }
+    });
+  }
 
   it('a restore or a new store id while the authority runs: every data plane starts over from a snapshot', async () => {
     const dataDir = mkdtempSync(join(tmpdir(), 'restore-live-'));

@@ -80,15 +80,20 @@ export function toDataPlaneApiKey(apiKey: ApiKeyRecord, now: number): DataPlaneA
   };
 }
 
-/** Versions are `<store id>:<change-log position>`: comparable only within one store. */
-export function formatVersion(storeId: string, seq: number): string {
-  return `${storeId}:${seq}`;
+/**
+ * Versions are `<store id>:<change-log position>:<tag of the change there>`: comparable only
+ * within one store, and only while that position still holds the same change (a restored backup
+ * gives positions out again, to other changes; see StoreChange.tag).
+ */
+export function formatVersion(storeId: string, seq: number, tag = ''): string {
+  return `${storeId}:${seq}:${tag}`;
 }
 
-export function parseVersion(version: string): { storeId: string; seq: number } | undefined {
+/** Undefined for anything else, including the `<store id>:<position>` of older versions (those read a snapshot). */
+export function parseVersion(version: string): { storeId: string; seq: number; tag: string } | undefined {
   // Decimal digits only: Number() would also take '', ' 1', '0x10' or '1e3'.
-  const match = /^(.+):(\d{1,15})$/.exec(version);
-  return match ? { storeId: match[1], seq: Number(match[2]) } : undefined;
+  const match = /^([^:]+):(\d{1,15}):([A-Za-z0-9_-]*)$/.exec(version);
+  return match ? { storeId: match[1], seq: Number(match[2]), tag: match[3] } : undefined;
 }
 
 /** Entries per message of a snapshot or catch-up: each part is read and encoded without holding the event loop for long. */
@@ -156,6 +161,8 @@ const emptyUpdate = (version: string, baseVersion: string, now: number): DataPla
  */
 export class DataPlaneFeed {
   private seq = 0;
+  /** The tag of the change at `seq`. */
+  private tag = '';
   /** The store id of `seq`: when the store gets a new one (a restored backup), every subscriber starts over. */
   private storeId: string;
   private readonly listeners = new Set<UpdateListener>();
@@ -175,10 +182,18 @@ export class DataPlaneFeed {
     private readonly now: () => number = Date.now,
   ) {
     this.storeId = store.changes.storeId;
-    this.ready = store.changes.head().then((head) => {
-      this.seq = head;
-    });
+    this.ready = this.moveToHead();
     this.unsubscribeStore = store.onChange(() => this.schedule());
+  }
+
+  /** Takes the change log's head (and its tag) as the feed's position. */
+  private async moveToHead(): Promise<void> {
+    const head = await this.store.changes.head();
+    // A log entry never changes once written. One missing (a log emptied by hand) gives a tag no
+    // data plane holds: it reads a snapshot.
+    const tag = (await this.store.changes.tagAt(head)) ?? '-';
+    this.seq = head;
+    this.tag = tag;
   }
 
   /** Resolves once the feed knows where the change log stands; call before serving. */
@@ -188,7 +203,7 @@ export class DataPlaneFeed {
 
   /** The version of the last delta published (what a new stream starts at). */
   get version(): string {
-    return formatVersion(this.storeId, this.seq);
+    return formatVersion(this.storeId, this.seq, this.tag);
   }
 
   subscribe(listener: UpdateListener): () => void {
@@ -205,10 +220,10 @@ export class DataPlaneFeed {
    */
   updatesFrom(resumeFrom?: string): AsyncGenerator<DataPlaneUpdate> {
     const to = this.seq;
-    const version = formatVersion(this.storeId, to);
+    const version = this.version;
     const from = resumeFrom ? parseVersion(resumeFrom) : undefined;
     const resumable = from !== undefined && from.storeId === this.storeId && from.seq <= to;
-    return resumable ? this.readCatchUp(resumeFrom!, from.seq, to) : this.readSnapshot(version);
+    return resumable ? this.readCatchUp(resumeFrom!, from, to, version) : this.readSnapshot(version);
   }
 
   private async *readSnapshot(version: string): AsyncGenerator<DataPlaneUpdate> {
@@ -247,8 +262,19 @@ export class DataPlaneFeed {
   }
 
   /** The changes from `fromSeq` to `to`, or a snapshot at `to` when the log no longer reaches back. */
-  private async *readCatchUp(fromVersion: string, fromSeq: number, to: number): AsyncGenerator<DataPlaneUpdate> {
-    const version = formatVersion(this.storeId, to);
+  private async *readCatchUp(
+    fromVersion: string,
+    from: { seq: number; tag: string },
+    to: number,
+    version: string,
+  ): AsyncGenerator<DataPlaneUpdate> {
+    // The position must still hold the change the data plane saw: after a restored backup it may
+    // hold another one (or none), and what follows it is another history.
+    if ((await this.store.changes.tagAt(from.seq)) !== from.tag) {
+      yield* this.readSnapshot(version);
+      return;
+    }
+    const fromSeq = from.seq;
     let seq = fromSeq;
     while (seq < to) {
       const changes = (await this.store.changes.since(seq, CHANGES_PER_DELTA))?.filter((change) => change.seq <= to);
@@ -307,7 +333,7 @@ export class DataPlaneFeed {
       // A new store id (a restored backup): positions of the old one mean nothing any more.
       const storeId = this.store.changes.storeId;
       await this.keyRing.reload();
-      this.seq = await this.store.changes.head();
+      await this.moveToHead();
       this.storeId = storeId;
       this.listeners.forEach((listener) => listener('resync'));
       return;
@@ -315,16 +341,17 @@ export class DataPlaneFeed {
     const changes = await this.store.changes.since(this.seq, CHANGES_PER_DELTA);
     if (changes === undefined) {
       // Fell further behind than the log keeps: every subscriber starts over from a snapshot.
-      this.seq = await this.store.changes.head();
+      await this.moveToHead();
       this.listeners.forEach((listener) => listener('resync'));
       return;
     }
     if (!changes.length) return;
-    const baseVersion = formatVersion(this.storeId, this.seq);
-    const seq = changes[changes.length - 1].seq;
-    const version = formatVersion(this.storeId, seq);
+    const baseVersion = this.version;
+    const last = changes[changes.length - 1];
+    const version = formatVersion(this.storeId, last.seq, last.tag);
     const parts = await this.delta(changes, version, baseVersion);
-    this.seq = seq;
+    this.seq = last.seq;
+    this.tag = last.tag;
     parts.forEach((part, index) => {
       const update = { ...part, more: index < parts.length - 1 };
       this.listeners.forEach((listener) => listener(update));

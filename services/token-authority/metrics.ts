@@ -7,6 +7,7 @@ import type { AuthorityObserver, ClientAuthFailure, OAuthEndpoint } from '../../
 import type { GrpcObserver } from '../../libs/observability/grpc-instrument';
 import type { HttpObserver } from '../../libs/observability/http-instrument';
 import { registerUnexpectedErrors } from '../../libs/observability/unexpected-errors';
+import { parseVersion } from '../../libs/core/data-plane';
 
 /** Latency buckets in seconds: sub-millisecond cache hits up to a slow scrypt under load. */
 const LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5];
@@ -99,7 +100,7 @@ export class AuthorityMetrics implements AuthorityObserver, HttpObserver, GrpcOb
       help: 'Change-log position of the last data plane update published.',
       registers: [this.registry],
       collect() {
-        this.set(Number(authority.dataPlane.version.split(':').pop()));
+        this.set(parseVersion(authority.dataPlane.version)?.seq ?? 0);
       },
     });
   }

@@ -60,7 +60,8 @@ describe('delta building', () => {
     await store.revocations.revoke('live', clock.ms + 60_000);
     await store.revocations.revoke('dead', clock.ms - 1);
     const parts = await catchUp(from);
-    const to = formatVersion(store.changes.storeId, await store.changes.head());
+    const to = (await feedAtHead()).version;
+    assert.equal(parseVersion(to)?.seq, await store.changes.head());
     assert.ok(parts.every((part) => part.version === to && part.baseVersion === from && !part.reset));
     assert.deepEqual(
       parts.map((part) => part.more),
@@ -146,8 +147,13 @@ describe('delta building', () => {
       assert.equal(first.reset, true, `'${version}'`);
       assert.equal(first.issuer, 'http://issuer');
     }
-    const [resumed] = await collect(feed.updatesFrom(formatVersion(store.changes.storeId, head)));
+    const [resumed] = await collect(feed.updatesFrom(feed.version));
     assert.equal(resumed.reset, false);
+    // The position, but not the change that was there: another history (a restored backup).
+    for (const version of [formatVersion(store.changes.storeId, head, 'other-tag'), `${store.changes.storeId}:${head}`]) {
+      const [first] = await collect(feed.updatesFrom(version));
+      assert.equal(first.reset, true, `'${version}'`);
+    }
   });
 
   it('starts every subscriber over when the store gets a new id (a restored backup)', async () => {
@@ -167,8 +173,11 @@ describe('delta building', () => {
   });
 
   it('parses only versions it wrote', () => {
-    assert.deepEqual(parseVersion(formatVersion('store-1', 42)), { storeId: 'store-1', seq: 42 });
-    for (const version of ['', ':', 'x', 'x:', 'x:-1', 'x:1.5', ':3', 'x:1e400', 'x:0x10', 'x: 1', 'x:1e3'])
+    assert.deepEqual(parseVersion(formatVersion('store-1', 42, 'AbC_-9')), { storeId: 'store-1', seq: 42, tag: 'AbC_-9' });
+    assert.deepEqual(parseVersion(formatVersion('store-1', 0)), { storeId: 'store-1', seq: 0, tag: '' });
+    for (const version of ['', ':', 'x', 'x:', 'x:-1:', 'x:1.5:', ':3:', 'x:1e400:', 'x:0x10:', 'x: 1:', 'x:1e3:', 'x:1:a b', 'x:1:a:b']) {
       assert.equal(parseVersion(version), undefined, `'${version}'`);
+    }
+    assert.equal(parseVersion('store-1:42'), undefined, 'the form before tags: a snapshot');
   });
 });

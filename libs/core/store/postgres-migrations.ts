@@ -32,4 +32,10 @@ export const POSTGRES_MIGRATIONS: { version: number; name: string; sql: string }
       CREATE INDEX audit_log_entity ON {schema}.audit_log (entity, entity_id, id);
     `,
   },
+  {
+    version: 3,
+    name: 'change tags',
+    // StoreChange.tag: tells a position given out again (a restored backup) from the one a data plane saw.
+    sql: `ALTER TABLE {schema}.changes ADD COLUMN tag text;`,
+  },
 ];

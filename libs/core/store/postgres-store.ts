@@ -20,6 +20,7 @@ import type {
   StoreChange,
   StoreStatus,
 } from './repositories';
+import { nextChangeTag } from './change-tag';
 import { POSTGRES_MIGRATIONS } from './postgres-migrations';
 
 /** How many changes the log keeps, as on SQLite: a data plane that missed more reads a snapshot. */
@@ -357,6 +358,11 @@ export class PostgresStore implements AuthorityStore {
         return store.storeIdValue;
       },
       head: () => this.head(),
+      tagAt: async (seq) => {
+        if (seq === 0) return '';
+        const { rows } = await this.query<{ tag: string }>(`SELECT coalesce(tag, '') AS tag FROM ${tables.changes} WHERE seq = $1`, [seq]);
+        return rows[0]?.tag;
+      },
       since: async (seq, limit) => {
         const changes = await this.readSince(seq, limit);
         // Whoever reads a change next reads the entity: never from a cached copy older than the change.
@@ -472,11 +478,15 @@ export class PostgresStore implements AuthorityStore {
     const { rows } = await client.query<{ seq: string }>(`UPDATE ${tables.head} SET seq = seq + $1 RETURNING seq`, [changes.length]);
     const last = Number(rows[0].seq);
     const first = last - changes.length + 1;
-    await client.query(`INSERT INTO ${tables.changes} (seq, entity, id) SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[])`, [
-      changes.map((_, index) => first + index),
-      changes.map(([entity]) => entity),
-      changes.map(([, id]) => id),
-    ]);
+    await client.query(
+      `INSERT INTO ${tables.changes} (seq, entity, id, tag) SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[])`,
+      [
+        changes.map((_, index) => first + index),
+        changes.map(([entity]) => entity),
+        changes.map(([, id]) => id),
+        changes.map(() => nextChangeTag()),
+      ],
+    );
     await client.query('SELECT pg_notify($1, $2)', [this.channel, String(last)]);
   }
 
@@ -592,11 +602,11 @@ export class PostgresStore implements AuthorityStore {
       let result: StoreChange[] | undefined;
       // From the future (another store, a restored backup) or older than what is kept.
       if (!(seq > newest || seq < first - 1)) {
-        const changes = await client.query<{ seq: string; entity: ChangedEntity; id: string }>(
-          `SELECT seq, entity, id FROM ${tables.changes} WHERE seq > $1 ORDER BY seq LIMIT $2`,
+        const changes = await client.query<{ seq: string; entity: ChangedEntity; id: string; tag: string }>(
+          `SELECT seq, entity, id, coalesce(tag, '') AS tag FROM ${tables.changes} WHERE seq > $1 ORDER BY seq LIMIT $2`,
           [seq, limit],
         );
-        result = changes.rows.map((row) => ({ seq: Number(row.seq), entity: row.entity, id: row.id }));
+        result = changes.rows.map((row) => ({ seq: Number(row.seq), entity: row.entity, id: row.id, tag: row.tag }));
       }
       await client.query('COMMIT');
       return result;

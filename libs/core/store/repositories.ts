@@ -140,6 +140,12 @@ export interface StoreChange {
   seq: number;
   entity: ChangedEntity;
   id: string;
+  /**
+   * Random, given with the change: names this change at this position, so a position given out
+   * again to another change (a restored backup, a database failover that lost the newest
+   * commits) is told apart from the one a data plane saw. '' for changes logged before tags.
+   */
+  tag: string;
 }
 
 /**
@@ -154,6 +160,8 @@ export interface ChangeLog {
   head(): Promise<number>;
   /** Changes after `seq`, oldest first, at most `limit`; undefined when the log no longer reaches back to `seq`. */
   since(seq: number, limit: number): Promise<StoreChange[] | undefined>;
+  /** The tag of the change at `seq` ('' at 0, before any change); undefined when the log does not hold it. */
+  tagAt(seq: number): Promise<string | undefined>;
 }
 
 export interface AuthorityStore {

@@ -2,6 +2,7 @@ import Database from 'better-sqlite3';
 import { randomUUID } from 'node:crypto';
 import { existsSync, mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
+import { nextChangeTag } from './change-tag';
 import { SIGN_KEYPAIR_METADATA, type ApiKeyRecord, type KeyPairRecord } from '../model';
 import type {
   ApiKeyPageQuery,
@@ -25,7 +26,7 @@ const SCHEMA = `
   CREATE TABLE IF NOT EXISTS key_pairs (id TEXT PRIMARY KEY, doc TEXT NOT NULL) STRICT;
   CREATE TABLE IF NOT EXISTS revoked_tokens (jti TEXT PRIMARY KEY, expires_at INTEGER NOT NULL) STRICT;
   CREATE INDEX IF NOT EXISTS revoked_tokens_expiry ON revoked_tokens (expires_at);
-  CREATE TABLE IF NOT EXISTS changes (seq INTEGER PRIMARY KEY AUTOINCREMENT, entity TEXT NOT NULL, id TEXT NOT NULL) STRICT;
+  CREATE TABLE IF NOT EXISTS changes (seq INTEGER PRIMARY KEY AUTOINCREMENT, entity TEXT NOT NULL, id TEXT NOT NULL, tag TEXT) STRICT;
   CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;
   CREATE TABLE IF NOT EXISTS audit_log (
     id INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
@@ -262,6 +263,16 @@ export class SqliteStore implements AuthorityStore {
     // Statement from a task outside any JS context, so no statement is left to the collector early.
     this.db.exec('PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000');
     this.db.exec(SCHEMA);
+    // Stores written before change tags: add the column (another process may do it at the same time).
+    const columns = this.db.prepare<[], string>("SELECT name FROM pragma_table_info('changes')").pluck();
+    this.keptStatements.push(columns);
+    if (!columns.all().includes('tag')) {
+      try {
+        this.db.exec('ALTER TABLE changes ADD COLUMN tag TEXT');
+      } catch (error) {
+        if (!/duplicate column/i.test((error as Error).message)) throw error;
+      }
+    }
     // Two processes creating the file at once both keep the first id written.
     const insertStoreId = this.db.prepare("INSERT OR IGNORE INTO meta (name, value) VALUES ('store_id', ?)");
     const selectStoreId = this.db.prepare<[], string>("SELECT value FROM meta WHERE name = 'store_id'").pluck();
@@ -282,8 +293,8 @@ export class SqliteStore implements AuthorityStore {
     const apiKeyMemo = new ReadMemo(100_000);
     const keyPairMemo = new ReadMemo(1_000);
     const revokedMemo = new ReadMemo(100_000);
-    const insertChange = this.db.prepare('INSERT INTO changes (entity, id) VALUES (?, ?)');
-    const logChange = (entity: ChangedEntity, id: string) => insertChange.run(entity, id);
+    const insertChange = this.db.prepare('INSERT INTO changes (entity, id, tag) VALUES (?, ?, ?)');
+    const logChange = (entity: ChangedEntity, id: string) => insertChange.run(entity, id, nextChangeTag());
     const insertAudit = this.db.prepare('INSERT INTO audit_log (at, actor, action, entity, entity_id, change) VALUES (?, ?, ?, ?, ?, ?)');
     const appendAudit = (draft: AuditDraft | undefined) => {
       if (draft) insertAudit.run(draft.at, draft.actor, draft.action, draft.entity, draft.entityId, JSON.stringify(draft.change ?? null));
@@ -368,7 +379,10 @@ export class SqliteStore implements AuthorityStore {
 
     const head = this.db.prepare<[], number>("SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'changes'), 0)").pluck();
     const oldest = this.db.prepare<[], number | null>('SELECT min(seq) FROM changes').pluck();
-    const since = this.db.prepare<[number, number], StoreChange>('SELECT seq, entity, id FROM changes WHERE seq > ? ORDER BY seq LIMIT ?');
+    const since = this.db.prepare<[number, number], StoreChange>(
+      "SELECT seq, entity, id, coalesce(tag, '') AS tag FROM changes WHERE seq > ? ORDER BY seq LIMIT ?",
+    );
+    const tagAt = this.db.prepare<[number], string>("SELECT coalesce(tag, '') FROM changes WHERE seq = ?").pluck();
     const prune = this.db.prepare('DELETE FROM changes WHERE seq <= ?');
     const memoOf: Record<ChangedEntity, ReadMemo> = { apiKey: apiKeyMemo, keyPair: keyPairMemo, revocation: revokedMemo };
     // One read transaction: the range check and the rows see the same state, even while another
@@ -385,6 +399,7 @@ export class SqliteStore implements AuthorityStore {
         return storeId;
       },
       head: async () => head.get()!,
+      tagAt: async (seq) => (seq === 0 ? '' : tagAt.get(seq)),
       since: async (seq, limit) => {
         const changes = readSince(seq, limit);
         // Whoever reads a change next reads the entity: never from a cached copy older than the
