@@ -42,7 +42,14 @@ export type RoutePolicy = z.infer<typeof policySchema>;
 
 export const extAuthzConfigSchema = z
   .object({
-    grpc: z.object({ host: z.string().default('0.0.0.0'), port: portSetting.default(9191) }).prefault({}),
+    grpc: z
+      .object({
+        host: z.string().default('0.0.0.0'),
+        port: portSetting.default(9191),
+        /** Check's gRPC server: grpc-js, or a small one on node:http2 (libs/grpc/h2-server.ts), cheaper per call. */
+        server: z.enum(['grpc-js', 'http2']).default('grpc-js'),
+      })
+      .prefault({}),
     http: z.object({ host: z.string().default('0.0.0.0'), port: portSetting.default(9192), limits: httpLimitsSchema }).prefault({}),
     authority: z
       .object({
@@ -99,6 +106,7 @@ export type ExtAuthzConfig = z.infer<typeof extAuthzConfigSchema>;
 export const EXT_AUTHZ_ENV_OVERRIDES = {
   GRPC_HOST: 'grpc.host',
   GRPC_PORT: 'grpc.port',
+  GRPC_SERVER: 'grpc.server',
   HTTP_HOST: 'http.host',
   HTTP_PORT: 'http.port',
   ...httpLimitEnvOverrides('HTTP_', 'http.limits'),

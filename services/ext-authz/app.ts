@@ -18,6 +18,8 @@ import { countUnexpectedError } from '../../libs/observability/unexpected-errors
 import { AuthorityWatchClient } from './authority-watch';
 import { logDecision } from './decision-log';
 import { addCheckService } from './envoy-check';
+import { H2GrpcServer } from '../../libs/grpc/h2-server';
+import type { Decision } from '../../libs/authz/decision';
 import { installTraceContext } from '../../libs/observability/trace-context';
 import { EXT_AUTHZ, type ExtAuthz } from './ext-authz.provider';
 import { HttpModeController } from './http-mode.controller';
@@ -135,31 +137,54 @@ export async function startExtAuthz(config: ExtAuthzConfig, options: ExtAuthzOpt
   // and health answer "not ready" until it is whole.
   watch.start();
 
-  const grpcServer = new Server({
-    'grpc.max_receive_message_length': 1024 * 1024,
-    'grpc.keepalive_time_ms': 60_000,
-    'grpc.keepalive_timeout_ms': 20_000,
-    'grpc.keepalive_permit_without_calls': 1,
-    'grpc.http2.min_ping_interval_without_data_ms': 10_000,
-    'grpc.max_concurrent_streams': 10_000,
-  });
-  addCheckService(
-    grpcServer,
-    authorizer,
-    (decision, policy) => core.decided('grpc', policy, decision),
-    (error) => {
-      countUnexpectedError('grpc');
-      logger.error({ err: error }, 'Check failed unexpectedly; answered INTERNAL');
-    },
-  );
-  health.addToServer(grpcServer);
-  const grpcPort = await new Promise<number>((resolve, reject) =>
-    grpcServer.bindAsync(
-      `${config.grpc.host.includes(':') ? `[${config.grpc.host}]` : config.grpc.host}:${config.grpc.port}`,
-      ServerCredentials.createInsecure(),
-      (error, port) => (error ? reject(error) : resolve(port)),
-    ),
-  );
+  const grpcOptions = {
+    maxReceiveMessageLength: 1024 * 1024,
+    keepaliveTimeMs: 60_000,
+    keepaliveTimeoutMs: 20_000,
+    maxConcurrentStreams: 10_000,
+  };
+  const onUnexpected = (error: Error) => {
+    countUnexpectedError('grpc');
+    logger.error({ err: error }, 'Check failed unexpectedly; answered INTERNAL');
+  };
+  const onCheck = (decision: Decision, policy: string | undefined) => core.decided('grpc', policy, decision);
+  const grpcHost = config.grpc.host.includes(':') ? `[${config.grpc.host}]` : config.grpc.host;
+  let grpcPort: number;
+  let closeGrpc: () => Promise<void>;
+  if (config.grpc.server === 'http2') {
+    const h2Server = new H2GrpcServer(grpcOptions);
+    addCheckService(h2Server, authorizer, onCheck, onUnexpected);
+    health.addToServer(h2Server as never);
+    grpcPort = await h2Server.listen(config.grpc.port, config.grpc.host);
+    closeGrpc = () => h2Server.close(SHUTDOWN_GRACE_MS);
+  } else {
+    const grpcServer = new Server({
+      'grpc.max_receive_message_length': grpcOptions.maxReceiveMessageLength,
+      'grpc.keepalive_time_ms': grpcOptions.keepaliveTimeMs,
+      'grpc.keepalive_timeout_ms': grpcOptions.keepaliveTimeoutMs,
+      'grpc.keepalive_permit_without_calls': 1,
+      'grpc.http2.min_ping_interval_without_data_ms': 10_000,
+      'grpc.max_concurrent_streams': grpcOptions.maxConcurrentStreams,
+    });
+    addCheckService(grpcServer, authorizer, onCheck, onUnexpected);
+    health.addToServer(grpcServer);
+    grpcPort = await new Promise<number>((resolve, reject) =>
+      grpcServer.bindAsync(`${grpcHost}:${config.grpc.port}`, ServerCredentials.createInsecure(), (error, port) =>
+        error ? reject(error) : resolve(port),
+      ),
+    );
+    closeGrpc = () =>
+      new Promise<void>((resolve) => {
+        const force = setTimeout(() => {
+          grpcServer.forceShutdown();
+          resolve();
+        }, SHUTDOWN_GRACE_MS);
+        grpcServer.tryShutdown(() => {
+          clearTimeout(force);
+          resolve();
+        });
+      });
+  }
 
   const adapter = new FastifyAdapter({
     ...fastifyLimitOptions(config.http.limits),
@@ -202,16 +227,7 @@ export async function startExtAuthz(config: ExtAuthzConfig, options: ExtAuthzOpt
         health.setStatus('', 'NOT_SERVING');
         health.setStatus(AUTHORIZATION_SERVICE, 'NOT_SERVING');
         watch.stop();
-        await new Promise<void>((resolve) => {
-          const force = setTimeout(() => {
-            grpcServer.forceShutdown();
-            resolve();
-          }, SHUTDOWN_GRACE_MS);
-          grpcServer.tryShutdown(() => {
-            clearTimeout(force);
-            resolve();
-          });
-        });
+        await closeGrpc();
         await app.close();
         await quotas?.close();
         if (!quotas) redis?.disconnect();

@@ -134,7 +134,7 @@ const PASS_THROUGH_CHECK: ServiceDefinition = {
  * RESOURCE_EXHAUSTED past grpc.max_receive_message_length).
  */
 export function addCheckService(
-  server: Server,
+  server: Pick<Server, 'addService'> | { addService(service: ServiceDefinition, implementation: object): void },
   authorizer: Authorizer,
   onDecision: CheckListener,
   onUnexpected: (error: Error) => void,

@@ -16,7 +16,9 @@ export class HttpModeController {
   @All('authz/:policy')
   async check(@Param('policy') policy: string, @Req() request: FastifyRequest, @Res() reply: FastifyReply): Promise<void> {
     const headers = request.headers as Record<string, string | undefined>;
-    const decision = await this.extAuthz.authorizer.check({ policy, headers, sourceAddress: clientAddress(request) });
+    // A warm-cache decision is synchronous (Authorizer.decide): awaited only when it is pending.
+    const decided = this.extAuthz.authorizer.decide({ policy, headers, sourceAddress: clientAddress(request) });
+    const decision = decided instanceof Promise ? await decided : decided;
     this.extAuthz.decided('http', policy, decision);
     reply.header('cache-control', 'no-store');
     if (decision.allowed) {
