@@ -47,7 +47,7 @@ export const extAuthzConfigSchema = z
         host: z.string().default('0.0.0.0'),
         port: portSetting.default(9191),
         /** Check's gRPC server: grpc-js, or a small one on node:http2 (libs/grpc/h2-server.ts), cheaper per call. */
-        server: z.enum(['grpc-js', 'http2']).default('grpc-js'),
+        server: z.enum(['grpc-js', 'http2']).default('http2'),
       })
       .prefault({}),
     http: z.object({ host: z.string().default('0.0.0.0'), port: portSetting.default(9192), limits: httpLimitsSchema }).prefault({}),
