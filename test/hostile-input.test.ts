@@ -767,9 +767,10 @@ describe('hostile input in every field, against real token-authority and ext-aut
         allowedAudiences: ['billing'],
         http: { host: '127.0.0.1', port: ports.http },
         grpc: { host: '127.0.0.1', port: ports.grpc },
-        // Hundreds of failing authentications from 127.0.0.1 are the point here; the failure
-        // limits that would cut them off are tested in abuse-limits.test.ts.
-        authFailures: { perClientAddress: 1_000_000, perAddress: 1_000_000 },
+        // Hundreds of failing authentications from 127.0.0.1, most of them as the one key `app`
+        // (hostile secrets), are the point here; the failure limits that would cut them off are
+        // tested in abuse-limits.test.ts and xff-spoofing.test.ts (the per-client budget).
+        authFailures: { perClientAddress: 1_000_000, perAddress: 1_000_000, perClient: 1_000_000 },
         log: { level: 'warn' },
       }),
     );
@@ -815,7 +816,7 @@ describe('hostile input in every field, against real token-authority and ext-aut
           foo: { extractors: ['bearer'], authorizedEntities: ['route_foo'] },
           all: { extractors: ['bearer', 'basic', 'customHeaders', 'clientId'] },
         },
-        authFailures: { perClientAddress: 1_000_000, perAddress: 1_000_000 },
+        authFailures: { perClientAddress: 1_000_000, perAddress: 1_000_000, perClient: 1_000_000 },
         log: { level: 'warn' },
       }),
     );

@@ -5,6 +5,8 @@ import { startTestAuthority, TOKEN_PATH, type TestAuthority } from './support/au
 import { startEnvoy, type TestEnvoy } from './support/envoy';
 import { closeLoopbackAgents, postFrom } from './support/loopback-client';
 import { freePort } from './support/ports';
+import { redisTestPrefix, SHARED_REDIS } from './support/quota-fixtures';
+import { Redis } from 'ioredis';
 
 /*
  * Issue 22: through a real Envoy (envoy.yaml: use_remote_address, xff_num_trusted_hops 0) and the
@@ -36,7 +38,7 @@ describe('X-Forwarded-For written by the client does not evade the failure limit
       trustProxy: '1',
       authFailures: { perClientAddress: 10, perAddress: 20, windowSeconds: 60 },
     });
-    for (const clientId of ['spoofed', 'honest', 'many-a'])
+    for (const clientId of ['spoofed', 'honest', 'many-a', 'budget'])
       assert.equal((await authority.admin('POST', '/api/apikeys', { clientId, clientSecret: `${clientId}-pw` })).status, 201);
     const endpoint = (hostPort: string) => ({ address: '127.0.0.1', port: Number(hostPort.split(':').pop()) });
     // Only the token authority is used; the other clusters point at closed ports.
@@ -97,5 +99,81 @@ describe('X-Forwarded-For written by the client does not evade the failure limit
     // Even a client with the right secret is refused from that address, and passes from another.
     assert.equal((await viaEnvoy('127.0.0.5', tokenForm('many-a', 'many-a-pw'), { 'x-forwarded-for': madeUp() })).status, 429);
     assert.equal((await viaEnvoy('127.0.0.6', tokenForm('many-a', 'many-a-pw'))).status, 200);
+  });
+
+  it('holds the per-client budget across real addresses (127.0.0.10 ...): then one shared attempt per 10 s, the known address unaffected', async () => {
+    // The client's own address authenticates first, so it is known (exempt) for a day.
+    assert.equal((await viaEnvoy('127.0.0.9', tokenForm('budget', 'budget-pw'))).status, 200);
+    // 30 failures from ten real addresses, three each, every one with a made-up X-Forwarded-For: all 401.
+    for (let i = 0; i < 30; i++) {
+      const reply = await viaEnvoy(`127.0.0.${10 + (i % 10)}`, tokenForm('budget', `wrong-${i}`), { 'x-forwarded-for': madeUp() });
+      assert.equal(reply.status, 401, `failure ${i + 1}: ${reply.body}`);
+    }
+    // Past the budget: the first attempt from a fresh address takes the shared slot; the next ones wait.
+    assert.equal((await viaEnvoy('127.0.0.20', tokenForm('budget', 'wrong-31'))).status, 401);
+    for (const from of ['127.0.0.21', '127.0.0.22', '127.0.0.10']) {
+      const reply = await viaEnvoy(from, tokenForm('budget', 'budget-pw'), { 'x-forwarded-for': madeUp() });
+      assert.equal(reply.status, 429, `${from}: ${reply.body}`);
+      const retryAfter = Number(reply.headers['retry-after']);
+      assert.ok(retryAfter >= 1 && retryAfter <= 10, `Retry-After ${reply.headers['retry-after']}`);
+      assert.deepEqual(JSON.parse(reply.body), {
+        error: 'temporarily_unavailable',
+        error_description: 'too many failed client authentications; retry later',
+      });
+    }
+    // The client from its known address is not slowed down by the stranger's failures.
+    for (let i = 0; i < 3; i++) assert.equal((await viaEnvoy('127.0.0.9', tokenForm('budget', 'budget-pw'))).status, 200);
+  });
+});
+
+describe('the per-client budget is shared on Redis by authority replicas (own key prefix, cleaned up)', () => {
+  const redisKeys = redisTestPrefix();
+  const replicas: TestAuthority[] = [];
+  const pacing = scryptLimits.dutyCycle;
+
+  before(async () => {
+    scryptLimits.dutyCycle = 1;
+    for (let i = 0; i < 2; i++) {
+      const replica = await startTestAuthority({
+        redis: { url: SHARED_REDIS, keyPrefix: redisKeys.prefix },
+        authFailures: { perClientAddress: 10, perAddress: 100, perClient: 30, slowIntervalSeconds: 10 },
+      });
+      assert.equal((await replica.admin('POST', '/api/apikeys', { clientId: 'shared', clientSecret: 'shared-pw' })).status, 201);
+      replicas.push(replica);
+    }
+  });
+
+  after(async () => {
+    scryptLimits.dutyCycle = pacing;
+    closeLoopbackAgents();
+    for (const replica of replicas) await replica.stop().catch(() => undefined);
+    await redisKeys.cleanup();
+  });
+
+  it('counts failures on either replica toward one budget, and one replica sees the address known on the other', async () => {
+    // Known on replica 0 only.
+    assert.equal((await postFrom('127.0.0.40', replicas[0].url, TOKEN_PATH, tokenForm('shared', 'shared-pw'))).status, 200);
+    for (let i = 0; i < 30; i++) {
+      const reply = await postFrom(`127.0.0.${41 + (i % 15)}`, replicas[i % 2].url, TOKEN_PATH, tokenForm('shared', `wrong-${i}`));
+      assert.equal(reply.status, 401, `failure ${i + 1} on replica ${i % 2}`);
+    }
+    assert.equal((await postFrom('127.0.0.60', replicas[0].url, TOKEN_PATH, tokenForm('shared', 'wrong-x'))).status, 401, 'the slot');
+    assert.equal((await postFrom('127.0.0.61', replicas[1].url, TOKEN_PATH, tokenForm('shared', 'shared-pw'))).status, 429);
+    assert.equal((await postFrom('127.0.0.40', replicas[1].url, TOKEN_PATH, tokenForm('shared', 'shared-pw'))).status, 200);
+    // The counters are under the test's prefix on Redis.
+    const redis = new Redis(SHARED_REDIS, { maxRetriesPerRequest: 1 });
+    try {
+      const [, keys] = await redis.scan('0', 'MATCH', `${redisKeys.prefix}authfail:*`, 'COUNT', 1000);
+      assert.ok(
+        keys.some((key) => key.startsWith(`${redisKeys.prefix}authfail:client`)),
+        keys.join(' '),
+      );
+      assert.ok(
+        keys.some((key) => key.startsWith(`${redisKeys.prefix}authfail:known`)),
+        keys.join(' '),
+      );
+    } finally {
+      redis.disconnect();
+    }
   });
 });

@@ -179,8 +179,9 @@ export class Authorizer {
       const hashes = (apiKey?.secrets ?? [])
         .filter((secret) => secret.validUntil === undefined || secret.validUntil > now)
         .map((secret) => secret.hash);
-      // Refused before any hashing once this id and address (or this address) failed too often.
-      const wait = await this.guards.failures?.retryAfter(credential.clientId, sourceAddress);
+      // Refused before any hashing once this id and address (or this address) failed too often, or
+      // the id is past its budget from an address it never authenticated from (issue 22).
+      const wait = await this.guards.failures?.admit(credential.clientId, sourceAddress);
       if (wait !== undefined) return { reason: 'too_many_failures', retryAfter: wait };
       // Same work for an unknown id and a wrong secret (see secret-hash.ts).
       let matches: boolean;
@@ -194,6 +195,7 @@ export class Authorizer {
         await this.guards.failures?.failed(credential.clientId, sourceAddress);
         return { reason: 'bad_secret' };
       }
+      await this.guards.failures?.succeeded(credential.clientId, sourceAddress);
     }
     return apiKeyState(apiKey, now) ?? { apiKey, scopes: apiKey.scopes };
   }

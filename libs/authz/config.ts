@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { authFailureSettingsSchema } from '../core/auth-failure-limiter';
+import { AUTH_FAILURE_ENV_OVERRIDES, authFailureSettingsSchema } from '../core/auth-failure-limiter';
 import { booleanSetting, loadConfig, logLevelSetting, portSetting } from '../config/load-config';
 import { httpLimitEnvOverrides, httpLimitsSchema } from '../http/server-limits';
 
@@ -118,8 +118,7 @@ export const EXT_AUTHZ_ENV_OVERRIDES = {
   REDIS_URL: 'quotas.redisUrl',
   REDIS_KEY_PREFIX: 'quotas.keyPrefix',
   QUOTA_LEASE_MAX: 'quotas.leaseMax',
-  AUTH_FAILURES_PER_CLIENT_ADDRESS: 'authFailures.perClientAddress',
-  AUTH_FAILURES_PER_ADDRESS: 'authFailures.perAddress',
+  ...AUTH_FAILURE_ENV_OVERRIDES,
   LOG_LEVEL: 'log.level',
 } as const;
 

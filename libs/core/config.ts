@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { authFailureSettingsSchema } from './auth-failure-limiter';
+import { AUTH_FAILURE_ENV_OVERRIDES, authFailureSettingsSchema } from './auth-failure-limiter';
 import { booleanSetting, loadConfig, logLevelSetting, portSetting } from '../config/load-config';
 import { httpLimitEnvOverrides, httpLimitsSchema } from '../http/server-limits';
 import { trustProxySetting } from '../http/trust-proxy';
@@ -154,8 +154,7 @@ export const AUTHORITY_ENV_OVERRIDES = {
   DATA_PLANE_TOKEN_FILE: 'dataPlaneTokenFile',
   REDIS_URL: 'redis.url',
   REDIS_KEY_PREFIX: 'redis.keyPrefix',
-  AUTH_FAILURES_PER_CLIENT_ADDRESS: 'authFailures.perClientAddress',
-  AUTH_FAILURES_PER_ADDRESS: 'authFailures.perAddress',
+  ...AUTH_FAILURE_ENV_OVERRIDES,
   LOG_LEVEL: 'log.level',
   LOG_REQUESTS: 'log.requests',
 } as const;

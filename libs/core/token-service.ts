@@ -15,7 +15,7 @@ import type { AuthorityStore } from './store/repositories';
 export interface OAuthRequest {
   params: OAuthParams;
   authorization?: string;
-  /** The client's address (REST: the peer, or X-Forwarded-For with trustProxy; gRPC: the peer), for the failure limits. */
+  /** The client's address (REST: the peer, or the address the trusted proxy saw per trustProxy; gRPC: the peer), for the failure limits. */
   clientAddress?: string;
 }
 
@@ -78,15 +78,19 @@ export class TokenService {
 
   /**
    * Client authentication behind the failure limits: an id and address (or an address) that failed
-   * too often is refused with 429 before any secret is checked; every invalid_client counts.
+   * too often, or an id past its budget from an address it never authenticated from (beyond the
+   * shared slow slot), is refused with 429 before any secret is checked; every invalid_client counts.
    */
   private async authenticate(request: OAuthRequest, now: number): Promise<ApiKeyRecord> {
     const credentials = extractClientCredentials(request.authorization, request.params);
     const clientId = credentials?.clientId ?? '';
-    const wait = await this.failures.retryAfter(clientId, request.clientAddress);
+    const wait = await this.failures.admit(clientId, request.clientAddress);
     if (wait !== undefined) throw tooManyFailures(wait);
     try {
-      return await authenticateClient(this.store.apiKeys, credentials, now);
+      const apiKey = await authenticateClient(this.store.apiKeys, credentials, now);
+      // This address is known for this client: exempt from the per-client budget (issue 22).
+      await this.failures.succeeded(clientId, request.clientAddress);
+      return apiKey;
     } catch (error) {
       if (error instanceof OAuthError && error.code === 'invalid_client') await this.failures.failed(clientId, request.clientAddress);
       throw error;
