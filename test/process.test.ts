@@ -158,6 +158,9 @@ describe('the token authority process', () => {
       [{ HTTP_PORT: '70000' }, /http\.port \(from env HTTP_PORT\)/],
       [{ DEFAULT_KEY_PAIR_ALGORITHM: 'HS256' }, /defaultKeyPairAlgorithm/],
       [{ SECURE: 'maybe' }, /secure \(from env SECURE\)/],
+      // Issue 22: "trust every hop" would let clients pick their own address; the message names the accepted forms.
+      [{ TRUST_PROXY: 'true' }, /trustProxy \(from env TRUST_PROXY\): "true" \(trust every hop\) is refused.*a hop count 1-10/],
+      [{ TRUST_PROXY: '10.0.0.0/33' }, /trustProxy \(from env TRUST_PROXY\)/],
       [{ CONFIG_FILE: '/nonexistent/config.yaml' }, /does not exist/],
     ];
     for (const [env, message] of cases) {
