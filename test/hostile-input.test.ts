@@ -986,6 +986,114 @@ describe('hostile input in every field, against real token-authority and ext-aut
       }
     }
 
+    // AuthorityWatch.QuotaCounters is a client stream too: what a hostile data plane sends after
+    // its hello. The authority acknowledges the hello, ignores what answers no query, and keeps
+    // answering the admin API's quota reads (issue 18 item 1).
+    const hello = pb([[1, pb([[1, 'hostile-quota-node']])]]);
+    const counts = (fields: Buffer) => pb([[2, fields]]);
+    /** A varint field from raw varint bytes (negative and 2^64 - 1 values, which pb() does not encode). */
+    const varintField = (field: number, bytes: number[]) => Buffer.from([field * 8, ...bytes]);
+    const TEN_BYTE_MINUS_ONE = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01];
+    const quotaStreams: [string, Buffer[]][] = [
+      [
+        'answers before hello',
+        [
+          counts(
+            pb([
+              [1, 1],
+              [2, 'k'],
+            ]),
+          ),
+        ],
+      ],
+      ['two hellos, then an empty message', [hello, hello, Buffer.alloc(0)]],
+      [
+        'unknown request ids',
+        [
+          hello,
+          ...[1, 2 ** 31, 2 ** 53].map((id) =>
+            counts(
+              pb([
+                [1, id],
+                [2, 'k'],
+                [4, 5],
+              ]),
+            ),
+          ),
+        ],
+      ],
+      [
+        'huge and negative counts (int64 -1, 2^63 and more)',
+        [
+          hello,
+          counts(
+            Buffer.concat([varintField(1, TEN_BYTE_MINUS_ONE), varintField(3, TEN_BYTE_MINUS_ONE), varintField(4, TEN_BYTE_MINUS_ONE)]),
+          ),
+          counts(
+            pb([
+              [1, 2 ** 63],
+              [2, 'k'],
+              [5, 2 ** 64],
+            ]),
+          ),
+        ],
+      ],
+      [
+        'wrong wire types (request_id as bytes, client_id as a varint, counts as a string)',
+        [
+          hello,
+          counts(
+            pb([
+              [1, 'x'],
+              [3, 'y'],
+            ]),
+          ),
+          counts(Buffer.from([0x10, 0x05])),
+          pb([[2, 'not a message']]),
+        ],
+      ],
+      [
+        'a flood of 20,000 stray answers',
+        [
+          hello,
+          ...Array.from({ length: 20_000 }, (_, index) =>
+            counts(
+              pb([
+                [1, index + 1_000_000],
+                [2, 'k'],
+                [4, index],
+              ]),
+            ),
+          ),
+        ],
+      ],
+    ];
+    for (const [label, messages] of quotaStreams) {
+      const name = `QuotaCounters stream: ${label}`;
+      it(name, () =>
+        hostile('authority', name, async () => {
+          const result = await grpcWire({
+            address: authorityGrpc(),
+            path: '/token_authority.v1.AuthorityWatch/QuotaCounters',
+            messages,
+            metadata: { authorization: `Bearer ${DATA_PLANE_TOKEN}` },
+            timeoutMs: 10_000,
+          });
+          // A message protobuf cannot decode ends the stream (INTERNAL, grpc-js's parse error).
+          assertGrpc(result, name, { codes: [Grpc.OK, Grpc.INVALID_ARGUMENT], notUtf8: true });
+          if (messages[0] === hello) assert.ok(result.messages.length >= 1, `the hello is acknowledged; ${describeGrpcResult(result)}`);
+          // The admin API still reads quotas (asking the real ext-authz), in bounded time and figures.
+          await adminFetch('POST', '/api/apikeys', { clientId: 'hostile-quotas', clientSecret: SECRET });
+          const started = Date.now();
+          const answer = await adminFetch('GET', '/api/apikeys/hostile-quotas/quotas');
+          assert.equal(answer.status, 200, JSON.stringify(answer.body));
+          assert.ok(Date.now() - started < 3000, `GET quotas took ${Date.now() - started} ms`);
+          for (const [field, value] of Object.entries(answer.body))
+            if (typeof value === 'number') assert.ok(Number.isSafeInteger(value) && value >= 0, `${field} = ${value}`);
+        }),
+      );
+    }
+
     for (const [name, target, limit] of [
       ['token authority', 'authority', MAX_MESSAGE_BYTES],
       ['ext-authz', 'extAuthz', EXT_AUTHZ_MAX_MESSAGE],

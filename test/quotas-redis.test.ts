@@ -128,7 +128,9 @@ describe('three ext-authz processes sharing quotas on one Redis', () => {
       'remainingCallsPerDay',
       'remainingCallsPerMonth',
       'remainingCallsPerSec',
+      'sharedEnforcement',
     ]);
+    assert.equal(quotas.body.sharedEnforcement, true, 'one limit shared by the replicas');
   });
 
   it('DELETE /api/apikeys/:clientId/quotas resets the counters the replicas share', async () => {

@@ -230,7 +230,7 @@ describe('dailyQuota: 3 through nginx auth_request and through Envoy (both ext_a
   }
 });
 
-describe('admin API: quotas without Redis, and RFC 6902 JSON Patch', () => {
+describe('admin API: quotas without Redis and without ext-authz, and RFC 6902 JSON Patch', () => {
   let authority: TestAuthority | undefined;
 
   before(async () => {
@@ -239,12 +239,14 @@ describe('admin API: quotas without Redis, and RFC 6902 JSON Patch', () => {
   });
   after(() => authority?.stop());
 
-  it('answers 501 with a clear message for the quotas when counters are in ext-authz memory', async () => {
+  it('answers the quotas without Redis (no ext-authz connected: zeros, 0 replicas), 404 for an unknown key', async () => {
     for (const method of ['GET', 'DELETE']) {
       const answer = await authority!.admin(method, '/api/apikeys/patched/quotas');
-      assert.equal(answer.status, 501);
-      assert.equal(answer.body.error, 'not_implemented');
-      assert.match(answer.body.error_description, /REDIS_URL/);
+      assert.equal(answer.status, 200, JSON.stringify(answer.body));
+      assert.equal(answer.body.authorizedCallsPerDay, 5);
+      assert.equal(answer.body.currentCallsPerDay, 0);
+      assert.equal(answer.body.sharedEnforcement, false);
+      assert.deepEqual([answer.body.replicas, answer.body.replicasUnanswered], [0, 0]);
     }
     assert.equal((await authority!.admin('GET', '/api/apikeys/nobody/quotas')).status, 404);
   });

@@ -4,13 +4,14 @@ import { generateKeyMaterial, importKeyMaterial, KeyMaterialError, publicJwk, ty
 import { generateSecret, hashSecret } from './crypto/secret-hash';
 import { changedFields, redact, SYSTEM_ACTOR } from './audit';
 import { assertMatches, canonicalJson, entityTag, parseIfMatch } from './entity-tags';
-import { AdminError, echo } from './errors';
+import { AdminError, echo, OAuthError } from './errors';
 import type { KeyRing } from './key-ring';
 import { activeVersion, SIGN_KEYPAIR_METADATA, type ApiKeyRecord, type KeyPairRecord } from './model';
 import type { AuditDraft, AuditEntity, AuditEntry, AuthorityStore } from './store/repositories';
 import { createPublicKey, randomBytes } from 'node:crypto';
 import { applyPatch, deepClone, validate as validatePatch, type Operation } from 'fast-json-patch';
 import type { QuotaConsumption, QuotaCounters } from '../quotas/quotas';
+import { ReplicaQuotaCounters, type ReplicaReading } from '../quotas/replica-counters';
 
 /** Ids we accept for API keys and key pairs: printable, URL- and header-safe, no `:` (Basic auth) or `#` (kids). */
 const ID = z.string().regex(/^[A-Za-z0-9._~@+-]{1,128}$/, 'use 1 to 128 of A-Z a-z 0-9 . _ ~ @ + -');
@@ -252,6 +253,20 @@ function patchError(error: unknown): AdminError {
   return new AdminError(400, `invalid JSON Patch${where}: ${(failure.message ?? String(error)).split('\n')[0]}`);
 }
 
+/** GET /api/apikeys/:clientId/quotas: Otoroshi's RemainingQuotas and what the figures mean. */
+export type QuotaReport = QuotaConsumption & {
+  /** True: one limit shared by every ext-authz (Redis). False: each replica enforces alone, the figures are their sum. */
+  sharedEnforcement: boolean;
+  /** In memory only: the replicas whose counters are summed. */
+  replicas?: number;
+  /** In memory only: replicas asked that did not answer within 2 s (their calls are missing from the sum). */
+  replicasUnanswered?: number;
+};
+
+function replicaReport(reading: ReplicaReading): QuotaReport {
+  return { ...reading.consumption, sharedEnforcement: false, replicas: reading.replicas, replicasUnanswered: reading.replicasUnanswered };
+}
+
 function quotasOf(apiKey: ApiKeyRecord) {
   return { throttlingQuota: apiKey.throttlingQuota, dailyQuota: apiKey.dailyQuota, monthlyQuota: apiKey.monthlyQuota };
 }
@@ -305,8 +320,8 @@ export class AdminService {
     private readonly store: AuthorityStore,
     private readonly keyRing: KeyRing,
     private readonly now: () => number = Date.now,
-    /** Shared quota counters (Redis); undefined when each ext-authz counts in its own memory. */
-    private readonly quotaCounters?: QuotaCounters,
+    /** Shared quota counters (Redis), or the replicas that each count in their own memory. */
+    private readonly quotaCounters: QuotaCounters | ReplicaQuotaCounters = new ReplicaQuotaCounters(),
   ) {}
 
   /**
@@ -440,28 +455,40 @@ export class AdminService {
     }
   }
 
-  /** Otoroshi's RemainingQuotas of a key, read from the shared counters. */
-  async getQuotas(clientId: string): Promise<QuotaConsumption> {
+  /**
+   * Otoroshi's RemainingQuotas of a key, with where it comes from: `sharedEnforcement` true when
+   * the counters are shared on Redis (one limit for every replica); false when each ext-authz
+   * counts in its own memory, and then the figures are the sum of the `replicas` that answered
+   * (each enforces the quota alone) and `replicasUnanswered` says how many did not in time.
+   */
+  async getQuotas(clientId: string): Promise<QuotaReport> {
     const apiKey = await this.requireApiKey(clientId);
-    return this.requireQuotaCounters().consumption(clientId, quotasOf(apiKey), this.now());
+    const counters = this.quotaCounters;
+    if (counters instanceof ReplicaQuotaCounters) return replicaReport(await counters.read(clientId, quotasOf(apiKey)));
+    return { ...(await counters.consumption(clientId, quotasOf(apiKey), this.now())), sharedEnforcement: true };
   }
 
-  /** Resets a key's counters (second, day, month); answers the consumption afterwards. */
-  async resetQuotas(clientId: string): Promise<QuotaConsumption> {
+  /**
+   * Resets a key's counters (second, day, month); answers the consumption afterwards. In memory,
+   * a reset that a connected replica does not confirm in time is 503 (retry: it is idempotent).
+   */
+  async resetQuotas(clientId: string): Promise<QuotaReport> {
     const apiKey = await this.requireApiKey(clientId);
-    const counters = this.requireQuotaCounters();
-    await counters.reset(clientId, this.now());
-    return counters.consumption(clientId, quotasOf(apiKey), this.now());
-  }
-
-  private requireQuotaCounters(): QuotaCounters {
-    if (!this.quotaCounters) {
-      throw new AdminError(
-        501,
-        'quota counters are not shared: each ext-authz counts in its own memory. Set REDIS_URL (and the same REDIS_KEY_PREFIX) on ext-authz and on the token authority to read and reset them here',
-      );
+    const counters = this.quotaCounters;
+    if (counters instanceof ReplicaQuotaCounters) {
+      const reading = await counters.reset(clientId, quotasOf(apiKey));
+      if (reading.replicasUnanswered > 0)
+        throw new OAuthError(
+          'temporarily_unavailable',
+          `${reading.replicasUnanswered} ext-authz replica(s) did not confirm the reset in time; retry`,
+          503,
+          undefined,
+          1,
+        );
+      return replicaReport(reading);
     }
-    return this.quotaCounters;
+    await counters.reset(clientId, this.now());
+    return { ...(await counters.consumption(clientId, quotasOf(apiKey), this.now())), sharedEnforcement: true };
   }
 
   /** Replaces the secret; the old one keeps working for the grace period (hours, default the key's rotation.gracePeriod). */

@@ -15,6 +15,7 @@ import { openStore } from './store/open-store';
 import { TokenService } from './token-service';
 import { AuthFailureLimiter } from './auth-failure-limiter';
 import { connectRedis, RedisQuotaCounters } from '../quotas/quota-redis';
+import { ReplicaQuotaCounters } from '../quotas/replica-counters';
 
 export interface AuthorityLogger {
   info(message: string): void;
@@ -30,6 +31,11 @@ export interface Authority {
   admin: AdminService;
   /** The updates data planes replicate the state from. */
   dataPlane: DataPlaneFeed;
+  /**
+   * The ext-authz replicas that count quotas in their own memory, asked for their counters
+   * (AuthorityWatch.QuotaCounters); undefined when the counters are shared on Redis.
+   */
+  replicaQuotas?: ReplicaQuotaCounters;
   /** Whether an `Authorization` header carries the admin bearer token. */
   isAdmin(authorization: string | undefined): boolean;
   /** The audit log's actor for an admin API call: which admin token, by a digest that does not reveal it. */
@@ -109,7 +115,9 @@ export async function createAuthority(config: AuthorityConfig, log: AuthorityLog
           ),
       })
     : undefined;
-  const quotaCounters = redis ? new RedisQuotaCounters(redis, config.redis.keyPrefix) : undefined;
+  // Without Redis each ext-authz counts in its own memory: the authority asks them.
+  const quotaCounters = redis ? new RedisQuotaCounters(redis, config.redis.keyPrefix) : new ReplicaQuotaCounters();
+  const replicaQuotas: ReplicaQuotaCounters | undefined = quotaCounters instanceof ReplicaQuotaCounters ? quotaCounters : undefined;
   const admin = new AdminService(config, authorityStore, keyRing, Date.now, quotaCounters);
   if (!(await authorityStore.keyPairs.get(config.defaultKeyPair))) {
     try {
@@ -173,11 +181,13 @@ export async function createAuthority(config: AuthorityConfig, log: AuthorityLog
     tokens,
     admin,
     dataPlane,
+    replicaQuotas,
     isAdmin: (authorization) => bearerMatches(authorization, adminHash),
     adminActor: (authorization) => adminTokenActor(/^Bearer (.+)$/i.exec(authorization ?? '')?.[1].trim() ?? ''),
     isDataPlane: (authorization) => bearerMatches(authorization, adminHash) || bearerMatches(authorization, dataPlaneHash),
     async close() {
       clearInterval(purgeTimer);
+      replicaQuotas?.close();
       dataPlane.close();
       redis?.disconnect();
       await authorityStore.close();

@@ -10,6 +10,7 @@ import type { ExtAuthzConfig } from '../../libs/authz/config';
 import { AuthzMetrics } from '../../libs/authz/metrics';
 import { AuthorityReplica } from '../../libs/authz/replica';
 import { MemoryQuotaCounters, QuotaEnforcer, type QuotaCounters } from '../../libs/quotas/quotas';
+import { QuotaCountersClient } from './quota-counters-client';
 import { connectRedis, RedisQuotaCounters, whenReady } from '../../libs/quotas/quota-redis';
 import { AuthFailureLimiter } from '../../libs/core/auth-failure-limiter';
 import { createLogger, NestPinoLogger } from '../../libs/logging';
@@ -44,6 +45,8 @@ export interface ExtAuthzApp extends ExtAuthz {
   /** Base URL of the HTTP mode, /health and /metrics. */
   url: string;
   health: HealthImplementation;
+  /** The stream on which the authority reads the counters kept in memory; undefined with Redis or without quotas. */
+  quotaCounters?: QuotaCountersClient;
   close(): Promise<void>;
 }
 
@@ -99,6 +102,11 @@ export async function startExtAuthz(config: ExtAuthzConfig, options: ExtAuthzOpt
       },
       options.quotaClock,
     );
+  // Counted in this process's memory: the authority asks for the counters over a stream.
+  const quotaCountersClient =
+    counters instanceof MemoryQuotaCounters
+      ? new QuotaCountersClient(config, counters, quotas, logger, `ext-authz@${hostname()}:${process.pid}`, options.quotaClock)
+      : undefined;
   let lastStoreFailureLog = 0;
   const authorizer = new Authorizer(config, replica, Date.now, {
     quotas,
@@ -136,6 +144,7 @@ export async function startExtAuthz(config: ExtAuthzConfig, options: ExtAuthzOpt
   // The first snapshot (large with many API keys) streams in while the servers start; Check
   // and health answer "not ready" until it is whole.
   watch.start();
+  quotaCountersClient?.start();
 
   const grpcOptions = {
     maxReceiveMessageLength: 1024 * 1024,
@@ -220,6 +229,7 @@ export async function startExtAuthz(config: ExtAuthzConfig, options: ExtAuthzOpt
   return {
     ...core,
     health,
+    quotaCounters: quotaCountersClient,
     grpcAddress: `${displayHost(config.grpc.host)}:${grpcPort}`,
     url: `http://${displayHost(config.http.host)}:${httpPort}`,
     close: () =>
@@ -227,6 +237,7 @@ export async function startExtAuthz(config: ExtAuthzConfig, options: ExtAuthzOpt
         health.setStatus('', 'NOT_SERVING');
         health.setStatus(AUTHORIZATION_SERVICE, 'NOT_SERVING');
         watch.stop();
+        quotaCountersClient?.stop();
         await closeGrpc();
         await app.close();
         await quotas?.close();

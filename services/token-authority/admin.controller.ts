@@ -109,7 +109,7 @@ export class AdminController {
     return sendTagged(await (patch ? admin.patchApiKey(clientId, body, context) : admin.updateApiKey(clientId, body, context)), reply);
   }
 
-  /** Otoroshi's RemainingQuotas, from the counters ext-authz shares on Redis. */
+  /** Otoroshi's RemainingQuotas: from Redis, or summed over the ext-authz replicas that count in memory (see AdminService.getQuotas). */
   @Get('apikeys/:clientId/quotas')
   getQuotas(@Param('clientId') clientId: string) {
     return this.authority.admin.getQuotas(clientId);

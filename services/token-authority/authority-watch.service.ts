@@ -1,9 +1,17 @@
-import { loadPackageDefinition, status as GrpcStatus, type Server, type ServerWritableStream, type ServiceDefinition } from '@grpc/grpc-js';
+import {
+  loadPackageDefinition,
+  status as GrpcStatus,
+  type Server,
+  type ServerDuplexStream,
+  type ServerWritableStream,
+  type ServiceDefinition,
+} from '@grpc/grpc-js';
 import { loadSync } from '@grpc/proto-loader';
 import type { Logger } from 'pino';
 import type { Authority } from '../../libs/core/authority';
 import type { DataPlaneUpdate } from '../../libs/core/data-plane';
 import { richError } from '../../libs/grpc/rich-status';
+import type { ReplicaHandle } from '../../libs/quotas/replica-counters';
 import { serializeUpdate } from '../../libs/grpc/watch-codec';
 import { ERROR_DOMAIN } from './grpc-errors';
 import { AUTHORITY_WATCH_PROTO, LOADER_OPTIONS } from './grpc-options';
@@ -30,6 +38,19 @@ const entriesOf = (update: DataPlaneUpdate) =>
   update.removedKeyPairs.length;
 
 type WatchCall = ServerWritableStream<{ node_id?: string; resume_from_version?: string }, Buffer>;
+
+/** AuthorityWatch.QuotaCounters as proto-loader decodes it (LOADER_OPTIONS: oneofs, longs as numbers). */
+interface QuotaCountersRequest {
+  message?: 'hello' | 'counts';
+  hello?: { node_id?: string };
+  counts?: { request_id?: number; client_id?: string; calls_per_second?: number; calls_today?: number; calls_this_month?: number };
+}
+type QuotaCountersCall = ServerDuplexStream<QuotaCountersRequest, object>;
+
+/** A data plane must say hello this soon after opening QuotaCounters. */
+const QUOTA_HELLO_TIMEOUT_MS = 10_000;
+/** Bytes a QuotaCounters stream may hold unsent (a data plane that stops reading): queries past it count as unanswered. */
+const QUOTA_MAX_UNSENT_BYTES = 1024 * 1024;
 
 /** One DeltaWatch stream: the first update (snapshot or catch-up), then every delta, in order, with backpressure. */
 class UpdateStream {
@@ -126,6 +147,7 @@ class UpdateStream {
  */
 export class AuthorityWatchService {
   private readonly streams = new Set<UpdateStream>();
+  private readonly quotaStreams = new Set<QuotaCountersCall>();
 
   constructor(
     private readonly authority: Authority,
@@ -147,6 +169,93 @@ export class AuthorityWatchService {
         call.emit('error', richError(GrpcStatus.UNIMPLEMENTED, 'Watch is replaced by DeltaWatch', 'deprecated', ERROR_DOMAIN));
       },
       DeltaWatch: (call: WatchCall) => this.deltaWatch(call),
+      QuotaCounters: (call: QuotaCountersCall) => this.quotaCounters(call),
+    });
+  }
+
+  /**
+   * One data plane's quota counters (see libs/quotas/replica-counters.ts): it says hello, the
+   * authority acknowledges, then sends it the admin API's queries and takes its answers.
+   */
+  private quotaCounters(call: QuotaCountersCall): void {
+    const fail = (code: GrpcStatus, message: string, reason: string) => call.emit('error', richError(code, message, reason, ERROR_DOMAIN));
+    const [authorization] = call.metadata.get('authorization');
+    if (!this.authority.isDataPlane(typeof authorization === 'string' ? authorization : undefined)) {
+      call.emit(
+        'error',
+        richError(GrpcStatus.UNAUTHENTICATED, 'QuotaCounters needs the data plane or admin bearer token', 'invalid_token', ERROR_DOMAIN, {
+          'oauth-error': 'invalid_token',
+        }),
+      );
+      return;
+    }
+    const counters = this.authority.replicaQuotas;
+    if (!counters) {
+      fail(GrpcStatus.FAILED_PRECONDITION, 'the quota counters are shared on Redis: the authority reads them there', 'quotas_shared');
+      return;
+    }
+    let replica: ReplicaHandle | undefined;
+    let ended = false;
+    const helloTimer = setTimeout(
+      () => fail(GrpcStatus.INVALID_ARGUMENT, `no hello within ${QUOTA_HELLO_TIMEOUT_MS} ms`, 'hello_expected'),
+      QUOTA_HELLO_TIMEOUT_MS,
+    );
+    const finish = () => {
+      if (ended) return;
+      ended = true;
+      clearTimeout(helloTimer);
+      this.quotaStreams.delete(call);
+      if (replica) {
+        replica.disconnect();
+        this.logger.info({ node: replica.node }, 'data plane quota counters disconnected');
+      }
+    };
+    for (const event of ['cancelled', 'close', 'error', 'finish'] as const) call.once(event, finish);
+    this.quotaStreams.add(call);
+    call.on('data', (message: QuotaCountersRequest) => {
+      if (ended) return;
+      if (!replica) {
+        if (message.message !== 'hello') {
+          fail(GrpcStatus.INVALID_ARGUMENT, 'the first message must be hello', 'hello_expected');
+          return;
+        }
+        clearTimeout(helloTimer);
+        const node = message.hello?.node_id || 'unnamed';
+        replica = counters.connect(node, (query) => {
+          if (ended || call.writableLength > QUOTA_MAX_UNSENT_BYTES) throw new Error('the data plane does not read its queries');
+          call.write({
+            query: {
+              request_id: query.requestId,
+              client_id: query.clientId,
+              quotas: {
+                throttling_quota: query.quotas.throttlingQuota,
+                daily_quota: query.quotas.dailyQuota,
+                monthly_quota: query.quotas.monthlyQuota,
+              },
+              reset: query.reset,
+            },
+          });
+        });
+        const now = Date.now();
+        call.write({ hello_ack: { accepted_at: { seconds: Math.floor(now / 1000), nanos: (now % 1000) * 1e6 } } });
+        this.logger.info({ node }, 'data plane quota counters connected');
+        return;
+      }
+      // Anything but an answer (a second hello, an empty message) is ignored.
+      if (message.message !== 'counts' || !message.counts) return;
+      const counts = message.counts;
+      replica.answer({
+        requestId: counts.request_id ?? 0,
+        clientId: counts.client_id ?? '',
+        callsPerSecond: counts.calls_per_second ?? 0,
+        callsToday: counts.calls_today ?? 0,
+        callsThisMonth: counts.calls_this_month ?? 0,
+      });
+    });
+    // The data plane half-closed: nothing more to ask it.
+    call.on('end', () => {
+      finish();
+      call.end();
     });
   }
 
@@ -187,5 +296,6 @@ export class AuthorityWatchService {
   /** Ends every stream (shutdown): data planes reconnect elsewhere and resume. */
   endAll(): void {
     for (const stream of [...this.streams]) stream.end();
+    for (const call of [...this.quotaStreams]) call.end();
   }
 }

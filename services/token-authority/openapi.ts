@@ -307,6 +307,8 @@ interface AdminOperation {
   ifMatch?: boolean;
   /** Codes the operation answers besides 401, and 400/413 for a body. */
   errors: Partial<Record<'400' | '404' | '409' | '501', string>>;
+  /** What 503 means here besides the shared store out of reach. */
+  unavailable?: string;
 }
 
 /** RFC 6902 operations, as PATCH takes them. */
@@ -330,10 +332,12 @@ function withJsonPatch<T extends { requestBody?: { required: boolean; content: R
   return { ...operation, requestBody: { required: false, content } };
 }
 
-const QUOTA_CONSUMPTION = {
+/** Otoroshi's RemainingQuotas, and what the figures mean (libs/core/admin-service.ts QuotaReport). */
+const QUOTA_REPORT = {
   type: 'object',
   additionalProperties: false,
   required: [
+    'sharedEnforcement',
     'authorizedCallsPerSec',
     'currentCallsPerSec',
     'remainingCallsPerSec',
@@ -344,11 +348,25 @@ const QUOTA_CONSUMPTION = {
     'currentCallsPerMonth',
     'remainingCallsPerMonth',
   ],
-  properties: Object.fromEntries(
-    ['Sec', 'Day', 'Month'].flatMap((unit) =>
-      ['authorized', 'current', 'remaining'].map((kind) => [`${kind}CallsPer${unit}`, { type: 'number' }]),
+  properties: {
+    ...Object.fromEntries(
+      ['Sec', 'Day', 'Month'].flatMap((unit) =>
+        ['authorized', 'current', 'remaining'].map((kind) => [`${kind}CallsPer${unit}`, { type: 'number' }]),
+      ),
     ),
-  ),
+    sharedEnforcement: {
+      type: 'boolean',
+      description:
+        'true: the counters are shared on Redis, one limit for every ext-authz. false: each ext-authz counts and enforces in its own memory; the figures are the sum over the replicas that answered, and N replicas may admit up to N times the quota together.',
+    },
+    replicas: { type: 'integer', minimum: 0, description: 'In memory only: the ext-authz replicas whose counters are summed.' },
+    replicasUnanswered: {
+      type: 'integer',
+      minimum: 0,
+      description:
+        'In memory only: replicas connected to the authority that did not answer within 2 s (their calls are missing from the sum).',
+    },
+  },
 };
 
 const ETAG_HEADER = {
@@ -385,7 +403,9 @@ function adminOperation(operation: AdminOperation) {
   }
   for (const [code, text] of Object.entries(errors)) responses[code] = errorResponse(text, ADMIN_ERROR);
   if (operation.body) Object.assign(responses, bodyErrors(ADMIN_ERROR));
-  responses['503'] = storeUnavailable(OAUTH_ERROR);
+  responses['503'] = operation.unavailable
+    ? errorResponse(operation.unavailable, OAUTH_ERROR, { 'Retry-After': { schema: { type: 'string' } } })
+    : storeUnavailable(OAUTH_ERROR);
   const parameters = [...(operation.parameters ?? []), ...(operation.ifMatch ? [IF_MATCH] : [])];
   return {
     operationId: operation.operationId,
@@ -598,19 +618,22 @@ export function openApiDocument(): Record<string, unknown> {
       '/api/apikeys/{clientId}/quotas': {
         get: adminOperation({
           operationId: 'getApiKeyQuotas',
-          summary: "The key's quota consumption (Otoroshi's RemainingQuotas), from the counters ext-authz shares on Redis",
+          summary:
+            "The key's quota consumption (Otoroshi's RemainingQuotas): from the counters ext-authz shares on Redis, or else the sum of what every connected ext-authz counted in memory",
           tag: 'apikeys',
           parameters: [CLIENT_ID],
-          ok: ['200', 'Consumption now.', QUOTA_CONSUMPTION],
-          errors: { '404': 'No such API key.', '501': 'Counters are not shared (no REDIS_URL): each ext-authz counts in memory.' },
+          ok: ['200', 'Consumption now.', QUOTA_REPORT],
+          errors: { '404': 'No such API key.' },
         }),
         delete: adminOperation({
           operationId: 'resetApiKeyQuotas',
-          summary: "Reset the key's counters (second, day, month)",
+          summary: "Reset the key's counters (second, day, month), on Redis or in every connected ext-authz",
           tag: 'apikeys',
           parameters: [CLIENT_ID],
-          ok: ['200', 'Consumption after the reset.', QUOTA_CONSUMPTION],
-          errors: { '404': 'No such API key.', '501': 'Counters are not shared (no REDIS_URL): each ext-authz counts in memory.' },
+          ok: ['200', 'Consumption after the reset.', QUOTA_REPORT],
+          errors: { '404': 'No such API key.' },
+          unavailable:
+            'temporarily_unavailable: the shared store is out of reach, or (counters in ext-authz memory) a connected ext-authz did not confirm the reset within 2 s; retry after Retry-After seconds (a reset is idempotent).',
         }),
       },
       '/api/apikeys/{clientId}/rotate-secret': {

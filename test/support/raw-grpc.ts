@@ -49,6 +49,8 @@ export interface GrpcWireCall {
   path: string;
   /** One request message; none sends an empty request stream. */
   message?: Buffer;
+  /** Several request messages (a client stream), sent in order before the stream is half-closed. */
+  messages?: Buffer[];
   /** Metadata: each value's characters are sent as bytes (latin1), so any byte can be sent. */
   metadata?: Record<string, string>;
   timeoutMs?: number;
@@ -170,8 +172,9 @@ export function grpcWire(call: GrpcWireCall): Promise<GrpcWireResult> {
       release();
       resolve(result);
     });
-    if (call.message === undefined) stream.end();
-    else stream.end(grpcFrame(call.message));
+    const frames = call.messages ?? (call.message === undefined ? [] : [call.message]);
+    if (frames.length === 0) stream.end();
+    else stream.end(Buffer.concat(frames.map(grpcFrame)));
   });
 }
 

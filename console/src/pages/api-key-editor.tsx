@@ -494,6 +494,15 @@ export function ApiKeyEditor({ clientId }: { clientId?: string }) {
             {consumption && (
               <section aria-labelledby="consumption-title">
                 <h3 id="consumption-title">Current consumption</h3>
+                <p class="hint">
+                  {consumption.sharedEnforcement === false
+                    ? `The sum over ${String(consumption.replicas ?? 0)} ext-authz replica(s) counting in their own memory: each enforces the quotas on its own, not shared${
+                        Number(consumption.replicasUnanswered) > 0
+                          ? `; ${String(consumption.replicasUnanswered)} did not answer in time`
+                          : ''
+                      }.`
+                    : 'Counted on Redis: one limit shared by every ext-authz.'}
+                </p>
                 <dl class="consumption">
                   {Object.entries(consumption).map(([name, value]) => (
                     <div key={name}>
