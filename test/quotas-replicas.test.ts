@@ -176,8 +176,8 @@ describe('quota consumption read from ext-authz replicas that count in memory (n
     await replicas[1].start();
     await eventually(async () => (await quotas()).body.replicas === 2, 10_000, 'the restarted replica reconnects');
   });
+
   it('a hostile replica (stray, wrong-key, duplicate answers; int64 extremes) gets bounded figures summed and nothing else', async () => {
-    // biome-ignore lint/suspicious/noExplicitAny: a package loaded from .proto at run time has no static type
     const definition = loadPackageDefinition(loadSync(AUTHORITY_WATCH_PROTO, LOADER_OPTIONS)) as any;
     const client = new definition.token_authority.v1.AuthorityWatch(authority!.grpcAddress, credentials.createInsecure());
     const metadata = new Metadata();
