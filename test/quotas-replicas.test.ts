@@ -48,6 +48,9 @@ describe('quota consumption read from ext-authz replicas that count in memory (n
     authority = await startTestAuthority();
     token = await keyWithQuotas(authority, 'counted', QUOTAS);
     dir = mkdtempSync(join(tmpdir(), 'quotas-replicas-'));
+    const tokenFile = join(dir, 'data-plane-token');
+    writeFileSync(tokenFile, ADMIN_TOKEN);
+    const tokenSource = (i: number) => (i === 0 ? { token: ADMIN_TOKEN } : { tokenFile });
     for (let i = 0; i < 2; i++) {
       const [grpcPort, httpPort] = [await freePort(), await freePort()];
       const config = join(dir, `ext-authz-${i}.yaml`);
@@ -56,7 +59,9 @@ describe('quota consumption read from ext-authz replicas that count in memory (n
         JSON.stringify({
           grpc: { host: '127.0.0.1', port: grpcPort },
           http: { host: '127.0.0.1', port: httpPort },
-          authority: { url: authority.grpcAddress, token: ADMIN_TOKEN, initialBackoff: 50, maxBackoff: 500 },
+          // The second replica reads its token from a file, as in docker-compose (AUTHORITY_TOKEN_FILE):
+          // both of its streams (DeltaWatch and QuotaCounters) must present it.
+          authority: { url: authority.grpcAddress, ...tokenSource(i), initialBackoff: 50, maxBackoff: 500 },
           policies: { foo: TEST_POLICIES.foo },
           log: { level: 'warn' },
         }),

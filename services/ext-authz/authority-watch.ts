@@ -11,9 +11,9 @@ import type { Logger } from 'pino';
 import type { AuthorityReplica } from '../../libs/authz/replica';
 import type { ExtAuthzConfig } from '../../libs/authz/config';
 import type { DataPlaneUpdate } from '../../libs/core/data-plane';
-import { readSecretFile } from '../../libs/core/secret-file';
 import { deserializeUpdate } from '../../libs/grpc/watch-codec';
 import { AUTHORITY_WATCH_PROTO, LOADER_OPTIONS } from '../token-authority/grpc-options';
+import { currentAuthorityToken } from './authority-token';
 
 /**
  * Keeps the replica current from the authority's DeltaWatch stream. When the stream breaks, the
@@ -58,7 +58,7 @@ export class AuthorityWatchClient {
 
   private connect(resume = true): void {
     const metadata = new Metadata();
-    const token = this.token();
+    const token = currentAuthorityToken(this.config.authority, this.logger);
     if (token) metadata.set('authorization', `Bearer ${token}`);
     const resumeFrom = resume && this.replica.ready ? this.replica.version : '';
     // Decoded by protobufjs directly into updates (watch-codec.ts), not through proto-loader.
@@ -95,21 +95,6 @@ export class AuthorityWatchClient {
       this.retry(error.code === GrpcStatus.UNAUTHENTICATED ? `refused: ${error.details}` : error.details),
     );
     call.on('end', () => this.retry('stream ended'));
-  }
-
-  /**
-   * AUTHORITY_TOKEN, or the one in AUTHORITY_TOKEN_FILE as it is now: the authority may create
-   * that file after ext-authz started (docker-compose), and a refused stream retries.
-   */
-  private token(): string | undefined {
-    const { token, tokenFile } = this.config.authority;
-    if (token || !tokenFile) return token;
-    try {
-      return readSecretFile(tokenFile) || undefined;
-    } catch (error) {
-      this.logger.warn({ err: error }, `cannot read ${tokenFile}`);
-      return undefined;
-    }
   }
 
   /** Ends the current stream quietly and opens another. */

@@ -11,6 +11,7 @@ import type { Logger } from 'pino';
 import type { ExtAuthzConfig } from '../../libs/authz/config';
 import type { MemoryQuotaCounters, QuotaEnforcer } from '../../libs/quotas/quotas';
 import { AUTHORITY_WATCH_PROTO, LOADER_OPTIONS } from '../token-authority/grpc-options';
+import { currentAuthorityToken } from './authority-token';
 
 /** AuthorityWatch.QuotaCounters as proto-loader decodes the authority's messages. */
 interface QuotaCountersResponse {
@@ -70,7 +71,8 @@ export class QuotaCountersClient {
 
   private connect(): void {
     const metadata = new Metadata();
-    if (this.config.authority.token) metadata.set('authorization', `Bearer ${this.config.authority.token}`);
+    const token = currentAuthorityToken(this.config.authority, this.logger);
+    if (token) metadata.set('authorization', `Bearer ${token}`);
     const call: ClientDuplexStream<object, QuotaCountersResponse> = this.client.QuotaCounters(metadata);
     this.call = call;
     this.opened += 1;
