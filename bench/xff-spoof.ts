@@ -1,10 +1,7 @@
-import { type ChildProcess, spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { rmSync } from 'node:fs';
 import path from 'node:path';
-import { envoyBinary } from '../test/support/envoy';
+import { startLocalStack } from '../test/support/local-stack';
 import { closeLoopbackAgents, postFrom } from '../test/support/loopback-client';
-import { freePort } from '../test/support/ports';
 import { send } from '../test/support/proxy-request';
 
 /**
@@ -32,47 +29,13 @@ const madeUpAddress = () => {
   return `10.${(spoof >> 16) & 255}.${(spoof >> 8) & 255}.${spoof & 255}`;
 };
 
-async function startStack(): Promise<{ stack: ChildProcess; base: string; dataDir: string; output: () => string }> {
-  const binary = envoyBinary();
-  const ports: Record<string, string> = {};
-  for (const name of [
-    'PORT',
-    'HTTPS_PORT',
-    'AUTHORITY_HTTP_PORT',
-    'AUTHORITY_GRPC_PORT',
-    'EXT_AUTHZ_GRPC_PORT',
-    'EXT_AUTHZ_HTTP_PORT',
-    'ECHO_PORT',
-    'ENVOY_ADMIN_PORT',
-  ])
-    ports[name] = String(await freePort());
-  const dataDir = mkdtempSync(path.join(tmpdir(), 'xff-bench-'));
-  const stack = spawn(process.execPath, [path.join(ROOT, 'dist', 'services', 'local-stack', 'main.js')], {
-    cwd: ROOT,
-    env: {
-      PATH: `${path.dirname(binary)}:${process.env.PATH}`,
-      ENVOY_BINARY: binary,
-      ADMIN_TOKEN,
-      DATA_DIR: dataDir,
-      HTTP_HOST: '127.0.0.1',
-      LOG_LEVEL: 'warn',
-      ...ports,
-    },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let output = '';
-  stack.stdout!.setEncoding('utf8').on('data', (chunk: string) => (output += chunk));
-  stack.stderr!.setEncoding('utf8').on('data', (chunk: string) => (output += chunk));
-  const started = Date.now();
-  while (!output.includes('local stack ready')) {
-    if (stack.exitCode !== null || Date.now() - started > STACK_START_MS) throw new Error(`the stack did not start:\n${output}`);
-    await new Promise((done) => setTimeout(done, 100));
-  }
-  return { stack, base: `http://127.0.0.1:${ports.PORT}`, dataDir, output: () => output };
-}
-
 async function main(): Promise<void> {
-  const { stack, base, dataDir } = await startStack();
+  const { stack, base, dataDir } = await startLocalStack({
+    root: ROOT,
+    adminToken: ADMIN_TOKEN,
+    dataDirPrefix: 'xff-bench-',
+    startMs: STACK_START_MS,
+  });
   const deadline = Date.now() + RUN_MS;
   const rows: [string, string][] = [];
   try {

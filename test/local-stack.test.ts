@@ -1,11 +1,9 @@
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import type { ChildProcess } from 'node:child_process';
+import { rmSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { envoyBinary } from './support/envoy';
-import { freePort } from './support/ports';
+import { startLocalStack } from './support/local-stack';
 import { FOO, send } from './support/proxy-request';
 
 const ROOT = path.resolve(__dirname, '..', '..');
@@ -48,58 +46,25 @@ const alive = (pid: number) => {
 /** `npm start`'s stack (dist/services/local-stack/main.js) with a real Envoy, on free ports. */
 describe('the local stack (npm start) with Envoy on PATH', () => {
   let stack: ChildProcess;
-  let output = '';
+  let output = () => '';
   let base = '';
-  const dataDir = mkdtempSync(path.join(tmpdir(), 'local-stack-'));
+  let dataDir = '';
 
   before(async () => {
-    const binary = envoyBinary();
-    const ports: Record<string, string> = {};
-    for (const name of [
-      'PORT',
-      'HTTPS_PORT',
-      'AUTHORITY_HTTP_PORT',
-      'AUTHORITY_GRPC_PORT',
-      'EXT_AUTHZ_GRPC_PORT',
-      'EXT_AUTHZ_HTTP_PORT',
-      'ECHO_PORT',
-      'ENVOY_ADMIN_PORT',
-    ])
-      ports[name] = String(await freePort());
-    stack = spawn(process.execPath, [path.join(ROOT, 'dist', 'services', 'local-stack', 'main.js')], {
-      cwd: ROOT,
-      env: {
-        PATH: `${path.dirname(binary)}:${process.env.PATH}`,
-        ENVOY_BINARY: binary,
-        ADMIN_TOKEN,
-        DATA_DIR: dataDir,
-        HTTP_HOST: '127.0.0.1',
-        LOG_LEVEL: 'warn',
-        ...ports,
-      },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    stack.stdout!.setEncoding('utf8').on('data', (chunk: string) => (output += chunk));
-    stack.stderr!.setEncoding('utf8').on('data', (chunk: string) => (output += chunk));
-    const started = Date.now();
-    while (!output.includes('local stack ready')) {
-      if (stack.exitCode !== null || Date.now() - started > 60_000) throw new Error(`the stack did not start:\n${output}`);
-      await new Promise((done) => setTimeout(done, 100));
-    }
-    base = `http://127.0.0.1:${ports.PORT}`;
+    ({ stack, base, dataDir, output } = await startLocalStack({ root: ROOT, adminToken: ADMIN_TOKEN, dataDirPrefix: 'local-stack-' }));
   });
 
   after(() => {
-    if (stack.exitCode === null) stack.kill('SIGKILL');
-    rmSync(dataDir, { recursive: true, force: true });
+    if (stack && stack.exitCode === null) stack.kill('SIGKILL');
+    if (dataDir) rmSync(dataDir, { recursive: true, force: true });
   });
 
   it('says where each part listens, Envoy first', () => {
-    assert.match(output, /Envoy 1\.\d+\.\d+: http:\/\/oauth\.oto\.tools:\d+ \(token authority\) and http:\/\/foo\.oto\.tools:\d+/);
-    assert.match(output, /token authority: REST http:\/\/127\.0\.0\.1:\d+, gRPC/);
-    assert.match(output, /ext-authz: Envoy Check/);
-    assert.match(output, /HTTPS: https:\/\/oauth\.oto\.tools:\d+ and https:\/\/foo\.oto\.tools:\d+, with a self-signed certificate/);
-    assert.match(output, /admin console: http:\/\/oauth\.oto\.tools:\d+\/console/);
+    assert.match(output(), /Envoy 1\.\d+\.\d+: http:\/\/oauth\.oto\.tools:\d+ \(token authority\) and http:\/\/foo\.oto\.tools:\d+/);
+    assert.match(output(), /token authority: REST http:\/\/127\.0\.0\.1:\d+, gRPC/);
+    assert.match(output(), /ext-authz: Envoy Check/);
+    assert.match(output(), /HTTPS: https:\/\/oauth\.oto\.tools:\d+ and https:\/\/foo\.oto\.tools:\d+, with a self-signed certificate/);
+    assert.match(output(), /admin console: http:\/\/oauth\.oto\.tools:\d+\/console/);
   });
 
   it('serves the admin console through Envoy at oauth.oto.tools/console', async () => {
@@ -145,7 +110,7 @@ describe('the local stack (npm start) with Envoy on PATH', () => {
     assert.ok(parts.length >= 4, `${parts.length} processes under the stack`);
     const exited = new Promise<number | null>((resolve) => stack.once('exit', (code) => resolve(code)));
     stack.kill('SIGTERM');
-    assert.equal(await exited, 0, output.slice(-2000));
+    assert.equal(await exited, 0, output().slice(-2000));
     await new Promise((done) => setTimeout(done, 200));
     assert.deepEqual(parts.filter(alive), [], 'every part has exited');
   });
