@@ -13,7 +13,7 @@ import type { ExtAuthzConfig } from '../../libs/authz/config';
 import type { DataPlaneUpdate } from '../../libs/core/data-plane';
 import { deserializeUpdate } from '../../libs/grpc/watch-codec';
 import { AUTHORITY_WATCH_PROTO, LOADER_OPTIONS } from '../token-authority/grpc-options';
-import { currentAuthorityToken } from './authority-token';
+import { currentAuthorityToken, reconnectDelay } from './authority-connection';
 
 /**
  * Keeps the replica current from the authority's DeltaWatch stream. When the stream breaks, the
@@ -119,10 +119,9 @@ export class AuthorityWatchClient {
     this.replica.abandonPartial();
     this.replica.setConnected(false);
     if (this.stopped || this.retryTimer) return;
-    const { initialBackoff, maxBackoff } = this.config.authority;
     // A stream that was delivering ends now and then by design (the server's max connection
     // age, a rolling restart): reconnect at once and quietly. Backoff starts when that fails.
-    const delay = this.attempt === 0 ? 0 : Math.min(maxBackoff, initialBackoff * 2 ** (this.attempt - 1)) * (0.5 + Math.random() / 2);
+    const delay = this.attempt === 0 ? 0 : reconnectDelay(this.config.authority, this.attempt - 1);
     this.attempt += 1;
     this.reconnects += 1;
     const log = this.attempt > 1 && this.replica.ready ? this.logger.warn.bind(this.logger) : this.logger.info.bind(this.logger);

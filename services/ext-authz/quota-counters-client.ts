@@ -11,7 +11,7 @@ import type { Logger } from 'pino';
 import type { ExtAuthzConfig } from '../../libs/authz/config';
 import type { MemoryQuotaCounters, QuotaEnforcer } from '../../libs/quotas/quotas';
 import { AUTHORITY_WATCH_PROTO, LOADER_OPTIONS } from '../token-authority/grpc-options';
-import { currentAuthorityToken } from './authority-token';
+import { currentAuthorityToken, reconnectDelay } from './authority-connection';
 
 /** AuthorityWatch.QuotaCounters as proto-loader decodes the authority's messages. */
 interface QuotaCountersResponse {
@@ -135,8 +135,7 @@ export class QuotaCountersClient {
   private retry(why: string): void {
     this.drop();
     if (this.stopped || this.retryTimer) return;
-    const { initialBackoff, maxBackoff } = this.config.authority;
-    const delay = Math.min(maxBackoff, initialBackoff * 2 ** this.attempt) * (0.5 + Math.random() / 2);
+    const delay = reconnectDelay(this.config.authority, this.attempt);
     this.attempt += 1;
     this.logger.debug({ why, retryInMs: Math.round(delay) }, 'quota counters stream disconnected');
     this.retryTimer = setTimeout(() => {

@@ -17,3 +17,8 @@ export function currentAuthorityToken(authority: ExtAuthzConfig['authority'], lo
     return undefined;
   }
 }
+
+/** How long to wait before reconnecting after `failures` broken attempts: exponential, capped, with jitter. */
+export function reconnectDelay(authority: ExtAuthzConfig['authority'], failures: number): number {
+  return Math.min(authority.maxBackoff, authority.initialBackoff * 2 ** failures) * (0.5 + Math.random() / 2);
+}
