@@ -65,10 +65,10 @@ export const tooManyFailures = (retryAfter: number) =>
 /** The bounded secret verification queue is full (see secret-hash.ts). */
 export const busy = () => new OAuthError('temporarily_unavailable', 'the server is busy; retry later', 503, undefined, 1);
 
-/** Errors of the admin API: validation, missing entity, conflict, failed If-Match, a feature not set up here. */
+/** Errors of the admin API: validation, missing entity, conflict, failed If-Match. */
 export class AdminError extends Error {
   constructor(
-    readonly status: 400 | 404 | 409 | 412 | 501,
+    readonly status: 400 | 404 | 409 | 412,
     message: string,
     readonly details?: unknown,
   ) {

@@ -11,7 +11,6 @@ const ADMIN_ERROR_CODES = {
   404: 'not_found',
   409: 'conflict',
   412: 'precondition_failed',
-  501: 'not_implemented',
 } as const;
 
 /** Body parse failures from Fastify, in words a client can act on. */

@@ -38,9 +38,7 @@ export function toGrpcError(exception: unknown): RichError {
           ? GrpcStatus.ALREADY_EXISTS
           : exception.status === 412
             ? GrpcStatus.FAILED_PRECONDITION
-            : exception.status === 501
-              ? GrpcStatus.UNIMPLEMENTED
-              : GrpcStatus.INVALID_ARGUMENT;
+            : GrpcStatus.INVALID_ARGUMENT;
     return richError(code, exception.message, 'invalid_request', ERROR_DOMAIN);
   }
   return richError(GrpcStatus.INTERNAL, 'internal error', 'server_error', ERROR_DOMAIN, { 'oauth-error': 'server_error' });

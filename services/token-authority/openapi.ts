@@ -306,7 +306,7 @@ interface AdminOperation {
   /** A write that takes If-Match (412 when the record changed since). */
   ifMatch?: boolean;
   /** Codes the operation answers besides 401, and 400/413 for a body. */
-  errors: Partial<Record<'400' | '404' | '409' | '501', string>>;
+  errors: Partial<Record<'400' | '404' | '409', string>>;
   /** What 503 means here besides the shared store out of reach. */
   unavailable?: string;
 }
