@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { after, describe, it } from 'node:test';
@@ -171,6 +171,53 @@ describe('the token authority process', () => {
       });
       assert.equal(result.status, 2, `${JSON.stringify(env)}: ${result.stderr}`);
       assert.match(result.stderr, message);
+    }
+  });
+
+  it('refuses to start, in one line, on a generated-secret file it cannot use (a dangling symbolic link, bad content)', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'ta-secret-files-'));
+    try {
+      const cases: [string, Record<string, string>, () => void, RegExp][] = [
+        [
+          'admin token hash behind a dangling link',
+          { DATA_DIR: join(dir, 'a') },
+          () => {
+            mkdirSync(join(dir, 'a'));
+            symlinkSync(join(dir, 'nowhere', 'admin'), join(dir, 'a', 'admin-token.sha256'));
+          },
+          /admin-token\.sha256 is a symbolic link to .*nowhere\/admin, which does not exist/,
+        ],
+        [
+          'data plane token behind a dangling link',
+          { DATA_DIR: join(dir, 'b'), ADMIN_TOKEN: ADMIN, DATA_PLANE_TOKEN_FILE: join(dir, 'b-token') },
+          () => symlinkSync(join(dir, 'nowhere', 'dp'), join(dir, 'b-token')),
+          /b-token is a symbolic link to .*nowhere\/dp, which does not exist/,
+        ],
+        [
+          'admin token hash that is not one',
+          { DATA_DIR: join(dir, 'c') },
+          () => {
+            mkdirSync(join(dir, 'c'));
+            writeFileSync(join(dir, 'c', 'admin-token.sha256'), 'not a digest');
+          },
+          /admin-token\.sha256 is not a SHA-256 hex digest/,
+        ],
+      ];
+      for (const [name, env, prepare, message] of cases) {
+        prepare();
+        const result = spawnSync(process.execPath, [MAIN], {
+          env: { ...process.env, DATA_DIR: dataDir, HTTP_PORT: '0', GRPC_PORT: '0', ...env },
+          encoding: 'utf8',
+          timeout: 15_000,
+        });
+        assert.equal(result.status, 2, `${name}: ${result.stderr}`);
+        assert.match(result.stderr, message, name);
+        const failure = result.stderr.split('\n').filter((line) => line.includes('failed to start'));
+        assert.equal(failure.length, 1, `${name}: ${result.stderr}`);
+        assert.doesNotMatch(result.stderr, /\n\s+at /, `${name}: no stack`);
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 

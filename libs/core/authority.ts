@@ -1,6 +1,6 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { join } from 'node:path';
-import { readOrCreateSecretFile } from './secret-file';
+import { readOrCreateSecretFile, SecretFileError } from './secret-file';
 import { AdminService } from './admin-service';
 import { adminTokenActor } from './audit';
 import type { AuthorityConfig } from './config';
@@ -69,7 +69,7 @@ function adminTokenHash(config: AuthorityConfig, log: AuthorityLogger): Buffer {
     return sha256(token).toString('hex');
   });
   if (!/^[0-9a-f]{64}$/.test(stored))
-    throw new Error(`${file} is not a SHA-256 hex digest; delete it to generate a new admin token, or set ADMIN_TOKEN`);
+    throw new SecretFileError(`${file} is not a SHA-256 hex digest; delete it to generate a new admin token, or set ADMIN_TOKEN`);
   if (created && token) {
     process.stderr.write(`\nGenerated admin API token (shown once, only its hash is kept in ${file}):\n\n  ${token}\n\n`);
     log.warn(`generated a new admin token; its hash is in ${file}`);
@@ -86,7 +86,8 @@ function dataPlaneToken(config: AuthorityConfig, log: AuthorityLogger): string |
   if (config.dataPlaneToken || !config.dataPlaneTokenFile) return config.dataPlaneToken;
   const file = config.dataPlaneTokenFile;
   const { value, created } = readOrCreateSecretFile(file, generateSecret);
-  if (value.length < 16) throw new Error(`${file} holds no data plane token of at least 16 characters; delete it to generate one`);
+  if (value.length < 16)
+    throw new SecretFileError(`${file} holds no data plane token of at least 16 characters; delete it to generate one`);
   if (created) log.info(`generated a data plane token in ${file}`);
   return value;
 }

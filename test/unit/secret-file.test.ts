@@ -1,8 +1,9 @@
 import assert from 'node:assert/strict';
-import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
+import { ConfigError } from '../../libs/config/load-config';
 import { readOrCreateSecretFile, readSecretFile } from '../../libs/core/secret-file';
 
 describe('secret files (generated tokens shared through a folder)', () => {
@@ -42,5 +43,22 @@ describe('secret files (generated tokens shared through a folder)', () => {
     assert.deepEqual(result, { value: 'the-other-process', created: false });
     assert.equal(readFileSync(file, 'utf8'), 'the-other-process');
     assert.deepEqual(readdirSync(join(dir, 'raced')), ['token'], 'our draft removed');
+  });
+
+  it('a dangling symbolic link at the path is refused with an error naming the path and its target, and nothing is left behind', () => {
+    const folder = join(dir, 'dangling');
+    const file = join(folder, 'token');
+    const target = join(folder, 'gone', 'token');
+    readOrCreateSecretFile(join(folder, 'seed'), () => 'seed'); // the folder exists
+    symlinkSync(target, file);
+    assert.throws(
+      () => readOrCreateSecretFile(file, () => 'fresh'),
+      (error: Error) =>
+        error instanceof ConfigError &&
+        error.message.includes(file) &&
+        error.message.includes(target) &&
+        /symbolic link/.test(error.message),
+    );
+    assert.deepEqual(readdirSync(folder).sort(), ['seed', 'token'], 'no draft left');
   });
 });
