@@ -1,11 +1,12 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { copyFileSync, mkdtempSync, rmSync } from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { DatabaseSync } from 'node:sqlite';
 import { describe, it } from 'node:test';
 import { parseVersion } from '../libs/core/data-plane';
-import { startTestAuthority, storeEnv, type TestAuthority } from './support/authority';
+import { startTestAuthority, storedRows, storeEnv, type TestAuthority } from './support/authority';
 import { startTestExtAuthz, type TestExtAuthz } from './support/ext-authz';
 import { freePort } from './support/ports';
 import { adminQuery, TEST_STORE_URL } from './support/postgres';
@@ -21,12 +22,16 @@ import { adminQuery, TEST_STORE_URL } from './support/postgres';
 
 const CLI = resolve(__dirname, '../services/token-authority/cli.js');
 
-function cli(authority: TestAuthority, ...args: string[]): Record<string, unknown> {
-  const result = spawnSync(process.execPath, [CLI, ...args], {
+function runCli(authority: TestAuthority, ...args: string[]) {
+  return spawnSync(process.execPath, [CLI, ...args], {
     env: { ...process.env, ...storeEnv(authority) },
     encoding: 'utf8',
     timeout: 20_000,
   });
+}
+
+function cli(authority: TestAuthority, ...args: string[]): Record<string, unknown> {
+  const result = runCli(authority, ...args);
   assert.equal(result.status, 0, `cli ${args.join(' ')}: ${result.stderr}`);
   return JSON.parse(result.stdout);
 }
@@ -143,6 +148,69 @@ describe('a restored backup under a running ext-authz', () => {
       assert.ok(replica.apiKey('next') && replica.apiKey('kept'));
     } finally {
       await extAuthz?.close();
+      await authority.stop();
+      rmSync(dataDir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('store restore of what is not a store backup (SQLite)', {
+  skip: TEST_STORE_URL ? 'store restore works on SQLite only' : false,
+}, () => {
+  it('refuses a text file, an empty or truncated file, a folder and a missing path in one line (exit 1), the store unchanged; a backup from before change tags restores', async () => {
+    const dataDir = mkdtempSync(join(tmpdir(), 'restore-bad-'));
+    const authority = await startTestAuthority({}, dataDir);
+    try {
+      for (let index = 0; index < 60; index++) {
+        const created = await authority.admin('POST', '/api/apikeys', {
+          clientId: `key-${index}`,
+          clientSecret: `secret-${index}-long-enough-0123456789`,
+        });
+        assert.equal(created.status, 201);
+      }
+      const good = join(dataDir, 'good.sqlite');
+      cli(authority, 'store', 'backup', good);
+      const whole = readFileSync(good);
+      assert.ok(whole.length >= 8 * 4096, `a backup of several pages (${whole.length} bytes)`);
+      const bad: [string, string, RegExp][] = [
+        ['a text file', 'text.sqlite', /is not a store backup/],
+        ['an empty file', 'empty.sqlite', /is not a store backup \(no api_keys/],
+        ['a truncated backup', 'truncated.sqlite', /is not a store backup/],
+        ['a folder', 'folder.sqlite', /is not a store backup/],
+        ['a missing path', 'missing.sqlite', /no backup at/],
+      ];
+      writeFileSync(join(dataDir, 'text.sqlite'), 'clientId,secret\nkey-1,abc\n'.repeat(400));
+      writeFileSync(join(dataDir, 'empty.sqlite'), '');
+      writeFileSync(join(dataDir, 'truncated.sqlite'), whole.subarray(0, Math.floor(whole.length / 2)));
+      mkdirSync(join(dataDir, 'folder.sqlite'));
+      const tables = ['api_keys', 'key_pairs', 'changes', 'meta', 'audit_log'];
+      const before = await Promise.all(tables.map((table) => storedRows(authority, table)));
+      for (const [name, file, message] of bad) {
+        const result = runCli(authority, 'store', 'restore', join(dataDir, file));
+        assert.equal(result.status, 1, `${name}: ${result.stderr}`);
+        assert.match(result.stderr, /^error: /, name);
+        assert.match(result.stderr, message, name);
+        assert.ok(result.stderr.includes(join(dataDir, file)), `${name}: names the file`);
+        assert.equal(result.stderr.trim().split('\n').length, 1, `${name}: one line, no stack: ${result.stderr}`);
+        assert.deepEqual(await Promise.all(tables.map((table) => storedRows(authority, table))), before, `${name}: store unchanged`);
+      }
+
+      // A backup written before changes had a tag column (68af527): restored, its changes untagged.
+      const old = join(dataDir, 'before-tags.sqlite');
+      copyFileSync(good, old);
+      const db = new DatabaseSync(old);
+      db.exec('ALTER TABLE changes DROP COLUMN tag');
+      db.close();
+      await authority.admin('POST', '/api/apikeys', { clientId: 'after-backup', clientSecret: 'after-backup-long-enough-0123456789' });
+      cli(authority, 'store', 'restore', old);
+      assert.equal(runCli(authority, 'apikeys', 'get', 'after-backup').status, 4, 'what came after the backup is gone');
+      assert.equal(cli(authority, 'apikeys', 'get', 'key-59').clientId, 'key-59');
+      const changes = JSON.parse(await storedRows(authority, 'changes')) as { tag: string | null }[];
+      assert.ok(changes.length >= 60 && changes.every((change) => change.tag === null), 'the old changes, untagged');
+      cli(authority, 'apikeys', 'create', '--id', 'after-restore');
+      const last = (JSON.parse(await storedRows(authority, 'changes')) as { tag: string | null }[]).at(-1);
+      assert.ok(last?.tag, 'new changes are tagged');
+    } finally {
       await authority.stop();
       rmSync(dataDir, { recursive: true, force: true });
     }

@@ -1,8 +1,9 @@
 import Database from 'better-sqlite3';
 import { randomUUID } from 'node:crypto';
-import { existsSync, mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync, statSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { nextChangeTag } from './change-tag';
+import { AdminError } from '../errors';
 import { SIGN_KEYPAIR_METADATA, type ApiKeyRecord, type KeyPairRecord } from '../model';
 import type {
   ApiKeyPageQuery,
@@ -441,29 +442,66 @@ export class SqliteStore implements AuthorityStore {
    * planes start over from the restored state instead of taking its positions for theirs.
    */
   async restoreFrom(path: string): Promise<string> {
-    if (!existsSync(path)) throw new Error(`no backup at ${path}`);
+    if (!existsSync(path)) throw new AdminError(400, `no backup at ${path}`);
+    // What is wrong with the file, in one line (the CLI prints it as is): a 400, not a stack.
+    const refuse = (why: string) => new AdminError(400, `${path} is not a store backup (${why})`);
+    const fromBackup = <T>(read: () => T): T => {
+      try {
+        return read();
+      } catch (error) {
+        if (error instanceof Database.SqliteError) throw refuse(error.message);
+        throw error;
+      }
+    };
+    if (!statSync(path).isFile()) throw refuse('not a file');
     const id = randomUUID();
-    this.db.prepare('ATTACH DATABASE ? AS restored').run(path);
+    fromBackup(() => this.db.prepare('ATTACH DATABASE ? AS restored').run(path));
     try {
       const tables = ['api_keys', 'key_pairs', 'revoked_tokens', 'changes', 'meta', 'audit_log'];
-      const present = new Set(this.db.prepare<[], string>("SELECT name FROM restored.sqlite_master WHERE type = 'table'").pluck().all());
+      const { problems, present } = fromBackup(() => ({
+        // Every page read once: a truncated or damaged file is refused before anything is replaced.
+        problems: this.db.prepare<[], string>('PRAGMA restored.quick_check(3)').pluck().all(),
+        present: new Set(this.db.prepare<[], string>("SELECT name FROM restored.sqlite_master WHERE type = 'table'").pluck().all()),
+      }));
+      if (problems.join() !== 'ok') throw refuse(`damaged: ${problems.join('; ')}`);
       const missing = tables.filter((table) => !present.has(table));
-      if (missing.length) throw new Error(`${path} is not a store backup (no ${missing.join(', ')})`);
-      this.db
-        .transaction(() => {
-          for (const table of tables) {
-            this.db.exec(`DELETE FROM main.${table}; INSERT INTO main.${table} SELECT * FROM restored.${table};`);
-          }
-          // The change log's and the audit log's positions go back with their rows.
-          this.db.exec("DELETE FROM main.sqlite_sequence WHERE name IN ('changes', 'audit_log')");
-          if (present.has('sqlite_sequence')) {
-            this.db.exec(
-              "INSERT INTO main.sqlite_sequence (name, seq) SELECT name, seq FROM restored.sqlite_sequence WHERE name IN ('changes', 'audit_log')",
-            );
-          }
-          this.setStoreId(id);
-        })
-        .immediate();
+      if (missing.length) throw refuse(`no ${missing.join(', ')}`);
+      // The columns both have, by name: a backup from before a column was added (changes.tag) restores
+      // with that column empty; one without a column the store needs is refused.
+      const columnsOf = this.db.prepare<[string, string], { name: string; notnull: number }>(
+        'SELECT name, "notnull" FROM pragma_table_info(?, ?)',
+      );
+      const copies = tables.map((table) => {
+        const have = new Set(fromBackup(() => columnsOf.all(table, 'restored')).map((column) => column.name));
+        const wanted = columnsOf.all(table, 'main');
+        const lacking = wanted.filter((column) => column.notnull && !have.has(column.name)).map((column) => column.name);
+        if (lacking.length) throw refuse(`${table} has no ${lacking.join(', ')}`);
+        const columns = wanted
+          .filter((column) => have.has(column.name))
+          .map((column) => `"${column.name}"`)
+          .join(', ');
+        return `DELETE FROM main.${table}; INSERT INTO main.${table} (${columns}) SELECT ${columns} FROM restored.${table};`;
+      });
+      const restore = this.db.transaction(() => {
+        for (const copy of copies) this.db.exec(copy);
+        // The change log's and the audit log's positions go back with their rows.
+        this.db.exec("DELETE FROM main.sqlite_sequence WHERE name IN ('changes', 'audit_log')");
+        if (present.has('sqlite_sequence')) {
+          this.db.exec(
+            "INSERT INTO main.sqlite_sequence (name, seq) SELECT name, seq FROM restored.sqlite_sequence WHERE name IN ('changes', 'audit_log')",
+          );
+        }
+        this.setStoreId(id);
+      });
+      try {
+        restore.immediate();
+      } catch (error) {
+        // Rows the store's tables refuse (a wrong type, a duplicate key): rolled back, the store unchanged.
+        const code = (error as { code?: unknown }).code;
+        if (error instanceof Database.SqliteError && typeof code === 'string' && /^SQLITE_(CONSTRAINT|MISMATCH|CORRUPT)/.test(code))
+          throw refuse(error.message);
+        throw error;
+      }
     } finally {
       this.db.exec('DETACH DATABASE restored');
     }
