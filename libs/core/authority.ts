@@ -5,6 +5,7 @@ import { AdminService } from './admin-service';
 import { adminTokenActor } from './audit';
 import type { AuthorityConfig } from './config';
 import { DataPlaneFeed } from './data-plane';
+import { RouteFeed } from './route-feed';
 import { generateSecret } from './crypto/secret-hash';
 import { AdminError } from './errors';
 import { KeyProtector } from './crypto/key-encryption';
@@ -31,6 +32,8 @@ export interface Authority {
   admin: AdminService;
   /** The updates data planes replicate the state from. */
   dataPlane: DataPlaneFeed;
+  /** Route changes for the control plane (xDS): a snapshot, then deltas; see route-feed.ts. */
+  routes: RouteFeed;
   /**
    * The ext-authz replicas that count quotas in their own memory, asked for their counters
    * (AuthorityWatch.QuotaCounters); undefined when the counters are shared on Redis.
@@ -141,11 +144,14 @@ export async function createAuthority(config: AuthorityConfig, log: AuthorityLog
     log.warn(`data plane update failed: ${error.message}`),
   );
   await dataPlane.start();
+  const routes = new RouteFeed(authorityStore, (error) => log.warn(`route feed update failed: ${error.message}`));
+  await routes.start();
   try {
     // Opens every signing key: a wrong or missing key-encryption key fails the start here.
     await keyRing.reload();
   } catch (error) {
     dataPlane.close();
+    routes.close();
     if (!options.store) await authorityStore.close();
     redis?.disconnect();
     throw error;
@@ -182,6 +188,7 @@ export async function createAuthority(config: AuthorityConfig, log: AuthorityLog
     tokens,
     admin,
     dataPlane,
+    routes,
     replicaQuotas,
     isAdmin: (authorization) => bearerMatches(authorization, adminHash),
     adminActor: (authorization) => adminTokenActor(/^Bearer (.+)$/i.exec(authorization ?? '')?.[1].trim() ?? ''),
@@ -190,6 +197,7 @@ export async function createAuthority(config: AuthorityConfig, log: AuthorityLog
       clearInterval(purgeTimer);
       replicaQuotas?.close();
       dataPlane.close();
+      routes.close();
       redis?.disconnect();
       await authorityStore.close();
     },

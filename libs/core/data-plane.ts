@@ -362,7 +362,8 @@ export class DataPlaneFeed {
   /** The current state of the entities `changes` name, in parts of at most UPDATE_CHUNK API keys. */
   private async delta(changes: StoreChange[], version: string, baseVersion: string): Promise<DataPlaneUpdate[]> {
     const now = this.now();
-    const ids = { apiKey: new Set<string>(), keyPair: new Set<string>(), revocation: new Set<string>() };
+    // Route changes are not the data plane's: they reach Envoy over xDS (the RouteFeed).
+    const ids = { apiKey: new Set<string>(), keyPair: new Set<string>(), revocation: new Set<string>(), route: new Set<string>() };
     for (const change of changes) ids[change.entity]?.add(change.id);
     const first = emptyUpdate(version, baseVersion, now);
     if (ids.keyPair.size) {

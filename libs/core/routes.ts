@@ -221,3 +221,36 @@ export function routeSetConflicts(routes: readonly Claimant[]): { id: string; is
   });
   return found;
 }
+
+/** The (domain, pathPrefix) pairs an enabled route serves: what two enabled routes may not share. */
+export function routeClaims(route: Claimant): { domain: string; pathPrefix: string }[] {
+  if (!route.enabled) return [];
+  return route.frontend.domains.map((value) => ({ domain: value.toLowerCase(), pathPrefix: route.frontend.pathPrefix }));
+}
+
+/** The issues of `candidate`'s claims already held: `owners` maps a claimed domain (same pathPrefix) to the route holding it. */
+export function claimIssues(candidate: Claimant, owners: ReadonlyMap<string, string>): RouteIssue[] {
+  const issues: RouteIssue[] = [];
+  candidate.frontend.domains.forEach((value, index) => {
+    const owner = owners.get(value.toLowerCase());
+    if (owner !== undefined && owner !== candidate.id) {
+      issues.push({
+        path: `frontend.domains.${index}`,
+        message: `route ${owner} already serves ${value} with pathPrefix ${candidate.frontend.pathPrefix}`,
+      });
+    }
+  });
+  return issues;
+}
+
+/**
+ * A write refused by the store because an enabled route already serves one of the (domain,
+ * pathPrefix) pairs: checked in the write's transaction (a unique index), so two replicas cannot
+ * both win. Nothing is written.
+ */
+export class RouteConflictError extends Error {
+  constructor(readonly issues: RouteIssue[]) {
+    super(issues.map((issue) => `${issue.path}: ${issue.message}`).join('; '));
+    this.name = 'RouteConflictError';
+  }
+}

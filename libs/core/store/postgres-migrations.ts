@@ -38,4 +38,16 @@ export const POSTGRES_MIGRATIONS: { version: number; name: string; sql: string }
     // StoreChange.tag: tells a position given out again (a restored backup) from the one a data plane saw.
     sql: `ALTER TABLE {schema}.changes ADD COLUMN tag text;`,
   },
+  {
+    version: 4,
+    name: 'routes',
+    // route_claims: the (domain, path_prefix) pairs of enabled routes, one owner each (libs/core/routes.ts).
+    sql: `
+      CREATE TABLE {schema}.routes (id text COLLATE "C" PRIMARY KEY, doc json NOT NULL);
+      CREATE TABLE {schema}.route_claims (
+        domain text NOT NULL, path_prefix text NOT NULL, route_id text COLLATE "C" NOT NULL, PRIMARY KEY (domain, path_prefix)
+      );
+      CREATE INDEX route_claims_route ON {schema}.route_claims (route_id);
+    `,
+  },
 ];

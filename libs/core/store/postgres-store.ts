@@ -2,6 +2,7 @@ import { createHash, randomUUID } from 'node:crypto';
 import pg from 'pg';
 import { StoreUnavailableError } from '../errors';
 import { SIGN_KEYPAIR_METADATA, type ApiKeyRecord, type KeyPairRecord } from '../model';
+import { claimIssues, type Route, RouteConflictError, routeClaims } from '../routes';
 import type {
   ApiKeyPageQuery,
   ApiKeyRepository,
@@ -17,6 +18,8 @@ import type {
   KeyPairRepository,
   Revocation,
   RevocationRepository,
+  RoutePageQuery,
+  RouteRepository,
   StoreChange,
   StoreStatus,
 } from './repositories';
@@ -151,16 +154,21 @@ export class PostgresStore implements AuthorityStore {
   readonly apiKeys: ApiKeyRepository;
   readonly keyPairs: KeyPairRepository;
   readonly revocations: RevocationRepository;
+  readonly routes: RouteRepository;
   readonly changes: ChangeLog;
   readonly audit: AuditRepository;
   private readonly pool: pg.Pool;
-  private readonly tables: Record<'apiKeys' | 'keyPairs' | 'revoked' | 'changes' | 'head' | 'meta' | 'audit', string>;
+  private readonly tables: Record<
+    'apiKeys' | 'keyPairs' | 'revoked' | 'routes' | 'routeClaims' | 'changes' | 'head' | 'meta' | 'audit',
+    string
+  >;
   private readonly channel: string;
   private readonly changeListeners = new Set<() => void>();
   private readonly memos: Record<ChangedEntity, AsyncReadMemo> = {
     apiKey: new AsyncReadMemo(100_000),
     keyPair: new AsyncReadMemo(1_000),
     revocation: new AsyncReadMemo(100_000),
+    route: new AsyncReadMemo(20_000),
   };
   private storeIdValue = '';
   /** The newest change whose entity this process's memos no longer hold stale. */
@@ -198,6 +206,8 @@ export class PostgresStore implements AuthorityStore {
       apiKeys: table('api_keys'),
       keyPairs: table('key_pairs'),
       revoked: table('revoked_tokens'),
+      routes: table('routes'),
+      routeClaims: table('route_claims'),
       changes: table('changes'),
       head: table('change_head'),
       meta: table('meta'),
@@ -280,6 +290,48 @@ export class PostgresStore implements AuthorityStore {
       update: (keyPair) => this.replace('keyPair', tables.keyPairs, 'id', keyPair.id, keyPair),
       modify: (id, change, options) => this.modify('keyPair', tables.keyPairs, 'id', id, change, options),
       delete: (id, options) => this.remove('keyPair', tables.keyPairs, 'id', id, options),
+    };
+
+    const routeMemo = this.memos.route;
+    const getRoutes = (ids: string[]) =>
+      routeMemo.getMany(ids, async (missing) => {
+        const { rows } = await this.query<{ id: string; doc: string }>(
+          `SELECT id, doc::text AS doc FROM ${tables.routes} WHERE id = ANY($1::text[])`,
+          [missing],
+        );
+        const byId = new Map(rows.map((row) => [row.id, row.doc]));
+        return missing.map((id) => byId.get(id));
+      });
+    const keepClaims = (client: Queryable, id: string, after: Route | undefined) => this.keepRouteClaims(client, id, after);
+    this.routes = {
+      get: async (id) => {
+        const [doc] = await getRoutes([id]);
+        return doc === undefined ? undefined : (JSON.parse(doc) as Route);
+      },
+      getMany: async (ids) => (await getRoutes(ids)).map((doc) => (doc === undefined ? undefined : (JSON.parse(doc) as Route))),
+      listPage: async (query) => {
+        const { sql, values } = routePageSql(tables.routes, query);
+        return docs<Route>((await this.query<{ doc: string }>(sql, values)).rows);
+      },
+      create: (route, options) => this.insert('route', tables.routes, 'id', route.id, route, options, keepClaims),
+      createMany: async (records) => {
+        if (!records.length) return;
+        await this.write(async (client) => {
+          await client.query(`INSERT INTO ${tables.routes} (id, doc) SELECT * FROM unnest($1::text[], $2::json[])`, [
+            records.map((record) => record.id),
+            records.map((record) => JSON.stringify(record)),
+          ]);
+          for (const record of records) await keepClaims(client, record.id, record);
+          await this.logChanges(
+            client,
+            records.map((record) => ['route', record.id]),
+          );
+        });
+        for (const record of records) routeMemo.forget(record.id);
+        this.changed();
+      },
+      modify: (id, change, options) => this.modify('route', tables.routes, 'id', id, change, options, keepClaims),
+      delete: (id, options) => this.remove('route', tables.routes, 'id', id, options, keepClaims),
     };
 
     const toRevocation = (row: { jti: string; expires_at: string }): Revocation => ({ jti: row.jti, expiresAt: Number(row.expires_at) });
@@ -497,6 +549,7 @@ export class PostgresStore implements AuthorityStore {
     id: string,
     doc: T,
     options: AuditedWrite<T> = {},
+    sideWrite?: SideWrite<T>,
   ): Promise<boolean> {
     const inserted = await this.write(async (client) => {
       const { rowCount } = await client.query(`INSERT INTO ${table} (${key}, doc) VALUES ($1, $2) ON CONFLICT DO NOTHING`, [
@@ -504,6 +557,7 @@ export class PostgresStore implements AuthorityStore {
         JSON.stringify(doc),
       ]);
       if (!rowCount) return false;
+      await sideWrite?.(client, id, doc);
       await this.logChanges(client, [[entity, id]]);
       await this.appendAudit(
         client,
@@ -524,13 +578,21 @@ export class PostgresStore implements AuthorityStore {
   }
 
   /** Deletes under the row's lock, after the caller's check of the current record (If-Match). */
-  private async remove<T>(entity: ChangedEntity, table: string, key: string, id: string, options: DeleteOptions<T> = {}): Promise<boolean> {
+  private async remove<T>(
+    entity: ChangedEntity,
+    table: string,
+    key: string,
+    id: string,
+    options: DeleteOptions<T> = {},
+    sideWrite?: SideWrite<T>,
+  ): Promise<boolean> {
     const deleted = await this.write(async (client) => {
       const { rows } = await client.query<{ doc: string }>(`SELECT doc::text AS doc FROM ${table} WHERE ${key} = $1 FOR UPDATE`, [id]);
       if (!rows.length) return false;
       const current = JSON.parse(rows[0].doc) as T;
       callerCode(() => options.check?.(current));
       await client.query(`DELETE FROM ${table} WHERE ${key} = $1`, [id]);
+      await sideWrite?.(client, id, undefined);
       await this.logChanges(client, [[entity, id]]);
       await this.appendAudit(
         client,
@@ -549,6 +611,7 @@ export class PostgresStore implements AuthorityStore {
     id: string,
     change: (current: T) => T,
     options: AuditedWrite<T> = {},
+    sideWrite?: SideWrite<T>,
   ): Promise<T | undefined> {
     const result = await this.write(async (client) => {
       const { rows } = await client.query<{ doc: string }>(`SELECT doc::text AS doc FROM ${table} WHERE ${key} = $1 FOR UPDATE`, [id]);
@@ -558,6 +621,7 @@ export class PostgresStore implements AuthorityStore {
       // The change handed back the record it was given: nothing to write, log or audit.
       if (next === current) return { next, written: false };
       await client.query(`UPDATE ${table} SET doc = $2 WHERE ${key} = $1`, [id, JSON.stringify(next)]);
+      await sideWrite?.(client, id, next);
       await this.logChanges(client, [[entity, id]]);
       await this.appendAudit(
         client,
@@ -567,6 +631,30 @@ export class PostgresStore implements AuthorityStore {
     });
     this.afterWrite(entity, id, result?.written === true);
     return result?.next;
+  }
+
+  /**
+   * Replaces route `id`'s claims with those of `after` (none after a delete). A pair another route
+   * holds is not inserted (ON CONFLICT DO NOTHING keeps the transaction usable): its owner is read
+   * and the write refused with RouteConflictError, rolled back whole. A concurrent claim of the same
+   * pair waits on the unique index until the other transaction ends, so two replicas cannot both win.
+   */
+  private async keepRouteClaims(client: Queryable, id: string, after: Route | undefined): Promise<void> {
+    const { tables } = this;
+    await client.query(`DELETE FROM ${tables.routeClaims} WHERE route_id = $1`, [id]);
+    const claims = after ? routeClaims(after) : [];
+    if (!after || !claims.length) return;
+    const { rows } = await client.query<{ domain: string }>(
+      `INSERT INTO ${tables.routeClaims} (domain, path_prefix, route_id) SELECT d, $2, $3 FROM unnest($1::text[]) AS c(d)
+       ON CONFLICT DO NOTHING RETURNING domain`,
+      [claims.map((claim) => claim.domain), after.frontend.pathPrefix, id],
+    );
+    if (rows.length === claims.length) return;
+    const { rows: owners } = await client.query<{ domain: string; route_id: string }>(
+      `SELECT domain, route_id FROM ${tables.routeClaims} WHERE path_prefix = $1 AND domain = ANY($2::text[]) AND route_id <> $3`,
+      [after.frontend.pathPrefix, claims.map((claim) => claim.domain), id],
+    );
+    throw new CallerError(new RouteConflictError(claimIssues(after, new Map(owners.map((row) => [row.domain, row.route_id])))));
   }
 
   private afterWrite(entity: ChangedEntity, id: string, changed: boolean): boolean {
@@ -760,6 +848,26 @@ export class PostgresStore implements AuthorityStore {
         this.catchingUp = undefined;
       });
   }
+}
+
+/** What a route write does besides its row, in its transaction (its claims). */
+type SideWrite<T> = (client: Queryable, id: string, after: T | undefined) => Promise<void>;
+
+/** routes filtered in SQL, as SQLite's RoutePages. */
+function routePageSql(table: string, query: RoutePageQuery): { sql: string; values: unknown[] } {
+  const values: unknown[] = [query.after ?? ''];
+  const conditions = ['id > $1'];
+  const param = (value: unknown) => {
+    values.push(value);
+    return `$${values.length}`;
+  };
+  if (query.enabled !== undefined) conditions.push(`(doc->>'enabled')::boolean = ${param(query.enabled)}`);
+  if (query.domain !== undefined)
+    conditions.push(
+      `EXISTS (SELECT 1 FROM json_array_elements_text(doc->'frontend'->'domains') AS d(value) WHERE value = ${param(query.domain)})`,
+    );
+  const sql = `SELECT doc::text AS doc FROM ${table} WHERE ${conditions.join(' AND ')} ORDER BY id LIMIT ${param(query.limit)}`;
+  return { sql, values };
 }
 
 /** api_keys filtered in SQL (json operators), as SQLite's ApiKeyPages. */

@@ -1,4 +1,5 @@
 import type { ApiKeyRecord, KeyPairRecord } from '../model';
+import type { Route } from '../routes';
 
 /**
  * The authority's storage, behind small interfaces so SQLite (embedded default) and a shared
@@ -73,7 +74,36 @@ export interface DeleteOptions<T> extends AuditedWrite<T> {
   check?: (current: T) => void;
 }
 
-export type AuditEntity = 'apikey' | 'keypair';
+/**
+ * Routes (libs/core/routes.ts), validated before they get here. Every write also keeps the
+ * route's claims ((domain, pathPrefix) pairs of an enabled route) under a unique index in the same
+ * transaction: a write claiming a pair another route holds throws RouteConflictError and writes
+ * nothing, on any replica.
+ */
+export interface RouteRepository {
+  get(id: string): Promise<Route | undefined>;
+  /** As `get`, for many ids at once, in their order (what a route change names: one query). */
+  getMany(ids: string[]): Promise<(Route | undefined)[]>;
+  /** One page in id order after `after` (exclusive), optionally filtered. */
+  listPage(query: RoutePageQuery): Promise<Route[]>;
+  /** Returns false when the id is taken. */
+  create(route: Route, options?: AuditedWrite<Route>): Promise<boolean>;
+  /** Many routes in one transaction (the seed data, imports); fails whole if one id or claim is taken. */
+  createMany(routes: Route[]): Promise<void>;
+  /** As ApiKeyRepository.modify. */
+  modify(id: string, change: (current: Route) => Route, options?: AuditedWrite<Route>): Promise<Route | undefined>;
+  delete(id: string, options?: DeleteOptions<Route>): Promise<boolean>;
+}
+
+export interface RoutePageQuery {
+  after?: string;
+  limit: number;
+  enabled?: boolean;
+  /** Routes listing this domain pattern (exactly, lower-case). */
+  domain?: string;
+}
+
+export type AuditEntity = 'apikey' | 'keypair' | 'route';
 
 /** One admin change, as the audit log keeps it. Never a secret: the core redacts `change` before it gets here. */
 export interface AuditEntry {
@@ -133,7 +163,7 @@ export interface RevocationRepository {
 }
 
 /** What a write changed, as the change log records it (the entity's id; its state is read anew). */
-export type ChangedEntity = 'apiKey' | 'keyPair' | 'revocation';
+export type ChangedEntity = 'apiKey' | 'keyPair' | 'revocation' | 'route';
 
 export interface StoreChange {
   /** Position in the log: increases with every change, never reused by this store. */
@@ -168,6 +198,7 @@ export interface AuthorityStore {
   apiKeys: ApiKeyRepository;
   keyPairs: KeyPairRepository;
   revocations: RevocationRepository;
+  routes: RouteRepository;
   changes: ChangeLog;
   audit: AuditRepository;
   /** Calls `listener` after any change, by this process or another sharing the store. */

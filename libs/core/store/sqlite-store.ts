@@ -5,6 +5,7 @@ import { dirname } from 'node:path';
 import { nextChangeTag } from './change-tag';
 import { AdminError } from '../errors';
 import { SIGN_KEYPAIR_METADATA, type ApiKeyRecord, type KeyPairRecord } from '../model';
+import { claimIssues, type Route, RouteConflictError, routeClaims } from '../routes';
 import type {
   ApiKeyPageQuery,
   ApiKeyRepository,
@@ -19,6 +20,8 @@ import type {
   DeleteOptions,
   KeyPairRepository,
   RevocationRepository,
+  RoutePageQuery,
+  RouteRepository,
   StoreChange,
 } from './repositories';
 
@@ -34,6 +37,11 @@ const SCHEMA = `
     entity TEXT NOT NULL, entity_id TEXT NOT NULL, change TEXT NOT NULL
   ) STRICT;
   CREATE INDEX IF NOT EXISTS audit_log_entity ON audit_log (entity, entity_id, id);
+  CREATE TABLE IF NOT EXISTS routes (id TEXT PRIMARY KEY, doc TEXT NOT NULL) STRICT;
+  CREATE TABLE IF NOT EXISTS route_claims (
+    domain TEXT NOT NULL, path_prefix TEXT NOT NULL, route_id TEXT NOT NULL, PRIMARY KEY (domain, path_prefix)
+  ) STRICT;
+  CREATE INDEX IF NOT EXISTS route_claims_route ON route_claims (route_id);
 `;
 
 /**
@@ -87,6 +95,8 @@ class DocumentTable<T> {
     logChange: (entity: ChangedEntity, id: string) => void,
     appendAudit: (draft: AuditDraft | undefined) => void,
     private readonly afterCommit: () => void,
+    /** Called in each write's transaction with the record before and after (routes keep their claims); may throw to abort. */
+    sideWrite: (id: string, before: T | undefined, after: T | undefined) => void = () => {},
   ) {
     this.getStatement = db.prepare<[string], { doc: string }>(`SELECT doc FROM ${table} WHERE ${key} = ?`);
     this.listStatement = db.prepare<[], { doc: string }>(`SELECT doc FROM ${table} ORDER BY ${key}`);
@@ -101,6 +111,7 @@ class DocumentTable<T> {
     }).immediate;
     this.createTransaction = db.transaction((id: string, doc: T, options: AuditedWrite<T>): number => {
       if (this.insertStatement.run(id, JSON.stringify(doc)).changes === 0) return 0;
+      sideWrite(id, undefined, doc);
       logChange(entity, id);
       appendAudit(options.audit?.(undefined, doc));
       return 1;
@@ -115,6 +126,7 @@ class DocumentTable<T> {
         // The change function handed back the record it was given: nothing to write.
         if (next === current) return { next, written: false };
         this.updateStatement.run(JSON.stringify(next), id);
+        sideWrite(id, current, next);
         logChange(entity, id);
         appendAudit(options.audit?.(current, next));
         return { next, written: true };
@@ -126,6 +138,7 @@ class DocumentTable<T> {
       const current = JSON.parse(row.doc) as T;
       options.check?.(current);
       this.deleteStatement.run(id);
+      sideWrite(id, current, undefined);
       logChange(entity, id);
       appendAudit(options.audit?.(current, undefined));
       return 1;
@@ -134,6 +147,7 @@ class DocumentTable<T> {
     this.insertMany = db.transaction((docs: [string, T][]) => {
       for (const [id, doc] of docs) {
         strictInsert.run(id, JSON.stringify(doc));
+        sideWrite(id, undefined, doc);
         logChange(entity, id);
       }
     }).immediate;
@@ -241,6 +255,32 @@ class ApiKeyPages {
   }
 }
 
+/** routes filtered in SQL, as ApiKeyPages. */
+class RoutePages {
+  private readonly statements = new Map<string, Database.Statement<unknown[], { doc: string }>>();
+  constructor(private readonly db: Database.Database) {}
+
+  page(query: RoutePageQuery): Route[] {
+    const conditions = ['id > ?'];
+    const values: unknown[] = [query.after ?? ''];
+    if (query.enabled !== undefined) {
+      conditions.push("json_extract(doc, '$.enabled') = ?");
+      values.push(query.enabled ? 1 : 0);
+    }
+    if (query.domain !== undefined) {
+      conditions.push("EXISTS (SELECT 1 FROM json_each(doc, '$.frontend.domains') WHERE value = ?)");
+      values.push(query.domain);
+    }
+    const sql = `SELECT doc FROM routes WHERE ${conditions.join(' AND ')} ORDER BY id LIMIT ?`;
+    let statement = this.statements.get(sql);
+    if (!statement) {
+      statement = this.db.prepare<unknown[], { doc: string }>(sql);
+      this.statements.set(sql, statement);
+    }
+    return statement.all(...values, query.limit).map((row) => JSON.parse(row.doc) as Route);
+  }
+}
+
 /**
  * The embedded default store. WAL with synchronous=FULL: a write is on disk before its
  * promise resolves, so a SIGKILL (or power loss) after an acknowledged write loses nothing.
@@ -249,6 +289,7 @@ export class SqliteStore implements AuthorityStore {
   readonly apiKeys: ApiKeyRepository;
   readonly keyPairs: KeyPairRepository;
   readonly revocations: RevocationRepository;
+  readonly routes: RouteRepository;
   readonly changes: ChangeLog;
   readonly audit: AuditRepository;
   private readonly db: Database.Database;
@@ -294,6 +335,7 @@ export class SqliteStore implements AuthorityStore {
     const apiKeyMemo = new ReadMemo(100_000);
     const keyPairMemo = new ReadMemo(1_000);
     const revokedMemo = new ReadMemo(100_000);
+    const routeMemo = new ReadMemo(20_000);
     const insertChange = this.db.prepare('INSERT INTO changes (entity, id, tag) VALUES (?, ?, ?)');
     const logChange = (entity: ChangedEntity, id: string) => insertChange.run(entity, id, nextChangeTag());
     const insertAudit = this.db.prepare('INSERT INTO audit_log (at, actor, action, entity, entity_id, change) VALUES (?, ?, ?, ?, ?, ?)');
@@ -311,7 +353,7 @@ export class SqliteStore implements AuthorityStore {
       if (version === seenVersion) return;
       seenVersion = version;
       storeId = selectStoreId.get()!;
-      for (const memo of [apiKeyMemo, keyPairMemo, revokedMemo]) memo.clear();
+      for (const memo of [apiKeyMemo, keyPairMemo, revokedMemo, routeMemo]) memo.clear();
       changed();
     }, CHANGE_POLL_MS).unref();
 
@@ -345,6 +387,35 @@ export class SqliteStore implements AuthorityStore {
       update: async (keyPair) => keyPairs.update(keyPair.id, keyPair),
       modify: async (id, change, options) => keyPairs.modify(id, change, options),
       delete: async (id, options) => keyPairs.delete(id, options),
+    };
+
+    // A route's claims follow it in its write's transaction; the primary key refuses a pair held by another route.
+    const deleteClaims = this.db.prepare('DELETE FROM route_claims WHERE route_id = ?');
+    const claimOwner = this.db
+      .prepare<[string, string], string>('SELECT route_id FROM route_claims WHERE domain = ? AND path_prefix = ?')
+      .pluck();
+    const insertClaim = this.db.prepare('INSERT INTO route_claims (domain, path_prefix, route_id) VALUES (?, ?, ?)');
+    const keepClaims = (id: string, _before: Route | undefined, after: Route | undefined) => {
+      deleteClaims.run(id);
+      if (!after) return;
+      const owners = new Map<string, string>();
+      for (const claim of routeClaims(after)) {
+        const owner = claimOwner.get(claim.domain, claim.pathPrefix);
+        if (owner === undefined) insertClaim.run(claim.domain, claim.pathPrefix, id);
+        else owners.set(claim.domain, owner);
+      }
+      if (owners.size) throw new RouteConflictError(claimIssues(after, owners));
+    };
+    const routes = new DocumentTable<Route>(this.db, 'routes', 'id', 'route', routeMemo, logChange, appendAudit, changed, keepClaims);
+    const routePages = new RoutePages(this.db);
+    this.routes = {
+      get: async (id) => routes.get(id),
+      getMany: async (ids) => ids.map((id) => routes.get(id)),
+      listPage: async (query) => routePages.page(query),
+      create: async (route, options) => routes.create(route.id, route, options),
+      createMany: async (records) => routes.createMany(records.map((route) => [route.id, route])),
+      modify: async (id, change, options) => routes.modify(id, change, options),
+      delete: async (id, options) => routes.delete(id, options),
     };
 
     const insertRevocation = this.db.prepare('INSERT OR IGNORE INTO revoked_tokens (jti, expires_at) VALUES (?, ?)');
@@ -385,7 +456,7 @@ export class SqliteStore implements AuthorityStore {
     );
     const tagAt = this.db.prepare<[number], string>("SELECT coalesce(tag, '') FROM changes WHERE seq = ?").pluck();
     const prune = this.db.prepare('DELETE FROM changes WHERE seq <= ?');
-    const memoOf: Record<ChangedEntity, ReadMemo> = { apiKey: apiKeyMemo, keyPair: keyPairMemo, revocation: revokedMemo };
+    const memoOf: Record<ChangedEntity, ReadMemo> = { apiKey: apiKeyMemo, keyPair: keyPairMemo, revocation: revokedMemo, route: routeMemo };
     // One read transaction: the range check and the rows see the same state, even while another
     // process prunes (positions have no gaps, so a pruned range cannot pass for a short one).
     const readSince = this.db.transaction((seq: number, limit: number): StoreChange[] | undefined => {
@@ -411,7 +482,7 @@ export class SqliteStore implements AuthorityStore {
     };
     const pruneChanges = setInterval(() => prune.run(head.get()! - CHANGES_RETAINED), CHANGES_PRUNE_MS).unref();
     this.timers = [changePoll, pruneChanges];
-    this.memos = [apiKeyMemo, keyPairMemo, revokedMemo];
+    this.memos = [apiKeyMemo, keyPairMemo, revokedMemo, routeMemo];
     this.changed = changed;
   }
 
@@ -471,7 +542,9 @@ export class SqliteStore implements AuthorityStore {
       const columnsOf = this.db.prepare<[string, string], { name: string; notnull: number }>(
         'SELECT name, "notnull" FROM pragma_table_info(?, ?)',
       );
-      const copies = tables.map((table) => {
+      // Tables a backup from before them lacks (routes): emptied when it has none.
+      const optional = ['routes', 'route_claims'];
+      const copies = [...tables, ...optional.filter((table) => present.has(table))].map((table) => {
         const have = new Set(fromBackup(() => columnsOf.all(table, 'restored')).map((column) => column.name));
         const wanted = columnsOf.all(table, 'main');
         const lacking = wanted.filter((column) => column.notnull && !have.has(column.name)).map((column) => column.name);
@@ -482,6 +555,7 @@ export class SqliteStore implements AuthorityStore {
           .join(', ');
         return `DELETE FROM main.${table}; INSERT INTO main.${table} (${columns}) SELECT ${columns} FROM restored.${table};`;
       });
+      for (const table of optional.filter((name) => !present.has(name))) copies.push(`DELETE FROM main.${table};`);
       const restore = this.db.transaction(() => {
         for (const copy of copies) this.db.exec(copy);
         // The change log's and the audit log's positions go back with their rows.
