@@ -161,6 +161,7 @@ describe('the token authority process', () => {
       // Issue 22: "trust every hop" would let clients pick their own address; the message names the accepted forms.
       [{ TRUST_PROXY: 'true' }, /trustProxy \(from env TRUST_PROXY\): "true" \(trust every hop\) is refused.*a hop count 1-10/],
       [{ TRUST_PROXY: '10.0.0.0/33' }, /trustProxy \(from env TRUST_PROXY\)/],
+      [{ TRUST_PROXY: '1,2' }, /trustProxy \(from env TRUST_PROXY\): "1" is not an IPv4 address in dotted-quad form/],
       [{ CONFIG_FILE: '/nonexistent/config.yaml' }, /does not exist/],
     ];
     for (const [env, message] of cases) {

@@ -6,8 +6,8 @@ import { z } from 'zod';
  * - `false`: none; the client address is the TCP peer, the scheme the socket's.
  * - a hop count 1..10: that many proxies in front; the address is the one the outermost of them
  *   saw (with 1: the last X-Forwarded-For entry, the one the proxy appended).
- * - a list of proxy addresses / CIDRs (IPv4 or IPv6, or proxy-addr's names `loopback`,
- *   `linklocal`, `uniquelocal`): a hop is believed while it is one of them. A client that
+ * - a list of proxy addresses / CIDRs (IPv4 as dotted quads, or IPv6, or proxy-addr's names
+ *   `loopback`, `linklocal`, `uniquelocal`): a hop is believed while it is one of them. A client that
  *   connects from one of these addresses can therefore write its own address: do not list an
  *   address clients use too (on a loopback-only stack, that is why the hop count is used).
  *
@@ -41,6 +41,7 @@ export function parseTrustProxy(value: unknown): TrustProxy {
     if (/^\d+$/.test(only)) return Number(only) === 0 ? false : hops(Number(only), only);
   }
   if (list.length === 0) throw new Error(`empty; expected ${TRUST_PROXY_FORMS}`);
+  for (const entry of list) checkIpv4Form(entry);
   try {
     // Validates every entry (addresses, prefix lengths, names) the way it will be matched.
     proxyAddr.compile(list);
@@ -48,6 +49,28 @@ export function parseTrustProxy(value: unknown): TrustProxy {
     throw new Error(`${(error as Error).message}; expected ${TRUST_PROXY_FORMS}`);
   }
   return { addresses: list };
+}
+
+/** proxy-addr's names for address ranges. */
+const RANGE_NAMES = new Set(['loopback', 'linklocal', 'uniquelocal']);
+const OCTET = String.raw`(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)`;
+const DOTTED_QUAD = new RegExp(String.raw`^${OCTET}(\.${OCTET}){3}$`);
+
+/**
+ * IPv4 entries (and a CIDR's address and netmask) must be dotted quads: proxy-addr reads the
+ * inet_aton shorthands too, so `1,2` (a hop count mistyped) would trust 0.0.0.1 and 0.0.0.2, and
+ * `0x1` or `010.0.0.1` addresses nobody meant. IPv6 entries are left to proxy-addr.
+ */
+function checkIpv4Form(entry: string): void {
+  const [address, mask] = entry.split('/', 2);
+  if (address.includes(':') || (mask === undefined && RANGE_NAMES.has(address))) return;
+  const maskOk = mask === undefined || /^\d{1,2}$/.test(mask) || DOTTED_QUAD.test(mask);
+  if (!DOTTED_QUAD.test(address) || !maskOk)
+    throw new Error(
+      `"${entry}" is not an IPv4 address in dotted-quad form (a.b.c.d, each 0-255 without leading zeros, ` +
+        `optionally /prefix-length or /a.b.c.d netmask), an IPv6 address or a range name (${[...RANGE_NAMES].join(', ')}); ` +
+        `expected ${TRUST_PROXY_FORMS}`,
+    );
 }
 
 function hops(count: number, written: string): TrustProxy {

@@ -52,6 +52,32 @@ describe('TRUST_PROXY forms (issue 22)', () => {
     assert.throws(() => parseTrustProxy('true'), /"true" \(trust every hop\) is refused/);
   });
 
+  it('refuses IPv4 entries that are not dotted quads (which would match addresses such as 0.0.0.1), naming the entry and the forms', () => {
+    for (const [value, entry] of [
+      ['1,2', '1'],
+      ['0,1', '0'],
+      ['0x1', '0x1'],
+      ['10.0.0.5,7', '7'],
+      ['10.1', '10.1'],
+      ['10.0.0.010', '10.0.0.010'],
+      ['0x0a.0.0.1', '0x0a.0.0.1'],
+      ['1/8', '1/8'],
+      ['10.1/16', '10.1/16'],
+      [['10.0.0.5', '3'], '3'],
+    ] as const) {
+      assert.throws(
+        () => parseTrustProxy(value),
+        (error: Error) =>
+          error.message.includes(`"${entry}"`) && /dotted-quad/.test(error.message) && /a hop count 1-10/.test(error.message),
+        JSON.stringify(value),
+      );
+    }
+    // Dotted quads, with a prefix length or a netmask, IPv6 (IPv4-mapped too) and the names still pass.
+    assert.deepEqual(parseTrustProxy('10.0.0.0/8,10.0.0.5,192.168.0.0/255.255.0.0,::ffff:10.0.0.1,linklocal'), {
+      addresses: ['10.0.0.0/8', '10.0.0.5', '192.168.0.0/255.255.0.0', '::ffff:10.0.0.1', 'linklocal'],
+    });
+  });
+
   it('is checked when the configuration is read: a bare true fails validation; unset is false', () => {
     const base = { dataDir: '/tmp/unused' };
     assert.equal(authorityConfigSchema.parse(base).trustProxy, false);
