@@ -2,10 +2,10 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { scryptLimits, scryptLoad, SecretHashBusy, verifySecret } from '../libs/core/crypto/secret-hash';
 import { decodeErrorInfo } from '../libs/grpc/rich-status';
-import { INTROSPECT_PATH, REVOKE_PATH, startTestAuthority, TOKEN_PATH, type TestAuthority } from './support/authority';
+import { ADMIN_TOKEN, INTROSPECT_PATH, REVOKE_PATH, startTestAuthority, TOKEN_PATH, type TestAuthority } from './support/authority';
 import { startTestExtAuthz, type TestExtAuthz } from './support/ext-authz';
 import { tokenAuthorityClient } from './support/grpc';
-import { closeLoopbackAgents, percentile, postFrom } from './support/loopback-client';
+import { closeLoopbackAgents, percentile, postFrom, requestFrom } from './support/loopback-client';
 
 const GOOD_SECRET = 'good-secret-0123456789-0123456789-0123456789';
 const tokenForm = (clientId: string, clientSecret: string) => ({
@@ -250,6 +250,60 @@ describe('the slow secret hash has bounded concurrency', () => {
     } finally {
       await authority.stop();
       closeLoopbackAgents();
+    }
+  });
+});
+
+describe('wrong admin tokens are limited per address, then for the token across addresses (known addresses exempt)', () => {
+  it('429 with Retry-After past the budget, before the token is checked; no token is no guess; the admin keeps working from where it worked', async () => {
+    // Apart from the OAuth clients' counts: the OAuth budgets stay out of the way here.
+    const authority = await startTestAuthority({
+      authFailures: { perClientAddress: 5, perAddress: 1000, windowSeconds: 60, perClient: 8, slowIntervalSeconds: 60 },
+    });
+    const admin = (from: string, token?: string) =>
+      requestFrom(from, authority.url, {
+        method: 'GET',
+        path: '/api/apikeys',
+        headers: token === undefined ? {} : { authorization: `Bearer ${token}` },
+      });
+    const statuses = async (from: string, token: string | undefined, count: number) => {
+      const seen: number[] = [];
+      for (let index = 0; index < count; index++) seen.push((await admin(from, token)).status);
+      return seen.join(',');
+    };
+    try {
+      assert.equal((await admin('127.0.0.3', ADMIN_TOKEN)).status, 200, 'the admin, from its usual address');
+      // Five wrong tokens from one address, then refused, the right token too (no oracle).
+      assert.equal(await statuses('127.0.0.2', 'wrong-admin-token', 7), '401,401,401,401,401,429,429');
+      const refused = await admin('127.0.0.2', ADMIN_TOKEN);
+      assert.equal(refused.status, 429);
+      const retryAfter = Number(refused.headers['retry-after']);
+      assert.ok(retryAfter >= 1 && retryAfter <= 60, `Retry-After ${refused.headers['retry-after']}`);
+      assert.deepEqual(JSON.parse(refused.body), {
+        error: 'temporarily_unavailable',
+        error_description: 'too many wrong admin tokens; retry later',
+      });
+      assert.equal((await admin('127.0.0.3', ADMIN_TOKEN)).status, 200, 'another address is not affected');
+      // Requests without a token are not guesses.
+      assert.equal(await statuses('127.0.0.4', undefined, 10), '401,401,401,401,401,401,401,401,401,401');
+      // The OAuth clients' budget is another one: five failed client logins from 127.0.0.4 leave its admin budget alone.
+      for (let index = 0; index < 5; index++)
+        assert.equal((await postFrom('127.0.0.4', authority.url, TOKEN_PATH, tokenForm('nobody', `wrong-${index}`))).status, 401);
+      // Three more wrong tokens from a second address: eight in all, the token's budget is spent.
+      assert.equal(await statuses('127.0.0.4', 'wrong-admin-token', 3), '401,401,401');
+      // Past it, addresses never seen with the right token share one attempt per slowIntervalSeconds...
+      // (a wrong token takes the slot here; a right one would make its address known).
+      assert.equal((await admin('127.0.0.5', 'wrong-admin-token')).status, 401);
+      assert.equal((await admin('127.0.0.5', ADMIN_TOKEN)).status, 429);
+      assert.equal((await admin('127.0.0.6', ADMIN_TOKEN)).status, 429);
+      // ...while the addresses that presented it lately are exempt.
+      assert.equal(await statuses('127.0.0.3', ADMIN_TOKEN, 3), '200,200,200');
+      const unauthorized = await admin('127.0.0.3', 'wrong-admin-token');
+      assert.equal(unauthorized.status, 401);
+      assert.equal(unauthorized.headers['www-authenticate'], 'Bearer realm="admin"');
+    } finally {
+      closeLoopbackAgents();
+      await authority.stop();
     }
   });
 });

@@ -7,7 +7,7 @@ import type { AuthorityConfig } from './config';
 import { DataPlaneFeed } from './data-plane';
 import { RouteFeed } from './route-feed';
 import { generateSecret } from './crypto/secret-hash';
-import { AdminError } from './errors';
+import { AdminError, adminTokenRequired, tooManyAdminFailures } from './errors';
 import { KeyProtector } from './crypto/key-encryption';
 import { KeyRing } from './key-ring';
 import type { AuthorityObserver } from './observer';
@@ -41,12 +41,21 @@ export interface Authority {
   replicaQuotas?: ReplicaQuotaCounters;
   /** Whether an `Authorization` header carries the admin bearer token. */
   isAdmin(authorization: string | undefined): boolean;
+  /**
+   * The admin API's door: resolves when `authorization` carries the admin token, else throws 401;
+   * behind the failure limits (authFailures, counted apart from the OAuth clients'), so an address
+   * that sent too many wrong tokens gets 429 with Retry-After before its token is checked.
+   */
+  authorizeAdmin(authorization: string | undefined, address: string): Promise<void>;
   /** The audit log's actor for an admin API call: which admin token, by a digest that does not reveal it. */
   adminActor(authorization: string | undefined): string;
   /** Whether it carries a token that may follow DeltaWatch (the data plane token or the admin token). */
   isDataPlane(authorization: string | undefined): boolean;
   close(): Promise<void>;
 }
+
+/** The admin token's name in its failure limiter (the limiter's one "client id"). */
+const ADMIN_IDENTITY = 'admin-token';
 
 const sha256 = (value: string) => createHash('sha256').update(value, 'utf8').digest();
 
@@ -174,6 +183,10 @@ export async function createAuthority(config: AuthorityConfig, log: AuthorityLog
     new AuthFailureLimiter(config.authFailures, redis, config.redis.keyPrefix),
   );
   const adminHash = options.adminApi === false ? undefined : adminTokenHash(config, log);
+  // Wrong admin tokens have their own budgets (keys apart from the OAuth clients'), the admin
+  // token being the one "client": per address, then for the token across addresses, where the
+  // addresses that presented the right token lately are exempt (auth-failure-limiter.ts).
+  const adminFailures = new AuthFailureLimiter(config.authFailures, redis, `${config.redis.keyPrefix}admin-`);
   const dataPlaneSecret = dataPlaneToken(config, log);
   const dataPlaneHash = dataPlaneSecret ? sha256(dataPlaneSecret) : undefined;
 
@@ -191,6 +204,14 @@ export async function createAuthority(config: AuthorityConfig, log: AuthorityLog
     routes,
     replicaQuotas,
     isAdmin: (authorization) => bearerMatches(authorization, adminHash),
+    async authorizeAdmin(authorization, address) {
+      const wait = await adminFailures.admit(ADMIN_IDENTITY, address);
+      if (wait !== undefined) throw tooManyAdminFailures(wait);
+      if (bearerMatches(authorization, adminHash)) return adminFailures.succeeded(ADMIN_IDENTITY, address);
+      // Only a token presented counts: a request without one (a console before sign-in) guesses nothing.
+      if (/^Bearer /i.test(authorization ?? '')) await adminFailures.failed(ADMIN_IDENTITY, address);
+      throw adminTokenRequired();
+    },
     adminActor: (authorization) => adminTokenActor(/^Bearer (.+)$/i.exec(authorization ?? '')?.[1].trim() ?? ''),
     isDataPlane: (authorization) => bearerMatches(authorization, adminHash) || bearerMatches(authorization, dataPlaneHash),
     async close() {

@@ -62,6 +62,12 @@ export const invalidClient = (usedBasic: boolean) =>
 /** Too many failed client authentications from this id and address, or from this address. */
 export const tooManyFailures = (retryAfter: number) =>
   new OAuthError('temporarily_unavailable', 'too many failed client authentications; retry later', 429, undefined, retryAfter);
+/** The admin API without the admin bearer token. */
+export const adminTokenRequired = () =>
+  new OAuthError('invalid_token', 'a valid admin bearer token is required', 401, 'Bearer realm="admin"');
+/** Too many wrong admin tokens from this address (or, past the admin budget, from addresses never seen with the right one). */
+export const tooManyAdminFailures = (retryAfter: number) =>
+  new OAuthError('temporarily_unavailable', 'too many wrong admin tokens; retry later', 429, undefined, retryAfter);
 /** The bounded secret verification queue is full (see secret-hash.ts). */
 export const busy = () => new OAuthError('temporarily_unavailable', 'the server is busy; retry later', 503, undefined, 1);
 

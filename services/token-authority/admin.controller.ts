@@ -21,18 +21,18 @@ import {
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { AdminContext, Page, Tagged } from '../../libs/core/admin-service';
 import type { Authority } from '../../libs/core/authority';
-import { OAuthError } from '../../libs/core/errors';
 import { AUTHORITY } from './authority.provider';
 
-/** The admin API takes the admin bearer token and nothing else. */
+/** The admin API takes the admin bearer token and nothing else, behind the wrong-token limits. */
 @Injectable()
 export class AdminTokenGuard implements CanActivate {
   constructor(@Inject(AUTHORITY) private readonly authority: Authority) {}
 
-  canActivate(context: ExecutionContext): boolean {
+  async canActivate(context: ExecutionContext): Promise<boolean> {
     const request = context.switchToHttp().getRequest<FastifyRequest>();
-    if (this.authority.isAdmin(request.headers.authorization)) return true;
-    throw new OAuthError('invalid_token', 'a valid admin bearer token is required', 401, 'Bearer realm="admin"');
+    // request.ip: the peer, or the address the trusted proxy saw (TRUST_PROXY).
+    await this.authority.authorizeAdmin(request.headers.authorization, request.ip);
+    return true;
   }
 }
 

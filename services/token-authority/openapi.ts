@@ -285,6 +285,11 @@ const adminSecurity = [{ adminBearer: [] }];
 const adminUnauthorized = errorResponse('invalid_token: no valid admin bearer token.', OAUTH_ERROR, {
   'WWW-Authenticate': { required: true, schema: { type: 'string', const: 'Bearer realm="admin"' } },
 });
+const adminTooManyFailures = errorResponse(
+  'Too many wrong admin tokens from this address (or, past the admin budget, from an address not seen with the right one); the token was not checked.',
+  OAUTH_ERROR,
+  { 'Retry-After': { required: true, schema: { type: 'string' } } },
+);
 
 function pathParam(name: string, description: string) {
   return { name, in: 'path', required: true, description, schema: { type: 'string', minLength: 1 } };
@@ -403,6 +408,7 @@ function adminOperation(operation: AdminOperation) {
   }
   for (const [code, text] of Object.entries(errors)) responses[code] = errorResponse(text, ADMIN_ERROR);
   if (operation.body) Object.assign(responses, bodyErrors(ADMIN_ERROR));
+  responses['429'] = adminTooManyFailures;
   responses['503'] = operation.unavailable
     ? errorResponse(operation.unavailable, OAUTH_ERROR, { 'Retry-After': { schema: { type: 'string' } } })
     : storeUnavailable(OAUTH_ERROR);

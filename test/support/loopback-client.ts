@@ -10,32 +10,21 @@ export interface FormReply {
 const agents = new Map<string, Agent>();
 
 /**
- * A form POST from a loopback address of our choosing (127.0.0.0/8 is all loopback on Linux), so
+ * A request from a loopback address of our choosing (127.0.0.0/8 is all loopback on Linux), so
  * each address is another "client address" to the failure limits. Keep-alive, one agent per address.
  */
-export function postFrom(
+export function requestFrom(
   localAddress: string,
   base: string,
-  path: string,
-  form: Record<string, string>,
-  /** Extra request headers (a Host for Envoy's virtual hosts, a made-up X-Forwarded-For...). */
-  headers: Record<string, string> = {},
+  options: { method: string; path: string; headers?: Record<string, string | number>; body?: string },
 ): Promise<FormReply> {
   let agent = agents.get(localAddress);
   if (!agent) agents.set(localAddress, (agent = new Agent({ keepAlive: true, localAddress, maxSockets: 64 })));
   const url = new URL(base);
-  const body = new URLSearchParams(form).toString();
   const started = performance.now();
   return new Promise((resolve, reject) => {
     const req = request(
-      {
-        host: url.hostname,
-        port: url.port,
-        path,
-        method: 'POST',
-        agent,
-        headers: { 'content-type': 'application/x-www-form-urlencoded', 'content-length': Buffer.byteLength(body), ...headers },
-      },
+      { host: url.hostname, port: url.port, path: options.path, method: options.method, agent, headers: options.headers ?? {} },
       (res) => {
         const chunks: Buffer[] = [];
         res.on('data', (chunk: Buffer) => chunks.push(chunk));
@@ -51,7 +40,25 @@ export function postFrom(
       },
     );
     req.on('error', reject);
-    req.end(body);
+    req.end(options.body);
+  });
+}
+
+/** A form POST from a loopback address of our choosing (see requestFrom). */
+export function postFrom(
+  localAddress: string,
+  base: string,
+  path: string,
+  form: Record<string, string>,
+  /** Extra request headers (a Host for Envoy's virtual hosts, a made-up X-Forwarded-For...). */
+  headers: Record<string, string> = {},
+): Promise<FormReply> {
+  const body = new URLSearchParams(form).toString();
+  return requestFrom(localAddress, base, {
+    method: 'POST',
+    path,
+    headers: { 'content-type': 'application/x-www-form-urlencoded', 'content-length': Buffer.byteLength(body), ...headers },
+    body,
   });
 }
 
