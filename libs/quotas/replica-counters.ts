@@ -10,13 +10,16 @@ import { consumptionOf, type QuotaConsumption } from './quotas';
  * What the figure means: the **sum** of what the replicas counted. Enforcement is per replica,
  * not shared: each replica admits up to the quota by itself, so N replicas behind a load
  * balancer may admit up to N times the quota together (share counters on Redis for a shared
- * limit). The per-second figure of each replica is capped at the rate (a replica never holds more
- * in its bucket), so the sum is at most N × the rate.
+ * limit). Each replica's figures are capped at the quotas (see below), so the sums are at most
+ * N × the quotas.
  *
  * Framework-free: a replica is whatever can `send` a query; the transport (a gRPC stream) calls
  * `answer` with what the replica said and `disconnect` when it goes. Answers are untrusted:
- * figures are cleaned (negative, not a number, not an integer or past 2^53 become a bounded
- * integer), and answers to no pending query, for another key, or a second time are ignored.
+ * figures are cleaned (negative or not a number: 0; a fraction: rounded down) and capped at what
+ * one replica can have counted (the rate, the daily and the monthly quota), so the sums stay
+ * within N × the quotas; answers to no pending query, for another key, or a second time are
+ * ignored. A quota lowered below what a replica already counted shows that replica at the new
+ * quota (remaining 0 either way).
  */
 
 /** What the authority asks a replica. */
@@ -189,11 +192,13 @@ export class ReplicaQuotaCounters {
       this.ignoredAnswers += 1;
       return;
     }
+    // What one replica can have counted: its bucket never holds more than the rate, and it admits
+    // no more than the daily and monthly quotas.
+    const { throttlingQuota, dailyQuota, monthlyQuota } = pending.query.quotas;
     pending.answers.push({
-      // A replica's bucket never holds more than the rate.
-      perSecond: cleanCount(counts.callsPerSecond, pending.query.quotas.throttlingQuota),
-      daily: cleanCount(counts.callsToday),
-      monthly: cleanCount(counts.callsThisMonth),
+      perSecond: cleanCount(counts.callsPerSecond, throttlingQuota),
+      daily: cleanCount(counts.callsToday, dailyQuota),
+      monthly: cleanCount(counts.callsThisMonth, monthlyQuota),
     });
     if (pending.waiting.size === 0) pending.done();
   }

@@ -82,10 +82,43 @@ describe('ReplicaQuotaCounters', () => {
     answering(counters, { perSecond: 'lots', today: 2 ** 63, month: 2 ** 63 }, 'b');
     const { consumption } = await counters.read('k', QUOTAS);
     assert.equal(consumption.currentCallsPerSec, 0);
-    assert.equal(consumption.currentCallsPerDay, Number.MAX_SAFE_INTEGER, 'a huge figure stays a safe integer');
-    assert.equal(consumption.currentCallsPerMonth, Number.MAX_SAFE_INTEGER, 'and so does the sum');
+    assert.equal(consumption.currentCallsPerDay, QUOTAS.dailyQuota, 'a huge figure counts as the quota');
+    assert.equal(consumption.currentCallsPerMonth, 2 * QUOTAS.monthlyQuota, 'at most the quota per replica');
     assert.equal(consumption.remainingCallsPerDay, 0);
     for (const value of Object.values(consumption)) assert.ok(Number.isSafeInteger(value) && value >= 0, String(value));
+  });
+
+  it("caps a replica's day and month at their quotas (a replica admits no more)", async () => {
+    const counters = new ReplicaQuotaCounters();
+    answering(counters, { perSecond: Number.MAX_SAFE_INTEGER, today: Number.MAX_SAFE_INTEGER, month: Number.MAX_SAFE_INTEGER }, 'hostile');
+    answering(counters, { perSecond: 3, today: 40, month: 900 }, 'honest');
+    answering(counters, { today: '9007199254740993', month: '18446744073709551615' }, 'uint64');
+    const reading = await counters.read('k', QUOTAS);
+    assert.deepEqual(reading.consumption, {
+      authorizedCallsPerSec: 10,
+      currentCallsPerSec: 10 + 3,
+      remainingCallsPerSec: 0,
+      authorizedCallsPerDay: 1000,
+      currentCallsPerDay: 1000 + 40 + 1000,
+      remainingCallsPerDay: 0,
+      authorizedCallsPerMonth: 100_000,
+      currentCallsPerMonth: 100_000 + 900 + 100_000,
+      remainingCallsPerMonth: 0,
+    });
+    assert.equal(reading.replicas, 3);
+    // One honest replica alone: its figures as they are.
+    const alone = new ReplicaQuotaCounters();
+    answering(alone, { perSecond: 3, today: 40, month: 900 });
+    const { consumption } = await alone.read('k', QUOTAS);
+    assert.deepEqual(
+      [
+        consumption.currentCallsPerDay,
+        consumption.remainingCallsPerDay,
+        consumption.currentCallsPerMonth,
+        consumption.remainingCallsPerMonth,
+      ],
+      [40, 960, 900, 99_100],
+    );
   });
 
   it('waits at most waitMs for a replica that does not answer, and reports it unanswered', async () => {
