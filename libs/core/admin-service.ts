@@ -6,7 +6,8 @@ import { changedFields, redact, SYSTEM_ACTOR } from './audit';
 import { assertMatches, canonicalJson, entityTag, parseIfMatch } from './entity-tags';
 import { AdminError, echo, OAuthError } from './errors';
 import type { KeyRing } from './key-ring';
-import { activeVersion, SIGN_KEYPAIR_METADATA, type ApiKeyRecord, type KeyPairRecord } from './model';
+import { applyDueRotation, dueSwitch, nextDueAt, nextRotation } from './key-rotation';
+import { activeVersion, pendingVersion, SIGN_KEYPAIR_METADATA, versionStatus, type ApiKeyRecord, type KeyPairRecord } from './model';
 import type { AuditDraft, AuditEntity, AuditEntry, AuthorityStore } from './store/repositories';
 import { createPublicKey, randomBytes } from 'node:crypto';
 import { applyPatch, deepClone, validate as validatePatch, type Operation } from 'fast-json-patch';
@@ -122,6 +123,28 @@ export const auditListQuerySchema = z
 
 export const rotateSecretSchema = z.object({ clientSecret: SECRET.optional(), gracePeriod: HOURS.nonnegative().optional() }).strict();
 
+/** Durations of a key rotation schedule, in whole seconds, at most ten years. */
+const SECONDS = z.number().int().nonnegative().max(315_360_000, 'at most 315360000 seconds (ten years)');
+
+/** A key pair's rotation schedule (KeyRotationPolicy); null to remove it. */
+export const keyRotationSchema = z
+  .object({
+    rotateEvery: SECONDS.min(1).meta({ description: 'Seconds from the start of one key to the start of the next (2592000: 30 days).' }),
+    publishAhead: SECONDS.meta({
+      description:
+        'Seconds the next key is in the JWKS (and at every ext-authz) before it signs; at least the JWKS max-age (60 s) plus what your other caches hold it.',
+    }),
+    leeway: SECONDS.max(86_400)
+      .default(60)
+      .meta({ description: 'Seconds added to the token lifetime before a replaced key leaves the JWKS (clock skew between replicas).' }),
+  })
+  .strict()
+  .refine((policy) => policy.publishAhead < policy.rotateEvery, {
+    message: 'publishAhead must be shorter than rotateEvery',
+    path: ['publishAhead'],
+  })
+  .nullable();
+
 export const keyPairCreateSchema = z
   .object({
     id: ID,
@@ -129,17 +152,20 @@ export const keyPairCreateSchema = z
     description: z.string().max(2000).default(''),
     privateKey: z.string().max(20_000).optional(),
     publicKey: z.string().max(20_000).optional(),
+    rotation: keyRotationSchema.optional(),
   })
   .strict();
 
-export const keyPairUpdateSchema = z.object({ description: z.string().max(2000).optional() }).strict();
+export const keyPairUpdateSchema = z
+  .object({ description: z.string().max(2000).optional(), rotation: keyRotationSchema.optional() })
+  .strict();
 
 /**
  * Fields GET returns that no write can change. A body may carry them (GET, edit, PUT works) as
  * long as they equal the stored values; a changed one is refused with 400 naming it.
  */
 export const API_KEY_READ_ONLY = ['createdAt', 'updatedAt', 'previousSecretValidUntil'] as const;
-export const KEY_PAIR_READ_ONLY = ['id', 'algorithm', 'createdAt', 'status', 'activeKid', 'versions'] as const;
+export const KEY_PAIR_READ_ONLY = ['id', 'algorithm', 'createdAt', 'status', 'activeKid', 'nextRotation', 'versions'] as const;
 
 /** `input` without the read-only fields, and those fields apart (left for the check against the stored record). */
 function splitReadOnly(input: unknown, readOnly: readonly string[]): { rest: unknown; given: Record<string, unknown> } {
@@ -273,20 +299,29 @@ function quotasOf(apiKey: ApiKeyRecord) {
 
 export type KeyPairView = ReturnType<typeof keyPairView>;
 
-/** What the admin API shows of a key pair: never a private key. */
-export function keyPairView(keyPair: KeyPairRecord) {
-  const active = activeVersion(keyPair);
+/** A key pair is active while a version signs or one is about to (pending). */
+function keyPairStatus(keyPair: KeyPairRecord, now: number): 'active' | 'retired' {
+  return activeVersion(keyPair, now) || pendingVersion(keyPair, now) ? 'active' : 'retired';
+}
+
+/** What the admin API shows of a key pair at `now` (statuses follow the clock): never a private key. */
+export function keyPairView(keyPair: KeyPairRecord, now: number) {
+  const active = activeVersion(keyPair, now);
+  const next = nextRotation(keyPair, now);
   return {
     id: keyPair.id,
     algorithm: keyPair.algorithm,
     description: keyPair.description,
     createdAt: keyPair.createdAt,
-    status: active ? 'active' : 'retired',
+    status: keyPairStatus(keyPair, now),
     activeKid: active?.kid ?? null,
+    rotation: keyPair.rotation ?? null,
+    nextRotation: next ? { publishAt: next.publishAt, switchAt: next.switchAt, kid: next.kid ?? null } : null,
     versions: keyPair.versions.map((version) => ({
       kid: version.kid,
-      status: version.retiredAt === undefined ? 'active' : 'retired',
+      status: versionStatus(version, now),
       createdAt: version.createdAt,
+      activatesAt: version.activatesAt ?? null,
       retiredAt: version.retiredAt ?? null,
       verifyUntil: version.verifyUntil ?? null,
       publicKey: version.publicKeyPem,
@@ -296,17 +331,28 @@ export function keyPairView(keyPair: KeyPairRecord) {
 }
 
 /** What the audit log keeps of a key pair: no key material, the kids tell the versions apart. */
-function keyPairSummary(keyPair: KeyPairRecord) {
-  const active = activeVersion(keyPair);
+function keyPairSummary(keyPair: KeyPairRecord, now: number) {
+  const active = activeVersion(keyPair, now);
   return {
     id: keyPair.id,
     algorithm: keyPair.algorithm,
     description: keyPair.description,
     createdAt: keyPair.createdAt,
-    status: active ? 'active' : 'retired',
+    status: keyPairStatus(keyPair, now),
     activeKid: active?.kid ?? null,
+    rotation: keyPair.rotation ?? null,
     kids: keyPair.versions.map((version) => version.kid),
   };
+}
+
+/** A new kid: `<id>#<n>-<6 hex>`, n one more than the highest so far (versions may have been dropped). */
+function nextKid(keyPair: KeyPairRecord): string {
+  let highest = keyPair.versions.length;
+  for (const { kid } of keyPair.versions) {
+    const n = Number(/#(\d{1,9})-/.exec(kid)?.[1] ?? 0);
+    if (n > highest) highest = n;
+  }
+  return `${keyPair.id}#${highest + 1}-${randomBytes(3).toString('hex')}`;
 }
 
 /**
@@ -323,6 +369,9 @@ export class AdminService {
     /** Shared quota counters (Redis), or the replicas that each count in their own memory. */
     private readonly quotaCounters: QuotaCounters | ReplicaQuotaCounters = new ReplicaQuotaCounters(),
   ) {}
+
+  /** Called after a rotation schedule is set or changed here (the scheduler looks again at once). */
+  onSchedule?: () => void;
 
   /**
    * One page of API keys in client id order: `limit` (default 100, at most 1000) after the
@@ -536,13 +585,14 @@ export class AdminService {
     const id = metadata[SIGN_KEYPAIR_METADATA];
     if (id === undefined) return;
     const keyPair = await this.store.keyPairs.get(id);
-    if (!keyPair || !activeVersion(keyPair)) {
+    if (!keyPair || keyPairStatus(keyPair, this.now()) !== 'active') {
       throw new AdminError(400, `metadata ${SIGN_KEYPAIR_METADATA}: key pair '${id}' does not exist or is retired`);
     }
   }
 
   async listKeyPairs() {
-    return (await this.store.keyPairs.list()).map(keyPairView);
+    const now = this.now();
+    return (await this.store.keyPairs.list()).map((keyPair) => keyPairView(keyPair, now));
   }
 
   async getKeyPair(id: string): Promise<Tagged<KeyPairView>> {
@@ -550,7 +600,7 @@ export class AdminService {
   }
 
   private taggedKeyPair(keyPair: KeyPairRecord): Tagged<KeyPairView> {
-    return { body: keyPairView(keyPair), etag: entityTag(keyPair) };
+    return { body: keyPairView(keyPair, this.now()), etag: entityTag(keyPair) };
   }
 
   async createKeyPair(input: unknown, context: AdminContext = {}): Promise<Tagged<KeyPairView>> {
@@ -564,30 +614,50 @@ export class AdminService {
       createdAt: now,
       versions: [{ kid: fields.id, ...this.stored(material), createdAt: now }],
     };
+    if (fields.rotation) keyPair.rotation = fields.rotation;
     const action = fields.privateKey === undefined ? 'keypair.create' : 'keypair.import';
     const created = await this.store.keyPairs.create(keyPair, {
-      audit: () => this.auditEntry(context, action, 'keypair', fields.id, keyPairSummary(keyPair)),
+      audit: () => this.auditEntry(context, action, 'keypair', fields.id, keyPairSummary(keyPair, now)),
     });
     if (!created) throw new AdminError(409, `key pair '${fields.id}' already exists`);
     await this.keyRing.reload();
+    if (keyPair.rotation) this.onSchedule?.();
     return this.taggedKeyPair(keyPair);
   }
 
-  /** PUT and PATCH of a key pair: only its description changes; the other fields are read-only (sent unchanged, or left out). */
+  /**
+   * PUT and PATCH of a key pair: its description and rotation schedule change (null removes the
+   * schedule; a key already published ahead still takes over); the other fields are read-only
+   * (sent unchanged, or left out).
+   */
   async updateKeyPair(id: string, input: unknown, context: AdminContext = {}): Promise<Tagged<KeyPairView>> {
     const ifMatch = parseIfMatch(context.ifMatch);
     const { rest, given: readOnly } = splitReadOnly(input, KEY_PAIR_READ_ONLY);
-    const { description } = parseInput(keyPairUpdateSchema, rest);
-    return this.changeKeyPair(id, 'keypair.update', context, (keyPair) => {
+    const { description, rotation } = parseInput(keyPairUpdateSchema, rest);
+    const updated = await this.changeKeyPair(id, 'keypair.update', context, (keyPair) => {
       assertMatches(ifMatch, keyPair, `key pair '${id}'`);
-      assertReadOnlyUnchanged(readOnly, keyPairView(keyPair));
-      if (description === undefined || description === keyPair.description) return undefined;
-      keyPair.description = description;
-      return keyPair;
+      assertReadOnlyUnchanged(readOnly, keyPairView(keyPair, this.now()));
+      let changed = false;
+      if (description !== undefined && description !== keyPair.description) {
+        keyPair.description = description;
+        changed = true;
+      }
+      if (rotation !== undefined && canonicalJson(rotation) !== canonicalJson(keyPair.rotation ?? null)) {
+        if (rotation === null) delete keyPair.rotation;
+        else keyPair.rotation = rotation;
+        changed = true;
+      }
+      return changed ? keyPair : undefined;
     });
+    if (rotation !== undefined) this.onSchedule?.();
+    return updated;
   }
 
-  /** Generates (or imports) a new version with a new kid; the old version is retired but keeps verifying. */
+  /**
+   * Generates (or imports) a new version with a new kid that signs at once; the old version is
+   * retired but keeps verifying. A version published ahead of a scheduled rotation is dropped
+   * (it signed nothing); the schedule counts from this new version.
+   */
   async rotateKeyPair(id: string, input: unknown, context: AdminContext = {}): Promise<Tagged<KeyPairView>> {
     const ifMatch = parseIfMatch(context.ifMatch);
     const fields = parseInput(keyPairRotateSchema, input);
@@ -597,11 +667,7 @@ export class AdminService {
       assertMatches(ifMatch, keyPair, `key pair '${id}'`);
       const now = this.now();
       this.retireActive(keyPair, now);
-      keyPair.versions.push({
-        kid: `${id}#${keyPair.versions.length + 1}-${randomBytes(3).toString('hex')}`,
-        ...this.stored(material),
-        createdAt: now,
-      });
+      keyPair.versions.push({ kid: nextKid(keyPair), ...this.stored(material), createdAt: now });
       return keyPair;
     });
   }
@@ -611,7 +677,7 @@ export class AdminService {
     const ifMatch = parseIfMatch(context.ifMatch);
     return this.changeKeyPair(id, 'keypair.retire', context, (keyPair) => {
       assertMatches(ifMatch, keyPair, `key pair '${id}'`);
-      if (!activeVersion(keyPair)) throw new AdminError(409, `key pair '${id}' is already retired`);
+      if (keyPairStatus(keyPair, this.now()) !== 'active') throw new AdminError(409, `key pair '${id}' is already retired`);
       this.retireActive(keyPair, this.now());
       return keyPair;
     });
@@ -628,17 +694,58 @@ export class AdminService {
     }
     const deleted = await this.store.keyPairs.delete(id, {
       check: (current) => assertMatches(ifMatch, current, `key pair '${id}'`),
-      audit: (before) => this.auditEntry(context, 'keypair.delete', 'keypair', id, before && keyPairSummary(before)),
+      audit: (before) => this.auditEntry(context, 'keypair.delete', 'keypair', id, before && keyPairSummary(before, this.now())),
     });
     if (!deleted) throw new AdminError(404, `key pair '${id}' does not exist`);
     await this.keyRing.reload();
   }
 
+  /** Ends signing now: the signing version is retired, a version published ahead (which signed nothing) dropped. */
   private retireActive(keyPair: KeyPairRecord, now: number): void {
-    const active = activeVersion(keyPair);
+    keyPair.versions = keyPair.versions.filter((version) => versionStatus(version, now) !== 'pending');
+    const active = activeVersion(keyPair, now);
     if (!active) return;
     active.retiredAt = now;
     active.verifyUntil = now + this.config.expiration;
+  }
+
+  /**
+   * Publishes every scheduled rotation that is due (see key-rotation.ts), each in one atomic store
+   * change that re-checks it is still due, so of processes racing for one slot only the first
+   * writes. Resolves to the rotated key pairs and when to look again.
+   */
+  async rotateDueKeyPairs(): Promise<{ rotated: { keyPair: string; kid: string; switchAt: number }[]; nextDueAt?: number }> {
+    const rotated: { keyPair: string; kid: string; switchAt: number }[] = [];
+    for (const keyPair of await this.store.keyPairs.list()) {
+      if (dueSwitch(keyPair, this.now()) === undefined) continue;
+      // Made outside the transaction (RSA takes a while); thrown away when another process was first.
+      const stored = this.stored(generateKeyMaterial(keyPair.algorithm));
+      let published: { kid: string; switchAt: number } | undefined;
+      await this.store.keyPairs.modify(
+        keyPair.id,
+        (current) => {
+          published = undefined;
+          const kid = nextKid(current);
+          const changed = applyDueRotation(current, this.now(), { kid, ...stored }, this.config.expiration);
+          const switchAt = changed?.versions.at(-1)?.activatesAt;
+          if (changed && switchAt !== undefined) published = { kid, switchAt };
+          return changed ?? current;
+        },
+        {
+          audit: (before, after) =>
+            this.auditEntry(
+              {},
+              'keypair.rotate-scheduled',
+              'keypair',
+              keyPair.id,
+              changedFields(before ? keyPairSummary(before, this.now()) : {}, after ? keyPairSummary(after, this.now()) : {}),
+            ),
+        },
+      );
+      if (published) rotated.push({ keyPair: keyPair.id, ...published });
+    }
+    if (rotated.length) await this.keyRing.reload();
+    return { rotated, nextDueAt: nextDueAt(await this.store.keyPairs.list(), this.now()) };
   }
 
   /**
@@ -658,7 +765,7 @@ export class AdminService {
           action,
           'keypair',
           id,
-          changedFields(before ? keyPairSummary(before) : {}, after ? keyPairSummary(after) : {}),
+          changedFields(before ? keyPairSummary(before, this.now()) : {}, after ? keyPairSummary(after, this.now()) : {}),
         ),
     });
     if (!changed) throw new AdminError(404, `key pair '${id}' does not exist`);

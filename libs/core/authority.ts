@@ -10,6 +10,7 @@ import { generateSecret } from './crypto/secret-hash';
 import { AdminError, adminTokenRequired, tooManyAdminFailures } from './errors';
 import { KeyProtector } from './crypto/key-encryption';
 import { KeyRing } from './key-ring';
+import { RotationScheduler } from './key-rotation';
 import type { AuthorityObserver } from './observer';
 import type { AuthorityStore } from './store/repositories';
 import { openStore } from './store/open-store';
@@ -110,6 +111,8 @@ export interface AuthorityOptions {
   adminApi?: boolean;
   /** Told the outcome of every OAuth2 request (metrics, logs). */
   observer?: AuthorityObserver;
+  /** Publish scheduled key rotations when due (default: with the admin API, i.e. in the server and not the CLI). */
+  rotationScheduler?: boolean;
 }
 
 export async function createAuthority(config: AuthorityConfig, log: AuthorityLogger, options: AuthorityOptions = {}): Promise<Authority> {
@@ -190,6 +193,27 @@ export async function createAuthority(config: AuthorityConfig, log: AuthorityLog
   const dataPlaneSecret = dataPlaneToken(config, log);
   const dataPlaneHash = dataPlaneSecret ? sha256(dataPlaneSecret) : undefined;
 
+  // Scheduled key rotations: every replica looks, the store lets only the first write each one.
+  const scheduler =
+    (options.rotationScheduler ?? options.adminApi !== false)
+      ? new RotationScheduler({
+          now: Date.now,
+          run: async () => {
+            const { rotated, nextDueAt } = await admin.rotateDueKeyPairs();
+            for (const { keyPair, kid, switchAt } of rotated)
+              log.info(`key pair '${keyPair}': published ${kid}, which signs from ${new Date(switchAt).toISOString()}`);
+            return nextDueAt;
+          },
+          onError: (error) => log.warn(`scheduled key rotation failed: ${error.message}`),
+        })
+      : undefined;
+  if (scheduler) {
+    // A schedule set here, or by another process (the feed reloads the key ring on its change).
+    admin.onSchedule = () => scheduler.poke();
+    keyRing.onChange = () => scheduler.poke();
+    scheduler.start();
+  }
+
   const purge = () => authorityStore.revocations.purgeExpired(Date.now()).catch(() => 0);
   await purge();
   const purgeTimer = setInterval(purge, 3_600_000).unref();
@@ -216,6 +240,7 @@ export async function createAuthority(config: AuthorityConfig, log: AuthorityLog
     isDataPlane: (authorization) => bearerMatches(authorization, adminHash) || bearerMatches(authorization, dataPlaneHash),
     async close() {
       clearInterval(purgeTimer);
+      await scheduler?.close();
       replicaQuotas?.close();
       dataPlane.close();
       routes.close();

@@ -5,6 +5,12 @@ import { KeyProtector } from './crypto/key-encryption';
 import type { KeyPairRecord } from './model';
 import type { KeyPairRepository } from './store/repositories';
 
+/** A version that signs from `from` until `until` (a scheduled rotation's switch), each bound open when unset. */
+interface Signer extends SigningKey {
+  from?: number;
+  until?: number;
+}
+
 interface LoadedVersion extends VerificationKey {
   kid: string;
   keyPairId: string;
@@ -19,9 +25,11 @@ interface LoadedVersion extends VerificationKey {
  */
 export class KeyRing {
   private byKid = new Map<string, LoadedVersion>();
-  private signerByPair = new Map<string, SigningKey>();
+  private signersByPair = new Map<string, Signer[]>();
   private keyPairIds: string[] = [];
   private fingerprint = '';
+  /** Called after a reload that found the key pairs changed. */
+  onChange?: () => void;
 
   constructor(
     private readonly repository: KeyPairRepository,
@@ -36,15 +44,18 @@ export class KeyRing {
     const fingerprint = JSON.stringify(keyPairs);
     if (fingerprint === this.fingerprint) return;
     const byKid = new Map<string, LoadedVersion>();
-    const signerByPair = new Map<string, SigningKey>();
-    for (const keyPair of keyPairs) this.load(keyPair, byKid, signerByPair);
+    const signersByPair = new Map<string, Signer[]>();
+    for (const keyPair of keyPairs) this.load(keyPair, byKid, signersByPair);
     this.byKid = byKid;
-    this.signerByPair = signerByPair;
+    this.signersByPair = signersByPair;
     this.keyPairIds = keyPairs.map((keyPair) => keyPair.id);
     this.fingerprint = fingerprint;
+    this.onChange?.();
   }
 
-  private load(keyPair: KeyPairRecord, byKid: Map<string, LoadedVersion>, signerByPair: Map<string, SigningKey>): void {
+  private load(keyPair: KeyPairRecord, byKid: Map<string, LoadedVersion>, signersByPair: Map<string, Signer[]>): void {
+    const signers: Signer[] = [];
+    const now = this.now();
     for (const version of keyPair.versions) {
       const publicKey = createPublicKey(version.publicKeyPem);
       const loaded: LoadedVersion = {
@@ -55,17 +66,30 @@ export class KeyRing {
         verifyUntil: version.verifyUntil,
         jwk: publicJwk(publicKey, version.kid, keyPair.algorithm),
       };
-      if (version.retiredAt === undefined) {
+      // Signing now or later (published ahead of a scheduled switch): the window is checked per token.
+      if (version.retiredAt === undefined || version.retiredAt > now) {
         loaded.privateKey = createPrivateKey(this.protector.privateKeyPem(version, keyPair.id));
-        signerByPair.set(keyPair.id, { kid: version.kid, algorithm: keyPair.algorithm, privateKey: loaded.privateKey });
+        signers.push({
+          kid: version.kid,
+          algorithm: keyPair.algorithm,
+          privateKey: loaded.privateKey,
+          from: version.activatesAt,
+          until: version.retiredAt,
+        });
       }
       byKid.set(version.kid, loaded);
     }
+    signersByPair.set(keyPair.id, signers);
   }
 
-  /** The key that signs for a key pair, or undefined when it is missing or retired. */
+  /** The key that signs for a key pair now, or undefined when it is missing or retired. */
   signingKey(keyPairId: string): SigningKey | undefined {
-    return this.signerByPair.get(keyPairId);
+    const now = this.now();
+    return this.signersByPair
+      .get(keyPairId)
+      ?.find(
+        (candidate) => (candidate.from === undefined || candidate.from <= now) && (candidate.until === undefined || candidate.until > now),
+      );
   }
 
   /** A key that may still verify: active, or retired with tokens that can still be live. */

@@ -42,6 +42,18 @@ export interface KeyPairRecord {
   description: string;
   createdAt: number;
   versions: KeyVersion[];
+  /** Scheduled rotation (key-rotation.ts); absent: the key pair rotates only when asked. */
+  rotation?: KeyRotationPolicy;
+}
+
+/** How a key pair rotates itself; durations in seconds. */
+export interface KeyRotationPolicy {
+  /** A new key starts signing this long after the current one started. */
+  rotateEvery: number;
+  /** The new key is published (JWKS, data planes) this long before it starts signing. */
+  publishAhead: number;
+  /** Added to the token lifetime before a replaced key leaves the JWKS (clock skew between replicas). */
+  leeway: number;
 }
 
 export interface KeyVersion {
@@ -52,15 +64,31 @@ export interface KeyVersion {
   /** ... or sealed by envelope encryption (crypto/key-encryption.ts). */
   sealedPrivateKey?: SealedPrivateKey;
   createdAt: number;
-  /** Set when retired: it signs nothing more. */
+  /** Set on a key published ahead of a scheduled rotation: it signs from then on. Absent: from its creation. */
+  activatesAt?: number;
+  /** Set when retired (or, for a scheduled rotation, when it will be): it signs nothing from then on. */
   retiredAt?: number;
   /** Epoch ms after which no token it signed can be valid; it leaves the JWKS then. */
   verifyUntil?: number;
 }
 
-/** The version that signs: the one not retired (at most one). */
-export function activeVersion(keyPair: KeyPairRecord): KeyVersion | undefined {
-  return keyPair.versions.find((version) => version.retiredAt === undefined);
+export type KeyVersionStatus = 'pending' | 'active' | 'retired';
+
+/** Where a version stands at `now`: published ahead of its start (pending), signing (active), or past its end (retired). */
+export function versionStatus(version: KeyVersion, now: number): KeyVersionStatus {
+  if (version.activatesAt !== undefined && version.activatesAt > now) return 'pending';
+  if (version.retiredAt !== undefined && version.retiredAt <= now) return 'retired';
+  return 'active';
+}
+
+/** The version that signs at `now` (at most one: a scheduled rotation ends one where the next starts). */
+export function activeVersion(keyPair: KeyPairRecord, now: number): KeyVersion | undefined {
+  return keyPair.versions.find((version) => versionStatus(version, now) === 'active');
+}
+
+/** The version published ahead of a scheduled rotation, not signing yet. */
+export function pendingVersion(keyPair: KeyPairRecord, now: number): KeyVersion | undefined {
+  return keyPair.versions.find((version) => versionStatus(version, now) === 'pending');
 }
 
 /** Metadata key with which an API key picks its own signing key pair (Otoroshi's name). */

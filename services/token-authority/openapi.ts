@@ -82,14 +82,35 @@ const keyPair = z
     description: z.string(),
     createdAt: z.number().int(),
     status: z.enum(['active', 'retired']),
-    activeKid: z.string().nullable(),
+    activeKid: z.string().nullable().meta({ description: 'The kid that signs now.' }),
+    rotation: z
+      .object({ rotateEvery: z.number().int(), publishAhead: z.number().int(), leeway: z.number().int() })
+      .strict()
+      .nullable()
+      .meta({ description: 'The rotation schedule (seconds); null: rotates only when asked.' }),
+    nextRotation: z
+      .object({
+        publishAt: z.number().int().meta({ description: 'Epoch ms the next key is (or was) published in the JWKS.' }),
+        switchAt: z.number().int().meta({ description: 'Epoch ms it starts signing.' }),
+        kid: z.string().nullable().meta({ description: 'Its kid once published (status pending), else null.' }),
+      })
+      .strict()
+      .nullable()
+      .meta({ description: 'With a schedule: the next rotation; null without one, or once retired.' }),
     versions: z.array(
       z
         .object({
           kid: z.string(),
-          status: z.enum(['active', 'retired']),
+          status: z
+            .enum(['pending', 'active', 'retired'])
+            .meta({ description: 'pending: published ahead of a scheduled rotation, signs from activatesAt.' }),
           createdAt: z.number().int(),
-          retiredAt: z.number().int().nullable(),
+          activatesAt: z
+            .number()
+            .int()
+            .nullable()
+            .meta({ description: 'Epoch ms it signs from (scheduled rotation); null: since createdAt.' }),
+          retiredAt: z.number().int().nullable().meta({ description: 'Epoch ms it stops (or stopped) signing.' }),
           verifyUntil: z.number().int().nullable(),
           publicKey: z.string().meta({ description: 'SPKI PEM.' }),
           jwk,
@@ -687,7 +708,7 @@ export function openApiDocument(): Record<string, unknown> {
         }),
         put: adminOperation({
           operationId: 'replaceKeyPair',
-          summary: 'Change the description (as PATCH); a body read with GET may be sent back edited',
+          summary: 'Change the description or the rotation schedule (as PATCH); a body read with GET may be sent back edited',
           tag: 'keypairs',
           parameters: [KEY_PAIR_ID],
           body: editBody(keyPairUpdateSchema, keyPair, KEY_PAIR_READ_ONLY),
@@ -698,7 +719,7 @@ export function openApiDocument(): Record<string, unknown> {
         }),
         patch: adminOperation({
           operationId: 'updateKeyPair',
-          summary: 'Change the description',
+          summary: 'Change the description or the rotation schedule (rotation: null removes it)',
           tag: 'keypairs',
           parameters: [KEY_PAIR_ID],
           body: editBody(keyPairUpdateSchema, keyPair, KEY_PAIR_READ_ONLY),
@@ -720,7 +741,7 @@ export function openApiDocument(): Record<string, unknown> {
       '/api/keypairs/{id}/rotate': {
         post: adminOperation({
           operationId: 'rotateKeyPair',
-          summary: 'A new version with a new kid signs from now on',
+          summary: 'A new version with a new kid signs from now on (a key published ahead of a scheduled rotation is dropped)',
           tag: 'keypairs',
           parameters: [KEY_PAIR_ID],
           body: requestSchema(keyPairRotateSchema),
