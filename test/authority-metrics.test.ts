@@ -126,6 +126,29 @@ describe('token authority metrics', () => {
     assert.equal(grew(series(GRPC_COUNT, { service: TOKEN_SERVICE, method: 'RevokeToken', code: 'OK' })), 1);
   });
 
+  it('shows when each scheduled key pair switches next, and how many keys each publishes', async () => {
+    const created = await authority.admin('POST', '/api/keypairs', {
+      id: 'metrics-rotating',
+      algorithm: 'EdDSA',
+      rotation: { rotateEvery: 86_400, publishAhead: 3_600 },
+    });
+    assert.equal(created.status, 201);
+    const scrape = await scrapeMetrics(authority.url);
+    const switchAt = scrape.get(series('token_authority_key_pair_next_switch_timestamp_seconds', { key_pair: 'metrics-rotating' }));
+    assert.equal(switchAt, created.body.nextRotation.switchAt / 1000);
+    assert.equal(
+      scrape.get(series('token_authority_key_pair_next_switch_timestamp_seconds', { key_pair: 'metrics-es' })),
+      undefined,
+      'no schedule',
+    );
+    assert.equal(scrape.get(series('token_authority_key_pair_published_keys', { key_pair: 'metrics-rotating' })), 1);
+    assert.equal((await authority.admin('POST', '/api/keypairs/metrics-es/rotate', {})).status, 200);
+    assert.equal(
+      (await scrapeMetrics(authority.url)).get(series('token_authority_key_pair_published_keys', { key_pair: 'metrics-es' })),
+      2,
+    );
+  });
+
   it('counts DeltaWatch streams when they open and when they end', async () => {
     const watch = (event: 'opened' | 'closed', code?: string) =>
       series(`token_authority_grpc_streams_${event}_total`, {

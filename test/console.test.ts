@@ -545,7 +545,7 @@ describe('the admin console in a real browser (headless Debian chromium)', { ski
   it('key pairs: generated and imported PEM, rotated, retired, deleted; the JWKS page shows the JWKS as served', async () => {
     const { privateKey } = generateKeyPairSync('ed25519');
     const pem = privateKey.export({ type: 'pkcs8', format: 'pem' }).toString();
-    const watched = await openConsole(undefined, [refused(400, '/api/keypairs')]);
+    const watched = await openConsole(undefined, [refused(400, '/api/keypairs(/kp-gen)?')]);
     const { page } = watched;
     await signIn(watched);
     await page.getByRole('link', { name: 'Key pairs' }).click();
@@ -569,6 +569,29 @@ describe('the admin console in a real browser (headless Debian chromium)', { ski
     await page.getByRole('dialog').getByRole('button', { name: 'Rotate kp-gen' }).click();
     assert.match((await statusText(page)) ?? '', /kp-gen rotated/);
     assert.equal(await page.locator('tr[data-key-pair="kp-gen"] .versions li').count(), 2);
+    // A rotation schedule: refused in words when it cannot work, then saved, shown, removed.
+    await page.getByRole('button', { name: 'Schedule rotation of kp-gen' }).click();
+    await page.getByRole('dialog').getByLabel('Rotate every (days)').fill('7');
+    await page.getByRole('dialog').getByLabel('Publish ahead (hours)').fill('200');
+    await page.getByRole('dialog').getByRole('button', { name: 'Save the schedule of kp-gen' }).click();
+    assert.match((await alertText(page)) ?? '', /publishAhead must be shorter than rotateEvery/);
+    assert.equal((await adminCall('GET', '/api/keypairs/kp-gen')).body.rotation, null);
+    await page.getByRole('button', { name: 'Schedule rotation of kp-gen' }).click();
+    await page.getByRole('dialog').getByLabel('Rotate every (days)').fill('7');
+    await page.getByRole('dialog').getByLabel('Publish ahead (hours)').fill('12');
+    await page.getByRole('dialog').getByRole('button', { name: 'Save the schedule of kp-gen' }).click();
+    assert.match((await statusText(page)) ?? '', /kp-gen now rotates on a schedule/);
+    const scheduled = (await adminCall('GET', '/api/keypairs/kp-gen')).body;
+    assert.deepEqual(scheduled.rotation, { rotateEvery: 604_800, publishAhead: 43_200, leeway: 60 });
+    assert.match(
+      (await page.locator('tr[data-key-pair="kp-gen"] td').nth(4).textContent()) ?? '',
+      /^Every 7 d, published 12 h ahead\s*Next key published .+, signs from .+$/,
+    );
+    await page.getByRole('button', { name: 'Remove the rotation schedule of kp-gen' }).click();
+    await page.getByRole('dialog').getByRole('button', { name: 'Unschedule kp-gen' }).click();
+    assert.match((await statusText(page)) ?? '', /kp-gen rotates only when asked/);
+    assert.equal((await adminCall('GET', '/api/keypairs/kp-gen')).body.rotation, null);
+    assert.equal(await page.locator('tr[data-key-pair="kp-gen"] td').nth(4).textContent(), 'Only when asked');
     await page.getByRole('button', { name: 'Retire kp-import' }).click();
     await page.getByRole('dialog').getByRole('button', { name: 'Retire kp-import' }).click();
     assert.match((await statusText(page)) ?? '', /kp-import retired/);

@@ -266,6 +266,18 @@ describe('the token authority process', () => {
       assert.equal(cli('apikeys', 'get', 'nobody').status, 4);
       assert.equal(cli('keypairs', 'create', 'cli-ec', '--alg', 'ES256').status, 0);
       assert.equal(JSON.parse(cli('keypairs', 'list').stdout).length, 2);
+      const scheduled = cli('keypairs', 'schedule', 'cli-ec', '--rotate-every', '30d', '--publish-ahead', '12h');
+      assert.equal(scheduled.status, 0, scheduled.stderr);
+      const view = JSON.parse(scheduled.stdout);
+      assert.deepEqual(view.rotation, { rotateEvery: 2_592_000, publishAhead: 43_200, leeway: 60 });
+      assert.equal(view.nextRotation.switchAt, view.createdAt + 2_592_000_000);
+      const badDuration = cli('keypairs', 'schedule', 'cli-ec', '--rotate-every', 'monthly', '--publish-ahead', '1d');
+      assert.equal(badDuration.status, 1);
+      assert.match(badDuration.stderr, /--rotate-every takes a duration/);
+      const tooLong = cli('keypairs', 'schedule', 'cli-ec', '--rotate-every', '1h', '--publish-ahead', '1h');
+      assert.equal(tooLong.status, 1);
+      assert.match(tooLong.stderr, /publishAhead must be shorter than rotateEvery/);
+      assert.equal(JSON.parse(cli('keypairs', 'unschedule', 'cli-ec').stdout).rotation, null);
       assert.equal(cli('nonsense', 'verb').status, 1);
       assert.equal(cli('apikeys', 'create', '--no-such-flag').status, 2);
     } finally {

@@ -149,10 +149,19 @@ export interface ApiKey {
 
 export interface KeyPairVersion {
   kid: string;
-  status: 'active' | 'retired';
+  /** pending: published ahead of a scheduled rotation, signs from activatesAt. */
+  status: 'pending' | 'active' | 'retired';
   createdAt: number;
+  activatesAt: number | null;
   retiredAt: number | null;
   verifyUntil: number | null;
+}
+
+/** A key pair's rotation schedule, in seconds. */
+export interface KeyRotation {
+  rotateEvery: number;
+  publishAhead: number;
+  leeway: number;
 }
 
 export interface KeyPair {
@@ -162,6 +171,8 @@ export interface KeyPair {
   createdAt: number;
   status: 'active' | 'retired';
   activeKid: string | null;
+  rotation: KeyRotation | null;
+  nextRotation: { publishAt: number; switchAt: number; kid: string | null } | null;
   versions: KeyPairVersion[];
 }
 

@@ -27,6 +27,7 @@ export class KeyRing {
   private byKid = new Map<string, LoadedVersion>();
   private signersByPair = new Map<string, Signer[]>();
   private keyPairIds: string[] = [];
+  private records: KeyPairRecord[] = [];
   private fingerprint = '';
   /** Called after a reload that found the key pairs changed. */
   onChange?: () => void;
@@ -49,6 +50,7 @@ export class KeyRing {
     this.byKid = byKid;
     this.signersByPair = signersByPair;
     this.keyPairIds = keyPairs.map((keyPair) => keyPair.id);
+    this.records = keyPairs;
     this.fingerprint = fingerprint;
     this.onChange?.();
   }
@@ -80,6 +82,11 @@ export class KeyRing {
       byKid.set(version.kid, loaded);
     }
     signersByPair.set(keyPair.id, signers);
+  }
+
+  /** The stored key pairs as last loaded (private keys as stored: never to be shown). */
+  keyPairRecords(): readonly KeyPairRecord[] {
+    return this.records;
   }
 
   /** The key that signs for a key pair now, or undefined when it is missing or retired. */

@@ -22,6 +22,11 @@ const USAGE = `usage: npm run cli -- <command>
   keypairs list
   keypairs get <id>
   keypairs create <id> [--alg RS256|PS256|ES256|EdDSA] [--private-key-file key.pem] [--description TEXT]
+                 [--rotate-every 30d --publish-ahead 1d [--leeway 60s]]
+  keypairs schedule <id> --rotate-every 30d --publish-ahead 1d [--leeway 60s]
+                         rotate on a schedule: the next key is in the JWKS publish-ahead before it signs
+                         (durations: 45s, 90m, 12h, 30d, or seconds)
+  keypairs unschedule <id>   rotate only when asked again
   keypairs rotate <id> [--private-key-file key.pem]
   keypairs retire <id>
   keypairs delete <id>
@@ -52,6 +57,9 @@ const OPTIONS = {
   'grace-hours': { type: 'string' },
   alg: { type: 'string' },
   'private-key-file': { type: 'string' },
+  'rotate-every': { type: 'string' },
+  'publish-ahead': { type: 'string' },
+  leeway: { type: 'string' },
   type: { type: 'string' },
   limit: { type: 'string' },
   after: { type: 'string' },
@@ -85,6 +93,26 @@ function apiKeyFields(values: Values): Record<string, unknown> {
     enabled: values.disabled || values.disable ? false : values.enable ? true : undefined,
   };
   return Object.fromEntries(Object.entries(fields).filter(([, value]) => value !== undefined));
+}
+
+const UNIT_SECONDS: Record<string, number> = { s: 1, m: 60, h: 3600, d: 86_400 };
+
+/** `45s`, `90m`, `12h`, `30d` or plain seconds, as whole seconds (the admin service checks the range). */
+function seconds(option: string, value: string | undefined): number | undefined {
+  if (value === undefined) return undefined;
+  const match = /^(\d{1,12})([smhd]?)$/.exec(value.trim());
+  if (!match) throw new AdminError(400, `--${option} takes a duration such as 45s, 90m, 12h, 30d or seconds, got '${value}'`);
+  return Number(match[1]) * UNIT_SECONDS[match[2] || 's'];
+}
+
+/** The rotation schedule the options give, or undefined when none of them is given. */
+function rotationOf(values: Values): Record<string, number | undefined> | undefined {
+  const rotation = {
+    rotateEvery: seconds('rotate-every', values['rotate-every']),
+    publishAhead: seconds('publish-ahead', values['publish-ahead']),
+    leeway: seconds('leeway', values.leeway),
+  };
+  return Object.values(rotation).some((value) => value !== undefined) ? rotation : undefined;
 }
 
 /** Every API key, a page at a time (the CLI prints them all). */
@@ -142,7 +170,16 @@ async function run(authority: Authority, positionals: string[], values: Values):
     case 'keypairs get':
       return body(admin.getKeyPair(need()));
     case 'keypairs create':
-      return body(admin.createKeyPair({ id: need(), algorithm: values.alg, description: values.description, privateKey }, context));
+      return body(
+        admin.createKeyPair(
+          { id: need(), algorithm: values.alg, description: values.description, privateKey, rotation: rotationOf(values) },
+          context,
+        ),
+      );
+    case 'keypairs schedule':
+      return body(admin.updateKeyPair(need(), { rotation: rotationOf(values) ?? {} }, context));
+    case 'keypairs unschedule':
+      return body(admin.updateKeyPair(need(), { rotation: null }, context));
     case 'keypairs rotate':
       return body(admin.rotateKeyPair(need(), { privateKey }, context));
     case 'keypairs retire':

@@ -8,6 +8,7 @@ import type { GrpcObserver } from '../../libs/observability/grpc-instrument';
 import type { HttpObserver } from '../../libs/observability/http-instrument';
 import { registerUnexpectedErrors } from '../../libs/observability/unexpected-errors';
 import { parseVersion } from '../../libs/core/data-plane';
+import { nextRotation } from '../../libs/core/key-rotation';
 
 /** Latency buckets in seconds: sub-millisecond cache hits up to a slow scrypt under load. */
 const LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5];
@@ -101,6 +102,30 @@ export class AuthorityMetrics implements AuthorityObserver, HttpObserver, GrpcOb
       registers: [this.registry],
       collect() {
         this.set(parseVersion(authority.dataPlane.version)?.seq ?? 0);
+      },
+    });
+    new Gauge({
+      name: 'token_authority_key_pair_next_switch_timestamp_seconds',
+      help: 'Key pairs with a rotation schedule: when the next key starts signing (Unix time).',
+      labelNames: ['key_pair'],
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        const now = Date.now();
+        for (const keyPair of authority.keyRing.keyPairRecords()) {
+          const next = nextRotation(keyPair, now);
+          if (next) this.set({ key_pair: keyPair.id }, next.switchAt / 1000);
+        }
+      },
+    });
+    new Gauge({
+      name: 'token_authority_key_pair_published_keys',
+      help: 'Keys of each key pair in the JWKS now (signing, published ahead of a rotation, or retired with live tokens).',
+      labelNames: ['key_pair'],
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        for (const { keyPairId, keys } of authority.keyRing.keyPairKeys()) this.set({ key_pair: keyPairId }, keys.length);
       },
     });
   }

@@ -1,10 +1,46 @@
 import { useEffect, useState } from 'preact/hooks';
-import { admin, ApiError, type KeyPair } from '../api';
+import { admin, ApiError, type KeyPair, type KeyPairVersion } from '../api';
 import { ConfirmDialog, errorNotice, formatTime, type Notice, NoticeLine, PageTitle } from '../ui';
 
 const ALGORITHMS = ['RS256', 'PS256', 'ES256', 'EdDSA'];
 
-type Action = { kind: 'rotate' | 'retire' | 'delete'; keyPair: KeyPair };
+type Action = { kind: 'rotate' | 'retire' | 'delete' | 'schedule' | 'unschedule'; keyPair: KeyPair };
+
+/** A duration in seconds, in the largest unit that divides it (the schedule's own words). */
+export function formatDuration(seconds: number): string {
+  for (const [unit, size] of [
+    ['d', 86_400],
+    ['h', 3600],
+    ['min', 60],
+  ] as const)
+    if (seconds >= size && seconds % size === 0) return `${seconds / size} ${unit}`;
+  return `${seconds} s`;
+}
+
+/** A version's state in words: what signs, what is published ahead, what only verifies. */
+function versionState(version: KeyPairVersion): string {
+  if (version.status === 'pending') return `(published ahead, signs from ${formatTime(version.activatesAt)})`;
+  if (version.status === 'active') return version.retiredAt === null ? '(signing)' : `(signing until ${formatTime(version.retiredAt)})`;
+  return `(retired, verifies until ${formatTime(version.verifyUntil)})`;
+}
+
+/** The schedule in words, and what comes next. */
+function RotationCell({ keyPair }: { keyPair: KeyPair }) {
+  const { rotation, nextRotation } = keyPair;
+  if (!rotation) return <>Only when asked</>;
+  return (
+    <>
+      Every {formatDuration(rotation.rotateEvery)}, published {formatDuration(rotation.publishAhead)} ahead
+      {nextRotation && (
+        <div class="hint">
+          {nextRotation.kid === null
+            ? `Next key published ${formatTime(nextRotation.publishAt)}, signs from ${formatTime(nextRotation.switchAt)}`
+            : `Next key ${nextRotation.kid} signs from ${formatTime(nextRotation.switchAt)}`}
+        </div>
+      )}
+    </>
+  );
+}
 
 /** The server's refusals (409) in words: why, and what to do instead. */
 export function explainConflict(error: unknown, id: string): Notice {
@@ -33,6 +69,7 @@ export function KeyPairsPage() {
   const [action, setAction] = useState<Action>();
   const [form, setForm] = useState({ id: '', algorithm: 'RS256', description: '', source: 'generate', privateKey: '', publicKey: '' });
   const [busy, setBusy] = useState(false);
+  const [schedule, setSchedule] = useState({ days: '30', hours: '24' });
 
   const load = () =>
     admin<KeyPair[]>('GET', '/api/keypairs').then(
@@ -68,8 +105,19 @@ export function KeyPairsPage() {
     const path = `/api/keypairs/${encodeURIComponent(keyPair.id)}`;
     try {
       if (kind === 'delete') await admin('DELETE', path);
+      else if (kind === 'schedule')
+        await admin('PATCH', path, {
+          rotation: { rotateEvery: Math.round(Number(schedule.days) * 86_400), publishAhead: Math.round(Number(schedule.hours) * 3600) },
+        });
+      else if (kind === 'unschedule') await admin('PATCH', path, { rotation: null });
       else await admin('POST', `${path}/${kind}`, kind === 'rotate' ? {} : undefined);
-      const done = { rotate: 'rotated: a new kid signs from now on', retire: 'retired: it signs nothing more', delete: 'deleted' }[kind];
+      const done = {
+        rotate: 'rotated: a new kid signs from now on',
+        retire: 'retired: it signs nothing more',
+        delete: 'deleted',
+        schedule: 'now rotates on a schedule',
+        unschedule: 'rotates only when asked from now on',
+      }[kind];
       // The list first, then the message: what the message says is on screen when it is announced.
       await load();
       setNotice({ kind: 'success', text: `Key pair ${keyPair.id} ${done}.` });
@@ -92,6 +140,7 @@ export function KeyPairsPage() {
               <th scope="col">Algorithm</th>
               <th scope="col">State</th>
               <th scope="col">Versions (kid)</th>
+              <th scope="col">Rotation</th>
               <th scope="col">Created</th>
               <th scope="col">Actions</th>
             </tr>
@@ -109,11 +158,13 @@ export function KeyPairsPage() {
                   <ul class="versions">
                     {keyPair.versions.map((version) => (
                       <li key={version.kid}>
-                        <code>{version.kid}</code>{' '}
-                        {version.status === 'active' ? '(signing)' : `(retired, verifies until ${formatTime(version.verifyUntil)})`}
+                        <code>{version.kid}</code> {versionState(version)}
                       </li>
                     ))}
                   </ul>
+                </td>
+                <td>
+                  <RotationCell keyPair={keyPair} />
                 </td>
                 <td>{formatTime(keyPair.createdAt)}</td>
                 <td class="row-actions">
@@ -123,6 +174,31 @@ export function KeyPairsPage() {
                   {keyPair.status === 'active' && (
                     <button type="button" aria-label={`Retire ${keyPair.id}`} onClick={() => setAction({ kind: 'retire', keyPair })}>
                       Retire
+                    </button>
+                  )}
+                  {keyPair.status === 'active' && (
+                    <button
+                      type="button"
+                      aria-label={`Schedule rotation of ${keyPair.id}`}
+                      onClick={() => {
+                        if (keyPair.rotation)
+                          setSchedule({
+                            days: String(keyPair.rotation.rotateEvery / 86_400),
+                            hours: String(keyPair.rotation.publishAhead / 3600),
+                          });
+                        setAction({ kind: 'schedule', keyPair });
+                      }}
+                    >
+                      Schedule
+                    </button>
+                  )}
+                  {keyPair.rotation && (
+                    <button
+                      type="button"
+                      aria-label={`Remove the rotation schedule of ${keyPair.id}`}
+                      onClick={() => setAction({ kind: 'unschedule', keyPair })}
+                    >
+                      Unschedule
                     </button>
                   )}
                   <button
@@ -226,22 +302,70 @@ export function KeyPairsPage() {
       </form>
       {action && (
         <ConfirmDialog
-          title={`${{ rotate: 'Rotate', retire: 'Retire', delete: 'Delete' }[action.kind]} key pair ${action.keyPair.id}?`}
-          confirmLabel={`${{ rotate: 'Rotate', retire: 'Retire', delete: 'Delete' }[action.kind]} ${action.keyPair.id}`}
-          danger={action.kind !== 'rotate'}
+          title={
+            action.kind === 'schedule'
+              ? `Rotation schedule of ${action.keyPair.id}`
+              : action.kind === 'unschedule'
+                ? `Stop rotating ${action.keyPair.id} on a schedule?`
+                : `${{ rotate: 'Rotate', retire: 'Retire', delete: 'Delete' }[action.kind]} key pair ${action.keyPair.id}?`
+          }
+          confirmLabel={
+            action.kind === 'schedule'
+              ? `Save the schedule of ${action.keyPair.id}`
+              : action.kind === 'unschedule'
+                ? `Unschedule ${action.keyPair.id}`
+                : `${{ rotate: 'Rotate', retire: 'Retire', delete: 'Delete' }[action.kind]} ${action.keyPair.id}`
+          }
+          danger={action.kind === 'retire' || action.kind === 'delete'}
           onConfirm={() => void run(action)}
           onCancel={() => setAction(undefined)}
         >
-          <p>
-            {
+          {action.kind === 'schedule' ? (
+            <>
+              <p>
+                A new key is published in the JWKS and to every ext-authz this long before it signs, so caches (Envoy's jwt_authn, clients)
+                hold it first; the replaced key stays published until its last token has expired.
+              </p>
+              <div class="row">
+                <p>
+                  <label for="kp-rotate-days">Rotate every (days)</label>
+                  <input
+                    id="kp-rotate-days"
+                    type="number"
+                    min="0.001"
+                    step="any"
+                    required
+                    value={schedule.days}
+                    onInput={(event) => setSchedule({ ...schedule, days: event.currentTarget.value })}
+                  />
+                </p>
+                <p>
+                  <label for="kp-publish-hours">Publish ahead (hours)</label>
+                  <input
+                    id="kp-publish-hours"
+                    type="number"
+                    min="0"
+                    step="any"
+                    required
+                    value={schedule.hours}
+                    onInput={(event) => setSchedule({ ...schedule, hours: event.currentTarget.value })}
+                  />
+                </p>
+              </div>
+            </>
+          ) : (
+            <p>
               {
-                rotate:
-                  'A new version with a new kid signs from now on; the current one is retired and keeps verifying until its tokens expire.',
-                retire: 'It signs nothing more; its keys verify until their tokens have expired.',
-                delete: 'Its tokens stop verifying at once. This cannot be undone.',
-              }[action.kind]
-            }
-          </p>
+                {
+                  rotate:
+                    'A new version with a new kid signs from now on; the current one is retired and keeps verifying until its tokens expire. A key published ahead of a scheduled rotation is dropped.',
+                  retire: 'It signs nothing more; its keys verify until their tokens have expired.',
+                  delete: 'Its tokens stop verifying at once. This cannot be undone.',
+                  unschedule: 'It rotates only when asked from now on; a key already published ahead still takes over when due.',
+                }[action.kind]
+              }
+            </p>
+          )}
         </ConfirmDialog>
       )}
     </>
