@@ -200,6 +200,27 @@ describe('ext-authz limits failed Basic / secret-header authentications per (id,
     const blocked = await basicCheck('headers', { 'otoroshi-client-id': 'basic-user', 'otoroshi-client-secret': 'basic-pw-1' }, '10.0.0.4');
     assert.equal(blocked.status, 429);
   });
+
+  it('believes X-Real-IP / X-Forwarded-For only from a trusted proxy (TRUST_PROXY): from any other peer they change nothing', async () => {
+    for (const trustProxy of ['10.0.0.0/8', false]) {
+      const untrusting = await startTestExtAuthz(authority!, { trustProxy, authFailures: { perClientAddress: 5, perAddress: 100 } });
+      try {
+        await untrusting.waitFor(() => untrusting.replica.apiKey('basic-user') !== undefined);
+        const statuses: number[] = [];
+        for (let i = 0; i < 7; i++) {
+          // Each from "another address", in both headers: all are 127.0.0.1's, which no setting trusts here.
+          const answer = await fetch(`${untrusting.url}/authz/basic`, {
+            headers: { ...basic('basic-user', `wrong-${i}`), 'x-real-ip': `10.1.0.${i}`, 'x-forwarded-for': `10.2.0.${i}` },
+          });
+          statuses.push(answer.status);
+          await answer.arrayBuffer();
+        }
+        assert.deepEqual(statuses, [401, 401, 401, 401, 401, 429, 429], `TRUST_PROXY ${trustProxy}`);
+      } finally {
+        await untrusting.close();
+      }
+    }
+  });
 });
 
 describe('the slow secret hash has bounded concurrency', () => {

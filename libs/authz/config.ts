@@ -2,6 +2,7 @@ import { z } from 'zod';
 import { AUTH_FAILURE_ENV_OVERRIDES, authFailureSettingsSchema } from '../core/auth-failure-limiter';
 import { booleanSetting, loadConfig, logLevelSetting, portSetting } from '../config/load-config';
 import { httpLimitEnvOverrides, httpLimitsSchema } from '../http/server-limits';
+import { trustProxySetting } from '../http/trust-proxy';
 
 export const EXTRACTORS = ['bearer', 'basic', 'customHeaders', 'clientId'] as const;
 export type ExtractorName = (typeof EXTRACTORS)[number];
@@ -95,6 +96,12 @@ export const extAuthzConfigSchema = z
       .prefault({}),
     /** Failed Basic / custom-header authentications, limited per client id and address (see README). */
     authFailures: authFailureSettingsSchema,
+    /**
+     * HTTP mode: whose X-Real-IP / X-Forwarded-For gives the client address for the failure limits
+     * (libs/http/trust-proxy.ts, as the authority's TRUST_PROXY). 1 by default: the HTTP mode sits
+     * behind one nginx or Envoy; list the proxies' addresses when anything else can reach its port.
+     */
+    trustProxy: trustProxySetting.default({ hops: 1 }),
     /** Bound of the verified-token cache. */
     cacheSize: z.coerce.number().int().min(0).default(100_000),
     log: z.object({ level: logLevelSetting }).prefault({}),
@@ -119,6 +126,7 @@ export const EXT_AUTHZ_ENV_OVERRIDES = {
   REDIS_KEY_PREFIX: 'quotas.keyPrefix',
   QUOTA_LEASE_MAX: 'quotas.leaseMax',
   ...AUTH_FAILURE_ENV_OVERRIDES,
+  TRUST_PROXY: 'trustProxy',
   LOG_LEVEL: 'log.level',
 } as const;
 

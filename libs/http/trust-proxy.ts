@@ -115,6 +115,31 @@ export function clientAddressOf(trust: TrustProxy, peer: string, forwardedFor?: 
   return addresses[addresses.length - 1] ?? peer;
 }
 
+/**
+ * The client address behind a hop that may also say X-Real-IP (nginx's `proxy_set_header
+ * X-Real-IP $remote_addr`, as ext-authz's HTTP mode gets it from the shipped template): that
+ * header counts as the hop's own entry at the end of X-Forwarded-For (once, when the hop also
+ * appended it there), so it is believed exactly when the peer is a trusted proxy, and hops
+ * beyond it are read from X-Forwarded-For as clientAddressOf does.
+ */
+export function proxiedClientAddress(
+  trust: TrustProxy,
+  peer: string,
+  headers: { realIp?: string | string[]; forwardedFor?: string | string[] },
+): string {
+  const join = (value: string | string[] | undefined) => (Array.isArray(value) ? value.join(',') : (value ?? ''));
+  const entries = join(headers.forwardedFor)
+    .split(',')
+    .map((entry) => entry.trim())
+    .filter((entry) => entry !== '');
+  const realIp = join(headers.realIp)
+    .split(',')
+    .map((entry) => entry.trim())
+    .filter((entry) => entry !== '');
+  if (realIp.length && entries.at(-1) !== realIp.at(-1)) entries.push(...realIp);
+  return clientAddressOf(trust, peer, entries.length ? entries.join(',') : undefined);
+}
+
 /** For logs and docs: the setting as TRUST_PROXY would be written. */
 export function describeTrustProxy(trust: TrustProxy): string {
   if (trust === false) return 'false';

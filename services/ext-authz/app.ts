@@ -129,6 +129,7 @@ export async function startExtAuthz(config: ExtAuthzConfig, options: ExtAuthzOpt
     metrics,
     watch,
     quotas,
+    trustProxy: config.trustProxy,
     decided(mode, policy, decision) {
       metrics.record(mode, policy, decision);
       logDecision(logger, mode, policy, decision);

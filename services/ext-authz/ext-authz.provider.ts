@@ -3,6 +3,7 @@ import type { Decision } from '../../libs/authz/decision';
 import type { AuthzMetrics } from '../../libs/authz/metrics';
 import type { QuotaEnforcer } from '../../libs/quotas/quotas';
 import type { AuthorityReplica } from '../../libs/authz/replica';
+import type { TrustProxy } from '../../libs/http/trust-proxy';
 
 /** Nest injection token of the wired ext-authz core. */
 export const EXT_AUTHZ = 'EXT_AUTHZ';
@@ -16,4 +17,6 @@ export interface ExtAuthz {
   decided(mode: 'grpc' | 'http', policy: string | undefined, decision: Decision): void;
   /** Undefined when quotas are off. */
   quotas?: QuotaEnforcer;
+  /** HTTP mode: whose forwarded addresses are believed (TRUST_PROXY). */
+  trustProxy: TrustProxy;
 }

@@ -1,6 +1,7 @@
 import { All, Controller, Get, Header, Inject, Param, Req, Res } from '@nestjs/common';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { denialBody } from '../../libs/authz/decision';
+import { proxiedClientAddress, type TrustProxy } from '../../libs/http/trust-proxy';
 import { EXT_AUTHZ, type ExtAuthz } from './ext-authz.provider';
 
 /**
@@ -17,7 +18,7 @@ export class HttpModeController {
   async check(@Param('policy') policy: string, @Req() request: FastifyRequest, @Res() reply: FastifyReply): Promise<void> {
     const headers = request.headers as Record<string, string | undefined>;
     // A warm-cache decision is synchronous (Authorizer.decide): awaited only when it is pending.
-    const decided = this.extAuthz.authorizer.decide({ policy, headers, sourceAddress: clientAddress(request) });
+    const decided = this.extAuthz.authorizer.decide({ policy, headers, sourceAddress: clientAddress(request, this.extAuthz.trustProxy) });
     const decision = decided instanceof Promise ? await decided : decided;
     this.extAuthz.decided('http', policy, decision);
     reply.header('cache-control', 'no-store');
@@ -62,14 +63,13 @@ export class HttpModeController {
 }
 
 /**
- * The client's address as the proxy in front reports it: nginx's X-Real-IP (set in the shipped
- * template), else the last X-Forwarded-For entry (the one Envoy appended), else the peer. Only
- * the proxy can reach the HTTP mode, so these headers are its word, not the client's.
+ * The client's address as the proxy in front reports it, believed only from a trusted peer
+ * (TRUST_PROXY, by default 1): nginx's X-Real-IP (set in the shipped template), else the last
+ * X-Forwarded-For entry (the one Envoy appended), else the peer.
  */
-function clientAddress(request: FastifyRequest): string {
-  const realIp = request.headers['x-real-ip'];
-  if (typeof realIp === 'string' && realIp) return realIp.trim();
-  const forwarded = request.headers['x-forwarded-for'];
-  const last = (Array.isArray(forwarded) ? forwarded.join(',') : (forwarded ?? '')).split(',').pop()?.trim();
-  return last || request.socket.remoteAddress || 'unknown';
+function clientAddress(request: FastifyRequest, trust: TrustProxy): string {
+  return proxiedClientAddress(trust, request.socket.remoteAddress || 'unknown', {
+    realIp: request.headers['x-real-ip'],
+    forwardedFor: request.headers['x-forwarded-for'],
+  });
 }

@@ -1,7 +1,8 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { authorityConfigSchema } from '../../libs/core/config';
-import { clientAddressOf, describeTrustProxy, parseTrustProxy, type TrustProxy } from '../../libs/http/trust-proxy';
+import { extAuthzConfigSchema } from '../../libs/authz/config';
+import { clientAddressOf, describeTrustProxy, parseTrustProxy, proxiedClientAddress, type TrustProxy } from '../../libs/http/trust-proxy';
 
 describe('TRUST_PROXY forms (issue 22)', () => {
   it('reads "trust nothing", hop counts and address lists', () => {
@@ -101,6 +102,38 @@ describe('TRUST_PROXY forms (issue 22)', () => {
     assert.equal(clientAddressOf({ addresses: ['fd00::/8'] }, 'fd00::1', '2001:db8::1'), '2001:db8::1');
     // The pitfall the docs name: a client at a listed address gets its own header believed.
     assert.equal(clientAddressOf({ addresses: ['127.0.0.1'] }, '127.0.0.1', '10.9.8.7, 127.0.0.1'), '10.9.8.7');
+  });
+
+  it("ext-authz's HTTP mode: X-Real-IP is the trusted hop's word, believed only from a trusted peer", () => {
+    // nginx auth_request (the shipped template): X-Real-IP $remote_addr; the client's own X-Forwarded-For passes through.
+    const nginx = { realIp: '203.0.113.9', forwardedFor: '10.9.8.7' };
+    assert.equal(proxiedClientAddress({ hops: 1 }, '127.0.0.1', nginx), '203.0.113.9');
+    assert.equal(proxiedClientAddress({ addresses: ['loopback'] }, '127.0.0.1', nginx), '203.0.113.9');
+    // Envoy HTTP mode: no X-Real-IP, the last X-Forwarded-For entry is the one Envoy appended.
+    assert.equal(proxiedClientAddress({ hops: 1 }, '127.0.0.1', { forwardedFor: '10.9.8.7, 203.0.113.9' }), '203.0.113.9');
+    // A peer that is no trusted proxy writes what it likes, and none of it is believed.
+    assert.equal(proxiedClientAddress(false, '192.0.2.1', nginx), '192.0.2.1');
+    assert.equal(proxiedClientAddress({ addresses: ['10.0.0.5'] }, '192.0.2.1', nginx), '192.0.2.1');
+    assert.equal(proxiedClientAddress({ addresses: ['10.0.0.5'] }, '10.0.0.5', nginx), '203.0.113.9');
+    // Two hops (a balancer that appends X-Forwarded-For, then nginx): X-Real-IP is the balancer, the entry before it the client.
+    assert.equal(
+      proxiedClientAddress({ hops: 2 }, '127.0.0.1', { realIp: '10.0.0.2', forwardedFor: '10.9.8.7, 203.0.113.9' }),
+      '203.0.113.9',
+    );
+    // A hop that sets X-Real-IP and appends the same address to X-Forwarded-For counts once.
+    assert.equal(
+      proxiedClientAddress({ hops: 2 }, '127.0.0.1', { realIp: '10.0.0.2', forwardedFor: '203.0.113.9, 10.0.0.2' }),
+      '203.0.113.9',
+    );
+    assert.equal(proxiedClientAddress({ hops: 1 }, '127.0.0.1', {}), '127.0.0.1', 'no header: the peer');
+    assert.equal(proxiedClientAddress({ hops: 1 }, '127.0.0.1', { realIp: ' ' }), '127.0.0.1', 'an empty X-Real-IP: the peer');
+  });
+
+  it('ext-authz reads TRUST_PROXY too, by default 1 (its HTTP mode sits behind nginx or Envoy); a bare true is refused', () => {
+    assert.deepEqual(extAuthzConfigSchema.parse({}).trustProxy, { hops: 1 });
+    assert.equal(extAuthzConfigSchema.parse({ trustProxy: 'false' }).trustProxy, false);
+    assert.deepEqual(extAuthzConfigSchema.parse({ trustProxy: '10.0.0.5' }).trustProxy, { addresses: ['10.0.0.5'] });
+    assert.equal(extAuthzConfigSchema.safeParse({ trustProxy: 'true' }).success, false);
   });
 
   it('writes the setting back as TRUST_PROXY would be written', () => {
