@@ -1,3 +1,4 @@
+import { hash } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
 import type { AuthFailureLimiter } from '../core/auth-failure-limiter';
 import { SecretHashBusy, verifySecret } from '../core/crypto/secret-hash';
@@ -30,7 +31,7 @@ type Credential =
   | { kind: 'secret'; clientId: string; clientSecret: string; headers: string[]; scheme?: 'Basic' }
   | { kind: 'clientId'; clientId: string; headers: string[] };
 
-type Identity = { apiKey: DataPlaneApiKey; scopes: string[] } | { reason: DenyReason; retryAfter?: number };
+type Identity = { apiKey: DataPlaneApiKey; scopes: readonly string[] } | { reason: DenyReason; retryAfter?: number };
 
 interface VerifiedToken {
   kid: string;
@@ -38,9 +39,19 @@ interface VerifiedToken {
   jti: string;
   exp: number;
   nbf: number;
-  aud: string[];
-  scopes: string[];
+  aud: readonly string[];
+  scopes: readonly string[];
 }
+
+/**
+ * What one cached token costs the heap besides its jti, in bytes (measured with
+ * bench/ext-authz-memory.ts: about 250 with a UUID jti): the key (a 32-character digest), the
+ * entry object, lru-cache's bookkeeping (map entry, list slots, TTL slots). Its kid, client id,
+ * audiences and scopes are shared with every other token of the same key (interned).
+ */
+const CACHED_TOKEN_BYTES = 200;
+/** Interned strings and arrays: a handful per API key; cleared whole past this (only verified tokens add to it). */
+const INTERNED_MAX = 10_000;
 
 const BEARER = /^Bearer[ ]+([^ ]*)\s*$/i;
 const BASIC = /^Basic[ ]+([^ ]*)\s*$/i;
@@ -52,8 +63,14 @@ const JWT_CHARACTERS = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/;
  * memory only (a short secret's scrypt is the one asynchronous step, cached after success).
  */
 export class Authorizer {
-  /** Successful signature checks, by token; entries never outlive the token's `exp`. */
+  /**
+   * Successful signature checks, by the token's SHA-256 (32 bytes as a latin1 ('binary') string: a token is
+   * 700 characters and more with RS256); entries never outlive the token's `exp`. Bounded by
+   * count (cacheSize) and by heap bytes (cacheMaxBytes).
+   */
   private readonly verified: LRUCache<string, VerifiedToken> | undefined;
+  /** The strings and arrays that the cached tokens of one API key have in common, one copy each. */
+  private readonly interned = new Map<string, string | readonly string[]>();
 
   constructor(
     private readonly config: ExtAuthzConfig,
@@ -61,7 +78,19 @@ export class Authorizer {
     private readonly now: () => number = Date.now,
     private readonly guards: AuthorizerGuards = {},
   ) {
-    this.verified = config.cacheSize > 0 ? new LRUCache({ max: config.cacheSize }) : undefined;
+    this.verified =
+      config.cacheSize > 0 && config.cacheMaxBytes > 0
+        ? new LRUCache({
+            max: config.cacheSize,
+            maxSize: config.cacheMaxBytes,
+            sizeCalculation: (token) => CACHED_TOKEN_BYTES + token.jti.length,
+          })
+        : undefined;
+  }
+
+  /** How full the verified-token cache is: tokens, and their estimated heap bytes (what cacheMaxBytes bounds). */
+  tokenCache(): { tokens: number; bytes: number } {
+    return { tokens: this.verified?.size ?? 0, bytes: this.verified?.calculatedSize ?? 0 };
   }
 
   /** The request headers the pipeline can read (lower case): what a transport must pass on, at least. */
@@ -202,7 +231,9 @@ export class Authorizer {
 
   private verifyToken(token: string, now: number): VerifiedToken | { reason: DenyReason } {
     const nowSeconds = Math.floor(now / 1000);
-    let verified = this.verified?.get(token);
+    // Collision resistance makes the digest as good a key as the token itself, at a twentieth of its size.
+    const key = this.verified ? hash('sha256', token, 'binary') : '';
+    let verified = this.verified?.get(key);
     if (!verified) {
       if (!JWT_CHARACTERS.test(token)) return { reason: 'malformed_credential' };
       const result = verifyJws(token, this.replica.verificationKey);
@@ -226,21 +257,23 @@ export class Authorizer {
         return { reason: 'not_access_token' };
       }
       if (claims.iss !== this.replica.issuer) return { reason: 'wrong_issuer' };
+      const aud =
+        typeof claims.aud === 'string'
+          ? [claims.aud]
+          : Array.isArray(claims.aud)
+            ? claims.aud.filter((value): value is string => typeof value === 'string')
+            : [];
+      const scope = typeof claims.scope === 'string' ? claims.scope : '';
       verified = {
-        clientId: claims.client_id,
+        clientId: this.intern(`c${claims.client_id}`, () => claims.client_id as string),
         jti: claims.jti,
         exp: claims.exp,
         nbf: claims.nbf,
-        aud:
-          typeof claims.aud === 'string'
-            ? [claims.aud]
-            : Array.isArray(claims.aud)
-              ? claims.aud.filter((value): value is string => typeof value === 'string')
-              : [],
-        scopes: typeof claims.scope === 'string' ? claims.scope.split(' ').filter(Boolean) : [],
-        kid: header.kid as string,
+        aud: this.intern(`a${JSON.stringify(aud)}`, () => Object.freeze(aud)),
+        scopes: this.intern(`s${scope}`, () => Object.freeze(scope.split(' ').filter(Boolean))),
+        kid: this.intern(`k${header.kid as string}`, () => header.kid as string),
       };
-      if (verified.exp > nowSeconds) this.verified?.set(token, verified, { ttl: (verified.exp - nowSeconds) * 1000 });
+      if (verified.exp > nowSeconds) this.verified?.set(key, verified, { ttl: (verified.exp - nowSeconds) * 1000 });
     } else if (!this.replica.verificationKey(verified.kid)) {
       // Its key was deleted or its verification window closed since it was cached.
       return { reason: 'unknown_key' };
@@ -248,6 +281,17 @@ export class Authorizer {
     if (verified.exp <= nowSeconds) return { reason: 'expired' };
     if (verified.nbf > nowSeconds) return { reason: 'not_yet_valid' };
     return verified;
+  }
+
+  /** One shared copy of what many cached tokens hold alike (only tokens that passed verification get here). */
+  private intern<T extends string | readonly string[]>(key: string, make: () => T): T {
+    let value = this.interned.get(key) as T | undefined;
+    if (value === undefined) {
+      if (this.interned.size >= INTERNED_MAX) this.interned.clear();
+      value = make();
+      this.interned.set(key, value);
+    }
+    return value;
   }
 }
 

@@ -102,8 +102,14 @@ export const extAuthzConfigSchema = z
      * behind one nginx or Envoy; list the proxies' addresses when anything else can reach its port.
      */
     trustProxy: trustProxySetting.default({ hops: 1 }),
-    /** Bound of the verified-token cache. */
+    /** Bound of the verified-token cache, in tokens (0 turns it off)... */
     cacheSize: z.coerce.number().int().min(0).default(100_000),
+    /** ... and in heap bytes (about 250 a token; 0 turns it off). */
+    cacheMaxBytes: z.coerce
+      .number()
+      .int()
+      .min(0)
+      .default(32 * 1024 * 1024),
     log: z.object({ level: logLevelSetting }).prefault({}),
   })
   .strict();
@@ -121,6 +127,7 @@ export const EXT_AUTHZ_ENV_OVERRIDES = {
   AUTHORITY_TOKEN: 'authority.token',
   AUTHORITY_TOKEN_FILE: 'authority.tokenFile',
   CACHE_SIZE: 'cacheSize',
+  CACHE_MAX_BYTES: 'cacheMaxBytes',
   QUOTAS_ENABLED: 'quotas.enabled',
   REDIS_URL: 'quotas.redisUrl',
   REDIS_KEY_PREFIX: 'quotas.keyPrefix',

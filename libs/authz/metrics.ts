@@ -10,6 +10,8 @@ export class AuthzMetrics {
   private readonly quotaStoreFailures: Counter<'policy' | 'outcome'>;
   /** Whether the quota store (Redis) answers; always 1 for memory counters. */
   quotaStoreUp = true;
+  /** The verified-token cache's fill (Authorizer.tokenCache), once the authorizer exists. */
+  tokenCache: () => { tokens: number; bytes: number } = () => ({ tokens: 0, bytes: 0 });
 
   constructor(
     replica: AuthorityReplica,
@@ -76,6 +78,17 @@ export class AuthzMetrics {
       collect() {
         this.set({ kind: 'snapshot' }, replica.applied.snapshots);
         this.set({ kind: 'delta' }, replica.applied.deltas);
+      },
+    });
+    new Gauge({
+      name: 'ext_authz_token_cache',
+      help: 'The verified-token cache: tokens held, and their estimated heap bytes (bounded by cacheSize and cacheMaxBytes).',
+      labelNames: ['measure'],
+      registers: [this.registry],
+      collect() {
+        const { tokens, bytes } = metrics.tokenCache();
+        this.set({ measure: 'tokens' }, tokens);
+        this.set({ measure: 'bytes' }, bytes);
       },
     });
     new Gauge({

@@ -123,6 +123,7 @@ export async function startExtAuthz(config: ExtAuthzConfig, options: ExtAuthzOpt
       }
     },
   });
+  metrics.tokenCache = () => authorizer.tokenCache();
   const core: ExtAuthz = {
     authorizer,
     replica,

@@ -33,7 +33,7 @@ function handMade(header: Record<string, unknown>, claims: Record<string, unknow
   return `${input}.${sign(digest, Buffer.from(input), signer.privateKey).toString('base64url')}`;
 }
 
-async function setup(policies?: Record<string, unknown>) {
+async function setup(policies?: Record<string, unknown>, settings?: Record<string, unknown>) {
   const clock = new TestClock();
   const replica = replicaWith(
     [pair, rsa],
@@ -46,7 +46,7 @@ async function setup(policies?: Record<string, unknown>) {
     ],
     clock.now,
   );
-  const authorizer = new Authorizer(authzConfig(policies), replica, clock.now);
+  const authorizer = new Authorizer(authzConfig(policies, settings), replica, clock.now);
   const check = (headers: AuthzRequest['headers'], policy = 'api'): Promise<Decision> => authorizer.check({ policy, headers });
   const bearer = (token: string, policy?: string) => check({ authorization: `Bearer ${token}` }, policy);
   return { clock, replica, authorizer, check, bearer };
@@ -135,6 +135,28 @@ describe('Authorizer: bearer tokens', () => {
     assert.equal(reason(await bearer(other)), 'allowed');
     step(5, { removedKeyPairs: ['kp-1'] });
     assert.equal(reason(await bearer(other)), 'unknown_key', 'cached, but its key is gone');
+  });
+
+  it('bounds the verified-token cache by heap bytes as well as by count, and a cached token still names only itself', async () => {
+    const tokens = await Promise.all(
+      Array.from({ length: 10 }, (_, index) => signAccessToken(rsa, accessClaims('app', new TestClock().seconds, { jti: `jti-${index}` }))),
+    );
+    const byBytes = await setup(undefined, { cacheMaxBytes: 800 });
+    for (const token of tokens) assert.equal(reason(await byBytes.bearer(token)), 'allowed');
+    const bounded = byBytes.authorizer.tokenCache();
+    assert.ok(bounded.bytes <= 800 && bounded.tokens >= 1 && bounded.tokens < 10, `within 800 bytes: ${JSON.stringify(bounded)}`);
+    const byCount = await setup(undefined, { cacheSize: 4 });
+    for (const token of tokens) assert.equal(reason(await byCount.bearer(token)), 'allowed');
+    assert.equal(byCount.authorizer.tokenCache().tokens, 4);
+    const unbounded = await setup();
+    for (const token of tokens) assert.equal(reason(await unbounded.bearer(token)), 'allowed');
+    assert.equal(unbounded.authorizer.tokenCache().tokens, 10);
+    // Keyed by a digest of the whole token: a cached token's signature on other claims is not a hit.
+    const [header, payload, signature] = tokens[0].split('.');
+    const forged = `${header}.${payload.slice(0, -2)}${payload.slice(-2) === 'fQ' ? 'fX' : 'fQ'}.${signature}`;
+    assert.notEqual(reason(await unbounded.bearer(forged)), 'allowed');
+    assert.equal(reason(await unbounded.bearer(`${tokens[0]}x`)), 'bad_signature');
+    assert.equal(unbounded.authorizer.tokenCache().tokens, 10);
   });
 
   it('closes a key pair at its verifyUntil', async () => {

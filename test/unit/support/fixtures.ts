@@ -122,6 +122,7 @@ export function signAccessToken(pair: TestKeyPair, claims: Record<string, unknow
 /** ext-authz's settings with one policy `api` (bearer, basic, custom headers, client id) unless given. */
 export function authzConfig(
   policies: Record<string, unknown> = { api: { extractors: ['bearer', 'basic', 'customHeaders', 'clientId'] } },
+  settings: Record<string, unknown> = {},
 ): ExtAuthzConfig {
-  return extAuthzConfigSchema.parse({ policies });
+  return extAuthzConfigSchema.parse({ policies, ...settings });
 }
