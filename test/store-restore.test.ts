@@ -6,6 +6,7 @@ import { join, resolve } from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
 import { describe, it } from 'node:test';
 import { parseVersion } from '../libs/core/data-plane';
+import { type Route, validateRoute } from '../libs/core/routes';
 import { startTestAuthority, storedRows, storeEnv, type TestAuthority } from './support/authority';
 import { startTestExtAuthz, type TestExtAuthz } from './support/ext-authz';
 import { freePort } from './support/ports';
@@ -21,6 +22,17 @@ import { adminQuery, TEST_STORE_URL } from './support/postgres';
  */
 
 const CLI = resolve(__dirname, '../services/token-authority/cli.js');
+
+function route(id: string): Route {
+  const result = validateRoute({
+    id,
+    frontend: { domains: [`${id}.oto.tools`] },
+    backend: { targets: [{ hostname: '127.0.0.1', port: 8081 }] },
+  });
+  if (!result.ok) throw new Error(JSON.stringify(result.issues));
+  const at = new Date().toISOString();
+  return { ...result.route, createdAt: at, updatedAt: at };
+}
 
 function runCli(authority: TestAuthority, ...args: string[]) {
   return spawnSync(process.execPath, [CLI, ...args], {
@@ -168,6 +180,8 @@ describe('store restore of what is not a store backup (SQLite)', {
         });
         assert.equal(created.status, 201);
       }
+      // A route, which a backup from before routes does not have (routes-store.test.ts restores them).
+      assert.equal(await authority.authority.store.routes.create(route('kept')), true);
       const good = join(dataDir, 'good.sqlite');
       cli(authority, 'store', 'backup', good);
       const whole = readFileSync(good);
@@ -195,11 +209,12 @@ describe('store restore of what is not a store backup (SQLite)', {
         assert.deepEqual(await Promise.all(tables.map((table) => storedRows(authority, table))), before, `${name}: store unchanged`);
       }
 
-      // A backup written before changes had a tag column (68af527): restored, its changes untagged.
+      // A backup written before changes had a tag column (68af527), and before routes: restored,
+      // its changes untagged, no routes.
       const old = join(dataDir, 'before-tags.sqlite');
       copyFileSync(good, old);
       const db = new DatabaseSync(old);
-      db.exec('ALTER TABLE changes DROP COLUMN tag');
+      db.exec('ALTER TABLE changes DROP COLUMN tag; DROP TABLE route_claims; DROP TABLE routes');
       db.close();
       await authority.admin('POST', '/api/apikeys', { clientId: 'after-backup', clientSecret: 'after-backup-long-enough-0123456789' });
       cli(authority, 'store', 'restore', old);
@@ -210,6 +225,8 @@ describe('store restore of what is not a store backup (SQLite)', {
       cli(authority, 'apikeys', 'create', '--id', 'after-restore');
       const last = (JSON.parse(await storedRows(authority, 'changes')) as { tag: string | null }[]).at(-1);
       assert.ok(last?.tag, 'new changes are tagged');
+      assert.equal(await storedRows(authority, 'routes'), '[]', 'a backup from before routes: none left');
+      assert.equal(await storedRows(authority, 'route_claims'), '[]');
     } finally {
       await authority.stop();
       rmSync(dataDir, { recursive: true, force: true });
