@@ -407,7 +407,14 @@ async function main() {
     usageLine('before (idle, ready)', await extAuthz.ask<Usage>({ memory: 'usage' }), procStatus(pid));
     topMappings(pid);
 
+    const sampling = process.env.BENCH_ALLOCATIONS === '1';
+    if (sampling) await extAuthz.ask({ memory: 'sample-start' });
     const run = await runChecks(extAuthz, frames);
+    if (sampling) {
+      const { total, sites } = await extAuthz.ask<{ total: number; sites: [string, number][] }>({ memory: 'sample-stop' }, 60_000);
+      console.log(`  allocated during the load (sampled): ${mb(total)} = ${(total / run.sent).toFixed(0)} B per Check; by site:`);
+      for (const [site, bytes] of sites) console.log(`    ${(bytes / run.sent).toFixed(0).padStart(6)} B/Check  ${site}`);
+    }
     const peak = procStatus(pid);
     usageLine('right after the load', await extAuthz.ask<Usage>({ memory: 'usage' }), peak);
     console.log(`  peak                   VmHWM ${mb(peak.hwm)}  (VmRSS sampled every 100 ms: max ${mb(run.peakSampledRss)})`);

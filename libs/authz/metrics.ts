@@ -3,11 +3,26 @@ import { registerUnexpectedErrors } from '../observability/unexpected-errors';
 import type { Decision } from './decision';
 import type { AuthorityReplica } from './replica';
 
+interface DecisionCount {
+  labels: { mode: string; policy: string; decision: string; reason: string };
+  count: number;
+  reported: number;
+}
+
 /** Prometheus metrics of ext-authz (prom-client), one registry per instance. */
 export class AuthzMetrics {
   readonly registry = new Registry();
   private readonly decisions: Counter<'mode' | 'policy' | 'decision' | 'reason'>;
   private readonly quotaStoreFailures: Counter<'policy' | 'outcome'>;
+  /**
+   * ext_authz_decisions_total counted here by mode, policy and reason (bounded: known policies,
+   * deny reasons) and handed to prom-client at each scrape: prom-client hashes the labels on every
+   * inc(), and every Check counts.
+   */
+  private readonly decisionCounters = {
+    grpc: new Map<string, Map<string, DecisionCount>>(),
+    http: new Map<string, Map<string, DecisionCount>>(),
+  };
   /** Whether the quota store (Redis) answers; always 1 for memory counters. */
   quotaStoreUp = true;
   /** The verified-token cache's fill (Authorizer.tokenCache), once the authorizer exists. */
@@ -21,11 +36,19 @@ export class AuthzMetrics {
   ) {
     collectDefaultMetrics({ register: this.registry, prefix: 'ext_authz_' });
     registerUnexpectedErrors(this.registry);
+    const counts = this.decisionCounters;
     this.decisions = new Counter({
       name: 'ext_authz_decisions_total',
       help: 'Authorization decisions, by transport, policy, outcome and deny reason.',
       labelNames: ['mode', 'policy', 'decision', 'reason'],
       registers: [this.registry],
+      collect() {
+        for (const byPolicy of [...counts.grpc.values(), ...counts.http.values()])
+          for (const count of byPolicy.values()) {
+            if (count.count > count.reported) this.inc(count.labels, count.count - count.reported);
+            count.reported = count.count;
+          }
+      },
     });
     this.quotaStoreFailures = new Counter({
       name: 'ext_authz_quota_store_failures_total',
@@ -107,11 +130,18 @@ export class AuthzMetrics {
 
   record(mode: 'grpc' | 'http', policy: string | undefined, decision: Decision): void {
     const label = policy !== undefined && this.policies.has(policy) ? policy : '(unknown)';
-    this.decisions.inc({
-      mode,
-      policy: label,
-      decision: decision.allowed ? 'allow' : 'deny',
-      reason: decision.allowed ? 'ok' : decision.reason,
-    });
+    const reason = decision.allowed ? 'ok' : decision.reason;
+    // The labelled counter is looked up without building a label object or key string per call (every Check counts).
+    let byPolicy = this.decisionCounters[mode].get(label);
+    if (!byPolicy) {
+      byPolicy = new Map();
+      this.decisionCounters[mode].set(label, byPolicy);
+    }
+    let count = byPolicy.get(reason);
+    if (!count) {
+      count = { labels: { mode, policy: label, decision: decision.allowed ? 'allow' : 'deny', reason }, count: 0, reported: 0 };
+      byPolicy.set(reason, count);
+    }
+    count.count += 1;
   }
 }

@@ -427,6 +427,14 @@ describe('CheckResponseEncoder against proto-loader', () => {
       responseHeaders: { 'Otoroshi-Daily-Calls-Remaining': '99', 'Otoroshi-Monthly-Calls-Remaining': '999' },
     },
     { allowed: true, clientId: '', headersToSet: {}, headersToRemove: [], responseHeaders: {} },
+    // Lengths past one varint byte (a header of 300 bytes, an answer of 20 KB), and multi-byte UTF-8.
+    {
+      allowed: true,
+      clientId: 'long',
+      headersToSet: { 'x-client-id': 'l'.repeat(300), 'x-client-name': 'ü€😀'.repeat(40) },
+      headersToRemove: Array.from({ length: 200 }, (_, index) => `x-remove-${index}-${'r'.repeat(index)}`),
+      responseHeaders: { 'Otoroshi-Daily-Calls-Remaining': '0' },
+    },
   ];
   const denials: Decision[] = reasons.flatMap((reason) => [
     deny(reason),
