@@ -9,10 +9,14 @@ import { legalHeaderValue } from '../http/header-value';
 import { DAILY_REMAINING_HEADER, deny, MONTHLY_REMAINING_HEADER, type Decision, type DenyReason } from './decision';
 import type { QuotaEnforcer } from '../quotas/quotas';
 import type { AuthorityReplica } from './replica';
+import { InlinePolicies } from './route-policy';
 
 /** A request to authorize, as every transport can describe it. Header names are lower case. */
 export interface AuthzRequest {
+  /** The policy's name: a policy of the config, or the route's id when `inlinePolicy` is set. */
   policy: string | undefined;
+  /** The route's policy as JSON, carried by Envoy in context_extensions (libs/authz/route-policy.ts): it wins over `policy`. */
+  inlinePolicy?: string;
   headers: Readonly<Record<string, string | undefined>>;
   /** The client's address, for the failure limits of secret credentials. */
   sourceAddress?: string;
@@ -53,6 +57,14 @@ const CACHED_TOKEN_BYTES = 200;
 /** Interned strings and arrays: a handful per API key; cleared whole past this (only verified tokens add to it). */
 const INTERNED_MAX = 10_000;
 
+/** The request headers a policy reads (lower case). */
+export function policyHeaderNames(policy: RoutePolicy): string[] {
+  return ['authorization', policy.clientIdHeader, policy.clientSecretHeader];
+}
+
+/** Route ids of inline policies given their own metric label, beyond the config's policies. */
+const MAX_ROUTE_LABELS = 10_000;
+
 const BEARER = /^Bearer[ ]+([^ ]*)\s*$/i;
 const BASIC = /^Basic[ ]+([^ ]*)\s*$/i;
 const JWT_CHARACTERS = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/;
@@ -71,6 +83,13 @@ export class Authorizer {
   private readonly verified: LRUCache<string, VerifiedToken> | undefined;
   /** The strings and arrays that the cached tokens of one API key have in common, one copy each. */
   private readonly interned = new Map<string, string | readonly string[]>();
+  private readonly inline = new InlinePolicies();
+  /**
+   * Policy names worth a metric label: the config's, then route ids of inline policies as they
+   * are first seen (up to MAX_ROUTE_LABELS more), so a label set stays bounded.
+   */
+  readonly policyNames: Set<string>;
+  private readonly configPolicyCount: number;
 
   constructor(
     private readonly config: ExtAuthzConfig,
@@ -86,11 +105,32 @@ export class Authorizer {
             sizeCalculation: (token) => CACHED_TOKEN_BYTES + token.jti.length,
           })
         : undefined;
+    this.policyNames = new Set(Object.keys(config.policies));
+    this.configPolicyCount = this.policyNames.size;
   }
 
   /** How full the verified-token cache is: tokens, and their estimated heap bytes (what cacheMaxBytes bounds). */
   tokenCache(): { tokens: number; bytes: number } {
     return { tokens: this.verified?.size ?? 0, bytes: this.verified?.calculatedSize ?? 0 };
+  }
+
+  /** The policy a request is decided by: its inline policy when it has one, else the config's policy of that name. */
+  policyOf(request: Pick<AuthzRequest, 'policy' | 'inlinePolicy'>): RoutePolicy | undefined {
+    if (request.inlinePolicy !== undefined) {
+      const policy = this.inline.resolve(request.inlinePolicy);
+      if (
+        policy &&
+        request.policy !== undefined &&
+        this.policyNames.size < this.configPolicyCount + MAX_ROUTE_LABELS &&
+        !this.policyNames.has(request.policy)
+      )
+        this.policyNames.add(request.policy);
+      return policy;
+    }
+    // Own properties only: a policy named "constructor" or "__proto__" is simply unknown.
+    return request.policy !== undefined && Object.hasOwn(this.config.policies, request.policy)
+      ? this.config.policies[request.policy]
+      : undefined;
   }
 
   /** The request headers the pipeline can read (lower case): what a transport must pass on, at least. */
@@ -118,11 +158,7 @@ export class Authorizer {
    */
   decide(request: AuthzRequest): Decision | Promise<Decision> {
     if (!this.replica.ready) return deny('not_ready');
-    // Own properties only: a policy named "constructor" or "__proto__" is simply unknown.
-    const policy =
-      request.policy !== undefined && Object.hasOwn(this.config.policies, request.policy)
-        ? this.config.policies[request.policy]
-        : undefined;
+    const policy = this.policyOf(request);
     if (!policy) return deny('unknown_policy');
     // One scheme per route (RFC 7235): Basic for routes that take Basic and no bearer token,
     // Bearer otherwise; RFC 6750 error codes only go with Bearer.
@@ -168,7 +204,7 @@ export class Authorizer {
     else headersToRemove.push(names.scopes);
     if (policy.stripCredential) headersToRemove.push(...(extracted.kind === 'bearer' ? [extracted.header] : extracted.headers));
     // Last, so that only calls that would pass are counted (Otoroshi counts allowed calls).
-    if (this.guards.quotas && apiKey.quotas) {
+    if (this.guards.quotas && apiKey.quotas && policy.quotas) {
       return this.guards.quotas.consume(apiKey.clientId, apiKey.quotas).then((quota): Decision => {
         const responseHeaders: Record<string, string> = {};
         if (quota.outcome === 'exceeded') return deny('quota_exceeded', undefined, quota.retryAfterSeconds);

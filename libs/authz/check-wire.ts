@@ -1,6 +1,7 @@
 import { Reader, Writer } from 'protobufjs/minimal';
 import type { AuthzRequest } from './authorizer';
 import { denialBody, type Allow, type Decision, type Deny } from './decision';
+import { POLICY_EXTENSION, ROUTE_EXTENSION } from './route-policy';
 
 /**
  * envoy.service.auth.v3.CheckRequest and CheckResponse on the wire, for the hot path of Envoy's
@@ -26,8 +27,8 @@ import { denialBody, type Allow, type Decision, type Deny } from './decision';
 /** The request's bytes are not a CheckRequest (truncated, a length past the end, a wrong wire type). */
 export class MalformedCheckRequest extends Error {}
 
-/** The context_extensions key that names the route policy (set per route in envoy.yaml). */
-export const POLICY_EXTENSION = 'route';
+/** The context_extensions keys of the route's policy: its name (envoy.yaml, xDS) and its inline JSON (xDS); see route-policy.ts. */
+export { POLICY_EXTENSION as INLINE_POLICY_EXTENSION, ROUTE_EXTENSION as POLICY_EXTENSION } from './route-policy';
 
 const LENGTH_DELIMITED = 2;
 const MAX_GROUP_DEPTH = 64;
@@ -174,7 +175,7 @@ function mapEntry(reader: Reader, end: number, names: NameSet): [string, string]
   return [name, valueStart < 0 ? '' : slice(reader, valueStart, valueEnd)];
 }
 
-const ONLY_POLICY = new NameSet([POLICY_EXTENSION]);
+const POLICY_KEYS = new NameSet([ROUTE_EXTENSION, POLICY_EXTENSION]);
 
 /** Reads CheckRequests for a fixed set of header names (printable ASCII, matched in lower case). */
 export class CheckRequestDecoder {
@@ -187,6 +188,11 @@ export class CheckRequestDecoder {
     this.blank = Object.fromEntries([...this.wanted.names].map((name) => [name, undefined]));
   }
 
+  /** The header names it reads (lower case). */
+  get headerNames(): ReadonlySet<string> {
+    return this.wanted.names;
+  }
+
   /**
    * The request's policy, wanted headers and source address. Headers keep Envoy's semantics as
    * ext-authz always read them: the `headers` map as sent (the last of a repeated key), or, when
@@ -197,12 +203,19 @@ export class CheckRequestDecoder {
    */
   decode(bytes: Buffer): AuthzRequest {
     const reader = Reader.create(bytes);
-    const state: DecodeState = { policy: undefined, sourceAddress: undefined, headers: undefined, headerMap: undefined };
+    const state: DecodeState = {
+      policy: undefined,
+      inlinePolicy: undefined,
+      sourceAddress: undefined,
+      headers: undefined,
+      headerMap: undefined,
+    };
     while (reader.pos < reader.len) {
       const tag = reader.uint32();
       if (tag >>> 3 === 1) {
         // A later attributes replaces the earlier one whole.
         state.policy = undefined;
+        state.inlinePolicy = undefined;
         state.sourceAddress = undefined;
         state.headers = undefined;
         state.headerMap = undefined;
@@ -211,7 +224,9 @@ export class CheckRequestDecoder {
     }
     expectEnd(reader, reader.len);
     const headers = state.headerMap?.count ? state.headerMap.headers : (state.headers ?? { ...this.blank });
-    return { policy: state.policy, headers, sourceAddress: state.sourceAddress };
+    const request: AuthzRequest = { policy: state.policy, headers, sourceAddress: state.sourceAddress };
+    if (state.inlinePolicy !== undefined) request.inlinePolicy = state.inlinePolicy;
+    return request;
   }
 
   private attributes(reader: Reader, end: number, state: DecodeState): void {
@@ -227,8 +242,9 @@ export class CheckRequestDecoder {
           this.request(reader, fieldEnd(reader, tag & 7), state);
           break;
         case 10: {
-          const route = mapEntry(reader, fieldEnd(reader, tag & 7), ONLY_POLICY);
-          if (route) state.policy = route[1];
+          const entry = mapEntry(reader, fieldEnd(reader, tag & 7), POLICY_KEYS);
+          if (entry?.[0] === ROUTE_EXTENSION) state.policy = entry[1];
+          else if (entry) state.inlinePolicy = entry[1];
           break;
         }
         default:
@@ -320,6 +336,7 @@ interface HeaderMapState {
 
 interface DecodeState {
   policy: string | undefined;
+  inlinePolicy: string | undefined;
   sourceAddress: string | undefined;
   headers: Record<string, string | undefined> | undefined;
   headerMap: HeaderMapState | undefined;

@@ -36,6 +36,8 @@ export const policySchema = z
      * counting (a metric and a log line say so), `closed` answers 503.
      */
     quotaFailure: z.enum(['open', 'closed']).default('open'),
+    /** Count the key's quotas on this route (Otoroshi's Apikeys plugin `validateQuotas`); false: calls here are not counted. */
+    quotas: booleanSetting.default(true),
   })
   .strict();
 

@@ -32,7 +32,7 @@ export class AuthzMetrics {
     replica: AuthorityReplica,
     watch: { reconnects: number },
     /** Known policy names: anything else is counted as "(unknown)", so clients cannot mint label values. */
-    private readonly policies: ReadonlySet<string>,
+    private readonly policies: { has(name: string): boolean },
   ) {
     collectDefaultMetrics({ register: this.registry, prefix: 'ext_authz_' });
     registerUnexpectedErrors(this.registry);

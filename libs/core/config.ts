@@ -3,6 +3,7 @@ import { AUTH_FAILURE_ENV_OVERRIDES, authFailureSettingsSchema } from './auth-fa
 import { booleanSetting, loadConfig, logLevelSetting, portSetting } from '../config/load-config';
 import { httpLimitEnvOverrides, httpLimitsSchema } from '../http/server-limits';
 import { trustProxySetting } from '../http/trust-proxy';
+import { xdsSettingsSchema } from '../xds/config';
 
 export const SIGNING_ALGORITHMS = ['RS256', 'PS256', 'ES256', 'EdDSA'] as const;
 export type SigningAlgorithm = (typeof SIGNING_ALGORITHMS)[number];
@@ -119,6 +120,8 @@ export const authorityConfigSchema = z
         requests: booleanSetting.default(false),
       })
       .prefault({}),
+    /** Envoy's control plane over ADS (libs/xds): off by default. */
+    xds: xdsSettingsSchema,
   })
   .strict();
 
@@ -155,6 +158,8 @@ export const AUTHORITY_ENV_OVERRIDES = {
   REDIS_URL: 'redis.url',
   REDIS_KEY_PREFIX: 'redis.keyPrefix',
   ...AUTH_FAILURE_ENV_OVERRIDES,
+  XDS_ENABLED: 'xds.enabled',
+  XDS_LISTENER_PORT: 'xds.listener.port',
   LOG_LEVEL: 'log.level',
   LOG_REQUESTS: 'log.requests',
 } as const;

@@ -16,6 +16,8 @@ export interface EnvoyPlacement {
    * and key files are the caller's (generated for a local run or a test; never in the repo).
    */
   tls?: SocketAddress & { certificateFile: string; privateKeyFile: string };
+  /** The data plane token Envoy presents to its control plane (envoy/envoy-xds.yaml's ADS `initial_metadata`). */
+  xdsToken?: string;
 }
 
 /**
@@ -41,6 +43,11 @@ export function renderEnvoyConfig(source: string, placement: EnvoyPlacement): st
     endpoints.forEach((each, at) =>
       set(['static_resources', 'clusters', index, 'load_assignment', 'endpoints', 0, 'lb_endpoints', at, 'endpoint', 'address'], each),
     );
+  }
+  if (placement.xdsToken !== undefined) {
+    const path = ['dynamic_resources', 'ads_config', 'grpc_services', 0, 'initial_metadata', 0, 'value'];
+    if (!document.hasIn(path)) throw new Error('the Envoy config has no ADS initial_metadata to put the token in');
+    document.setIn(path, `Bearer ${placement.xdsToken}`);
   }
   if (placement.tls) {
     const { address, port, certificateFile, privateKeyFile } = placement.tls;

@@ -62,7 +62,8 @@ export async function startExtAuthz(config: ExtAuthzConfig, options: ExtAuthzOpt
   const logger = createLogger('ext-authz', config.log.level);
   const replica = new AuthorityReplica();
   const watch = new AuthorityWatchClient(config, replica, logger, `ext-authz@${hostname()}:${process.pid}`);
-  const metrics = new AuthzMetrics(replica, watch, new Set(Object.keys(config.policies)));
+  // The config's policies, then the route ids of inline (xDS) policies as the authorizer meets them.
+  const metrics = new AuthzMetrics(replica, watch, { has: (name) => authorizer.policyNames.has(name) });
 
   // Quotas: counters in memory, or on Redis (shared by replicas, leases: see libs/quotas/quotas.ts).
   const redis = config.quotas.redisUrl

@@ -7,9 +7,9 @@ import {
   type ServiceDefinition,
 } from '@grpc/grpc-js';
 import { loadSync } from '@grpc/proto-loader';
-import type { Authorizer, AuthzRequest } from '../../libs/authz/authorizer';
+import { type Authorizer, type AuthzRequest, policyHeaderNames } from '../../libs/authz/authorizer';
 import { denialBody, type Decision } from '../../libs/authz/decision';
-import { CheckRequestDecoder, CheckResponseEncoder, POLICY_EXTENSION } from '../../libs/authz/check-wire';
+import { CheckRequestDecoder, CheckResponseEncoder, INLINE_POLICY_EXTENSION, POLICY_EXTENSION } from '../../libs/authz/check-wire';
 import { ENVOY_PROTO_INCLUDE_DIRS, EXT_AUTHZ_PROTO } from '../../libs/envoy/envoy-protos';
 import { withTraceparent } from '../../libs/observability/trace-context';
 
@@ -32,7 +32,7 @@ export interface CheckRequest {
   };
 }
 
-export { POLICY_EXTENSION };
+export { INLINE_POLICY_EXTENSION, POLICY_EXTENSION };
 
 /**
  * Envoy's request attributes, decoded in full by proto-loader, as the core's request: the
@@ -49,11 +49,14 @@ export function toAuthzRequest(check: CheckRequest): AuthzRequest {
       headers[key.toLowerCase()] = headers[key.toLowerCase()] === undefined ? text : `${headers[key.toLowerCase()]},${text}`;
     }
   }
-  return {
+  const request: AuthzRequest = {
     policy: check.attributes?.context_extensions?.[POLICY_EXTENSION],
     headers,
     sourceAddress: check.attributes?.source?.address?.socket_address?.address,
   };
+  const inlinePolicy = check.attributes?.context_extensions?.[INLINE_POLICY_EXTENSION];
+  if (inlinePolicy !== undefined) request.inlinePolicy = inlinePolicy;
+  return request;
 }
 
 const OVERWRITE = 'OVERWRITE_IF_EXISTS_OR_ADD';
@@ -105,6 +108,9 @@ export function loadAuthorizationService(): ServiceDefinition {
   return (loadPackageDefinition(definition) as any).envoy.service.auth.v3.Authorization.service;
 }
 
+/** Header names Check reads at most (the config's, traceparent and those of inline policies). */
+const MAX_HEADER_NAMES = 256;
+
 export type CheckListener = (decision: Decision, policy: string | undefined) => void;
 
 export const CHECK_PATH = '/envoy.service.auth.v3.Authorization/Check';
@@ -140,13 +146,26 @@ export function addCheckService(
   onUnexpected: (error: Error) => void,
 ): void {
   // The authorizer's headers, and the caller's traceparent as Envoy passes it on among them.
-  const decoder = new CheckRequestDecoder([...authorizer.headerNames(), 'traceparent']);
+  let decoder = new CheckRequestDecoder([...authorizer.headerNames(), 'traceparent']);
+  /**
+   * An inline policy (xDS) may read headers the config's policies do not: the decoder learns
+   * them on the first call that needs them (that call is read again), up to a bound.
+   */
+  const withPolicyHeaders = (bytes: Buffer, request: AuthzRequest): AuthzRequest => {
+    if (request.inlinePolicy === undefined) return request;
+    const policy = authorizer.policyOf(request);
+    if (!policy) return request;
+    const missing = policyHeaderNames(policy).filter((name) => !decoder.headerNames.has(name));
+    if (!missing.length || decoder.headerNames.size + missing.length > MAX_HEADER_NAMES) return request;
+    decoder = new CheckRequestDecoder([...decoder.headerNames, ...missing]);
+    return decoder.decode(bytes);
+  };
   const encoder = new CheckResponseEncoder();
   server.addService(PASS_THROUGH_CHECK, {
     Check(call: ServerUnaryCall<Buffer, Buffer>, callback: sendUnaryData<Buffer>) {
       let request: AuthzRequest;
       try {
-        request = decoder.decode(call.request);
+        request = withPolicyHeaders(call.request, decoder.decode(call.request));
       } catch {
         callback({ code: GrpcStatus.INVALID_ARGUMENT, details: 'malformed CheckRequest' });
         return;

@@ -27,6 +27,10 @@ import { AuthorityWatchService } from './authority-watch.service';
 import { refuseDuplicateJsonKeys } from './json-body';
 import { createHealth, TOKEN_AUTHORITY_SERVICE, tokenAuthorityGrpcOptions } from './grpc-options';
 import type { HealthImplementation } from 'grpc-health-check';
+import type { Logger } from 'pino';
+import { AdsServer } from '../../libs/xds/ads-server';
+import { xdsPlacement } from '../../libs/xds/config';
+import { XdsResourceBuilder } from '../../libs/xds/resources';
 import { createLogger, NestPinoLogger } from '../../libs/logging';
 import { capConnections, fastifyLimitOptions } from '../../libs/http/server-limits';
 import { describeTrustProxy, fastifyTrustProxy } from '../../libs/http/trust-proxy';
@@ -57,6 +61,8 @@ export interface TokenAuthorityApp {
   /** host:port of the gRPC face once listening. */
   grpcAddress: string;
   health: HealthImplementation;
+  /** Envoy's control plane (ADS on the gRPC port), when xds.enabled. */
+  xds: AdsServer | undefined;
   /** Every HTTP route registered (method and Fastify URL), HEAD included: what the OpenAPI test compares. */
   routes: { method: string; url: string }[];
   close(): Promise<void>;
@@ -112,10 +118,12 @@ export async function startTokenAuthority(config: AuthorityConfig): Promise<Toke
   installTraceContext(fastify);
   instrumentHttpServer(fastify, metrics);
   const health = createHealth();
+  const xds = config.xds.enabled ? createAdsServer(config, authority, metrics, logger) : undefined;
   const grpcOptions = tokenAuthorityGrpcOptions(config, health, (server) => {
     // First, so that every service added after it (Nest's, DeltaWatch, health, reflection) is measured and traced.
     instrumentGrpcServer(server, metrics);
     watch.addTo(server);
+    xds?.addTo(server);
   });
   const microservice = app.connectMicroservice(grpcOptions, { inheritAppConfig: true });
   await app.startAllMicroservices();
@@ -161,10 +169,35 @@ export async function startTokenAuthority(config: AuthorityConfig): Promise<Toke
       health.setStatus(TOKEN_AUTHORITY_SERVICE, 'NOT_SERVING');
       // Watch streams never end by themselves: end them so data planes reconnect elsewhere.
       watch.endAll();
+      xds?.endAll();
       await withDeadline(app.close(), SHUTDOWN_GRACE_MS, () => forceShutdownGrpc(microservice));
       await authority.close();
     })());
-  return { app, authority, url: `http://${host}:${port}`, grpcAddress: `${grpcHost}:${grpcPort}`, health, routes: routes.entries, close };
+  return {
+    app,
+    authority,
+    url: `http://${host}:${port}`,
+    grpcAddress: `${grpcHost}:${grpcPort}`,
+    health,
+    xds,
+    routes: routes.entries,
+    close,
+  };
+}
+
+/** The ADS server, reading the data plane token as DeltaWatch does. */
+function createAdsServer(config: AuthorityConfig, authority: Authority, metrics: AuthorityMetrics, logger: Logger): AdsServer {
+  let countNack: (typeUrl: string) => void = () => {};
+  const ads = new AdsServer(new XdsResourceBuilder(xdsPlacement(config.xds)), config.xds.routes, {
+    authorize: (metadata) => {
+      const [authorization] = metadata.get('authorization');
+      return authority.isDataPlane(typeof authorization === 'string' ? authorization : undefined);
+    },
+    onNack: (nack) => countNack(nack.typeUrl),
+    log: logger,
+  });
+  countNack = metrics.xdsState(ads);
+  return ads;
 }
 
 /** How often gRPC health follows the store's reachability. */

@@ -130,6 +130,33 @@ export class AuthorityMetrics implements AuthorityObserver, HttpObserver, GrpcOb
     });
   }
 
+  /** The xDS control plane: Envoy streams, rejected configs (NACKs) by type, routes whose last config was rejected. */
+  xdsState(ads: { connectedStreams: number; nacks(): ReadonlyMap<string, unknown> }): (typeUrl: string) => void {
+    new Gauge({
+      name: 'token_authority_xds_streams',
+      help: 'Open ADS streams (Envoys taking their config from this authority).',
+      registers: [this.registry],
+      collect() {
+        this.set(ads.connectedStreams);
+      },
+    });
+    new Gauge({
+      name: 'token_authority_xds_rejected_routes',
+      help: 'Routes whose last config Envoy rejected (NACK) and has not accepted since.',
+      registers: [this.registry],
+      collect() {
+        this.set(ads.nacks().size);
+      },
+    });
+    const nacks = new Counter({
+      name: 'token_authority_xds_nack_total',
+      help: 'Configs Envoy rejected (NACK), by resource type (Listener, RouteConfiguration, Cluster, ClusterLoadAssignment).',
+      labelNames: ['type'],
+      registers: [this.registry],
+    });
+    return (typeUrl) => nacks.inc({ type: typeUrl.slice(typeUrl.lastIndexOf('.') + 1) });
+  }
+
   tokenRequest(outcome: 'issued' | OAuthErrorCode, algorithm: SigningAlgorithm | undefined): void {
     this.tokens.inc({ algorithm: algorithm ?? 'none', outcome });
   }

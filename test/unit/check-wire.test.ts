@@ -56,7 +56,7 @@ function ours(bytes: Buffer): AuthzRequest | Error {
 function view(request: AuthzRequest) {
   const headers: Record<string, string | undefined> = {};
   for (const name of WANTED) headers[name] = Object.hasOwn(request.headers, name) ? request.headers[name] : undefined;
-  return { policy: request.policy, sourceAddress: request.sourceAddress, headers };
+  return { policy: request.policy, inlinePolicy: request.inlinePolicy, sourceAddress: request.sourceAddress, headers };
 }
 
 function assertSame(bytes: Buffer, context: string): AuthzRequest {
@@ -389,8 +389,8 @@ describe('CheckRequestDecoder against proto-loader', () => {
       if (random() < 0.8)
         attributes.context_extensions = Object.fromEntries(
           Array.from({ length: Math.floor(random() * 3) + 1 }, () => [
-            pick(['route', 'route', 'other', 'Route']),
-            pick(['foo', 'bar', '', 'ü']),
+            pick(['route', 'route', 'other', 'Route', 'policy', 'Policy']),
+            pick(['foo', 'bar', '', 'ü', '{"extractors":["basic"]}']),
           ]),
         );
       if (random() < 0.3) attributes.tls_session = { sni: 'x' };

@@ -1,0 +1,36 @@
+import { z } from 'zod';
+import { booleanSetting, portSetting } from '../config/load-config';
+import { routeSchema } from '../core/routes';
+import type { XdsPlacement } from './resources';
+
+/**
+ * The authority as Envoy's control plane (ADS on its gRPC port): off unless `enabled`. The names
+ * are those of envoy/envoy-xds.yaml, the bootstrap that asks for it.
+ */
+export const xdsSettingsSchema = z
+  .object({
+    enabled: booleanSetting.default(false),
+    /** The HTTP listener Envoy is given (envoy/envoy.yaml's ingress_http). */
+    listener: z.object({ address: z.string().min(1).default('0.0.0.0'), port: portSetting.default(8080) }).prefault({}),
+    /** The bootstrap's static cluster of ext-authz. */
+    extAuthzCluster: z.string().min(1).default('ext_authz'),
+    /** The token authority's own host behind Envoy (no ext_authz), on the bootstrap's static clusters; [] for none. */
+    authorityDomains: z.array(z.string().min(1)).default(['oauth.oto.tools']),
+    authorityCluster: z.string().min(1).default('token_authority'),
+    authorityGrpcCluster: z.string().min(1).default('token_authority_grpc'),
+    /** Routes served from the start (libs/core/routes.ts's shape), before any change reaches the control plane. */
+    routes: z.array(routeSchema).default([]),
+  })
+  .prefault({});
+
+export type XdsSettings = z.infer<typeof xdsSettingsSchema>;
+
+export function xdsPlacement(settings: XdsSettings): XdsPlacement {
+  return {
+    listener: { address: settings.listener.address, port: settings.listener.port },
+    extAuthz: { cluster: settings.extAuthzCluster },
+    authority: settings.authorityDomains.length
+      ? { domains: settings.authorityDomains, httpCluster: settings.authorityCluster, grpcCluster: settings.authorityGrpcCluster }
+      : undefined,
+  };
+}
