@@ -19,8 +19,8 @@ import { FOO, send } from './support/proxy-request';
  * The token authority as Envoy's control plane (libs/xds), with a real Envoy 1.40 started from
  * envoy/envoy-xds.yaml (only the control plane, ext-authz and the authority are static there),
  * a real ext-authz with no policy file (each route's policy reaches it in context_extensions) and
- * two echo backends. Routes are set on the authority's ADS server (the list it starts with, then
- * changes): delta xDS end to end.
+ * two backends that say their name. Routes are written to the authority's store (its route
+ * repository) and reach Envoy through the route feed: delta xDS end to end.
  */
 
 const OAUTH = 'oauth.oto.tools';
@@ -62,7 +62,7 @@ describe('the authority as Envoy control plane (ADS, delta xDS), with a real Env
     domain: OAUTH,
     http: { host: '127.0.0.1', port: ports.http },
     grpc: { host: '127.0.0.1', port: ports.grpc },
-    xds: { enabled: true, listener: { address: '127.0.0.1', port: ports.listener }, routes },
+    xds: { enabled: true, listener: { address: '127.0.0.1', port: ports.listener } },
   });
 
   /** envoy/envoy-xds.yaml for 127.0.0.1: the control plane, the authority and ext-authz of this test. */
@@ -80,9 +80,16 @@ describe('the authority as Envoy control plane (ADS, delta xDS), with a real Env
     });
   };
 
-  const setRoutes = (next: RouteSpec[]) => {
+  /** Makes the store's routes these (written as the admin API does, through the route repository). */
+  const setRoutes = async (next: RouteSpec[]) => {
     routes = next;
-    authority!.xds!.apply(next);
+    const store = authority!.authority.store.routes;
+    const now = new Date().toISOString();
+    for (const old of await store.listPage({ limit: 1000 })) if (!next.some((each) => each.id === old.id)) await store.delete(old.id);
+    for (const spec of next) {
+      if (await store.get(spec.id)) await store.modify(spec.id, (current) => ({ ...spec, createdAt: current.createdAt, updatedAt: now }));
+      else assert.ok(await store.create({ ...spec, createdAt: now, updatedAt: now }));
+    }
   };
 
   before(async () => {
@@ -92,6 +99,7 @@ describe('the authority as Envoy control plane (ADS, delta xDS), with a real Env
     // A data folder of the test's own: the restart below finds its API keys there.
     dataDir = mkdtempSync(path.join(tmpdir(), 'xds-test-'));
     authority = await startTestAuthority(settings(), dataDir);
+    await setRoutes(routes);
     // No policy file: every policy comes with the route.
     extAuthz = await startTestExtAuthz(authority, { policies: {} });
     envoy = await runEnvoy(bootstrap(ports.admin), { listener: ports.listener, admin: ports.admin });
@@ -140,7 +148,7 @@ describe('the authority as Envoy control plane (ADS, delta xDS), with a real Env
     assert.equal(good.status, 200, good.body);
     assert.equal((JSON.parse(good.body) as { headers: Record<string, string> }).headers['x-client-id'], 'xds-id');
     // A key for another route is refused: authorizedEntities came with the route (route_foo).
-    setRoutes([route({ ...ROUTE_BASE, apikeys: { authorizedEntities: ['route_other'] }, backend: routes[0].backend })]);
+    await setRoutes([route({ ...ROUTE_BASE, apikeys: { authorizedEntities: ['route_other'] }, backend: routes[0].backend })]);
     await within(
       1000,
       async () => (await send(envoy!.url, '/', { host: FOO, headers: { authorization: bearer } })).status === 403,
@@ -157,7 +165,7 @@ describe('the authority as Envoy control plane (ADS, delta xDS), with a real Env
       const answer = await send(envoy!.url, '/x', { host: FOO, headers: { authorization } });
       return answer.status === 200 ? (JSON.parse(answer.body) as { backend: string }).backend : String(answer.status);
     };
-    setRoutes([to(backendA!)]);
+    await setRoutes([to(backendA!)]);
     await within(1000, async () => (await answeredBy()) === 'A', 'on A');
     // A steady load (sequential, bounded) across the change: no request fails while the route moves.
     const statuses: string[] = [];
@@ -167,7 +175,7 @@ describe('the authority as Envoy control plane (ADS, delta xDS), with a real Env
       while (loading && Date.now() < until && statuses.length < 2000) statuses.push(await answeredBy());
     })();
     await new Promise((done) => setTimeout(done, 100));
-    setRoutes([to(backendB!)]);
+    await setRoutes([to(backendB!)]);
     const moved = await within(1000, async () => (await answeredBy()) === 'B', 'moved to B');
     await new Promise((done) => setTimeout(done, 100));
     loading = false;
@@ -179,10 +187,10 @@ describe('the authority as Envoy control plane (ADS, delta xDS), with a real Env
       'every request answered by A or B',
     );
     assert.equal(statuses.at(-1), 'B');
-    setRoutes([to(backendB!, { enabled: false })]);
+    await setRoutes([to(backendB!, { enabled: false })]);
     const disabled = await within(1000, async () => (await answeredBy()) === '404', 'disabled: 404');
     assert.equal(await answeredBy(basic('xds-id', 'xds-secret')), '404');
-    setRoutes([to(backendB!, { apikeys: { extractors: ['bearer', 'basic'] } })]);
+    await setRoutes([to(backendB!, { apikeys: { extractors: ['bearer', 'basic'] } })]);
     const basicOn = await within(1000, async () => (await answeredBy(basic('xds-id', 'xds-secret'))) === 'B', 'Basic accepted');
     console.log(
       `# moved in ${moved} ms (${statuses.length} requests under load, none failed), 404 in ${disabled} ms, Basic on in ${basicOn} ms`,
@@ -196,7 +204,7 @@ describe('the authority as Envoy control plane (ADS, delta xDS), with a real Env
     // What validation refuses but the builder would carry to Envoy: a domain with a line break (not a header value).
     const bad = { ...route({ ...ROUTE_BASE, id: 'bad', frontend: { domains: ['bad.oto.tools'], pathPrefix: '/' } }) };
     bad.frontend = { ...bad.frontend, domains: ['bad.oto.tools\r\nx: y'] };
-    setRoutes([...good, bad]);
+    await setRoutes([...good, bad]);
     await within(2000, async () => authority!.xds!.nacks().has('bad'), 'NACK recorded');
     const nack = authority!.xds!.nacks().get('bad')!;
     assert.equal(nack.typeUrl, ROUTE_CONFIGURATION);
@@ -210,7 +218,7 @@ describe('the authority as Envoy control plane (ADS, delta xDS), with a real Env
     await new Promise((done) => setTimeout(done, 300));
     assert.equal(authority!.xds!.nackCount, nacksBefore + 1);
     // Fixed: accepted, the route is no longer reported.
-    setRoutes(good);
+    await setRoutes(good);
     await within(2000, async () => !authority!.xds!.nacks().has('bad'), 'NACK cleared once a config without it is accepted');
   });
 
@@ -235,7 +243,7 @@ describe('the authority as Envoy control plane (ADS, delta xDS), with a real Env
     assert.equal(authority.xds!.resourcesSent.get(CLUSTER) ?? 0, 0, 'no cluster sent again: Envoy held them all');
     assert.ok(await ok());
     // And changes flow again.
-    setRoutes([route({ ...ROUTE_BASE, backend: { targets: [{ hostname: '127.0.0.1', port: backendA!.port }] } })]);
+    await setRoutes([route({ ...ROUTE_BASE, backend: { targets: [{ hostname: '127.0.0.1', port: backendA!.port }] } })]);
     await within(
       1000,
       async () => {
@@ -293,12 +301,12 @@ describe('the authority as Envoy control plane (ADS, delta xDS), with a real Env
       return answer.status === 200 ? (JSON.parse(answer.body) as { backend: string }).backend : String(answer.status);
     };
     await within(5000, async () => (await backendOf()) === 'A', 'served over SotW');
-    setRoutes([route({ ...ROUTE_BASE, backend: { targets: [{ hostname: '127.0.0.1', port: backendB!.port }] } })]);
+    await setRoutes([route({ ...ROUTE_BASE, backend: { targets: [{ hostname: '127.0.0.1', port: backendB!.port }] } })]);
     await within(1000, async () => (await backendOf()) === 'B', 'a change over SotW');
     // A rejected RouteConfiguration: reported once, the last accepted one keeps serving.
     const nacks = authority!.xds!.nackCount;
     const bad = route({ ...ROUTE_BASE, id: 'bad', frontend: { domains: ['bad.oto.tools'], pathPrefix: '/' } });
-    setRoutes([...routes, { ...bad, frontend: { ...bad.frontend, domains: ['bad.oto.tools\nx'] } }]);
+    await setRoutes([...routes, { ...bad, frontend: { ...bad.frontend, domains: ['bad.oto.tools\nx'] } }]);
     await within(2000, async () => authority!.xds!.nacks().has('bad'), 'NACK over SotW');
     await new Promise((done) => setTimeout(done, 300));
     assert.equal(authority!.xds!.nackCount, nacks + 1);

@@ -84,7 +84,6 @@ export class AdsServer {
   private snapshotVersion = 0;
   /** Routes whose resources changed in the last rebuild: the ones a rejected RouteConfiguration is blamed on. */
   private changedRoutes: string[] = [];
-  private routeKeys = new Map<string, string>();
   private pendingRoutes: readonly XdsRoute[] | undefined;
   private rebuildScheduled = false;
   private readonly streams = new Set<XdsStream>();
@@ -101,7 +100,6 @@ export class AdsServer {
     private readonly options: AdsServerOptions = {},
   ) {
     this.snapshot = builder.build(routes);
-    this.routeKeys = keysOf(routes);
   }
 
   /** The routes changed: rebuilt on the next turn of the event loop (changes within one turn are one push). */
@@ -119,13 +117,8 @@ export class AdsServer {
 
   /** Rebuilds now and pushes to every stream. */
   apply(routes: readonly XdsRoute[]): void {
-    const keys = keysOf(routes);
-    const changed: string[] = [];
-    for (const [id, key] of keys) if (this.routeKeys.get(id) !== key) changed.push(id);
-    for (const id of this.routeKeys.keys()) if (!keys.has(id)) changed.push(id);
-    this.routeKeys = keys;
-    this.changedRoutes = changed;
     this.snapshot = this.builder.build(routes);
+    this.changedRoutes = this.builder.changed;
     this.snapshotVersion++;
     for (const stream of this.streams) stream.pushAll();
   }
@@ -254,12 +247,6 @@ export class AdsServer {
 const MAX_ERROR = 4000;
 function bounded(message: string): string {
   return message.length <= MAX_ERROR ? message : `${message.slice(0, MAX_ERROR / 2)}\n…\n${message.slice(-MAX_ERROR / 2)}`;
-}
-
-function keysOf(routes: readonly XdsRoute[]): Map<string, string> {
-  const keys = new Map<string, string>();
-  for (const route of routes) if (route.enabled) keys.set(route.id, JSON.stringify([route.frontend, route.backend, route.apikeys]));
-  return keys;
 }
 
 interface XdsStream {

@@ -1,6 +1,5 @@
 import { z } from 'zod';
 import { booleanSetting, portSetting } from '../config/load-config';
-import { routeSchema } from '../core/routes';
 import type { XdsPlacement } from './resources';
 
 /**
@@ -18,8 +17,6 @@ export const xdsSettingsSchema = z
     authorityDomains: z.array(z.string().min(1)).default(['oauth.oto.tools']),
     authorityCluster: z.string().min(1).default('token_authority'),
     authorityGrpcCluster: z.string().min(1).default('token_authority_grpc'),
-    /** Routes served from the start (libs/core/routes.ts's shape), before any change reaches the control plane. */
-    routes: z.array(routeSchema).default([]),
   })
   .prefault({});
 

@@ -243,6 +243,8 @@ export class XdsResourceBuilder {
   private readonly listener: XdsResource;
   private readonly routeConfigName: string;
   private readonly fields = fieldIds();
+  /** The routes whose resources the last build changed (new, modified, disabled or gone). */
+  changed: string[] = [];
 
   constructor(private readonly placement: XdsPlacement) {
     const listenerName = placement.listener.name ?? 'ingress_http';
@@ -257,15 +259,23 @@ export class XdsResourceBuilder {
     const clusters = new Map<string, XdsResource>();
     const endpoints = new Map<string, XdsResource>();
     const entries: RouteEntry[] = [];
+    const changed: string[] = [];
     for (const route of routes) {
       if (!route.enabled || seen.has(route.id)) continue;
       seen.add(route.id);
+      const known = this.built.get(route.id);
       const built = this.routeParts(route);
+      if (built !== known) changed.push(route.id);
       clusters.set(built.cluster.name, built.cluster);
       if (built.endpoints) endpoints.set(built.endpoints.name, built.endpoints);
       for (const entry of built.entries) entries.push(entry);
     }
-    for (const id of this.built.keys()) if (!seen.has(id)) this.built.delete(id);
+    for (const id of this.built.keys())
+      if (!seen.has(id)) {
+        this.built.delete(id);
+        changed.push(id);
+      }
+    this.changed = changed;
     const routeConfig = resource(ROUTE_CONFIGURATION, this.routeConfigName, this.routeConfiguration([...entries, ...this.fixedEntries]));
     return new Map<XdsTypeUrl, Map<string, XdsResource>>([
       [LISTENER, new Map([[this.listener.name, this.listener]])],

@@ -31,6 +31,7 @@ import type { Logger } from 'pino';
 import { AdsServer } from '../../libs/xds/ads-server';
 import { xdsPlacement } from '../../libs/xds/config';
 import { XdsResourceBuilder } from '../../libs/xds/resources';
+import { followRoutes } from '../../libs/xds/route-source';
 import { createLogger, NestPinoLogger } from '../../libs/logging';
 import { capConnections, fastifyLimitOptions } from '../../libs/http/server-limits';
 import { describeTrustProxy, fastifyTrustProxy } from '../../libs/http/trust-proxy';
@@ -118,7 +119,8 @@ export async function startTokenAuthority(config: AuthorityConfig): Promise<Toke
   installTraceContext(fastify);
   instrumentHttpServer(fastify, metrics);
   const health = createHealth();
-  const xds = config.xds.enabled ? createAdsServer(config, authority, metrics, logger) : undefined;
+  const control = config.xds.enabled ? await createAdsServer(config, authority, metrics, logger) : undefined;
+  const xds = control?.ads;
   const grpcOptions = tokenAuthorityGrpcOptions(config, health, (server) => {
     // First, so that every service added after it (Nest's, DeltaWatch, health, reflection) is measured and traced.
     instrumentGrpcServer(server, metrics);
@@ -169,6 +171,7 @@ export async function startTokenAuthority(config: AuthorityConfig): Promise<Toke
       health.setStatus(TOKEN_AUTHORITY_SERVICE, 'NOT_SERVING');
       // Watch streams never end by themselves: end them so data planes reconnect elsewhere.
       watch.endAll();
+      control?.stop();
       xds?.endAll();
       await withDeadline(app.close(), SHUTDOWN_GRACE_MS, () => forceShutdownGrpc(microservice));
       await authority.close();
@@ -185,10 +188,24 @@ export async function startTokenAuthority(config: AuthorityConfig): Promise<Toke
   };
 }
 
-/** The ADS server, reading the data plane token as DeltaWatch does. */
-function createAdsServer(config: AuthorityConfig, authority: Authority, metrics: AuthorityMetrics, logger: Logger): AdsServer {
+/**
+ * The ADS server, serving the stored routes (the route feed: a snapshot, then each change) and
+ * reading the data plane token as DeltaWatch does.
+ */
+async function createAdsServer(
+  config: AuthorityConfig,
+  authority: Authority,
+  metrics: AuthorityMetrics,
+  logger: Logger,
+): Promise<{ ads: AdsServer; stop(): void }> {
   let countNack: (typeUrl: string) => void = () => {};
-  const ads = new AdsServer(new XdsResourceBuilder(xdsPlacement(config.xds)), config.xds.routes, {
+  let ads: AdsServer | undefined;
+  const followed = await followRoutes(
+    authority.routes,
+    (routes) => ads?.setRoutes(routes),
+    (error) => logger.warn({ err: error.message }, 'xds: reading the routes failed'),
+  );
+  ads = new AdsServer(new XdsResourceBuilder(xdsPlacement(config.xds)), followed.routes, {
     authorize: (metadata) => {
       const [authorization] = metadata.get('authorization');
       return authority.isDataPlane(typeof authorization === 'string' ? authorization : undefined);
@@ -197,7 +214,7 @@ function createAdsServer(config: AuthorityConfig, authority: Authority, metrics:
     log: logger,
   });
   countNack = metrics.xdsState(ads);
-  return ads;
+  return { ads, stop: followed.stop };
 }
 
 /** How often gRPC health follows the store's reachability. */
