@@ -35,7 +35,12 @@ const RUNS = [
     phases: 'coverage,fuzzing',
     seconds: 25,
   },
-  { name: 'admin API (stateful through links)', tags: ['apikeys', 'keypairs', 'audit'], phases: 'coverage,fuzzing,stateful', seconds: 35 },
+  {
+    name: 'admin API (stateful through links)',
+    tags: ['apikeys', 'keypairs', 'routes', 'audit'],
+    phases: 'coverage,fuzzing,stateful',
+    seconds: 35,
+  },
 ];
 
 const schemathesis = findSchemathesis();

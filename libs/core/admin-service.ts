@@ -8,6 +8,7 @@ import { AdminError, echo, OAuthError } from './errors';
 import type { KeyRing } from './key-ring';
 import { applyDueRotation, dueSwitch, nextDueAt, nextRotation } from './key-rotation';
 import { activeVersion, pendingVersion, SIGN_KEYPAIR_METADATA, versionStatus, type ApiKeyRecord, type KeyPairRecord } from './model';
+import { type Route, RouteConflictError, routeSchema } from './routes';
 import type { AuditDraft, AuditEntity, AuditEntry, AuthorityStore } from './store/repositories';
 import { createPublicKey, randomBytes } from 'node:crypto';
 import { applyPatch, deepClone, validate as validatePatch, type Operation } from 'fast-json-patch';
@@ -116,10 +117,31 @@ export const auditListQuerySchema = z
       .regex(/^\d{1,15}$/, 'the id of the last entry of the previous page')
       .transform(Number)
       .optional(),
-    entity: z.enum(['apikey', 'keypair']).optional(),
+    entity: z.enum(['apikey', 'keypair', 'route']).optional(),
     entityId: z.string().max(128).optional(),
   })
   .strict();
+
+/** Query of the route list (strings, as a query string gives them). */
+export const routeListQuerySchema = z
+  .object({
+    limit: z.coerce.number().int().min(1).max(1000).default(100),
+    after: z.string().max(128).optional(),
+    enabled: z
+      .enum(['true', 'false'])
+      .transform((value) => value === 'true')
+      .optional(),
+    /** Routes listing this domain pattern. */
+    domain: z
+      .string()
+      .max(253)
+      .transform((value) => value.toLowerCase())
+      .optional(),
+  })
+  .strict();
+
+/** Fields of a route the store sets: a body may carry them unchanged. */
+export const ROUTE_READ_ONLY = ['createdAt', 'updatedAt'] as const;
 
 export const rotateSecretSchema = z.object({ clientSecret: SECRET.optional(), gracePeriod: HOURS.nonnegative().optional() }).strict();
 
@@ -254,7 +276,7 @@ export function apiKeyView(apiKey: ApiKeyRecord, clientSecret?: string): ApiKeyV
 }
 
 /** `operations` applied to a copy of `document`; every failure as an AdminError. */
-function applyJsonPatch(document: object, operations: Operation[]): Record<string, unknown> {
+function applyJsonPatch(document: object, operations: Operation[], what = 'an API key'): Record<string, unknown> {
   let patched: unknown;
   try {
     // validate() returns most problems but throws some (a `__proto__` path): both become 400s.
@@ -265,11 +287,23 @@ function applyJsonPatch(document: object, operations: Operation[]): Record<strin
     throw patchError(error);
   }
   if (typeof patched !== 'object' || patched === null || Array.isArray(patched)) {
-    throw new AdminError(400, 'invalid JSON Patch: the result is not an API key object');
+    throw new AdminError(400, `invalid JSON Patch: the result is not ${what} object`);
   }
   const removed = Object.keys(document).filter((field) => !(field in patched));
   if (removed.length) throw new AdminError(400, `invalid JSON Patch: ${removed.join(', ')} cannot be removed, only replaced`);
   return patched as Record<string, unknown>;
+}
+
+/** RFC 7396 JSON Merge Patch: objects merge member by member, null removes, anything else replaces. */
+export function applyMergePatch(target: unknown, patch: unknown): unknown {
+  if (patch === null || typeof patch !== 'object' || Array.isArray(patch)) return patch;
+  const result: Record<string, unknown> =
+    target !== null && typeof target === 'object' && !Array.isArray(target) ? { ...(target as Record<string, unknown>) } : {};
+  for (const [key, value] of Object.entries(patch)) {
+    if (value === null) delete result[key];
+    else result[key] = applyMergePatch(result[key], value);
+  }
+  return result;
 }
 
 function patchError(error: unknown): AdminError {
@@ -784,6 +818,111 @@ export class AdminService {
     return { publicKeyPem: material.publicKeyPem, ...this.keyRing.protector.protect(material.privateKeyPem) };
   }
 
+  // ---- Routes (libs/core/routes.ts): validated whole, claims checked by the store in the write's transaction ----
+
+  /** One page of routes in id order: `limit`, `after`, `enabled`, `domain`. */
+  async listRoutes(query: unknown = {}): Promise<Page<Route>> {
+    const { limit, after, enabled, domain } = parseInput(routeListQuerySchema, query);
+    const rows = await this.store.routes.listPage({ limit, after, enabled, domain });
+    return pageOf(
+      rows,
+      limit,
+      (route) => route,
+      (route) => route.id,
+    );
+  }
+
+  async getRoute(id: string): Promise<Tagged<Route>> {
+    const route = await this.requireRoute(id);
+    return { body: route, etag: entityTag(route) };
+  }
+
+  /** Creates a route; 409 when the id is taken, 400 naming the field for bad input or a claimed (domain, pathPrefix). */
+  async createRoute(input: unknown, context: AdminContext = {}): Promise<Tagged<Route>> {
+    const { rest } = splitReadOnly(input, ROUTE_READ_ONLY);
+    const spec = parseInput(routeSchema, rest);
+    const at = new Date(this.now()).toISOString();
+    const route: Route = { ...spec, createdAt: at, updatedAt: at };
+    const created = await routeWrite(() =>
+      this.store.routes.create(route, { audit: () => this.auditEntry(context, 'route.create', 'route', route.id, route) }),
+    );
+    if (!created) throw new AdminError(409, `route '${route.id}' already exists`);
+    return { body: route, etag: entityTag(route) };
+  }
+
+  /**
+   * PUT: the body is the whole route (fields left out take their defaults); `id` may be left out
+   * or sent unchanged, createdAt/updatedAt too. A write that changes nothing is not made.
+   */
+  async replaceRoute(id: string, input: unknown, context: AdminContext = {}): Promise<Tagged<Route>> {
+    const ifMatch = parseIfMatch(context.ifMatch);
+    const { rest, given: readOnly } = splitReadOnly(input, ROUTE_READ_ONLY);
+    if (rest !== null && typeof rest === 'object' && !Array.isArray(rest)) {
+      const given = (rest as Record<string, unknown>).id;
+      if (given !== undefined && given !== id)
+        throw new AdminError(400, 'id cannot be changed', [{ path: 'id', message: 'read-only; cannot be changed' }]);
+    }
+    const spec = parseInput(routeSchema, rest !== null && typeof rest === 'object' && !Array.isArray(rest) ? { ...rest, id } : rest);
+    const next = await routeWrite(() =>
+      this.store.routes.modify(
+        id,
+        (current) => {
+          assertMatches(ifMatch, current, `route '${id}'`);
+          assertReadOnlyUnchanged(readOnly, current as unknown as Record<string, unknown>);
+          const changed: Route = { ...spec, createdAt: current.createdAt, updatedAt: current.updatedAt };
+          if (canonicalJson(changed) === canonicalJson(current)) return current;
+          changed.updatedAt = new Date(this.now()).toISOString();
+          return changed;
+        },
+        {
+          audit: (before, after) =>
+            this.auditEntry(context, 'route.update', 'route', id, changedFields({ ...before }, { ...after }, ['updatedAt'])),
+        },
+      ),
+    );
+    if (!next) throw new AdminError(404, `route '${id}' does not exist`);
+    return { body: next, etag: entityTag(next) };
+  }
+
+  /**
+   * PATCH: an RFC 7396 JSON Merge Patch (an object: nested objects merge, null resets a field to
+   * its default) or an RFC 6902 JSON Patch (an array), applied to the route as GET shows it, then
+   * written as PUT writes (same validation, audit, If-Match; retried on a concurrent change when
+   * the client sent no If-Match).
+   */
+  async patchRoute(id: string, patch: unknown, context: AdminContext = {}, jsonPatch = Array.isArray(patch)): Promise<Tagged<Route>> {
+    if (jsonPatch && !Array.isArray(patch)) throw new AdminError(400, 'a JSON Patch (RFC 6902) body is an array of operations');
+    if (!jsonPatch && (patch === null || typeof patch !== 'object'))
+      throw new AdminError(400, 'a JSON Merge Patch (RFC 7396) body is an object');
+    const ifMatch = parseIfMatch(context.ifMatch);
+    for (let attempt = 1; ; attempt++) {
+      const current = await this.requireRoute(id);
+      assertMatches(ifMatch, current, `route '${id}'`);
+      const patched = jsonPatch ? applyJsonPatch(current, patch as Operation[], 'a route') : applyMergePatch(current, patch);
+      try {
+        return await this.replaceRoute(id, patched, { ...context, ifMatch: entityTag(current) });
+      } catch (error) {
+        const raced = error instanceof AdminError && error.status === 412;
+        if (!raced || ifMatch !== undefined || attempt >= 5) throw error;
+      }
+    }
+  }
+
+  async deleteRoute(id: string, context: AdminContext = {}): Promise<void> {
+    const ifMatch = parseIfMatch(context.ifMatch);
+    const deleted = await this.store.routes.delete(id, {
+      check: (current) => assertMatches(ifMatch, current, `route '${id}'`),
+      audit: (before) => this.auditEntry(context, 'route.delete', 'route', id, before),
+    });
+    if (!deleted) throw new AdminError(404, `route '${id}' does not exist`);
+  }
+
+  private async requireRoute(id: string): Promise<Route> {
+    const route = await this.store.routes.get(id);
+    if (!route) throw new AdminError(404, `route '${id}' does not exist`);
+    return route;
+  }
+
   /**
    * Seals every private key still in plaintext and rewraps those sealed under another (previous)
    * key-encryption key, each key pair atomically. Returns what it changed.
@@ -818,5 +957,15 @@ export class AdminService {
       if (error instanceof KeyMaterialError) throw new AdminError(400, error.message);
       throw error;
     }
+  }
+}
+
+/** A route write whose (domain, pathPrefix) another enabled route holds: 400 naming the domain, nothing written. */
+async function routeWrite<T>(write: () => Promise<T>): Promise<T> {
+  try {
+    return await write();
+  } catch (error) {
+    if (error instanceof RouteConflictError) throw new AdminError(400, 'invalid input', error.issues);
+    throw error;
   }
 }

@@ -6,6 +6,7 @@ import { adminTokenActor } from './audit';
 import type { AuthorityConfig } from './config';
 import { DataPlaneFeed } from './data-plane';
 import { RouteFeed } from './route-feed';
+import { parseSeedBackend, seedRoutesOnFirstStart } from './route-seed';
 import { generateSecret } from './crypto/secret-hash';
 import { AdminError, adminTokenRequired, tooManyAdminFailures } from './errors';
 import { KeyProtector } from './crypto/key-encryption';
@@ -113,6 +114,8 @@ export interface AuthorityOptions {
   observer?: AuthorityObserver;
   /** Publish scheduled key rotations when due (default: with the admin API, i.e. in the server and not the CLI). */
   rotationScheduler?: boolean;
+  /** Servers write the seed routes on a store's first start (config `routes.seed`); the CLI does not. */
+  seedRoutes?: boolean;
 }
 
 export async function createAuthority(config: AuthorityConfig, log: AuthorityLogger, options: AuthorityOptions = {}): Promise<Authority> {
@@ -147,6 +150,10 @@ export async function createAuthority(config: AuthorityConfig, log: AuthorityLog
       // Another process sharing the store (a replica, the CLI) created it first: use theirs.
       if (!(error instanceof AdminError && error.status === 409)) throw error;
     }
+  }
+  if (config.routes.seed && options.seedRoutes !== false) {
+    const seeded = await seedRoutesOnFirstStart(authorityStore, admin, parseSeedBackend(config.routes.seedBackend));
+    if (seeded.length) log.info(`first start: wrote the seed routes ${seeded.join(', ')} (backend ${config.routes.seedBackend})`);
   }
   // The feed reads the change log after every store change (ours, or another process's seen
   // through SQLite's data_version) and reloads the key ring when key pairs changed: that is

@@ -111,6 +111,18 @@ export const authorityConfigSchema = z
         keyPrefix: z.string().default('otoroshi-ta:'),
       })
       .prefault({}),
+    /** Routes (libs/core/routes.ts) a new store starts with (libs/core/route-seed.ts). */
+    routes: z
+      .object({
+        /** Write the seed routes (foo, bar) on the first start of a store. */
+        seed: booleanSetting.default(true),
+        /** host:port of the seed routes' backend (the echo service of docker compose). */
+        seedBackend: z
+          .string()
+          .regex(/^[^\s:]+:\d{1,5}$|^\[[0-9a-fA-F:.]+\]:\d{1,5}$/, 'host:port')
+          .default('echo:8081'),
+      })
+      .prefault({}),
     /** Failed client authentications: limits per (client id, address) and per address (see README). */
     authFailures: authFailureSettingsSchema,
     log: z
@@ -160,6 +172,8 @@ export const AUTHORITY_ENV_OVERRIDES = {
   ...AUTH_FAILURE_ENV_OVERRIDES,
   XDS_ENABLED: 'xds.enabled',
   XDS_LISTENER_PORT: 'xds.listener.port',
+  ROUTES_SEED: 'routes.seed',
+  ROUTES_SEED_BACKEND: 'routes.seedBackend',
   LOG_LEVEL: 'log.level',
   LOG_REQUESTS: 'log.requests',
 } as const;

@@ -122,6 +122,8 @@ async function main(): Promise<void> {
     HTTP_PORT: String(ports.authority),
     GRPC_PORT: String(ports.authorityGrpc),
     DATA_PLANE_TOKEN: dataPlaneToken,
+    // The seed routes (first start of the store) go to this stack's echo backend.
+    ROUTES_SEED_BACKEND: `127.0.0.1:${ports.echo}`,
     // Behind Envoy: believe one hop, the X-Forwarded-For entry Envoy appends and its X-Forwarded-Proto
     // (use_remote_address, xff_num_trusted_hops: 0). A hop count, not Envoy's address: clients
     // connect from 127.0.0.1 too, and a trusted client address could write its own X-Forwarded-For.

@@ -137,6 +137,54 @@ export class AdminController {
     return this.authority.admin.deleteApiKey(clientId, this.context(request));
   }
 
+  @Get('routes')
+  async listRoutes(
+    @Query() query: Record<string, unknown>,
+    @Req() request: FastifyRequest,
+    @Res({ passthrough: true }) reply: FastifyReply,
+  ) {
+    return sendPage(await this.authority.admin.listRoutes(query), query, request, reply);
+  }
+
+  @Post('routes')
+  async createRoute(@Body() body: unknown, @Req() request: FastifyRequest, @Res({ passthrough: true }) reply: FastifyReply) {
+    return sendTagged(await this.authority.admin.createRoute(body, this.context(request)), reply);
+  }
+
+  @Get('routes/:id')
+  async getRoute(@Param('id') id: string, @Res({ passthrough: true }) reply: FastifyReply) {
+    return sendTagged(await this.authority.admin.getRoute(id), reply);
+  }
+
+  @Put('routes/:id')
+  async replaceRoute(
+    @Param('id') id: string,
+    @Body() body: unknown,
+    @Req() request: FastifyRequest,
+    @Res({ passthrough: true }) reply: FastifyReply,
+  ) {
+    return sendTagged(await this.authority.admin.replaceRoute(id, body, this.context(request)), reply);
+  }
+
+  /** An RFC 7396 JSON Merge Patch (an object), or an RFC 6902 JSON Patch (an array, or application/json-patch+json). */
+  @Patch('routes/:id')
+  async updateRoute(
+    @Param('id') id: string,
+    @Body() body: unknown,
+    @Req() request: FastifyRequest,
+    @Res({ passthrough: true }) reply: FastifyReply,
+    @Headers('content-type') contentType?: string,
+  ) {
+    const jsonPatch = Array.isArray(body) || /^application\/json-patch\+json\b/i.test(contentType ?? '');
+    return sendTagged(await this.authority.admin.patchRoute(id, body, this.context(request), jsonPatch), reply);
+  }
+
+  @Delete('routes/:id')
+  @HttpCode(204)
+  deleteRoute(@Param('id') id: string, @Req() request: FastifyRequest) {
+    return this.authority.admin.deleteRoute(id, this.context(request));
+  }
+
   @Get('keypairs')
   listKeyPairs() {
     return this.authority.admin.listKeyPairs();

@@ -32,7 +32,16 @@ const USAGE = `usage: npm run cli -- <command>
   keypairs delete <id>
   keypairs encrypt       seal every private key under KEY_ENCRYPTION_KEY: plaintext ones (a store written
                          without it) and those under KEY_ENCRYPTION_KEY_PREVIOUS (rotation)
-  audit list [--type apikey|keypair] [--id ENTITY_ID] [--limit N] [--after ID]
+  routes list [--enabled true|false] [--domain DOMAIN]
+  routes get <id>
+  routes create <id> --domain foo.oto.tools... --target [http(s)://]host:port... [--path-prefix /]
+                [--name N] [--description T] [--extractor bearer|basic|customHeaders|clientId]...
+                [--entity route_foo]... [--scope "a b"] [--strip-credential] [--public-prefix /public/]...
+                [--no-check] [--disabled]
+  routes create --file route.json          (the body of POST /api/routes)
+  routes update <id> [--file patch.json] [--enable | --disable]   (a JSON merge patch, as PATCH /api/routes/:id)
+  routes delete <id>
+  audit list [--type apikey|keypair|route] [--id ENTITY_ID] [--limit N] [--after ID]
   store backup <file>    a consistent copy of a SQLite store, while servers run (PostgreSQL: pg_dump)
   store restore <file>   replaces a SQLite store's content with a backup's, and gives it a new store id
   store rotate-id        a new store id, after restoring a backup by other means (a file copy, pg_restore):
@@ -63,6 +72,15 @@ const OPTIONS = {
   type: { type: 'string' },
   limit: { type: 'string' },
   after: { type: 'string' },
+  domain: { type: 'string', multiple: true },
+  target: { type: 'string', multiple: true },
+  'path-prefix': { type: 'string' },
+  extractor: { type: 'string', multiple: true },
+  'strip-credential': { type: 'boolean' },
+  'public-prefix': { type: 'string', multiple: true },
+  'no-check': { type: 'boolean' },
+  enabled: { type: 'string' },
+  file: { type: 'string' },
   help: { type: 'boolean', short: 'h' },
 } as const;
 
@@ -121,6 +139,62 @@ async function allApiKeys(admin: Authority['admin']): Promise<unknown[]> {
   let after: string | undefined;
   do {
     const page = await admin.listApiKeys({ limit: 1000, ...(after === undefined ? {} : { after }) });
+    all.push(...page.items);
+    after = page.next;
+  } while (after !== undefined);
+  return all;
+}
+
+function jsonFile(path: string): unknown {
+  try {
+    return JSON.parse(readFileSync(path, 'utf8'));
+  } catch (error) {
+    throw new AdminError(400, `--file ${path}: ${(error as Error).message}`);
+  }
+}
+
+/** `[http://|https://]host:port` as a route target (https: TLS to the backend). */
+function targetOf(text: string): Record<string, unknown> {
+  const match = /^(?:(https?):\/\/)?(\[[0-9a-fA-F:.]+\]|[^:/[\]]+):(\d{1,5})$/.exec(text);
+  if (!match) throw new AdminError(400, `--target takes [http(s)://]host:port, got '${text}'`);
+  return { hostname: match[2].replace(/^\[|\]$/g, ''), port: Number(match[3]), tls: match[1] === 'https' };
+}
+
+/** A route body from the options (validated by the admin service like an API body), or from --file. */
+function routeBody(values: Values, id: string | undefined): unknown {
+  if (values.file) {
+    const fromFile = jsonFile(values.file);
+    return id !== undefined && typeof fromFile === 'object' && fromFile !== null && !('id' in fromFile) ? { ...fromFile, id } : fromFile;
+  }
+  const apikeys: Record<string, unknown> = {
+    enabled: values['no-check'] ? false : undefined,
+    extractors: values.extractor,
+    authorizedEntities: values.entity,
+    requiredScopes: values.scope?.split(' ').filter(Boolean),
+    stripCredential: values['strip-credential'],
+    publicPathPrefixes: values['public-prefix'],
+  };
+  const body: Record<string, unknown> = {
+    id,
+    name: values.name,
+    description: values.description,
+    enabled: values.disabled ? false : undefined,
+    frontend: { domains: values.domain ?? [], pathPrefix: values['path-prefix'] },
+    backend: { targets: (values.target ?? []).map(targetOf) },
+    apikeys: Object.fromEntries(Object.entries(apikeys).filter(([, value]) => value !== undefined)),
+  };
+  return JSON.parse(JSON.stringify(body));
+}
+
+/** Every route, a page at a time. */
+async function allRoutes(admin: Authority['admin'], values: Values): Promise<unknown[]> {
+  const all: unknown[] = [];
+  let after: string | undefined;
+  const filters = Object.fromEntries(
+    Object.entries({ enabled: values.enabled, domain: values.domain?.[0] }).filter(([, v]) => v !== undefined),
+  );
+  do {
+    const page = await admin.listRoutes({ limit: 1000, ...filters, ...(after === undefined ? {} : { after }) });
     all.push(...page.items);
     after = page.next;
   } while (after !== undefined);
@@ -188,6 +262,20 @@ async function run(authority: Authority, positionals: string[], values: Values):
       return admin.sealPrivateKeys().then((changed) => ({ keyEncryptionKey: authority.keyRing.protector.currentKekId, changed }));
     case 'keypairs delete':
       return admin.deleteKeyPair(need(), context).then(() => ({ deleted: target }));
+    case 'routes list':
+      return allRoutes(admin, values);
+    case 'routes get':
+      return body(admin.getRoute(need()));
+    case 'routes create':
+      return body(admin.createRoute(routeBody(values, target), context));
+    case 'routes update': {
+      const patch = values.file ? jsonFile(values.file) : {};
+      if ((values.enable || values.disable) && typeof patch === 'object' && patch !== null && !Array.isArray(patch))
+        (patch as Record<string, unknown>).enabled = Boolean(values.enable);
+      return body(admin.patchRoute(need(), patch, context, false));
+    }
+    case 'routes delete':
+      return admin.deleteRoute(need(), context).then(() => ({ deleted: target }));
     case 'audit list': {
       const query = { entity: values.type, entityId: values.id, limit: values.limit, after: values.after };
       return (await admin.listAudit(Object.fromEntries(Object.entries(query).filter(([, value]) => value !== undefined)))).items;
@@ -223,7 +311,7 @@ async function main(): Promise<number> {
   try {
     const config = loadAuthorityConfig();
     const quiet = { info: () => {}, warn: (message: string) => process.stderr.write(`${message}\n`) };
-    authority = await createAuthority(config, quiet, { adminApi: false });
+    authority = await createAuthority(config, quiet, { adminApi: false, seedRoutes: false });
     const result = await run(authority, parsed.positionals, parsed.values);
     process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
     return 0;

@@ -9,8 +9,10 @@ import { firstDuplicateKey } from '../../libs/http/json-duplicate-keys';
 export function refuseDuplicateJsonKeys(fastify: FastifyInstance): void {
   const parseJson = fastify.getDefaultJsonParser('error', 'error');
   fastify.removeContentTypeParser('application/json');
-  // application/json-patch+json: RFC 6902 bodies of PATCH /api/apikeys/:clientId.
-  fastify.addContentTypeParser(['application/json', 'application/json-patch+json'], { parseAs: 'string' }, (request, body, done) => {
+  // application/json-patch+json: RFC 6902 bodies of PATCH /api/apikeys/:clientId and /api/routes/:id;
+  // application/merge-patch+json: RFC 7396 bodies of PATCH /api/routes/:id.
+  const types = ['application/json', 'application/json-patch+json', 'application/merge-patch+json'];
+  fastify.addContentTypeParser(types, { parseAs: 'string' }, (request, body, done) => {
     void parseJson(request, body as string, (error: Error | null, value?: unknown) => {
       if (error) return done(error, undefined);
       const duplicate = firstDuplicateKey(body as string);

@@ -11,8 +11,11 @@ import {
   keyPairCreateSchema,
   keyPairRotateSchema,
   keyPairUpdateSchema,
+  ROUTE_READ_ONLY,
+  routeListQuerySchema,
   rotateSecretSchema,
 } from '../../libs/core/admin-service';
+import { routeSchema } from '../../libs/core/routes';
 import { SIGNING_ALGORITHMS } from '../../libs/core/config';
 import { CONSOLE_PREFIX } from './console';
 
@@ -127,11 +130,48 @@ const auditEntry = z
     at: z.string().meta({ description: 'ISO 8601 time of the change.' }),
     actor: z.string().meta({ examples: ['admin-token:0123456789ab', 'cli:root', 'system'] }),
     action: z.string().meta({ examples: ['apikey.create', 'keypair.rotate'] }),
-    entity: z.enum(['apikey', 'keypair']),
+    entity: z.enum(['apikey', 'keypair', 'route']),
     entityId: z.string(),
     change: z.unknown().meta({ description: 'The created or deleted entity, or `{field: {before, after}}`; secrets redacted.' }),
   })
   .strict();
+
+/** A route as stored: what routeSchema gives, with the store's timestamps. */
+const route = z
+  .object({
+    id: z.string(),
+    name: z.string(),
+    description: z.string(),
+    enabled: z.boolean(),
+    frontend: z.object({ domains: z.array(z.string()), pathPrefix: z.string() }).strict(),
+    backend: z
+      .object({
+        targets: z.array(z.object({ hostname: z.string(), port: z.number().int(), tls: z.boolean(), weight: z.number().int() }).strict()),
+        connectTimeoutMs: z.number().int(),
+        requestTimeoutMs: z.number().int().meta({ description: '0: no timeout.' }),
+      })
+      .strict(),
+    apikeys: z
+      .object({
+        enabled: z.boolean(),
+        extractors: z.array(z.enum(['bearer', 'basic', 'customHeaders', 'clientId'])),
+        authorizedEntities: z.array(z.string()),
+        requiredScopes: z.array(z.string()),
+        audiences: z.array(z.string()),
+        stripCredential: z.boolean(),
+        clientIdHeader: z.string(),
+        clientSecretHeader: z.string(),
+        quotas: z.boolean(),
+        quotaFailure: z.enum(['open', 'closed']),
+        publicPathPrefixes: z.array(z.string()),
+      })
+      .strict(),
+    metadata: z.record(z.string(), z.string()),
+    createdAt: z.string().meta({ description: 'ISO 8601.' }),
+    updatedAt: z.string().meta({ description: 'ISO 8601.' }),
+  })
+  .strict()
+  .meta({ description: "A route in Otoroshi's shape: the domains and path prefix it serves, its backend, its API key policy." });
 
 const tokenResponse = z
   .object({
@@ -317,11 +357,12 @@ function pathParam(name: string, description: string) {
 }
 const CLIENT_ID = pathParam('clientId', 'The API key’s client id.');
 const KEY_PAIR_ID = pathParam('id', 'The key pair’s id.');
+const ROUTE_ID = pathParam('id', 'The route’s id.');
 
 interface AdminOperation {
   operationId: string;
   summary: string;
-  tag: 'apikeys' | 'keypairs' | 'audit';
+  tag: 'apikeys' | 'keypairs' | 'routes' | 'audit';
   parameters?: unknown[];
   body?: JsonSchema;
   ok: [status: string, description: string, schema?: JsonSchema, headers?: Record<string, unknown>];
@@ -352,9 +393,13 @@ const JSON_PATCH = {
   },
 };
 
-/** PATCH also takes the JSON Patch media type (RFC 6902 §6). */
-function withJsonPatch<T extends { requestBody?: { required: boolean; content: Record<string, unknown> } }>(operation: T): T {
-  const content = { ...operation.requestBody?.content, 'application/json-patch+json': { schema: JSON_PATCH } };
+/** PATCH also takes the JSON Patch media type (RFC 6902 §6), and for routes the JSON Merge Patch one (RFC 7396 §4). */
+function withJsonPatch<T extends { requestBody?: { required: boolean; content: Record<string, unknown> } }>(
+  operation: T,
+  mergePatch?: JsonSchema,
+): T {
+  const content: Record<string, unknown> = { ...operation.requestBody?.content, 'application/json-patch+json': { schema: JSON_PATCH } };
+  if (mergePatch) content['application/merge-patch+json'] = { schema: mergePatch };
   return { ...operation, requestBody: { required: false, content } };
 }
 
@@ -467,6 +512,7 @@ const API_KEY_LINKS = linksTo(
   'clientId',
   '/clientId',
 );
+const ROUTE_LINKS = linksTo(['getRoute', 'updateRoute', 'replaceRoute', 'deleteRoute'], 'id', '/id');
 const KEY_PAIR_LINKS = linksTo(
   ['getKeyPair', 'updateKeyPair', 'replaceKeyPair', 'rotateKeyPair', 'retireKeyPair', 'deleteKeyPair'],
   'id',
@@ -491,6 +537,23 @@ const LINK_HEADER = {
   Link: { description: 'RFC 8288 `<…&after=…>; rel="next"` when the page is full.', schema: { type: 'string' } },
 };
 const KEY_PAIR = { $ref: '#/components/schemas/KeyPair' };
+const ROUTE = { $ref: '#/components/schemas/Route' };
+
+/** A route body: what routeSchema takes, and the store's timestamps, accepted unchanged. */
+function routeBody(): JsonSchema {
+  const body = requestSchema(routeSchema) as { properties: Record<string, JsonSchema> };
+  const shown = (responseSchema(route) as { properties: Record<string, JsonSchema> }).properties;
+  for (const field of ROUTE_READ_ONLY) {
+    body.properties[field] = { ...shown[field], description: 'Read-only: accepted only unchanged (400 otherwise).' };
+  }
+  return body;
+}
+
+/** A merge patch of a route: any part of a route body; null resets a field to its default (RFC 7396). */
+const ROUTE_MERGE_PATCH: JsonSchema = {
+  type: 'object',
+  description: 'RFC 7396 JSON Merge Patch of the route as GET shows it; the result is validated as a PUT body.',
+};
 const OTOROSHI = '/.well-known/otoroshi/oauth';
 
 /**
@@ -521,6 +584,7 @@ export function openApiDocument(): Record<string, unknown> {
       { name: 'oauth', description: 'OAuth2 endpoints (Otoroshi’s paths), subject to `domain` and `secure`.' },
       { name: 'apikeys', description: 'Admin API: API keys.' },
       { name: 'keypairs', description: 'Admin API: signing key pairs.' },
+      { name: 'routes', description: 'Admin API: routes (domains and path prefix, backend, API key policy), served by Envoy.' },
       { name: 'audit', description: 'Admin API: the audit log of admin changes.' },
       { name: 'operations', description: 'Health, metrics and this document.' },
     ],
@@ -675,6 +739,81 @@ export function openApiDocument(): Record<string, unknown> {
           ifMatch: true,
           links: API_KEY_LINKS,
           errors: { '404': 'No such API key.' },
+        }),
+      },
+      '/api/routes': {
+        get: adminOperation({
+          operationId: 'listRoutes',
+          summary: 'A page of routes in id order',
+          tag: 'routes',
+          parameters: queryParameters(routeListQuerySchema),
+          ok: ['200', 'A page of routes.', { type: 'array', items: ROUTE }, LINK_HEADER],
+          errors: { '400': 'A bad or unknown query parameter (details).' },
+        }),
+        post: adminOperation({
+          operationId: 'createRoute',
+          summary: 'Create a route',
+          tag: 'routes',
+          body: routeBody(),
+          ok: ['201', 'Created.', ROUTE],
+          etag: true,
+          links: ROUTE_LINKS,
+          errors: {
+            '400': 'Invalid input, or an enabled route already serves one of the (domain, pathPrefix) pairs (details name the field).',
+            '409': 'A route with this id exists.',
+          },
+        }),
+      },
+      '/api/routes/{id}': {
+        get: adminOperation({
+          operationId: 'getRoute',
+          summary: 'Read a route',
+          tag: 'routes',
+          parameters: [ROUTE_ID],
+          ok: ['200', 'The route.', ROUTE],
+          etag: true,
+          errors: { '404': 'No such route.' },
+        }),
+        put: adminOperation({
+          operationId: 'replaceRoute',
+          summary: 'Replace a route (fields left out take their defaults); a body read with GET may be sent back edited',
+          tag: 'routes',
+          parameters: [ROUTE_ID],
+          body: routeBody(),
+          ok: ['200', 'The route as stored.', ROUTE],
+          etag: true,
+          ifMatch: true,
+          errors: {
+            '400': 'Invalid input, or an enabled route already serves one of the (domain, pathPrefix) pairs (details name the field).',
+            '404': 'No such route.',
+          },
+        }),
+        patch: withJsonPatch(
+          adminOperation({
+            operationId: 'updateRoute',
+            summary: 'Apply an RFC 7396 JSON Merge Patch (an object) or an RFC 6902 JSON Patch (an array) to the route',
+            tag: 'routes',
+            parameters: [ROUTE_ID],
+            body: { anyOf: [ROUTE_MERGE_PATCH, JSON_PATCH] },
+            ok: ['200', 'The route as stored.', ROUTE],
+            etag: true,
+            ifMatch: true,
+            errors: {
+              '400': 'Invalid input or patch, or an enabled route already serves one of the (domain, pathPrefix) pairs (details).',
+              '404': 'No such route.',
+              '409': 'A JSON Patch `test` operation failed: the route is not what the patch expects.',
+            },
+          }),
+          ROUTE_MERGE_PATCH,
+        ),
+        delete: adminOperation({
+          operationId: 'deleteRoute',
+          summary: 'Delete a route; Envoy stops serving it',
+          tag: 'routes',
+          parameters: [ROUTE_ID],
+          ok: ['204', 'Deleted.'],
+          ifMatch: true,
+          errors: { '404': 'No such route.' },
         }),
       },
       '/api/keypairs': {
@@ -833,6 +972,7 @@ export function openApiDocument(): Record<string, unknown> {
       schemas: {
         ApiKey: responseSchema(apiKey),
         KeyPair: responseSchema(keyPair),
+        Route: responseSchema(route),
         Jwks: responseSchema(z.object({ keys: z.array(jwk) }).strict()),
         TokenResponse: responseSchema(tokenResponse),
         Introspection: responseSchema(introspection),

@@ -45,6 +45,8 @@ export async function startTestAuthority(settings: Record<string, unknown> = {},
     // Every test client comes from 127.0.0.1: the failure limits would mix unrelated tests up.
     // test/abuse-limits.test.ts sets its own.
     authFailures: { perClientAddress: 1_000_000, perAddress: 1_000_000 },
+    // No seed routes unless a test asks (test/routes-admin.test.ts): most count the store's changes and audit entries.
+    routes: { seed: false },
     ...settings,
   });
   const app = await startTokenAuthority(config);
