@@ -6,7 +6,7 @@ import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { validateRoute, type RouteInput, type RouteSpec } from '../libs/core/routes';
 import { renderEnvoyConfig } from '../libs/envoy/render-config';
-import { CLUSTER, ROUTE_CONFIGURATION } from '../libs/xds/envoy-types';
+import { CLUSTER, CLUSTER_LOAD_ASSIGNMENT, ROUTE_CONFIGURATION } from '../libs/xds/envoy-types';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { ADMIN_TOKEN, basic, startTestAuthority, TOKEN_PATH, type TestAuthority } from './support/authority';
@@ -209,6 +209,7 @@ describe('the authority as Envoy control plane (ADS, delta xDS), with a real Env
     const nack = authority!.xds!.nacks().get('bad')!;
     assert.equal(nack.typeUrl, ROUTE_CONFIGURATION);
     assert.ok(nack.message.length > 0, 'Envoy says why');
+    assert.ok(nack.reason.length > 0);
     assert.equal(authority!.xds!.nackCount, nacksBefore + 1, 'one NACK, not a resend loop');
     const metrics = await fetch(`${authority!.url}/metrics`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } }).then((r) => r.text());
     assert.match(metrics, /token_authority_xds_nack_total\{type="RouteConfiguration"\} [1-9]/);
@@ -241,6 +242,8 @@ describe('the authority as Envoy control plane (ADS, delta xDS), with a real Env
     await within(15_000, async () => authority!.xds!.connectedStreams > 0, 'Envoy reconnected');
     await new Promise((done) => setTimeout(done, 300));
     assert.equal(authority.xds!.resourcesSent.get(CLUSTER) ?? 0, 0, 'no cluster sent again: Envoy held them all');
+    assert.equal(authority.xds!.resourcesSent.get(CLUSTER_LOAD_ASSIGNMENT) ?? 0, 0, 'no endpoints sent again');
+    assert.equal(authority.xds!.resourcesSent.get(ROUTE_CONFIGURATION) ?? 0, 0, 'no routes sent again');
     assert.ok(await ok());
     // And changes flow again.
     await setRoutes([route({ ...ROUTE_BASE, backend: { targets: [{ hostname: '127.0.0.1', port: backendA!.port }] } })]);

@@ -37,7 +37,10 @@ export interface XdsNack {
   typeUrl: string;
   /** The routes the rejected response carried (their resources, or the routes changed in the rejected RouteConfiguration). */
   routeIds: string[];
+  /** Envoy's error_detail (bounded: its start and its end). */
   message: string;
+  /** Why, when Envoy says it in a form known here (its validation error), else the message's last line. */
+  reason: string;
   node: string;
   at: string;
 }
@@ -217,7 +220,14 @@ export class AdsServer {
 
   /** @internal a stream's NACK. */
   rejected(typeUrl: string, sent: Sent, message: string, node: string): void {
-    const nack: XdsNack = { typeUrl, routeIds: sent.routeIds, message: bounded(message), node, at: new Date().toISOString() };
+    const nack: XdsNack = {
+      typeUrl,
+      routeIds: sent.routeIds,
+      message: bounded(message),
+      reason: reasonOf(message),
+      node,
+      at: new Date().toISOString(),
+    };
     this.nackCount++;
     for (const id of sent.routeIds) this.byRoute.set(id, nack);
     this.recent.push(nack);
@@ -245,6 +255,20 @@ export class AdsServer {
 
 /** Envoy's error, kept to MAX_ERROR characters: its start (what was rejected) and its end (why). */
 const MAX_ERROR = 4000;
+/**
+ * Envoy 1.40 writes a validation failure as the rejected message's text dump then
+ * `Proto constraint validation failed (<what>)`, and cuts error_detail at 4 KiB: on a large
+ * RouteConfiguration the why may be cut off (Envoy's log has it whole).
+ */
+export function reasonOf(message: string): string {
+  const validation = /Proto constraint validation failed \(([^\n]*)\)/.exec(message);
+  if (validation) return validation[1].slice(0, 1000);
+  if (message.trimEnd().endsWith('...(truncated)'))
+    return 'rejected; Envoy cut its error at 4 KiB before the reason (its log has it whole)';
+  const lines = message.split('\n').filter((line) => line.trim() !== '');
+  return (lines.at(-1) ?? '').trim().slice(0, 1000);
+}
+
 function bounded(message: string): string {
   return message.length <= MAX_ERROR ? message : `${message.slice(0, MAX_ERROR / 2)}\n…\n${message.slice(-MAX_ERROR / 2)}`;
 }
@@ -279,6 +303,7 @@ class DeltaStream implements XdsStream {
     if (!XDS_TYPES.includes(typeUrl as XdsTypeUrl)) return;
     let state = this.state.get(typeUrl);
     let changed = false;
+    const first = !state;
     if (!state) {
       const subscribe = request.resource_names_subscribe ?? [];
       state = {
@@ -305,8 +330,9 @@ class DeltaStream implements XdsStream {
         state.wildcard = true;
       } else if (!state.subscribed.has(name)) {
         state.subscribed.add(name);
-        // Subscribing again asks for the resource again (Envoy does so when it lost it).
-        state.held.delete(name);
+        // A later subscription asks for the resource again (Envoy does so when it lost it); on the
+        // first request, initial_resource_versions say what it already holds.
+        if (!first) state.held.delete(name);
         changed = true;
       }
     }
