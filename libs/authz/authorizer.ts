@@ -293,6 +293,8 @@ export class Authorizer {
         return { reason: 'not_access_token' };
       }
       if (claims.iss !== this.replica.issuer) return { reason: 'wrong_issuer' };
+      // RFC 9449 §7: a bound token is usable only with a proof of its key, which we do not check.
+      if (claims.cnf !== undefined) return { reason: 'sender_constrained' };
       const aud =
         typeof claims.aud === 'string'
           ? [claims.aud]

@@ -14,6 +14,7 @@ export type DenyReason =
   | 'not_access_token'
   | 'wrong_issuer'
   | 'wrong_audience'
+  | 'sender_constrained'
   | 'expired'
   | 'not_yet_valid'
   | 'revoked'
@@ -41,6 +42,8 @@ export const DENIALS: Record<DenyReason, { status: DenyStatus; message: string }
   not_access_token: { status: 401, message: 'Bad ApiKey' },
   wrong_issuer: { status: 401, message: 'Bad ApiKey' },
   wrong_audience: { status: 401, message: 'Bad ApiKey' },
+  // A DPoP-bound token (cnf): ext-authz does not check DPoP proofs, so it never passes as a bearer token.
+  sender_constrained: { status: 401, message: 'Token bound to a DPoP key: not accepted here' },
   expired: { status: 401, message: 'Token expired' },
   not_yet_valid: { status: 401, message: 'Token not yet valid' },
   revoked: { status: 401, message: 'Token revoked' },

@@ -13,6 +13,8 @@ export type OAuthErrorCode =
   | 'invalid_scope'
   | 'invalid_target'
   | 'unsupported_token_type'
+  /** RFC 9449 §7.1: a DPoP proof that is missing, malformed or does not check. */
+  | 'invalid_dpop_proof'
   | 'access_denied'
   | 'not_found'
   | 'server_error'

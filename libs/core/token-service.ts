@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import { DPOP_ALGORITHMS, DpopVerifier } from './dpop';
 import { LRUCache } from 'lru-cache';
 import type { AuthorityConfig, SigningAlgorithm } from './config';
 import { AuthFailureLimiter, DEFAULT_AUTH_FAILURE_SETTINGS } from './auth-failure-limiter';
@@ -17,11 +18,13 @@ export interface OAuthRequest {
   authorization?: string;
   /** The client's address (REST: the peer, or the address the trusted proxy saw per trustProxy; gRPC: the peer), for the failure limits. */
   clientAddress?: string;
+  /** RFC 9449: the request's `DPoP` header(s), when it has any (REST only), and the URL it was sent to. */
+  dpop?: { proofs: string | string[]; requestUrl?: string };
 }
 
 export interface TokenResponse {
   access_token: string;
-  token_type: 'Bearer';
+  token_type: 'Bearer' | 'DPoP';
   expires_in: number;
   scope?: string;
 }
@@ -37,13 +40,15 @@ export interface AccessTokenClaims {
   exp: number;
   jti: string;
   scope?: string;
+  /** RFC 9449 §6.1: the token is bound to the key with this RFC 7638 thumbprint (DPoP). */
+  cnf?: { jkt: string };
 }
 
 export type IntrospectionResponse =
   | { active: false }
   | (AccessTokenClaims & {
       active: true;
-      token_type: 'Bearer';
+      token_type: 'Bearer' | 'DPoP';
       clientName: string;
       metadata: Record<string, string>;
       tags: string[];
@@ -66,6 +71,7 @@ export interface Clock {
 export class TokenService {
   /** Successful signature checks, by token; never past the token's `exp`. */
   private readonly verified = new LRUCache<string, { claims: AccessTokenClaims; kid: string }>({ max: 50_000 });
+  private readonly proofs = new DpopVerifier();
 
   constructor(
     private readonly config: AuthorityConfig,
@@ -127,6 +133,13 @@ export class TokenService {
     const apiKey = await this.authenticate(request, now);
     const scopes = this.grantedScopes(apiKey, params.scope);
     const audience = this.requestedAudience(params);
+    const jkt = request.dpop
+      ? this.proofs.verify(request.dpop.proofs, {
+          method: 'POST',
+          urls: [this.tokenEndpoint(), ...(request.dpop.requestUrl ? [request.dpop.requestUrl] : [])],
+          now,
+        })
+      : undefined;
 
     const keyPairId = apiKey.metadata[SIGN_KEYPAIR_METADATA] || this.config.defaultKeyPair;
     const signingKey = this.keyRing.signingKey(keyPairId);
@@ -148,9 +161,10 @@ export class TokenService {
       jti: randomUUID(),
     };
     if (scopes.length) claims.scope = scopes.join(' ');
+    if (jkt) claims.cnf = { jkt };
     // RFC 9068 §2.1: typ at+jwt.
     const accessToken = await signJwt(signingKey, { typ: 'at+jwt' }, claims as unknown as Record<string, unknown>);
-    const response: TokenResponse = { access_token: accessToken, token_type: 'Bearer', expires_in: expiresIn };
+    const response: TokenResponse = { access_token: accessToken, token_type: jkt ? 'DPoP' : 'Bearer', expires_in: expiresIn };
     if (claims.scope) response.scope = claims.scope;
     return response;
   }
@@ -244,7 +258,7 @@ export class TokenService {
     const { claims, apiKey } = validation;
     return {
       active: true,
-      token_type: 'Bearer',
+      token_type: claims.cnf?.jkt ? 'DPoP' : 'Bearer',
       ...claims,
       clientName: apiKey.clientName,
       metadata: apiKey.metadata,
@@ -277,6 +291,11 @@ export class TokenService {
     return 'revoked';
   }
 
+  /** The token endpoint's URL as the metadata publishes it (what a DPoP proof's htu names). */
+  private tokenEndpoint(): string {
+    return `${this.config.issuer.replace(/\/$/, '')}/.well-known/otoroshi/oauth/token`;
+  }
+
   /** RFC 8414 authorization server metadata. */
   metadata(): Record<string, unknown> {
     const base = this.config.issuer.replace(/\/$/, '');
@@ -292,6 +311,8 @@ export class TokenService {
       token_endpoint_auth_methods_supported: authMethods,
       introspection_endpoint_auth_methods_supported: this.config.introspection.requireClientAuth ? authMethods : ['none', ...authMethods],
       revocation_endpoint_auth_methods_supported: authMethods,
+      // RFC 9449 §5.1: the token endpoint takes DPoP proofs signed with these.
+      dpop_signing_alg_values_supported: [...DPOP_ALGORITHMS],
     };
   }
 }

@@ -12,6 +12,7 @@ const STATUS_BY_OAUTH_CODE: Record<OAuthErrorCode, GrpcStatus> = {
   invalid_grant: GrpcStatus.INVALID_ARGUMENT,
   unsupported_grant_type: GrpcStatus.INVALID_ARGUMENT,
   unsupported_token_type: GrpcStatus.INVALID_ARGUMENT,
+  invalid_dpop_proof: GrpcStatus.INVALID_ARGUMENT,
   unauthorized_client: GrpcStatus.PERMISSION_DENIED,
   access_denied: GrpcStatus.PERMISSION_DENIED,
   not_found: GrpcStatus.NOT_FOUND,

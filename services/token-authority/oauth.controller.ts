@@ -1,4 +1,5 @@
-import { All, Body, Controller, Get, Header, Headers, HttpCode, Inject, Ip, Post, UseGuards } from '@nestjs/common';
+import { All, Body, Controller, Get, Header, Headers, HttpCode, Inject, Ip, Post, Req, UseGuards } from '@nestjs/common';
+import type { FastifyRequest } from 'fastify';
 import type { Authority } from '../../libs/core/authority';
 import { notFound } from '../../libs/core/errors';
 import { normalizeParams } from '../../libs/core/params';
@@ -23,8 +24,17 @@ export class OAuthController {
   @HttpCode(200)
   @Header('cache-control', 'no-store')
   @Header('pragma', 'no-cache')
-  token(@Body() body: unknown, @Ip() clientAddress: string, @Headers('authorization') authorization?: string) {
-    return this.authority.tokens.issueToken({ params: normalizeParams(body), authorization, clientAddress });
+  token(
+    @Body() body: unknown,
+    @Ip() clientAddress: string,
+    @Req() request: FastifyRequest,
+    @Headers('authorization') authorization?: string,
+  ) {
+    const proofs = request.headers.dpop;
+    // RFC 9449: the proof's htu may name this URL as the client reached us (Host, and the scheme per trustProxy).
+    const dpop =
+      proofs === undefined ? undefined : { proofs, requestUrl: `${request.protocol}://${request.headers.host ?? ''}${OTOROSHI}/token` };
+    return this.authority.tokens.issueToken({ params: normalizeParams(body), authorization, clientAddress, dpop });
   }
 
   @Post(`${OTOROSHI}/token/introspect`)

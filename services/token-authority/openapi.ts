@@ -175,8 +175,8 @@ const route = z
 
 const tokenResponse = z
   .object({
-    access_token: z.string().meta({ description: 'An RFC 9068 JWT (typ at+jwt).' }),
-    token_type: z.literal('Bearer'),
+    access_token: z.string().meta({ description: 'An RFC 9068 JWT (typ at+jwt); with a DPoP proof it carries cnf.jkt.' }),
+    token_type: z.enum(['Bearer', 'DPoP']).meta({ description: 'DPoP when the request carried a valid DPoP proof (RFC 9449).' }),
     expires_in: z.number().int(),
     scope: z.string().optional(),
   })
@@ -187,7 +187,7 @@ const introspection = z.union([
   z
     .object({
       active: z.literal(true),
-      token_type: z.literal('Bearer'),
+      token_type: z.enum(['Bearer', 'DPoP']),
       iss: z.string(),
       sub: z.string(),
       client_id: z.string(),
@@ -198,6 +198,11 @@ const introspection = z.union([
       exp: z.number().int(),
       jti: z.string(),
       scope: z.string().optional(),
+      cnf: z
+        .object({ jkt: z.string() })
+        .strict()
+        .optional()
+        .meta({ description: 'RFC 9449 §6.2: the token is bound to the DPoP key with this RFC 7638 thumbprint.' }),
       clientName: z.string(),
       metadata: z.record(z.string(), z.string()),
       tags: z.array(z.string()),
@@ -219,6 +224,7 @@ const serverMetadata = z
     token_endpoint_auth_methods_supported: authMethods,
     introspection_endpoint_auth_methods_supported: authMethods,
     revocation_endpoint_auth_methods_supported: authMethods,
+    dpop_signing_alg_values_supported: z.array(z.enum(['ES256', 'RS256', 'PS256', 'EdDSA'])),
   })
   .strict();
 
@@ -312,18 +318,26 @@ function oauthBody(schema: JsonSchema) {
 
 const clientSecurity = [{ clientBasic: [] }, {}];
 
-function oauthPost(operationId: string, summary: string, params: JsonSchema, ok: JsonSchema, okDescription: string) {
+function oauthPost(
+  operationId: string,
+  summary: string,
+  params: JsonSchema,
+  ok: JsonSchema,
+  okDescription: string,
+  extra: { parameters?: JsonSchema[]; badRequest?: string } = {},
+) {
   return {
     post: {
       operationId,
       summary,
       tags: ['oauth'],
       security: clientSecurity,
+      ...(extra.parameters ? { parameters: extra.parameters } : {}),
       requestBody: oauthBody(params),
       responses: {
         '200': { description: okDescription, headers: noStore, content: json(ok) },
         '400': errorResponse(
-          'invalid_request (missing, repeated or malformed parameter, malformed or empty body, unsupported content type, Basic and body credentials together, not over HTTPS with `secure`), unsupported_grant_type, invalid_scope, invalid_target, unauthorized_client.',
+          `invalid_request (missing, repeated or malformed parameter, malformed or empty body, unsupported content type, Basic and body credentials together, not over HTTPS with \`secure\`), unsupported_grant_type, invalid_scope, invalid_target, unauthorized_client${extra.badRequest ?? ''}.`,
         ),
         '401': errorResponse('invalid_client: client authentication failed.', OAUTH_ERROR, {
           'WWW-Authenticate': {
@@ -611,6 +625,19 @@ export function openApiDocument(): Record<string, unknown> {
         tokenParams,
         { $ref: '#/components/schemas/TokenResponse' },
         'An access token.',
+        {
+          parameters: [
+            {
+              name: 'DPoP',
+              in: 'header',
+              required: false,
+              description:
+                'A DPoP proof (RFC 9449 §4): typ dpop+jwt, alg ES256/RS256/PS256/EdDSA, the public jwk, htm POST, htu this URL, iat within 60 s, a jti used once. The token is then bound to that key (token_type DPoP, cnf.jkt).',
+              schema: { type: 'string' },
+            },
+          ],
+          badRequest: ', invalid_dpop_proof (a DPoP header that is not exactly one valid, unused proof for this request)',
+        },
       ),
       [`${OTOROSHI}/token/introspect`]: oauthPost(
         'introspect',

@@ -110,6 +110,8 @@ describe('Authorizer: bearer tokens', () => {
     assert.equal(reason(await bearer(await signAccessToken(pair, { ...claims, iss: 'http://evil' }))), 'wrong_issuer');
     assert.equal(reason(await bearer(await signAccessToken(pair, { ...claims, aud: 'someone-else' }))), 'wrong_audience');
     assert.equal(reason(await bearer(await signAccessToken(pair, { ...claims, aud: ['x', AUDIENCE] }))), 'allowed');
+    // DPoP-bound (RFC 9449 cnf): never as a bearer token, since no proof is checked here.
+    assert.equal(reason(await bearer(await signAccessToken(pair, { ...claims, cnf: { jkt: 'thumbprint' } }))), 'sender_constrained');
     assert.equal(reason(await bearer(await signAccessToken(pair, claims, { crit: ['exp'] }))), 'malformed_credential');
     assert.equal(reason(await bearer('not.a.jwt!')), 'malformed_credential');
   });

@@ -47,7 +47,7 @@ export type JwsResult = { ok: true; header: Record<string, unknown>; claims: Rec
 
 const BASE64URL = /^[A-Za-z0-9_-]+$/;
 
-function decodeJsonObject(part: string): Record<string, unknown> | undefined {
+export function decodeJsonObject(part: string): Record<string, unknown> | undefined {
   if (!BASE64URL.test(part)) return undefined;
   try {
     const value: unknown = JSON.parse(Buffer.from(part, 'base64url').toString('utf8'));
@@ -61,6 +61,17 @@ function decodeJsonObject(part: string): Record<string, unknown> | undefined {
  * Verifies a compact JWS against our keys. The algorithm comes from the key, never from the
  * token: `alg: none`, HS256 signed with a public key, or any alg other than the key's fail.
  */
+/** Whether `signature` (base64url) signs `signingInput` with `publicKey` under `algorithm`. */
+export function verifySignature(algorithm: SigningAlgorithm, publicKey: KeyObject, signingInput: string, signature: string): boolean {
+  const options = ALGORITHMS[algorithm];
+  return verify(
+    options.digest,
+    Buffer.from(signingInput),
+    options.key(publicKey) as Parameters<typeof verify>[2],
+    Buffer.from(signature, 'base64url'),
+  );
+}
+
 export function verifyJws(token: string, findKey: (kid: string) => VerificationKey | undefined): JwsResult {
   const parts = token.split('.');
   if (parts.length !== 3 || !BASE64URL.test(parts[2])) return { ok: false, reason: 'malformed' };

@@ -1,0 +1,118 @@
+import { createHash, createPublicKey, type JsonWebKey, type KeyObject } from 'node:crypto';
+import { LRUCache } from 'lru-cache';
+import type { SigningAlgorithm } from './config';
+import { decodeJsonObject, verifySignature } from './crypto/jws';
+import { OAuthError } from './errors';
+
+/**
+ * DPoP proofs at the token endpoint (RFC 9449 §4): a JWT the client signs with a key of its own,
+ * whose public half is in the proof's header. A valid proof binds the access token to that key:
+ * the token carries `cnf.jkt`, the key's RFC 7638 thumbprint, and `token_type` is `DPoP`.
+ */
+
+/** The algorithms a proof may use (asymmetric only: RFC 9449 §4.2 forbids `none` and MACs). */
+export const DPOP_ALGORITHMS: readonly SigningAlgorithm[] = ['ES256', 'RS256', 'PS256', 'EdDSA'];
+
+/** A proof's `iat` may be this old (s), or this far ahead of our clock (s). */
+export const DPOP_MAX_AGE = 60;
+export const DPOP_FUTURE_LEEWAY = 5;
+/** Longest proof we read (a 4096-bit RSA key in the header is about 1 KB). */
+const MAX_PROOF_LENGTH = 8192;
+
+const invalidProof = (description: string) => new OAuthError('invalid_dpop_proof', description, 400);
+
+/** RFC 7638: the SHA-256 of the required members, in lexicographic order, base64url. */
+export function jwkThumbprint(jwk: JsonWebKey): string {
+  const members: Record<string, readonly string[]> = { EC: ['crv', 'kty', 'x', 'y'], RSA: ['e', 'kty', 'n'], OKP: ['crv', 'kty', 'x'] };
+  const names = members[String(jwk.kty)];
+  if (!names) throw new Error(`no thumbprint for kty ${String(jwk.kty)}`);
+  const canonical = `{${names.map((name) => `${JSON.stringify(name)}:${JSON.stringify(jwk[name])}`).join(',')}}`;
+  return createHash('sha256').update(canonical).digest('base64url');
+}
+
+/** The key type each algorithm needs: a proof's jwk must be of that type. */
+function fits(algorithm: SigningAlgorithm, key: KeyObject): boolean {
+  const type = key.asymmetricKeyType;
+  if (algorithm === 'ES256') return type === 'ec' && key.asymmetricKeyDetails?.namedCurve === 'prime256v1';
+  if (algorithm === 'EdDSA') return type === 'ed25519';
+  return type === 'rsa' && (key.asymmetricKeyDetails?.modulusLength ?? 0) >= 2048;
+}
+
+/** Private members of a JWK (RFC 7518 §6): a proof's jwk must hold none. */
+const PRIVATE_MEMBERS = ['d', 'p', 'q', 'dp', 'dq', 'qi', 'oth', 'k'];
+
+export interface DpopCheck {
+  /** The request's method (`htm`). */
+  method: string;
+  /** URLs `htu` may name: the endpoint as the issuer publishes it, and as this request reached us. */
+  urls: string[];
+  /** Epoch ms. */
+  now: number;
+}
+
+/** `htu` compared without query and fragment (RFC 9449 §4.3 item 9), scheme and host case-insensitive. */
+function normalizedUrl(value: string): string | undefined {
+  try {
+    const url = new URL(value);
+    return `${url.protocol}//${url.host}${url.pathname}`;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Checks DPoP proofs (RFC 9449 §4.3) and remembers their `jti`s for as long as their `iat` is
+ * accepted, so a proof is used once. The memory is this process's: behind several replicas a
+ * proof replayed to another replica within the minute is not caught (see README).
+ */
+export class DpopVerifier {
+  private readonly seen = new LRUCache<string, true>({ max: 100_000, ttl: (DPOP_MAX_AGE + DPOP_FUTURE_LEEWAY) * 1000 });
+
+  /** The thumbprint (`cnf.jkt`) of the key that signed a valid proof; throws invalid_dpop_proof otherwise. */
+  verify(headerValues: string | string[] | undefined, check: DpopCheck): string {
+    const values = headerValues === undefined ? [] : Array.isArray(headerValues) ? headerValues : [headerValues];
+    // Node joins repeated headers with ', ' (no comma is in a compact JWS).
+    if (values.length !== 1 || values[0].includes(',')) throw invalidProof('send exactly one DPoP header');
+    const proof = values[0].trim();
+    if (proof.length > MAX_PROOF_LENGTH) throw invalidProof('the DPoP proof is too long');
+    const parts = proof.split('.');
+    if (parts.length !== 3 || !/^[A-Za-z0-9_-]+$/.test(parts[2])) throw invalidProof('the DPoP proof is not a compact JWS');
+    const header = decodeJsonObject(parts[0]);
+    const claims = decodeJsonObject(parts[1]);
+    if (!header || !claims) throw invalidProof('the DPoP proof is not a compact JWS');
+    if (header.typ !== 'dpop+jwt') throw invalidProof('the DPoP proof must have typ dpop+jwt');
+    const algorithm = header.alg as SigningAlgorithm;
+    if (typeof header.alg !== 'string' || !DPOP_ALGORITHMS.includes(algorithm))
+      throw invalidProof(`the DPoP proof's alg must be one of ${DPOP_ALGORITHMS.join(', ')}`);
+    if (header.crit !== undefined) throw invalidProof('the DPoP proof has critical extensions we do not understand');
+    const jwk = header.jwk;
+    if (typeof jwk !== 'object' || jwk === null || Array.isArray(jwk)) throw invalidProof('the DPoP proof has no jwk header');
+    if (PRIVATE_MEMBERS.some((member) => member in jwk)) throw invalidProof("the DPoP proof's jwk holds a private key");
+    let key: KeyObject;
+    let thumbprint: string;
+    try {
+      key = createPublicKey({ key: jwk as JsonWebKey, format: 'jwk' });
+      thumbprint = jwkThumbprint(jwk as JsonWebKey);
+    } catch {
+      throw invalidProof("the DPoP proof's jwk is not a public key");
+    }
+    if (!fits(algorithm, key)) throw invalidProof(`the DPoP proof's jwk cannot sign ${algorithm}`);
+    if (!verifySignature(algorithm, key, `${parts[0]}.${parts[1]}`, parts[2]))
+      throw invalidProof('the DPoP proof signature does not verify');
+    if (typeof claims.jti !== 'string' || claims.jti.length < 8 || claims.jti.length > 256)
+      throw invalidProof('the DPoP proof needs a jti of 8 to 256 characters');
+    if (claims.htm !== check.method) throw invalidProof(`the DPoP proof's htm must be ${check.method}`);
+    const htu = typeof claims.htu === 'string' ? normalizedUrl(claims.htu) : undefined;
+    if (htu === undefined || !check.urls.some((url) => normalizedUrl(url) === htu))
+      throw invalidProof(`the DPoP proof's htu must be this endpoint's URL (${check.urls[0]})`);
+    const nowSeconds = check.now / 1000;
+    if (typeof claims.iat !== 'number' || !Number.isFinite(claims.iat)) throw invalidProof('the DPoP proof needs a numeric iat');
+    if (claims.iat < nowSeconds - DPOP_MAX_AGE || claims.iat > nowSeconds + DPOP_FUTURE_LEEWAY)
+      throw invalidProof(`the DPoP proof's iat must be within the last ${DPOP_MAX_AGE} s`);
+    // Replay: once per (key, jti), after every other check so a forged proof cannot burn a jti.
+    const replayKey = `${thumbprint}:${claims.jti}`;
+    if (this.seen.has(replayKey)) throw invalidProof('the DPoP proof was already used (jti replayed)');
+    this.seen.set(replayKey, true);
+    return thumbprint;
+  }
+}
