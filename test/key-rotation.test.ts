@@ -102,6 +102,8 @@ describe('scheduled key rotation: two replicas on PostgreSQL, a JWKS cache, ext-
     await extAuthz.waitFor(() => extAuthz.replica.verificationKey(second) !== undefined, switchAt - Date.now());
     figures.extAuthzHadKeyMsBeforeSwitch = switchAt - Date.now();
 
+    // Whichever replica wrote it, the other learns of it by NOTIFY within milliseconds.
+    for (const replica of [a, b]) await within(1000, async () => rotatingKids(await jwks(replica)).includes(second));
     // The cache: the JWKS as A and B publish it now, fetched once and never again.
     const fetched = await jwks(a);
     assert.deepEqual(rotatingKids(fetched), [first, second]);
