@@ -8,6 +8,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { hashSecret } from '../libs/core/crypto/secret-hash';
 import type { ApiKeyRecord } from '../libs/core/model';
 import { SqliteStore } from '../libs/core/store/sqlite-store';
+import { EXT_AUTHZ_NODE_FLAGS } from '../services/ext-authz/node-flags';
 import { freePort } from './support';
 
 /**
@@ -23,6 +24,8 @@ import { freePort } from './support';
  * under 4 minutes at worst (the admin-API creates stop at 120 s).
  */
 const KEYS = Number(process.env.BENCH_KEYS ?? 100_000);
+/** ext-authz's node flags: those it ships with, or EXT_AUTHZ_NODE_FLAGS ('' for none) to compare. */
+const extAuthzNodeFlags = () => (process.env.EXT_AUTHZ_NODE_FLAGS ?? EXT_AUTHZ_NODE_FLAGS.join(' ')).split(/\s+/).filter(Boolean);
 const BULK_BATCH = 10_000;
 const DISABLE_KEYS = 20;
 const CHANGES_PER_SECOND = 10;
@@ -143,10 +146,17 @@ interface Service {
 
 const LOG_LINES_KEPT = 40;
 
-function spawnService(name: string, script: string, env: Record<string, string>, port: number, preload?: string): Service {
+function spawnService(
+  name: string,
+  script: string,
+  env: Record<string, string>,
+  port: number,
+  preload?: string,
+  nodeFlags: readonly string[] = [],
+): Service {
   const baseEnv = { ...process.env };
   delete baseEnv.CONFIG_FILE; // each service gets exactly the settings given here
-  const execArgs = preload ? ['--require', resolve(__dirname, preload)] : [];
+  const execArgs = [...nodeFlags, ...(preload ? ['--require', resolve(__dirname, preload)] : [])];
   const spawnedAt = performance.now();
   const child = spawn(process.execPath, [...execArgs, resolve(__dirname, script)], {
     env: { ...baseEnv, LOG_LEVEL: 'warn', ...env },
@@ -806,6 +816,8 @@ async function main(): Promise<void> {
         GRPC_PORT: String(extGrpcPort),
       },
       extHttpPort,
+      undefined,
+      extAuthzNodeFlags(),
     );
     services.push(extAuthz);
     let first200: number | undefined;

@@ -6,6 +6,7 @@ import { join, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { loadAuthorizationService } from '../services/ext-authz/envoy-check';
+import { EXT_AUTHZ_NODE_FLAGS } from '../services/ext-authz/node-flags';
 import { envoyCheckRequest, freePort, startAuthorityProcess } from './support';
 
 /**
@@ -19,7 +20,8 @@ import { envoyCheckRequest, freePort, startAuthorityProcess } from './support';
  *
  *   npm run build && flock /work/.heavy.lock node dist/bench/ext-authz-memory.js
  *
- * EXT_AUTHZ_NODE_FLAGS adds node flags to ext-authz's command line (to measure V8 settings);
+ * ext-authz runs with the node flags it ships with (services/ext-authz/node-flags.ts), or with
+ * EXT_AUTHZ_NODE_FLAGS instead ('' for none: to measure V8 settings);
  * EXT_AUTHZ_ENV='CACHE_SIZE=0 ...' adds settings. BENCH_SNAPSHOT=0 skips the heap snapshot.
  * Bounded: token issuance stops at ISSUE_LIMIT_MS, the Checks at CHECK_LIMIT_MS.
  */
@@ -53,7 +55,7 @@ interface Probed {
 async function startProbedExtAuthz(authority: { grpcAddress: string; adminToken: string }): Promise<Probed> {
   const grpcPort = await freePort();
   const httpPort = await freePort();
-  const flags = (process.env.EXT_AUTHZ_NODE_FLAGS ?? '').split(/\s+/).filter(Boolean);
+  const flags = (process.env.EXT_AUTHZ_NODE_FLAGS ?? EXT_AUTHZ_NODE_FLAGS.join(' ')).split(/\s+/).filter(Boolean);
   const extra = Object.fromEntries(
     (process.env.EXT_AUTHZ_ENV ?? '')
       .split(/\s+/)
@@ -389,7 +391,7 @@ async function main() {
   console.log(
     `ext-authz memory: ${KEYS} keys, ${TOKENS} distinct tokens, ${CHECKS} Checks (${CONCURRENCY} in flight on ${SESSIONS} HTTP/2 connections), 127.0.0.1`,
   );
-  if (process.env.EXT_AUTHZ_NODE_FLAGS) console.log(`  ext-authz node flags: ${process.env.EXT_AUTHZ_NODE_FLAGS}`);
+  console.log(`  ext-authz node flags: ${(process.env.EXT_AUTHZ_NODE_FLAGS ?? EXT_AUTHZ_NODE_FLAGS.join(' ')) || '(none)'}`);
   if (process.env.EXT_AUTHZ_ENV) console.log(`  ext-authz settings: ${process.env.EXT_AUTHZ_ENV}`);
   const authority = await startAuthorityProcess();
   let extAuthz: Probed | undefined;

@@ -6,6 +6,7 @@ import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { parse } from 'yaml';
 import { type EchoBackend, type EchoResponse, startEchoBackend } from '../services/echo-backend/server';
+import { EXT_AUTHZ_NODE_FLAGS } from '../services/ext-authz/node-flags';
 
 const ROOT = path.resolve(__dirname, '..', '..');
 
@@ -232,7 +233,14 @@ describe('docker-compose.yml', () => {
 
   it('runs ext-authz and the echo backend from the same image with their own commands', () => {
     const extAuthz = config.services['ext-authz'];
-    assert.deepEqual(extAuthz.command, ['node', 'dist/services/ext-authz/main.js']);
+    // The heap bounds every start of ext-authz uses (services/ext-authz/node-flags.ts).
+    assert.deepEqual(extAuthz.command, ['node', ...EXT_AUTHZ_NODE_FLAGS, 'dist/services/ext-authz/main.js']);
+    assert.deepEqual(config.services['cluster-ext-authz'].command, extAuthz.command);
+    const scripts = (JSON.parse(readFileSync(path.join(ROOT, 'package.json'), 'utf8')) as { scripts: Record<string, string> }).scripts;
+    assert.ok(
+      scripts['start:ext-authz'].endsWith(`node ${EXT_AUTHZ_NODE_FLAGS.join(' ')} dist/services/ext-authz/main.js`),
+      scripts['start:ext-authz'],
+    );
     assert.equal(extAuthz.environment?.AUTHORITY_GRPC_URL, 'token-authority:50051');
     assert.ok(extAuthz.healthcheck?.test.join(' ').includes('http://127.0.0.1:9192/health'));
     assert.deepEqual(config.services.echo.command, ['node', 'dist/services/echo-backend/main.js']);

@@ -4,6 +4,7 @@ import { rmSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { startLocalStack } from './support/local-stack';
+import { EXT_AUTHZ_NODE_FLAGS } from '../services/ext-authz/node-flags';
 import { FOO, send } from './support/proxy-request';
 
 const ROOT = path.resolve(__dirname, '..', '..');
@@ -65,6 +66,20 @@ describe('the local stack (npm start) with Envoy on PATH', () => {
     assert.match(output(), /ext-authz: Envoy Check/);
     assert.match(output(), /HTTPS: https:\/\/oauth\.oto\.tools:\d+ and https:\/\/foo\.oto\.tools:\d+, with a self-signed certificate/);
     assert.match(output(), /admin console: http:\/\/oauth\.oto\.tools:\d+\/console/);
+  });
+
+  it('starts ext-authz with its heap bounds (services/ext-authz/node-flags.ts), and V8 took them', async () => {
+    const { readFileSync } = require('node:fs') as typeof import('node:fs');
+    const extAuthz = descendants(stack.pid!)
+      .map((pid) => ({ pid, argv: readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0') }))
+      .find(({ argv }) => argv.some((arg) => arg.endsWith(path.join('ext-authz', 'main.js'))));
+    assert.ok(extAuthz, 'an ext-authz process under the stack');
+    assert.deepEqual(extAuthz.argv.slice(1, 1 + EXT_AUTHZ_NODE_FLAGS.length), [...EXT_AUTHZ_NODE_FLAGS]);
+    // V8's default young generation alone would be 32 MB resident before any load (2 x 2 MB here).
+    const httpPort = /ext-authz: Envoy Check \(gRPC\) [\d.]+:\d+, HTTP mode http:\/\/127\.0\.0\.1:(\d+)/.exec(output())?.[1];
+    const metrics = { body: await (await fetch(`http://127.0.0.1:${httpPort}/metrics`)).text() };
+    const newSpace = Number(/^ext_authz_nodejs_heap_space_size_total_bytes\{space="new"\} (\d+)/m.exec(metrics.body)?.[1]);
+    assert.ok(newSpace > 0 && newSpace <= 4 * 1024 * 1024, `new space ${newSpace} bytes`);
   });
 
   it('serves the admin console through Envoy at oauth.oto.tools/console', async () => {
