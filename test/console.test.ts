@@ -751,6 +751,55 @@ describe('the admin console in a real browser (headless Debian chromium)', { ski
     await close(watched);
   });
 
+  it("routes: created by clicks (the tutorial's step), listed, edited (Basic on), disabled, bad input named in the page, deleted after a confirmation", async () => {
+    const watched = await openConsole(undefined, [refused(400, '/api/routes(/[^/]+)?')]);
+    const { page } = watched;
+    await signIn(watched);
+    await page.getByRole('link', { name: 'Routes', exact: true }).click();
+    // The seed routes of a new store (envoy/envoy.yaml's foo and bar).
+    await page.locator('tbody tr[data-route-id="foo"]').waitFor();
+    await page.getByRole('link', { name: 'Create route' }).click();
+    await page.getByLabel('Id', { exact: true }).fill('console-route');
+    await page.getByLabel('Domains').fill('console.oto.tools');
+    await page.getByLabel('Backend targets').fill('127.0.0.1:8081');
+    await page.getByRole('button', { name: 'Create route' }).click();
+    await page.getByRole('heading', { name: 'Route console-route' }).waitFor();
+    await assertAccessible(page, 'edit route');
+    const created = await adminCall('GET', '/api/routes/console-route');
+    assert.deepEqual(
+      [
+        created.body.frontend.domains,
+        created.body.backend.targets[0].port,
+        created.body.apikeys.extractors,
+        created.body.apikeys.authorizedEntities,
+      ],
+      [['console.oto.tools'], 8081, ['bearer'], ['route_console-route']],
+    );
+
+    await page.getByLabel('HTTP Basic (client id and secret)').check();
+    await page.getByRole('button', { name: 'Save route' }).click();
+    await page.getByText('Route console-route saved.').waitFor();
+    assert.deepEqual((await adminCall('GET', '/api/routes/console-route')).body.apikeys.extractors, ['bearer', 'basic']);
+
+    // A domain that is not a host pattern: the page names the field, nothing changes.
+    await page.getByLabel('Domains').fill('console.oto.tools/path');
+    await page.getByRole('button', { name: 'Save route' }).click();
+    assert.match((await alertText(page)) ?? '', /frontend\.domains\.0: not a host pattern/);
+    assert.deepEqual((await adminCall('GET', '/api/routes/console-route')).body.frontend.domains, ['console.oto.tools']);
+
+    await page.getByRole('link', { name: 'Back to routes' }).click();
+    await page.getByRole('button', { name: 'Disable console-route' }).click();
+    await page.getByText('Route console-route disabled.').waitFor();
+    assert.equal((await adminCall('GET', '/api/routes/console-route')).body.enabled, false);
+    await assertAccessible(page, 'routes');
+    await shot(page, 'routes');
+    await page.getByRole('button', { name: 'Delete console-route' }).click();
+    await page.getByRole('dialog').getByRole('button', { name: 'Delete console-route' }).click();
+    await page.getByText('Route console-route deleted.').waitFor();
+    assert.equal((await adminCall('GET', '/api/routes/console-route')).status, 404);
+    await close(watched);
+  });
+
   it('passes axe-core (no serious or critical violation) on every page, and leaves screenshots for review', async () => {
     const watched = await openConsole();
     const { page } = watched;
@@ -779,6 +828,7 @@ describe('the admin console in a real browser (headless Debian chromium)', { ski
     await shot(page, 'confirm-delete');
     await page.keyboard.press('Escape');
     for (const [link, heading] of [
+      ['Routes', 'Routes'],
       ['Key pairs', 'Key pairs'],
       ['JWKS', 'Public keys (JWKS)'],
       ['Try it', 'Try it: issue a token'],

@@ -197,3 +197,33 @@ export async function listPage<T>(path: string): Promise<{ items: T[]; next?: st
 }
 
 export const SIGN_KEYPAIR_METADATA = 'jwt-sign-keypair';
+
+/** A route (libs/core/routes.ts): what Envoy serves, and its API key policy. */
+export interface Route {
+  id: string;
+  name: string;
+  description: string;
+  enabled: boolean;
+  frontend: { domains: string[]; pathPrefix: string };
+  backend: {
+    targets: { hostname: string; port: number; tls: boolean; weight: number }[];
+    connectTimeoutMs: number;
+    requestTimeoutMs: number;
+  };
+  apikeys: {
+    enabled: boolean;
+    extractors: string[];
+    authorizedEntities: string[];
+    requiredScopes: string[];
+    audiences: string[];
+    stripCredential: boolean;
+    clientIdHeader: string;
+    clientSecretHeader: string;
+    quotas: boolean;
+    quotaFailure: 'open' | 'closed';
+    publicPathPrefixes: string[];
+  };
+  metadata: Record<string, string>;
+  createdAt: string;
+  updatedAt: string;
+}

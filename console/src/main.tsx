@@ -6,6 +6,7 @@ import { ApiKeysPage } from './pages/api-keys';
 import { AuditPage } from './pages/audit';
 import { JwksPage } from './pages/jwks';
 import { KeyPairsPage } from './pages/key-pairs';
+import { RouteEditor, RoutesPage } from './pages/routes';
 import { TryItPage } from './pages/try-it';
 import { errorNotice, type Notice, NoticeLine, PageTitle } from './ui';
 import './style.css';
@@ -74,6 +75,7 @@ function SignIn({ onSignedIn }: { onSignedIn: () => void }) {
 
 const PAGES = [
   { route: 'keys', label: 'API keys' },
+  { route: 'routes', label: 'Routes' },
   { route: 'keypairs', label: 'Key pairs' },
   { route: 'jwks', label: 'JWKS' },
   { route: 'try', label: 'Try it' },
@@ -119,6 +121,9 @@ function App() {
         {page === 'keys' && rest[0] === 'new' && <ApiKeyEditor key="new" />}
         {page === 'keys' && rest[0] !== undefined && rest[0] !== 'new' && <ApiKeyEditor key={rest[0]} clientId={rest[0]} />}
         {page === 'keys' && rest[0] === undefined && <ApiKeysPage />}
+        {page === 'routes' && rest[0] === 'new' && <RouteEditor key="new" />}
+        {page === 'routes' && rest[0] !== undefined && rest[0] !== 'new' && <RouteEditor key={rest[0]} id={rest[0]} />}
+        {page === 'routes' && rest[0] === undefined && <RoutesPage />}
         {page === 'keypairs' && <KeyPairsPage />}
         {page === 'jwks' && <JwksPage />}
         {page === 'try' && <TryItPage key={rest[0] ?? ''} clientId={rest[0]} />}

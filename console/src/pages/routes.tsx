@@ -1,0 +1,437 @@
+import { useEffect, useState } from 'preact/hooks';
+import { admin, ApiError, listPage, type Route } from '../api';
+import { go, href } from '../router';
+import { ConfirmDialog, errorNotice, formatTime, type Notice, NoticeLine, PageTitle, Pager, splitList, useCursorPages } from '../ui';
+
+const EXTRACTORS: { name: string; label: string }[] = [
+  { name: 'bearer', label: 'Bearer token (client credentials flow)' },
+  { name: 'basic', label: 'HTTP Basic (client id and secret)' },
+  { name: 'customHeaders', label: 'Otoroshi client id / secret headers' },
+  { name: 'clientId', label: 'Client id header alone' },
+];
+
+/** `host:port`, with https:// in front for TLS to the backend; one target per line. */
+function targetText(route: Route): string {
+  return route.backend.targets.map((target) => `${target.tls ? 'https://' : ''}${target.hostname}:${target.port}`).join('\n');
+}
+
+function parseTargets(text: string): { targets?: { hostname: string; port: number; tls: boolean }[]; error?: string } {
+  const targets = [];
+  for (const line of text
+    .split('\n')
+    .map((each) => each.trim())
+    .filter(Boolean)) {
+    const match = /^(?:(https?):\/\/)?(\[[0-9a-fA-F:.]+\]|[^:/[\]\s]+):(\d{1,5})$/.exec(line);
+    if (!match) return { error: `Backend target "${line}": write host:port (put https:// in front for TLS).` };
+    targets.push({ hostname: match[2].replace(/^\[|\]$/g, ''), port: Number(match[3]), tls: match[1] === 'https' });
+  }
+  return { targets };
+}
+
+interface Draft {
+  id: string;
+  name: string;
+  description: string;
+  enabled: boolean;
+  domains: string;
+  pathPrefix: string;
+  targets: string;
+  check: boolean;
+  extractors: string[];
+  authorizedEntities: string;
+  requiredScopes: string;
+  stripCredential: boolean;
+  publicPathPrefixes: string;
+}
+
+const EMPTY: Draft = {
+  id: '',
+  name: '',
+  description: '',
+  enabled: true,
+  domains: '',
+  pathPrefix: '/',
+  targets: '',
+  check: true,
+  extractors: ['bearer'],
+  authorizedEntities: '',
+  requiredScopes: '',
+  stripCredential: false,
+  publicPathPrefixes: '',
+};
+
+function draftOf(route: Route): Draft {
+  return {
+    id: route.id,
+    name: route.name,
+    description: route.description,
+    enabled: route.enabled,
+    domains: route.frontend.domains.join('\n'),
+    pathPrefix: route.frontend.pathPrefix,
+    targets: targetText(route),
+    check: route.apikeys.enabled,
+    extractors: route.apikeys.extractors,
+    authorizedEntities: route.apikeys.authorizedEntities.join(' '),
+    requiredScopes: route.apikeys.requiredScopes.join(' '),
+    stripCredential: route.apikeys.stripCredential,
+    publicPathPrefixes: route.apikeys.publicPathPrefixes.join('\n'),
+  };
+}
+
+/** The routes Envoy serves, a page at a time: enable or disable in one click, edit, delete. */
+export function RoutesPage() {
+  const pages = useCursorPages();
+  const [page, setPage] = useState<{ items: Route[]; next?: string }>();
+  const [notice, setNotice] = useState<Notice>();
+  const [deleting, setDeleting] = useState<Route>();
+  const [reload, setReload] = useState(0);
+
+  useEffect(() => {
+    let current = true;
+    const query = new URLSearchParams({ limit: '50' });
+    if (pages.after !== undefined) query.set('after', pages.after);
+    listPage<Route>(`/api/routes?${query}`).then(
+      (answer) => current && setPage(answer),
+      (error) => current && setNotice(errorNotice(error)),
+    );
+    return () => {
+      current = false;
+    };
+  }, [pages.cursors, reload]);
+
+  const toggle = async (route: Route) => {
+    try {
+      const { etag } = await admin<Route>('GET', `/api/routes/${encodeURIComponent(route.id)}`);
+      await admin('PATCH', `/api/routes/${encodeURIComponent(route.id)}`, { enabled: !route.enabled }, { ifMatch: etag });
+      setNotice({ kind: 'success', text: `Route ${route.id} ${route.enabled ? 'disabled' : 'enabled'}.` });
+    } catch (error) {
+      setNotice(errorNotice(error));
+    }
+    setReload((count) => count + 1);
+  };
+
+  const remove = async (route: Route) => {
+    setDeleting(undefined);
+    try {
+      await admin('DELETE', `/api/routes/${encodeURIComponent(route.id)}`);
+      setNotice({ kind: 'success', text: `Route ${route.id} deleted.` });
+    } catch (error) {
+      setNotice(
+        error instanceof ApiError && error.status === 404 ? { kind: 'error', text: 'That route no longer exists.' } : errorNotice(error),
+      );
+    }
+    setReload((count) => count + 1);
+  };
+
+  return (
+    <>
+      <div class="title-row">
+        <PageTitle>Routes</PageTitle>
+        <a class="button primary" href={href('routes', 'new')}>
+          Create route
+        </a>
+      </div>
+      <NoticeLine notice={notice} />
+      {page && (
+        <table>
+          <caption class="visually-hidden">Routes, page {pages.index + 1}</caption>
+          <thead>
+            <tr>
+              <th scope="col">Id</th>
+              <th scope="col">Domains</th>
+              <th scope="col">Path prefix</th>
+              <th scope="col">Backend</th>
+              <th scope="col">API key check</th>
+              <th scope="col">Enabled</th>
+              <th scope="col">Last change</th>
+              <th scope="col">Actions</th>
+            </tr>
+          </thead>
+          <tbody>
+            {page.items.map((route) => (
+              <tr key={route.id} data-route-id={route.id}>
+                <td>
+                  <a href={href('routes', route.id)}>{route.id}</a>
+                </td>
+                <td>{route.frontend.domains.join(', ')}</td>
+                <td>
+                  <code>{route.frontend.pathPrefix}</code>
+                </td>
+                <td>{targetText(route).split('\n').join(', ')}</td>
+                <td>{route.apikeys.enabled ? route.apikeys.extractors.join(', ') : 'None (open)'}</td>
+                <td>{route.enabled ? 'Yes' : 'No'}</td>
+                <td>{formatTime(route.updatedAt)}</td>
+                <td class="row-actions">
+                  <a href={href('routes', route.id)} aria-label={`Edit ${route.id}`}>
+                    Edit
+                  </a>
+                  <button
+                    type="button"
+                    aria-label={`${route.enabled ? 'Disable' : 'Enable'} ${route.id}`}
+                    onClick={() => void toggle(route)}
+                  >
+                    {route.enabled ? 'Disable' : 'Enable'}
+                  </button>
+                  <button type="button" class="danger" aria-label={`Delete ${route.id}`} onClick={() => setDeleting(route)}>
+                    Delete
+                  </button>
+                </td>
+              </tr>
+            ))}
+            {page.items.length === 0 && (
+              <tr>
+                <td colSpan={8}>No routes here.</td>
+              </tr>
+            )}
+          </tbody>
+        </table>
+      )}
+      <Pager label="Pages of routes" pages={pages} next={page?.next} />
+      {deleting && (
+        <ConfirmDialog
+          title={`Delete route ${deleting.id}?`}
+          confirmLabel={`Delete ${deleting.id}`}
+          danger
+          onConfirm={() => void remove(deleting)}
+          onCancel={() => setDeleting(undefined)}
+        >
+          <p>Envoy stops serving {deleting.frontend.domains.join(', ')} for it. This cannot be undone.</p>
+        </ConfirmDialog>
+      )}
+    </>
+  );
+}
+
+/** Create a route, or edit one (PUT of the route as read, with the form's fields, under If-Match). */
+export function RouteEditor({ id }: { id?: string }) {
+  const creating = id === undefined;
+  const [loaded, setLoaded] = useState<{ route: Route; etag?: string }>();
+  const [draft, setDraft] = useState<Draft>(EMPTY);
+  const [notice, setNotice] = useState<Notice>();
+  const [busy, setBusy] = useState(false);
+
+  const load = async () => {
+    if (creating) return;
+    try {
+      const answer = await admin<Route>('GET', `/api/routes/${encodeURIComponent(id)}`);
+      setLoaded({ route: answer.data, etag: answer.etag });
+      setDraft(draftOf(answer.data));
+    } catch (error) {
+      setNotice(errorNotice(error));
+    }
+  };
+  useEffect(() => {
+    void load();
+  }, [id]);
+
+  const set = <K extends keyof Draft>(field: K, value: Draft[K]) => setDraft({ ...draft, [field]: value });
+  const toggleExtractor = (name: string, on: boolean) =>
+    set(
+      'extractors',
+      EXTRACTORS.map((each) => each.name).filter((each) => (each === name ? on : draft.extractors.includes(each))),
+    );
+
+  const save = async (event: Event) => {
+    event.preventDefault();
+    setNotice(undefined);
+    const { targets, error } = parseTargets(draft.targets);
+    if (error) return setNotice({ kind: 'error', text: error });
+    const base = loaded?.route;
+    const body = {
+      ...(base ?? {}),
+      id: creating ? draft.id.trim() : id,
+      name: draft.name.trim() || undefined,
+      description: draft.description,
+      enabled: draft.enabled,
+      frontend: { domains: splitList(draft.domains), pathPrefix: draft.pathPrefix.trim() || '/' },
+      backend: { ...(base?.backend ?? {}), targets },
+      apikeys: {
+        ...(base?.apikeys ?? {}),
+        enabled: draft.check,
+        extractors: draft.extractors,
+        authorizedEntities: splitList(draft.authorizedEntities).length ? splitList(draft.authorizedEntities) : undefined,
+        requiredScopes: splitList(draft.requiredScopes),
+        stripCredential: draft.stripCredential,
+        publicPathPrefixes: splitList(draft.publicPathPrefixes),
+      },
+    };
+    setBusy(true);
+    try {
+      const answer = creating
+        ? await admin<Route>('POST', '/api/routes', body)
+        : await admin<Route>('PUT', `/api/routes/${encodeURIComponent(id)}`, body, { ifMatch: loaded?.etag });
+      setLoaded({ route: answer.data, etag: answer.etag });
+      setDraft(draftOf(answer.data));
+      setNotice({ kind: 'success', text: `Route ${answer.data.id} saved.` });
+      if (creating) go('routes', answer.data.id);
+    } catch (failure) {
+      setNotice(errorNotice(failure));
+    } finally {
+      setBusy(false);
+    }
+  };
+
+  return (
+    <>
+      <PageTitle>{creating ? 'Create a route' : `Route ${id}`}</PageTitle>
+      <p>
+        <a href={href('routes')}>Back to routes</a>
+      </p>
+      <NoticeLine notice={notice} />
+      {(creating || loaded) && (
+        <form class="editor" onSubmit={(event) => void save(event)} novalidate>
+          <fieldset>
+            <legend>Route</legend>
+            {creating ? (
+              <p>
+                <label for="route-id">Id</label>
+                <input
+                  id="route-id"
+                  value={draft.id}
+                  onInput={(event) => set('id', event.currentTarget.value)}
+                  aria-describedby="route-id-hint"
+                  autocomplete="off"
+                />
+                <span id="route-id-hint" class="hint">
+                  API keys name it as route_&lt;id&gt; in their authorized entities.
+                </span>
+              </p>
+            ) : (
+              <p>
+                Id: <code>{id}</code> (created {formatTime(loaded?.route.createdAt)}, last change {formatTime(loaded?.route.updatedAt)})
+              </p>
+            )}
+            <p>
+              <label for="route-name">Name</label>
+              <input id="route-name" value={draft.name} onInput={(event) => set('name', event.currentTarget.value)} />
+            </p>
+            <p>
+              <label for="route-description">Description</label>
+              <textarea
+                id="route-description"
+                rows={2}
+                value={draft.description}
+                onInput={(event) => set('description', event.currentTarget.value)}
+              />
+            </p>
+            <p class="check">
+              <input
+                id="route-enabled"
+                type="checkbox"
+                checked={draft.enabled}
+                onChange={(event) => set('enabled', event.currentTarget.checked)}
+              />
+              <label for="route-enabled">Enabled</label>
+            </p>
+          </fieldset>
+          <fieldset>
+            <legend>Frontend and backend</legend>
+            <p>
+              <label for="route-domains">Domains</label>
+              <textarea
+                id="route-domains"
+                rows={2}
+                value={draft.domains}
+                placeholder="foo.oto.tools"
+                aria-describedby="route-domains-hint"
+                onInput={(event) => set('domains', event.currentTarget.value)}
+              />
+              <span id="route-domains-hint" class="hint">
+                One per line: foo.oto.tools, *.oto.tools, with :port or :* if needed.
+              </span>
+            </p>
+            <p>
+              <label for="route-prefix">Path prefix</label>
+              <input id="route-prefix" value={draft.pathPrefix} onInput={(event) => set('pathPrefix', event.currentTarget.value)} />
+            </p>
+            <p>
+              <label for="route-targets">Backend targets</label>
+              <textarea
+                id="route-targets"
+                rows={2}
+                value={draft.targets}
+                placeholder="127.0.0.1:8081"
+                aria-describedby="route-targets-hint"
+                onInput={(event) => set('targets', event.currentTarget.value)}
+              />
+              <span id="route-targets-hint" class="hint">
+                One per line: host:port; put https:// in front for TLS.
+              </span>
+            </p>
+          </fieldset>
+          <fieldset>
+            <legend>API keys</legend>
+            <p class="check">
+              <input
+                id="route-check"
+                type="checkbox"
+                checked={draft.check}
+                onChange={(event) => set('check', event.currentTarget.checked)}
+              />
+              <label for="route-check">Check API keys (off: anyone may call this route)</label>
+            </p>
+            <fieldset class="radios">
+              <legend>Credentials accepted</legend>
+              {EXTRACTORS.map((extractor) => (
+                <label key={extractor.name}>
+                  <input
+                    type="checkbox"
+                    name={`extractor-${extractor.name}`}
+                    checked={draft.extractors.includes(extractor.name)}
+                    onChange={(event) => toggleExtractor(extractor.name, event.currentTarget.checked)}
+                  />
+                  {extractor.label}
+                </label>
+              ))}
+            </fieldset>
+            <p>
+              <label for="route-entities">Authorized entities</label>
+              <input
+                id="route-entities"
+                value={draft.authorizedEntities}
+                placeholder={`route_${draft.id || id || 'foo'}`}
+                aria-describedby="route-entities-hint"
+                onInput={(event) => set('authorizedEntities', event.currentTarget.value)}
+              />
+              <span id="route-entities-hint" class="hint">
+                Keys authorized on one of these may pass; empty: route_&lt;id&gt;.
+              </span>
+            </p>
+            <p>
+              <label for="route-scopes">Required scopes</label>
+              <input id="route-scopes" value={draft.requiredScopes} onInput={(event) => set('requiredScopes', event.currentTarget.value)} />
+            </p>
+            <p class="check">
+              <input
+                id="route-strip"
+                type="checkbox"
+                checked={draft.stripCredential}
+                onChange={(event) => set('stripCredential', event.currentTarget.checked)}
+              />
+              <label for="route-strip">Remove the credential before the backend</label>
+            </p>
+            <p>
+              <label for="route-public">Public path prefixes</label>
+              <textarea
+                id="route-public"
+                rows={2}
+                value={draft.publicPathPrefixes}
+                placeholder="/public/"
+                aria-describedby="route-public-hint"
+                onInput={(event) => set('publicPathPrefixes', event.currentTarget.value)}
+              />
+              <span id="route-public-hint" class="hint">
+                One per line, under the path prefix: served with no check.
+              </span>
+            </p>
+          </fieldset>
+          <p class="actions">
+            <button type="submit" class="primary" disabled={busy}>
+              {creating ? 'Create route' : 'Save route'}
+            </button>
+          </p>
+        </form>
+      )}
+    </>
+  );
+}
