@@ -285,3 +285,13 @@ describe('the token authority process', () => {
     }
   });
 });
+
+describe('the ext-authz process', () => {
+  it('does not load ioredis until REDIS_URL asks for it (quota-redis.test.ts runs the other way)', () => {
+    const script = `require(${JSON.stringify(resolve(__dirname, '../services/ext-authz/app.js'))});
+      process.stdout.write(String(Object.keys(require.cache).some((path) => path.includes('/node_modules/ioredis/'))));`;
+    const run = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 30_000 });
+    assert.equal(run.status, 0, run.stderr);
+    assert.equal(run.stdout, 'false', '4 MB of RSS for nothing with quotas in memory');
+  });
+});
