@@ -1,7 +1,17 @@
+import {
+  credentials,
+  type ClientReadableStream,
+  loadPackageDefinition,
+  Metadata,
+  type ServiceError,
+  status as GrpcStatus,
+} from '@grpc/grpc-js';
+import { loadSync } from '@grpc/proto-loader';
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { scryptLimits, scryptLoad, SecretHashBusy, verifySecret } from '../libs/core/crypto/secret-hash';
 import { decodeErrorInfo } from '../libs/grpc/rich-status';
+import { AUTHORITY_WATCH_PROTO, LOADER_OPTIONS } from '../services/token-authority/grpc-options';
 import { ADMIN_TOKEN, INTROSPECT_PATH, REVOKE_PATH, startTestAuthority, TOKEN_PATH, type TestAuthority } from './support/authority';
 import { startTestExtAuthz, type TestExtAuthz } from './support/ext-authz';
 import { tokenAuthorityClient } from './support/grpc';
@@ -219,6 +229,54 @@ describe('ext-authz limits failed Basic / secret-header authentications per (id,
       } finally {
         await untrusting.close();
       }
+    }
+  });
+});
+
+describe('wrong tokens on AuthorityWatch (DeltaWatch, QuotaCounters) are limited too: no unlimited oracle for the admin token', () => {
+  it('RESOURCE_EXHAUSTED with retry-after past the budget, the right token too; no token is no guess; the admin API counts apart', async () => {
+    const authority = await startTestAuthority({ authFailures: { perClientAddress: 3, perAddress: 1000, windowSeconds: 60 } });
+    const definition = loadPackageDefinition(loadSync(AUTHORITY_WATCH_PROTO, LOADER_OPTIONS)) as any;
+    const client = new definition.token_authority.v1.AuthorityWatch(authority.grpcAddress, credentials.createInsecure());
+    const withToken = (token?: string) => {
+      const metadata = new Metadata();
+      if (token !== undefined) metadata.set('authorization', `Bearer ${token}`);
+      return metadata;
+    };
+    // The first message (a snapshot) or the error that ends the call.
+    const outcome = (call: ClientReadableStream<unknown>) =>
+      new Promise<ServiceError | 'streaming'>((resolve) => {
+        call.once('data', () => {
+          resolve('streaming');
+          call.cancel();
+        });
+        call.on('error', (error: ServiceError) => resolve(error));
+      });
+    const watch = async (token?: string) => {
+      const result = await outcome(client.DeltaWatch({ node_id: 'abuse' }, withToken(token)));
+      return result === 'streaming' ? result : GrpcStatus[result.code];
+    };
+    try {
+      assert.equal(await watch(ADMIN_TOKEN), 'streaming');
+      for (let i = 0; i < 5; i++) assert.equal(await watch(), 'UNAUTHENTICATED', 'no token: no guess');
+      const wrong: string[] = [];
+      for (let i = 0; i < 5; i++) wrong.push(await watch(`wrong-token-${i}`));
+      assert.deepEqual(wrong, ['UNAUTHENTICATED', 'UNAUTHENTICATED', 'UNAUTHENTICATED', 'RESOURCE_EXHAUSTED', 'RESOURCE_EXHAUSTED']);
+      const refused = await outcome(client.DeltaWatch({ node_id: 'abuse' }, withToken(ADMIN_TOKEN)));
+      assert.notEqual(refused, 'streaming', 'the right token is refused too past the budget');
+      const error = refused as ServiceError;
+      assert.equal(error.code, GrpcStatus.RESOURCE_EXHAUSTED);
+      const retryAfter = Number(error.metadata.get('retry-after')[0]);
+      assert.ok(retryAfter >= 1 && retryAfter <= 60, `retry-after ${retryAfter}`);
+      assert.equal(decodeErrorInfo(error.metadata)?.reason, 'temporarily_unavailable');
+      // QuotaCounters shares the budget; the admin API (same address) has its own.
+      const quotaCall = client.QuotaCounters(withToken('wrong-token-again'));
+      const quotaError = await new Promise<ServiceError>((resolve) => quotaCall.on('error', resolve));
+      assert.equal(quotaError.code, GrpcStatus.RESOURCE_EXHAUSTED);
+      assert.equal((await authority.admin('GET', '/api/apikeys')).status, 200);
+    } finally {
+      client.close();
+      await authority.stop();
     }
   });
 });

@@ -8,7 +8,7 @@ import { DataPlaneFeed } from './data-plane';
 import { RouteFeed } from './route-feed';
 import { parseSeedBackend, seedRoutesOnFirstStart } from './route-seed';
 import { generateSecret } from './crypto/secret-hash';
-import { AdminError, adminTokenRequired, tooManyAdminFailures } from './errors';
+import { AdminError, adminTokenRequired, tooManyAdminFailures, tooManyWrongTokens } from './errors';
 import { KeyProtector } from './crypto/key-encryption';
 import { KeyRing } from './key-ring';
 import { RotationScheduler } from './key-rotation';
@@ -53,11 +53,19 @@ export interface Authority {
   adminActor(authorization: string | undefined): string;
   /** Whether it carries a token that may follow DeltaWatch (the data plane token or the admin token). */
   isDataPlane(authorization: string | undefined): boolean;
+  /**
+   * isDataPlane behind a wrong-token budget like the admin API's (counted apart, under its own
+   * name), so AuthorityWatch is no unlimited oracle for the admin token: false for a wrong or
+   * missing token; throws 429 (tooManyWrongTokens) past the budget, before the token is checked.
+   */
+  authorizeDataPlane(authorization: string | undefined, address: string): Promise<boolean>;
   close(): Promise<void>;
 }
 
 /** The admin token's name in its failure limiter (the limiter's one "client id"). */
 const ADMIN_IDENTITY = 'admin-token';
+/** AuthorityWatch's callers (the data plane or admin token) in the same limiter: budgets of their own. */
+const WATCH_IDENTITY = 'authority-watch';
 
 const sha256 = (value: string) => createHash('sha256').update(value, 'utf8').digest();
 
@@ -194,9 +202,11 @@ export async function createAuthority(config: AuthorityConfig, log: AuthorityLog
   );
   const adminHash = options.adminApi === false ? undefined : adminTokenHash(config, log);
   // Wrong admin tokens have their own budgets (keys apart from the OAuth clients'), the admin
-  // token being the one "client": per address, then for the token across addresses, where the
+  // token being the one "client" (AuthorityWatch's tokens another): per address, then for the token across addresses, where the
   // addresses that presented the right token lately are exempt (auth-failure-limiter.ts).
   const adminFailures = new AuthFailureLimiter(config.authFailures, redis, `${config.redis.keyPrefix}admin-`);
+  const isDataPlane = (authorization: string | undefined) =>
+    bearerMatches(authorization, adminHash) || bearerMatches(authorization, dataPlaneHash);
   const dataPlaneSecret = dataPlaneToken(config, log);
   const dataPlaneHash = dataPlaneSecret ? sha256(dataPlaneSecret) : undefined;
 
@@ -244,7 +254,17 @@ export async function createAuthority(config: AuthorityConfig, log: AuthorityLog
       throw adminTokenRequired();
     },
     adminActor: (authorization) => adminTokenActor(/^Bearer (.+)$/i.exec(authorization ?? '')?.[1].trim() ?? ''),
-    isDataPlane: (authorization) => bearerMatches(authorization, adminHash) || bearerMatches(authorization, dataPlaneHash),
+    isDataPlane,
+    async authorizeDataPlane(authorization, address) {
+      const wait = await adminFailures.admit(WATCH_IDENTITY, address);
+      if (wait !== undefined) throw tooManyWrongTokens(wait);
+      if (isDataPlane(authorization)) {
+        await adminFailures.succeeded(WATCH_IDENTITY, address);
+        return true;
+      }
+      if (/^Bearer /i.test(authorization ?? '')) await adminFailures.failed(WATCH_IDENTITY, address);
+      return false;
+    },
     async close() {
       clearInterval(purgeTimer);
       await scheduler?.close();

@@ -70,6 +70,9 @@ export const adminTokenRequired = () =>
 /** Too many wrong admin tokens from this address (or, past the admin budget, from addresses never seen with the right one). */
 export const tooManyAdminFailures = (retryAfter: number) =>
   new OAuthError('temporarily_unavailable', 'too many wrong admin tokens; retry later', 429, undefined, retryAfter);
+/** Too many wrong bearer tokens on AuthorityWatch (the data plane or admin token) from this address. */
+export const tooManyWrongTokens = (retryAfter: number) =>
+  new OAuthError('temporarily_unavailable', 'too many wrong bearer tokens; retry later', 429, undefined, retryAfter);
 /** The bounded secret verification queue is full (see secret-hash.ts). */
 export const busy = () => new OAuthError('temporarily_unavailable', 'the server is busy; retry later', 503, undefined, 1);
 

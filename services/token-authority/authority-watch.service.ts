@@ -13,7 +13,8 @@ import type { DataPlaneUpdate } from '../../libs/core/data-plane';
 import { richError } from '../../libs/grpc/rich-status';
 import type { ReplicaHandle } from '../../libs/quotas/replica-counters';
 import { serializeUpdate } from '../../libs/grpc/watch-codec';
-import { ERROR_DOMAIN } from './grpc-errors';
+import { ERROR_DOMAIN, toGrpcError } from './grpc-errors';
+import { peerAddress } from './grpc.controller';
 import { AUTHORITY_WATCH_PROTO, LOADER_OPTIONS } from './grpc-options';
 
 /**
@@ -178,17 +179,40 @@ export class AuthorityWatchService {
    * authority acknowledges, then sends it the admin API's queries and takes its answers.
    */
   private quotaCounters(call: QuotaCountersCall): void {
-    const fail = (code: GrpcStatus, message: string, reason: string) => call.emit('error', richError(code, message, reason, ERROR_DOMAIN));
+    // The client's messages wait in the stream until a 'data' listener is attached.
+    void this.admitted(call, 'QuotaCounters').then((admitted) => {
+      if (admitted) this.serveQuotaCounters(call);
+    });
+  }
+
+  /**
+   * Whether the caller presented the data plane or admin token, behind the wrong-token budget
+   * (Authority.authorizeDataPlane); when not, the call has been failed (UNAUTHENTICATED, or
+   * RESOURCE_EXHAUSTED with retry-after past the budget). False too for a call cancelled meanwhile.
+   */
+  private async admitted(call: WatchCall | QuotaCountersCall, method: string): Promise<boolean> {
     const [authorization] = call.metadata.get('authorization');
-    if (!this.authority.isDataPlane(typeof authorization === 'string' ? authorization : undefined)) {
+    try {
+      const allowed = await this.authority.authorizeDataPlane(
+        typeof authorization === 'string' ? authorization : undefined,
+        peerAddress(call) ?? 'unknown',
+      );
+      if (call.cancelled) return false;
+      if (allowed) return true;
       call.emit(
         'error',
-        richError(GrpcStatus.UNAUTHENTICATED, 'QuotaCounters needs the data plane or admin bearer token', 'invalid_token', ERROR_DOMAIN, {
+        richError(GrpcStatus.UNAUTHENTICATED, `${method} needs the data plane or admin bearer token`, 'invalid_token', ERROR_DOMAIN, {
           'oauth-error': 'invalid_token',
         }),
       );
-      return;
+    } catch (error) {
+      if (!call.cancelled) call.emit('error', toGrpcError(error));
     }
+    return false;
+  }
+
+  private serveQuotaCounters(call: QuotaCountersCall): void {
+    const fail = (code: GrpcStatus, message: string, reason: string) => call.emit('error', richError(code, message, reason, ERROR_DOMAIN));
     const counters = this.authority.replicaQuotas;
     if (!counters) {
       fail(GrpcStatus.FAILED_PRECONDITION, 'the quota counters are shared on Redis: the authority reads them there', 'quotas_shared');
@@ -260,16 +284,12 @@ export class AuthorityWatchService {
   }
 
   private deltaWatch(call: WatchCall): void {
-    const [authorization] = call.metadata.get('authorization');
-    if (!this.authority.isDataPlane(typeof authorization === 'string' ? authorization : undefined)) {
-      call.emit(
-        'error',
-        richError(GrpcStatus.UNAUTHENTICATED, 'DeltaWatch needs the data plane or admin bearer token', 'invalid_token', ERROR_DOMAIN, {
-          'oauth-error': 'invalid_token',
-        }),
-      );
-      return;
-    }
+    void this.admitted(call, 'DeltaWatch').then((admitted) => {
+      if (admitted) this.serveDeltaWatch(call);
+    });
+  }
+
+  private serveDeltaWatch(call: WatchCall): void {
     const node = call.request.node_id || 'unnamed';
     const feed = this.authority.dataPlane;
     let unsubscribe = () => {};
