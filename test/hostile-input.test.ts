@@ -606,21 +606,43 @@ const TOKEN_PATH = `${OAUTH}/token`;
 const INTROSPECT_PATH = `${OAUTH}/token/introspect`;
 const REVOKE_PATH = `${OAUTH}/token/revoke`;
 
-const ISSUE_FIELDS = ['grant_type', 'scope', 'audience', 'resource', 'client.client_id', 'client.client_secret'] as const;
-const TOKEN_REQUEST_FIELDS = ['token', 'token_type_hint', 'client.client_id', 'client.client_secret'] as const;
+const ASSERTION_FIELDS = ['client.client_assertion_type', 'client.client_assertion'] as const;
+const ISSUE_FIELDS = [
+  'grant_type',
+  'scope',
+  'audience',
+  'resource',
+  'client.client_id',
+  'client.client_secret',
+  ...ASSERTION_FIELDS,
+] as const;
+const TOKEN_REQUEST_FIELDS = ['token', 'token_type_hint', 'client.client_id', 'client.client_secret', ...ASSERTION_FIELDS] as const;
+const ASSERTION_TYPE = 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer';
+/** A well-formed but unverifiable assertion for 'app' (which holds no keys): the fallback beside a hostile assertion type. */
+const APP_ASSERTION = `${Buffer.from('{"alg":"ES256","kid":"k"}').toString('base64url')}.${Buffer.from('{"iss":"app","sub":"app"}').toString('base64url')}.AAAA`;
+
+/**
+ * The message's ClientCredentials: id and secret, or (when an assertion field is the hostile one)
+ * id, client_assertion_type and client_assertion without a secret, so the assertion path is what runs.
+ */
+function clientCredentialsFields(field: (name: string, fallback: string) => Buffer, replace: Record<string, Buffer>): PbField[] {
+  if (ASSERTION_FIELDS.some((name) => name in replace))
+    return [
+      [1, field('client.client_id', 'app')],
+      [3, field('client.client_assertion_type', ASSERTION_TYPE)],
+      [4, field('client.client_assertion', APP_ASSERTION)],
+    ];
+  return [
+    [1, field('client.client_id', 'app')],
+    [2, field('client.client_secret', SECRET)],
+  ];
+}
 
 /** IssueTokenRequest, valid unless a field is replaced (client credentials in the message unless `withClient` is false). */
 function issueTokenMessage(replace: Record<string, Buffer>, withClient = true): Buffer {
   const field = (name: string, fallback: string) => replace[name] ?? Buffer.from(fallback);
   const fields: PbField[] = [[1, field('grant_type', 'client_credentials')]];
-  if (withClient)
-    fields.push([
-      2,
-      [
-        [1, field('client.client_id', 'app')],
-        [2, field('client.client_secret', SECRET)],
-      ],
-    ]);
+  if (withClient) fields.push([2, clientCredentialsFields(field, replace)]);
   fields.push([3, field('scope', 'read')]);
   // audience and resource must agree: a hostile one goes alone, or it would only ever meet "different targets".
   if (!replace.resource) fields.push([4, field('audience', 'billing')]);
@@ -635,14 +657,7 @@ function tokenRequestMessage(method: 'IntrospectToken' | 'RevokeToken', replace:
     [1, field('token', method === 'IntrospectToken' ? introspectToken : revokeToken)],
     [2, field('token_type_hint', 'access_token')],
   ];
-  if (withClient)
-    fields.push([
-      3,
-      [
-        [1, field('client.client_id', 'app')],
-        [2, field('client.client_secret', SECRET)],
-      ],
-    ]);
+  if (withClient) fields.push([3, clientCredentialsFields(field, replace)]);
   return pb(fields);
 }
 

@@ -4,6 +4,7 @@ import { generateKeyMaterial, importKeyMaterial, KeyMaterialError, publicJwk, ty
 import { generateSecret, hashSecret } from './crypto/secret-hash';
 import { changedFields, redact, SYSTEM_ACTOR } from './audit';
 import { assertMatches, canonicalJson, entityTag, parseIfMatch } from './entity-tags';
+import { jwksIssues, jwksUriProblem } from './client-assertion';
 import { AdminError, echo, OAuthError } from './errors';
 import type { KeyRing } from './key-ring';
 import { applyDueRotation, dueSwitch, nextDueAt, nextRotation } from './key-rotation';
@@ -29,6 +30,28 @@ const validUntil = z.union([
   z.null(),
 ]);
 const quota = z.number().int().nonnegative();
+/** RFC 7591 `jwks`: public signing keys for private_key_jwt (client-assertion.ts says which). */
+const JWKS = z
+  .object({
+    keys: z
+      .array(
+        z
+          .record(z.string(), z.unknown())
+          .meta({ description: 'A public JWK (RFC 7517): RSA (2048 bits or more), EC P-256 or OKP Ed25519' }),
+      )
+      .min(1)
+      .max(20),
+  })
+  .strict()
+  .superRefine((value, context) => {
+    for (const issue of jwksIssues(value, ''))
+      context.addIssue({ code: 'custom', message: issue.message, path: issue.path ? issue.path.split('.') : [] });
+  });
+/** RFC 7591 `jwks_uri`: https, or http to a loopback address. */
+const JWKS_URI = z.string().superRefine((value, context) => {
+  const problem = jwksUriProblem(value);
+  if (problem) context.addIssue({ code: 'custom', message: problem });
+});
 /** Rotation periods in hours, at most ten years: an unbounded one overflowed the expiry of a replaced secret to Infinity. */
 const HOURS = z.number().max(87_600, 'at most 87600 hours (ten years)');
 
@@ -66,6 +89,16 @@ const apiKeyFields = {
   monthlyQuota: quota,
 };
 
+/** jwks and jwks_uri: one or the other (RFC 7591 §2); on updates, null takes one away. */
+const keySetFields = { jwks: JWKS.optional(), jwks_uri: JWKS_URI.optional() };
+const keySetPatchFields = { jwks: z.union([z.null(), JWKS]).optional(), jwks_uri: z.union([z.null(), JWKS_URI]).optional() };
+
+function assertOneKeySet(apiKey: { jwks?: unknown; jwks_uri?: unknown }): void {
+  if (apiKey.jwks !== undefined && apiKey.jwks_uri !== undefined) {
+    throw new AdminError(400, 'invalid input', [{ path: 'jwks_uri', message: 'give jwks or jwks_uri, not both (set the other to null)' }]);
+  }
+}
+
 export const apiKeyCreateSchema = z
   .object({
     clientId: ID.optional(),
@@ -83,6 +116,7 @@ export const apiKeyCreateSchema = z
     throttlingQuota: quota.default(10_000_000),
     dailyQuota: quota.default(10_000_000),
     monthlyQuota: quota.default(10_000_000),
+    ...keySetFields,
   })
   .strict();
 
@@ -91,8 +125,17 @@ export const apiKeyPatchSchema = z
     clientId: ID.optional(),
     clientSecret: SECRET.optional(),
     ...Object.fromEntries(Object.entries(apiKeyFields).map(([name, schema]) => [name, schema.optional()])),
+    ...keySetPatchFields,
   })
-  .strict() as z.ZodType<Partial<z.input<typeof apiKeyCreateSchema>> & { clientSecret?: string; clientId?: string }, unknown>;
+  .strict() as z.ZodType<
+  Partial<Omit<z.input<typeof apiKeyCreateSchema>, 'jwks' | 'jwks_uri'>> & {
+    clientSecret?: string;
+    clientId?: string;
+    jwks?: ApiKeyRecord['jwks'] | null;
+    jwks_uri?: string | null;
+  },
+  unknown
+>;
 
 /** Query of the API key list (strings, as a query string gives them). */
 export const apiKeyListQuerySchema = z
@@ -451,11 +494,16 @@ export class AdminService {
     };
   }
 
-  /** Creates a key; the secret (given or generated) is in the answer, and never again. */
+  /**
+   * Creates a key; the secret (given or generated) is in the answer, and never again. A key given
+   * a jwks or jwks_uri and no clientSecret gets no secret: it authenticates by private_key_jwt only.
+   */
   async createApiKey(input: unknown, context: AdminContext = {}): Promise<Tagged<ApiKeyView>> {
     const fields = parseInput(apiKeyCreateSchema, input);
+    assertOneKeySet(fields);
     const clientId = fields.clientId ?? randomBytes(12).toString('base64url');
-    const clientSecret = fields.clientSecret ?? generateSecret();
+    const keysOnly = fields.clientSecret === undefined && (fields.jwks !== undefined || fields.jwks_uri !== undefined);
+    const clientSecret = keysOnly ? undefined : (fields.clientSecret ?? generateSecret());
     await this.assertKeyPairReference(fields.metadata);
     const now = this.now();
     const { clientSecret: _ignored, ...rest } = fields;
@@ -463,7 +511,7 @@ export class AdminService {
       ...rest,
       clientId,
       clientName: fields.clientName ?? clientId,
-      secretHash: await hashSecret(clientSecret),
+      secretHash: clientSecret === undefined ? '' : await hashSecret(clientSecret),
       createdAt: now,
       updatedAt: now,
     };
@@ -495,6 +543,9 @@ export class AdminService {
         assertMatches(ifMatch, current, `API key '${clientId}'`);
         assertReadOnlyUnchanged(readOnly, apiKeyView(current));
         const changed: ApiKeyRecord = { ...current, ...(fields as Partial<ApiKeyRecord>) };
+        if (fields.jwks === null) delete changed.jwks;
+        if (fields.jwks_uri === null) delete changed.jwks_uri;
+        assertOneKeySet(changed);
         if (secretHash !== undefined) {
           changed.secretHash = secretHash;
           delete changed.previousSecretHash;

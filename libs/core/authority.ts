@@ -234,6 +234,9 @@ export async function createAuthority(config: AuthorityConfig, log: AuthorityLog
   const purge = () => authorityStore.revocations.purgeExpired(Date.now()).catch(() => 0);
   await purge();
   const purgeTimer = setInterval(purge, 3_600_000).unref();
+  // Used private_key_jwt jtis live 5.5 minutes at most: dropped every minute, so the table stays about that size.
+  const purgeAssertions = () => authorityStore.assertionReplays.purgeExpired(Date.now()).catch(() => 0);
+  const assertionPurgeTimer = setInterval(purgeAssertions, 60_000).unref();
 
   return {
     config,
@@ -268,6 +271,7 @@ export async function createAuthority(config: AuthorityConfig, log: AuthorityLog
     async close() {
       clearInterval(purgeTimer);
       await scheduler?.close();
+      clearInterval(assertionPurgeTimer);
       replicaQuotas?.close();
       dataPlane.close();
       routes.close();

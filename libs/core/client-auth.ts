@@ -1,17 +1,17 @@
-import { busy, invalidClient, invalidRequest, OAuthError } from './errors';
+import { assertionSubject, CLIENT_ASSERTION_TYPE, verifyClientAssertion, type AssertionContext } from './client-assertion';
+import { busy, echo, invalidClient, invalidRequest, OAuthError } from './errors';
 import { SecretHashBusy, verifySecret } from './crypto/secret-hash';
 import { activeSecretHashes, isApiKeyUsable, type ApiKeyRecord } from './model';
 import type { ClientAuthFailure } from './observer';
 import type { OAuthParams } from './params';
 import type { ApiKeyRepository } from './store/repositories';
 
-export type ClientAuthMethod = 'client_secret_basic' | 'client_secret_post';
+export type ClientAuthMethod = 'client_secret_basic' | 'client_secret_post' | 'private_key_jwt';
 
-export interface ClientCredentials {
-  clientId: string;
-  clientSecret: string;
-  method: ClientAuthMethod;
-}
+export type ClientCredentials =
+  | { clientId: string; clientSecret: string; method: 'client_secret_basic' | 'client_secret_post' }
+  /** RFC 7523 §2.2: `clientId` is the `client_id` parameter if given, else the assertion's (unverified) `sub`. */
+  | { clientId: string; assertion: string; method: 'private_key_jwt' };
 
 /** A client authentication failure: the same answer to the client, with the reason kept for metrics and logs. */
 export class ClientAuthError extends OAuthError {
@@ -50,6 +50,9 @@ function parseBasic(authorization: string): { clientId: string; clientSecret: st
  */
 export function extractClientCredentials(authorization: string | undefined, params: OAuthParams): ClientCredentials | undefined {
   const usesBasic = authorization !== undefined && /^basic /i.test(authorization);
+  if (params.client_assertion !== undefined || params.client_assertion_type !== undefined) {
+    return assertionCredentials(usesBasic, params);
+  }
   if (usesBasic) {
     const basic = parseBasic(authorization);
     if (params.client_secret !== undefined || (params.client_id !== undefined && params.client_id !== basic.clientId)) {
@@ -64,6 +67,27 @@ export function extractClientCredentials(authorization: string | undefined, para
   return { clientId: params.client_id ?? '', clientSecret: params.client_secret ?? '', method: 'client_secret_post' };
 }
 
+/** RFC 7521 §4.2 / RFC 7523 §2.2: `client_assertion_type` and `client_assertion`, and no other method beside them. */
+function assertionCredentials(usesBasic: boolean, params: OAuthParams): ClientCredentials {
+  if (usesBasic || params.client_secret !== undefined) {
+    throw new ClientAuthError(
+      'multiple_methods',
+      invalidRequest('a client assertion was sent with a client secret or HTTP Basic credentials'),
+    );
+  }
+  const type = params.client_assertion_type;
+  if (type !== CLIENT_ASSERTION_TYPE) {
+    const description =
+      type === undefined
+        ? 'client_assertion without client_assertion_type'
+        : `client_assertion_type '${echo(type)}' is not supported; use ${CLIENT_ASSERTION_TYPE}`;
+    throw new ClientAuthError('malformed', invalidRequest(description));
+  }
+  const assertion = params.client_assertion;
+  if (!assertion) throw new ClientAuthError('malformed', invalidRequest("missing parameter 'client_assertion'"));
+  return { clientId: params.client_id ?? assertionSubject(assertion), assertion, method: 'private_key_jwt' };
+}
+
 /**
  * Authenticates a client. Every failure (no credentials, unknown id, wrong secret, disabled
  * or expired key) is the same `invalid_client`, after the same work; only its reason (for
@@ -73,8 +97,10 @@ export async function authenticateClient(
   apiKeys: ApiKeyRepository,
   credentials: ClientCredentials | undefined,
   now: number,
+  assertions?: AssertionContext,
 ): Promise<ApiKeyRecord> {
   if (!credentials) throw new ClientAuthError('no_credentials', invalidClient(false));
+  if (credentials.method === 'private_key_jwt') return authenticateByAssertion(apiKeys, credentials, now, assertions);
   const usedBasic = credentials.method === 'client_secret_basic';
   const apiKey = credentials.clientId ? await apiKeys.get(credentials.clientId) : undefined;
   const hashes = apiKey ? activeSecretHashes(apiKey, now).map((secret) => secret.hash) : [];
@@ -86,5 +112,27 @@ export async function authenticateClient(
   if (!apiKey) throw fail('unknown_client');
   if (!secretMatches) throw fail('invalid_secret');
   if (!isApiKeyUsable(apiKey, now)) throw fail(apiKey.enabled ? 'expired' : 'disabled');
+  return apiKey;
+}
+
+/**
+ * private_key_jwt: the key named by the assertion must hold (or point to) public keys, and the
+ * assertion must be valid for it (client-assertion.ts). A key without keys, an unknown id and
+ * every invalid assertion are the same `invalid_client`. The jti is used up only by an assertion
+ * that passed every other check, the key's state included.
+ */
+async function authenticateByAssertion(
+  apiKeys: ApiKeyRepository,
+  credentials: { clientId: string; assertion: string },
+  now: number,
+  context: AssertionContext | undefined,
+): Promise<ApiKeyRecord> {
+  const fail = (reason: ClientAuthFailure) => new ClientAuthError(reason, invalidClient(false));
+  const apiKey = credentials.clientId ? await apiKeys.get(credentials.clientId) : undefined;
+  if (!apiKey) throw fail('unknown_client');
+  if (!context) throw fail('no_jwks');
+  if (!isApiKeyUsable(apiKey, now)) throw fail(apiKey.enabled ? 'expired' : 'disabled');
+  const failure = await verifyClientAssertion(credentials.assertion, apiKey, context, now);
+  if (failure) throw fail(failure);
   return apiKey;
 }

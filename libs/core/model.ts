@@ -4,7 +4,7 @@ import type { SealedPrivateKey } from './crypto/key-encryption';
 /** An API key as the store keeps it: Otoroshi's model, the secret only as hashes. */
 export interface ApiKeyRecord {
   clientId: string;
-  /** Hash of the current secret (see crypto/secret-hash.ts). */
+  /** Hash of the current secret (see crypto/secret-hash.ts); '' for a key without a secret (private_key_jwt only). */
   secretHash: string;
   /** During a rotation's grace period the previous secret still authenticates. */
   previousSecretHash?: string;
@@ -27,8 +27,17 @@ export interface ApiKeyRecord {
   throttlingQuota: number;
   dailyQuota: number;
   monthlyQuota: number;
+  /** RFC 7591 `jwks`: the public keys the client signs its `private_key_jwt` assertions with. */
+  jwks?: PublicJwks;
+  /** RFC 7591 `jwks_uri`: where those keys are fetched from instead (https, or http on loopback). */
+  jwks_uri?: string;
   createdAt: number;
   updatedAt: number;
+}
+
+/** A JSON Web Key Set of public keys (RFC 7517 §5), as admin-validated (client-assertion.ts). */
+export interface PublicJwks {
+  keys: Record<string, unknown>[];
 }
 
 /**
@@ -102,7 +111,7 @@ export function grantableScopes(apiKey: ApiKeyRecord): Set<string> {
 
 /** The secret hashes that authenticate at `now`: the current one, and the previous during its grace period. */
 export function activeSecretHashes(apiKey: ApiKeyRecord, now: number): { hash: string; validUntil?: number }[] {
-  const hashes: { hash: string; validUntil?: number }[] = [{ hash: apiKey.secretHash }];
+  const hashes: { hash: string; validUntil?: number }[] = apiKey.secretHash ? [{ hash: apiKey.secretHash }] : [];
   if (apiKey.previousSecretHash && (apiKey.previousSecretValidUntil ?? 0) > now) {
     hashes.push({ hash: apiKey.previousSecretHash, validUntil: apiKey.previousSecretValidUntil });
   }

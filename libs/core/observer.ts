@@ -9,7 +9,15 @@ export type ClientAuthFailure =
   | 'unknown_client'
   | 'invalid_secret'
   | 'disabled'
-  | 'expired';
+  | 'expired'
+  /** private_key_jwt: the key holds no jwks and no jwks_uri. */
+  | 'no_jwks'
+  /** private_key_jwt: its jwks_uri could not be fetched (or answered no usable JWKS). */
+  | 'jwks_unavailable'
+  /** private_key_jwt: bad signature, unknown kid, refused alg, wrong iss/sub/aud, expired, too long-lived, no jti. */
+  | 'invalid_assertion'
+  /** private_key_jwt: the assertion's jti was used before. */
+  | 'replayed_assertion';
 
 export type OAuthEndpoint = 'token' | 'introspect' | 'revoke';
 

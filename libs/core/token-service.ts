@@ -3,7 +3,9 @@ import { DPOP_ALGORITHMS, DpopVerifier } from './dpop';
 import { LRUCache } from 'lru-cache';
 import type { AuthorityConfig, SigningAlgorithm } from './config';
 import { AuthFailureLimiter, DEFAULT_AUTH_FAILURE_SETTINGS } from './auth-failure-limiter';
+import { ASSERTION_ALGORITHMS, type AssertionContext } from './client-assertion';
 import { authenticateClient, ClientAuthError, extractClientCredentials } from './client-auth';
+import { RemoteJwks } from './remote-jwks';
 import { signJwt, verifyJws, type JwsFailure } from './crypto/jws';
 import { echo, invalidRequest, invalidScope, invalidTarget, OAuthError, tooManyFailures, unsupportedGrantType } from './errors';
 import type { KeyRing } from './key-ring';
@@ -72,6 +74,8 @@ export class TokenService {
   /** Successful signature checks, by token; never past the token's `exp`. */
   private readonly verified = new LRUCache<string, { claims: AccessTokenClaims; kid: string }>({ max: 50_000 });
   private readonly proofs = new DpopVerifier();
+  /** What private_key_jwt assertions are checked against: aud, the keys behind jwks_uri, the used jtis. */
+  private readonly assertions: AssertionContext;
 
   constructor(
     private readonly config: AuthorityConfig,
@@ -80,7 +84,23 @@ export class TokenService {
     private readonly clock: Clock = { now: () => Date.now() },
     private readonly observer: AuthorityObserver = NO_OBSERVER,
     private readonly failures = new AuthFailureLimiter(DEFAULT_AUTH_FAILURE_SETTINGS),
-  ) {}
+    remoteJwks = new RemoteJwks(),
+  ) {
+    // RFC 7523 §3 item 3: the token endpoint's URL (OpenID Connect Core §9) or the issuer (RFC 7523's
+    // "identifies the authorization server"), for all three endpoints.
+    this.assertions = {
+      audiences: [this.endpoint('token'), this.config.issuer],
+      remoteJwks: (uri, refresh) => remoteJwks.get(uri, refresh),
+      replays: this.store.assertionReplays,
+    };
+  }
+
+  private endpoint(name: 'token' | 'introspect' | 'revoke' | 'jwks'): string {
+    const base = `${this.config.issuer.replace(/\/$/, '')}/.well-known/otoroshi/oauth`;
+    return { token: `${base}/token`, introspect: `${base}/token/introspect`, revoke: `${base}/token/revoke`, jwks: `${base}/jwks.json` }[
+      name
+    ];
+  }
 
   /**
    * Client authentication behind the failure limits: an id and address (or an address) that failed
@@ -93,7 +113,7 @@ export class TokenService {
     const wait = await this.failures.admit(clientId, request.clientAddress);
     if (wait !== undefined) throw tooManyFailures(wait);
     try {
-      const apiKey = await authenticateClient(this.store.apiKeys, credentials, now);
+      const apiKey = await authenticateClient(this.store.apiKeys, credentials, now, this.assertions);
       // This address is known for this client: exempt from the per-client budget (issue 22).
       await this.failures.succeeded(clientId, request.clientAddress);
       return apiKey;
@@ -298,21 +318,24 @@ export class TokenService {
 
   /** RFC 8414 authorization server metadata. */
   metadata(): Record<string, unknown> {
-    const base = this.config.issuer.replace(/\/$/, '');
-    const authMethods = ['client_secret_basic', 'client_secret_post'];
+    const authMethods = ['client_secret_basic', 'client_secret_post', 'private_key_jwt'];
+    const signingAlgorithms = [...ASSERTION_ALGORITHMS];
     return {
       issuer: this.config.issuer,
-      token_endpoint: `${base}/.well-known/otoroshi/oauth/token`,
-      jwks_uri: `${base}/.well-known/otoroshi/oauth/jwks.json`,
-      introspection_endpoint: `${base}/.well-known/otoroshi/oauth/token/introspect`,
-      revocation_endpoint: `${base}/.well-known/otoroshi/oauth/token/revoke`,
+      token_endpoint: this.endpoint('token'),
+      jwks_uri: this.endpoint('jwks'),
+      introspection_endpoint: this.endpoint('introspect'),
+      revocation_endpoint: this.endpoint('revoke'),
       grant_types_supported: [GRANT_TYPE],
       response_types_supported: [],
       token_endpoint_auth_methods_supported: authMethods,
+      token_endpoint_auth_signing_alg_values_supported: signingAlgorithms,
       introspection_endpoint_auth_methods_supported: this.config.introspection.requireClientAuth ? authMethods : ['none', ...authMethods],
+      introspection_endpoint_auth_signing_alg_values_supported: signingAlgorithms,
       revocation_endpoint_auth_methods_supported: authMethods,
       // RFC 9449 §5.1: the token endpoint takes DPoP proofs signed with these.
       dpop_signing_alg_values_supported: [...DPOP_ALGORITHMS],
+      revocation_endpoint_auth_signing_alg_values_supported: signingAlgorithms,
     };
   }
 }

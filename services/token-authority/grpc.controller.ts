@@ -8,6 +8,8 @@ import { AUTHORITY } from './authority.provider';
 interface ClientCredentials {
   client_id?: string;
   client_secret?: string;
+  client_assertion_type?: string;
+  client_assertion?: string;
 }
 
 /**
@@ -68,7 +70,13 @@ export class TokenAuthorityGrpcController {
 
 /** Message fields to OAuth2 parameters: unset fields are absent, as in a form that omits them. */
 function toParams(fields: Record<string, string | undefined>, client: ClientCredentials | undefined): OAuthParams {
-  return normalizeParams({ ...fields, client_id: client?.client_id, client_secret: client?.client_secret });
+  return normalizeParams({
+    ...fields,
+    client_id: client?.client_id,
+    client_secret: client?.client_secret,
+    client_assertion_type: client?.client_assertion_type,
+    client_assertion: client?.client_assertion,
+  });
 }
 
 function authorizationOf(metadata: Metadata): string | undefined {

@@ -16,6 +16,7 @@ import {
   rotateSecretSchema,
 } from '../../libs/core/admin-service';
 import { routeSchema } from '../../libs/core/routes';
+import { ASSERTION_ALGORITHMS, CLIENT_ASSERTION_TYPE } from '../../libs/core/client-assertion';
 import { SIGNING_ALGORITHMS } from '../../libs/core/config';
 import { CONSOLE_PREFIX } from './console';
 
@@ -74,6 +75,11 @@ const apiKey = z
     updatedAt: z.number().int(),
     previousSecretValidUntil: z.number().int().optional().meta({ description: 'Epoch ms until which the replaced secret still works.' }),
     clientSecret: z.string().optional().meta({ description: 'Only in the answer of a create or a secret rotation; never again.' }),
+    jwks: z
+      .object({ keys: z.array(z.record(z.string(), z.unknown())) })
+      .optional()
+      .meta({ description: 'RFC 7591: the public keys of the private_key_jwt assertions.' }),
+    jwks_uri: z.string().optional().meta({ description: 'RFC 7591: where those keys are fetched from instead.' }),
   })
   .strict()
   .meta({ description: 'An API key with Otoroshi field names; never a secret hash.' });
@@ -211,7 +217,8 @@ const introspection = z.union([
     .strict(),
 ]);
 
-const authMethods = z.array(z.enum(['none', 'client_secret_basic', 'client_secret_post']));
+const authMethods = z.array(z.enum(['none', 'client_secret_basic', 'client_secret_post', 'private_key_jwt']));
+const authSigningAlgorithms = z.array(z.enum(ASSERTION_ALGORITHMS));
 const serverMetadata = z
   .object({
     issuer: z.string(),
@@ -222,9 +229,12 @@ const serverMetadata = z
     grant_types_supported: z.array(z.literal('client_credentials')),
     response_types_supported: z.array(z.string()),
     token_endpoint_auth_methods_supported: authMethods,
+    token_endpoint_auth_signing_alg_values_supported: authSigningAlgorithms,
     introspection_endpoint_auth_methods_supported: authMethods,
+    introspection_endpoint_auth_signing_alg_values_supported: authSigningAlgorithms,
     revocation_endpoint_auth_methods_supported: authMethods,
     dpop_signing_alg_values_supported: z.array(z.enum(['ES256', 'RS256', 'PS256', 'EdDSA'])),
+    revocation_endpoint_auth_signing_alg_values_supported: authSigningAlgorithms,
   })
   .strict();
 
@@ -257,8 +267,16 @@ const adminError = z
 
 const param = (description: string) => ({ type: 'string', maxLength: 8192, description });
 const clientParams = {
-  client_id: param('client_secret_post; or the same id as HTTP Basic'),
+  client_id: param("client_secret_post; or the same id as HTTP Basic; with private_key_jwt optional, the assertion's sub"),
   client_secret: param('client_secret_post; not with HTTP Basic'),
+  client_assertion_type: {
+    type: 'string',
+    enum: [CLIENT_ASSERTION_TYPE],
+    description: 'private_key_jwt (RFC 7523 §2.2), with client_assertion',
+  },
+  client_assertion: param(
+    "private_key_jwt: a JWT signed with a key of the API key's jwks (RS256, PS256, ES256, EdDSA): iss = sub = client id, aud = the token endpoint URL or the issuer, exp at most 5 minutes ahead, a jti used once",
+  ),
 };
 /** Parameters are strings; unknown ones are ignored, repeated ones refused. */
 const paramsObject = (properties: Record<string, JsonSchema>, required: string[]): JsonSchema => ({

@@ -50,4 +50,13 @@ export const POSTGRES_MIGRATIONS: { version: number; name: string; sql: string }
       CREATE INDEX route_claims_route ON {schema}.route_claims (route_id);
     `,
   },
+  {
+    version: 5,
+    name: 'used client assertions',
+    // AssertionReplayRepository: private_key_jwt jtis, kept until the assertion expires.
+    sql: `
+      CREATE TABLE {schema}.used_assertions (id text COLLATE "C" PRIMARY KEY, expires_at bigint NOT NULL);
+      CREATE INDEX used_assertions_expiry ON {schema}.used_assertions (expires_at);
+    `,
+  },
 ];

@@ -6,6 +6,7 @@ import { claimIssues, type Route, RouteConflictError, routeClaims } from '../rou
 import type {
   ApiKeyPageQuery,
   ApiKeyRepository,
+  AssertionReplayRepository,
   AuditDraft,
   AuditedWrite,
   AuditEntry,
@@ -155,11 +156,12 @@ export class PostgresStore implements AuthorityStore {
   readonly keyPairs: KeyPairRepository;
   readonly revocations: RevocationRepository;
   readonly routes: RouteRepository;
+  readonly assertionReplays: AssertionReplayRepository;
   readonly changes: ChangeLog;
   readonly audit: AuditRepository;
   private readonly pool: pg.Pool;
   private readonly tables: Record<
-    'apiKeys' | 'keyPairs' | 'revoked' | 'routes' | 'routeClaims' | 'changes' | 'head' | 'meta' | 'audit',
+    'apiKeys' | 'keyPairs' | 'revoked' | 'assertions' | 'routes' | 'routeClaims' | 'changes' | 'head' | 'meta' | 'audit',
     string
   >;
   private readonly channel: string;
@@ -208,6 +210,7 @@ export class PostgresStore implements AuthorityStore {
       revoked: table('revoked_tokens'),
       routes: table('routes'),
       routeClaims: table('route_claims'),
+      assertions: table('used_assertions'),
       changes: table('changes'),
       head: table('change_head'),
       meta: table('meta'),
@@ -380,6 +383,19 @@ export class PostgresStore implements AuthorityStore {
         if (rowCount) revokedMemo.clear();
         return rowCount ?? 0;
       },
+    };
+
+    this.assertionReplays = {
+      // One statement: inserted, or taken over from an expired record; a live record is left alone (no row).
+      useOnce: async (id, expiresAt, now) => {
+        const { rowCount } = await this.query(
+          `INSERT INTO ${tables.assertions} (id, expires_at) VALUES ($1, $2)
+           ON CONFLICT (id) DO UPDATE SET expires_at = excluded.expires_at WHERE ${tables.assertions}.expires_at <= $3`,
+          [id, expiresAt, now],
+        );
+        return rowCount === 1;
+      },
+      purgeExpired: async (now) => (await this.query(`DELETE FROM ${tables.assertions} WHERE expires_at <= $1`, [now])).rowCount ?? 0,
     };
 
     this.audit = {

@@ -162,6 +162,20 @@ export interface RevocationRepository {
   purgeExpired(now: number): Promise<number>;
 }
 
+/**
+ * The jtis of accepted private_key_jwt assertions (RFC 7523 §3 item 7), shared by every process on
+ * the store so an assertion is accepted once across replicas; not in the change log (data planes
+ * never need them), dropped once expired.
+ */
+export interface AssertionReplayRepository {
+  /**
+   * Records `id` until `expiresAt` (epoch ms), atomically: true if it was not recorded or its
+   * record had expired at `now`, false (nothing written) if it is recorded and live.
+   */
+  useOnce(id: string, expiresAt: number, now: number): Promise<boolean>;
+  purgeExpired(now: number): Promise<number>;
+}
+
 /** What a write changed, as the change log records it (the entity's id; its state is read anew). */
 export type ChangedEntity = 'apiKey' | 'keyPair' | 'revocation' | 'route';
 
@@ -199,6 +213,7 @@ export interface AuthorityStore {
   keyPairs: KeyPairRepository;
   revocations: RevocationRepository;
   routes: RouteRepository;
+  assertionReplays: AssertionReplayRepository;
   changes: ChangeLog;
   audit: AuditRepository;
   /** Calls `listener` after any change, by this process or another sharing the store. */

@@ -9,6 +9,7 @@ import { claimIssues, type Route, RouteConflictError, routeClaims } from '../rou
 import type {
   ApiKeyPageQuery,
   ApiKeyRepository,
+  AssertionReplayRepository,
   AuditDraft,
   AuditedWrite,
   AuditEntry,
@@ -30,6 +31,8 @@ const SCHEMA = `
   CREATE TABLE IF NOT EXISTS key_pairs (id TEXT PRIMARY KEY, doc TEXT NOT NULL) STRICT;
   CREATE TABLE IF NOT EXISTS revoked_tokens (jti TEXT PRIMARY KEY, expires_at INTEGER NOT NULL) STRICT;
   CREATE INDEX IF NOT EXISTS revoked_tokens_expiry ON revoked_tokens (expires_at);
+  CREATE TABLE IF NOT EXISTS used_assertions (id TEXT PRIMARY KEY, expires_at INTEGER NOT NULL) STRICT;
+  CREATE INDEX IF NOT EXISTS used_assertions_expiry ON used_assertions (expires_at);
   CREATE TABLE IF NOT EXISTS changes (seq INTEGER PRIMARY KEY AUTOINCREMENT, entity TEXT NOT NULL, id TEXT NOT NULL, tag TEXT) STRICT;
   CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;
   CREATE TABLE IF NOT EXISTS audit_log (
@@ -290,6 +293,7 @@ export class SqliteStore implements AuthorityStore {
   readonly keyPairs: KeyPairRepository;
   readonly revocations: RevocationRepository;
   readonly routes: RouteRepository;
+  readonly assertionReplays: AssertionReplayRepository;
   readonly changes: ChangeLog;
   readonly audit: AuditRepository;
   private readonly db: Database.Database;
@@ -447,6 +451,16 @@ export class SqliteStore implements AuthorityStore {
         if (changes > 0) revokedMemo.clear();
         return changes;
       },
+    };
+
+    // One statement: inserted, or taken over from an expired record; a live record is left alone (0 changes).
+    const useAssertion = this.db.prepare(
+      'INSERT INTO used_assertions (id, expires_at) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET expires_at = excluded.expires_at WHERE used_assertions.expires_at <= ?',
+    );
+    const purgeAssertions = this.db.prepare('DELETE FROM used_assertions WHERE expires_at <= ?');
+    this.assertionReplays = {
+      useOnce: async (id, expiresAt, now) => useAssertion.run(id, expiresAt, now).changes === 1,
+      purgeExpired: async (now) => purgeAssertions.run(now).changes,
     };
 
     const head = this.db.prepare<[], number>("SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'changes'), 0)").pluck();
