@@ -5,6 +5,7 @@ import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFile
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { SignJWT } from 'jose';
 import { type Browser, type BrowserContext, chromium, type Page } from 'playwright-core';
 import { AUTHORITY_ENV_OVERRIDES } from '../libs/core/config';
 import { EXT_AUTHZ_ENV_OVERRIDES } from '../libs/authz/config';
@@ -395,6 +396,58 @@ describe('the admin console in a real browser (headless Debian chromium)', { ski
     assert.match((await alertText(page)) ?? '', /dailyQuota/);
     const unchanged = await adminCall('GET', '/api/apikeys/dup-id');
     assert.deepEqual([unchanged.body.clientName, unchanged.body.dailyQuota], ['original', 10_000_000]);
+    await close(watched);
+  });
+
+  it('creates a key with a pasted JWKS and no secret (it then authenticates by private_key_jwt), switches it to a JWKS URL, and says what is wrong with a bad key set', async () => {
+    const pair = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    const jwk = { ...pair.publicKey.export({ format: 'jwk' }), kid: 'console-k1' };
+    const watched = await openConsole(undefined, [refused(400, '/api/apikeys')]);
+    const { page } = watched;
+    await signIn(watched);
+    await page.getByRole('link', { name: 'Create API key' }).click();
+    await page.getByLabel('Client id', { exact: true }).fill('signer-id');
+    await page.getByLabel('Paste a JWKS').check();
+    await page.getByLabel('JWKS (public keys)').fill('{"keys": [');
+    await page.getByRole('button', { name: 'Create API key' }).click();
+    assert.match((await alertText(page)) ?? '', /not valid JSON/);
+    await page.getByLabel('JWKS (public keys)').fill(JSON.stringify({ keys: [pair.privateKey.export({ format: 'jwk' })] }));
+    await page.getByRole('button', { name: 'Create API key' }).click();
+    assert.match((await alertText(page)) ?? '', /jwks\.keys\.0\.d: a private key member/);
+    assert.equal((await adminCall('GET', '/api/apikeys/signer-id')).status, 404, 'nothing created');
+    await page.getByLabel('JWKS (public keys)').fill(JSON.stringify({ keys: [jwk] }));
+    await page.getByRole('button', { name: 'Create API key' }).click();
+    await page.getByRole('heading', { name: 'API key signer-id' }).waitFor();
+    const stored = (await adminCall('GET', '/api/apikeys/signer-id')).body;
+    assert.deepEqual(stored.jwks, { keys: [jwk] });
+    assert.equal((await tokenFor('signer-id', '')).status, 401, 'no secret');
+    const metadata = (await (await fetch(`${base}/.well-known/oauth-authorization-server`)).json()) as { token_endpoint: string };
+    const now = Math.floor(Date.now() / 1000);
+    const assertion = await new SignJWT({ jti: `console-${now}` })
+      .setProtectedHeader({ alg: 'ES256', kid: 'console-k1' })
+      .setIssuer('signer-id')
+      .setSubject('signer-id')
+      .setAudience(metadata.token_endpoint)
+      .setExpirationTime(now + 60)
+      .sign(pair.privateKey);
+    const issued = await fetch(`${base}${TOKEN_PATH}`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/x-www-form-urlencoded' },
+      body: new URLSearchParams({
+        grant_type: 'client_credentials',
+        client_assertion_type: 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer',
+        client_assertion: assertion,
+      }),
+    });
+    assert.equal(issued.status, 200);
+    // The editor shows the keys as stored; a URL replaces them.
+    assert.deepEqual(JSON.parse(await page.getByLabel('JWKS (public keys)').inputValue()), { keys: [jwk] });
+    await page.getByLabel('Fetch the keys from a URL').check();
+    await page.getByLabel('JWKS URL').fill('https://client.example/jwks.json');
+    await page.getByRole('button', { name: 'Save changes' }).click();
+    assert.match((await statusText(page)) ?? '', /saved/);
+    const switched = (await adminCall('GET', '/api/apikeys/signer-id')).body;
+    assert.deepEqual([switched.jwks, switched.jwks_uri], [undefined, 'https://client.example/jwks.json']);
     await close(watched);
   });
 

@@ -145,6 +145,9 @@ export interface ApiKey {
   updatedAt: number;
   previousSecretValidUntil?: number;
   clientSecret?: string;
+  /** RFC 7591: the client's public keys for private_key_jwt, or where they are fetched from. */
+  jwks?: { keys: Record<string, unknown>[] };
+  jwks_uri?: string;
 }
 
 export interface KeyPairVersion {

@@ -24,6 +24,10 @@ interface Draft {
   rotationEvery: string;
   gracePeriod: string;
   allowClientIdOnly: boolean;
+  /** private_key_jwt: no keys, a pasted JWKS, or a URL it is fetched from. */
+  keysMode: 'none' | 'jwks' | 'uri';
+  jwks: string;
+  jwksUri: string;
 }
 
 const DEFAULT_QUOTA = '10000000';
@@ -48,6 +52,9 @@ const EMPTY: Draft = {
   rotationEvery: '744',
   gracePeriod: '168',
   allowClientIdOnly: false,
+  keysMode: 'none',
+  jwks: '',
+  jwksUri: '',
 };
 
 /** A date as <input type="datetime-local"> shows it, in the browser's time zone. */
@@ -78,7 +85,21 @@ function draftOf(apiKey: ApiKey): Draft {
     rotationEvery: String(apiKey.rotation.rotationEvery),
     gracePeriod: String(apiKey.rotation.gracePeriod),
     allowClientIdOnly: apiKey.allowClientIdOnly,
+    keysMode: apiKey.jwks ? 'jwks' : apiKey.jwks_uri ? 'uri' : 'none',
+    jwks: apiKey.jwks ? JSON.stringify(apiKey.jwks, null, 2) : '',
+    jwksUri: apiKey.jwks_uri ?? '',
   };
+}
+
+/** The pasted JWKS as JSON, or a message saying why it is not (the server names what is wrong inside it). */
+class JwksTextError extends Error {}
+
+function parseJwksText(text: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch {
+    throw new JwksTextError('The JWKS is not valid JSON: paste a key set such as {"keys": [{"kty": "EC", ...}]}.');
+  }
 }
 
 /** The JSON the admin API takes; numbers stay as typed when not numbers, so the server names the field. */
@@ -102,6 +123,10 @@ function bodyOf(draft: Draft, creating: boolean): Record<string, unknown> {
     rotation: { enabled: draft.rotationEnabled, rotationEvery: number(draft.rotationEvery), gracePeriod: number(draft.gracePeriod) },
     allowClientIdOnly: draft.allowClientIdOnly,
   };
+  // One of jwks and jwks_uri; on an edit, null takes away the one not chosen.
+  const none = creating ? undefined : null;
+  body.jwks = draft.keysMode === 'jwks' ? parseJwksText(draft.jwks) : none;
+  body.jwks_uri = draft.keysMode === 'uri' ? draft.jwksUri.trim() : none;
   if (creating) {
     if (draft.clientId.trim()) body.clientId = draft.clientId.trim();
     if (draft.secretMode === 'given') body.clientSecret = draft.clientSecret;
@@ -164,7 +189,12 @@ export function ApiKeyEditor({ clientId }: { clientId?: string }) {
     try {
       if (creating) {
         const answer = await admin<ApiKey>('POST', '/api/apikeys', bodyOf(draft, true));
-        setSecret({ clientId: answer.data.clientId, secret: answer.data.clientSecret ?? '' });
+        if (answer.data.clientSecret === undefined) {
+          // Keys and no secret of its own: nothing to show once; it authenticates with signed assertions.
+          go('keys', answer.data.clientId);
+          return;
+        }
+        setSecret({ clientId: answer.data.clientId, secret: answer.data.clientSecret });
         setNotice({ kind: 'success', text: `API key ${answer.data.clientId} created.` });
       } else {
         const answer = await admin<ApiKey>('PATCH', `/api/apikeys/${encodeURIComponent(clientId)}`, bodyOf(draft, false), {
@@ -175,7 +205,8 @@ export function ApiKeyEditor({ clientId }: { clientId?: string }) {
         setNotice({ kind: 'success', text: `API key ${clientId} saved.` });
       }
     } catch (error) {
-      failed(error);
+      if (error instanceof JwksTextError) setNotice({ kind: 'error', text: error.message });
+      else failed(error);
     } finally {
       setBusy(false);
     }
@@ -384,6 +415,59 @@ export function ApiKeyEditor({ clientId }: { clientId?: string }) {
               />
               <label for="allowClientIdOnly">Allow the client id alone (no secret) at gateways</label>
             </p>
+          </fieldset>
+          <fieldset>
+            <legend>Client keys (private_key_jwt)</legend>
+            <div role="radiogroup" aria-labelledby="keys-mode-label" class="radios">
+              <span id="keys-mode-label">Signed client assertions (RFC 7523)</span>
+              <label>
+                <input type="radio" name="keysMode" checked={draft.keysMode === 'none'} onChange={() => set('keysMode', 'none')} />
+                No keys: secret only
+              </label>
+              <label>
+                <input type="radio" name="keysMode" checked={draft.keysMode === 'jwks'} onChange={() => set('keysMode', 'jwks')} />
+                Paste a JWKS
+              </label>
+              <label>
+                <input type="radio" name="keysMode" checked={draft.keysMode === 'uri'} onChange={() => set('keysMode', 'uri')} />
+                Fetch the keys from a URL
+              </label>
+            </div>
+            {draft.keysMode === 'jwks' && (
+              <p>
+                <label for="jwks">JWKS (public keys)</label>
+                <textarea
+                  id="jwks"
+                  rows={6}
+                  spellcheck={false}
+                  value={draft.jwks}
+                  onInput={(event) => set('jwks', event.currentTarget.value)}
+                  aria-describedby="jwks-hint"
+                />
+                <span id="jwks-hint" class="hint">
+                  {'{"keys": [...]}'}: RSA (2048 bits or more), EC P-256 or Ed25519 public keys, never a private one.
+                </span>
+              </p>
+            )}
+            {draft.keysMode === 'uri' && (
+              <p>
+                <label for="jwksUri">JWKS URL</label>
+                <input
+                  id="jwksUri"
+                  type="url"
+                  value={draft.jwksUri}
+                  onInput={(event) => set('jwksUri', event.currentTarget.value)}
+                  aria-describedby="jwksUri-hint"
+                  autocomplete="off"
+                />
+                <span id="jwksUri-hint" class="hint">
+                  https, or http to this machine (127.0.0.1, localhost); fetched within 2 s and cached 5 minutes.
+                </span>
+              </p>
+            )}
+            {creating && draft.keysMode !== 'none' && draft.secretMode === 'generate' && (
+              <p class="hint">With keys and no secret of your own, the key gets no secret: it authenticates with signed assertions only.</p>
+            )}
           </fieldset>
           <fieldset>
             <legend>Signing and metadata</legend>
