@@ -53,7 +53,7 @@ describe('the authority as Envoy control plane (ADS, delta xDS), with a real Env
   let backendA: Backend | undefined;
   let backendB: Backend | undefined;
   let envoy: TestEnvoy | undefined;
-  const ports = { grpc: 0, http: 0, listener: 0, admin: 0 };
+  const ports = { grpc: 0, http: 0, listener: 0, admin: 0, xds: 0 };
   let dataDir = '';
   let routes: RouteSpec[] = [];
   const log = () => envoy?.log().slice(-4000) ?? '';
@@ -62,7 +62,7 @@ describe('the authority as Envoy control plane (ADS, delta xDS), with a real Env
     domain: OAUTH,
     http: { host: '127.0.0.1', port: ports.http },
     grpc: { host: '127.0.0.1', port: ports.grpc },
-    xds: { enabled: true, listener: { address: '127.0.0.1', port: ports.listener } },
+    xds: { enabled: true, port: ports.xds, listener: { address: '127.0.0.1', port: ports.listener } },
   });
 
   /** envoy/envoy-xds.yaml for 127.0.0.1: the control plane, the authority and ext-authz of this test. */
@@ -71,7 +71,7 @@ describe('the authority as Envoy control plane (ADS, delta xDS), with a real Env
     return renderEnvoyConfig(edit(readFileSync(path.join(ENVOY_DIR, 'envoy-xds.yaml'), 'utf8')), {
       admin: local(adminPort),
       clusters: {
-        xds: local(ports.grpc),
+        xds: local(ports.xds),
         token_authority: local(ports.http),
         token_authority_grpc: local(ports.grpc),
         ext_authz: local(Number(extAuthz!.grpcAddress.split(':').pop())),
@@ -93,7 +93,13 @@ describe('the authority as Envoy control plane (ADS, delta xDS), with a real Env
   };
 
   before(async () => {
-    [ports.grpc, ports.http, ports.listener, ports.admin] = [await freePort(), await freePort(), await freePort(), await freePort()];
+    [ports.grpc, ports.http, ports.listener, ports.admin, ports.xds] = [
+      await freePort(),
+      await freePort(),
+      await freePort(),
+      await freePort(),
+      await freePort(),
+    ];
     [backendA, backendB] = [await namedBackend('A'), await namedBackend('B')];
     routes = [route({ ...ROUTE_BASE, backend: { targets: [{ hostname: '127.0.0.1', port: backendA.port }] } })];
     // A data folder of the test's own: the restart below finds its API keys there.
@@ -272,7 +278,7 @@ describe('the authority as Envoy control plane (ADS, delta xDS), with a real Env
       },
       'Ads',
     );
-    const client = new Client(`127.0.0.1:${ports.grpc}`, credentials.createInsecure());
+    const client = new Client(`127.0.0.1:${ports.xds}`, credentials.createInsecure());
     try {
       for (const authorization of [undefined, 'Bearer not-the-token-0123456789']) {
         const metadata = new Metadata();

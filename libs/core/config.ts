@@ -171,6 +171,7 @@ export const AUTHORITY_ENV_OVERRIDES = {
   REDIS_KEY_PREFIX: 'redis.keyPrefix',
   ...AUTH_FAILURE_ENV_OVERRIDES,
   XDS_ENABLED: 'xds.enabled',
+  XDS_PORT: 'xds.port',
   XDS_LISTENER_PORT: 'xds.listener.port',
   ROUTES_SEED: 'routes.seed',
   ROUTES_SEED_BACKEND: 'routes.seedBackend',

@@ -324,12 +324,18 @@ class DeltaStream implements XdsStream {
         else this.server.accepted(typeUrl, sent);
       }
     }
+    // Names newly subscribed to: what a later request makes the server look at (not every resource).
+    let added: string[] | undefined = [];
     for (const name of request.resource_names_subscribe ?? []) {
       if (name === '*') {
-        if (!state.wildcard) changed = true;
+        if (!state.wildcard) {
+          changed = true;
+          added = undefined;
+        }
         state.wildcard = true;
       } else if (!state.subscribed.has(name)) {
         state.subscribed.add(name);
+        added?.push(name);
         // A later subscription asks for the resource again (Envoy does so when it lost it); on the
         // first request, initial_resource_versions say what it already holds.
         if (!first) state.held.delete(name);
@@ -341,7 +347,8 @@ class DeltaStream implements XdsStream {
       state.subscribed.delete(name);
       state.held.delete(name);
     }
-    if (changed) this.push(typeUrl as XdsTypeUrl, 'both', true);
+    if (first) this.push(typeUrl as XdsTypeUrl, 'both', true);
+    else if (changed) this.push(typeUrl as XdsTypeUrl, 'both', false, added);
   }
 
   pushAll(): void {
@@ -353,19 +360,28 @@ class DeltaStream implements XdsStream {
     this.call.end();
   }
 
-  private push(typeUrl: XdsTypeUrl, what: 'both' | 'upserts' | 'removals', first: boolean): void {
+  /** Sends what the client lacks of this type: among `only` when given (names just subscribed to), else among all. */
+  private push(typeUrl: XdsTypeUrl, what: 'both' | 'upserts' | 'removals', first: boolean, only?: string[]): void {
     const state = this.state.get(typeUrl);
     if (!state) return;
     const current = this.server.current().get(typeUrl) ?? new Map<string, XdsResource>();
     const resources: XdsResource[] = [];
     const removed: string[] = [];
     const wanted = (name: string) => state.wildcard || state.subscribed.has(name);
-    if (what !== 'removals') {
-      for (const [name, item] of current) if (wanted(name) && state.held.get(name) !== item.version) resources.push(item);
-    }
-    if (what !== 'upserts') {
-      for (const name of state.held.keys()) if (!current.has(name) && state.held.get(name) !== ABSENT) removed.push(name);
-      for (const name of state.subscribed) if (!current.has(name) && !state.held.has(name)) removed.push(name);
+    if (only) {
+      for (const name of only) {
+        const item = current.get(name);
+        if (item && state.held.get(name) !== item.version) resources.push(item);
+        else if (!item && !state.held.has(name)) removed.push(name);
+      }
+    } else {
+      if (what !== 'removals') {
+        for (const [name, item] of current) if (wanted(name) && state.held.get(name) !== item.version) resources.push(item);
+      }
+      if (what !== 'upserts') {
+        for (const name of state.held.keys()) if (!current.has(name) && state.held.get(name) !== ABSENT) removed.push(name);
+        for (const name of state.subscribed) if (!current.has(name) && !state.held.has(name)) removed.push(name);
+      }
     }
     if (!resources.length && !removed.length && !first) return;
     for (const item of resources) state.held.set(item.name, item.version);

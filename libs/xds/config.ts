@@ -3,12 +3,14 @@ import { booleanSetting, portSetting } from '../config/load-config';
 import type { XdsPlacement } from './resources';
 
 /**
- * The authority as Envoy's control plane (ADS on its gRPC port): off unless `enabled`. The names
+ * The authority as Envoy's control plane (ADS on a gRPC port of its own, `port`): off unless `enabled`. The names
  * are those of envoy/envoy-xds.yaml, the bootstrap that asks for it.
  */
 export const xdsSettingsSchema = z
   .object({
     enabled: booleanSetting.default(false),
+    /** The ADS port (on grpc.host): a grpc-js server of its own, with room for large Envoy requests. */
+    port: portSetting.default(18000),
     /** The HTTP listener Envoy is given (envoy/envoy.yaml's ingress_http). */
     listener: z.object({ address: z.string().min(1).default('0.0.0.0'), port: portSetting.default(8080) }).prefault({}),
     /** The bootstrap's static cluster of ext-authz. */

@@ -28,6 +28,7 @@ import { refuseDuplicateJsonKeys } from './json-body';
 import { createHealth, TOKEN_AUTHORITY_SERVICE, tokenAuthorityGrpcOptions } from './grpc-options';
 import type { HealthImplementation } from 'grpc-health-check';
 import type { Logger } from 'pino';
+import { Server, ServerCredentials } from '@grpc/grpc-js';
 import { AdsServer } from '../../libs/xds/ads-server';
 import { xdsPlacement } from '../../libs/xds/config';
 import { XdsResourceBuilder } from '../../libs/xds/resources';
@@ -62,8 +63,10 @@ export interface TokenAuthorityApp {
   /** host:port of the gRPC face once listening. */
   grpcAddress: string;
   health: HealthImplementation;
-  /** Envoy's control plane (ADS on the gRPC port), when xds.enabled. */
+  /** Envoy's control plane (ADS on its own gRPC port, xds.port), when xds.enabled. */
   xds: AdsServer | undefined;
+  /** host:port of the ADS server, when xds.enabled. */
+  xdsAddress: string | undefined;
   /** Every HTTP route registered (method and Fastify URL), HEAD included: what the OpenAPI test compares. */
   routes: { method: string; url: string }[];
   close(): Promise<void>;
@@ -125,9 +128,9 @@ export async function startTokenAuthority(config: AuthorityConfig): Promise<Toke
     // First, so that every service added after it (Nest's, DeltaWatch, health, reflection) is measured and traced.
     instrumentGrpcServer(server, metrics);
     watch.addTo(server);
-    xds?.addTo(server);
   });
   const microservice = app.connectMicroservice(grpcOptions, { inheritAppConfig: true });
+  const xdsServer = control ? await serveAds(config, control.ads, metrics) : undefined;
   await app.startAllMicroservices();
   // The admin console's static files at /console/ (when built), on the same origin as the admin API.
   const consoleServed = await serveConsole(app.getHttpAdapter().getInstance());
@@ -173,6 +176,7 @@ export async function startTokenAuthority(config: AuthorityConfig): Promise<Toke
       watch.endAll();
       control?.stop();
       xds?.endAll();
+      if (xdsServer) await new Promise<void>((done) => xdsServer.server.tryShutdown(() => done()));
       await withDeadline(app.close(), SHUTDOWN_GRACE_MS, () => forceShutdownGrpc(microservice));
       await authority.close();
     })());
@@ -183,6 +187,9 @@ export async function startTokenAuthority(config: AuthorityConfig): Promise<Toke
     grpcAddress: `${grpcHost}:${grpcPort}`,
     health,
     xds,
+    xdsAddress: xdsServer
+      ? `${config.grpc.host === '0.0.0.0' || config.grpc.host === '::' ? '127.0.0.1' : config.grpc.host}:${xdsServer.port}`
+      : undefined,
     routes: routes.entries,
     close,
   };
@@ -215,6 +222,31 @@ async function createAdsServer(
   });
   countNack = metrics.xdsState(ads);
   return { ads, stop: followed.stop };
+}
+
+/**
+ * ADS on a grpc-js server of its own (xds.port, on grpc.host): an Envoy's requests grow with its
+ * resources (a subscription to 10,000 endpoints, the versions it holds on reconnecting: hundreds of
+ * KiB), past the 64 KiB the authority's own RPCs accept.
+ */
+async function serveAds(config: AuthorityConfig, ads: AdsServer, metrics: AuthorityMetrics): Promise<{ server: Server; port: number }> {
+  const server = new Server({
+    'grpc.max_receive_message_length': 16 * 1024 * 1024,
+    'grpc.max_send_message_length': 256 * 1024 * 1024,
+    'grpc.keepalive_time_ms': 60_000,
+    'grpc.keepalive_timeout_ms': 20_000,
+    'grpc.keepalive_permit_without_calls': 1,
+    'grpc.http2.min_ping_interval_without_data_ms': 10_000,
+  });
+  instrumentGrpcServer(server, metrics);
+  ads.addTo(server);
+  const host = config.grpc.host.includes(':') ? `[${config.grpc.host}]` : config.grpc.host;
+  const port = await new Promise<number>((resolve, reject) =>
+    server.bindAsync(`${host}:${config.xds.port}`, ServerCredentials.createInsecure(), (error, bound) =>
+      error ? reject(error) : resolve(bound),
+    ),
+  );
+  return { server, port };
 }
 
 /** How often gRPC health follows the store's reachability. */

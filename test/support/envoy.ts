@@ -49,7 +49,12 @@ export interface TestEnvoy {
  * A real Envoy (a child of this process) running `config`, which listens on `ports.listener`
  * with its admin on `ports.admin` (127.0.0.1). Resolves once the admin's /ready says LIVE.
  */
-export async function runEnvoy(config: string, ports: { listener: number; admin: number }, binary = envoyBinary()): Promise<TestEnvoy> {
+export async function runEnvoy(
+  config: string,
+  ports: { listener: number; admin: number },
+  binary = envoyBinary(),
+  readyTimeoutMs = 15_000,
+): Promise<TestEnvoy> {
   const dir = mkdtempSync(path.join(tmpdir(), 'envoy-run-'));
   const file = path.join(dir, 'envoy.yaml');
   writeFileSync(file, config);
@@ -85,9 +90,9 @@ export async function runEnvoy(config: string, ports: { listener: number; admin:
       () => false,
     );
     if (ready) break;
-    if (Date.now() - started > 15_000) {
+    if (Date.now() - started > readyTimeoutMs) {
       await stop();
-      throw new Error(`envoy was not ready within 15 s:\n${output}`);
+      throw new Error(`envoy was not ready within ${readyTimeoutMs / 1000} s:\n${output}`);
     }
     await new Promise((done) => setTimeout(done, 50));
   }
