@@ -1,5 +1,8 @@
 import assert from 'node:assert/strict';
+import { execFile, spawnSync } from 'node:child_process';
 import { generateKeyPairSync, randomUUID, type KeyObject } from 'node:crypto';
+import path from 'node:path';
+import { promisify } from 'node:util';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { after, before, describe, it } from 'node:test';
@@ -18,6 +21,19 @@ import { growth, scrapeMetrics, series } from './support/metrics';
  */
 
 const TYPE = 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer';
+const ROOT = path.resolve(__dirname, '..', '..');
+const JWCRYPTO_SCRIPT = path.join(ROOT, 'test', 'support', 'jwcrypto_assertions.py');
+
+/** A Python with jwcrypto: PYTHON, the checkout's .ci/venv (where .ci/run installs it), then python3. */
+function findJwcryptoPython(): { python?: string; missing?: string } {
+  const candidates = process.env.PYTHON ? [process.env.PYTHON] : [path.join(ROOT, '.ci', 'venv', 'bin', 'python'), 'python3'];
+  for (const python of candidates) {
+    const probe = spawnSync(python, ['-c', 'import jwcrypto'], { timeout: 10_000 });
+    if (probe.status === 0) return { python };
+  }
+  return { missing: `no Python with jwcrypto (pip install jwcrypto==1.6.1, as .ci/run does); tried ${candidates.join(', ')}` };
+}
+const jwcryptoSetup = findJwcryptoPython();
 const AUTH_FAILURES = 'token_authority_client_auth_failures_total';
 
 type Keys = { alg: string; privateKey: KeyObject; jwk: Record<string, unknown> };
@@ -336,6 +352,23 @@ describe('private_key_jwt client authentication', () => {
     } finally {
       await jwks.close();
     }
+  });
+
+  it('accepts assertions made by jwcrypto (Python): ES256, PS256, RS256, EdDSA', async (t) => {
+    if (!jwcryptoSetup.python) {
+      if (process.env.CI === 'true') assert.fail(jwcryptoSetup.missing);
+      t.skip(jwcryptoSetup.missing);
+      return;
+    }
+    const { stdout } = await promisify(execFile)(jwcryptoSetup.python, [JWCRYPTO_SCRIPT, 'pk-python', tokenEndpoint], { timeout: 30_000 });
+    const made = JSON.parse(stdout) as { jwks: { keys: Record<string, unknown>[] }; assertions: Record<string, string> };
+    const created = await authority.admin('POST', '/api/apikeys', { clientId: 'pk-python', jwks: made.jwks });
+    assert.equal(created.status, 201, JSON.stringify(created.body));
+    for (const [alg, clientAssertion] of Object.entries(made.assertions)) {
+      const answer = await token(clientAssertion);
+      assert.equal(answer.status, 200, `${alg}: ${JSON.stringify(answer.body)}`);
+    }
+    assert.equal((await token(made.assertions.ES256)).status, 401, 'replayed');
   });
 
   it('authenticates by assertion over gRPC too, in the client field', async () => {
