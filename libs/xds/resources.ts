@@ -136,6 +136,7 @@ interface RouteEntry {
 /** What one route yields, kept while its content is the same. */
 interface BuiltRoute {
   key: string;
+  route: XdsRoute;
   cluster: XdsResource;
   endpoints: XdsResource | undefined;
   entries: RouteEntry[];
@@ -253,7 +254,10 @@ export class XdsResourceBuilder {
     this.fixedEntries = this.fixedRouteEntries();
   }
 
-  /** A snapshot of the given routes (disabled ones are left out: their hosts answer 404). */
+  /**
+   * A snapshot of the given routes (disabled ones are left out: their hosts answer 404). Routes are
+   * values: a route object given again as it was is taken as unchanged (change a copy, not the object).
+   */
   build(routes: readonly XdsRoute[]): XdsSnapshot {
     const seen = new Set<string>();
     const clusters = new Map<string, XdsResource>();
@@ -286,10 +290,15 @@ export class XdsResourceBuilder {
   }
 
   private routeParts(route: XdsRoute): BuiltRoute {
-    const key = JSON.stringify([route.frontend, route.backend, route.apikeys]);
     const known = this.built.get(route.id);
-    if (known?.key === key) return known;
-    const built: BuiltRoute = { key, ...clusterOf(route), entries: routeEntries(route) };
+    // The same object as last time (the route set keeps unchanged routes as they were): nothing to compare.
+    if (known?.route === route) return known;
+    const key = JSON.stringify([route.frontend, route.backend, route.apikeys]);
+    if (known?.key === key) {
+      known.route = route;
+      return known;
+    }
+    const built: BuiltRoute = { key, route, ...clusterOf(route), entries: routeEntries(route) };
     this.built.set(route.id, built);
     return built;
   }
