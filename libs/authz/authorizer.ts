@@ -4,6 +4,7 @@ import type { AuthFailureLimiter } from '../core/auth-failure-limiter';
 import { SecretHashBusy, verifySecret } from '../core/crypto/secret-hash';
 import { verifyJws } from '../core/crypto/jws';
 import type { DataPlaneApiKey } from '../core/data-plane';
+import { DPOP_ALGORITHMS, DpopVerifier } from '../core/dpop';
 import type { ExtAuthzConfig, ExtractorName, RoutePolicy } from './config';
 import { legalHeaderValue } from '../http/header-value';
 import { DAILY_REMAINING_HEADER, deny, MONTHLY_REMAINING_HEADER, type Decision, type DenyReason } from './decision';
@@ -20,6 +21,9 @@ export interface AuthzRequest {
   headers: Readonly<Record<string, string | undefined>>;
   /** The client's address, for the failure limits of secret credentials. */
   sourceAddress?: string;
+  /** The request's method and URL (scheme://host/path, query ignored), what a DPoP proof's htm and htu must name. */
+  method?: string;
+  url?: string;
 }
 
 /** Optional stages of the pipeline: quotas, failure limits, and whom to tell when Redis is away. */
@@ -32,6 +36,7 @@ export interface AuthorizerGuards {
 
 type Credential =
   | { kind: 'bearer'; token: string; header: 'authorization' }
+  | { kind: 'dpop'; token: string; header: 'authorization' }
   | { kind: 'secret'; clientId: string; clientSecret: string; headers: string[]; scheme?: 'Basic' }
   | { kind: 'clientId'; clientId: string; headers: string[] };
 
@@ -45,6 +50,8 @@ interface VerifiedToken {
   nbf: number;
   aud: readonly string[];
   scopes: readonly string[];
+  /** cnf.jkt of a DPoP-bound token. */
+  jkt?: string;
 }
 
 /**
@@ -59,13 +66,14 @@ const INTERNED_MAX = 10_000;
 
 /** The request headers a policy reads (lower case). */
 export function policyHeaderNames(policy: RoutePolicy): string[] {
-  return ['authorization', policy.clientIdHeader, policy.clientSecretHeader];
+  return ['authorization', 'dpop', policy.clientIdHeader, policy.clientSecretHeader];
 }
 
 /** Route ids of inline policies given their own metric label, beyond the config's policies. */
 const MAX_ROUTE_LABELS = 10_000;
 
 const BEARER = /^Bearer[ ]+([^ ]*)\s*$/i;
+const DPOP = /^DPoP[ ]+([^ ]*)\s*$/i;
 const BASIC = /^Basic[ ]+([^ ]*)\s*$/i;
 const JWT_CHARACTERS = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/;
 
@@ -84,6 +92,12 @@ export class Authorizer {
   /** The strings and arrays that the cached tokens of one API key have in common, one copy each. */
   private readonly interned = new Map<string, string | readonly string[]>();
   private readonly inline = new InlinePolicies();
+  /**
+   * DPoP proofs at this resource (RFC 9449 §7), the token endpoint's checks plus ath and the
+   * token's key. Their jtis are remembered by this process only (an LRU of at most 100,000 for
+   * 65 s): a proof replayed to another replica, or after 100,000 newer proofs, is not caught.
+   */
+  private readonly dpop = new DpopVerifier();
   /**
    * Policy names worth a metric label: the config's, then route ids of inline policies as they
    * are first seen (up to MAX_ROUTE_LABELS more), so a label set stays bounded.
@@ -135,7 +149,7 @@ export class Authorizer {
 
   /** The request headers the pipeline can read (lower case): what a transport must pass on, at least. */
   headerNames(): string[] {
-    const names = new Set(['authorization']);
+    const names = new Set(['authorization', 'dpop']);
     for (const policy of Object.values(this.config.policies)) names.add(policy.clientIdHeader).add(policy.clientSecretHeader);
     return [...names];
   }
@@ -170,6 +184,12 @@ export class Authorizer {
     if (!extracted) return deny('no_credential', challenge());
     if (extracted.kind === 'bearer')
       return this.conclude(request, policy, extracted, this.identifyBearer(extracted.token, policy, this.now()), challenge);
+    if (extracted.kind === 'dpop') {
+      // RFC 9449 §7.1: the DPoP scheme's own challenge, with the algorithms a proof may use.
+      const dpopChallenge = (error?: string, extra = '') =>
+        `DPoP realm="${request.policy}", algs="${DPOP_ALGORITHMS.join(' ')}"${error ? `, error="${error}"${extra}` : ''}`;
+      return this.conclude(request, policy, extracted, this.identifyBearer(extracted.token, policy, this.now(), request), dpopChallenge);
+    }
     return this.identifySecret(extracted, request.sourceAddress).then((identity) =>
       this.conclude(request, policy, extracted, identity, challenge),
     );
@@ -185,7 +205,8 @@ export class Authorizer {
   ): Decision | Promise<Decision> {
     if ('reason' in identity) {
       if (identity.retryAfter !== undefined) return deny(identity.reason, undefined, identity.retryAfter);
-      return deny(identity.reason, challenge(extracted.kind === 'bearer' ? 'invalid_token' : undefined));
+      if (extracted.kind === 'secret' || extracted.kind === 'clientId') return deny(identity.reason, challenge());
+      return deny(identity.reason, challenge(identity.reason === 'invalid_dpop_proof' ? 'invalid_dpop_proof' : 'invalid_token'));
     }
     const { apiKey, scopes } = identity;
     if (policy.authorizedEntities.length && !apiKey.authorizedEntities.some((entity) => policy.authorizedEntities.includes(entity))) {
@@ -202,7 +223,10 @@ export class Authorizer {
     const headersToRemove: string[] = [];
     if (scopes.length) headersToSet[names.scopes] = legalHeaderValue(scopes.join(' '));
     else headersToRemove.push(names.scopes);
-    if (policy.stripCredential) headersToRemove.push(...(extracted.kind === 'bearer' ? [extracted.header] : extracted.headers));
+    if (policy.stripCredential)
+      headersToRemove.push(
+        ...(extracted.kind === 'bearer' ? [extracted.header] : extracted.kind === 'dpop' ? [extracted.header, 'dpop'] : extracted.headers),
+      );
     // Last, so that only calls that would pass are counted (Otoroshi counts allowed calls).
     if (this.guards.quotas && apiKey.quotas && policy.quotas) {
       return this.guards.quotas.consume(apiKey.clientId, apiKey.quotas).then((quota): Decision => {
@@ -222,10 +246,25 @@ export class Authorizer {
     return { allowed: true, clientId: apiKey.clientId, headersToSet, headersToRemove, responseHeaders: {} };
   }
 
-  /** Who a bearer token names (memory only: the verification cache, the replica), or why it names nobody usable. */
-  private identifyBearer(token: string, policy: RoutePolicy, now: number): Identity {
+  /**
+   * Who a bearer token names (memory only: the verification cache, the replica), or why it names
+   * nobody usable. With `dpop` (the DPoP scheme) the token must be bound and come with a proof of
+   * its key for this request; without, it must not be bound.
+   */
+  private identifyBearer(token: string, policy: RoutePolicy, now: number, dpop?: AuthzRequest): Identity {
     const verified = this.verifyToken(token, now);
     if ('reason' in verified) return verified;
+    if (!dpop) {
+      if (verified.jkt !== undefined) return { reason: 'sender_constrained' };
+    } else {
+      if (verified.jkt === undefined) return { reason: 'not_dpop_bound' };
+      if (dpop.method === undefined || dpop.url === undefined) return { reason: 'invalid_dpop_proof' };
+      try {
+        this.dpop.verify(dpop.headers.dpop, { method: dpop.method, urls: [dpop.url], now, accessToken: token, jkt: verified.jkt });
+      } catch {
+        return { reason: 'invalid_dpop_proof' };
+      }
+    }
     if (this.replica.isRevoked(verified.jti)) return { reason: 'revoked' };
     const audiences = policy.audiences.length ? policy.audiences : [this.replica.audience];
     if (!verified.aud.some((audience) => audiences.includes(audience))) return { reason: 'wrong_audience' };
@@ -235,7 +274,10 @@ export class Authorizer {
   }
 
   /** Who a secret or client id credential names, or why it names nobody usable. */
-  private async identifySecret(credential: Exclude<Credential, { kind: 'bearer' }>, sourceAddress: string | undefined): Promise<Identity> {
+  private async identifySecret(
+    credential: Exclude<Credential, { kind: 'bearer' | 'dpop' }>,
+    sourceAddress: string | undefined,
+  ): Promise<Identity> {
     const now = this.now();
     const apiKey = this.replica.apiKey(credential.clientId);
     if (credential.kind === 'clientId') {
@@ -293,8 +335,10 @@ export class Authorizer {
         return { reason: 'not_access_token' };
       }
       if (claims.iss !== this.replica.issuer) return { reason: 'wrong_issuer' };
-      // RFC 9449 §7: a bound token is usable only with a proof of its key, which we do not check.
-      if (claims.cnf !== undefined) return { reason: 'sender_constrained' };
+      // RFC 9449 §7: a bound token is usable only with a proof of its key; a binding other than jkt, never.
+      const cnf = claims.cnf as { jkt?: unknown } | undefined;
+      if (cnf !== undefined && (typeof cnf !== 'object' || cnf === null || typeof cnf.jkt !== 'string'))
+        return { reason: 'sender_constrained' };
       const aud =
         typeof claims.aud === 'string'
           ? [claims.aud]
@@ -311,6 +355,7 @@ export class Authorizer {
         scopes: this.intern(`s${scope}`, () => Object.freeze(scope.split(' ').filter(Boolean))),
         kid: this.intern(`k${header.kid as string}`, () => header.kid as string),
       };
+      if (cnf !== undefined) verified.jkt = cnf.jkt as string;
       if (verified.exp > nowSeconds) this.verified?.set(key, verified, { ttl: (verified.exp - nowSeconds) * 1000 });
     } else if (!this.replica.verificationKey(verified.kid)) {
       // Its key was deleted or its verification window closed since it was cached.
@@ -347,6 +392,10 @@ function extractCredential(policy: RoutePolicy, headers: AuthzRequest['headers']
   if (on('bearer') && authorization && /^bearer\b/i.test(authorization)) {
     const match = BEARER.exec(authorization);
     return match?.[1] ? { kind: 'bearer', token: match[1], header: 'authorization' } : 'malformed';
+  }
+  if (on('bearer') && authorization && /^dpop\b/i.test(authorization)) {
+    const match = DPOP.exec(authorization);
+    return match?.[1] ? { kind: 'dpop', token: match[1], header: 'authorization' } : 'malformed';
   }
   if (on('basic') && authorization && /^basic\b/i.test(authorization)) {
     const match = BASIC.exec(authorization);

@@ -209,6 +209,10 @@ export class CheckRequestDecoder {
       sourceAddress: undefined,
       headers: undefined,
       headerMap: undefined,
+      method: undefined,
+      path: undefined,
+      host: undefined,
+      scheme: undefined,
     };
     while (reader.pos < reader.len) {
       const tag = reader.uint32();
@@ -219,6 +223,7 @@ export class CheckRequestDecoder {
         state.sourceAddress = undefined;
         state.headers = undefined;
         state.headerMap = undefined;
+        state.method = state.path = state.host = state.scheme = undefined;
         this.attributes(reader, fieldEnd(reader, tag & 7), state);
       } else skipField(reader, tag & 7);
     }
@@ -226,6 +231,9 @@ export class CheckRequestDecoder {
     const headers = state.headerMap?.count ? state.headerMap.headers : (state.headers ?? { ...this.blank });
     const request: AuthzRequest = { policy: state.policy, headers, sourceAddress: state.sourceAddress };
     if (state.inlinePolicy !== undefined) request.inlinePolicy = state.inlinePolicy;
+    if (state.method) request.method = state.method;
+    const url = requestUrl(state.scheme, state.host, state.path);
+    if (url !== undefined) request.url = url;
     return request;
   }
 
@@ -239,6 +247,7 @@ export class CheckRequestDecoder {
         case 4:
           state.headers = undefined;
           state.headerMap = undefined;
+          state.method = state.path = state.host = state.scheme = undefined;
           this.request(reader, fieldEnd(reader, tag & 7), state);
           break;
         case 10: {
@@ -261,6 +270,7 @@ export class CheckRequestDecoder {
       if (tag >>> 3 === 2) {
         state.headers = undefined;
         state.headerMap = undefined;
+        state.method = state.path = state.host = state.scheme = undefined;
         this.http(reader, fieldEnd(reader, tag & 7), state);
       } else skipField(reader, tag & 7);
     }
@@ -279,6 +289,18 @@ export class CheckRequestDecoder {
         // A later header_map replaces the earlier one.
         state.headerMap = { count: 0, headers: { ...this.blank } };
         this.headerMap(reader, fieldEnd(reader, tag & 7), state.headerMap);
+      } else if (field >= 4 && field <= 6 && (tag & 7) === 2) {
+        // path (with its query), host, scheme: what a DPoP proof's htu names. method is field 2.
+        const fieldEndAt = fieldEnd(reader, 2);
+        const text = slice(reader, reader.pos, fieldEndAt);
+        reader.pos = fieldEndAt;
+        if (field === 4) state.path = text;
+        else if (field === 5) state.host = text;
+        else state.scheme = text;
+      } else if (field === 2 && (tag & 7) === 2) {
+        const fieldEndAt = fieldEnd(reader, 2);
+        state.method = slice(reader, reader.pos, fieldEndAt);
+        reader.pos = fieldEndAt;
       } else skipField(reader, tag & 7);
     }
     expectEnd(reader, end);
@@ -340,6 +362,17 @@ interface DecodeState {
   sourceAddress: string | undefined;
   headers: Record<string, string | undefined> | undefined;
   headerMap: HeaderMapState | undefined;
+  method: string | undefined;
+  path: string | undefined;
+  host: string | undefined;
+  scheme: string | undefined;
+}
+
+/** The URL a DPoP proof's htu must name, from Envoy's request attributes (query and fragment dropped). */
+export function requestUrl(scheme: string | undefined, host: string | undefined, path: string | undefined): string | undefined {
+  if (!scheme || !host || !path) return undefined;
+  const end = path.search(/[?#]/);
+  return `${scheme}://${host}${end < 0 ? path : path.slice(0, end)}`;
 }
 
 /** Peer → Address → SocketAddress → address; each later message replaces the earlier. */

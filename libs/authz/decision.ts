@@ -15,6 +15,8 @@ export type DenyReason =
   | 'wrong_issuer'
   | 'wrong_audience'
   | 'sender_constrained'
+  | 'invalid_dpop_proof'
+  | 'not_dpop_bound'
   | 'expired'
   | 'not_yet_valid'
   | 'revoked'
@@ -42,8 +44,10 @@ export const DENIALS: Record<DenyReason, { status: DenyStatus; message: string }
   not_access_token: { status: 401, message: 'Bad ApiKey' },
   wrong_issuer: { status: 401, message: 'Bad ApiKey' },
   wrong_audience: { status: 401, message: 'Bad ApiKey' },
-  // A DPoP-bound token (cnf): ext-authz does not check DPoP proofs, so it never passes as a bearer token.
+  // A DPoP-bound token (cnf.jkt) is taken only with the DPoP scheme and a proof of its key (RFC 9449 §7).
   sender_constrained: { status: 401, message: 'Token bound to a DPoP key: not accepted here' },
+  invalid_dpop_proof: { status: 401, message: 'Invalid DPoP proof' },
+  not_dpop_bound: { status: 401, message: 'Token not bound to a DPoP key: send it as a Bearer token' },
   expired: { status: 401, message: 'Token expired' },
   not_yet_valid: { status: 401, message: 'Token not yet valid' },
   revoked: { status: 401, message: 'Token revoked' },

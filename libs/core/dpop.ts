@@ -48,6 +48,9 @@ export interface DpopCheck {
   urls: string[];
   /** Epoch ms. */
   now: number;
+  /** At a resource (RFC 9449 §7): the access token the proof goes with (its SHA-256 must be `ath`) and its `cnf.jkt`. */
+  accessToken?: string;
+  jkt?: string;
 }
 
 /** `htu` compared without query and fragment (RFC 9449 §4.3 item 9), scheme and host case-insensitive. */
@@ -109,6 +112,10 @@ export class DpopVerifier {
     if (typeof claims.iat !== 'number' || !Number.isFinite(claims.iat)) throw invalidProof('the DPoP proof needs a numeric iat');
     if (claims.iat < nowSeconds - DPOP_MAX_AGE || claims.iat > nowSeconds + DPOP_FUTURE_LEEWAY)
       throw invalidProof(`the DPoP proof's iat must be within the last ${DPOP_MAX_AGE} s`);
+    if (check.accessToken !== undefined && claims.ath !== createHash('sha256').update(check.accessToken).digest('base64url'))
+      throw invalidProof("the DPoP proof's ath must be the access token's SHA-256");
+    if (check.jkt !== undefined && thumbprint !== check.jkt)
+      throw invalidProof('the DPoP proof is signed by another key than the token is bound to');
     // Replay: once per (key, jti), after every other check so a forged proof cannot burn a jti.
     const replayKey = `${thumbprint}:${claims.jti}`;
     if (this.seen.has(replayKey)) throw invalidProof('the DPoP proof was already used (jti replayed)');

@@ -24,6 +24,7 @@ export interface CheckRequest {
         method?: string;
         path?: string;
         host?: string;
+        scheme?: string;
         headers?: Record<string, string>;
         header_map?: { headers?: { key: string; value?: string; raw_value?: Buffer }[] };
       };
@@ -33,6 +34,7 @@ export interface CheckRequest {
 }
 
 export { INLINE_POLICY_EXTENSION, POLICY_EXTENSION };
+import { requestUrl } from '../../libs/authz/check-wire';
 
 /**
  * Envoy's request attributes, decoded in full by proto-loader, as the core's request: the
@@ -54,6 +56,9 @@ export function toAuthzRequest(check: CheckRequest): AuthzRequest {
     headers,
     sourceAddress: check.attributes?.source?.address?.socket_address?.address,
   };
+  if (http?.method) request.method = http.method;
+  const url = requestUrl(http?.scheme, http?.host, http?.path);
+  if (url !== undefined) request.url = url;
   const inlinePolicy = check.attributes?.context_extensions?.[INLINE_POLICY_EXTENSION];
   if (inlinePolicy !== undefined) request.inlinePolicy = inlinePolicy;
   return request;

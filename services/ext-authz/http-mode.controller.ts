@@ -1,6 +1,7 @@
 import { All, Controller, Get, Header, Inject, Param, Req, Res } from '@nestjs/common';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { denialBody } from '../../libs/authz/decision';
+import { requestUrl } from '../../libs/authz/check-wire';
 import { proxiedClientAddress, type TrustProxy } from '../../libs/http/trust-proxy';
 import { EXT_AUTHZ, type ExtAuthz } from './ext-authz.provider';
 
@@ -18,7 +19,13 @@ export class HttpModeController {
   async check(@Param('policy') policy: string, @Req() request: FastifyRequest, @Res() reply: FastifyReply): Promise<void> {
     const headers = request.headers as Record<string, string | undefined>;
     // A warm-cache decision is synchronous (Authorizer.decide): awaited only when it is pending.
-    const decided = this.extAuthz.authorizer.decide({ policy, headers, sourceAddress: clientAddress(request, this.extAuthz.trustProxy) });
+    const decided = this.extAuthz.authorizer.decide({
+      policy,
+      headers,
+      sourceAddress: clientAddress(request, this.extAuthz.trustProxy),
+      method: request.method,
+      url: forwardedUrl(request, policy),
+    });
     const decision = decided instanceof Promise ? await decided : decided;
     this.extAuthz.decided('http', policy, decision);
     reply.header('cache-control', 'no-store');
@@ -60,6 +67,21 @@ export class HttpModeController {
   async metrics(@Res() reply: FastifyReply): Promise<void> {
     await reply.type(this.extAuthz.metrics.registry.contentType).send(await this.extAuthz.metrics.registry.metrics());
   }
+}
+
+/**
+ * The URL the client asked for, as Envoy's http_service forwards it (a DPoP proof's htu): the
+ * path after /authz/<policy>, the Host header, and X-Forwarded-Proto (http without one). nginx's
+ * auth_request forwards no path of its own, so a proof there must name the root.
+ */
+function forwardedUrl(request: FastifyRequest, policy: string): string | undefined {
+  const host = request.headers.host;
+  if (!host) return undefined;
+  const forwardedProto = request.headers['x-forwarded-proto'];
+  const scheme = (Array.isArray(forwardedProto) ? forwardedProto[0] : forwardedProto)?.split(',')[0].trim() || 'http';
+  const rest = request.originalUrl.slice(`/authz/${policy}`.length);
+  const path = rest.startsWith('/') ? rest : `/${rest}`;
+  return requestUrl(scheme, host, path);
 }
 
 /**
