@@ -7,7 +7,7 @@ import { httpRequest } from './support/http';
 
 /*
  * DPoP-bound tokens (RFC 9449) from a real authority over HTTP, with proofs made by jose; a real
- * ext-authz refuses them as bearer tokens (it does not check proofs).
+ * ext-authz refuses them as bearer tokens (test/envoy-dpop.test.ts takes them with proofs, through Envoy).
  */
 
 const SECRET = 'dpop-client-secret';

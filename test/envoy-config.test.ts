@@ -106,8 +106,14 @@ describe('the authorization contract of envoy-http.yaml', () => {
     assert.equal(settings.failure_mode_allow, false);
   });
 
-  it("passes the credential, request id and Envoy's X-Forwarded-For, and takes back identity and remaining-calls headers", () => {
-    assert.deepEqual(exactNames(settings.allowed_headers), ['authorization', 'x-request-id', 'x-forwarded-for']);
+  it("passes the credential, a DPoP proof and Envoy's X-Forwarded-Proto, request id and Envoy's X-Forwarded-For, and takes back identity and remaining-calls headers", () => {
+    assert.deepEqual(exactNames(settings.allowed_headers), [
+      'authorization',
+      'dpop',
+      'x-forwarded-proto',
+      'x-request-id',
+      'x-forwarded-for',
+    ]);
     assert.deepEqual(exactNames(settings.http_service.authorization_response.allowed_client_headers_on_success), [
       'otoroshi-daily-calls-remaining',
       'otoroshi-monthly-calls-remaining',

@@ -1,0 +1,126 @@
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { exportJWK, generateKeyPair, SignJWT } from 'jose';
+import { parse } from 'yaml';
+import { type EchoBackend, startEchoBackend } from '../services/echo-backend/server';
+import { basic, startTestAuthority, type TestAuthority, TOKEN_PATH } from './support/authority';
+import { startEnvoy, type TestEnvoy } from './support/envoy';
+import { startTestExtAuthz, type TestExtAuthz } from './support/ext-authz';
+import { freePort } from './support/ports';
+import { FOO, send } from './support/proxy-request';
+
+/*
+ * DPoP-bound tokens (RFC 9449 §7) through a real Envoy 1.40 in both ext_authz modes: a token
+ * issued with a jose-made proof, then requests to foo.oto.tools with proofs of the request's
+ * method and URL, checked by a real ext-authz.
+ */
+
+const SHIPPED_POLICIES = (parse(readFileSync(path.resolve(__dirname, '../../config/ext-authz.yaml'), 'utf8')) as { policies: object })
+  .policies;
+const SECRET = 'dpop-envoy-secret';
+
+for (const mode of [
+  { name: 'gRPC ext_authz (envoy/envoy.yaml)', config: 'envoy.yaml', cluster: 'ext_authz', grpc: true },
+  { name: 'HTTP ext_authz (envoy/envoy-http.yaml)', config: 'envoy-http.yaml', cluster: 'ext_authz_http', grpc: false },
+]) {
+  describe(`DPoP through a real Envoy, ${mode.name}`, () => {
+    let authority: TestAuthority | undefined;
+    let extAuthz: TestExtAuthz | undefined;
+    let echo: EchoBackend | undefined;
+    let envoy: TestEnvoy | undefined;
+    let key: Awaited<ReturnType<typeof generateKeyPair>>;
+    let jwk: Awaited<ReturnType<typeof exportJWK>>;
+    const log = () => envoy?.log().slice(-2000) ?? '';
+
+    before(async () => {
+      authority = await startTestAuthority();
+      const created = await authority.admin('POST', '/api/apikeys', {
+        clientId: 'dpop-app',
+        clientSecret: SECRET,
+        authorizedEntities: ['route_foo'],
+      });
+      assert.equal(created.status, 201);
+      extAuthz = await startTestExtAuthz(authority, {
+        grpc: { host: '127.0.0.1', port: await freePort() },
+        http: { host: '127.0.0.1', port: await freePort() },
+        policies: SHIPPED_POLICIES,
+      });
+      echo = await startEchoBackend(0, '127.0.0.1');
+      const endpoint = (hostPort: string) => ({ address: '127.0.0.1', port: Number(hostPort.split(':').pop()) });
+      envoy = await startEnvoy(mode.config, {
+        token_authority: endpoint(new URL(authority.url).host),
+        echo: endpoint(new URL(echo.url).host),
+        token_authority_grpc: endpoint(authority.grpcAddress),
+        [mode.cluster]: endpoint(mode.grpc ? extAuthz.grpcAddress : new URL(extAuthz.url).host),
+      });
+      key = await generateKeyPair('ES256');
+      jwk = await exportJWK(key.publicKey);
+      await extAuthz.waitFor(() => extAuthz!.replica.apiKey('dpop-app') !== undefined);
+    });
+
+    after(async () => {
+      for (const step of [() => envoy?.stop(), () => extAuthz?.close(), () => echo?.close(), () => authority?.stop()]) {
+        await Promise.resolve()
+          .then(step)
+          .catch(() => undefined);
+      }
+    });
+
+    const proof = (claims: Record<string, unknown>) =>
+      new SignJWT({ jti: crypto.randomUUID(), ...claims })
+        .setProtectedHeader({ alg: 'ES256', typ: 'dpop+jwt', jwk })
+        .setIssuedAt()
+        .sign(key.privateKey);
+    const boundToken = async () => {
+      const answer = await authority!.postForm(
+        TOKEN_PATH,
+        { grant_type: 'client_credentials' },
+        { authorization: basic('dpop-app', SECRET), dpop: await proof({ htm: 'POST', htu: `${authority!.url}${TOKEN_PATH}` }) },
+      );
+      const body = (await answer.json()) as { access_token: string; token_type: string };
+      assert.equal(body.token_type, 'DPoP');
+      return body.access_token;
+    };
+    const ath = (token: string) => createHash('sha256').update(token).digest('base64url');
+
+    it('lets a bound token with a proof of this method and URL through (query ignored), once per proof', async () => {
+      const token = await boundToken();
+      const dpop = await proof({ htm: 'GET', htu: `http://${FOO}/api/items`, ath: ath(token) });
+      const call = () => send(envoy!.url, '/api/items?page=2', { host: FOO, headers: { authorization: `DPoP ${token}`, dpop } });
+      const answer = await call();
+      assert.equal(answer.status, 200, `${answer.body}\n${log()}`);
+      assert.equal((JSON.parse(answer.body) as { headers: Record<string, string> }).headers['x-client-id'], 'dpop-app');
+      const replayed = await call();
+      assert.equal(replayed.status, 401, replayed.body);
+      assert.equal(replayed.body, JSON.stringify({ 'Otoroshi-Error': 'Invalid DPoP proof' }));
+      assert.match(String(replayed.headers['www-authenticate']), /^DPoP realm="foo", algs="[^"]+", error="invalid_dpop_proof"$/);
+    });
+
+    it('refuses a proof of another method, path or host, one without ath, and the bound token as Bearer', async () => {
+      const token = await boundToken();
+      for (const [name, claims] of [
+        ['POST', { htm: 'POST', htu: `http://${FOO}/api/items`, ath: ath(token) }],
+        ['other path', { htm: 'GET', htu: `http://${FOO}/admin`, ath: ath(token) }],
+        ['other host', { htm: 'GET', htu: 'http://bar.oto.tools/api/items', ath: ath(token) }],
+        ['https', { htm: 'GET', htu: `https://${FOO}/api/items`, ath: ath(token) }],
+        ['no ath', { htm: 'GET', htu: `http://${FOO}/api/items` }],
+      ] as const) {
+        const answer = await send(envoy!.url, '/api/items', {
+          host: FOO,
+          headers: { authorization: `DPoP ${token}`, dpop: await proof(claims) },
+        });
+        assert.equal(answer.status, 401, `${name}: ${answer.body}`);
+        assert.match(String(answer.headers['www-authenticate']), /error="invalid_dpop_proof"/, name);
+      }
+      const asBearer = await send(envoy!.url, '/api/items', {
+        host: FOO,
+        headers: { authorization: `Bearer ${token}`, dpop: await proof({ htm: 'GET', htu: `http://${FOO}/api/items`, ath: ath(token) }) },
+      });
+      assert.equal(asBearer.status, 401);
+      assert.equal(asBearer.body, JSON.stringify({ 'Otoroshi-Error': 'Token bound to a DPoP key: not accepted here' }));
+    });
+  });
+}
