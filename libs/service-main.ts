@@ -30,9 +30,19 @@ export function runService<Config>(
       process.once(signal, () => {
         // Said on stderr, so an exit nobody asked for shows who ended it (a signal, not a crash).
         process.stderr.write(`${name}: ${signal} received, closing\n`);
+        const started = Date.now();
         service.close().then(
-          () => process.exit(0),
-          () => process.exit(1),
+          () => {
+            // How long the close took, to tell it from the supervisor's own time (docker stop).
+            process.stderr.write(`${name}: closed in ${Date.now() - started} ms\n`);
+            process.exit(0);
+          },
+          (error: unknown) => {
+            process.stderr.write(
+              `${name}: close failed after ${Date.now() - started} ms: ${error instanceof Error ? error.message : String(error)}\n`,
+            );
+            process.exit(1);
+          },
         );
       });
     }

@@ -1,9 +1,11 @@
 import assert from 'node:assert/strict';
+import { createSocket } from 'node:dgram';
+import { getServers, promises as dnsPromises, setServers } from 'node:dns';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import { startTestAuthority, TOKEN_PATH, type TestAuthority } from './support/authority';
+import { ADMIN_TOKEN, startTestAuthority, TOKEN_PATH, type TestAuthority } from './support/authority';
 import { startTestExtAuthz, type TestExtAuthz } from './support/ext-authz';
 import { httpRequest } from './support/http';
 import { freePort } from './support/ports';
@@ -83,6 +85,43 @@ describe('ext-authz without its authority', () => {
     } finally {
       await intruder.close();
       await open.stop();
+    }
+  });
+
+  it("asks DNS for nothing but the authority's addresses (no TXT service config lookup)", async () => {
+    // A name server that records the questions and never answers, as Docker's embedded DNS does
+    // for a name it forwards to an upstream that is unreachable: a TXT question waited there for
+    // seconds, and `docker stop` of ext-authz waited for it (2 s instead of 0.1 s).
+    const questions: { name: string; type: number }[] = [];
+    const dns = createSocket('udp4');
+    dns.on('message', (message) => {
+      const labels: string[] = [];
+      let offset = 12;
+      while (offset < message.length && message[offset] !== 0) {
+        labels.push(message.subarray(offset + 1, offset + 1 + message[offset]).toString('latin1'));
+        offset += 1 + message[offset];
+      }
+      questions.push({ name: labels.join('.'), type: message.readUInt16BE(offset + 1) });
+    });
+    await new Promise<void>((done) => dns.bind(0, '127.0.0.1', done));
+    // This process's resolver asks it (ext-authz runs in it here); addresses still come from the
+    // system's getaddrinfo (/etc/hosts for localhost), as grpc-js looks them up.
+    const servers = { callbacks: getServers(), promises: dnsPromises.getServers() };
+    setServers([`127.0.0.1:${dns.address().port}`]);
+    dnsPromises.setServers([`127.0.0.1:${dns.address().port}`]);
+    const open = await startTestAuthority();
+    const url = `localhost:${open.grpcAddress.split(':').pop()}`;
+    const replica = await startTestExtAuthz(open, { authority: { url, token: ADMIN_TOKEN, initialBackoff: 50, maxBackoff: 200 } });
+    try {
+      assert.ok(replica.quotaCounters, 'the quota counters stream is open too (counters in memory)');
+      await new Promise((done) => setTimeout(done, 300));
+      assert.deepEqual(questions, []);
+    } finally {
+      await replica.close();
+      await open.stop();
+      setServers(servers.callbacks);
+      dnsPromises.setServers(servers.promises);
+      dns.close();
     }
   });
 });

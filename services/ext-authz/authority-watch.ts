@@ -13,7 +13,7 @@ import type { ExtAuthzConfig } from '../../libs/authz/config';
 import type { DataPlaneUpdate } from '../../libs/core/data-plane';
 import { deserializeUpdate } from '../../libs/grpc/watch-codec';
 import { AUTHORITY_WATCH_PROTO, LOADER_OPTIONS } from '../token-authority/grpc-options';
-import { currentAuthorityToken, reconnectDelay } from './authority-connection';
+import { AUTHORITY_CHANNEL_OPTIONS, currentAuthorityToken, reconnectDelay } from './authority-connection';
 
 /**
  * Keeps the replica current from the authority's DeltaWatch stream. When the stream breaks, the
@@ -40,10 +40,7 @@ export class AuthorityWatchClient {
     // biome-ignore lint/suspicious/noExplicitAny: a package loaded from .proto at run time has no static type
     const definition = loadPackageDefinition(loadSync(AUTHORITY_WATCH_PROTO, LOADER_OPTIONS)) as any;
     this.client = new definition.token_authority.v1.AuthorityWatch(config.authority.url, credentials.createInsecure(), {
-      // Notice a silently dead authority (no FIN, no RST) within about 30 s.
-      'grpc.keepalive_time_ms': 20_000,
-      'grpc.keepalive_timeout_ms': 10_000,
-      'grpc.keepalive_permit_without_calls': 1,
+      ...AUTHORITY_CHANNEL_OPTIONS,
       'grpc.max_receive_message_length': 64 * 1024 * 1024,
       // A snapshot is ~100 messages of ~200 KB: with HTTP/2's default 64 KB window the authority
       // waits for a WINDOW_UPDATE several times per message (100,000 keys: 4 s instead of 2 s).

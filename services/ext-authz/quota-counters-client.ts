@@ -11,7 +11,7 @@ import type { Logger } from 'pino';
 import type { ExtAuthzConfig } from '../../libs/authz/config';
 import type { MemoryQuotaCounters, QuotaEnforcer } from '../../libs/quotas/quotas';
 import { AUTHORITY_WATCH_PROTO, LOADER_OPTIONS } from '../token-authority/grpc-options';
-import { currentAuthorityToken, reconnectDelay } from './authority-connection';
+import { AUTHORITY_CHANNEL_OPTIONS, currentAuthorityToken, reconnectDelay } from './authority-connection';
 
 /** AuthorityWatch.QuotaCounters as proto-loader decodes the authority's messages. */
 interface QuotaCountersResponse {
@@ -57,9 +57,7 @@ export class QuotaCountersClient {
     // biome-ignore lint/suspicious/noExplicitAny: a package loaded from .proto at run time has no static type
     const definition = loadPackageDefinition(loadSync(AUTHORITY_WATCH_PROTO, LOADER_OPTIONS)) as any;
     this.client = new definition.token_authority.v1.AuthorityWatch(config.authority.url, credentials.createInsecure(), {
-      'grpc.keepalive_time_ms': 20_000,
-      'grpc.keepalive_timeout_ms': 10_000,
-      'grpc.keepalive_permit_without_calls': 1,
+      ...AUTHORITY_CHANNEL_OPTIONS,
       'grpc.max_receive_message_length': 64 * 1024,
     });
   }
