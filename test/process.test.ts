@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -281,6 +281,34 @@ describe('the token authority process', () => {
       assert.equal(cli('nonsense', 'verb').status, 1);
       assert.equal(cli('apikeys', 'create', '--no-such-flag').status, 2);
     } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('ends at once on SIGTERM even with a request stuck on the thread pool (process.exit would wait for it)', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'ta-blocked-'));
+    const fifo = join(dir, 'fifo');
+    execFileSync('mkfifo', [fifo]);
+    const child = spawn(process.execPath, [resolve(__dirname, 'support/blocked-service.js')], {
+      env: { ...process.env, BLOCKED_FIFO: fifo },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let output = '';
+    child.stdout!.on('data', (chunk) => (output += chunk));
+    child.stderr!.on('data', (chunk) => (output += chunk));
+    try {
+      for (let i = 0; i < 100 && !output.includes('blocked service ready'); i += 1) await new Promise((done) => setTimeout(done, 50));
+      assert.match(output, /blocked service ready/);
+      const signalled = Date.now();
+      child.kill('SIGTERM');
+      // Bounded: 5 s, then the test fails and the child is killed below.
+      await Promise.race([exited(child), new Promise((done) => setTimeout(done, 5000))]);
+      const took = Date.now() - signalled;
+      assert.equal(child.signalCode, 'SIGTERM', `still running after ${took} ms:\n${output}`);
+      assert.ok(took < 2000, `ended after ${took} ms`);
+      assert.match(output, /closed in \d+ ms\n.*ending by SIGTERM without waiting for FSReqCallback/);
+    } finally {
+      child.kill('SIGKILL');
       rmSync(dir, { recursive: true, force: true });
     }
   });
