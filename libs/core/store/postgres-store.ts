@@ -53,7 +53,7 @@ export interface PostgresStoreOptions {
  * load that started before an invalidation is returned but not kept, so an entry never holds a
  * state older than the newest change seen.
  */
-class AsyncReadMemo {
+export class AsyncReadMemo {
   private readonly entries = new Map<string, unknown>();
   private generation = 0;
   constructor(private readonly max: number) {}
@@ -69,7 +69,14 @@ class AsyncReadMemo {
   }
   /** As `get` for many keys: the ones not in memory are loaded together (`loadMany` answers in their order). */
   async getMany<T>(keys: string[], loadMany: (missing: string[]) => Promise<T[]>): Promise<T[]> {
-    const missing = keys.filter((key) => !this.entries.has(key));
+    // What is in memory is taken now: a change notice (forget) or the size bound (clear) during the
+    // load must not turn a key that was cached into undefined.
+    const cached = new Map<string, unknown>();
+    const missing: string[] = [];
+    for (const key of keys) {
+      if (this.entries.has(key)) cached.set(key, this.entries.get(key));
+      else missing.push(key);
+    }
     const generation = this.generation;
     const loaded = missing.length ? await loadMany(missing) : [];
     const fresh = new Map(missing.map((key, index) => [key, loaded[index]]));
@@ -77,7 +84,7 @@ class AsyncReadMemo {
       if (this.entries.size + missing.length > this.max) this.entries.clear();
       for (const [key, value] of fresh) this.entries.set(key, value);
     }
-    return keys.map((key) => (fresh.has(key) ? fresh.get(key) : this.entries.get(key)) as T);
+    return keys.map((key) => (fresh.has(key) ? fresh.get(key) : cached.get(key)) as T);
   }
   forget(key: string): void {
     this.entries.delete(key);
