@@ -1,5 +1,6 @@
 import { useEffect, useState } from 'preact/hooks';
 import { admin, adminOptional, type ApiKey, ApiError, type KeyPair, SIGN_KEYPAIR_METADATA } from '../api';
+import { CheckField, RadioGroup, TextField } from '../fields';
 import { go, href } from '../router';
 import { ConfirmDialog, errorNotice, formatTime, type Notice, NoticeLine, PageTitle, SecretOnce, splitList } from '../ui';
 
@@ -284,19 +285,14 @@ export function ApiKeyEditor({ clientId }: { clientId?: string }) {
           <fieldset>
             <legend>Identity</legend>
             {creating ? (
-              <p>
-                <label for="clientId">Client id</label>
-                <input
-                  id="clientId"
-                  value={draft.clientId}
-                  onInput={(event) => set('clientId', event.currentTarget.value)}
-                  aria-describedby="clientId-hint"
-                  autocomplete="off"
-                />
-                <span id="clientId-hint" class="hint">
-                  Leave empty to have one generated.
-                </span>
-              </p>
+              <TextField
+                id="clientId"
+                label="Client id"
+                value={draft.clientId}
+                onValue={(value) => set('clientId', value)}
+                autocomplete="off"
+                hint="Leave empty to have one generated."
+              />
             ) : (
               <p>
                 Client id: <code>{clientId}</code> (created {formatTime(loaded?.apiKey.createdAt)}, last change{' '}
@@ -304,166 +300,105 @@ export function ApiKeyEditor({ clientId }: { clientId?: string }) {
               </p>
             )}
             {creating && (
-              <div role="radiogroup" aria-labelledby="secret-mode-label" class="radios">
-                <span id="secret-mode-label">Client secret</span>
-                <label>
-                  <input
-                    type="radio"
-                    name="secretMode"
-                    checked={draft.secretMode === 'generate'}
-                    onChange={() => set('secretMode', 'generate')}
-                  />
-                  Generate a secret
-                </label>
-                <label>
-                  <input
-                    type="radio"
-                    name="secretMode"
-                    checked={draft.secretMode === 'given'}
-                    onChange={() => set('secretMode', 'given')}
-                  />
-                  Use my own secret
-                </label>
-              </div>
+              <RadioGroup
+                name="secretMode"
+                label="Client secret"
+                value={draft.secretMode}
+                options={[
+                  { value: 'generate', label: 'Generate a secret' },
+                  { value: 'given', label: 'Use my own secret' },
+                ]}
+                onValue={(value) => set('secretMode', value)}
+              />
             )}
             {creating && draft.secretMode === 'given' && (
-              <p>
-                <label for="clientSecret">Secret</label>
-                <input
-                  id="clientSecret"
-                  type="password"
-                  autocomplete="new-password"
-                  value={draft.clientSecret}
-                  onInput={(event) => set('clientSecret', event.currentTarget.value)}
-                />
-              </p>
+              <TextField
+                id="clientSecret"
+                label="Secret"
+                type="password"
+                autocomplete="new-password"
+                value={draft.clientSecret}
+                onValue={(value) => set('clientSecret', value)}
+              />
             )}
-            <p>
-              <label for="clientName">Name</label>
-              <input id="clientName" value={draft.clientName} onInput={(event) => set('clientName', event.currentTarget.value)} />
-            </p>
-            <p>
-              <label for="description">Description</label>
-              <textarea
-                id="description"
-                rows={2}
-                value={draft.description}
-                onInput={(event) => set('description', event.currentTarget.value)}
-              />
-            </p>
-            <p class="check">
-              <input
-                id="enabled"
-                type="checkbox"
-                checked={draft.enabled}
-                onChange={(event) => set('enabled', event.currentTarget.checked)}
-              />
-              <label for="enabled">Enabled</label>
-            </p>
+            <TextField id="clientName" label="Name" value={draft.clientName} onValue={(value) => set('clientName', value)} />
+            <TextField
+              id="description"
+              label="Description"
+              rows={2}
+              value={draft.description}
+              onValue={(value) => set('description', value)}
+            />
+            <CheckField id="enabled" label="Enabled" checked={draft.enabled} onChecked={(checked) => set('enabled', checked)} />
           </fieldset>
           <fieldset>
             <legend>Access</legend>
-            <p>
-              <label for="scope">Scopes</label>
-              <input
-                id="scope"
-                value={draft.scope}
-                onInput={(event) => set('scope', event.currentTarget.value)}
-                aria-describedby="scope-hint"
-                autocomplete="off"
-              />
-              <span id="scope-hint" class="hint">
-                Separated by spaces, e.g. read write.
-              </span>
-            </p>
-            <p>
-              <label for="authorizedEntities">Authorized entities</label>
-              <input
-                id="authorizedEntities"
-                value={draft.authorizedEntities}
-                onInput={(event) => set('authorizedEntities', event.currentTarget.value)}
-                aria-describedby="entities-hint"
-                autocomplete="off"
-              />
-              <span id="entities-hint" class="hint">
-                route_&lt;name&gt; or group_&lt;name&gt;, separated by commas.
-              </span>
-            </p>
-            <p>
-              <label for="tags">Tags</label>
-              <input id="tags" value={draft.tags} onInput={(event) => set('tags', event.currentTarget.value)} autocomplete="off" />
-            </p>
-            <p>
-              <label for="validUntil">Valid until</label>
-              <input
-                id="validUntil"
-                type="datetime-local"
-                value={draft.validUntil}
-                onInput={(event) => set('validUntil', event.currentTarget.value)}
-                aria-describedby="validUntil-hint"
-              />
-              <span id="validUntil-hint" class="hint">
-                Empty: never expires.
-              </span>
-            </p>
-            <p class="check">
-              <input
-                id="allowClientIdOnly"
-                type="checkbox"
-                checked={draft.allowClientIdOnly}
-                onChange={(event) => set('allowClientIdOnly', event.currentTarget.checked)}
-              />
-              <label for="allowClientIdOnly">Allow the client id alone (no secret) at gateways</label>
-            </p>
+            <TextField
+              id="scope"
+              label="Scopes"
+              value={draft.scope}
+              onValue={(value) => set('scope', value)}
+              autocomplete="off"
+              hint="Separated by spaces, e.g. read write."
+            />
+            <TextField
+              id="authorizedEntities"
+              label="Authorized entities"
+              value={draft.authorizedEntities}
+              onValue={(value) => set('authorizedEntities', value)}
+              autocomplete="off"
+              hint="route_<name> or group_<name>, separated by commas."
+            />
+            <TextField id="tags" label="Tags" value={draft.tags} onValue={(value) => set('tags', value)} autocomplete="off" />
+            <TextField
+              id="validUntil"
+              label="Valid until"
+              type="datetime-local"
+              value={draft.validUntil}
+              onValue={(value) => set('validUntil', value)}
+              hint="Empty: never expires."
+            />
+            <CheckField
+              id="allowClientIdOnly"
+              label="Allow the client id alone (no secret) at gateways"
+              checked={draft.allowClientIdOnly}
+              onChecked={(checked) => set('allowClientIdOnly', checked)}
+            />
           </fieldset>
           <fieldset>
             <legend>Client keys (private_key_jwt)</legend>
-            <div role="radiogroup" aria-labelledby="keys-mode-label" class="radios">
-              <span id="keys-mode-label">Signed client assertions (RFC 7523)</span>
-              <label>
-                <input type="radio" name="keysMode" checked={draft.keysMode === 'none'} onChange={() => set('keysMode', 'none')} />
-                No keys: secret only
-              </label>
-              <label>
-                <input type="radio" name="keysMode" checked={draft.keysMode === 'jwks'} onChange={() => set('keysMode', 'jwks')} />
-                Paste a JWKS
-              </label>
-              <label>
-                <input type="radio" name="keysMode" checked={draft.keysMode === 'uri'} onChange={() => set('keysMode', 'uri')} />
-                Fetch the keys from a URL
-              </label>
-            </div>
+            <RadioGroup
+              name="keysMode"
+              label="Signed client assertions (RFC 7523)"
+              value={draft.keysMode}
+              options={[
+                { value: 'none', label: 'No keys: secret only' },
+                { value: 'jwks', label: 'Paste a JWKS' },
+                { value: 'uri', label: 'Fetch the keys from a URL' },
+              ]}
+              onValue={(value) => set('keysMode', value)}
+            />
             {draft.keysMode === 'jwks' && (
-              <p>
-                <label for="jwks">JWKS (public keys)</label>
-                <textarea
-                  id="jwks"
-                  rows={6}
-                  spellcheck={false}
-                  value={draft.jwks}
-                  onInput={(event) => set('jwks', event.currentTarget.value)}
-                  aria-describedby="jwks-hint"
-                />
-                <span id="jwks-hint" class="hint">
-                  {'{"keys": [...]}'}: RSA (2048 bits or more), EC P-256 or Ed25519 public keys, never a private one.
-                </span>
-              </p>
+              <TextField
+                id="jwks"
+                label="JWKS (public keys)"
+                rows={6}
+                spellcheck={false}
+                value={draft.jwks}
+                onValue={(value) => set('jwks', value)}
+                hint={'{"keys": [...]}: RSA (2048 bits or more), EC P-256 or Ed25519 public keys, never a private one.'}
+              />
             )}
             {draft.keysMode === 'uri' && (
-              <p>
-                <label for="jwksUri">JWKS URL</label>
-                <input
-                  id="jwksUri"
-                  type="url"
-                  value={draft.jwksUri}
-                  onInput={(event) => set('jwksUri', event.currentTarget.value)}
-                  aria-describedby="jwksUri-hint"
-                  autocomplete="off"
-                />
-                <span id="jwksUri-hint" class="hint">
-                  https, or http to this machine (127.0.0.1, localhost); fetched within 2 s and cached 5 minutes.
-                </span>
-              </p>
+              <TextField
+                id="jwksUri"
+                label="JWKS URL"
+                type="url"
+                value={draft.jwksUri}
+                onValue={(value) => set('jwksUri', value)}
+                autocomplete="off"
+                hint="https, or http to this machine (127.0.0.1, localhost); fetched within 2 s and cached 5 minutes."
+              />
             )}
             {creating && draft.keysMode !== 'none' && draft.secretMode === 'generate' && (
               <p class="hint">With keys and no secret of your own, the key gets no secret: it authenticates with signed assertions only.</p>
@@ -547,33 +482,27 @@ export function ApiKeyEditor({ clientId }: { clientId?: string }) {
           <fieldset>
             <legend>Quotas</legend>
             <div class="row">
-              <p>
-                <label for="throttlingQuota">Calls per second</label>
-                <input
-                  id="throttlingQuota"
-                  inputMode="numeric"
-                  value={draft.throttlingQuota}
-                  onInput={(event) => set('throttlingQuota', event.currentTarget.value)}
-                />
-              </p>
-              <p>
-                <label for="dailyQuota">Calls per day</label>
-                <input
-                  id="dailyQuota"
-                  inputMode="numeric"
-                  value={draft.dailyQuota}
-                  onInput={(event) => set('dailyQuota', event.currentTarget.value)}
-                />
-              </p>
-              <p>
-                <label for="monthlyQuota">Calls per month</label>
-                <input
-                  id="monthlyQuota"
-                  inputMode="numeric"
-                  value={draft.monthlyQuota}
-                  onInput={(event) => set('monthlyQuota', event.currentTarget.value)}
-                />
-              </p>
+              <TextField
+                id="throttlingQuota"
+                label="Calls per second"
+                inputMode="numeric"
+                value={draft.throttlingQuota}
+                onValue={(value) => set('throttlingQuota', value)}
+              />
+              <TextField
+                id="dailyQuota"
+                label="Calls per day"
+                inputMode="numeric"
+                value={draft.dailyQuota}
+                onValue={(value) => set('dailyQuota', value)}
+              />
+              <TextField
+                id="monthlyQuota"
+                label="Calls per month"
+                inputMode="numeric"
+                value={draft.monthlyQuota}
+                onValue={(value) => set('monthlyQuota', value)}
+              />
             </div>
             {consumption && (
               <section aria-labelledby="consumption-title">
@@ -600,34 +529,27 @@ export function ApiKeyEditor({ clientId }: { clientId?: string }) {
           </fieldset>
           <fieldset>
             <legend>Secret rotation</legend>
-            <p class="check">
-              <input
-                id="rotationEnabled"
-                type="checkbox"
-                checked={draft.rotationEnabled}
-                onChange={(event) => set('rotationEnabled', event.currentTarget.checked)}
-              />
-              <label for="rotationEnabled">Rotate automatically</label>
-            </p>
+            <CheckField
+              id="rotationEnabled"
+              label="Rotate automatically"
+              checked={draft.rotationEnabled}
+              onChecked={(checked) => set('rotationEnabled', checked)}
+            />
             <div class="row">
-              <p>
-                <label for="rotationEvery">Rotate every (hours)</label>
-                <input
-                  id="rotationEvery"
-                  inputMode="numeric"
-                  value={draft.rotationEvery}
-                  onInput={(event) => set('rotationEvery', event.currentTarget.value)}
-                />
-              </p>
-              <p>
-                <label for="gracePeriod">Grace period (hours)</label>
-                <input
-                  id="gracePeriod"
-                  inputMode="numeric"
-                  value={draft.gracePeriod}
-                  onInput={(event) => set('gracePeriod', event.currentTarget.value)}
-                />
-              </p>
+              <TextField
+                id="rotationEvery"
+                label="Rotate every (hours)"
+                inputMode="numeric"
+                value={draft.rotationEvery}
+                onValue={(value) => set('rotationEvery', value)}
+              />
+              <TextField
+                id="gracePeriod"
+                label="Grace period (hours)"
+                inputMode="numeric"
+                value={draft.gracePeriod}
+                onValue={(value) => set('gracePeriod', value)}
+              />
             </div>
           </fieldset>
           <p class="actions">
@@ -658,26 +580,22 @@ export function ApiKeyEditor({ clientId }: { clientId?: string }) {
           onCancel={() => setDialog(undefined)}
         >
           <p>A new secret replaces the current one; the current one keeps working during the grace period.</p>
-          <p>
-            <label for="rotate-grace">Grace period (hours)</label>
-            <input
-              id="rotate-grace"
-              inputMode="numeric"
-              placeholder={draft.gracePeriod}
-              value={rotation.gracePeriod}
-              onInput={(event) => setRotation({ ...rotation, gracePeriod: event.currentTarget.value })}
-            />
-          </p>
-          <p>
-            <label for="rotate-secret">New secret (empty: generated)</label>
-            <input
-              id="rotate-secret"
-              type="password"
-              autocomplete="new-password"
-              value={rotation.secret}
-              onInput={(event) => setRotation({ ...rotation, secret: event.currentTarget.value })}
-            />
-          </p>
+          <TextField
+            id="rotate-grace"
+            label="Grace period (hours)"
+            inputMode="numeric"
+            placeholder={draft.gracePeriod}
+            value={rotation.gracePeriod}
+            onValue={(value) => setRotation({ ...rotation, gracePeriod: value })}
+          />
+          <TextField
+            id="rotate-secret"
+            label="New secret (empty: generated)"
+            type="password"
+            autocomplete="new-password"
+            value={rotation.secret}
+            onValue={(value) => setRotation({ ...rotation, secret: value })}
+          />
         </ConfirmDialog>
       )}
       {dialog === 'delete' && (

@@ -1,5 +1,6 @@
 import { useEffect, useState } from 'preact/hooks';
 import { admin, ApiError, type KeyPair, type KeyPairVersion } from '../api';
+import { RadioGroup, TextField } from '../fields';
 import { ConfirmDialog, errorNotice, formatTime, type Notice, NoticeLine, PageTitle } from '../ui';
 
 const ALGORITHMS = ['RS256', 'PS256', 'ES256', 'EdDSA'];
@@ -240,58 +241,41 @@ export function KeyPairsPage() {
               ))}
             </select>
           </p>
-          <p>
-            <label for="kp-description">Description</label>
-            <input
-              id="kp-description"
-              value={form.description}
-              onInput={(event) => setForm({ ...form, description: event.currentTarget.value })}
-            />
-          </p>
+          <TextField
+            id="kp-description"
+            label="Description"
+            value={form.description}
+            onValue={(value) => setForm({ ...form, description: value })}
+          />
         </div>
-        <div role="radiogroup" aria-labelledby="kp-source-label" class="radios">
-          <span id="kp-source-label">Keys</span>
-          <label>
-            <input
-              type="radio"
-              name="kp-source"
-              checked={form.source === 'generate'}
-              onChange={() => setForm({ ...form, source: 'generate' })}
-            />
-            Generate
-          </label>
-          <label>
-            <input
-              type="radio"
-              name="kp-source"
-              checked={form.source === 'import'}
-              onChange={() => setForm({ ...form, source: 'import' })}
-            />
-            Import PEM
-          </label>
-        </div>
+        <RadioGroup
+          name="kp-source"
+          label="Keys"
+          value={form.source}
+          options={[
+            { value: 'generate', label: 'Generate' },
+            { value: 'import', label: 'Import PEM' },
+          ]}
+          onValue={(value) => setForm({ ...form, source: value })}
+        />
         {form.source === 'import' && (
           <>
-            <p>
-              <label for="kp-private">Private key (PEM)</label>
-              <textarea
-                id="kp-private"
-                rows={6}
-                spellcheck={false}
-                value={form.privateKey}
-                onInput={(event) => setForm({ ...form, privateKey: event.currentTarget.value })}
-              />
-            </p>
-            <p>
-              <label for="kp-public">Public key (PEM, optional: derived from the private key)</label>
-              <textarea
-                id="kp-public"
-                rows={4}
-                spellcheck={false}
-                value={form.publicKey}
-                onInput={(event) => setForm({ ...form, publicKey: event.currentTarget.value })}
-              />
-            </p>
+            <TextField
+              id="kp-private"
+              label="Private key (PEM)"
+              rows={6}
+              spellcheck={false}
+              value={form.privateKey}
+              onValue={(value) => setForm({ ...form, privateKey: value })}
+            />
+            <TextField
+              id="kp-public"
+              label="Public key (PEM, optional: derived from the private key)"
+              rows={4}
+              spellcheck={false}
+              value={form.publicKey}
+              onValue={(value) => setForm({ ...form, publicKey: value })}
+            />
           </>
         )}
         <p>

@@ -1,5 +1,6 @@
 import { useEffect, useState } from 'preact/hooks';
 import { admin, ApiError, listPage, type Route } from '../api';
+import { CheckField, CheckGroup, TextField } from '../fields';
 import { go, href } from '../router';
 import { ConfirmDialog, errorNotice, formatTime, type Notice, NoticeLine, PageTitle, Pager, splitList, useCursorPages } from '../ui';
 
@@ -225,11 +226,6 @@ export function RouteEditor({ id }: { id?: string }) {
   }, [id]);
 
   const set = <K extends keyof Draft>(field: K, value: Draft[K]) => setDraft({ ...draft, [field]: value });
-  const toggleExtractor = (name: string, on: boolean) =>
-    set(
-      'extractors',
-      EXTRACTORS.map((each) => each.name).filter((each) => (each === name ? on : draft.extractors.includes(each))),
-    );
 
   const save = async (event: Event) => {
     event.preventDefault();
@@ -283,147 +279,95 @@ export function RouteEditor({ id }: { id?: string }) {
           <fieldset>
             <legend>Route</legend>
             {creating ? (
-              <p>
-                <label for="route-id">Id</label>
-                <input
-                  id="route-id"
-                  value={draft.id}
-                  onInput={(event) => set('id', event.currentTarget.value)}
-                  aria-describedby="route-id-hint"
-                  autocomplete="off"
-                />
-                <span id="route-id-hint" class="hint">
-                  API keys name it as route_&lt;id&gt; in their authorized entities.
-                </span>
-              </p>
+              <TextField
+                id="route-id"
+                label="Id"
+                value={draft.id}
+                onValue={(value) => set('id', value)}
+                autocomplete="off"
+                hint="API keys name it as route_<id> in their authorized entities."
+              />
             ) : (
               <p>
                 Id: <code>{id}</code> (created {formatTime(loaded?.route.createdAt)}, last change {formatTime(loaded?.route.updatedAt)})
               </p>
             )}
-            <p>
-              <label for="route-name">Name</label>
-              <input id="route-name" value={draft.name} onInput={(event) => set('name', event.currentTarget.value)} />
-            </p>
-            <p>
-              <label for="route-description">Description</label>
-              <textarea
-                id="route-description"
-                rows={2}
-                value={draft.description}
-                onInput={(event) => set('description', event.currentTarget.value)}
-              />
-            </p>
-            <p class="check">
-              <input
-                id="route-enabled"
-                type="checkbox"
-                checked={draft.enabled}
-                onChange={(event) => set('enabled', event.currentTarget.checked)}
-              />
-              <label for="route-enabled">Enabled</label>
-            </p>
+            <TextField id="route-name" label="Name" value={draft.name} onValue={(value) => set('name', value)} />
+            <TextField
+              id="route-description"
+              label="Description"
+              rows={2}
+              value={draft.description}
+              onValue={(value) => set('description', value)}
+            />
+            <CheckField id="route-enabled" label="Enabled" checked={draft.enabled} onChecked={(checked) => set('enabled', checked)} />
           </fieldset>
           <fieldset>
             <legend>Frontend and backend</legend>
-            <p>
-              <label for="route-domains">Domains</label>
-              <textarea
-                id="route-domains"
-                rows={2}
-                value={draft.domains}
-                placeholder="foo.oto.tools"
-                aria-describedby="route-domains-hint"
-                onInput={(event) => set('domains', event.currentTarget.value)}
-              />
-              <span id="route-domains-hint" class="hint">
-                One per line: foo.oto.tools, *.oto.tools, with :port or :* if needed.
-              </span>
-            </p>
-            <p>
-              <label for="route-prefix">Path prefix</label>
-              <input id="route-prefix" value={draft.pathPrefix} onInput={(event) => set('pathPrefix', event.currentTarget.value)} />
-            </p>
-            <p>
-              <label for="route-targets">Backend targets</label>
-              <textarea
-                id="route-targets"
-                rows={2}
-                value={draft.targets}
-                placeholder="127.0.0.1:8081"
-                aria-describedby="route-targets-hint"
-                onInput={(event) => set('targets', event.currentTarget.value)}
-              />
-              <span id="route-targets-hint" class="hint">
-                One per line: host:port; put https:// in front for TLS.
-              </span>
-            </p>
+            <TextField
+              id="route-domains"
+              label="Domains"
+              rows={2}
+              value={draft.domains}
+              placeholder="foo.oto.tools"
+              onValue={(value) => set('domains', value)}
+              hint="One per line: foo.oto.tools, *.oto.tools, with :port or :* if needed."
+            />
+            <TextField id="route-prefix" label="Path prefix" value={draft.pathPrefix} onValue={(value) => set('pathPrefix', value)} />
+            <TextField
+              id="route-targets"
+              label="Backend targets"
+              rows={2}
+              value={draft.targets}
+              placeholder="127.0.0.1:8081"
+              onValue={(value) => set('targets', value)}
+              hint="One per line: host:port; put https:// in front for TLS."
+            />
           </fieldset>
           <fieldset>
             <legend>API keys</legend>
-            <p class="check">
-              <input
-                id="route-check"
-                type="checkbox"
-                checked={draft.check}
-                onChange={(event) => set('check', event.currentTarget.checked)}
-              />
-              <label for="route-check">Check API keys (off: anyone may call this route)</label>
-            </p>
-            <fieldset class="radios">
-              <legend>Credentials accepted</legend>
-              {EXTRACTORS.map((extractor) => (
-                <label key={extractor.name}>
-                  <input
-                    type="checkbox"
-                    name={`extractor-${extractor.name}`}
-                    checked={draft.extractors.includes(extractor.name)}
-                    onChange={(event) => toggleExtractor(extractor.name, event.currentTarget.checked)}
-                  />
-                  {extractor.label}
-                </label>
-              ))}
-            </fieldset>
-            <p>
-              <label for="route-entities">Authorized entities</label>
-              <input
-                id="route-entities"
-                value={draft.authorizedEntities}
-                placeholder={`route_${draft.id || id || 'foo'}`}
-                aria-describedby="route-entities-hint"
-                onInput={(event) => set('authorizedEntities', event.currentTarget.value)}
-              />
-              <span id="route-entities-hint" class="hint">
-                Keys authorized on one of these may pass; empty: route_&lt;id&gt;.
-              </span>
-            </p>
-            <p>
-              <label for="route-scopes">Required scopes</label>
-              <input id="route-scopes" value={draft.requiredScopes} onInput={(event) => set('requiredScopes', event.currentTarget.value)} />
-            </p>
-            <p class="check">
-              <input
-                id="route-strip"
-                type="checkbox"
-                checked={draft.stripCredential}
-                onChange={(event) => set('stripCredential', event.currentTarget.checked)}
-              />
-              <label for="route-strip">Remove the credential before the backend</label>
-            </p>
-            <p>
-              <label for="route-public">Public path prefixes</label>
-              <textarea
-                id="route-public"
-                rows={2}
-                value={draft.publicPathPrefixes}
-                placeholder="/public/"
-                aria-describedby="route-public-hint"
-                onInput={(event) => set('publicPathPrefixes', event.currentTarget.value)}
-              />
-              <span id="route-public-hint" class="hint">
-                One per line, under the path prefix: served with no check.
-              </span>
-            </p>
+            <CheckField
+              id="route-check"
+              label="Check API keys (off: anyone may call this route)"
+              checked={draft.check}
+              onChecked={(checked) => set('check', checked)}
+            />
+            <CheckGroup
+              name="extractor"
+              legend="Credentials accepted"
+              options={EXTRACTORS}
+              selected={draft.extractors}
+              onSelected={(selected) => set('extractors', selected)}
+            />
+            <TextField
+              id="route-entities"
+              label="Authorized entities"
+              value={draft.authorizedEntities}
+              placeholder={`route_${draft.id || id || 'foo'}`}
+              onValue={(value) => set('authorizedEntities', value)}
+              hint="Keys authorized on one of these may pass; empty: route_<id>."
+            />
+            <TextField
+              id="route-scopes"
+              label="Required scopes"
+              value={draft.requiredScopes}
+              onValue={(value) => set('requiredScopes', value)}
+            />
+            <CheckField
+              id="route-strip"
+              label="Remove the credential before the backend"
+              checked={draft.stripCredential}
+              onChecked={(checked) => set('stripCredential', checked)}
+            />
+            <TextField
+              id="route-public"
+              label="Public path prefixes"
+              rows={2}
+              value={draft.publicPathPrefixes}
+              placeholder="/public/"
+              onValue={(value) => set('publicPathPrefixes', value)}
+              hint="One per line, under the path prefix: served with no check."
+            />
           </fieldset>
           <p class="actions">
             <button type="submit" class="primary" disabled={busy}>
