@@ -2,6 +2,7 @@ import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
 import type { PublicJwk } from './crypto/key-pairs';
 import type { KeyRing } from './key-ring';
 import { activeSecretHashes, grantableScopes, type ApiKeyRecord } from './model';
+import { SerialPublisher } from './serial-publisher';
 import type { AuthorityStore, Revocation, StoreChange } from './store/repositories';
 
 /**
@@ -166,11 +167,7 @@ export class DataPlaneFeed {
   /** The store id of `seq`: when the store gets a new one (a restored backup), every subscriber starts over. */
   private storeId: string;
   private readonly listeners = new Set<UpdateListener>();
-  private pending: NodeJS.Timeout | undefined;
-  private publishing: Promise<void> | undefined;
-  private again = false;
-  private failures = 0;
-  private retry: NodeJS.Timeout | undefined;
+  private readonly publisher: SerialPublisher;
   private readonly unsubscribeStore: () => void;
   private readonly ready: Promise<void>;
 
@@ -178,12 +175,20 @@ export class DataPlaneFeed {
     private readonly store: AuthorityStore,
     private readonly keyRing: KeyRing,
     private readonly token: { issuer: string; audience: string },
-    private readonly onError: (error: Error) => void,
+    onError: (error: Error) => void,
     private readonly now: () => number = Date.now,
   ) {
     this.storeId = store.changes.storeId;
     this.ready = this.moveToHead();
-    this.unsubscribeStore = store.onChange(() => this.schedule());
+    // The position moves only when a delta went out: a failed one (SQLITE_BUSY) is read again after the backoff.
+    this.publisher = new SerialPublisher(() => this.publishOnce(), {
+      debounceMs: DEBOUNCE_MS,
+      retryFirstMs: RETRY_FIRST_MS,
+      retryMaxMs: RETRY_MAX_MS,
+      onError,
+      ready: this.ready,
+    });
+    this.unsubscribeStore = store.onChange(() => this.publisher.schedule());
   }
 
   /** Takes the change log's head (and its tag) as the feed's position. */
@@ -291,44 +296,8 @@ export class DataPlaneFeed {
     yield emptyUpdate(version, fromVersion, this.now());
   }
 
-  private schedule(): void {
-    if (this.pending) return;
-    this.pending = setTimeout(() => {
-      this.pending = undefined;
-      void this.publish();
-    }, DEBOUNCE_MS);
-  }
-
-  /** Publishes deltas until the change log is read to its end; one run at a time. */
-  private publish(): Promise<void> {
-    if (this.publishing !== undefined) {
-      this.again = true;
-      return this.publishing;
-    }
-    this.publishing = (async () => {
-      await this.ready;
-      do {
-        this.again = false;
-        try {
-          await this.publishOnce();
-          this.failures = 0;
-        } catch (error) {
-          // The position did not move: retry the same changes later, backing off, so a passing
-          // fault (SQLITE_BUSY) delays subscribers instead of stranding them until the next write.
-          this.failures += 1;
-          this.onError(error as Error);
-          clearTimeout(this.retry);
-          this.retry = setTimeout(() => void this.publish(), Math.min(RETRY_MAX_MS, RETRY_FIRST_MS * 2 ** (this.failures - 1))).unref();
-          return;
-        }
-      } while (this.again);
-    })().finally(() => {
-      this.publishing = undefined;
-    });
-    return this.publishing;
-  }
-
-  private async publishOnce(): Promise<void> {
+  /** One delta (or a resync); true when the log has more past the changes read. */
+  private async publishOnce(): Promise<boolean> {
     if (this.store.changes.storeId !== this.storeId) {
       // A new store id (a restored backup): positions of the old one mean nothing any more.
       const storeId = this.store.changes.storeId;
@@ -336,16 +305,16 @@ export class DataPlaneFeed {
       await this.moveToHead();
       this.storeId = storeId;
       this.listeners.forEach((listener) => listener('resync'));
-      return;
+      return false;
     }
     const changes = await this.store.changes.since(this.seq, CHANGES_PER_DELTA);
     if (changes === undefined) {
       // Fell further behind than the log keeps: every subscriber starts over from a snapshot.
       await this.moveToHead();
       this.listeners.forEach((listener) => listener('resync'));
-      return;
+      return false;
     }
-    if (!changes.length) return;
+    if (!changes.length) return false;
     const baseVersion = this.version;
     const last = changes[changes.length - 1];
     const version = formatVersion(this.storeId, last.seq, last.tag);
@@ -356,7 +325,7 @@ export class DataPlaneFeed {
       const update = { ...part, more: index < parts.length - 1 };
       this.listeners.forEach((listener) => listener(update));
     });
-    if (changes.length === CHANGES_PER_DELTA) this.again = true;
+    return changes.length === CHANGES_PER_DELTA;
   }
 
   /** The current state of the entities `changes` name, in parts of at most UPDATE_CHUNK API keys. */
@@ -400,8 +369,7 @@ export class DataPlaneFeed {
   }
 
   close(): void {
-    clearTimeout(this.pending);
-    clearTimeout(this.retry);
+    this.publisher.close();
     this.unsubscribeStore();
     this.listeners.clear();
   }

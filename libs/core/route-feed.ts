@@ -1,6 +1,7 @@
 import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
 import { formatVersion } from './data-plane';
 import type { Route } from './routes';
+import { SerialPublisher } from './serial-publisher';
 import type { AuthorityStore } from './store/repositories';
 
 /**
@@ -51,21 +52,24 @@ export class RouteFeed {
   /** The version of the route state last published: the position of the last route change read (or of the start). */
   private current = '';
   private readonly listeners = new Set<RouteListener>();
-  private pending: NodeJS.Timeout | undefined;
-  private publishing: Promise<void> | undefined;
-  private again = false;
-  private failures = 0;
-  private retry: NodeJS.Timeout | undefined;
+  private readonly publisher: SerialPublisher;
   private readonly unsubscribeStore: () => void;
   private readonly ready: Promise<void>;
 
   constructor(
     private readonly store: AuthorityStore,
-    private readonly onError: (error: Error) => void,
+    onError: (error: Error) => void,
   ) {
     this.storeId = store.changes.storeId;
     this.ready = this.moveToHead();
-    this.unsubscribeStore = store.onChange(() => this.schedule());
+    this.publisher = new SerialPublisher(() => this.publishOnce(), {
+      debounceMs: DEBOUNCE_MS,
+      retryFirstMs: RETRY_FIRST_MS,
+      retryMaxMs: RETRY_MAX_MS,
+      onError,
+      ready: this.ready,
+    });
+    this.unsubscribeStore = store.onChange(() => this.publisher.schedule());
   }
 
   /** Resolves once the feed knows where the change log stands. */
@@ -100,8 +104,7 @@ export class RouteFeed {
   }
 
   close(): void {
-    clearTimeout(this.pending);
-    clearTimeout(this.retry);
+    this.publisher.close();
     this.unsubscribeStore();
     this.listeners.clear();
   }
@@ -113,63 +116,29 @@ export class RouteFeed {
     this.current = formatVersion(this.storeId, head, tag);
   }
 
-  private schedule(): void {
-    if (this.pending) return;
-    this.pending = setTimeout(() => {
-      this.pending = undefined;
-      void this.publish();
-    }, DEBOUNCE_MS);
-  }
-
-  /** Publishes until the change log is read to its end; one run at a time, retried with backoff after a failure. */
-  private publish(): Promise<void> {
-    if (this.publishing !== undefined) {
-      this.again = true;
-      return this.publishing;
-    }
-    this.publishing = (async () => {
-      await this.ready;
-      do {
-        this.again = false;
-        try {
-          await this.publishOnce();
-          this.failures = 0;
-        } catch (error) {
-          this.failures += 1;
-          this.onError(error as Error);
-          clearTimeout(this.retry);
-          this.retry = setTimeout(() => void this.publish(), Math.min(RETRY_MAX_MS, RETRY_FIRST_MS * 2 ** (this.failures - 1))).unref();
-          return;
-        }
-      } while (this.again);
-    })().finally(() => {
-      this.publishing = undefined;
-    });
-    return this.publishing;
-  }
-
-  private async publishOnce(): Promise<void> {
+  /** One delta (or a resync); true when the log has more past the changes read. */
+  private async publishOnce(): Promise<boolean> {
     if (this.store.changes.storeId !== this.storeId) {
       this.storeId = this.store.changes.storeId;
       await this.moveToHead();
       this.listeners.forEach((listener) => listener('resync'));
-      return;
+      return false;
     }
     const changes = await this.store.changes.since(this.seq, CHANGES_PER_READ);
     if (changes === undefined) {
       await this.moveToHead();
       this.listeners.forEach((listener) => listener('resync'));
-      return;
+      return false;
     }
-    if (!changes.length) return;
-    if (changes.length === CHANGES_PER_READ) this.again = true;
+    if (!changes.length) return false;
+    const more = changes.length === CHANGES_PER_READ;
     const last = changes[changes.length - 1];
     const routeChanges = changes.filter((change) => change.entity === 'route');
     const ids = [...new Set(routeChanges.map((change) => change.id))];
     const routes = ids.length ? await this.store.routes.getMany(ids) : [];
     this.seq = last.seq;
     // Changes of other entities move the reading position only: the route state, and its version, stay.
-    if (!ids.length) return;
+    if (!ids.length) return more;
     const newest = routeChanges[routeChanges.length - 1];
     const delta: RouteDelta = {
       version: formatVersion(this.storeId, newest.seq, newest.tag),
@@ -184,5 +153,6 @@ export class RouteFeed {
       else delta.removed.push(id);
     });
     this.listeners.forEach((listener) => listener(delta));
+    return more;
   }
 }
