@@ -1,19 +1,17 @@
 import { type ClientDuplexStream, credentials, Metadata, makeGenericClientConstructor, type ServiceError, status } from '@grpc/grpc-js';
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { validateRoute, type RouteInput, type RouteSpec } from '../libs/core/routes';
-import { renderEnvoyConfig } from '../libs/envoy/render-config';
+import type { RouteInput, RouteSpec } from '../libs/core/routes';
 import { CLUSTER, CLUSTER_LOAD_ASSIGNMENT, ROUTE_CONFIGURATION } from '../libs/xds/envoy-types';
-import { createServer } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { ADMIN_TOKEN, basic, startTestAuthority, TOKEN_PATH, type TestAuthority } from './support/authority';
-import { ENVOY_DIR, runEnvoy, type TestEnvoy } from './support/envoy';
+import { runEnvoy, type TestEnvoy } from './support/envoy';
 import { startTestExtAuthz, type TestExtAuthz } from './support/ext-authz';
 import { freePort } from './support/ports';
 import { FOO, send } from './support/proxy-request';
+import { type Backend, namedBackend, route, within, xdsBootstrap } from './support/xds';
 
 /*
  * The token authority as Envoy's control plane (libs/xds), with a real Envoy 1.40 started from
@@ -30,22 +28,6 @@ const ROUTE_BASE: RouteInput = {
   backend: { targets: [{ hostname: '127.0.0.1', port: 1 }] },
   apikeys: { publicPathPrefixes: ['/public/'] },
 };
-
-function route(input: RouteInput): RouteSpec {
-  const validated = validateRoute(input);
-  if (!validated.ok) throw new Error(JSON.stringify(validated.issues));
-  return validated.route;
-}
-
-/** Polls `probe` every 20 ms until it is true; the time it took, or a failure after `timeoutMs`. */
-async function within(timeoutMs: number, probe: () => Promise<boolean>, what: string): Promise<number> {
-  const started = Date.now();
-  for (;;) {
-    if (await probe().catch(() => false)) return Date.now() - started;
-    if (Date.now() - started > timeoutMs) throw new Error(`${what}: not within ${timeoutMs} ms`);
-    await new Promise((done) => setTimeout(done, 20));
-  }
-}
 
 describe('the authority as Envoy control plane (ADS, delta xDS), with a real Envoy', () => {
   let authority: TestAuthority | undefined;
@@ -66,19 +48,17 @@ describe('the authority as Envoy control plane (ADS, delta xDS), with a real Env
   });
 
   /** envoy/envoy-xds.yaml for 127.0.0.1: the control plane, the authority and ext-authz of this test. */
-  const bootstrap = (adminPort: number, edit = (text: string) => text) => {
-    const local = (port: number) => ({ address: '127.0.0.1', port });
-    return renderEnvoyConfig(edit(readFileSync(path.join(ENVOY_DIR, 'envoy-xds.yaml'), 'utf8')), {
-      admin: local(adminPort),
-      clusters: {
-        xds: local(ports.xds),
-        token_authority: local(ports.http),
-        token_authority_grpc: local(ports.grpc),
-        ext_authz: local(Number(extAuthz!.grpcAddress.split(':').pop())),
+  const bootstrap = (adminPort: number, edit = (text: string) => text) =>
+    xdsBootstrap(
+      {
+        admin: adminPort,
+        xds: ports.xds,
+        authorityHttp: ports.http,
+        authorityGrpc: ports.grpc,
+        extAuthzGrpc: Number(extAuthz!.grpcAddress.split(':').pop()),
       },
-      xdsToken: ADMIN_TOKEN,
-    });
-  };
+      edit,
+    );
 
   /** Makes the store's routes these (written as the admin API does, through the route repository). */
   const setRoutes = async (next: RouteSpec[]) => {
@@ -322,26 +302,3 @@ describe('the authority as Envoy control plane (ADS, delta xDS), with a real Env
     assert.equal(await backendOf(), 'B');
   });
 });
-
-interface Backend {
-  port: number;
-  close(): Promise<void>;
-}
-
-/** A backend that says its name (and echoes the headers it got). */
-function namedBackend(name: string): Promise<Backend> {
-  const server = createServer((request, response) => {
-    request.resume();
-    const body = JSON.stringify({ backend: name, headers: request.headers });
-    response.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
-    response.end(body);
-  });
-  return new Promise((resolve) =>
-    server.listen(0, '127.0.0.1', () =>
-      resolve({
-        port: (server.address() as AddressInfo).port,
-        close: () => new Promise((done) => server.close(() => done())),
-      }),
-    ),
-  );
-}

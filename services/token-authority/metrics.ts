@@ -131,7 +131,11 @@ export class AuthorityMetrics implements AuthorityObserver, HttpObserver, GrpcOb
   }
 
   /** The xDS control plane: Envoy streams, rejected configs (NACKs) by type, routes whose last config was rejected. */
-  xdsState(ads: { connectedStreams: number; nacks(): ReadonlyMap<string, unknown> }): (typeUrl: string) => void {
+  xdsState(ads: {
+    connectedStreams: number;
+    nacks(): ReadonlyMap<string, unknown>;
+    resourcesSent: ReadonlyMap<string, number>;
+  }): (typeUrl: string) => void {
     new Gauge({
       name: 'token_authority_xds_streams',
       help: 'Open ADS streams (Envoys taking their config from this authority).',
@@ -146,6 +150,16 @@ export class AuthorityMetrics implements AuthorityObserver, HttpObserver, GrpcOb
       registers: [this.registry],
       collect() {
         this.set(ads.nacks().size);
+      },
+    });
+    new Counter({
+      name: 'token_authority_xds_resources_sent_total',
+      help: 'Resources sent to Envoys over ADS, by type: an Envoy resuming on this replica (delta) is sent only what it lacks.',
+      labelNames: ['type'],
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        for (const [typeUrl, count] of ads.resourcesSent) this.inc({ type: typeUrl.slice(typeUrl.lastIndexOf('.') + 1) }, count);
       },
     });
     const nacks = new Counter({

@@ -48,10 +48,12 @@ export interface TestEnvoy {
 /**
  * A real Envoy (a child of this process) running `config`, which listens on `ports.listener`
  * with its admin on `ports.admin` (127.0.0.1). Resolves once the admin's /ready says LIVE.
+ * Its hot-restart base id is the listener port unless `ports.baseId` says otherwise (two Envoys
+ * sharing one listener port by SO_REUSEPORT need two ids).
  */
 export async function runEnvoy(
   config: string,
-  ports: { listener: number; admin: number },
+  ports: { listener: number; admin: number; baseId?: number },
   binary = envoyBinary(),
   readyTimeoutMs = 15_000,
 ): Promise<TestEnvoy> {
@@ -61,7 +63,7 @@ export async function runEnvoy(
   // --concurrency 1: one worker is plenty here, and the machine has two cores to share.
   const child: ChildProcess = spawn(
     binary,
-    ['-c', file, '--concurrency', '1', '--log-level', 'warn', '--base-id', String(ports.listener)],
+    ['-c', file, '--concurrency', '1', '--log-level', 'warn', '--base-id', String(ports.baseId ?? ports.listener)],
     { stdio: ['ignore', 'pipe', 'pipe'] },
   );
   let output = '';
