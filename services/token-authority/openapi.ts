@@ -571,15 +571,85 @@ const LINK_HEADER = {
 const KEY_PAIR = { $ref: '#/components/schemas/KeyPair' };
 const ROUTE = { $ref: '#/components/schemas/Route' };
 
-/** A route body: what routeSchema takes, and the store's timestamps, accepted unchanged. */
-function routeBody(): JsonSchema {
-  const body = requestSchema(routeSchema) as { properties: Record<string, JsonSchema> };
-  const shown = (responseSchema(route) as { properties: Record<string, JsonSchema> }).properties;
-  for (const field of ROUTE_READ_ONLY) {
-    body.properties[field] = { ...shown[field], description: 'Read-only: accepted only unchanged (400 otherwise).' };
-  }
-  return body;
+/** What the admin API's API keys, routes and key pairs share: their tag, schema and id parameter. */
+interface Entity {
+  tag: AdminOperation['tag'];
+  schema: JsonSchema;
+  id: JsonSchema;
+  /** What the descriptions call one: "The <noun> as stored." */
+  noun: string;
+  /** The 404's description. */
+  missing: string;
 }
+const API_KEYS: Entity = { tag: 'apikeys', schema: API_KEY, id: CLIENT_ID, noun: 'key', missing: 'No such API key.' };
+const ROUTES: Entity = { tag: 'routes', schema: ROUTE, id: ROUTE_ID, noun: 'route', missing: 'No such route.' };
+const KEY_PAIRS: Entity = { tag: 'keypairs', schema: KEY_PAIR, id: KEY_PAIR_ID, noun: 'key pair', missing: 'No such key pair.' };
+
+type EntityOperation = Pick<AdminOperation, 'operationId' | 'summary'> & Partial<Pick<AdminOperation, 'body' | 'links' | 'errors'>>;
+
+/** A page of an entity in id order, as `limit` and `after` ask. */
+function listOperation(entity: Entity, operation: EntityOperation & { query: z.ZodType; description: string }) {
+  return adminOperation({
+    operationId: operation.operationId,
+    summary: operation.summary,
+    tag: entity.tag,
+    parameters: queryParameters(operation.query),
+    ok: ['200', operation.description, { type: 'array', items: entity.schema }, LINK_HEADER],
+    errors: { '400': 'A bad or unknown query parameter (details).' },
+  });
+}
+
+/** Creates one: 201 with the entity and its ETag. */
+function createOperation(
+  entity: Entity,
+  operation: EntityOperation & { description: string; body: JsonSchema; links: Record<string, unknown> },
+) {
+  const { description, ...rest } = operation;
+  return adminOperation({ ...rest, tag: entity.tag, ok: ['201', description, entity.schema], etag: true, errors: operation.errors ?? {} });
+}
+
+/** Reads one, with its ETag. */
+function readOperation(entity: Entity, operation: EntityOperation & { description: string }) {
+  const { description, ...rest } = operation;
+  return adminOperation({
+    ...rest,
+    tag: entity.tag,
+    parameters: [entity.id],
+    ok: ['200', description, entity.schema],
+    etag: true,
+    errors: { '404': entity.missing, ...operation.errors },
+  });
+}
+
+/** A write on one under If-Match: answers it as stored, with its new ETag. */
+function writeOperation(entity: Entity, operation: EntityOperation & { description?: string }) {
+  const { description = `The ${entity.noun} as stored.`, ...rest } = operation;
+  return adminOperation({
+    ...rest,
+    tag: entity.tag,
+    parameters: [entity.id],
+    ok: ['200', description, entity.schema],
+    etag: true,
+    ifMatch: true,
+    errors: { '404': entity.missing, ...operation.errors },
+  });
+}
+
+/** Deletes one under If-Match. */
+function deleteOperation(entity: Entity, operation: EntityOperation) {
+  return adminOperation({
+    ...operation,
+    tag: entity.tag,
+    parameters: [entity.id],
+    ok: ['204', 'Deleted.'],
+    ifMatch: true,
+    errors: { '404': entity.missing, ...operation.errors },
+  });
+}
+
+/** A route body (PUT, POST): what routeSchema takes, and the store's timestamps, accepted unchanged. */
+const ROUTE_BODY = editBody(routeSchema, route, ROUTE_READ_ONLY);
+const ROUTE_SERVED = 'Invalid input, or an enabled route already serves one of the (domain, pathPrefix) pairs (details name the field).';
 
 /** A merge patch of a route: any part of a route body; null resets a field to its default (RFC 7396). */
 const ROUTE_MERGE_PATCH: JsonSchema = {
@@ -684,71 +754,40 @@ export function openApiDocument(): Record<string, unknown> {
         },
       },
       '/api/apikeys': {
-        get: adminOperation({
+        get: listOperation(API_KEYS, {
           operationId: 'listApiKeys',
           summary: 'A page of API keys in clientId order',
-          tag: 'apikeys',
-          parameters: queryParameters(apiKeyListQuerySchema),
-          ok: ['200', 'A page of keys.', { type: 'array', items: API_KEY }, LINK_HEADER],
-          errors: { '400': 'A bad or unknown query parameter (details).' },
+          query: apiKeyListQuerySchema,
+          description: 'A page of keys.',
         }),
-        post: adminOperation({
+        post: createOperation(API_KEYS, {
           operationId: 'createApiKey',
           summary: 'Create an API key (the secret, given or generated, is shown once)',
-          tag: 'apikeys',
           body: requestSchema(apiKeyCreateSchema),
-          ok: ['201', 'Created; clientSecret included.', API_KEY],
-          etag: true,
+          description: 'Created; clientSecret included.',
           links: API_KEY_LINKS,
           errors: { '409': 'An API key with this clientId exists.' },
         }),
       },
       '/api/apikeys/{clientId}': {
-        get: adminOperation({
-          operationId: 'getApiKey',
-          summary: 'Read an API key',
-          tag: 'apikeys',
-          parameters: [CLIENT_ID],
-          ok: ['200', 'The key.', API_KEY],
-          etag: true,
-          errors: { '404': 'No such API key.' },
-        }),
-        put: adminOperation({
+        get: readOperation(API_KEYS, { operationId: 'getApiKey', summary: 'Read an API key', description: 'The key.' }),
+        put: writeOperation(API_KEYS, {
           operationId: 'replaceApiKey',
           summary: 'Change the given fields (as PATCH); a body read with GET may be sent back edited',
-          tag: 'apikeys',
-          parameters: [CLIENT_ID],
           body: editBody(apiKeyPatchSchema, apiKey, API_KEY_READ_ONLY),
-          ok: ['200', 'The key as stored.', API_KEY],
-          etag: true,
-          ifMatch: true,
-          errors: { '404': 'No such API key.' },
         }),
         patch: withJsonPatch(
-          adminOperation({
+          writeOperation(API_KEYS, {
             operationId: 'updateApiKey',
             summary:
               'Change the given fields (a JSON object), or apply an RFC 6902 JSON Patch (an array, or application/json-patch+json) as Otoroshi does; a new clientSecret replaces the old one at once',
-            tag: 'apikeys',
-            parameters: [CLIENT_ID],
             body: { anyOf: [editBody(apiKeyPatchSchema, apiKey, API_KEY_READ_ONLY), JSON_PATCH] },
-            ok: ['200', 'The key as stored.', API_KEY],
-            etag: true,
-            ifMatch: true,
-            errors: {
-              '404': 'No such API key.',
-              '409': 'A JSON Patch `test` operation failed: the key is not what the patch expects.',
-            },
+            errors: { '409': 'A JSON Patch `test` operation failed: the key is not what the patch expects.' },
           }),
         ),
-        delete: adminOperation({
+        delete: deleteOperation(API_KEYS, {
           operationId: 'deleteApiKey',
           summary: 'Delete an API key; its tokens stop introspecting as active at once',
-          tag: 'apikeys',
-          parameters: [CLIENT_ID],
-          ok: ['204', 'Deleted.'],
-          ifMatch: true,
-          errors: { '404': 'No such API key.' },
         }),
       },
       '/api/apikeys/{clientId}/quotas': {
@@ -773,93 +812,51 @@ export function openApiDocument(): Record<string, unknown> {
         }),
       },
       '/api/apikeys/{clientId}/rotate-secret': {
-        post: adminOperation({
+        post: writeOperation(API_KEYS, {
           operationId: 'rotateApiKeySecret',
           summary: 'New secret; the old one works for gracePeriod hours',
-          tag: 'apikeys',
-          parameters: [CLIENT_ID],
           body: requestSchema(rotateSecretSchema),
-          ok: ['200', 'The key with its new clientSecret.', API_KEY],
-          etag: true,
-          ifMatch: true,
+          description: 'The key with its new clientSecret.',
           links: API_KEY_LINKS,
-          errors: { '404': 'No such API key.' },
         }),
       },
       '/api/routes': {
-        get: adminOperation({
+        get: listOperation(ROUTES, {
           operationId: 'listRoutes',
           summary: 'A page of routes in id order',
-          tag: 'routes',
-          parameters: queryParameters(routeListQuerySchema),
-          ok: ['200', 'A page of routes.', { type: 'array', items: ROUTE }, LINK_HEADER],
-          errors: { '400': 'A bad or unknown query parameter (details).' },
+          query: routeListQuerySchema,
+          description: 'A page of routes.',
         }),
-        post: adminOperation({
+        post: createOperation(ROUTES, {
           operationId: 'createRoute',
           summary: 'Create a route',
-          tag: 'routes',
-          body: routeBody(),
-          ok: ['201', 'Created.', ROUTE],
-          etag: true,
+          body: ROUTE_BODY,
+          description: 'Created.',
           links: ROUTE_LINKS,
-          errors: {
-            '400': 'Invalid input, or an enabled route already serves one of the (domain, pathPrefix) pairs (details name the field).',
-            '409': 'A route with this id exists.',
-          },
+          errors: { '400': ROUTE_SERVED, '409': 'A route with this id exists.' },
         }),
       },
       '/api/routes/{id}': {
-        get: adminOperation({
-          operationId: 'getRoute',
-          summary: 'Read a route',
-          tag: 'routes',
-          parameters: [ROUTE_ID],
-          ok: ['200', 'The route.', ROUTE],
-          etag: true,
-          errors: { '404': 'No such route.' },
-        }),
-        put: adminOperation({
+        get: readOperation(ROUTES, { operationId: 'getRoute', summary: 'Read a route', description: 'The route.' }),
+        put: writeOperation(ROUTES, {
           operationId: 'replaceRoute',
           summary: 'Replace a route (fields left out take their defaults); a body read with GET may be sent back edited',
-          tag: 'routes',
-          parameters: [ROUTE_ID],
-          body: routeBody(),
-          ok: ['200', 'The route as stored.', ROUTE],
-          etag: true,
-          ifMatch: true,
-          errors: {
-            '400': 'Invalid input, or an enabled route already serves one of the (domain, pathPrefix) pairs (details name the field).',
-            '404': 'No such route.',
-          },
+          body: ROUTE_BODY,
+          errors: { '400': ROUTE_SERVED },
         }),
         patch: withJsonPatch(
-          adminOperation({
+          writeOperation(ROUTES, {
             operationId: 'updateRoute',
             summary: 'Apply an RFC 7396 JSON Merge Patch (an object) or an RFC 6902 JSON Patch (an array) to the route',
-            tag: 'routes',
-            parameters: [ROUTE_ID],
             body: { anyOf: [ROUTE_MERGE_PATCH, JSON_PATCH] },
-            ok: ['200', 'The route as stored.', ROUTE],
-            etag: true,
-            ifMatch: true,
             errors: {
               '400': 'Invalid input or patch, or an enabled route already serves one of the (domain, pathPrefix) pairs (details).',
-              '404': 'No such route.',
               '409': 'A JSON Patch `test` operation failed: the route is not what the patch expects.',
             },
           }),
           ROUTE_MERGE_PATCH,
         ),
-        delete: adminOperation({
-          operationId: 'deleteRoute',
-          summary: 'Delete a route; Envoy stops serving it',
-          tag: 'routes',
-          parameters: [ROUTE_ID],
-          ok: ['204', 'Deleted.'],
-          ifMatch: true,
-          errors: { '404': 'No such route.' },
-        }),
+        delete: deleteOperation(ROUTES, { operationId: 'deleteRoute', summary: 'Delete a route; Envoy stops serving it' }),
       },
       '/api/keypairs': {
         get: adminOperation({
@@ -869,83 +866,48 @@ export function openApiDocument(): Record<string, unknown> {
           ok: ['200', 'Key pairs.', { type: 'array', items: KEY_PAIR }],
           errors: {},
         }),
-        post: adminOperation({
+        post: createOperation(KEY_PAIRS, {
           operationId: 'createKeyPair',
           summary: 'Generate or import (PEM) a key pair',
-          tag: 'keypairs',
           body: requestSchema(keyPairCreateSchema),
-          ok: ['201', 'Created.', KEY_PAIR],
-          etag: true,
+          description: 'Created.',
           links: KEY_PAIR_LINKS,
           errors: { '409': 'A key pair with this id exists.' },
         }),
       },
       '/api/keypairs/{id}': {
-        get: adminOperation({
-          operationId: 'getKeyPair',
-          summary: 'Read a key pair',
-          tag: 'keypairs',
-          parameters: [KEY_PAIR_ID],
-          ok: ['200', 'The key pair.', KEY_PAIR],
-          etag: true,
-          errors: { '404': 'No such key pair.' },
-        }),
-        put: adminOperation({
+        get: readOperation(KEY_PAIRS, { operationId: 'getKeyPair', summary: 'Read a key pair', description: 'The key pair.' }),
+        put: writeOperation(KEY_PAIRS, {
           operationId: 'replaceKeyPair',
           summary: 'Change the description or the rotation schedule (as PATCH); a body read with GET may be sent back edited',
-          tag: 'keypairs',
-          parameters: [KEY_PAIR_ID],
           body: editBody(keyPairUpdateSchema, keyPair, KEY_PAIR_READ_ONLY),
-          ok: ['200', 'The key pair as stored.', KEY_PAIR],
-          etag: true,
-          ifMatch: true,
-          errors: { '404': 'No such key pair.' },
         }),
-        patch: adminOperation({
+        patch: writeOperation(KEY_PAIRS, {
           operationId: 'updateKeyPair',
           summary: 'Change the description or the rotation schedule (rotation: null removes it)',
-          tag: 'keypairs',
-          parameters: [KEY_PAIR_ID],
           body: editBody(keyPairUpdateSchema, keyPair, KEY_PAIR_READ_ONLY),
-          ok: ['200', 'The key pair as stored.', KEY_PAIR],
-          etag: true,
-          ifMatch: true,
-          errors: { '404': 'No such key pair.' },
         }),
-        delete: adminOperation({
+        delete: deleteOperation(KEY_PAIRS, {
           operationId: 'deleteKeyPair',
           summary: 'Delete a key pair; its tokens stop verifying at once',
-          tag: 'keypairs',
-          parameters: [KEY_PAIR_ID],
-          ok: ['204', 'Deleted.'],
-          ifMatch: true,
-          errors: { '404': 'No such key pair.', '409': 'It is the defaultKeyPair, or API keys name it.' },
+          errors: { '409': 'It is the defaultKeyPair, or API keys name it.' },
         }),
       },
       '/api/keypairs/{id}/rotate': {
-        post: adminOperation({
+        post: writeOperation(KEY_PAIRS, {
           operationId: 'rotateKeyPair',
           summary: 'A new version with a new kid signs from now on (a key published ahead of a scheduled rotation is dropped)',
-          tag: 'keypairs',
-          parameters: [KEY_PAIR_ID],
           body: requestSchema(keyPairRotateSchema),
-          ok: ['200', 'The key pair with its new version.', KEY_PAIR],
-          etag: true,
-          ifMatch: true,
+          description: 'The key pair with its new version.',
           links: KEY_PAIR_LINKS,
-          errors: { '404': 'No such key pair.' },
         }),
       },
       '/api/keypairs/{id}/retire': {
-        post: adminOperation({
+        post: writeOperation(KEY_PAIRS, {
           operationId: 'retireKeyPair',
           summary: 'The key pair signs nothing more',
-          tag: 'keypairs',
-          parameters: [KEY_PAIR_ID],
-          ok: ['200', 'The retired key pair.', KEY_PAIR],
-          etag: true,
-          ifMatch: true,
-          errors: { '404': 'No such key pair.', '409': 'Already retired.' },
+          description: 'The retired key pair.',
+          errors: { '409': 'Already retired.' },
         }),
       },
       '/api/audit': {
