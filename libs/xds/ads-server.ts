@@ -1,5 +1,6 @@
 import type { Metadata, Server, ServerDuplexStream, ServiceDefinition } from '@grpc/grpc-js';
 import { status as GrpcStatus } from '@grpc/grpc-js';
+import { clientText } from '../core/client-text';
 import { CLUSTER, CLUSTER_LOAD_ASSIGNMENT, envoyType, LISTENER, XDS_TYPES, type XdsTypeUrl } from './envoy-types';
 import { routeIdOf, type XdsResource, type XdsResourceBuilder, type XdsRoute, type XdsSnapshot } from './resources';
 
@@ -299,7 +300,7 @@ class DeltaStream implements XdsStream {
 
   onRequest(request: DeltaRequest): void {
     const typeUrl = request.type_url ?? '';
-    if (request.node?.id) this.node = request.node.id;
+    if (request.node?.id) this.node = clientText(request.node.id);
     if (!XDS_TYPES.includes(typeUrl as XdsTypeUrl)) return;
     let state = this.state.get(typeUrl);
     let changed = false;
@@ -428,7 +429,7 @@ class SotwStream implements XdsStream {
 
   onRequest(request: SotwRequest): void {
     const typeUrl = request.type_url ?? '';
-    if (request.node?.id) this.node = request.node.id;
+    if (request.node?.id) this.node = clientText(request.node.id);
     if (!XDS_TYPES.includes(typeUrl as XdsTypeUrl)) return;
     let state = this.state.get(typeUrl);
     const names = request.resource_names ?? [];

@@ -9,6 +9,7 @@ import {
 import { loadSync } from '@grpc/proto-loader';
 import type { Logger } from 'pino';
 import type { Authority } from '../../libs/core/authority';
+import { clientText } from '../../libs/core/client-text';
 import type { DataPlaneUpdate } from '../../libs/core/data-plane';
 import { richError } from '../../libs/grpc/rich-status';
 import type { ReplicaHandle } from '../../libs/quotas/replica-counters';
@@ -244,7 +245,7 @@ export class AuthorityWatchService {
           return;
         }
         clearTimeout(helloTimer);
-        const node = message.hello?.node_id || 'unnamed';
+        const node = clientText(message.hello?.node_id || 'unnamed');
         replica = counters.connect(node, (query) => {
           if (ended || call.writableLength > QUOTA_MAX_UNSENT_BYTES) throw new Error('the data plane does not read its queries');
           call.write({
@@ -290,7 +291,7 @@ export class AuthorityWatchService {
   }
 
   private serveDeltaWatch(call: WatchCall): void {
-    const node = call.request.node_id || 'unnamed';
+    const node = clientText(call.request.node_id || 'unnamed');
     const feed = this.authority.dataPlane;
     let unsubscribe = () => {};
     const stream = new UpdateStream(call, () => {

@@ -153,6 +153,19 @@ describe('ADS, delta', () => {
     assert.equal(ads.nacks().size, 0);
   });
 
+  it("keeps an Envoy's node id bounded and escaped: a megabyte id with a new line is not what a NACK records", () => {
+    const { ads, open } = setup([route('a', 1)]);
+    const call = open('DeltaAggregatedResources');
+    subscribeDelta(call);
+    call.emit('data', { node: { id: `forged\nline${'x'.repeat(1_000_000)}` }, type_url: CLUSTER });
+    ads.apply([route('a', 1, { backend: { targets: [{ hostname: '127.0.0.1', port: 1 }], requestTimeoutMs: 5 } })]);
+    const [rds] = call.take();
+    call.emit('data', { type_url: ROUTE_CONFIGURATION, response_nonce: rds.nonce, error_detail: { code: 3, message: 'bad' } });
+    const node = ads.nacks().get('a')?.node ?? '';
+    assert.ok(node.startsWith('forged\\u000aline'), node.slice(0, 40));
+    assert.ok(node.length < 200, `${node.length} characters`);
+  });
+
   it('a reconnecting Envoy that states the versions it holds gets nothing it already has', () => {
     const { ads, open } = setup([route('a', 1), route('b', 2)]);
     const first = subscribeDelta(open('DeltaAggregatedResources'));
