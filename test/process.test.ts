@@ -278,6 +278,13 @@ describe('the token authority process', () => {
       assert.equal(tooLong.status, 1);
       assert.match(tooLong.stderr, /publishAhead must be shorter than rotateEvery/);
       assert.equal(JSON.parse(cli('keypairs', 'unschedule', 'cli-ec').stdout).rotation, null);
+      // An unexpected failure (here better-sqlite3's TypeError): one line and exit 1; the stack with --verbose or DEBUG.
+      const failed = cli('store', 'backup', join(dir, 'no-such-folder', 'backup.db'));
+      assert.equal(failed.status, 1);
+      assert.equal(failed.stderr, 'error: Cannot save backup because the directory does not exist (--verbose for details)\n');
+      const verbose = cli('store', 'backup', join(dir, 'no-such-folder', 'backup.db'), '--verbose');
+      assert.equal(verbose.status, 1);
+      assert.match(verbose.stderr, /^error: Cannot save backup[^\n]*\nTypeError: Cannot save backup[^\n]*\n\s+at /);
       assert.equal(cli('nonsense', 'verb').status, 1);
       assert.equal(cli('apikeys', 'create', '--no-such-flag').status, 2);
     } finally {

@@ -1,6 +1,6 @@
 import '../../libs/supported-node';
 import { readFileSync } from 'node:fs';
-import { parseArgs } from 'node:util';
+import { inspect, parseArgs } from 'node:util';
 import { ConfigError } from '../../libs/config/load-config';
 import { createAuthority, type Authority } from '../../libs/core/authority';
 import { loadAuthorityConfig } from '../../libs/core/config';
@@ -48,7 +48,8 @@ const USAGE = `usage: npm run cli -- <command>
                          data planes then read a snapshot instead of resuming from the old positions
 
 Works on the store named by the same settings as the server (config/token-authority.yaml, DATA_DIR, STORE_PATH...).
-A running server sees these changes within 250 ms.`;
+A running server sees these changes within 250 ms. An unexpected failure is said in one line
+(exit 1); --verbose, or DEBUG set, adds where it happened.`;
 
 const OPTIONS = {
   id: { type: 'string' },
@@ -82,6 +83,7 @@ const OPTIONS = {
   enabled: { type: 'string' },
   file: { type: 'string' },
   help: { type: 'boolean', short: 'h' },
+  verbose: { type: 'boolean' },
 } as const;
 
 type Values = ReturnType<typeof parseArgs<{ options: typeof OPTIONS; allowPositionals: true }>>['values'];
@@ -324,7 +326,11 @@ async function main(): Promise<number> {
       process.stderr.write(`${error.message}\n`);
       return 2;
     }
-    throw error;
+    // Not a refusal of the input (a file system or store error, a bug): one line, the stack when asked.
+    const message = (error instanceof Error ? error.message : String(error)).replace(/\s*\n\s*/g, ' ');
+    if (parsed.values.verbose || process.env.DEBUG) process.stderr.write(`error: ${message}\n${inspect(error)}\n`);
+    else process.stderr.write(`error: ${message} (--verbose for details)\n`);
+    return 1;
   } finally {
     await authority?.close();
   }
