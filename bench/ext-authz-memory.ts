@@ -1,13 +1,13 @@
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { connect, type ClientHttp2Session } from 'node:http2';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { loadAuthorizationService } from '../services/ext-authz/envoy-check';
+import { CHECK_PATH, loadAuthorizationService } from '../services/ext-authz/envoy-check';
 import { EXT_AUTHZ_NODE_FLAGS } from '../services/ext-authz/node-flags';
-import { envoyCheckRequest, freePort, startAuthorityProcess } from './support';
+import { envoyCheckRequest, startAuthorityProcess, startExtAuthzProcess } from './support';
 
 /**
  * ext-authz's memory under many distinct tokens (issue 18 item 3): BENCH_KEYS API keys (1,000),
@@ -34,7 +34,6 @@ const ISSUE_IN_FLIGHT = 16;
 const ISSUE_LIMIT_MS = 240_000;
 const CHECK_LIMIT_MS = 300_000;
 const SNAPSHOT = process.env.BENCH_SNAPSHOT !== '0';
-const CHECK_PATH = '/envoy.service.auth.v3.Authorization/Check';
 const MB = 1024 * 1024;
 const TICKS_PER_SECOND = 100; // Linux USER_HZ: /proc/<pid>/stat counts CPU time in 1/100 s
 
@@ -53,8 +52,6 @@ interface Probed {
 }
 
 async function startProbedExtAuthz(authority: { grpcAddress: string; adminToken: string }): Promise<Probed> {
-  const grpcPort = await freePort();
-  const httpPort = await freePort();
   const flags = (process.env.EXT_AUTHZ_NODE_FLAGS ?? EXT_AUTHZ_NODE_FLAGS.join(' ')).split(/\s+/).filter(Boolean);
   const extra = Object.fromEntries(
     (process.env.EXT_AUTHZ_ENV ?? '')
@@ -62,39 +59,13 @@ async function startProbedExtAuthz(authority: { grpcAddress: string; adminToken:
       .filter(Boolean)
       .map((pair) => [pair.slice(0, pair.indexOf('=')), pair.slice(pair.indexOf('=') + 1)]),
   );
-  const env = { ...process.env };
-  delete env.NODE_OPTIONS;
-  const child = spawn(
-    process.execPath,
-    [...flags, '--require', resolve(__dirname, 'memory-probe.js'), resolve(__dirname, '../services/ext-authz/main.js')],
-    {
-      env: {
-        ...env,
-        CONFIG_FILE: resolve(__dirname, '../../config/ext-authz.yaml'),
-        GRPC_HOST: '127.0.0.1',
-        GRPC_PORT: String(grpcPort),
-        HTTP_HOST: '127.0.0.1',
-        HTTP_PORT: String(httpPort),
-        AUTHORITY_GRPC_URL: authority.grpcAddress,
-        AUTHORITY_TOKEN: authority.adminToken,
-        LOG_LEVEL: 'warn',
-        ...extra,
-      },
-      stdio: ['ignore', 'ignore', 'inherit', 'ipc'],
-    },
+  // No NODE_OPTIONS of this shell: ext-authz runs with the flags above alone.
+  const spawned = await startExtAuthzProcess(
+    authority,
+    { NODE_OPTIONS: '', ...extra },
+    { nodeArgs: [...flags, '--require', resolve(__dirname, 'memory-probe.js')], ipc: true },
   );
-  const url = `http://127.0.0.1:${httpPort}`;
-  const deadline = performance.now() + 30_000;
-  for (;;) {
-    if (child.exitCode !== null) throw new Error(`ext-authz exited with ${child.exitCode}`);
-    if (performance.now() > deadline) throw new Error('ext-authz not ready within 30 s');
-    try {
-      if ((await fetch(`${url}/health`)).status === 200) break;
-    } catch {
-      // not listening yet
-    }
-    await sleep(50);
-  }
+  const child = spawned.child;
   const ask = <T>(message: Record<string, unknown>, timeoutMs = 10_000) =>
     new Promise<T>((done, fail) => {
       const timer = setTimeout(
@@ -110,13 +81,7 @@ async function startProbedExtAuthz(authority: { grpcAddress: string; adminToken:
       child.on('message', onMessage);
       child.send(message);
     });
-  return {
-    child,
-    url,
-    grpcAddress: `127.0.0.1:${grpcPort}`,
-    ask,
-    stop: () => new Promise((done) => (child.exitCode !== null ? done() : (child.once('exit', () => done()), child.kill('SIGTERM')))),
-  };
+  return { child, url: spawned.url, grpcAddress: spawned.grpcAddress, ask, stop: spawned.stop };
 }
 
 interface Usage {

@@ -16,11 +16,23 @@ export interface Spawned {
   stop(): Promise<void>;
 }
 
+/** How a node script is started: node flags before it, and an IPC channel to it. */
+export interface SpawnOptions {
+  nodeArgs?: string[];
+  ipc?: boolean;
+}
+
 /** Starts a node script in its own process and waits until `readyPath` answers. */
-export async function spawnNode(script: string, env: Record<string, string>, port: number, readyPath: string): Promise<Spawned> {
-  const child = spawn(process.execPath, [resolve(__dirname, script)], {
+export async function spawnNode(
+  script: string,
+  env: Record<string, string>,
+  port: number,
+  readyPath: string,
+  options: SpawnOptions = {},
+): Promise<Spawned> {
+  const child = spawn(process.execPath, [...(options.nodeArgs ?? []), resolve(__dirname, script)], {
     env: { ...process.env, ...env },
-    stdio: ['ignore', 'ignore', 'inherit'],
+    stdio: options.ipc ? ['ignore', 'ignore', 'inherit', 'ipc'] : ['ignore', 'ignore', 'inherit'],
   });
   const url = `http://127.0.0.1:${port}`;
   for (let attempt = 0; attempt < 150; attempt += 1) {
@@ -239,14 +251,25 @@ export function envoyCheckRequest(token: string, host = 'foo.oto.tools:8080', pa
       context_extensions: { route: 'foo' },
     },
   };
-  return grpcFrame(loadAuthorizationService().Check.requestSerialize(message));
+  return grpcFrame(checkMethod().requestSerialize(message));
+}
+
+let loadedCheck: ReturnType<typeof loadAuthorizationService>['Check'] | undefined;
+/** proto-loader's Check, parsed from the .proto files once (that takes about 50 ms a time). */
+function checkMethod() {
+  loadedCheck ??= loadAuthorizationService().Check;
+  return loadedCheck;
 }
 
 /**
  * ext-authz in its own process on free ports of 127.0.0.1, with the shipped policies
  * (config/ext-authz.yaml), following `authority`; resolves once it holds the authority's state.
  */
-export async function startExtAuthzProcess(authority: { grpcAddress: string; adminToken: string }, env: Record<string, string> = {}) {
+export async function startExtAuthzProcess(
+  authority: { grpcAddress: string; adminToken: string },
+  env: Record<string, string> = {},
+  options: SpawnOptions = {},
+) {
   const grpcPort = await freePort();
   const httpPort = await freePort();
   const spawned = await spawnNode(
@@ -264,9 +287,12 @@ export async function startExtAuthzProcess(authority: { grpcAddress: string; adm
     },
     httpPort,
     '/health',
+    options,
   );
   // /health answers 503 until the first state arrives.
-  for (let attempt = 0; attempt < 100 && (await fetch(`${spawned.url}/health`)).status !== 200; attempt += 1)
+  for (let attempt = 0; (await fetch(`${spawned.url}/health`)).status !== 200; attempt += 1) {
+    if (attempt === 100) throw new Error('ext-authz holds no state of the authority 5 s after it listens');
     await new Promise((done) => setTimeout(done, 50));
+  }
   return { ...spawned, grpcPort, httpPort, grpcAddress: `127.0.0.1:${grpcPort}` };
 }
