@@ -16,6 +16,7 @@ import { AuthorityReplica } from '../libs/authz/replica';
 import { generateKeyMaterial } from '../libs/core/crypto/key-pairs';
 import { DataPlaneFeed, formatVersion, type DataPlaneUpdate } from '../libs/core/data-plane';
 import { KeyRing } from '../libs/core/key-ring';
+import { validateRoute } from '../libs/core/routes';
 import type { AuthorityStore } from '../libs/core/store/repositories';
 import { MAX_BUFFERED_ENTRIES } from '../services/token-authority/authority-watch.service';
 import { AUTHORITY_WATCH_PROTO, LOADER_OPTIONS } from '../services/token-authority/grpc-options';
@@ -307,6 +308,44 @@ describe('data plane feed over the store change log', () => {
     assert.equal(replica.apply({ ...last, baseVersion: formatVersion(store.changes.storeId, 1) }), 'out_of_sync');
     assert.equal(replica.version, last.version, 'an out-of-sync delta changes nothing');
     assert.deepEqual(replica.applied, { snapshots: 1, deltas: deltas.length });
+  });
+
+  it('publishes nothing when only routes changed (they reach Envoy over xDS); the next delta follows on from the last one', async () => {
+    await publishedThroughHead(feed, store);
+    const before = feed.version;
+    const deltas: DataPlaneUpdate[] = [];
+    const unsubscribe = feed.subscribe((update) => update !== 'resync' && deltas.push(update));
+    try {
+      const at = new Date().toISOString();
+      const validated = validateRoute({
+        id: 'feed-route',
+        frontend: { domains: ['feed.oto.tools'] },
+        backend: { targets: [{ hostname: '127.0.0.1', port: 8081 }] },
+      });
+      assert.ok(validated.ok);
+      await store.routes.create({ ...validated.route, createdAt: at, updatedAt: at });
+      await store.routes.modify('feed-route', (current) => ({ ...current, enabled: false }));
+      // Well past the feed's 20 ms debounce (a shared database's notice takes longer).
+      await new Promise((done) => setTimeout(done, 500));
+      assert.equal(deltas.length, 0, 'no update for route changes');
+      assert.equal(feed.version, before);
+      const routeOnly = await collect(feed.updatesFrom(before));
+      assert.deepEqual(
+        routeOnly.map((part) => [part.baseVersion, part.version, part.apiKeys.length]),
+        [[before, before, 0]],
+      );
+      await store.apiKeys.modify('page-00100', (current) => ({ ...current, description: 'after routes' }));
+      await publishedThroughHead(feed, store);
+      assert.equal(deltas.length, 1);
+      assert.equal(deltas[0].baseVersion, before);
+      assert.deepEqual(
+        deltas[0].apiKeys.map((key) => key.clientId),
+        ['page-00100'],
+      );
+      await store.routes.delete('feed-route');
+    } finally {
+      unsubscribe();
+    }
   });
 });
 

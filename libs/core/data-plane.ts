@@ -161,8 +161,14 @@ const emptyUpdate = (version: string, baseVersion: string, now: number): DataPla
  * not the number of API keys. Snapshots are read a page at a time.
  */
 export class DataPlaneFeed {
+  /** Where the feed has read the change log to. */
   private seq = 0;
-  /** The tag of the change at `seq`. */
+  /**
+   * The position of the data plane state last published, and the tag of the change there: that of
+   * the last change a data plane sees. Route changes move `seq` alone: they reach Envoy over xDS
+   * (the RouteFeed), ext-authz gets each route's policy from Envoy in the CheckRequest.
+   */
+  private publishedSeq = 0;
   private tag = '';
   /** The store id of `seq`: when the store gets a new one (a restored backup), every subscriber starts over. */
   private storeId: string;
@@ -198,6 +204,7 @@ export class DataPlaneFeed {
     // data plane holds: it reads a snapshot.
     const tag = (await this.store.changes.tagAt(head)) ?? '-';
     this.seq = head;
+    this.publishedSeq = head;
     this.tag = tag;
   }
 
@@ -208,7 +215,7 @@ export class DataPlaneFeed {
 
   /** The version of the last delta published (what a new stream starts at). */
   get version(): string {
-    return formatVersion(this.storeId, this.seq, this.tag);
+    return formatVersion(this.storeId, this.publishedSeq, this.tag);
   }
 
   subscribe(listener: UpdateListener): () => void {
@@ -224,6 +231,7 @@ export class DataPlaneFeed {
    * repeats it harmlessly.
    */
   updatesFrom(resumeFrom?: string): AsyncGenerator<DataPlaneUpdate> {
+    // Up to the last change read: what lies past the published position is route changes only.
     const to = this.seq;
     const version = this.version;
     const from = resumeFrom ? parseVersion(resumeFrom) : undefined;
@@ -290,7 +298,8 @@ export class DataPlaneFeed {
       }
       if (!changes.length) break;
       seq = changes[changes.length - 1].seq;
-      for (const part of await this.delta(changes, version, fromVersion)) yield { ...part, more: true };
+      const own = changes.filter((change) => change.entity !== 'route');
+      if (own.length) for (const part of await this.delta(own, version, fromVersion)) yield { ...part, more: true };
       await yieldToEventLoop();
     }
     yield emptyUpdate(version, fromVersion, this.now());
@@ -315,23 +324,31 @@ export class DataPlaneFeed {
       return false;
     }
     if (!changes.length) return false;
-    const baseVersion = this.version;
+    const more = changes.length === CHANGES_PER_DELTA;
     const last = changes[changes.length - 1];
-    const version = formatVersion(this.storeId, last.seq, last.tag);
-    const parts = await this.delta(changes, version, baseVersion);
+    const own = changes.filter((change) => change.entity !== 'route');
+    if (!own.length) {
+      // Routes alone changed: nothing for a data plane, so no update and no new version.
+      this.seq = last.seq;
+      return more;
+    }
+    const baseVersion = this.version;
+    const newest = own[own.length - 1];
+    const version = formatVersion(this.storeId, newest.seq, newest.tag);
+    const parts = await this.delta(own, version, baseVersion);
     this.seq = last.seq;
-    this.tag = last.tag;
+    this.publishedSeq = newest.seq;
+    this.tag = newest.tag;
     parts.forEach((part, index) => {
       const update = { ...part, more: index < parts.length - 1 };
       this.listeners.forEach((listener) => listener(update));
     });
-    return changes.length === CHANGES_PER_DELTA;
+    return more;
   }
 
-  /** The current state of the entities `changes` name, in parts of at most UPDATE_CHUNK API keys. */
+  /** The current state of the entities `changes` name (no route changes: see publishedSeq), in parts of at most UPDATE_CHUNK API keys. */
   private async delta(changes: StoreChange[], version: string, baseVersion: string): Promise<DataPlaneUpdate[]> {
     const now = this.now();
-    // Route changes are not the data plane's: they reach Envoy over xDS (the RouteFeed).
     const ids = { apiKey: new Set<string>(), keyPair: new Set<string>(), revocation: new Set<string>(), route: new Set<string>() };
     for (const change of changes) ids[change.entity]?.add(change.id);
     const first = emptyUpdate(version, baseVersion, now);
