@@ -608,43 +608,34 @@ function createOperation(
   return adminOperation({ ...rest, tag: entity.tag, ok: ['201', description, entity.schema], etag: true, errors: operation.errors ?? {} });
 }
 
-/** Reads one, with its ETag. */
-function readOperation(entity: Entity, operation: EntityOperation & { description: string }) {
-  const { description, ...rest } = operation;
+/** An operation on one, named by its id in the path: 404 when there is none. */
+function onOne(entity: Entity, operation: EntityOperation, answer: Pick<AdminOperation, 'ok' | 'etag' | 'ifMatch'>) {
   return adminOperation({
-    ...rest,
+    ...operation,
+    ...answer,
     tag: entity.tag,
     parameters: [entity.id],
-    ok: ['200', description, entity.schema],
-    etag: true,
     errors: { '404': entity.missing, ...operation.errors },
   });
 }
 
+/** Reads one, with its ETag. */
+function readOperation(entity: Entity, { description, ...operation }: EntityOperation & { description: string }) {
+  return onOne(entity, operation, { ok: ['200', description, entity.schema], etag: true });
+}
+
 /** A write on one under If-Match: answers it as stored, with its new ETag. */
-function writeOperation(entity: Entity, operation: EntityOperation & { description?: string }) {
-  const { description = `The ${entity.noun} as stored.`, ...rest } = operation;
-  return adminOperation({
-    ...rest,
-    tag: entity.tag,
-    parameters: [entity.id],
-    ok: ['200', description, entity.schema],
+function writeOperation(entity: Entity, { description, ...operation }: EntityOperation & { description?: string }) {
+  return onOne(entity, operation, {
+    ok: ['200', description ?? `The ${entity.noun} as stored.`, entity.schema],
     etag: true,
     ifMatch: true,
-    errors: { '404': entity.missing, ...operation.errors },
   });
 }
 
 /** Deletes one under If-Match. */
 function deleteOperation(entity: Entity, operation: EntityOperation) {
-  return adminOperation({
-    ...operation,
-    tag: entity.tag,
-    parameters: [entity.id],
-    ok: ['204', 'Deleted.'],
-    ifMatch: true,
-    errors: { '404': entity.missing, ...operation.errors },
-  });
+  return onOne(entity, operation, { ok: ['204', 'Deleted.'], ifMatch: true });
 }
 
 /** A route body (PUT, POST): what routeSchema takes, and the store's timestamps, accepted unchanged. */
