@@ -22,7 +22,8 @@ import { envoyCheckRequest, startAuthorityProcess, startExtAuthzProcess } from '
  *
  * ext-authz runs with the node flags it ships with (services/ext-authz/node-flags.ts), or with
  * EXT_AUTHZ_NODE_FLAGS instead ('' for none: to measure V8 settings);
- * EXT_AUTHZ_ENV='CACHE_SIZE=0 ...' adds settings. BENCH_SNAPSHOT=0 skips the heap snapshot.
+ * EXT_AUTHZ_ENV='CACHE_SIZE=0 ...' adds settings; EXT_AUTHZ_VARIANTS runs several on the same tokens (see
+ * variants()). BENCH_SNAPSHOT=0 skips the heap snapshot.
  * Bounded: token issuance stops at ISSUE_LIMIT_MS, the Checks at CHECK_LIMIT_MS.
  */
 const KEYS = Number(process.env.BENCH_KEYS ?? 1_000);
@@ -51,14 +52,43 @@ interface Probed {
   stop(): Promise<void>;
 }
 
-async function startProbedExtAuthz(authority: { grpcAddress: string; adminToken: string }): Promise<Probed> {
-  const flags = (process.env.EXT_AUTHZ_NODE_FLAGS ?? EXT_AUTHZ_NODE_FLAGS.join(' ')).split(/\s+/).filter(Boolean);
-  const extra = Object.fromEntries(
-    (process.env.EXT_AUTHZ_ENV ?? '')
-      .split(/\s+/)
-      .filter(Boolean)
-      .map((pair) => [pair.slice(0, pair.indexOf('=')), pair.slice(pair.indexOf('=') + 1)]),
-  );
+/** How ext-authz is started: node flags and settings (environment) added to the bench's own. */
+interface Variant {
+  label: string;
+  flags: string[];
+  env: Record<string, string>;
+}
+
+const words = (text: string) => text.split(/\s+/).filter(Boolean);
+const settings = (text: string) =>
+  Object.fromEntries(words(text).map((pair) => [pair.slice(0, pair.indexOf('=')), pair.slice(pair.indexOf('=') + 1)]));
+
+/**
+ * EXT_AUTHZ_VARIANTS='shipped; shipped MALLOC_ARENA_MAX=2; --max-semi-space-size=4': each variant
+ * (separated by ;) a fresh ext-authz on the same tokens, its words node flags (--...), settings
+ * (NAME=value) or `shipped` (the shipped flags). Without it, one variant: EXT_AUTHZ_NODE_FLAGS
+ * (default: the shipped flags) and EXT_AUTHZ_ENV.
+ */
+function variants(): Variant[] {
+  const list = process.env.EXT_AUTHZ_VARIANTS;
+  if (!list) {
+    const flags = words(process.env.EXT_AUTHZ_NODE_FLAGS ?? EXT_AUTHZ_NODE_FLAGS.join(' '));
+    const env = settings(process.env.EXT_AUTHZ_ENV ?? '');
+    return [{ label: [...flags, ...words(process.env.EXT_AUTHZ_ENV ?? '')].join(' ') || '(none)', flags, env }];
+  }
+  return list
+    .split(';')
+    .map((text) => text.trim())
+    .filter(Boolean)
+    .map((text) => {
+      const parts = words(text);
+      const flags = parts.flatMap((word) => (word === 'shipped' ? [...EXT_AUTHZ_NODE_FLAGS] : word.startsWith('--') ? [word] : []));
+      return { label: text, flags, env: settings(parts.filter((word) => !word.startsWith('--') && word.includes('=')).join(' ')) };
+    });
+}
+
+async function startProbedExtAuthz(authority: { grpcAddress: string; adminToken: string }, variant: Variant): Promise<Probed> {
+  const { flags, env: extra } = variant;
   // No NODE_OPTIONS of this shell: ext-authz runs with the flags above alone.
   const spawned = await startExtAuthzProcess(
     authority,
@@ -352,26 +382,26 @@ function summarizeSnapshot(path: string, top = 16): void {
 
 // ---------------------------------------------------------------------------------------------
 
-async function main() {
-  console.log(
-    `ext-authz memory: ${KEYS} keys, ${TOKENS} distinct tokens, ${CHECKS} Checks (${CONCURRENCY} in flight on ${SESSIONS} HTTP/2 connections), 127.0.0.1`,
-  );
-  console.log(`  ext-authz node flags: ${(process.env.EXT_AUTHZ_NODE_FLAGS ?? EXT_AUTHZ_NODE_FLAGS.join(' ')) || '(none)'}`);
-  if (process.env.EXT_AUTHZ_ENV) console.log(`  ext-authz settings: ${process.env.EXT_AUTHZ_ENV}`);
-  const authority = await startAuthorityProcess();
-  let extAuthz: Probed | undefined;
-  const snapshotDir = mkdtempSync(join(tmpdir(), 'ext-authz-heap-'));
-  try {
-    const ids = await createKeys(authority);
-    console.log(`  ${ids.length} API keys created`);
-    const tokens = await issueTokens(authority, ids);
-    // One CheckRequest serialized, the others made from its bytes: the tokens all have the same length.
-    const frames = checkFrames(tokens);
+interface Measured {
+  label: string;
+  before: number;
+  peak: number;
+  after5: number;
+  after20: number;
+  heapAfterGc: number;
+  perSecond: number;
+  cpuMicros: number;
+}
 
-    extAuthz = await startProbedExtAuthz(authority);
+/** One ext-authz started as the variant says, its memory before, during and after the Checks. */
+async function measure(authority: { grpcAddress: string; adminToken: string }, frames: Buffer[], variant: Variant, snapshotDir: string) {
+  console.log(`ext-authz: ${variant.label}`);
+  const extAuthz = await startProbedExtAuthz(authority, variant);
+  try {
     const pid = extAuthz.child.pid!;
     await sleep(1_000);
-    usageLine('before (idle, ready)', await extAuthz.ask<Usage>({ memory: 'usage' }), procStatus(pid));
+    const before = procStatus(pid);
+    usageLine('before (idle, ready)', await extAuthz.ask<Usage>({ memory: 'usage' }), before);
     topMappings(pid);
 
     const sampling = process.env.BENCH_ALLOCATIONS === '1';
@@ -408,9 +438,50 @@ async function main() {
     if (SNAPSHOT) {
       const { path } = await extAuthz.ask<{ path: string }>({ memory: 'snapshot', dir: snapshotDir }, 120_000);
       summarizeSnapshot(path);
+      rmSync(path, { force: true });
+    }
+    const measured: Measured = {
+      label: variant.label,
+      before: before.rss,
+      peak: Math.max(peak.hwm, run.peakSampledRss),
+      after5: after.rss,
+      after20: settled.rss,
+      heapAfterGc: collected.heapUsed,
+      perSecond: run.sent / run.seconds,
+      cpuMicros: (run.cpu / run.sent) * 1e6,
+    };
+    return measured;
+  } finally {
+    await extAuthz.stop();
+  }
+}
+
+async function main() {
+  console.log(
+    `ext-authz memory: ${KEYS} keys, ${TOKENS} distinct tokens, ${CHECKS} Checks (${CONCURRENCY} in flight on ${SESSIONS} HTTP/2 connections), 127.0.0.1`,
+  );
+  const list = variants();
+  const authority = await startAuthorityProcess();
+  const snapshotDir = mkdtempSync(join(tmpdir(), 'ext-authz-heap-'));
+  try {
+    const ids = await createKeys(authority);
+    console.log(`  ${ids.length} API keys created`);
+    const tokens = await issueTokens(authority, ids);
+    // One CheckRequest serialized, the others made from its bytes: the tokens all have the same length.
+    const frames = checkFrames(tokens);
+    const results: Measured[] = [];
+    for (const variant of list) results.push(await measure(authority, frames, variant, snapshotDir));
+    if (results.length > 1) {
+      console.log('\nsummary (RSS in MB; peak = VmHWM; heap = heapUsed after a full GC):');
+      console.log(
+        `  ${'before'.padStart(7)} ${'peak'.padStart(7)} ${'5 s'.padStart(7)} ${'20 s'.padStart(7)} ${'heap'.padStart(6)} ${'Checks/s'.padStart(9)} ${'µs/Check'.padStart(9)}  variant`,
+      );
+      for (const r of results)
+        console.log(
+          `  ${(r.before / MB).toFixed(1).padStart(7)} ${(r.peak / MB).toFixed(1).padStart(7)} ${(r.after5 / MB).toFixed(1).padStart(7)} ${(r.after20 / MB).toFixed(1).padStart(7)} ${(r.heapAfterGc / MB).toFixed(1).padStart(6)} ${Math.round(r.perSecond).toString().padStart(9)} ${r.cpuMicros.toFixed(1).padStart(9)}  ${r.label}`,
+        );
     }
   } finally {
-    await extAuthz?.stop();
     await authority.stop();
     rmSync(snapshotDir, { recursive: true, force: true });
   }
