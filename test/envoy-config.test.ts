@@ -106,7 +106,7 @@ describe('the authorization contract of envoy-http.yaml', () => {
     assert.equal(settings.failure_mode_allow, false);
   });
 
-  it("passes the credential, a DPoP proof and Envoy's X-Forwarded-Proto, request id and Envoy's X-Forwarded-For, and takes back identity and remaining-calls headers", () => {
+  it("passes the credential, a DPoP proof and Envoy's X-Forwarded-Proto, request id and Envoy's X-Forwarded-For, and takes back identity, remaining-calls and DPoP-Nonce headers", () => {
     assert.deepEqual(exactNames(settings.allowed_headers), [
       'authorization',
       'dpop',
@@ -117,6 +117,7 @@ describe('the authorization contract of envoy-http.yaml', () => {
     assert.deepEqual(exactNames(settings.http_service.authorization_response.allowed_client_headers_on_success), [
       'otoroshi-daily-calls-remaining',
       'otoroshi-monthly-calls-remaining',
+      'dpop-nonce',
     ]);
     assert.deepEqual(exactNames(settings.http_service.authorization_response.allowed_upstream_headers), [
       'x-client-id',

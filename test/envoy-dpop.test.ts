@@ -6,7 +6,8 @@ import { after, before, describe, it } from 'node:test';
 import { exportJWK, generateKeyPair, SignJWT } from 'jose';
 import { parse } from 'yaml';
 import { type EchoBackend, startEchoBackend } from '../services/echo-backend/server';
-import { basic, startTestAuthority, type TestAuthority, TOKEN_PATH } from './support/authority';
+import { DpopNonces, nonceKey } from '../libs/core/dpop-nonce';
+import { ADMIN_TOKEN, basic, startTestAuthority, type TestAuthority, TOKEN_PATH } from './support/authority';
 import { startEnvoy, type TestEnvoy } from './support/envoy';
 import { startTestExtAuthz, type TestExtAuthz } from './support/ext-authz';
 import { freePort } from './support/ports';
@@ -47,6 +48,8 @@ for (const mode of [
         grpc: { host: '127.0.0.1', port: await freePort() },
         http: { host: '127.0.0.1', port: await freePort() },
         policies: SHIPPED_POLICIES,
+        // Nonces required (RFC 9449 §9): every proof below carries the one ext-authz handed out.
+        dpop: { requireNonce: true, nonceLifetime: 300 },
       });
       echo = await startEchoBackend(0, '127.0.0.1');
       const endpoint = (hostPort: string) => ({ address: '127.0.0.1', port: Number(hostPort.split(':').pop()) });
@@ -69,8 +72,9 @@ for (const mode of [
       }
     });
 
+    let resourceNonce: string | undefined;
     const proof = (claims: Record<string, unknown>) =>
-      new SignJWT({ jti: crypto.randomUUID(), ...claims })
+      new SignJWT({ jti: crypto.randomUUID(), ...(claims.htm === 'POST' && !claims.ath ? {} : { nonce: resourceNonce }), ...claims })
         .setProtectedHeader({ alg: 'ES256', typ: 'dpop+jwt', jwk })
         .setIssuedAt()
         .sign(key.privateKey);
@@ -85,6 +89,35 @@ for (const mode of [
       return body.access_token;
     };
     const ath = (token: string) => createHash('sha256').update(token).digest('base64url');
+
+    it('asks for a nonce: 401 use_dpop_nonce with DPoP-Nonce; the previous nonce passes with the current one on the response', async () => {
+      const token = await boundToken();
+      const asked = await send(envoy!.url, '/api/items', {
+        host: FOO,
+        headers: { authorization: `DPoP ${token}`, dpop: await proof({ htm: 'GET', htu: `http://${FOO}/api/items`, ath: ath(token) }) },
+      });
+      assert.equal(asked.status, 401, `${asked.body}\n${log()}`);
+      assert.equal(asked.body, JSON.stringify({ 'Otoroshi-Error': 'DPoP proof needs a nonce: use the one in DPoP-Nonce' }));
+      assert.match(
+        String(asked.headers['www-authenticate']),
+        /^DPoP realm="foo", algs="[^"]+", error="use_dpop_nonce", error_description="[^"]+"$/,
+      );
+      resourceNonce = String(asked.headers['dpop-nonce']);
+      assert.match(resourceNonce, /^[A-Za-z0-9_-]{27}$/);
+      // The previous slot's nonce, as every ext-authz holding this data plane token makes it.
+      const nonces = new DpopNonces(nonceKey(undefined, ADMIN_TOKEN, 'resource').key, 300, 'resource');
+      if (Date.now() % 300_000 > 295_000) await new Promise((done) => setTimeout(done, 300_000 - (Date.now() % 300_000) + 10));
+      const stale = await send(envoy!.url, '/api/items', {
+        host: FOO,
+        headers: {
+          authorization: `DPoP ${token}`,
+          dpop: await proof({ htm: 'GET', htu: `http://${FOO}/api/items`, ath: ath(token), nonce: nonces.issue(Date.now() - 300_000) }),
+        },
+      });
+      assert.equal(stale.status, 200, stale.body);
+      assert.equal(stale.headers['dpop-nonce'], nonces.issue(Date.now()));
+      resourceNonce = nonces.issue(Date.now());
+    });
 
     it('lets a bound token with a proof of this method and URL through (query ignored), once per proof', async () => {
       const token = await boundToken();

@@ -1,8 +1,9 @@
 import assert from 'node:assert/strict';
 import { generateKeyPairSync } from 'node:crypto';
-import { status as GrpcStatus } from '@grpc/grpc-js';
+import { Metadata, type ServiceError, status as GrpcStatus } from '@grpc/grpc-js';
 import { after, before, describe, it } from 'node:test';
-import { SignJWT } from 'jose';
+import { calculateJwkThumbprint, decodeJwt, exportJWK, generateKeyPair, SignJWT } from 'jose';
+import { DpopNonces, nonceKey } from '../libs/core/dpop-nonce';
 import { decodeErrorInfo } from '../libs/grpc/rich-status';
 import { basic, INTROSPECT_PATH, REVOKE_PATH, startTestAuthority, TOKEN_PATH, type TestAuthority } from './support/authority';
 import { tokenAuthorityClient, type TokenAuthorityClient } from './support/grpc';
@@ -300,5 +301,123 @@ describe('REST and gRPC give the same answers (one table of cases)', () => {
     assert.equal(introspected.response.access_type, 'apikey');
     assert.ok((await grpc.call('RevokeToken', { token: issued.response.access_token, client: asApp })).ok);
     assert.equal((await restIntrospection()).active, false);
+  });
+});
+
+describe('DPoP over REST (DPoP header) and gRPC (dpop metadata) give the same answers', () => {
+  let authority: TestAuthority;
+  let grpc: TokenAuthorityClient;
+  let key: Awaited<ReturnType<typeof generateKeyPair>>;
+  let jwk: Awaited<ReturnType<typeof exportJWK>>;
+  let jkt: string;
+  let tokenEndpoint: string;
+
+  before(async () => {
+    // Nonces required: a proof without one is use_dpop_nonce over both faces, with the nonce in a header / trailer.
+    authority = await startTestAuthority({
+      dpop: { requireNonce: true, nonceLifetime: 60 },
+      dataPlaneToken: 'parity-data-plane-token-0123',
+    });
+    grpc = tokenAuthorityClient(authority.grpcAddress);
+    await authority.admin('POST', '/api/apikeys', { clientId: 'app', clientSecret: 'app-secret', scope: 'read' });
+    key = await generateKeyPair('ES256');
+    jwk = await exportJWK(key.publicKey);
+    jkt = await calculateJwkThumbprint(jwk);
+    tokenEndpoint = `${authority.config.issuer}${TOKEN_PATH}`;
+  });
+  after(async () => {
+    grpc.close();
+    await authority.stop();
+  });
+
+  const proof = (claims: Record<string, unknown> = {}) =>
+    new SignJWT({ htm: 'POST', htu: tokenEndpoint, jti: crypto.randomUUID(), ...claims })
+      .setProtectedHeader({ alg: 'ES256', typ: 'dpop+jwt', jwk })
+      .setIssuedAt()
+      .sign(key.privateKey);
+
+  /** The outcome over REST: the OAuth2 error or token type and binding, and the DPoP-Nonce header. */
+  async function viaRest(dpop: string) {
+    const response = await authority.postForm(
+      TOKEN_PATH,
+      { grant_type: 'client_credentials' },
+      { authorization: basic('app', 'app-secret'), dpop },
+    );
+    const body = (await response.json()) as Record<string, any>;
+    const nonce = response.headers.get('dpop-nonce') ?? undefined;
+    if (response.status !== 200) return { status: response.status, outcome: { error: body.error }, nonce };
+    return { status: 200, outcome: { tokenType: body.token_type, cnf: decodeJwt(body.access_token).cnf }, nonce };
+  }
+
+  /** The same over gRPC: the nonce in trailing metadata on an error, initial metadata on success. */
+  function viaGrpc(dpop: string) {
+    const metadata = new Metadata();
+    metadata.set('authorization', basic('app', 'app-secret'));
+    metadata.set('dpop', dpop);
+    return new Promise<{ code: number; outcome: object; nonce?: string }>((resolve) => {
+      let initial: string | undefined;
+      const call = (grpc.raw as any).IssueToken(
+        { grant_type: 'client_credentials' },
+        metadata,
+        { deadline: Date.now() + 10_000 },
+        (error: ServiceError | null, response: any) => {
+          if (error)
+            resolve({
+              code: error.code,
+              outcome: { error: error.metadata.get('oauth-error')[0] },
+              nonce: error.metadata.get('dpop-nonce')[0] as string | undefined,
+            });
+          else resolve({ code: 0, outcome: { tokenType: response.token_type, cnf: decodeJwt(response.access_token).cnf }, nonce: initial });
+        },
+      );
+      call.on('metadata', (received: Metadata) => {
+        initial = received.get('dpop-nonce')[0] as string | undefined;
+      });
+    });
+  }
+
+  it('a proof without a nonce: 400 / INVALID_ARGUMENT use_dpop_nonce, with the same current nonce', async () => {
+    const rest = await viaRest(await proof());
+    const rpc = await viaGrpc(await proof());
+    assert.deepEqual(rest.outcome, { error: 'use_dpop_nonce' });
+    assert.equal(rest.status, 400);
+    assert.deepEqual(rpc.outcome, rest.outcome);
+    assert.equal(rpc.code, GrpcStatus.INVALID_ARGUMENT);
+    assert.match(rest.nonce ?? '', /^[A-Za-z0-9_-]{27}$/);
+    assert.equal(rpc.nonce, rest.nonce);
+  });
+
+  it('a proof with the nonce: a DPoP token bound to the proof key over both; wrong proofs are invalid_dpop_proof over both', async () => {
+    const nonce = (await viaRest(await proof())).nonce;
+    const rest = await viaRest(await proof({ nonce }));
+    const rpc = await viaGrpc(await proof({ nonce }));
+    assert.deepEqual(rest, { status: 200, outcome: { tokenType: 'DPoP', cnf: { jkt } }, nonce: undefined });
+    assert.deepEqual(rpc, { code: 0, outcome: rest.outcome, nonce: undefined });
+    const replayed = await proof({ nonce });
+    assert.equal((await viaRest(replayed)).status, 200);
+    for (const [name, value] of [
+      ['replayed (used over REST, then over gRPC)', replayed],
+      ['wrong htm', await proof({ nonce, htm: 'GET' })],
+      ['wrong htu', await proof({ nonce, htu: `${authority.config.issuer}${INTROSPECT_PATH}` })],
+      ['garbage', 'not-a-proof'],
+    ] as const) {
+      const rpcAnswer = await viaGrpc(value);
+      assert.deepEqual(rpcAnswer.outcome, { error: 'invalid_dpop_proof' }, name);
+      assert.equal(rpcAnswer.code, GrpcStatus.INVALID_ARGUMENT, name);
+      if (name !== 'replayed (used over REST, then over gRPC)') assert.deepEqual((await viaRest(value)).outcome, rpcAnswer.outcome, name);
+    }
+  });
+
+  it('a proof with the previous nonce passes, and the current one comes back (DPoP-Nonce header / initial metadata)', async () => {
+    // The previous slot's nonce, as any replica with this data plane token makes it (libs/core/dpop-nonce.ts).
+    const nonces = new DpopNonces(nonceKey(undefined, 'parity-data-plane-token-0123', 'token-endpoint').key, 60, 'token-endpoint');
+    // Not within 5 s of a slot's end, so previous and current stay what they are during the test.
+    if (Date.now() % 60_000 > 55_000) await new Promise((done) => setTimeout(done, 60_000 - (Date.now() % 60_000) + 10));
+    const previous = nonces.issue(Date.now() - 60_000);
+    const rest = await viaRest(await proof({ nonce: previous }));
+    const rpc = await viaGrpc(await proof({ nonce: previous }));
+    const current = nonces.issue(Date.now());
+    assert.deepEqual(rest, { status: 200, outcome: { tokenType: 'DPoP', cnf: { jkt } }, nonce: current });
+    assert.deepEqual(rpc, { code: 0, outcome: rest.outcome, nonce: current });
   });
 });

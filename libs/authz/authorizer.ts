@@ -4,7 +4,8 @@ import type { AuthFailureLimiter } from '../core/auth-failure-limiter';
 import { SecretHashBusy, verifySecret } from '../core/crypto/secret-hash';
 import { verifyJws } from '../core/crypto/jws';
 import type { DataPlaneApiKey } from '../core/data-plane';
-import { DPOP_ALGORITHMS, DpopVerifier } from '../core/dpop';
+import { DPOP_ALGORITHMS, DPOP_NONCE_HEADER, DpopVerifier, type DpopProof } from '../core/dpop';
+import { OAuthError } from '../core/errors';
 import type { ExtAuthzConfig, ExtractorName, RoutePolicy } from './config';
 import { legalHeaderValue } from '../http/header-value';
 import { DAILY_REMAINING_HEADER, deny, MONTHLY_REMAINING_HEADER, type Decision, type DenyReason } from './decision';
@@ -32,6 +33,8 @@ export interface AuthorizerGuards {
   failures?: AuthFailureLimiter;
   /** A call let through (fail open) or refused (fail closed) because the quota store did not answer. */
   onQuotaStoreFailure?: (error: Error, policy: string, failOpen: boolean) => void;
+  /** DPoP proofs: where their jtis are remembered (Redis for several replicas) and whether nonces are required. */
+  dpop?: DpopVerifier;
 }
 
 type Credential =
@@ -40,7 +43,9 @@ type Credential =
   | { kind: 'secret'; clientId: string; clientSecret: string; headers: string[]; scheme?: 'Basic' }
   | { kind: 'clientId'; clientId: string; headers: string[] };
 
-type Identity = { apiKey: DataPlaneApiKey; scopes: readonly string[] } | { reason: DenyReason; retryAfter?: number };
+type Identity =
+  | { apiKey: DataPlaneApiKey; scopes: readonly string[]; dpopNonce?: string }
+  | { reason: DenyReason; retryAfter?: number; dpopNonce?: string };
 
 interface VerifiedToken {
   kid: string;
@@ -94,10 +99,10 @@ export class Authorizer {
   private readonly inline = new InlinePolicies();
   /**
    * DPoP proofs at this resource (RFC 9449 §7), the token endpoint's checks plus ath and the
-   * token's key. Their jtis are remembered by this process only (an LRU of at most 100,000 for
-   * 65 s): a proof replayed to another replica, or after 100,000 newer proofs, is not caught.
+   * token's key. Their jtis are remembered in guards.dpop's memory: this process's (an LRU of
+   * at most 100,000 for 65 s) unless it is given a shared one (Redis).
    */
-  private readonly dpop = new DpopVerifier();
+  private readonly dpop: DpopVerifier;
   /**
    * Policy names worth a metric label: the config's, then route ids of inline policies as they
    * are first seen (up to MAX_ROUTE_LABELS more), so a label set stays bounded.
@@ -111,6 +116,7 @@ export class Authorizer {
     private readonly now: () => number = Date.now,
     private readonly guards: AuthorizerGuards = {},
   ) {
+    this.dpop = guards.dpop ?? new DpopVerifier();
     this.verified =
       config.cacheSize > 0 && config.cacheMaxBytes > 0
         ? new LRUCache({
@@ -188,9 +194,12 @@ export class Authorizer {
       // RFC 9449 §7.1: the DPoP scheme's own challenge, with the algorithms a proof may use.
       const dpopChallenge = (error?: string, extra = '') =>
         `DPoP realm="${request.policy}", algs="${DPOP_ALGORITHMS.join(' ')}"${error ? `, error="${error}"${extra}` : ''}`;
-      return this.conclude(request, policy, extracted, this.identifyBearer(extracted.token, policy, this.now(), request), dpopChallenge);
+      const identity = this.identifyDpop(extracted.token, policy, this.now(), request);
+      return identity instanceof Promise
+        ? identity.then((known) => this.conclude(request, policy, extracted, known, dpopChallenge))
+        : this.conclude(request, policy, extracted, identity, dpopChallenge);
     }
-    return this.identifySecret(extracted, request.sourceAddress).then((identity) =>
+    return this.identifySecret(extracted, request.sourceAddress).then((identity: Identity) =>
       this.conclude(request, policy, extracted, identity, challenge),
     );
   }
@@ -206,9 +215,17 @@ export class Authorizer {
     if ('reason' in identity) {
       if (identity.retryAfter !== undefined) return deny(identity.reason, undefined, identity.retryAfter);
       if (extracted.kind === 'secret' || extracted.kind === 'clientId') return deny(identity.reason, challenge());
+      if (identity.reason === 'use_dpop_nonce') {
+        const denial = deny(
+          identity.reason,
+          challenge('use_dpop_nonce', ', error_description="Resource server requires nonce in DPoP proof"'),
+        );
+        denial.dpopNonce = identity.dpopNonce;
+        return denial;
+      }
       return deny(identity.reason, challenge(identity.reason === 'invalid_dpop_proof' ? 'invalid_dpop_proof' : 'invalid_token'));
     }
-    const { apiKey, scopes } = identity;
+    const { apiKey, scopes, dpopNonce } = identity;
     if (policy.authorizedEntities.length && !apiKey.authorizedEntities.some((entity) => policy.authorizedEntities.includes(entity))) {
       return deny('not_authorized');
     }
@@ -230,7 +247,7 @@ export class Authorizer {
     // Last, so that only calls that would pass are counted (Otoroshi counts allowed calls).
     if (this.guards.quotas && apiKey.quotas && policy.quotas) {
       return this.guards.quotas.consume(apiKey.clientId, apiKey.quotas).then((quota): Decision => {
-        const responseHeaders: Record<string, string> = {};
+        const responseHeaders: Record<string, string> = dpopNonce ? { [DPOP_NONCE_HEADER]: dpopNonce } : {};
         if (quota.outcome === 'exceeded') return deny('quota_exceeded', undefined, quota.retryAfterSeconds);
         if (quota.outcome === 'unavailable') {
           const failOpen = policy.quotaFailure === 'open';
@@ -243,28 +260,49 @@ export class Authorizer {
         return { allowed: true, clientId: apiKey.clientId, headersToSet, headersToRemove, responseHeaders };
       });
     }
-    return { allowed: true, clientId: apiKey.clientId, headersToSet, headersToRemove, responseHeaders: {} };
+    // RFC 9449 §9: a proof with the previous nonce passes, and the client gets the current one.
+    return {
+      allowed: true,
+      clientId: apiKey.clientId,
+      headersToSet,
+      headersToRemove,
+      responseHeaders: dpopNonce ? { [DPOP_NONCE_HEADER]: dpopNonce } : {},
+    };
   }
 
   /**
    * Who a bearer token names (memory only: the verification cache, the replica), or why it names
-   * nobody usable. With `dpop` (the DPoP scheme) the token must be bound and come with a proof of
-   * its key for this request; without, it must not be bound.
+   * nobody usable. A bearer token must not be bound (a copied DPoP-bound token is refused).
    */
-  private identifyBearer(token: string, policy: RoutePolicy, now: number, dpop?: AuthzRequest): Identity {
+  private identifyBearer(token: string, policy: RoutePolicy, now: number): Identity {
     const verified = this.verifyToken(token, now);
     if ('reason' in verified) return verified;
-    if (!dpop) {
-      if (verified.jkt !== undefined) return { reason: 'sender_constrained' };
-    } else {
-      if (verified.jkt === undefined) return { reason: 'not_dpop_bound' };
-      if (dpop.method === undefined || dpop.url === undefined) return { reason: 'invalid_dpop_proof' };
-      try {
-        this.dpop.verify(dpop.headers.dpop, { method: dpop.method, urls: [dpop.url], now, accessToken: token, jkt: verified.jkt });
-      } catch {
-        return { reason: 'invalid_dpop_proof' };
-      }
+    if (verified.jkt !== undefined) return { reason: 'sender_constrained' };
+    return this.identifyVerified(verified, policy, now);
+  }
+
+  /** The DPoP scheme: the token must be bound, with a proof of its key for this request (asynchronous with a shared jti memory). */
+  private identifyDpop(token: string, policy: RoutePolicy, now: number, dpop: AuthzRequest): Identity | Promise<Identity> {
+    const verified = this.verifyToken(token, now);
+    if ('reason' in verified) return verified;
+    if (verified.jkt === undefined) return { reason: 'not_dpop_bound' };
+    if (dpop.method === undefined || dpop.url === undefined) return { reason: 'invalid_dpop_proof' };
+    let proof: DpopProof | Promise<DpopProof>;
+    try {
+      proof = this.dpop.verify(dpop.headers.dpop, { method: dpop.method, urls: [dpop.url], now, accessToken: token, jkt: verified.jkt });
+    } catch (error) {
+      return proofRefused(error);
     }
+    const identified = (checked: DpopProof): Identity => {
+      const identity = this.identifyVerified(verified, policy, now);
+      if (checked.nonce && !('reason' in identity)) identity.dpopNonce = checked.nonce;
+      return identity;
+    };
+    return proof instanceof Promise ? proof.then(identified, proofRefused) : identified(proof);
+  }
+
+  /** The token's key, audience and revocation, once its signature (and any proof) checked. */
+  private identifyVerified(verified: VerifiedToken, policy: RoutePolicy, now: number): Identity {
     if (this.replica.isRevoked(verified.jti)) return { reason: 'revoked' };
     const audiences = policy.audiences.length ? policy.audiences : [this.replica.audience];
     if (!verified.aud.some((audience) => audiences.includes(audience))) return { reason: 'wrong_audience' };
@@ -376,6 +414,14 @@ export class Authorizer {
     }
     return value;
   }
+}
+
+/** A refused proof as a denial reason: use_dpop_nonce carries the nonce to send; anything else is invalid_dpop_proof. */
+function proofRefused(error: unknown): Identity {
+  if (error instanceof OAuthError && error.code === 'use_dpop_nonce')
+    return { reason: 'use_dpop_nonce', dpopNonce: error.headers?.[DPOP_NONCE_HEADER] };
+  if (error instanceof OAuthError) return { reason: 'invalid_dpop_proof' };
+  throw error;
 }
 
 function apiKeyState(apiKey: DataPlaneApiKey | undefined, now: number): { reason: DenyReason } | undefined {

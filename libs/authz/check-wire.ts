@@ -531,6 +531,7 @@ export function encodeDeny(decision: Deny): Buffer {
   writeHeaderOption(writer, 2, 'content-type', 'application/json');
   if (decision.wwwAuthenticate) writeHeaderOption(writer, 2, 'www-authenticate', decision.wwwAuthenticate);
   if (decision.retryAfter !== undefined) writeHeaderOption(writer, 2, 'retry-after', String(decision.retryAfter));
+  if (decision.dpopNonce !== undefined) writeHeaderOption(writer, 2, 'dpop-nonce', decision.dpopNonce);
   writer.uint32(26).string(denialBody(decision));
   writer.ldelim();
   return writer.finish() as Buffer;
@@ -545,7 +546,7 @@ export class CheckResponseEncoder {
 
   encode(decision: Decision): Buffer {
     if (decision.allowed) return encodeAllow(decision);
-    const key = `${decision.reason}\n${decision.wwwAuthenticate ?? ''}\n${decision.retryAfter ?? ''}`;
+    const key = `${decision.reason}\n${decision.wwwAuthenticate ?? ''}\n${decision.retryAfter ?? ''}\n${decision.dpopNonce ?? ''}`;
     let bytes = this.denials.get(key);
     if (!bytes) {
       bytes = encodeDeny(decision);

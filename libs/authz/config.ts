@@ -3,6 +3,7 @@ import { AUTH_FAILURE_ENV_OVERRIDES, authFailureSettingsSchema } from '../core/a
 import { booleanSetting, loadConfig, logLevelSetting, portSetting } from '../config/load-config';
 import { httpLimitEnvOverrides, httpLimitsSchema } from '../http/server-limits';
 import { trustProxySetting } from '../http/trust-proxy';
+import { DPOP_ENV_OVERRIDES, dpopNonceSettingsSchema } from '../core/dpop-nonce';
 
 export const EXTRACTORS = ['bearer', 'basic', 'customHeaders', 'clientId'] as const;
 export type ExtractorName = (typeof EXTRACTORS)[number];
@@ -99,6 +100,11 @@ export const extAuthzConfigSchema = z
     /** Failed Basic / custom-header authentications, limited per client id and address (see README). */
     authFailures: authFailureSettingsSchema,
     /**
+     * DPoP proofs (RFC 9449 §9 nonces). Their jtis are remembered on Redis (quotas.redisUrl) when
+     * one is set, so a proof is taken once across replicas; else in this process's memory.
+     */
+    dpop: dpopNonceSettingsSchema,
+    /**
      * HTTP mode: whose X-Real-IP / X-Forwarded-For gives the client address for the failure limits
      * (libs/http/trust-proxy.ts, as the authority's TRUST_PROXY). 1 by default: the HTTP mode sits
      * behind one nginx or Envoy; list the proxies' addresses when anything else can reach its port.
@@ -135,6 +141,7 @@ export const EXT_AUTHZ_ENV_OVERRIDES = {
   REDIS_KEY_PREFIX: 'quotas.keyPrefix',
   QUOTA_LEASE_MAX: 'quotas.leaseMax',
   ...AUTH_FAILURE_ENV_OVERRIDES,
+  ...DPOP_ENV_OVERRIDES,
   TRUST_PROXY: 'trustProxy',
   LOG_LEVEL: 'log.level',
 } as const;

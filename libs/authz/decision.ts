@@ -16,6 +16,7 @@ export type DenyReason =
   | 'wrong_audience'
   | 'sender_constrained'
   | 'invalid_dpop_proof'
+  | 'use_dpop_nonce'
   | 'not_dpop_bound'
   | 'expired'
   | 'not_yet_valid'
@@ -47,6 +48,8 @@ export const DENIALS: Record<DenyReason, { status: DenyStatus; message: string }
   // A DPoP-bound token (cnf.jkt) is taken only with the DPoP scheme and a proof of its key (RFC 9449 §7).
   sender_constrained: { status: 401, message: 'Token bound to a DPoP key: not accepted here' },
   invalid_dpop_proof: { status: 401, message: 'Invalid DPoP proof' },
+  // RFC 9449 §9: the proof must carry the nonce sent in DPoP-Nonce.
+  use_dpop_nonce: { status: 401, message: 'DPoP proof needs a nonce: use the one in DPoP-Nonce' },
   not_dpop_bound: { status: 401, message: 'Token not bound to a DPoP key: send it as a Bearer token' },
   expired: { status: 401, message: 'Token expired' },
   not_yet_valid: { status: 401, message: 'Token not yet valid' },
@@ -84,6 +87,8 @@ export interface Deny {
   message: string;
   /** RFC 6750 / RFC 7617 challenge, on 401 and on insufficient scope. */
   wwwAuthenticate?: string;
+  /** RFC 9449 §9, with use_dpop_nonce: the nonce the client's next proof must carry (DPoP-Nonce). */
+  dpopNonce?: string;
 }
 
 export type Decision = Allow | Deny;

@@ -17,6 +17,7 @@ import type { AuthorityStore } from './store/repositories';
 import { openStore } from './store/open-store';
 import { TokenService } from './token-service';
 import { AuthFailureLimiter } from './auth-failure-limiter';
+import { DpopNonces, nonceKey } from './dpop-nonce';
 import { connectRedis, RedisQuotaCounters } from '../quotas/quota-redis';
 import { ReplicaQuotaCounters } from '../quotas/replica-counters';
 
@@ -192,6 +193,18 @@ export async function createAuthority(config: AuthorityConfig, log: AuthorityLog
         `${plaintext.length} key pair(s) keep private keys in plaintext (stored before KEY_ENCRYPTION_KEY was set): run \`npm run cli -- keypairs encrypt\``,
       );
   }
+  const dataPlaneSecret = dataPlaneToken(config, log);
+  const dataPlaneHash = dataPlaneSecret ? sha256(dataPlaneSecret) : undefined;
+  // RFC 9449 §8 nonces, checked by every replica alike: the key is configured or derived from the data plane token.
+  let dpopNonces: DpopNonces | undefined;
+  if (config.dpop.requireNonce) {
+    const { key, shared } = nonceKey(config.dpop.nonceKey, dataPlaneSecret, 'token-endpoint');
+    if (!shared)
+      log.warn(
+        "DPoP nonces are required but neither DPOP_NONCE_KEY nor a data plane token is set: replicas will not take each other's nonces",
+      );
+    dpopNonces = new DpopNonces(key, config.dpop.nonceLifetime, 'token-endpoint');
+  }
   const tokens = new TokenService(
     config,
     authorityStore,
@@ -199,6 +212,8 @@ export async function createAuthority(config: AuthorityConfig, log: AuthorityLog
     undefined,
     options.observer,
     new AuthFailureLimiter(config.authFailures, redis, config.redis.keyPrefix),
+    undefined,
+    dpopNonces,
   );
   const adminHash = options.adminApi === false ? undefined : adminTokenHash(config, log);
   // Wrong admin tokens have their own budgets (keys apart from the OAuth clients'), the admin
@@ -207,8 +222,6 @@ export async function createAuthority(config: AuthorityConfig, log: AuthorityLog
   const adminFailures = new AuthFailureLimiter(config.authFailures, redis, `${config.redis.keyPrefix}admin-`);
   const isDataPlane = (authorization: string | undefined) =>
     bearerMatches(authorization, adminHash) || bearerMatches(authorization, dataPlaneHash);
-  const dataPlaneSecret = dataPlaneToken(config, log);
-  const dataPlaneHash = dataPlaneSecret ? sha256(dataPlaneSecret) : undefined;
 
   // Scheduled key rotations: every replica looks, the store lets only the first write each one.
   const scheduler =

@@ -4,6 +4,7 @@ import { booleanSetting, loadConfig, logLevelSetting, portSetting } from '../con
 import { httpLimitEnvOverrides, httpLimitsSchema } from '../http/server-limits';
 import { trustProxySetting } from '../http/trust-proxy';
 import { xdsSettingsSchema } from '../xds/config';
+import { DPOP_ENV_OVERRIDES, dpopNonceSettingsSchema } from './dpop-nonce';
 
 export const SIGNING_ALGORITHMS = ['RS256', 'PS256', 'ES256', 'EdDSA'] as const;
 export type SigningAlgorithm = (typeof SIGNING_ALGORITHMS)[number];
@@ -125,6 +126,8 @@ export const authorityConfigSchema = z
       .prefault({}),
     /** Failed client authentications: limits per (client id, address) and per address (see README). */
     authFailures: authFailureSettingsSchema,
+    /** DPoP proofs at the token endpoint (RFC 9449). */
+    dpop: dpopNonceSettingsSchema,
     log: z
       .object({
         level: logLevelSetting,
@@ -170,6 +173,7 @@ export const AUTHORITY_ENV_OVERRIDES = {
   REDIS_URL: 'redis.url',
   REDIS_KEY_PREFIX: 'redis.keyPrefix',
   ...AUTH_FAILURE_ENV_OVERRIDES,
+  ...DPOP_ENV_OVERRIDES,
   XDS_ENABLED: 'xds.enabled',
   XDS_PORT: 'xds.port',
   XDS_LISTENER_PORT: 'xds.listener.port',

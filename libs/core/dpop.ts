@@ -2,6 +2,7 @@ import { createHash, createPublicKey, type JsonWebKey, type KeyObject } from 'no
 import { LRUCache } from 'lru-cache';
 import type { SigningAlgorithm } from './config';
 import { decodeJsonObject, verifySignature } from './crypto/jws';
+import type { DpopNonces } from './dpop-nonce';
 import { OAuthError } from './errors';
 
 /**
@@ -20,6 +21,10 @@ export const DPOP_FUTURE_LEEWAY = 5;
 const MAX_PROOF_LENGTH = 8192;
 
 const invalidProof = (description: string) => new OAuthError('invalid_dpop_proof', description, 400);
+/** RFC 9449 §8/§9: the proof needs (another) nonce; the one to use goes in `DPoP-Nonce`. */
+export const DPOP_NONCE_HEADER = 'DPoP-Nonce';
+export const useDpopNonce = (description: string, nonce: string) =>
+  new OAuthError('use_dpop_nonce', description, 400, undefined, undefined, { [DPOP_NONCE_HEADER]: nonce });
 
 /** RFC 7638: the SHA-256 of the required members, in lexicographic order, base64url. */
 export function jwkThumbprint(jwk: JsonWebKey): string {
@@ -63,16 +68,64 @@ function normalizedUrl(value: string): string | undefined {
   }
 }
 
+/** How long a proof's jti is remembered: as long as its iat is accepted (ms). */
+export const DPOP_REPLAY_TTL = (DPOP_MAX_AGE + DPOP_FUTURE_LEEWAY) * 1000;
+
 /**
- * Checks DPoP proofs (RFC 9449 §4.3) and remembers their `jti`s for as long as their `iat` is
- * accepted, so a proof is used once. The memory is this process's: behind several replicas a
- * proof replayed to another replica within the minute is not caught (see README).
+ * Where used proofs are remembered: `useOnce` is true the first time an id is given within
+ * `ttlMs`, false after. In this process's memory (MemoryReplays), or shared by replicas (the
+ * authority's store, ext-authz's Redis: a promise then).
+ */
+export interface DpopReplayMemory {
+  useOnce(id: string, ttlMs: number): boolean | Promise<boolean>;
+}
+
+/** Used proofs in this process's memory: an LRU of at most `max` ids for DPOP_REPLAY_TTL. */
+export class MemoryReplays implements DpopReplayMemory {
+  private readonly seen: LRUCache<string, true>;
+  constructor(max = 100_000) {
+    this.seen = new LRUCache({ max, ttl: DPOP_REPLAY_TTL });
+  }
+  useOnce(id: string, ttlMs: number): boolean {
+    if (this.seen.has(id)) return false;
+    this.seen.set(id, true, { ttl: ttlMs });
+    return true;
+  }
+}
+
+/** A valid proof: the thumbprint (`cnf.jkt`) of its key, and a fresh nonce to send back when its nonce was the previous one. */
+export interface DpopProof {
+  jkt: string;
+  nonce?: string;
+}
+
+export interface DpopVerifierOptions {
+  /** Where used jtis are remembered (default: this process's memory). */
+  replays?: DpopReplayMemory;
+  /** When set, every proof must carry a nonce these issued (RFC 9449 §8, §9). */
+  nonces?: DpopNonces;
+}
+
+/**
+ * Checks DPoP proofs (RFC 9449 §4.3), their nonce when nonces are required, and remembers their
+ * `jti`s for as long as their `iat` is accepted, so a proof is used once: in `replays`, this
+ * process's memory unless a shared one is given.
  */
 export class DpopVerifier {
-  private readonly seen = new LRUCache<string, true>({ max: 100_000, ttl: (DPOP_MAX_AGE + DPOP_FUTURE_LEEWAY) * 1000 });
+  private readonly replays: DpopReplayMemory;
+  readonly nonces: DpopNonces | undefined;
 
-  /** The thumbprint (`cnf.jkt`) of the key that signed a valid proof; throws invalid_dpop_proof otherwise. */
-  verify(headerValues: string | string[] | undefined, check: DpopCheck): string {
+  constructor(options: DpopVerifierOptions = {}) {
+    this.replays = options.replays ?? new MemoryReplays();
+    this.nonces = options.nonces;
+  }
+
+  /**
+   * A valid, unused proof (synchronously with an in-memory replay memory); throws (or rejects
+   * with) invalid_dpop_proof, or use_dpop_nonce when a nonce is required and the proof has none
+   * of ours.
+   */
+  verify(headerValues: string | string[] | undefined, check: DpopCheck): DpopProof | Promise<DpopProof> {
     const values = headerValues === undefined ? [] : Array.isArray(headerValues) ? headerValues : [headerValues];
     // Node joins repeated headers with ', ' (no comma is in a compact JWS).
     if (values.length !== 1 || values[0].includes(',')) throw invalidProof('send exactly one DPoP header');
@@ -116,10 +169,28 @@ export class DpopVerifier {
       throw invalidProof("the DPoP proof's ath must be the access token's SHA-256");
     if (check.jkt !== undefined && thumbprint !== check.jkt)
       throw invalidProof('the DPoP proof is signed by another key than the token is bound to');
+    const result: DpopProof = { jkt: thumbprint };
+    if (this.nonces) {
+      const nonce = this.nonces.check(claims.nonce, check.now);
+      if (nonce === 'invalid')
+        throw useDpopNonce(
+          claims.nonce === undefined
+            ? 'a nonce is required in the DPoP proof: use the DPoP-Nonce header'
+            : "the DPoP proof's nonce is not current: use the DPoP-Nonce header",
+          this.nonces.issue(check.now),
+        );
+      if (nonce === 'stale') result.nonce = this.nonces.issue(check.now);
+    }
     // Replay: once per (key, jti), after every other check so a forged proof cannot burn a jti.
-    const replayKey = `${thumbprint}:${claims.jti}`;
-    if (this.seen.has(replayKey)) throw invalidProof('the DPoP proof was already used (jti replayed)');
-    this.seen.set(replayKey, true);
-    return thumbprint;
+    const replayId = createHash('sha256').update(`${thumbprint}:${claims.jti}`).digest('base64url');
+    const first = this.replays.useOnce(replayId, DPOP_REPLAY_TTL);
+    if (first === true) return result;
+    if (first === false) throw replayed();
+    return first.then((unused) => {
+      if (!unused) throw replayed();
+      return result;
+    });
   }
 }
+
+const replayed = () => invalidProof('the DPoP proof was already used (jti replayed)');

@@ -15,6 +15,8 @@ export type OAuthErrorCode =
   | 'unsupported_token_type'
   /** RFC 9449 §7.1: a DPoP proof that is missing, malformed or does not check. */
   | 'invalid_dpop_proof'
+  /** RFC 9449 §8, §9: the DPoP proof must carry a (current) server nonce, given in DPoP-Nonce. */
+  | 'use_dpop_nonce'
   | 'access_denied'
   | 'not_found'
   | 'server_error'
@@ -29,6 +31,8 @@ export class OAuthError extends Error {
     readonly wwwAuthenticate?: string,
     /** Seconds, sent as Retry-After (429, 503). */
     readonly retryAfter?: number,
+    /** More response headers (RFC 9449's DPoP-Nonce); gRPC sends them as trailers, lower case. */
+    readonly headers?: Record<string, string>,
   ) {
     super(`${code}: ${description}`);
     this.name = 'OAuthError';

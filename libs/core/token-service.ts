@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { DPOP_ALGORITHMS, DpopVerifier } from './dpop';
+import type { DpopNonces } from './dpop-nonce';
 import { LRUCache } from 'lru-cache';
 import type { AuthorityConfig, SigningAlgorithm } from './config';
 import { AuthFailureLimiter, DEFAULT_AUTH_FAILURE_SETTINGS } from './auth-failure-limiter';
@@ -20,8 +21,11 @@ export interface OAuthRequest {
   authorization?: string;
   /** The client's address (REST: the peer, or the address the trusted proxy saw per trustProxy; gRPC: the peer), for the failure limits. */
   clientAddress?: string;
-  /** RFC 9449: the request's `DPoP` header(s), when it has any (REST only), and the URL it was sent to. */
-  dpop?: { proofs: string | string[]; requestUrl?: string };
+  /**
+   * RFC 9449: the request's `DPoP` header(s) (gRPC: `dpop` metadata), when it has any, the URL
+   * it was sent to, and whom to give a fresh nonce for the answer's DPoP-Nonce header.
+   */
+  dpop?: { proofs: string | string[]; requestUrl?: string; onNonce?: (nonce: string) => void };
 }
 
 export interface TokenResponse {
@@ -73,7 +77,8 @@ export interface Clock {
 export class TokenService {
   /** Successful signature checks, by token; never past the token's `exp`. */
   private readonly verified = new LRUCache<string, { claims: AccessTokenClaims; kid: string }>({ max: 50_000 });
-  private readonly proofs = new DpopVerifier();
+  /** DPoP proofs: their jtis recorded in the store (once across replicas), nonces when required. */
+  private readonly proofs: DpopVerifier;
   /** What private_key_jwt assertions are checked against: aud, the keys behind jwks_uri, the used jtis. */
   private readonly assertions: AssertionContext;
 
@@ -85,7 +90,12 @@ export class TokenService {
     private readonly observer: AuthorityObserver = NO_OBSERVER,
     private readonly failures = new AuthFailureLimiter(DEFAULT_AUTH_FAILURE_SETTINGS),
     remoteJwks = new RemoteJwks(),
+    dpopNonces?: DpopNonces,
   ) {
+    this.proofs = new DpopVerifier({
+      replays: { useOnce: (id, ttlMs) => this.store.assertionReplays.useOnce(`dpop:${id}`, this.clock.now() + ttlMs, this.clock.now()) },
+      nonces: dpopNonces,
+    });
     // RFC 7523 §3 item 3: the token endpoint's URL (OpenID Connect Core §9) or the issuer (RFC 7523's
     // "identifies the authorization server"), for all three endpoints.
     this.assertions = {
@@ -153,13 +163,15 @@ export class TokenService {
     const apiKey = await this.authenticate(request, now);
     const scopes = this.grantedScopes(apiKey, params.scope);
     const audience = this.requestedAudience(params);
-    const jkt = request.dpop
-      ? this.proofs.verify(request.dpop.proofs, {
+    const proof = request.dpop
+      ? await this.proofs.verify(request.dpop.proofs, {
           method: 'POST',
           urls: [this.tokenEndpoint(), ...(request.dpop.requestUrl ? [request.dpop.requestUrl] : [])],
           now,
         })
       : undefined;
+    const jkt = proof?.jkt;
+    if (proof?.nonce) request.dpop?.onNonce?.(proof.nonce);
 
     const keyPairId = apiKey.metadata[SIGN_KEYPAIR_METADATA] || this.config.defaultKeyPair;
     const signingKey = this.keyRing.signingKey(keyPairId);

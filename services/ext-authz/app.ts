@@ -12,6 +12,9 @@ import { AuthorityReplica } from '../../libs/authz/replica';
 import { MemoryQuotaCounters, QuotaEnforcer, type QuotaCounters } from '../../libs/quotas/quotas';
 import { QuotaCountersClient } from './quota-counters-client';
 import { AuthFailureLimiter } from '../../libs/core/auth-failure-limiter';
+import { DpopVerifier } from '../../libs/core/dpop';
+import { DpopNonces, nonceKey } from '../../libs/core/dpop-nonce';
+import { currentAuthorityToken } from './authority-connection';
 import { createLogger, NestPinoLogger } from '../../libs/logging';
 import { capConnections, fastifyLimitOptions } from '../../libs/http/server-limits';
 import { countUnexpectedError } from '../../libs/observability/unexpected-errors';
@@ -112,7 +115,39 @@ export async function startExtAuthz(config: ExtAuthzConfig, options: ExtAuthzOpt
       ? new QuotaCountersClient(config, counters, quotas, logger, `ext-authz@${hostname()}:${process.pid}`, options.quotaClock)
       : undefined;
   let lastStoreFailureLog = 0;
+  // DPoP proofs: jtis on Redis when there is one (once across replicas), nonces when required,
+  // keyed by DPOP_NONCE_KEY or by the data plane token every replica holds (read at first use).
+  let lastReplayFailureLog = 0;
+  const { RedisDpopReplays } = redisModule
+    ? (require('../../libs/authz/dpop-redis') as typeof import('../../libs/authz/dpop-redis'))
+    : { RedisDpopReplays: undefined };
+  const dpop = new DpopVerifier({
+    replays:
+      redis && RedisDpopReplays
+        ? new RedisDpopReplays(redis, config.quotas.keyPrefix, config.quotas.commandTimeoutMs, (error) => {
+            if (Date.now() - lastReplayFailureLog > 1000) {
+              lastReplayFailureLog = Date.now();
+              logger.warn({ err: error.message }, 'DPoP proof jti checked in this process only: redis did not answer');
+            }
+          })
+        : undefined,
+    nonces: config.dpop.requireNonce
+      ? new DpopNonces(
+          () => {
+            const { key, shared } = nonceKey(config.dpop.nonceKey, currentAuthorityToken(config.authority, logger), 'resource');
+            if (!shared)
+              logger.warn(
+                "DPoP nonces are required but neither DPOP_NONCE_KEY nor an authority token is set: replicas will not take each other's nonces",
+              );
+            return key;
+          },
+          config.dpop.nonceLifetime,
+          'resource',
+        )
+      : undefined,
+  });
   const authorizer = new Authorizer(config, replica, Date.now, {
+    dpop,
     quotas,
     failures: new AuthFailureLimiter(config.authFailures, redis, config.quotas.keyPrefix),
     onQuotaStoreFailure: (error, policy, failOpen) => {

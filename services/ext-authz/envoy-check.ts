@@ -93,6 +93,8 @@ export function toCheckResponse(decision: Decision): object {
     headers.push({ header: { key: 'www-authenticate', value: decision.wwwAuthenticate }, append_action: OVERWRITE });
   if (decision.retryAfter !== undefined)
     headers.push({ header: { key: 'retry-after', value: String(decision.retryAfter) }, append_action: OVERWRITE });
+  if (decision.dpopNonce !== undefined)
+    headers.push({ header: { key: 'dpop-nonce', value: decision.dpopNonce }, append_action: OVERWRITE });
   return {
     status: { code: RPC_CODE_BY_STATUS[decision.status], message: decision.message },
     denied_response: { status: { code: decision.status }, headers, body: denialBody(decision) },

@@ -41,6 +41,7 @@ export class HttpModeController {
     }
     if (decision.wwwAuthenticate) reply.header('www-authenticate', decision.wwwAuthenticate);
     if (decision.retryAfter !== undefined) reply.header('retry-after', String(decision.retryAfter));
+    if (decision.dpopNonce !== undefined) reply.header('dpop-nonce', decision.dpopNonce);
     // For nginx, which cannot pass an auth_request body on: the message, to rebuild the body.
     reply.header('x-authz-error', decision.message);
     await reply.status(decision.status).type('application/json').send(denialBody(decision));

@@ -46,6 +46,7 @@ export class ErrorFilter implements ExceptionFilter {
     if (exception instanceof OAuthError) {
       if (exception.wwwAuthenticate) reply.header('www-authenticate', exception.wwwAuthenticate);
       if (exception.retryAfter !== undefined) reply.header('retry-after', String(exception.retryAfter));
+      for (const [name, value] of Object.entries(exception.headers ?? {})) reply.header(name, value);
       void reply.status(exception.status).send(exception.toJSON());
       return;
     }

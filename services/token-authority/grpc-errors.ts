@@ -13,6 +13,7 @@ const STATUS_BY_OAUTH_CODE: Record<OAuthErrorCode, GrpcStatus> = {
   unsupported_grant_type: GrpcStatus.INVALID_ARGUMENT,
   unsupported_token_type: GrpcStatus.INVALID_ARGUMENT,
   invalid_dpop_proof: GrpcStatus.INVALID_ARGUMENT,
+  use_dpop_nonce: GrpcStatus.INVALID_ARGUMENT,
   unauthorized_client: GrpcStatus.PERMISSION_DENIED,
   access_denied: GrpcStatus.PERMISSION_DENIED,
   not_found: GrpcStatus.NOT_FOUND,
@@ -29,6 +30,7 @@ export function toGrpcError(exception: unknown): RichError {
     const code = exception.status === 429 ? GrpcStatus.RESOURCE_EXHAUSTED : STATUS_BY_OAUTH_CODE[exception.code];
     const trailers: Record<string, string> = { 'oauth-error': exception.code, 'oauth-error-description': exception.description };
     if (exception.retryAfter !== undefined) trailers['retry-after'] = String(exception.retryAfter);
+    for (const [name, value] of Object.entries(exception.headers ?? {})) trailers[name.toLowerCase()] = value;
     return richError(code, exception.description, exception.code, ERROR_DOMAIN, trailers);
   }
   if (exception instanceof AdminError) {

@@ -1,4 +1,4 @@
-import type { Metadata, ServerUnaryCall } from '@grpc/grpc-js';
+import { Metadata, type ServerUnaryCall } from '@grpc/grpc-js';
 import { Controller, Inject } from '@nestjs/common';
 import { GrpcMethod } from '@nestjs/microservices';
 import type { Authority } from '../../libs/core/authority';
@@ -30,8 +30,22 @@ export class TokenAuthorityGrpcController {
       { grant_type: request.grant_type, scope: request.scope, audience: request.audience, resource: request.resource },
       request.client,
     );
+    // RFC 9449 over gRPC: the proof as `dpop` metadata (as the REST endpoint's DPoP header), its
+    // htu the token endpoint's published URL; a fresh nonce goes back as initial metadata.
+    const proofs = metadata.get('dpop').filter((value): value is string => typeof value === 'string');
+    const dpop =
+      proofs.length === 0
+        ? undefined
+        : {
+            proofs,
+            onNonce: (nonce: string) => {
+              const answer = new Metadata();
+              answer.set('dpop-nonce', nonce);
+              call.sendMetadata(answer);
+            },
+          };
     return this.authority.tokens
-      .issueToken({ params, authorization: authorizationOf(metadata), clientAddress: peerAddress(call) })
+      .issueToken({ params, authorization: authorizationOf(metadata), clientAddress: peerAddress(call), dpop })
       .then((response) => ({ ...response, scope: response.scope ?? '' }));
   }
 

@@ -1,5 +1,6 @@
-import { All, Body, Controller, Get, Header, Headers, HttpCode, Inject, Ip, Post, Req, UseGuards } from '@nestjs/common';
-import type { FastifyRequest } from 'fastify';
+import { All, Body, Controller, Get, Header, Headers, HttpCode, Inject, Ip, Post, Req, Res, UseGuards } from '@nestjs/common';
+import type { FastifyReply, FastifyRequest } from 'fastify';
+import { DPOP_NONCE_HEADER } from '../../libs/core/dpop';
 import type { Authority } from '../../libs/core/authority';
 import { notFound } from '../../libs/core/errors';
 import { normalizeParams } from '../../libs/core/params';
@@ -28,12 +29,20 @@ export class OAuthController {
     @Body() body: unknown,
     @Ip() clientAddress: string,
     @Req() request: FastifyRequest,
+    @Res({ passthrough: true }) reply: FastifyReply,
     @Headers('authorization') authorization?: string,
   ) {
     const proofs = request.headers.dpop;
-    // RFC 9449: the proof's htu may name this URL as the client reached us (Host, and the scheme per trustProxy).
+    // RFC 9449: the proof's htu may name this URL as the client reached us (Host, and the scheme per trustProxy);
+    // a proof with the previous nonce gets the current one back (§8.2).
     const dpop =
-      proofs === undefined ? undefined : { proofs, requestUrl: `${request.protocol}://${request.headers.host ?? ''}${OTOROSHI}/token` };
+      proofs === undefined
+        ? undefined
+        : {
+            proofs,
+            requestUrl: `${request.protocol}://${request.headers.host ?? ''}${OTOROSHI}/token`,
+            onNonce: (nonce: string) => void reply.header(DPOP_NONCE_HEADER, nonce),
+          };
     return this.authority.tokens.issueToken({ params: normalizeParams(body), authorization, clientAddress, dpop });
   }
 

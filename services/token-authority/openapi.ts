@@ -342,7 +342,12 @@ function oauthPost(
   params: JsonSchema,
   ok: JsonSchema,
   okDescription: string,
-  extra: { parameters?: JsonSchema[]; badRequest?: string } = {},
+  extra: {
+    parameters?: JsonSchema[];
+    badRequest?: string;
+    headers400?: Record<string, unknown>;
+    headers200?: Record<string, unknown>;
+  } = {},
 ) {
   return {
     post: {
@@ -353,9 +358,11 @@ function oauthPost(
       ...(extra.parameters ? { parameters: extra.parameters } : {}),
       requestBody: oauthBody(params),
       responses: {
-        '200': { description: okDescription, headers: noStore, content: json(ok) },
+        '200': { description: okDescription, headers: { ...noStore, ...extra.headers200 }, content: json(ok) },
         '400': errorResponse(
           `invalid_request (missing, repeated or malformed parameter, malformed or empty body, unsupported content type, Basic and body credentials together, not over HTTPS with \`secure\`), unsupported_grant_type, invalid_scope, invalid_target, unauthorized_client${extra.badRequest ?? ''}.`,
+          OAUTH_ERROR,
+          extra.headers400,
         ),
         '401': errorResponse('invalid_client: client authentication failed.', OAUTH_ERROR, {
           'WWW-Authenticate': {
@@ -715,7 +722,17 @@ export function openApiDocument(): Record<string, unknown> {
               schema: { type: 'string' },
             },
           ],
-          badRequest: ', invalid_dpop_proof (a DPoP header that is not exactly one valid, unused proof for this request)',
+          badRequest:
+            ', invalid_dpop_proof (a DPoP header that is not exactly one valid, unused proof for this request), use_dpop_nonce (dpop.requireNonce: the proof has no current nonce; use the one in DPoP-Nonce, RFC 9449 §8)',
+          headers400: {
+            'DPoP-Nonce': { description: 'With use_dpop_nonce: the nonce the next proof must carry.', schema: { type: 'string' } },
+          },
+          headers200: {
+            'DPoP-Nonce': {
+              description: "When the proof's nonce was the previous one: the current nonce, for the next proof (RFC 9449 §8.2).",
+              schema: { type: 'string' },
+            },
+          },
         },
       ),
       [`${OTOROSHI}/token/introspect`]: oauthPost(

@@ -2,7 +2,9 @@ import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { describe, it } from 'node:test';
 import { calculateJwkThumbprint, exportJWK, generateKeyPair, SignJWT } from 'jose';
-import { Authorizer, type AuthzRequest } from '../../libs/authz/authorizer';
+import { Authorizer, type AuthorizerGuards, type AuthzRequest } from '../../libs/authz/authorizer';
+import { DpopVerifier } from '../../libs/core/dpop';
+import { DpopNonces } from '../../libs/core/dpop-nonce';
 import type { Decision } from '../../libs/authz/decision';
 import { accessClaims, apiKey, authzConfig, replicaWith, signAccessToken, TestClock, testKeyPair } from './support/fixtures';
 
@@ -14,10 +16,10 @@ import { accessClaims, apiKey, authzConfig, replicaWith, signAccessToken, TestCl
 const pair = testKeyPair('kp-1');
 const URL_ = 'https://api.example/v1/things';
 
-async function setup() {
+async function setup(guards: AuthorizerGuards = {}) {
   const clock = new TestClock();
   const replica = replicaWith([pair], [apiKey('app', { scopes: ['read'] })], clock.now);
-  const authorizer = new Authorizer(authzConfig(), replica, clock.now);
+  const authorizer = new Authorizer(authzConfig(), replica, clock.now, guards);
   const key = await generateKeyPair('ES256');
   const jwk = await exportJWK(key.publicKey);
   const jkt = await calculateJwkThumbprint(jwk);
@@ -33,7 +35,7 @@ async function setup() {
     authorizer.check({ policy: 'api', headers, method: 'GET', url: `${URL_}?page=2`, ...request });
   const dpop = async (value: string | undefined, request: Partial<AuthzRequest> = {}, accessToken = token) =>
     check({ authorization: `DPoP ${accessToken}`, dpop: value }, request);
-  return { clock, token, jwk, other, proof, check, dpop, ath };
+  return { clock, token, jwk, other, proof, check, dpop, ath, authorizer };
 }
 
 const reason = (decision: Decision) => (decision.allowed ? 'allowed' : decision.reason);
@@ -101,5 +103,52 @@ describe('Authorizer: DPoP-bound tokens (RFC 9449 §7)', () => {
     assert.equal(reason(await dpop(await proof({ htm: 'DELETE' }))), 'invalid_dpop_proof');
     assert.equal(reason(await dpop(undefined)), 'invalid_dpop_proof');
     assert.equal(reason(await dpop(await proof())), 'allowed');
+  });
+
+  it('with nonces required (RFC 9449 §9): 401 use_dpop_nonce with DPoP-Nonce, then the nonce passes; the previous one passes with the current one in the answer', async () => {
+    const nonces = new DpopNonces(Buffer.alloc(32, 9), 120, 'resource');
+    const { clock, dpop, proof } = await setup({ dpop: new DpopVerifier({ nonces }) });
+    const asked = await dpop(await proof());
+    assert.equal(reason(asked), 'use_dpop_nonce');
+    assert.ok(!asked.allowed);
+    assert.equal(asked.status, 401);
+    assert.equal(
+      asked.wwwAuthenticate,
+      'DPoP realm="api", algs="ES256 RS256 PS256 EdDSA", error="use_dpop_nonce", error_description="Resource server requires nonce in DPoP proof"',
+    );
+    assert.equal(asked.dpopNonce, nonces.issue(clock.now()));
+    const allowed = await dpop(await proof({ nonce: asked.dpopNonce }));
+    assert.equal(reason(allowed), 'allowed');
+    assert.deepEqual(allowed.allowed && allowed.responseHeaders, {});
+    clock.advance(120_000);
+    const stale = await dpop(await proof({ nonce: asked.dpopNonce }));
+    assert.equal(reason(stale), 'allowed');
+    assert.deepEqual(stale.allowed && stale.responseHeaders, { 'DPoP-Nonce': nonces.issue(clock.now()) });
+    clock.advance(120_000);
+    assert.equal(reason(await dpop(await proof({ nonce: asked.dpopNonce }))), 'use_dpop_nonce');
+  });
+
+  it('with a shared (asynchronous) jti memory, a proof used at one authorizer is refused at another', async () => {
+    const seen = new Set<string>();
+    const replays = { useOnce: async (id: string) => (seen.has(id) ? false : (seen.add(id), true)) };
+    const one = await setup({ dpop: new DpopVerifier({ replays }) });
+    const replica = replicaWith([pair], [apiKey('app', { scopes: ['read'] })], one.clock.now);
+    const other = new Authorizer(authzConfig(), replica, one.clock.now, { dpop: new DpopVerifier({ replays }) });
+    const once = await one.proof();
+    const first = one.authorizer.decide({
+      policy: 'api',
+      headers: { authorization: `DPoP ${one.token}`, dpop: once },
+      method: 'GET',
+      url: URL_,
+    });
+    assert.ok(first instanceof Promise, 'asynchronous with a shared memory');
+    assert.equal(reason(await first), 'allowed');
+    const replayed = await other.check({
+      policy: 'api',
+      headers: { authorization: `DPoP ${one.token}`, dpop: once },
+      method: 'GET',
+      url: URL_,
+    });
+    assert.equal(reason(replayed), 'invalid_dpop_proof');
   });
 });
