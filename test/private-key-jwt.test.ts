@@ -34,6 +34,17 @@ function findJwcryptoPython(): { python?: string; missing?: string } {
   return { missing: `no Python with jwcrypto (pip install jwcrypto==1.6.1, as .ci/run does); tried ${candidates.join(', ')}` };
 }
 const jwcryptoSetup = findJwcryptoPython();
+const AUTHLIB_SCRIPT = path.join(ROOT, 'test', 'support', 'authlib_private_key_jwt.py');
+/** A Python with Authlib (.ci/run installs authlib==1.9.6 into .ci/venv). */
+function findAuthlibPython(): { python?: string; missing?: string } {
+  const candidates = process.env.PYTHON ? [process.env.PYTHON] : [path.join(ROOT, '.ci', 'venv', 'bin', 'python'), 'python3'];
+  for (const python of candidates) {
+    const probe = spawnSync(python, ['-c', 'import authlib.integrations.requests_client, authlib.oauth2.rfc7523'], { timeout: 10_000 });
+    if (probe.status === 0) return { python };
+  }
+  return { missing: `no Python with Authlib and requests (pip install authlib==1.9.6, as .ci/run does); tried ${candidates.join(', ')}` };
+}
+const authlibSetup = findAuthlibPython();
 const AUTH_FAILURES = 'token_authority_client_auth_failures_total';
 
 type Keys = { alg: string; privateKey: KeyObject; jwk: Record<string, unknown> };
@@ -369,6 +380,46 @@ describe('private_key_jwt client authentication', () => {
       assert.equal(answer.status, 200, `${alg}: ${JSON.stringify(answer.body)}`);
     }
     assert.equal((await token(made.assertions.ES256)).status, 401, 'replayed');
+  });
+
+  it("Authlib (Python) with PrivateKeyJWT: token, introspection, revocation, each call by Authlib's own assertion, RS256 and ES256 (its default 1 h exp refused)", async (t) => {
+    if (!authlibSetup.python) {
+      if (process.env.CI === 'true') assert.fail(authlibSetup.missing);
+      t.skip(authlibSetup.missing);
+      return;
+    }
+    const clients: { client_id: string; alg: string; pem: string | Buffer }[] = [];
+    for (const alg of ['RS256', 'ES256'] as const) {
+      const made = keys(alg, `authlib-${alg}`);
+      const clientId = `pk-authlib-${alg.toLowerCase()}`;
+      const created = await authority.admin('POST', '/api/apikeys', { clientId, scope: 'read write', jwks: { keys: [made.jwk] } });
+      assert.equal(created.status, 201, JSON.stringify(created.body));
+      clients.push({ client_id: clientId, alg, pem: made.privateKey.export({ type: 'pkcs8', format: 'pem' }) });
+    }
+    // Not spawnSync: the authority answering the script runs in this process.
+    const stdout = await new Promise<string>((resolve, reject) => {
+      const child = execFile(
+        authlibSetup.python!,
+        [
+          AUTHLIB_SCRIPT,
+          `${authority.url}${TOKEN_PATH}`,
+          `${authority.url}${INTROSPECT_PATH}`,
+          `${authority.url}${REVOKE_PATH}`,
+          tokenEndpoint,
+        ],
+        { timeout: 30_000 },
+        (error, out, err) => (error ? reject(new Error(`${error.message}\n${err}`)) : resolve(out)),
+      );
+      child.stdin!.end(JSON.stringify({ clients }));
+    });
+    const results = JSON.parse(stdout) as Record<string, unknown>;
+    for (const { client_id } of clients)
+      assert.deepEqual(
+        results[client_id],
+        // Authlib's own default lifetime (exp an hour ahead) is past the 5 minutes the authority takes.
+        { token_type: 'Bearer', scope: 'read', active: true, active_after_revoke: false, default_lifetime: 'invalid_client' },
+        client_id,
+      );
   });
 
   it('authenticates by assertion over gRPC too, in the client field', async () => {
