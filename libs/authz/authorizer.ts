@@ -8,8 +8,8 @@ import { DPOP_ALGORITHMS, DPOP_NONCE_HEADER, DpopVerifier, type DpopProof } from
 import { OAuthError } from '../core/errors';
 import type { ExtAuthzConfig, ExtractorName, RoutePolicy } from './config';
 import { legalHeaderValue } from '../http/header-value';
-import { DAILY_REMAINING_HEADER, deny, MONTHLY_REMAINING_HEADER, type Decision, type DenyReason } from './decision';
-import type { QuotaEnforcer } from '../quotas/quotas';
+import { type Allow, DAILY_REMAINING_HEADER, deny, MONTHLY_REMAINING_HEADER, type Decision, type DenyReason } from './decision';
+import type { QuotaDecision, QuotaEnforcer } from '../quotas/quotas';
 import type { AuthorityReplica } from './replica';
 import { InlinePolicies } from './route-policy';
 
@@ -46,6 +46,23 @@ type Credential =
 type Identity =
   | { apiKey: DataPlaneApiKey; scopes: readonly string[]; dpopNonce?: string }
   | { reason: DenyReason; retryAfter?: number; dpopNonce?: string };
+
+/** An allow made once for a key, a policy, a set of scopes and a scheme (Authorizer.conclude). */
+interface SharedAllow {
+  policy: RoutePolicy;
+  scopes: readonly string[];
+  kind: 'bearer' | 'dpop';
+  decision: Allow;
+}
+/** Policies x scope sets x schemes one key is seen with, at most; past it its allows are made again. */
+const ALLOWS_PER_KEY = 32;
+
+function deepFreeze(allow: Allow): Allow {
+  Object.freeze(allow.headersToSet);
+  Object.freeze(allow.headersToRemove);
+  Object.freeze(allow.responseHeaders);
+  return Object.freeze(allow);
+}
 
 interface VerifiedToken {
   kid: string;
@@ -96,6 +113,8 @@ export class Authorizer {
   private readonly verified: LRUCache<string, VerifiedToken> | undefined;
   /** The strings and arrays that the cached tokens of one API key have in common, one copy each. */
   private readonly interned = new Map<string, string | readonly string[]>();
+  /** The allows made for each key (by policy, scopes and scheme): a key object is replaced, never changed, when its key changes. */
+  private readonly allows = new WeakMap<DataPlaneApiKey, SharedAllow[]>();
   private readonly inline = new InlinePolicies();
   /**
    * DPoP proofs at this resource (RFC 9449 §7), the token endpoint's checks plus ath and the
@@ -172,9 +191,10 @@ export class Authorizer {
 
   /**
    * The pipeline, synchronous where nothing needs waiting for: a bearer token (verified or from
-   * the cache) on a key without quotas, and every denial before the credential is looked at, are
-   * decided in the caller's tick. A secret's hash or the failure limits, and quotas, make it a
-   * promise. Throws only on a bug (check() turns that into a rejected promise).
+   * the cache), its quotas counted in memory or from a Redis lease in hand, and every denial
+   * before the credential is looked at, are decided in the caller's tick. A secret's hash or the
+   * failure limits, and a reservation from Redis, make it a promise. Throws only on a bug (check()
+   * turns that into a rejected promise).
    */
   decide(request: AuthzRequest): Decision | Promise<Decision> {
     if (!this.replica.ready) return deny('not_ready');
@@ -232,41 +252,73 @@ export class Authorizer {
     const missing = policy.requiredScopes.filter((scope) => !scopes.includes(scope));
     if (missing.length) return deny('missing_scope', challenge('insufficient_scope', `, scope="${policy.requiredScopes.join(' ')}"`));
 
-    const names = this.config.identityHeaders;
-    const headersToSet: Record<string, string> = {
-      [names.clientId]: legalHeaderValue(apiKey.clientId),
-      [names.clientName]: legalHeaderValue(apiKey.clientName),
-    };
-    const headersToRemove: string[] = [];
-    if (scopes.length) headersToSet[names.scopes] = legalHeaderValue(scopes.join(' '));
-    else headersToRemove.push(names.scopes);
-    if (policy.stripCredential)
-      headersToRemove.push(
-        ...(extracted.kind === 'bearer' ? [extracted.header] : extracted.kind === 'dpop' ? [extracted.header, 'dpop'] : extracted.headers),
-      );
-    // Last, so that only calls that would pass are counted (Otoroshi counts allowed calls).
-    if (this.guards.quotas && apiKey.quotas && policy.quotas) {
-      return this.guards.quotas.consume(apiKey.clientId, apiKey.quotas).then((quota): Decision => {
-        const responseHeaders: Record<string, string> = dpopNonce ? { [DPOP_NONCE_HEADER]: dpopNonce } : {};
-        if (quota.outcome === 'exceeded') return deny('quota_exceeded', undefined, quota.retryAfterSeconds);
-        if (quota.outcome === 'unavailable') {
-          const failOpen = policy.quotaFailure === 'open';
-          this.guards.onQuotaStoreFailure?.(quota.error, request.policy as string, failOpen);
-          if (!failOpen) return deny('quota_unavailable', undefined, 1);
-        } else {
-          responseHeaders[DAILY_REMAINING_HEADER] = String(quota.dailyRemaining);
-          responseHeaders[MONTHLY_REMAINING_HEADER] = String(quota.monthlyRemaining);
-        }
-        return { allowed: true, clientId: apiKey.clientId, headersToSet, headersToRemove, responseHeaders };
-      });
+    // A bearer token's allow depends on nothing but the key, the policy, the scopes and the scheme:
+    // made once and shared (frozen), so a warm Check builds nothing and its bytes can be kept.
+    // With quotas only the remaining-calls headers are new on each call.
+    const shared = extracted.kind === 'bearer' || extracted.kind === 'dpop';
+    let base = shared
+      ? this.allows.get(apiKey)?.find((allow) => allow.policy === policy && allow.scopes === scopes && allow.kind === extracted.kind)
+          ?.decision
+      : undefined;
+    if (!base) {
+      const names = this.config.identityHeaders;
+      const headersToSet: Record<string, string> = {
+        [names.clientId]: legalHeaderValue(apiKey.clientId),
+        [names.clientName]: legalHeaderValue(apiKey.clientName),
+      };
+      const headersToRemove: string[] = [];
+      if (scopes.length) headersToSet[names.scopes] = legalHeaderValue(scopes.join(' '));
+      else headersToRemove.push(names.scopes);
+      if (policy.stripCredential)
+        headersToRemove.push(
+          ...(extracted.kind === 'bearer'
+            ? [extracted.header]
+            : extracted.kind === 'dpop'
+              ? [extracted.header, 'dpop']
+              : extracted.headers),
+        );
+      base = { allowed: true, clientId: apiKey.clientId, headersToSet, headersToRemove, responseHeaders: {} };
+      if (shared) {
+        base = deepFreeze(base);
+        const made = this.allows.get(apiKey);
+        const entry = { policy, scopes, kind: extracted.kind as SharedAllow['kind'], decision: base };
+        if (!made || made.length >= ALLOWS_PER_KEY) this.allows.set(apiKey, [entry]);
+        else made.push(entry);
+      }
+    }
+    // Last, so that only calls that would pass are counted (Otoroshi counts allowed calls). In
+    // memory, or from a lease in hand, in this tick; a reservation from the store is awaited.
+    const quotas = this.guards.quotas;
+    if (quotas && apiKey.quotas && policy.quotas) {
+      const allow = base;
+      const now = quotas.consumeNow(apiKey.clientId, apiKey.quotas);
+      if (now) return this.counted(now, allow, request, policy, dpopNonce);
+      return quotas.consume(apiKey.clientId, apiKey.quotas).then((quota) => this.counted(quota, allow, request, policy, dpopNonce));
     }
     // RFC 9449 §9: a proof with the previous nonce passes, and the client gets the current one.
+    if (dpopNonce) return { ...base, responseHeaders: { [DPOP_NONCE_HEADER]: dpopNonce } };
+    return base;
+  }
+
+  /** An allow once its call is counted: the remaining calls for the client, or the quota's refusal. */
+  private counted(quota: QuotaDecision, allow: Allow, request: AuthzRequest, policy: RoutePolicy, dpopNonce?: string): Decision {
+    if (quota.outcome === 'exceeded') return deny('quota_exceeded', undefined, quota.retryAfterSeconds);
+    const responseHeaders: Record<string, string> = dpopNonce ? { [DPOP_NONCE_HEADER]: dpopNonce } : {};
+    if (quota.outcome === 'unavailable') {
+      const failOpen = policy.quotaFailure === 'open';
+      this.guards.onQuotaStoreFailure?.(quota.error, request.policy as string, failOpen);
+      if (!failOpen) return deny('quota_unavailable', undefined, 1);
+    } else {
+      responseHeaders[DAILY_REMAINING_HEADER] = String(quota.dailyRemaining);
+      responseHeaders[MONTHLY_REMAINING_HEADER] = String(quota.monthlyRemaining);
+    }
+    // The shared parts (frozen) with this call's own response headers.
     return {
       allowed: true,
-      clientId: apiKey.clientId,
-      headersToSet,
-      headersToRemove,
-      responseHeaders: dpopNonce ? { [DPOP_NONCE_HEADER]: dpopNonce } : {},
+      clientId: allow.clientId,
+      headersToSet: allow.headersToSet,
+      headersToRemove: allow.headersToRemove,
+      responseHeaders,
     };
   }
 

@@ -522,6 +522,43 @@ export function encodeAllow(decision: Allow): Buffer {
   return buffer;
 }
 
+/** The inside of an allow's ok_response up to its response headers: the identity headers and the headers to remove. */
+function allowFixedPart(decision: Allow): Buffer {
+  const whole = encodeAllow({ ...decision, responseHeaders: {} });
+  // After status (4 bytes) and ok_response's tag (1), its length, then exactly that many bytes.
+  let length = 0;
+  for (let at = 5, shift = 0; ; at++, shift += 7) {
+    length += (whole[at] & 0x7f) * 2 ** shift;
+    if (whole[at] < 0x80) break;
+  }
+  return whole.subarray(whole.length - length);
+}
+
+/** encodeAllow's bytes from the fixed part (allowFixedPart) and this call's response headers. */
+function encodeAllowFrom(fixed: Buffer, responseHeaders: Record<string, string>): Buffer {
+  sizes.length = 0;
+  let ok = fixed.length;
+  for (const key in responseHeaders) {
+    const option = headerOptionSize(key, responseHeaders[key]);
+    ok += 1 + varintSize(option) + option;
+  }
+  const buffer = Buffer.allocUnsafe(4 + 1 + varintSize(ok) + ok);
+  buffer[0] = 10;
+  buffer[1] = 2;
+  buffer[2] = 8;
+  buffer[3] = RPC_OK;
+  buffer[4] = 26;
+  let at = writeVarint(buffer, 5, ok);
+  at += fixed.copy(buffer, at);
+  let part = 0;
+  for (const key in responseHeaders) {
+    at = writeHeaderOptionAt(buffer, at, 50, key, responseHeaders[key], part);
+    part += 4;
+  }
+  if (at !== buffer.length) throw new Error(`CheckResponse: wrote ${at} bytes of ${buffer.length}`);
+  return buffer;
+}
+
 /** CheckResponse bytes for a denial: status with Envoy's code and message, the HTTP answer with its headers and body. */
 export function encodeDeny(decision: Deny): Buffer {
   const writer = Writer.create();
@@ -543,9 +580,33 @@ const DENIAL_CACHE_MAX = 1024;
 /** Encodes CheckResponses, keeping the bytes of denials already seen. */
 export class CheckResponseEncoder {
   private readonly denials = new Map<string, Buffer>();
+  /** Bytes of the allows the authorizer shares (frozen: made once per key, policy and scopes), as long as it keeps them. */
+  private readonly allows = new WeakMap<Allow, Buffer>();
+
+  /** The identity headers' and headers to remove's bytes of shared allows, by their (frozen) headersToSet. */
+  private readonly fixedParts = new WeakMap<object, { headersToRemove: readonly string[]; bytes: Buffer }>();
 
   encode(decision: Decision): Buffer {
-    if (decision.allowed) return encodeAllow(decision);
+    if (decision.allowed) {
+      if (Object.isFrozen(decision)) {
+        let bytes = this.allows.get(decision);
+        if (!bytes) {
+          bytes = encodeAllow(decision);
+          this.allows.set(decision, bytes);
+        }
+        return bytes;
+      }
+      // A shared allow's parts with this call's remaining-calls headers (quotas).
+      if (Object.isFrozen(decision.headersToSet) && Object.isFrozen(decision.headersToRemove)) {
+        let fixed = this.fixedParts.get(decision.headersToSet);
+        if (fixed?.headersToRemove !== decision.headersToRemove) {
+          fixed = { headersToRemove: decision.headersToRemove, bytes: allowFixedPart(decision) };
+          this.fixedParts.set(decision.headersToSet, fixed);
+        }
+        return encodeAllowFrom(fixed.bytes, decision.responseHeaders);
+      }
+      return encodeAllow(decision);
+    }
     const key = `${decision.reason}\n${decision.wwwAuthenticate ?? ''}\n${decision.retryAfter ?? ''}\n${decision.dpopNonce ?? ''}`;
     let bytes = this.denials.get(key);
     if (!bytes) {

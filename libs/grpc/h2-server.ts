@@ -124,6 +124,15 @@ function finish(stream: ServerHttp2Stream, code: number, details?: string, last?
 
 /** grpc-timeout: "<digits><unit>" (at most 8 digits); undefined for none or a malformed one. */
 function timeoutMs(header: string | string[] | undefined): number | undefined {
+  // Every call from one client names the same timeout (Envoy: its grpc_service timeout).
+  if (header === lastTimeout.header) return lastTimeout.ms;
+  const ms = parseTimeout(header);
+  if (typeof header === 'string') lastTimeout = { header, ms };
+  return ms;
+}
+let lastTimeout: { header: string | undefined; ms: number | undefined } = { header: undefined, ms: undefined };
+
+function parseTimeout(header: string | string[] | undefined): number | undefined {
   const match = typeof header === 'string' ? /^(\d{1,8})([HMSmun])$/.exec(header) : null;
   if (!match) return undefined;
   const value = Number(match[1]);

@@ -46,6 +46,8 @@ export const traceStore = new AsyncLocalStorage<TraceContext | undefined>();
 
 /** Runs `work` (and everything it awaits) with the caller's trace context, when it sent a valid one. */
 export function withTraceparent<T>(traceparent: unknown, work: () => T): T {
+  // No trace to give and none to hide (a Check without traceparent): no context to enter.
+  if (traceparent === undefined && traceStore.getStore() === undefined) return work();
   return traceStore.run(parseTraceparent(traceparent), work);
 }
 

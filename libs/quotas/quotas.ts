@@ -297,9 +297,13 @@ export class QuotaEnforcer {
     this.sweep = setInterval(() => this.giveBackIdleLeases(), Math.max(100, options.leaseTtlMs)).unref();
   }
 
-  async consume(clientId: string, quotas: ApiKeyQuotas): Promise<QuotaDecision> {
+  /**
+   * The call's decision when it needs no store round trip: always in memory; with Redis, a call
+   * spent from the lease in hand or a refusal remembered. Undefined when consume() must wait.
+   */
+  consumeNow(clientId: string, quotas: ApiKeyQuotas): QuotaDecision | undefined {
+    const now = this.now();
     if (this.counters instanceof MemoryQuotaCounters) {
-      const now = this.now();
       const grant = this.counters.reserveNow(clientId, quotas, 1, now);
       if (grant.granted === 0) return this.decide(grant, now);
       return {
@@ -308,6 +312,16 @@ export class QuotaEnforcer {
         monthlyRemaining: Math.max(0, quotas.monthlyQuota - grant.monthlyUsed),
       };
     }
+    const lease = this.leases.get(clientId);
+    if (!lease || lease.day !== utcDay(now) || lease.month !== utcMonth(now)) return undefined;
+    if (lease.left > 0) return this.spend(clientId, lease, quotas, now);
+    if (lease.refusal && lease.refusedUntil > now) return { outcome: 'exceeded', ...lease.refusal };
+    return undefined;
+  }
+
+  async consume(clientId: string, quotas: ApiKeyQuotas): Promise<QuotaDecision> {
+    const decided = this.consumeNow(clientId, quotas);
+    if (decided) return decided;
     // Each pass either spends a reserved call, meets a remembered refusal, waits for the
     // reservation in flight, or makes one itself (and then gets the first of what it reserved),
     // so every caller ends; the bound is only a safety net.

@@ -1,6 +1,6 @@
 import { All, Controller, Get, Header, Inject, Param, Req, Res } from '@nestjs/common';
 import type { FastifyReply, FastifyRequest } from 'fastify';
-import { denialBody } from '../../libs/authz/decision';
+import { type Allow, denialBody } from '../../libs/authz/decision';
 import { requestUrl } from '../../libs/authz/check-wire';
 import { proxiedClientAddress, type TrustProxy } from '../../libs/http/trust-proxy';
 import { EXT_AUTHZ, type ExtAuthz } from './ext-authz.provider';
@@ -28,17 +28,11 @@ export class HttpModeController {
     });
     const decision = decided instanceof Promise ? await decided : decided;
     this.extAuthz.decided('http', policy, decision);
-    reply.header('cache-control', 'no-store');
     if (decision.allowed) {
-      for (const [name, value] of Object.entries(decision.headersToSet)) reply.header(name, value);
-      // Envoy removes these from the upstream request (spoofed identity headers, a stripped credential).
-      if (decision.headersToRemove.length) reply.header('x-envoy-auth-headers-to-remove', decision.headersToRemove.join(','));
-      // For the client's response: Envoy copies them (allowed_client_headers_on_success), nginx
-      // through auth_request_set + add_header.
-      for (const [name, value] of Object.entries(decision.responseHeaders)) reply.header(name, value);
-      await reply.status(200).send();
+      await reply.headers(allowHeaders(decision)).status(200).send();
       return;
     }
+    reply.header('cache-control', 'no-store');
     if (decision.wwwAuthenticate) reply.header('www-authenticate', decision.wwwAuthenticate);
     if (decision.retryAfter !== undefined) reply.header('retry-after', String(decision.retryAfter));
     if (decision.dpopNonce !== undefined) reply.header('dpop-nonce', decision.dpopNonce);
@@ -68,6 +62,26 @@ export class HttpModeController {
   async metrics(@Res() reply: FastifyReply): Promise<void> {
     await reply.type(this.extAuthz.metrics.registry.contentType).send(await this.extAuthz.metrics.registry.metrics());
   }
+}
+
+/** An allow's answer headers, by its shared (frozen) identity headers, as long as the authorizer keeps them. */
+const sharedAllowHeaders = new WeakMap<object, { headersToRemove: readonly string[]; headers: Record<string, string> }>();
+
+/** An allow's answer headers: made once for the parts the authorizer shares, with this call's remaining calls (quotas). */
+function allowHeaders(decision: Allow): Record<string, string> {
+  const shared = Object.isFrozen(decision.headersToSet) && Object.isFrozen(decision.headersToRemove);
+  let fixed = shared ? sharedAllowHeaders.get(decision.headersToSet) : undefined;
+  if (fixed?.headersToRemove !== decision.headersToRemove) {
+    const headers: Record<string, string> = { 'cache-control': 'no-store', ...decision.headersToSet };
+    // Envoy removes these from the upstream request (spoofed identity headers, a stripped credential).
+    if (decision.headersToRemove.length) headers['x-envoy-auth-headers-to-remove'] = decision.headersToRemove.join(',');
+    fixed = { headersToRemove: decision.headersToRemove, headers };
+    if (shared) sharedAllowHeaders.set(decision.headersToSet, fixed);
+  }
+  // For the client's response: Envoy copies them (allowed_client_headers_on_success), nginx
+  // through auth_request_set + add_header.
+  for (const _ in decision.responseHeaders) return { ...fixed.headers, ...decision.responseHeaders };
+  return fixed.headers;
 }
 
 /**

@@ -139,6 +139,37 @@ describe('Authorizer: bearer tokens', () => {
     assert.equal(reason(await bearer(other)), 'unknown_key', 'cached, but its key is gone');
   });
 
+  it("shares a bearer token's allow (frozen) per key, policy and scopes, and makes a new one when the key changes", async () => {
+    const { clock, replica, bearer } = await setup({ api: {}, strip: { stripCredential: true } });
+    const read = await signAccessToken(pair, accessClaims('app', clock.seconds, { scope: 'read' }));
+    const readToo = await signAccessToken(pair, accessClaims('app', clock.seconds, { scope: 'read', jti: 'read-too' }));
+    const write = await signAccessToken(pair, accessClaims('app', clock.seconds, { scope: 'write', jti: 'write' }));
+    const first = await bearer(read);
+    assert.ok(first.allowed && Object.isFrozen(first) && Object.isFrozen(first.headersToSet) && Object.isFrozen(first.headersToRemove));
+    assert.equal(await bearer(read), first, 'the same token again');
+    assert.equal(await bearer(readToo), first, 'another token of the same key and scopes');
+    const other = await bearer(write);
+    assert.ok(other.allowed && other !== first);
+    assert.equal(other.headersToSet['x-client-scopes'], 'write');
+    const stripped = await bearer(read, 'strip');
+    assert.ok(stripped.allowed && stripped !== first);
+    assert.deepEqual(stripped.headersToRemove, ['authorization']);
+    assert.deepEqual(first.allowed && first.headersToRemove, []);
+    assert.equal(
+      replica.apply(
+        update({
+          version: 's:2',
+          baseVersion: 's:1',
+          apiKeys: [apiKey('app', { clientName: 'renamed', authorizedEntities: ['route_foo'] })],
+        }),
+      ),
+      'applied',
+    );
+    const renamed = await bearer(read);
+    assert.ok(renamed.allowed && renamed !== first);
+    assert.equal(renamed.headersToSet['x-client-name'], 'renamed');
+  });
+
   it('bounds the verified-token cache by heap bytes as well as by count, and a cached token still names only itself', async () => {
     const tokens = await Promise.all(
       Array.from({ length: 10 }, (_, index) => signAccessToken(rsa, accessClaims('app', new TestClock().seconds, { jti: `jti-${index}` }))),
@@ -268,5 +299,29 @@ describe('Authorizer: routes, scopes and other credentials', () => {
     assert.equal(reason(refused), 'quota_exceeded');
     assert.equal(!refused.allowed && refused.status, 429);
     assert.ok(!refused.allowed && refused.retryAfter !== undefined && refused.retryAfter > 0);
+  });
+
+  it("decides a bearer token on a key with quotas in memory in the caller's tick, its identity headers shared", async () => {
+    const clock = new TestClock();
+    const quotas = { throttlingQuota: 100, dailyQuota: 3, monthlyQuota: 100 };
+    const replica = replicaWith([pair], [apiKey('app', { quotas, authorizedEntities: ['route_foo'] })], clock.now);
+    const enforcer = new QuotaEnforcer(
+      new MemoryQuotaCounters(),
+      { leaseMax: 1, leaseTtlMs: 1000, refusalCacheMs: 1000, waitMs: 100 },
+      clock.now,
+    );
+    const authorizer = new Authorizer(authzConfig({ api: {} }), replica, clock.now, { quotas: enforcer });
+    const token = await signAccessToken(pair, accessClaims('app', clock.seconds, { scope: 'read' }));
+    const decide = () => authorizer.decide({ policy: 'api', headers: { authorization: `Bearer ${token}` } });
+    const first = decide();
+    const second = decide();
+    assert.ok(!(first instanceof Promise) && !(second instanceof Promise), 'no promise');
+    assert.ok(first.allowed && second.allowed && first !== second);
+    assert.deepEqual(first.responseHeaders, { 'Otoroshi-Daily-Calls-Remaining': '2', 'Otoroshi-Monthly-Calls-Remaining': '99' });
+    assert.deepEqual(second.responseHeaders, { 'Otoroshi-Daily-Calls-Remaining': '1', 'Otoroshi-Monthly-Calls-Remaining': '98' });
+    assert.equal(first.headersToSet, second.headersToSet, 'identity headers shared');
+    assert.ok(Object.isFrozen(first.headersToSet) && !Object.isFrozen(first));
+    assert.equal(reason(decide() as Decision), 'allowed');
+    assert.equal(reason(decide() as Decision), 'quota_exceeded', 'refused in the same tick too');
   });
 });

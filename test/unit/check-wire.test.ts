@@ -463,4 +463,29 @@ describe('CheckResponseEncoder against proto-loader', () => {
     for (const decision of allows)
       assert.equal(encoder.encode(decision).toString('hex'), CHECK.responseSerialize(toCheckResponse(decision)).toString('hex'));
   });
+
+  it('keeps the bytes of a shared (frozen) allow, and writes every other allow afresh', () => {
+    const encoder = new CheckResponseEncoder();
+    for (const decision of allows) {
+      const fresh = encoder.encode(decision);
+      assert.notEqual(encoder.encode(decision), fresh, 'not frozen: written again');
+      const shared = Object.freeze({ ...decision });
+      const bytes = encoder.encode(shared);
+      assert.equal(encoder.encode(shared), bytes, 'frozen: the same bytes');
+      assert.equal(bytes.toString('hex'), CHECK.responseSerialize(toCheckResponse(decision)).toString('hex'));
+      // Shared identity headers and removals, this call's remaining calls (quotas): the same bytes.
+      const parts = {
+        headersToSet: Object.freeze({ ...decision.headersToSet }),
+        headersToRemove: Object.freeze([...decision.headersToRemove]),
+      };
+      for (const responseHeaders of [{}, decision.responseHeaders, { 'Otoroshi-Daily-Calls-Remaining': '9'.repeat(200) }]) {
+        const counted = { ...decision, ...parts, headersToRemove: parts.headersToRemove as string[], responseHeaders };
+        assert.equal(
+          encoder.encode(counted).toString('hex'),
+          CHECK.responseSerialize(toCheckResponse(counted)).toString('hex'),
+          JSON.stringify(counted),
+        );
+      }
+    }
+  });
 });
