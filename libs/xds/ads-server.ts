@@ -2,7 +2,7 @@ import type { Metadata, Server, ServerDuplexStream, ServiceDefinition } from '@g
 import { status as GrpcStatus } from '@grpc/grpc-js';
 import { clientText } from '../core/client-text';
 import { CLUSTER, CLUSTER_LOAD_ASSIGNMENT, envoyType, LISTENER, XDS_TYPES, type XdsTypeUrl } from './envoy-types';
-import { routeIdOf, type XdsResource, type XdsResourceBuilder, type XdsRoute, type XdsSnapshot } from './resources';
+import { routeIdOf, type XdsChanges, type XdsResource, type XdsResourceBuilder, type XdsRoute, type XdsSnapshot } from './resources';
 
 /**
  * envoy.service.discovery.v3.AggregatedDiscoveryService on a grpc-js server: the authority as
@@ -69,6 +69,9 @@ type SotwRequest = {
   error_detail?: { code?: number; message?: string };
 };
 
+/** A route set to rebuild from, or a change of some routes. */
+type RouteChange = { routes: readonly XdsRoute[] } | { upserted: readonly XdsRoute[]; removed: readonly string[] };
+
 /** What a response carried, to name the routes of a NACK. */
 interface Sent {
   routeIds: string[];
@@ -88,7 +91,7 @@ export class AdsServer {
   private snapshotVersion = 0;
   /** Routes whose resources changed in the last rebuild: the ones a rejected RouteConfiguration is blamed on. */
   private changedRoutes: string[] = [];
-  private pendingRoutes: readonly XdsRoute[] | undefined;
+  private queued: RouteChange[] = [];
   private rebuildScheduled = false;
   private readonly streams = new Set<XdsStream>();
   private readonly byRoute = new Map<string, XdsNack>();
@@ -106,25 +109,54 @@ export class AdsServer {
     this.snapshot = builder.build(routes);
   }
 
-  /** The routes changed: rebuilt on the next turn of the event loop (changes within one turn are one push). */
+  /** The whole route set: rebuilt on the next turn of the event loop (changes within one turn are one push). */
   setRoutes(routes: readonly XdsRoute[]): void {
-    this.pendingRoutes = routes;
+    // What came before a whole set is replaced by it.
+    this.queued = [{ routes }];
+    this.scheduleRebuild();
+  }
+
+  /** Some routes changed (`upserted` as they now are, `removed` deleted): applied on the next turn, with whatever else came in it. */
+  changeRoutes(upserted: readonly XdsRoute[], removed: readonly string[]): void {
+    this.queued.push({ upserted, removed });
+    this.scheduleRebuild();
+  }
+
+  private scheduleRebuild(): void {
     if (this.rebuildScheduled) return;
     this.rebuildScheduled = true;
     setImmediate(() => {
       this.rebuildScheduled = false;
-      const next = this.pendingRoutes as readonly XdsRoute[];
-      this.pendingRoutes = undefined;
-      this.apply(next);
+      const queued = this.queued;
+      this.queued = [];
+      this.applyAll(queued);
     });
   }
 
-  /** Rebuilds now and pushes to every stream. */
+  /** Rebuilds from the whole route set now and pushes to every stream. */
   apply(routes: readonly XdsRoute[]): void {
-    this.snapshot = this.builder.build(routes);
-    this.changedRoutes = this.builder.changed;
+    this.applyAll([{ routes }]);
+  }
+
+  private applyAll(queued: readonly RouteChange[]): void {
+    const changes = new Map<XdsTypeUrl, Set<string>>();
+    const changedRoutes = new Set<string>();
+    for (const change of queued) {
+      this.snapshot = 'routes' in change ? this.builder.build(change.routes) : this.builder.update(change.upserted, change.removed);
+      for (const id of this.builder.changed) changedRoutes.add(id);
+      for (const [typeUrl, names] of this.builder.changedNames) {
+        const all = changes.get(typeUrl);
+        if (!all) changes.set(typeUrl, new Set(names));
+        else for (const name of names) all.add(name);
+      }
+    }
+    this.changedRoutes = [...changedRoutes];
+    let any = false;
+    for (const names of changes.values()) if (names.size) any = true;
+    if (!any) return;
     this.snapshotVersion++;
-    for (const stream of this.streams) stream.pushAll();
+    // Every stream held the previous snapshot as far as it wanted it: only the names that moved need a look.
+    for (const stream of this.streams) stream.pushAll(changes);
   }
 
   current(): XdsSnapshot {
@@ -276,7 +308,8 @@ function bounded(message: string): string {
 
 interface XdsStream {
   onRequest(request: DeltaRequest & SotwRequest): void;
-  pushAll(): void;
+  /** The snapshot moved by `changes` (the names each type's build changed). */
+  pushAll(changes: XdsChanges): void;
   end(): void;
 }
 
@@ -352,17 +385,30 @@ class DeltaStream implements XdsStream {
     else if (changed) this.push(typeUrl as XdsTypeUrl, 'both', false, added);
   }
 
-  pushAll(): void {
-    for (const typeUrl of XDS_TYPES) this.push(typeUrl, typeUrl === CLUSTER ? 'upserts' : 'both', false);
-    this.push(CLUSTER, 'removals', false);
+  pushAll(changes: XdsChanges): void {
+    for (const typeUrl of XDS_TYPES) {
+      const names = changes.get(typeUrl);
+      if (names?.size) this.push(typeUrl, typeUrl === CLUSTER ? 'upserts' : 'both', false, undefined, names);
+    }
+    const clusters = changes.get(CLUSTER);
+    if (clusters?.size) this.push(CLUSTER, 'removals', false, undefined, clusters);
   }
 
   end(): void {
     this.call.end();
   }
 
-  /** Sends what the client lacks of this type: among `only` when given (names just subscribed to), else among all. */
-  private push(typeUrl: XdsTypeUrl, what: 'both' | 'upserts' | 'removals', first: boolean, only?: string[]): void {
+  /**
+   * Sends what the client lacks of this type: among `only` when given (names just subscribed to),
+   * among `moved` when given (the names a rebuild changed: the client held the rest as they are), else among all.
+   */
+  private push(
+    typeUrl: XdsTypeUrl,
+    what: 'both' | 'upserts' | 'removals',
+    first: boolean,
+    only?: string[],
+    moved?: ReadonlySet<string>,
+  ): void {
     const state = this.state.get(typeUrl);
     if (!state) return;
     const current = this.server.current().get(typeUrl) ?? new Map<string, XdsResource>();
@@ -374,6 +420,13 @@ class DeltaStream implements XdsStream {
         const item = current.get(name);
         if (item && state.held.get(name) !== item.version) resources.push(item);
         else if (!item && !state.held.has(name)) removed.push(name);
+      }
+    } else if (moved) {
+      for (const name of moved) {
+        const item = current.get(name);
+        if (item) {
+          if (what !== 'removals' && wanted(name) && state.held.get(name) !== item.version) resources.push(item);
+        } else if (what !== 'upserts' && state.held.has(name) && state.held.get(name) !== ABSENT) removed.push(name);
       }
     } else {
       if (what !== 'removals') {
@@ -453,8 +506,8 @@ class SotwStream implements XdsStream {
     this.push(typeUrl as XdsTypeUrl, namesChanged || state.sentVersion === undefined);
   }
 
-  pushAll(): void {
-    for (const typeUrl of XDS_TYPES) this.push(typeUrl, false);
+  pushAll(changes: XdsChanges): void {
+    for (const typeUrl of XDS_TYPES) if (changes.get(typeUrl)?.size) this.push(typeUrl, false);
   }
 
   end(): void {

@@ -10,15 +10,18 @@ export interface FollowedRoutes {
 
 const seqOf = (version: string) => parseVersion(version)?.seq ?? -1;
 
+/** What the control plane is told: the whole set (after a snapshot), or the routes a delta changed. */
+export type FollowedChange = { routes: Route[] } | { upserted: Route[]; removed: string[] };
+
 /**
  * The whole route set, kept from the authority's route feed (libs/core/route-feed.ts): a snapshot,
- * then each delta applied to it; `onRoutes` gets the new set after each delta, and after a new
- * snapshot when the feed says `resync`. Resolves once the first snapshot is read, so the control
+ * then each delta applied to it; `onChange` gets each delta's routes (upserted, removed), and the
+ * whole set after a new snapshot when the feed says `resync`. Resolves once the first snapshot is read, so the control
  * plane never serves an empty set to an Envoy that connects while it starts.
  */
 export async function followRoutes(
   feed: Pick<RouteFeed, 'subscribe' | 'snapshot'>,
-  onRoutes: (routes: Route[]) => void,
+  onChange: (change: FollowedChange) => void,
   onError: (error: Error) => void,
 ): Promise<FollowedRoutes> {
   const byId = new Map<string, Route>();
@@ -43,7 +46,7 @@ export async function followRoutes(
   const stop = feed.subscribe((event) => {
     if (event === 'resync') {
       load().then(
-        () => onRoutes([...byId.values()]),
+        () => onChange({ routes: [...byId.values()] }),
         (error: Error) => onError(error),
       );
       return;
@@ -53,7 +56,7 @@ export async function followRoutes(
       return;
     }
     apply(event);
-    onRoutes([...byId.values()]);
+    onChange({ upserted: event.upserted, removed: event.removed });
   });
   try {
     await load();

@@ -209,7 +209,7 @@ async function createAdsServer(
   let ads: AdsServer | undefined;
   const followed = await followRoutes(
     authority.routes,
-    (routes) => ads?.setRoutes(routes),
+    (change) => ('routes' in change ? ads?.setRoutes(change.routes) : ads?.changeRoutes(change.upserted, change.removed)),
     (error) => logger.warn({ err: error.message }, 'xds: reading the routes failed'),
   );
   ads = new AdsServer(new XdsResourceBuilder(xdsPlacement(config.xds)), followed.routes, {

@@ -124,6 +124,50 @@ describe('ADS, delta', () => {
     assert.deepEqual(call.take(), []);
   });
 
+  it('a change of one route among 1,000 looks at its resources only: delta gets that cluster, state of the world that type', () => {
+    const routes = Array.from({ length: 1000 }, (_, index) => route(`r${index}`, 1000 + index));
+    const { ads, open } = setup(routes);
+    const delta = open('DeltaAggregatedResources');
+    subscribeDelta(delta);
+    const sotw = open('StreamAggregatedResources');
+    for (const type_url of [CLUSTER, ROUTE_CONFIGURATION]) {
+      const resource_names = type_url === CLUSTER ? [] : ['ingress_http'];
+      sotw.emit('data', { type_url, resource_names });
+      const [response] = sotw.take();
+      sotw.emit('data', { type_url, resource_names, response_nonce: response.nonce, version_info: response.version_info });
+    }
+    assert.deepEqual(sotw.take(), []);
+    const changed = [...routes];
+    changed[500] = { ...routes[500], backend: { ...routes[500].backend, connectTimeoutMs: 900 } };
+    ads.apply(changed);
+    assert.deepEqual(
+      delta.take().map((response) => [response.type_url, names(response), response.removed_resources]),
+      [[CLUSTER, ['route_r500'], []]],
+    );
+    assert.deepEqual(
+      sotw.take().map((response) => [response.type_url, response.resources.length]),
+      [[CLUSTER, 1000]],
+    );
+  });
+
+  it('changes queued in one turn are one push: a whole set, then deltas on top of it', async () => {
+    const { ads, open } = setup([route('a', 1), route('b', 2)]);
+    const call = open('DeltaAggregatedResources');
+    subscribeDelta(call);
+    ads.changeRoutes([route('a', 9)], []);
+    ads.setRoutes([route('a', 1), route('b', 2), route('c', 3)]);
+    ads.changeRoutes([route('b', 5)], ['c']);
+    ads.changeRoutes([route('d', 4, { enabled: false })], []);
+    assert.deepEqual(call.take(), [], 'nothing before the next turn');
+    await new Promise((done) => setImmediate(done));
+    // The delta before the whole set is dropped (a stays on 1); c came and went within the turn.
+    assert.deepEqual(
+      call.take().map((response) => [response.type_url, names(response), response.removed_resources]),
+      [[CLUSTER_LOAD_ASSIGNMENT, ['route_b'], []]],
+    );
+    assert.deepEqual([...(ads.current().get(CLUSTER)?.keys() ?? [])].sort(), ['route_a', 'route_b']);
+  });
+
   it('records a NACK on the routes of the rejected response and does not send it again; an ACK of a later one clears it', () => {
     const { ads, open } = setup([route('a', 1), route('b', 2)]);
     const call = open('DeltaAggregatedResources');

@@ -150,7 +150,7 @@ describe('xDS resources built from routes', () => {
     );
   });
 
-  it('versions are hashes of the bytes: equal on two builders (replicas); a change of targets moves only its endpoints', () => {
+  it('versions are hashes of the content: equal on two builders (replicas); a change of targets moves only its endpoints', () => {
     const first = new XdsResourceBuilder(PLACEMENT).build([FOO, FOO_API, OPEN]);
     const builder = new XdsResourceBuilder(PLACEMENT);
     const again = builder.build([OPEN, FOO, FOO_API]);
@@ -168,6 +168,99 @@ describe('xDS resources built from routes', () => {
       .filter(([key, version]) => versions(first)[key] !== version)
       .map(([key]) => key);
     assert.deepEqual(changed, [`${CLUSTER_LOAD_ASSIGNMENT} route_foo`]);
+  });
+
+  it('built change by change, every snapshot is what a fresh builder makes of the same routes; changedNames names what moved', () => {
+    const builder = new XdsResourceBuilder(PLACEMENT);
+    const bytesOf = (snapshot: ReturnType<XdsResourceBuilder['build']>) =>
+      Object.fromEntries(
+        [...snapshot].flatMap(([type, resources]) =>
+          [...resources.values()].map((each) => [`${type} ${each.name}`, `${each.version} ${Buffer.from(each.value).toString('base64')}`]),
+        ),
+      );
+    const on = (id: string, domains: string[], extra: Partial<RouteInput> = {}) =>
+      route({ id, frontend: { domains }, backend: { targets: [{ hostname: '127.0.0.1', port: 80 }] }, ...extra });
+    let before = bytesOf(new XdsResourceBuilder(PLACEMENT).build([]));
+    const steps: { routes: RouteSpec[]; moved: string[] }[] = [];
+    const a = on('a', ['a.oto.tools']);
+    const b = on('b', ['b.oto.tools', 'shared.oto.tools']);
+    const c = on('c', ['shared.oto.tools'], { frontend: { domains: ['shared.oto.tools'], pathPrefix: '/c/' } });
+    steps.push({
+      routes: [a, b, c],
+      moved: [
+        'cluster route_a',
+        'cluster route_b',
+        'cluster route_c',
+        'endpoints route_a',
+        'endpoints route_b',
+        'endpoints route_c',
+        'routes',
+      ],
+    });
+    // The connect timeout: the cluster only.
+    const b2 = { ...b, backend: { ...b.backend, connectTimeoutMs: 900 } };
+    steps.push({ routes: [a, b2, c], moved: ['cluster route_b'] });
+    // The same content in a new object: nothing.
+    steps.push({ routes: [{ ...a }, b2, c], moved: [] });
+    // A moves to another domain (one host gone, one new); c gets a public prefix on a shared host.
+    const a2 = { ...a, frontend: { ...a.frontend, domains: ['z.oto.tools'] } };
+    const c2 = { ...c, apikeys: { ...c.apikeys, publicPathPrefixes: ['/c/open/'] } };
+    steps.push({ routes: [a2, b2, c2], moved: ['routes'] });
+    // b disabled, c to a DNS target (no endpoints of its own), a duplicate id (the first one counts).
+    const c3 = { ...c2, backend: { ...c2.backend, targets: [{ hostname: 'c.internal', port: 80, tls: false, weight: 1 }] } };
+    steps.push({
+      routes: [a2, { ...b2, enabled: false }, c3, { ...a2, frontend: { ...a2.frontend, domains: ['dup.oto.tools'] } }],
+      moved: ['cluster route_b', 'cluster route_c', 'endpoints route_b', 'endpoints route_c', 'routes'],
+    });
+    // b back, a gone: the host shared by b and c keeps both.
+    steps.push({ routes: [c3, b2], moved: ['cluster route_a', 'cluster route_b', 'endpoints route_a', 'endpoints route_b', 'routes'] });
+    steps.push({ routes: [], moved: ['cluster route_b', 'cluster route_c', 'endpoints route_b', 'routes'] });
+    // A third builder follows by deltas (update): the routes that differ from the step before, the ids gone.
+    const byDelta = new XdsResourceBuilder(PLACEMENT);
+    let previous = new Map<string, RouteSpec>();
+    for (const [index, step] of steps.entries()) {
+      const incremental = bytesOf(builder.build(step.routes));
+      const fresh = bytesOf(new XdsResourceBuilder(PLACEMENT).build(step.routes));
+      assert.deepEqual(incremental, fresh, `step ${index}`);
+      const current = new Map<string, RouteSpec>();
+      for (const each of step.routes) if (!current.has(each.id)) current.set(each.id, each);
+      const upserted = [...current.values()].filter((each) => previous.get(each.id) !== each);
+      const removed = [...previous.keys()].filter((id) => !current.has(id));
+      assert.deepEqual(bytesOf(byDelta.update(upserted, removed)), fresh, `step ${index} by delta`);
+      assert.deepEqual(
+        [...byDelta.changedNames].map(([type, names]) => [type, [...names].sort()]),
+        [...builder.changedNames].map(([type, names]) => [type, [...names].sort()]),
+        `step ${index}: changedNames by delta`,
+      );
+      previous = current;
+      const moved = [...builder.changedNames].flatMap(([type, names]) =>
+        [...names].map((name) =>
+          type === CLUSTER ? `cluster ${name}` : type === CLUSTER_LOAD_ASSIGNMENT ? `endpoints ${name}` : 'routes',
+        ),
+      );
+      assert.deepEqual(moved.sort(), [...step.moved].sort(), `step ${index}: changedNames`);
+      // What moved between the snapshots is exactly what changedNames says.
+      const differs = Object.keys({ ...before, ...incremental })
+        .filter((key) => before[key] !== incremental[key])
+        .map((key) =>
+          key.startsWith(`${CLUSTER} `)
+            ? `cluster ${key.slice(CLUSTER.length + 1)}`
+            : key.startsWith(`${CLUSTER_LOAD_ASSIGNMENT} `)
+              ? `endpoints ${key.slice(CLUSTER_LOAD_ASSIGNMENT.length + 1)}`
+              : 'routes',
+        );
+      assert.deepEqual(differs.sort(), [...step.moved].sort(), `step ${index}: the snapshots`);
+      before = incremental;
+    }
+    const shared = vhost(decodeSnapshot(builder.build([c3, b2]))[ROUTE_CONFIGURATION].ingress_http, 'shared.oto.tools');
+    assert.deepEqual(
+      shared.routes.map((each: Decoded) => [each.name, each.match.prefix]),
+      [
+        ['c', '/c/open/'],
+        ['c', '/c/'],
+        ['b', '/'],
+      ],
+    );
   });
 
   it('the RouteConfiguration written from kept route bytes is what protobufjs writes for the same message', () => {
