@@ -20,6 +20,21 @@ import { type Answer, send } from '../support/proxy-request';
 const ROOT = path.resolve(__dirname, '..', '..', '..');
 const PROJECT = 'ta-compose-test';
 const IMAGE = 'otoroshi-token-authority:local';
+/** Run in the image: every package under /app/node_modules (nested ones too), as a JSON list of names. */
+const LIST_PACKAGES = `const fs = require('node:fs'), path = require('node:path'), names = new Set();
+const walk = (dir) => {
+  for (const entry of fs.readdirSync(dir, { withFileTypes: true })) {
+    if (!entry.isDirectory() || entry.name === '.bin') continue;
+    const scoped = entry.name.startsWith('@');
+    for (const name of scoped ? fs.readdirSync(path.join(dir, entry.name)).map((inner) => entry.name + '/' + inner) : [entry.name]) {
+      names.add(name);
+      const nested = path.join(dir, name, 'node_modules');
+      if (fs.existsSync(nested)) walk(nested);
+    }
+  }
+};
+walk('/app/node_modules');
+console.log(JSON.stringify([...names].sort()));`;
 const OAUTH = 'oauth.oto.tools';
 const FOO = 'foo.oto.tools';
 const TUTORIAL = 'http://127.0.0.1:8080';
@@ -281,6 +296,17 @@ describe('docker compose up, in a Docker engine of its own', { skip: unavailable
     it('runs every process as a non-root user', () => {
       for (const service of NODE_SERVICES) assert.equal(compose(['exec', '-T', service, 'id', '-u']).trim(), '1000', service);
       assert.notEqual(compose(['exec', '-T', 'envoy', 'id', '-u']).trim(), '0', 'envoy');
+    });
+
+    it('ships production dependencies only: no devDependency, no type declarations (@types)', () => {
+      const devDependencies = Object.keys(JSON.parse(readFileSync(path.join(ROOT, 'package.json'), 'utf8')).devDependencies);
+      const listing = engine.docker(['run', '--rm', '--network', 'none', IMAGE, 'node', '-e', LIST_PACKAGES]);
+      const installed: string[] = JSON.parse(listing);
+      assert.ok(installed.includes('@grpc/grpc-js'), 'the listing reads node_modules');
+      assert.deepEqual(
+        installed.filter((name) => name.startsWith('@types/') || name === 'undici-types' || devDependencies.includes(name)),
+        [],
+      );
     });
 
     it('switches to ext_authz in HTTP mode with ENVOY_CONFIG=envoy-http.yaml', async () => {
