@@ -1,7 +1,6 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { request as httpsRequest } from 'node:https';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -9,41 +8,9 @@ import { startEchoBackend, type EchoBackend } from '../services/echo-backend/ser
 import { startTestAuthority, TOKEN_PATH, type TestAuthority } from './support/authority';
 import { startEnvoy, type TestEnvoy } from './support/envoy';
 import { startTestExtAuthz, type TestExtAuthz } from './support/ext-authz';
-import { send, type Answer } from './support/proxy-request';
+import { send, sendTls } from './support/proxy-request';
 
 const OAUTH = 'oauth.oto.tools';
-
-/** A request over TLS to Envoy's HTTPS listener, trusting only the test's own certificate. */
-function sendTls(
-  port: number,
-  pathname: string,
-  options: { host: string; ca: Buffer; method?: string; headers?: Record<string, string>; body?: string },
-): Promise<Answer> {
-  return new Promise((resolve, reject) => {
-    const req = httpsRequest(
-      {
-        host: '127.0.0.1',
-        port,
-        path: pathname,
-        method: options.method ?? 'GET',
-        servername: options.host,
-        ca: options.ca,
-        agent: false,
-        headers: { host: options.host, ...options.headers },
-      },
-      (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (chunk: Buffer) => chunks.push(chunk));
-        res.on('end', () =>
-          resolve({ status: res.statusCode ?? 0, headers: res.headers, counts: {}, body: Buffer.concat(chunks).toString('utf8') }),
-        );
-        res.on('error', reject);
-      },
-    );
-    req.on('error', reject);
-    req.end(options.body);
-  });
-}
 
 /**
  * TLS at the edge: an HTTPS listener rendered beside the plain one (libs/envoy/render-config.ts),

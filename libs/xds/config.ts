@@ -19,6 +19,20 @@ export const xdsSettingsSchema = z
     authorityDomains: z.array(z.string().min(1)).default(['oauth.oto.tools']),
     authorityCluster: z.string().min(1).default('token_authority'),
     authorityGrpcCluster: z.string().min(1).default('token_authority_grpc'),
+    /**
+     * An HTTPS listener beside the HTTP one (same routes), off unless set. The certificate chain and
+     * private key are absolute paths of PEM files on Envoy's host: Envoy reads them when it takes
+     * the listener; the authority never reads them and the key never travels over xDS.
+     */
+    tls: z
+      .object({
+        /** Default: the HTTP listener's address. */
+        address: z.string().min(1).optional(),
+        port: portSetting.default(8443),
+        certificateFile: z.string().regex(/^\//, "an absolute path on Envoy's host"),
+        privateKeyFile: z.string().regex(/^\//, "an absolute path on Envoy's host"),
+      })
+      .optional(),
   })
   .prefault({});
 
@@ -30,6 +44,14 @@ export function xdsPlacement(settings: XdsSettings): XdsPlacement {
     extAuthz: { cluster: settings.extAuthzCluster },
     authority: settings.authorityDomains.length
       ? { domains: settings.authorityDomains, httpCluster: settings.authorityCluster, grpcCluster: settings.authorityGrpcCluster }
+      : undefined,
+    tls: settings.tls
+      ? {
+          address: settings.tls.address ?? settings.listener.address,
+          port: settings.tls.port,
+          certificateFile: settings.tls.certificateFile,
+          privateKeyFile: settings.tls.privateKeyFile,
+        }
       : undefined,
   };
 }

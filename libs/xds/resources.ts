@@ -20,7 +20,8 @@ import {
  * Stored routes (libs/core/routes.ts) as the Envoy resources the authority serves over ADS:
  *
  * - one Listener (the HTTP listener of envoy/envoy.yaml: HCM with ext_authz then the router),
- *   its routes by RDS over ADS;
+ *   its routes by RDS over ADS; with `tls`, a second one (`ingress_https`) with the same routes
+ *   behind a DownstreamTlsContext whose certificate and key are files Envoy reads itself;
  * - one RouteConfiguration: a virtual host per domain (its host part: the listener ignores the
  *   Host header's port, `ignore_port_in_host_matching`, so `foo.oto.tools`, `foo.oto.tools:*` and
  *   `foo.oto.tools:8080` are one virtual host), each with a route per Route claiming the domain
@@ -49,6 +50,12 @@ export interface XdsPlacement {
   authority?: { domains: string[]; httpCluster: string; grpcCluster?: string };
   /** The name of the RouteConfiguration (default: the listener's name). */
   routeConfigName?: string;
+  /**
+   * An HTTPS listener beside the HTTP one, with the same routes and filters. The certificate chain
+   * and private key are paths on Envoy's host (PEM): Envoy reads them, the key never travels over
+   * xDS.
+   */
+  tls?: { name?: string; address: string; port: number; certificateFile: string; privateKeyFile: string };
 }
 
 /** A route as the builder reads it: a valid route (RouteSpec; the store's Route is one). */
@@ -312,7 +319,7 @@ export class XdsResourceBuilder {
   private readonly clusters = new Map<string, XdsResource>();
   private readonly endpoints = new Map<string, XdsResource>();
   private routeConfig: XdsResource | undefined;
-  private readonly listener: XdsResource;
+  private readonly listeners: XdsResource[];
   private readonly routeConfigName: string;
   private readonly fields = fieldIds();
   private readonly snapshot: XdsSnapshot;
@@ -324,14 +331,18 @@ export class XdsResourceBuilder {
   constructor(private readonly placement: XdsPlacement) {
     const listenerName = placement.listener.name ?? 'ingress_http';
     this.routeConfigName = placement.routeConfigName ?? listenerName;
-    this.listener = resource(LISTENER, listenerName, encodeMessage('envoy.config.listener.v3.Listener', this.listenerObject(listenerName)));
+    const { listener, tls } = placement;
+    const encodeListener = (name: string, address: { address: string; port: number }, tlsFiles?: XdsPlacement['tls']) =>
+      resource(LISTENER, name, encodeMessage('envoy.config.listener.v3.Listener', this.listenerObject(name, address, tlsFiles)));
+    this.listeners = [encodeListener(listenerName, listener)];
+    if (tls) this.listeners.push(encodeListener(tls.name ?? 'ingress_https', tls, tls));
     for (const entry of this.fixedRouteEntries()) {
       const list = this.fixedByHost.get(entry.host);
       if (list) list.push(entry);
       else this.fixedByHost.set(entry.host, [entry]);
     }
     this.snapshot = new Map<XdsTypeUrl, Map<string, XdsResource>>([
-      [LISTENER, new Map([[this.listener.name, this.listener]])],
+      [LISTENER, new Map(this.listeners.map((each) => [each.name, each]))],
       [ROUTE_CONFIGURATION, new Map()],
       [CLUSTER, this.clusters],
       [CLUSTER_LOAD_ASSIGNMENT, this.endpoints],
@@ -565,14 +576,15 @@ export class XdsResourceBuilder {
     return entries;
   }
 
-  private listenerObject(name: string): object {
+  private listenerObject(name: string, address: { address: string; port: number }, tls?: XdsPlacement['tls']): object {
     const { placement } = this;
     const timeoutMs = placement.extAuthz.timeoutMs ?? 250;
     return {
       name,
-      address: { socket_address: { address: placement.listener.address, port_value: placement.listener.port } },
+      address: { socket_address: { address: address.address, port_value: address.port } },
       filter_chains: [
         {
+          ...(tls ? { transport_socket: downstreamTls(tls) } : {}),
           filters: [
             {
               name: 'envoy.filters.network.http_connection_manager',
@@ -615,6 +627,20 @@ export class XdsResourceBuilder {
       ],
     };
   }
+}
+
+/** TLS at the edge: the certificate and key files (PEM, on Envoy's host), HTTP/2 or HTTP/1.1 by ALPN. */
+function downstreamTls(tls: NonNullable<XdsPlacement['tls']>): object {
+  return {
+    name: 'envoy.transport_sockets.tls',
+    typed_config: {
+      '@type': `${TYPE_URL_PREFIX}envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext`,
+      common_tls_context: {
+        tls_certificates: [{ certificate_chain: { filename: tls.certificateFile }, private_key: { filename: tls.privateKeyFile } }],
+        alpn_protocols: ['h2', 'http/1.1'],
+      },
+    },
+  };
 }
 
 /** A snapshot as plain objects (decoded), for tests and the admin's view: type URL → name → message. */

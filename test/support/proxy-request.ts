@@ -1,4 +1,5 @@
 import { request } from 'node:http';
+import { request as httpsRequest } from 'node:https';
 
 export const FOO = 'foo.oto.tools';
 
@@ -40,6 +41,38 @@ export function send(
             counts[res.rawHeaders[i].toLowerCase()] = (counts[res.rawHeaders[i].toLowerCase()] ?? 0) + 1;
           resolve({ status: res.statusCode ?? 0, headers: res.headers, counts, body: Buffer.concat(chunks).toString('utf8') });
         });
+      },
+    );
+    req.on('error', reject);
+    req.end(options.body);
+  });
+}
+
+/** A request over TLS to a proxy's HTTPS listener on 127.0.0.1 (SNI and Host: `host`), trusting only `ca`. No keep-alive. */
+export function sendTls(
+  port: number,
+  pathname: string,
+  options: { host: string; ca: Buffer; method?: string; headers?: Record<string, string>; body?: string },
+): Promise<Answer> {
+  return new Promise((resolve, reject) => {
+    const req = httpsRequest(
+      {
+        host: '127.0.0.1',
+        port,
+        path: pathname,
+        method: options.method ?? 'GET',
+        servername: options.host,
+        ca: options.ca,
+        agent: false,
+        headers: { host: options.host, ...options.headers },
+      },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (chunk: Buffer) => chunks.push(chunk));
+        res.on('end', () =>
+          resolve({ status: res.statusCode ?? 0, headers: res.headers, counts: {}, body: Buffer.concat(chunks).toString('utf8') }),
+        );
+        res.on('error', reject);
       },
     );
     req.on('error', reject);

@@ -5,6 +5,7 @@ import { InlinePolicies, POLICY_EXTENSION, ROUTE_EXTENSION } from '../../libs/au
 import { hashSecret } from '../../libs/core/crypto/secret-hash';
 import { validateRoute, type RouteInput, type RouteSpec } from '../../libs/core/routes';
 import { CLUSTER, CLUSTER_LOAD_ASSIGNMENT, envoyType, LISTENER, ROUTE_CONFIGURATION } from '../../libs/xds/envoy-types';
+import { xdsPlacement, xdsSettingsSchema } from '../../libs/xds/config';
 import { decodeSnapshot, policyOf, XdsResourceBuilder, type XdsPlacement } from '../../libs/xds/resources';
 import { apiKey, authzConfig, replicaWith, testKeyPair } from './support/fixtures';
 
@@ -66,6 +67,38 @@ describe('xDS resources built from routes', () => {
     assert.equal(extAuthz.grpc_service.envoy_grpc.cluster_name, 'ext_authz');
     assert.equal(extAuthz.failure_mode_allow, false);
     assert.deepEqual(hcm.use_remote_address, { value: true });
+  });
+
+  it('with xds.tls, an HTTPS listener beside it: the same routes behind a TLS context naming the files Envoy reads', () => {
+    const settings = xdsSettingsSchema.parse({
+      listener: { address: '127.0.0.1', port: 8080 },
+      tls: { port: 8443, certificateFile: '/etc/envoy/tls/tls.crt', privateKeyFile: '/etc/envoy/tls/tls.key' },
+    });
+    const listeners = decodeSnapshot(new XdsResourceBuilder(xdsPlacement(settings)).build([FOO]))[LISTENER] as Record<string, Decoded>;
+    assert.deepEqual(Object.keys(listeners), ['ingress_http', 'ingress_https']);
+    const https = listeners.ingress_https;
+    assert.deepEqual(https.address, { socket_address: { address: '127.0.0.1', port_value: 8443 } });
+    const chain = https.filter_chains[0];
+    assert.equal(chain.transport_socket.name, 'envoy.transport_sockets.tls');
+    const tls = chain.transport_socket.typed_config;
+    assert.equal(tls['@type'], 'type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext');
+    assert.deepEqual(tls.common_tls_context.tls_certificates, [
+      { certificate_chain: { filename: '/etc/envoy/tls/tls.crt' }, private_key: { filename: '/etc/envoy/tls/tls.key' } },
+    ]);
+    assert.deepEqual(tls.common_tls_context.alpn_protocols, ['h2', 'http/1.1']);
+    const hcm = chain.filters[0].typed_config;
+    assert.equal(hcm.stat_prefix, 'ingress_https');
+    assert.equal(hcm.rds.route_config_name, 'ingress_http', 'the routes of the HTTP listener');
+    assert.deepEqual(
+      hcm.http_filters.map((filter: Decoded) => filter.name),
+      listeners.ingress_http.filter_chains[0].filters[0].typed_config.http_filters.map((filter: Decoded) => filter.name),
+    );
+    assert.equal(listeners.ingress_http.filter_chains[0].transport_socket, undefined);
+    // Without tls, one listener; a relative path is refused, naming the field.
+    assert.deepEqual(Object.keys(decoded([FOO])[LISTENER]), ['ingress_http']);
+    const relative = xdsSettingsSchema.safeParse({ tls: { certificateFile: 'tls.crt', privateKeyFile: '/k' } });
+    assert.equal(relative.success, false);
+    assert.deepEqual(relative.error?.issues[0].path, ['tls', 'certificateFile']);
   });
 
   it('a virtual host per host (ports folded, the port ignored in matching), routes longest prefix first, public prefixes open', () => {
