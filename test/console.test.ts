@@ -567,6 +567,22 @@ describe('the admin console in a real browser (headless Debian chromium)', { ski
     const issued = (await (await tokenFor('edit-me', 'first-secret')).json()) as { access_token: string };
     assert.equal(JSON.parse(Buffer.from(issued.access_token.split('.')[0], 'base64url').toString()).alg, 'ES256');
 
+    // DPoP required (tokenBinding dpop): no token without a proof; then back to bearer.
+    await page.getByLabel('DPoP required').check();
+    await page.getByRole('button', { name: 'Save changes' }).click();
+    assert.match((await statusText(page)) ?? '', /API key edit-me saved/);
+    assert.equal((await adminCall('GET', '/api/apikeys/edit-me')).body.tokenBinding, 'dpop');
+    const unbound = await tokenFor('edit-me', 'first-secret');
+    assert.equal(unbound.status, 400);
+    assert.equal(((await unbound.json()) as { error: string }).error, 'invalid_dpop_proof');
+    await page.getByLabel('Bearer allowed').check();
+    await page.getByRole('button', { name: 'Save changes' }).click();
+    // The status line already says "saved" from the first save: wait for the key itself (at most 5 s).
+    for (let waited = 0; (await adminCall('GET', '/api/apikeys/edit-me')).body.tokenBinding !== 'bearer'; waited += 50) {
+      assert.ok(waited < 5000, 'saved back to bearer within 5 s');
+      await new Promise((done) => setTimeout(done, 50));
+    }
+
     // Rotation with a 2-hour grace period: both secrets work.
     await page.getByRole('button', { name: 'Rotate secret' }).click();
     const rotate = page.getByRole('dialog');

@@ -101,4 +101,36 @@ describe('DPoP at the token endpoint', () => {
     assert.equal((await check(bound)).status, 401, 'and again (nothing cached as allowed)');
     assert.equal((await check(bearer)).status, 200);
   });
+
+  it('tokenBinding dpop (per API key): no token without a proof (400 invalid_dpop_proof); ext-authz refuses its bearer tokens issued before the switch', async () => {
+    assert.equal((await authority.admin('POST', '/api/apikeys', { clientId: 'dpop-only', clientSecret: SECRET })).status, 201);
+    const issue = (headers: Record<string, string> = {}) =>
+      authority.postForm(TOKEN_PATH, { grant_type: 'client_credentials' }, { authorization: basic('dpop-only', SECRET), ...headers });
+    const earlier = (await json(await issue())).access_token as string;
+    const check = () => httpRequest(`${extAuthz.url}/authz/open/`, { headers: { authorization: `Bearer ${earlier}` } });
+    assert.equal((await check()).status, 200, 'a bearer key (the default)');
+    const switched = await authority.admin('PATCH', '/api/apikeys/dpop-only', { tokenBinding: 'dpop' });
+    assert.equal(switched.status, 200, JSON.stringify(switched.body));
+    assert.equal(switched.body.tokenBinding, 'dpop');
+    const refused = await issue();
+    assert.equal(refused.status, 400);
+    assert.deepEqual(await json(refused), {
+      error: 'invalid_dpop_proof',
+      error_description: "this client's tokens must be DPoP-bound (tokenBinding dpop): send a DPoP proof",
+    });
+    const bound = await issue({ dpop: await proof() });
+    assert.equal(bound.status, 200);
+    assert.equal((await json(bound)).token_type, 'DPoP');
+    // ext-authz learns the binding from the data plane: the token issued before is refused from then on.
+    await extAuthz.waitFor(() => extAuthz.replica.apiKey('dpop-only')?.tokenBinding === 'dpop');
+    const denied = await check();
+    assert.equal(denied.status, 401);
+    assert.deepEqual(JSON.parse(denied.body), { 'Otoroshi-Error': 'ApiKey requires DPoP-bound tokens' });
+    assert.match(String(denied.headers['www-authenticate']), /^DPoP realm="open", .*error="invalid_token"/);
+    // Back to bearer (null removes the setting): tokens without proofs again.
+    assert.equal((await authority.admin('PATCH', '/api/apikeys/dpop-only', { tokenBinding: null })).status, 200);
+    assert.equal((await json(await issue())).token_type, 'Bearer');
+    await extAuthz.waitFor(() => extAuthz.replica.apiKey('dpop-only')?.tokenBinding === undefined);
+    assert.equal((await check()).status, 200);
+  });
 });

@@ -148,7 +148,11 @@ export interface ApiKey {
   /** RFC 7591: the client's public keys for private_key_jwt, or where they are fetched from. */
   jwks?: { keys: Record<string, unknown>[] };
   jwks_uri?: string;
+  /** How its access tokens are bound: absent or bearer (Otoroshi), dpop (RFC 9449). */
+  tokenBinding?: TokenBinding;
 }
+
+export type TokenBinding = 'bearer' | 'dpop';
 
 export interface KeyPairVersion {
   kid: string;

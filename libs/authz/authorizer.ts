@@ -235,6 +235,11 @@ export class Authorizer {
     if ('reason' in identity) {
       if (identity.retryAfter !== undefined) return deny(identity.reason, undefined, identity.retryAfter);
       if (extracted.kind === 'secret' || extracted.kind === 'clientId') return deny(identity.reason, challenge());
+      if (identity.reason === 'dpop_required')
+        return deny(
+          identity.reason,
+          `DPoP realm="${request.policy}", algs="${DPOP_ALGORITHMS.join(' ')}", error="invalid_token", error_description="DPoP-bound token required"`,
+        );
       if (identity.reason === 'use_dpop_nonce') {
         const denial = deny(
           identity.reason,
@@ -330,7 +335,11 @@ export class Authorizer {
     const verified = this.verifyToken(token, now);
     if ('reason' in verified) return verified;
     if (verified.jkt !== undefined) return { reason: 'sender_constrained' };
-    return this.identifyVerified(verified, policy, now);
+    const identity = this.identifyVerified(verified, policy, now);
+    // A key whose tokens must be DPoP-bound (tokenBinding dpop, or one this ext-authz does not know): no bearer token of it counts.
+    if (!('reason' in identity) && identity.apiKey.tokenBinding !== undefined && identity.apiKey.tokenBinding !== 'mtls')
+      return { reason: 'dpop_required' };
+    return identity;
   }
 
   /** The DPoP scheme: the token must be bound, with a proof of its key for this request (asynchronous with a shared jti memory). */

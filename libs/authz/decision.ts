@@ -18,6 +18,7 @@ export type DenyReason =
   | 'invalid_dpop_proof'
   | 'use_dpop_nonce'
   | 'not_dpop_bound'
+  | 'dpop_required'
   | 'expired'
   | 'not_yet_valid'
   | 'revoked'
@@ -51,6 +52,8 @@ export const DENIALS: Record<DenyReason, { status: DenyStatus; message: string }
   // RFC 9449 §9: the proof must carry the nonce sent in DPoP-Nonce.
   use_dpop_nonce: { status: 401, message: 'DPoP proof needs a nonce: use the one in DPoP-Nonce' },
   not_dpop_bound: { status: 401, message: 'Token not bound to a DPoP key: send it as a Bearer token' },
+  // The API key's tokenBinding is dpop: its tokens count only under the DPoP scheme with a proof.
+  dpop_required: { status: 401, message: 'ApiKey requires DPoP-bound tokens' },
   expired: { status: 401, message: 'Token expired' },
   not_yet_valid: { status: 401, message: 'Token not yet valid' },
   revoked: { status: 401, message: 'Token revoked' },

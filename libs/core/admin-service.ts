@@ -8,7 +8,15 @@ import { jwksIssues, jwksUriProblem } from './client-assertion';
 import { AdminError, echo, OAuthError } from './errors';
 import type { KeyRing } from './key-ring';
 import { applyDueRotation, dueSwitch, nextDueAt, nextRotation } from './key-rotation';
-import { activeVersion, pendingVersion, SIGN_KEYPAIR_METADATA, versionStatus, type ApiKeyRecord, type KeyPairRecord } from './model';
+import {
+  activeVersion,
+  pendingVersion,
+  SIGN_KEYPAIR_METADATA,
+  TOKEN_BINDINGS,
+  versionStatus,
+  type ApiKeyRecord,
+  type KeyPairRecord,
+} from './model';
 import { type Route, RouteConflictError, routeSchema } from './routes';
 import type { AuditDraft, AuditEntity, AuditEntry, AuthorityStore } from './store/repositories';
 import { createPublicKey, randomBytes } from 'node:crypto';
@@ -93,6 +101,12 @@ const apiKeyFields = {
 const keySetFields = { jwks: JWKS.optional(), jwks_uri: JWKS_URI.optional() };
 const keySetPatchFields = { jwks: z.union([z.null(), JWKS]).optional(), jwks_uri: z.union([z.null(), JWKS_URI]).optional() };
 
+/** How the key's tokens are bound; absent: bearer. */
+const TOKEN_BINDING = z.enum(TOKEN_BINDINGS).meta({
+  description:
+    'bearer (default, Otoroshi): bearer tokens, DPoP-bound when the client sends a proof; dpop: tokens are issued only with a DPoP proof (RFC 9449), and ext-authz refuses bearer tokens of the key',
+});
+
 function assertOneKeySet(apiKey: { jwks?: unknown; jwks_uri?: unknown }): void {
   if (apiKey.jwks !== undefined && apiKey.jwks_uri !== undefined) {
     throw new AdminError(400, 'invalid input', [{ path: 'jwks_uri', message: 'give jwks or jwks_uri, not both (set the other to null)' }]);
@@ -117,6 +131,7 @@ export const apiKeyCreateSchema = z
     dailyQuota: quota.default(10_000_000),
     monthlyQuota: quota.default(10_000_000),
     ...keySetFields,
+    tokenBinding: TOKEN_BINDING.optional(),
   })
   .strict();
 
@@ -126,13 +141,15 @@ export const apiKeyPatchSchema = z
     clientSecret: SECRET.optional(),
     ...Object.fromEntries(Object.entries(apiKeyFields).map(([name, schema]) => [name, schema.optional()])),
     ...keySetPatchFields,
+    tokenBinding: z.union([z.null(), TOKEN_BINDING]).optional(),
   })
   .strict() as z.ZodType<
-  Partial<Omit<z.input<typeof apiKeyCreateSchema>, 'jwks' | 'jwks_uri'>> & {
+  Partial<Omit<z.input<typeof apiKeyCreateSchema>, 'jwks' | 'jwks_uri' | 'tokenBinding'>> & {
     clientSecret?: string;
     clientId?: string;
     jwks?: ApiKeyRecord['jwks'] | null;
     jwks_uri?: string | null;
+    tokenBinding?: ApiKeyRecord['tokenBinding'] | null;
   },
   unknown
 >;
@@ -545,6 +562,7 @@ export class AdminService {
         const changed: ApiKeyRecord = { ...current, ...(fields as Partial<ApiKeyRecord>) };
         if (fields.jwks === null) delete changed.jwks;
         if (fields.jwks_uri === null) delete changed.jwks_uri;
+        if (fields.tokenBinding === null) delete changed.tokenBinding;
         assertOneKeySet(changed);
         if (secretHash !== undefined) {
           changed.secretHash = secretHash;

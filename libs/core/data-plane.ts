@@ -56,6 +56,8 @@ export interface DataPlaneApiKey {
   allowClientIdOnly: boolean;
   /** Otoroshi's quotas; absent from an authority that does not send them (no quota then). */
   quotas?: ApiKeyQuotas;
+  /** Absent: bearer tokens too. `dpop` / `mtls`: only tokens bound that way (another value: none). */
+  tokenBinding?: string;
 }
 
 /** Calls per second (`throttlingQuota`), per UTC day, per UTC month. */
@@ -78,6 +80,9 @@ export function toDataPlaneApiKey(apiKey: ApiKeyRecord, now: number): DataPlaneA
     secrets: activeSecretHashes(apiKey, now),
     allowClientIdOnly: apiKey.allowClientIdOnly ?? false,
     quotas: { throttlingQuota: apiKey.throttlingQuota, dailyQuota: apiKey.dailyQuota, monthlyQuota: apiKey.monthlyQuota },
+    ...((apiKey as { tokenBinding?: string }).tokenBinding && (apiKey as { tokenBinding?: string }).tokenBinding !== 'bearer'
+      ? { tokenBinding: (apiKey as { tokenBinding?: string }).tokenBinding }
+      : {}),
   };
 }
 
@@ -112,6 +117,7 @@ function approximateBytes(apiKey: DataPlaneApiKey): number {
   for (const [key, value] of Object.entries(apiKey.metadata)) bytes += key.length + value.length + 6;
   for (const secret of apiKey.secrets) bytes += secret.hash.length + 16;
   if (apiKey.quotas) bytes += 32;
+  if (apiKey.tokenBinding) bytes += 8;
   return bytes;
 }
 

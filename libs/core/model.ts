@@ -31,9 +31,18 @@ export interface ApiKeyRecord {
   jwks?: PublicJwks;
   /** RFC 7591 `jwks_uri`: where those keys are fetched from instead (https, or http on loopback). */
   jwks_uri?: string;
+  /**
+   * How the key's access tokens are bound: `bearer` (absent: Otoroshi's bearer tokens, a DPoP
+   * proof optional), or `dpop`: a token is issued only with a DPoP proof, bound to its key (RFC 9449
+   * §5.2's `dpop_bound_access_tokens`), and ext-authz takes no bearer token of the key.
+   */
+  tokenBinding?: TokenBinding;
   createdAt: number;
   updatedAt: number;
 }
+
+export const TOKEN_BINDINGS = ['bearer', 'dpop'] as const;
+export type TokenBinding = (typeof TOKEN_BINDINGS)[number];
 
 /** A JSON Web Key Set of public keys (RFC 7517 §5), as admin-validated (client-assertion.ts). */
 export interface PublicJwks {

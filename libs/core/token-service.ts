@@ -163,6 +163,9 @@ export class TokenService {
     const apiKey = await this.authenticate(request, now);
     const scopes = this.grantedScopes(apiKey, params.scope);
     const audience = this.requestedAudience(params);
+    // RFC 9449 §5.2 (dpop_bound_access_tokens): a key whose tokens must be DPoP-bound gets none without a proof.
+    if (apiKey.tokenBinding === 'dpop' && !request.dpop)
+      throw new OAuthError('invalid_dpop_proof', "this client's tokens must be DPoP-bound (tokenBinding dpop): send a DPoP proof", 400);
     const proof = request.dpop
       ? await this.proofs.verify(request.dpop.proofs, {
           method: 'POST',

@@ -25,6 +25,7 @@ interface ApiKeyStateMessage {
   secrets?: { hash: string; valid_until?: Timestamp | null }[];
   allow_client_id_only?: boolean;
   quotas?: { throttling_quota?: Int64; daily_quota?: Int64; monthly_quota?: Int64 } | null;
+  token_binding?: string;
 }
 /** int64 as we build it (number) or as protobufjs decodes it (a Long). */
 type Int64 = number | { toNumber(): number };
@@ -73,6 +74,7 @@ const encodeApiKey = (apiKey: DataPlaneApiKey): ApiKeyStateMessage => ({
     daily_quota: apiKey.quotas.dailyQuota,
     monthly_quota: apiKey.quotas.monthlyQuota,
   },
+  token_binding: apiKey.tokenBinding ?? '',
 });
 
 const decodeApiKey = (apiKey: ApiKeyStateMessage): DataPlaneApiKey => ({
@@ -93,6 +95,8 @@ const decodeApiKey = (apiKey: ApiKeyStateMessage): DataPlaneApiKey => ({
         monthlyQuota: fromInt64(apiKey.quotas.monthly_quota),
       }
     : undefined,
+  // An unknown binding (a newer authority's) is kept: the data plane then takes no token of the key.
+  ...(apiKey.token_binding ? { tokenBinding: apiKey.token_binding } : {}),
 });
 
 export function encodeUpdate(update: DataPlaneUpdate): DeltaWatchResponseMessage {

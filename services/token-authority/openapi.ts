@@ -18,6 +18,7 @@ import {
 import { routeSchema } from '../../libs/core/routes';
 import { ASSERTION_ALGORITHMS, CLIENT_ASSERTION_TYPE } from '../../libs/core/client-assertion';
 import { SIGNING_ALGORITHMS } from '../../libs/core/config';
+import { TOKEN_BINDINGS } from '../../libs/core/model';
 import { CONSOLE_PREFIX } from './console';
 
 /**
@@ -80,6 +81,10 @@ const apiKey = z
       .optional()
       .meta({ description: 'RFC 7591: the public keys of the private_key_jwt assertions.' }),
     jwks_uri: z.string().optional().meta({ description: 'RFC 7591: where those keys are fetched from instead.' }),
+    tokenBinding: z.enum(TOKEN_BINDINGS).optional().meta({
+      description:
+        'How its access tokens are bound: absent or bearer (Otoroshi), dpop (no token without a DPoP proof; ext-authz takes no bearer token of it).',
+    }),
   })
   .strict()
   .meta({ description: 'An API key with Otoroshi field names; never a secret hash.' });

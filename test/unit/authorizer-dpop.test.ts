@@ -6,7 +6,18 @@ import { Authorizer, type AuthorizerGuards, type AuthzRequest } from '../../libs
 import { DpopVerifier } from '../../libs/core/dpop';
 import { DpopNonces } from '../../libs/core/dpop-nonce';
 import type { Decision } from '../../libs/authz/decision';
-import { accessClaims, apiKey, authzConfig, replicaWith, signAccessToken, TestClock, testKeyPair } from './support/fixtures';
+import { deserializeUpdate, serializeUpdate } from '../../libs/grpc/watch-codec';
+import {
+  accessClaims,
+  apiKey,
+  AUDIENCE,
+  authzConfig,
+  ISSUER,
+  replicaWith,
+  signAccessToken,
+  TestClock,
+  testKeyPair,
+} from './support/fixtures';
 
 /*
  * DPoP-bound tokens at ext-authz (RFC 9449 §7): the Authorizer on an in-memory replica, proofs
@@ -150,5 +161,60 @@ describe('Authorizer: DPoP-bound tokens (RFC 9449 §7)', () => {
       url: URL_,
     });
     assert.equal(reason(replayed), 'invalid_dpop_proof');
+  });
+
+  it("a key whose tokenBinding is dpop: its bearer tokens are refused with a DPoP challenge, its bound tokens with proofs pass; the binding survives the data plane's wire", async () => {
+    const clock = new TestClock();
+    // Through DeltaWatch's bytes, as ext-authz gets it from the authority.
+    const update = deserializeUpdate(
+      serializeUpdate({
+        version: 's:1:a',
+        baseVersion: '',
+        reset: true,
+        more: false,
+        issuer: ISSUER,
+        audience: AUDIENCE,
+        keyPairs: [],
+        removedKeyPairs: [],
+        apiKeys: [apiKey('strict', { scopes: ['read'], tokenBinding: 'dpop' }), apiKey('plain', { scopes: ['read'] })],
+        removedApiKeys: [],
+        revokedTokens: [],
+        generatedAt: clock.now(),
+      }),
+    );
+    assert.deepEqual(
+      update.apiKeys.map((key) => key.tokenBinding),
+      ['dpop', undefined],
+    );
+    const replica = replicaWith([pair], update.apiKeys, clock.now);
+    const authorizer = new Authorizer(authzConfig(), replica, clock.now);
+    const bearer = await signAccessToken(pair, accessClaims('strict', clock.seconds));
+    const refused = await authorizer.check({ policy: 'api', headers: { authorization: `Bearer ${bearer}` }, method: 'GET', url: URL_ });
+    assert.equal(reason(refused), 'dpop_required');
+    assert.equal(
+      !refused.allowed && refused.wwwAuthenticate,
+      'DPoP realm="api", algs="ES256 RS256 PS256 EdDSA", error="invalid_token", error_description="DPoP-bound token required"',
+    );
+    const plain = await signAccessToken(pair, accessClaims('plain', clock.seconds));
+    assert.equal(reason(await authorizer.check({ policy: 'api', headers: { authorization: `Bearer ${plain}` } })), 'allowed');
+    const key = await generateKeyPair('ES256');
+    const jwk = await exportJWK(key.publicKey);
+    const bound = await signAccessToken(pair, accessClaims('strict', clock.seconds, { cnf: { jkt: await calculateJwkThumbprint(jwk) } }));
+    const proof = await new SignJWT({
+      htm: 'GET',
+      htu: URL_,
+      jti: crypto.randomUUID(),
+      ath: createHash('sha256').update(bound).digest('base64url'),
+    })
+      .setProtectedHeader({ alg: 'ES256', typ: 'dpop+jwt', jwk })
+      .setIssuedAt(clock.seconds)
+      .sign(key.privateKey);
+    const allowed = await authorizer.check({
+      policy: 'api',
+      headers: { authorization: `DPoP ${bound}`, dpop: proof },
+      method: 'GET',
+      url: URL_,
+    });
+    assert.equal(reason(allowed), 'allowed');
   });
 });

@@ -1,5 +1,5 @@
 import { useEffect, useState } from 'preact/hooks';
-import { admin, adminOptional, type ApiKey, ApiError, type KeyPair, SIGN_KEYPAIR_METADATA } from '../api';
+import { admin, adminOptional, type ApiKey, ApiError, type KeyPair, SIGN_KEYPAIR_METADATA, type TokenBinding } from '../api';
 import { CheckField, RadioGroup, TextField } from '../fields';
 import { go, href } from '../router';
 import { ConfirmDialog, errorNotice, formatTime, type Notice, NoticeLine, PageTitle, SecretOnce, splitList } from '../ui';
@@ -29,6 +29,7 @@ interface Draft {
   keysMode: 'none' | 'jwks' | 'uri';
   jwks: string;
   jwksUri: string;
+  tokenBinding: TokenBinding;
 }
 
 const DEFAULT_QUOTA = '10000000';
@@ -56,6 +57,7 @@ const EMPTY: Draft = {
   keysMode: 'none',
   jwks: '',
   jwksUri: '',
+  tokenBinding: 'bearer',
 };
 
 /** A date as <input type="datetime-local"> shows it, in the browser's time zone. */
@@ -89,6 +91,7 @@ function draftOf(apiKey: ApiKey): Draft {
     keysMode: apiKey.jwks ? 'jwks' : apiKey.jwks_uri ? 'uri' : 'none',
     jwks: apiKey.jwks ? JSON.stringify(apiKey.jwks, null, 2) : '',
     jwksUri: apiKey.jwks_uri ?? '',
+    tokenBinding: apiKey.tokenBinding ?? 'bearer',
   };
 }
 
@@ -123,6 +126,7 @@ function bodyOf(draft: Draft, creating: boolean): Record<string, unknown> {
     monthlyQuota: number(draft.monthlyQuota),
     rotation: { enabled: draft.rotationEnabled, rotationEvery: number(draft.rotationEvery), gracePeriod: number(draft.gracePeriod) },
     allowClientIdOnly: draft.allowClientIdOnly,
+    tokenBinding: draft.tokenBinding,
   };
   // One of jwks and jwks_uri; on an edit, null takes away the one not chosen.
   const none = creating ? undefined : null;
@@ -363,6 +367,16 @@ export function ApiKeyEditor({ clientId }: { clientId?: string }) {
               label="Allow the client id alone (no secret) at gateways"
               checked={draft.allowClientIdOnly}
               onChecked={(checked) => set('allowClientIdOnly', checked)}
+            />
+            <RadioGroup
+              name="tokenBinding"
+              label="Access tokens"
+              value={draft.tokenBinding}
+              options={[
+                { value: 'bearer', label: 'Bearer allowed (Otoroshi)' },
+                { value: 'dpop', label: 'DPoP required (RFC 9449)' },
+              ]}
+              onValue={(value) => set('tokenBinding', value)}
             />
           </fieldset>
           <fieldset>
