@@ -19,6 +19,7 @@ interface ComposeService {
   volumes?: (string | { type?: string; source: string; target: string; read_only?: boolean })[];
   depends_on?: Record<string, { condition: string }>;
   healthcheck?: { test: string[] };
+  user?: string;
   profiles?: string[];
   networks?: Record<string, { aliases?: string[] } | null>;
 }
@@ -44,6 +45,7 @@ function runComposeConfig(env: NodeJS.ProcessEnv) {
 function composeConfig(extraEnv: Record<string, string> = {}): ComposeConfig {
   const env: NodeJS.ProcessEnv = { ...process.env, ...SECRETS, ...extraEnv };
   if (!('ENVOY_CONFIG' in extraEnv)) delete env.ENVOY_CONFIG;
+  if (!('ENVOY_CLUSTER_CONFIG' in extraEnv)) delete env.ENVOY_CLUSTER_CONFIG;
   const result = runComposeConfig(env);
   assert.equal(result.status, 0, `docker-compose config failed:\n${result.stderr}`);
   return parse(result.stdout) as ComposeConfig;
@@ -110,34 +112,44 @@ describe('docker-compose.yml', () => {
     assert.equal(extAuthz.environment?.AUTHORITY_TOKEN, SECRETS.DATA_PLANE_TOKEN);
     const envoy = config.services['cluster-envoy'];
     assert.equal(envoy.image, config.services.envoy.image, 'the Envoy release the tests run');
+    // Its config from either replica over xDS: the bootstrap names both, and the profile's token volume.
     assert.deepEqual(mounts(envoy), [
-      { source: path.join(ROOT, 'envoy', 'envoy-cluster.yaml'), target: '/etc/envoy/envoy.yaml', readOnly: true },
+      { source: path.join(ROOT, 'envoy', 'envoy-cluster-xds.yaml'), target: '/etc/envoy/envoy.yaml', readOnly: true },
+      { source: 'cluster-data-plane-token', target: '/data-plane', readOnly: true },
     ]);
+    for (const name of ['authority-a', 'authority-b']) assert.equal(config.services[name].environment?.XDS_ENABLED, 'true', name);
     assert.deepEqual(
       ports(envoy).map((port) => [port.hostIp, port.published, port.target]),
       [
-        [undefined, 8180, 8080],
+        ['127.0.0.1', 8180, 8080],
         ['127.0.0.1', 9911, 9901],
       ],
     );
     assert.equal(envoy.depends_on?.['cluster-ext-authz']?.condition, 'service_started', 'not chained on health checks');
   });
 
-  it('runs a pinned Envoy release with envoy/envoy.yaml mounted read-only', () => {
+  it('runs a pinned Envoy release from envoy/envoy-xds.yaml (the authority as control plane), mounted read-only', () => {
     const envoy = config.services.envoy;
     assert.match(envoy.image ?? '', /^envoyproxy\/envoy:v\d+\.\d+\.\d+$/, 'a release tag, never latest');
     // The release the tests run (test/envoy.test.ts) is the release compose runs.
     const tested = /\/(\d+\.\d+\.\d+)\//.exec(spawnSync(envoyBinary(), ['--version'], { encoding: 'utf8' }).stdout)?.[1];
     assert.equal(envoy.image, `envoyproxy/envoy:v${tested}`);
-    assert.deepEqual(mounts(envoy), [{ source: path.join(ROOT, 'envoy', 'envoy.yaml'), target: '/etc/envoy/envoy.yaml', readOnly: true }]);
+    assert.deepEqual(mounts(envoy), [
+      { source: path.join(ROOT, 'envoy', 'envoy-xds.yaml'), target: '/etc/envoy/envoy.yaml', readOnly: true },
+      // The data plane token for the ADS stream, when the authority generated it (read-only).
+      { source: 'data-plane-token', target: '/data-plane', readOnly: true },
+    ]);
+    assert.equal(config.services['token-authority'].environment?.XDS_ENABLED, 'true');
+    assert.equal(envoy.environment?.DATA_PLANE_TOKEN, SECRETS.DATA_PLANE_TOKEN, 'the token Envoy presents to ADS, when given');
+    assert.equal(envoy.user, '1000:1000', 'not root; the uid that can read the generated token file');
+    // Published on loopback only: the tutorial's *.oto.tools is 127.0.0.1.
     assert.deepEqual(
-      ports(envoy).map((port) => [port.published, port.target]),
+      ports(envoy).map((port) => [port.hostIp, port.published, port.target]),
       [
-        [8080, 8080],
-        [9901, 9901],
+        ['127.0.0.1', 8080, 8080],
+        ['127.0.0.1', 9901, 9901],
       ],
     );
-    assert.equal(ports(envoy).find((port) => port.target === 9901)?.hostIp, '127.0.0.1', "Envoy's admin API on loopback only");
     // Started with ext-authz, not after its health check: ext_authz denies (fails closed) for the
     // second or two before ext-authz has the authority's state, and the first answer comes within
     // 15 s of `up` (test/docker/compose-up.test.ts) instead of 46 s.
@@ -154,6 +166,7 @@ describe('docker-compose.yml', () => {
     const env: NodeJS.ProcessEnv = { ...process.env };
     for (const name of Object.keys(SECRETS)) delete env[name];
     delete env.ENVOY_CONFIG;
+    delete env.ENVOY_CLUSTER_CONFIG;
     const result = runComposeConfig(env);
     assert.equal(result.status, 0, result.stderr);
     const unset = parse(result.stdout) as ComposeConfig;
@@ -185,9 +198,11 @@ describe('docker-compose.yml', () => {
     }
   });
 
-  it('switches Envoy to the HTTP ext_authz config with ENVOY_CONFIG', () => {
+  it('switches Envoy to a static file with ENVOY_CONFIG (envoy.yaml, or envoy-http.yaml for ext_authz in HTTP mode), and the cluster with ENVOY_CLUSTER_CONFIG', () => {
     const envoy = composeConfig({ ENVOY_CONFIG: 'envoy-http.yaml' }).services.envoy;
     assert.equal(mounts(envoy)[0].source, path.join(ROOT, 'envoy', 'envoy-http.yaml'));
+    const cluster = composeConfig({ ENVOY_CLUSTER_CONFIG: 'envoy-cluster.yaml' }).services['cluster-envoy'];
+    assert.equal(mounts(cluster)[0].source, path.join(ROOT, 'envoy', 'envoy-cluster.yaml'));
   });
 
   it('builds the Node services from a Dockerfile that exists', () => {
@@ -226,8 +241,8 @@ describe('docker-compose.yml', () => {
     const data = mounts(authority).find((mount) => mount.target === '/app/data');
     assert.ok(data && config.volumes && data.source in config.volumes, 'a named volume on /app/data');
     assert.deepEqual(
-      ports(authority).map((port) => [port.published, port.target]),
-      [[50051, 50051]],
+      ports(authority).map((port) => [port.hostIp, port.published, port.target]),
+      [['127.0.0.1', 50051, 50051]],
     );
   });
 

@@ -202,6 +202,8 @@ export const routeListQuerySchema = z
 
 /** Fields of a route the store sets: a body may carry them unchanged. */
 export const ROUTE_READ_ONLY = ['createdAt', 'updatedAt'] as const;
+/** What GET shows beside the route and a write ignores: `status` (what Envoy made of it; never stored). */
+export const ROUTE_IGNORED_ON_WRITE = ['status'] as const;
 
 export const rotateSecretSchema = z.object({ clientSecret: SECRET.optional(), gracePeriod: HOURS.nonnegative().optional() }).strict();
 
@@ -256,6 +258,14 @@ function splitReadOnly(input: unknown, readOnly: readonly string[]): { rest: unk
   const given: Record<string, unknown> = {};
   for (const [key, value] of Object.entries(input)) (readOnly.includes(key) ? given : rest)[key] = value;
   return { rest, given };
+}
+
+/** `input` without the fields a route write ignores (ROUTE_IGNORED_ON_WRITE): a route sent back as GET showed it is accepted. */
+function withoutIgnored(input: unknown): unknown {
+  if (input === null || typeof input !== 'object' || Array.isArray(input)) return input;
+  const rest: Record<string, unknown> = { ...(input as Record<string, unknown>) };
+  for (const field of ROUTE_IGNORED_ON_WRITE) delete rest[field];
+  return rest;
 }
 
 function assertReadOnlyUnchanged(given: Record<string, unknown>, stored: Record<string, unknown>): void {
@@ -908,7 +918,7 @@ export class AdminService {
 
   /** Creates a route; 409 when the id is taken, 400 naming the field for bad input or a claimed (domain, pathPrefix). */
   async createRoute(input: unknown, context: AdminContext = {}): Promise<Tagged<Route>> {
-    const { rest } = splitReadOnly(input, ROUTE_READ_ONLY);
+    const { rest } = splitReadOnly(withoutIgnored(input), ROUTE_READ_ONLY);
     const spec = parseInput(routeSchema, rest);
     const at = new Date(this.now()).toISOString();
     const route: Route = { ...spec, createdAt: at, updatedAt: at };
@@ -925,7 +935,7 @@ export class AdminService {
    */
   async replaceRoute(id: string, input: unknown, context: AdminContext = {}): Promise<Tagged<Route>> {
     const ifMatch = parseIfMatch(context.ifMatch);
-    const { rest, given: readOnly } = splitReadOnly(input, ROUTE_READ_ONLY);
+    const { rest, given: readOnly } = splitReadOnly(withoutIgnored(input), ROUTE_READ_ONLY);
     if (rest !== null && typeof rest === 'object' && !Array.isArray(rest)) {
       const given = (rest as Record<string, unknown>).id;
       if (given !== undefined && given !== id)

@@ -176,6 +176,7 @@ export const AUTHORITY_ENV_OVERRIDES = {
   ...DPOP_ENV_OVERRIDES,
   XDS_ENABLED: 'xds.enabled',
   XDS_PORT: 'xds.port',
+  XDS_LISTENER_ADDRESS: 'xds.listener.address',
   XDS_LISTENER_PORT: 'xds.listener.port',
   XDS_TLS_PORT: 'xds.tls.port',
   XDS_TLS_CERTIFICATE_FILE: 'xds.tls.certificateFile',

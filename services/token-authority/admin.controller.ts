@@ -21,7 +21,14 @@ import {
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { AdminContext, Page, Tagged } from '../../libs/core/admin-service';
 import type { Authority } from '../../libs/core/authority';
-import { AUTHORITY } from './authority.provider';
+import type { Route } from '../../libs/core/routes';
+import { routeXdsStatus, type XdsStatusSource } from '../../libs/xds/route-status';
+import { AUTHORITY, XDS_STATUS } from './authority.provider';
+
+/** The ADS server once it runs (xds.enabled); unset otherwise. */
+export interface XdsStatusHolder {
+  source?: XdsStatusSource;
+}
 
 /** The admin API takes the admin bearer token and nothing else, behind the wrong-token limits. */
 @Injectable()
@@ -59,7 +66,16 @@ function sendTagged<T>(tagged: Tagged<T>, reply: FastifyReply): T {
 @Controller('api')
 @UseGuards(AdminTokenGuard)
 export class AdminController {
-  constructor(@Inject(AUTHORITY) private readonly authority: Authority) {}
+  constructor(
+    @Inject(AUTHORITY) private readonly authority: Authority,
+    @Inject(XDS_STATUS) private readonly xds: XdsStatusHolder,
+  ) {}
+
+  /** A route as read, with what this authority's Envoys made of it (status.xds), when it is their control plane. */
+  private withStatus(route: Route): Route & { status?: { xds: ReturnType<typeof routeXdsStatus> } } {
+    const source = this.xds.source;
+    return source ? { ...route, status: { xds: routeXdsStatus(source, route.id) } } : route;
+  }
 
   private context(request: FastifyRequest): AdminContext {
     return { actor: this.authority.adminActor(request.headers.authorization), ifMatch: request.headers['if-match'] };
@@ -143,7 +159,8 @@ export class AdminController {
     @Req() request: FastifyRequest,
     @Res({ passthrough: true }) reply: FastifyReply,
   ) {
-    return sendPage(await this.authority.admin.listRoutes(query), query, request, reply);
+    const page = await this.authority.admin.listRoutes(query);
+    return sendPage({ ...page, items: page.items.map((route) => this.withStatus(route)) }, query, request, reply);
   }
 
   @Post('routes')
@@ -153,7 +170,8 @@ export class AdminController {
 
   @Get('routes/:id')
   async getRoute(@Param('id') id: string, @Res({ passthrough: true }) reply: FastifyReply) {
-    return sendTagged(await this.authority.admin.getRoute(id), reply);
+    const tagged = await this.authority.admin.getRoute(id);
+    return sendTagged({ ...tagged, body: this.withStatus(tagged.body) }, reply);
   }
 
   @Put('routes/:id')

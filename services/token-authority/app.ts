@@ -7,7 +7,7 @@ import type { FastifyReply } from 'fastify';
 import { createAuthority, type Authority } from '../../libs/core/authority';
 import type { AuthorityConfig } from '../../libs/core/config';
 import { AdminController, AdminTokenGuard } from './admin.controller';
-import { AUTHORITY, METRICS } from './authority.provider';
+import { AUTHORITY, METRICS, XDS_STATUS } from './authority.provider';
 import { AuthorityMetrics } from './metrics';
 import type { Registry } from 'prom-client';
 import { observers } from '../../libs/core/observer';
@@ -33,13 +33,14 @@ import { AdsServer } from '../../libs/xds/ads-server';
 import { xdsPlacement } from '../../libs/xds/config';
 import { XdsResourceBuilder } from '../../libs/xds/resources';
 import { followRoutes } from '../../libs/xds/route-source';
+import type { XdsStatusHolder } from './admin.controller';
 import { createLogger, NestPinoLogger } from '../../libs/logging';
 import { capConnections, fastifyLimitOptions } from '../../libs/http/server-limits';
 import { describeTrustProxy, fastifyTrustProxy } from '../../libs/http/trust-proxy';
 
 @Module({})
 class TokenAuthorityModule {
-  static forAuthority(authority: Authority, metrics: Registry, routes: RouteTable): DynamicModule {
+  static forAuthority(authority: Authority, metrics: Registry, routes: RouteTable, xdsStatus: XdsStatusHolder): DynamicModule {
     return {
       module: TokenAuthorityModule,
       controllers: [OAuthController, AdminController, HealthController, OpenApiController, TokenAuthorityGrpcController],
@@ -47,6 +48,7 @@ class TokenAuthorityModule {
         { provide: AUTHORITY, useValue: authority },
         { provide: METRICS, useValue: metrics },
         { provide: ROUTES, useValue: routes },
+        { provide: XDS_STATUS, useValue: xdsStatus },
         { provide: APP_FILTER, useClass: ErrorFilter },
         OAuthEndpointGuard,
         AdminTokenGuard,
@@ -108,8 +110,9 @@ export async function startTokenAuthority(config: AuthorityConfig): Promise<Toke
   });
   const watch = new AuthorityWatchService(authority, logger);
   metrics.watchState(authority, watch);
+  const xdsStatus: XdsStatusHolder = {};
   const app = await NestFactory.create<NestFastifyApplication>(
-    TokenAuthorityModule.forAuthority(authority, metrics.registry, routes),
+    TokenAuthorityModule.forAuthority(authority, metrics.registry, routes, xdsStatus),
     adapter,
     {
       logger: new NestPinoLogger(logger),
@@ -124,6 +127,7 @@ export async function startTokenAuthority(config: AuthorityConfig): Promise<Toke
   const health = createHealth();
   const control = config.xds.enabled ? await createAdsServer(config, authority, metrics, logger) : undefined;
   const xds = control?.ads;
+  xdsStatus.source = xds;
   const grpcOptions = tokenAuthorityGrpcOptions(config, health, (server) => {
     // First, so that every service added after it (Nest's, DeltaWatch, health, reflection) is measured and traced.
     instrumentGrpcServer(server, metrics);

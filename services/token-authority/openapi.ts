@@ -180,6 +180,29 @@ const route = z
     metadata: z.record(z.string(), z.string()),
     createdAt: z.string().meta({ description: 'ISO 8601.' }),
     updatedAt: z.string().meta({ description: 'ISO 8601.' }),
+    status: z
+      .object({
+        xds: z
+          .object({
+            state: z.enum(['accepted', 'rejected', 'pending']).meta({
+              description:
+                'accepted: an Envoy is connected to this authority and none refused the config carrying the route; rejected: an Envoy refused it (NACK) and serves its last accepted config; pending: no Envoy is connected here.',
+            }),
+            envoys: z.number().int().meta({ description: 'Envoy streams (ADS) connected to this authority.' }),
+            error: z.string().optional().meta({ description: "Envoy's reason (rejected)." }),
+            message: z.string().optional().meta({ description: "Envoy's whole error_detail, bounded (rejected)." }),
+            type: z.string().optional().meta({ description: 'The resource type Envoy refused, e.g. RouteConfiguration (rejected).' }),
+            node: z.string().optional().meta({ description: "The refusing Envoy's node id (rejected)." }),
+            at: z.string().optional().meta({ description: 'When Envoy refused it, ISO 8601 (rejected).' }),
+          })
+          .strict(),
+      })
+      .strict()
+      .optional()
+      .meta({
+        description:
+          'GET only, when the authority is Envoy’s control plane (xds.enabled): what its Envoys made of the route, never stored; a write ignores it.',
+      }),
   })
   .strict()
   .meta({ description: "A route in Otoroshi's shape: the domains and path prefix it serves, its backend, its API key policy." });
@@ -651,7 +674,12 @@ function deleteOperation(entity: Entity, operation: EntityOperation) {
 }
 
 /** A route body (PUT, POST): what routeSchema takes, and the store's timestamps, accepted unchanged. */
-const ROUTE_BODY = editBody(routeSchema, route, ROUTE_READ_ONLY);
+/** A route body; `status` (what GET shows of Envoy) may come back with it and is ignored. */
+const ROUTE_BODY = (() => {
+  const body = editBody(routeSchema, route, ROUTE_READ_ONLY) as { properties: Record<string, JsonSchema> };
+  body.properties.status = { type: 'object', description: 'What GET shows of Envoy (status.xds): ignored on writes.' };
+  return body as JsonSchema;
+})();
 const ROUTE_SERVED = 'Invalid input, or an enabled route already serves one of the (domain, pathPrefix) pairs (details name the field).';
 
 /** A merge patch of a route: any part of a route body; null resets a field to its default (RFC 7396). */

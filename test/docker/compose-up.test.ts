@@ -182,6 +182,7 @@ describe('docker compose up, in a Docker engine of its own', { skip: unavailable
       'ADMIN_TOKEN',
       'DATA_PLANE_TOKEN',
       'ENVOY_CONFIG',
+      'ENVOY_CLUSTER_CONFIG',
       'POSTGRES_PASSWORD',
       'KEY_ENCRYPTION_KEY',
       'COMPOSE_PROJECT_NAME',
@@ -266,6 +267,30 @@ describe('docker compose up, in a Docker engine of its own', { skip: unavailable
       assert.equal(echoed.headers['x-client-id'], 'my-id');
     });
 
+    it('serves a route created by the admin API through Envoy within 1 s (Envoy follows the authority over xDS)', async () => {
+      const created = await call(TUTORIAL, OAUTH, '/api/routes', {
+        ...json({
+          id: 'compose-route',
+          frontend: { domains: ['compose.oto.tools'] },
+          backend: { targets: [{ hostname: 'echo', port: 8081 }] },
+          apikeys: { extractors: ['bearer'], authorizedEntities: ['route_foo'] },
+        }),
+        headers: { 'content-type': 'application/json', ...bearer(adminToken) },
+      });
+      assert.equal(created.status, 201, created.body);
+      const live = await until(
+        'compose.oto.tools through Envoy',
+        async () => (await call(TUTORIAL, 'compose.oto.tools', '/')).status === 401,
+        5000,
+      );
+      figure(`default profile: a route created by the admin API answered through Envoy ${live} ms later`);
+      assert.ok(live < 1000, `${live} ms`);
+      const token = await issue(TUTORIAL, 'my-id', 'my-secret');
+      assert.equal((await call(TUTORIAL, 'compose.oto.tools', '/', { headers: bearer(token) })).status, 200);
+      const read = JSON.parse((await call(TUTORIAL, OAUTH, '/api/routes/compose-route', { headers: bearer(adminToken) })).body);
+      assert.equal(read.status.xds.state, 'accepted', JSON.stringify(read.status));
+    });
+
     it('serves the console at /console', async () => {
       const answer = await call(TUTORIAL, OAUTH, '/console/');
       assert.equal(answer.status, 200);
@@ -324,7 +349,7 @@ describe('docker compose up, in a Docker engine of its own', { skip: unavailable
       assert.equal((await call(TUTORIAL, FOO, '/')).status, 401);
       const mounted = inspect(containerId('envoy'), '{{range .Mounts}}{{.Source}} {{end}}');
       assert.match(mounted, /envoy-http\.yaml/);
-      compose(['up', '-d', '--no-build', 'envoy']); // back to gRPC mode
+      compose(['up', '-d', '--no-build', 'envoy']); // back to the default, xDS
       await until(
         'JWKS after switching back',
         async () => (await call(TUTORIAL, OAUTH, '/.well-known/otoroshi/oauth/jwks.json')).status === 200,
@@ -436,6 +461,27 @@ describe('docker compose up, in a Docker engine of its own', { skip: unavailable
         },
         10_000,
       );
+    });
+
+    it('serves a route created on one replica through Envoy within 1 s, whichever replica its ADS stream is on', async () => {
+      const created = adminInside('authority-a', 'POST', '/api/routes', {
+        id: 'cluster-route',
+        frontend: { domains: ['cluster.oto.tools'] },
+        backend: { targets: [{ hostname: 'echo', port: 8081 }] },
+        apikeys: { enabled: false },
+      });
+      const createdAt = Date.now();
+      assert.equal(created, 201);
+      const live = await until(
+        'cluster.oto.tools on :8180',
+        async () => (await call(CLUSTER, 'cluster.oto.tools', '/')).status === 200,
+        5000,
+      );
+      // adminInside includes a docker exec of its own (a few hundred ms): the figure is an upper bound.
+      figure(
+        `cluster profile: a route created on replica A answered through Envoy ${live} ms after the exec returned (${Date.now() - createdAt} ms)`,
+      );
+      assert.ok(live < 1000, `${live} ms`);
     });
 
     it('runs every process of the profile as a non-root user', () => {

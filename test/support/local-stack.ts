@@ -12,6 +12,8 @@ export interface LocalStack {
   dataDir: string;
   /** Everything the stack printed so far (it goes on collecting after start). */
   output: () => string;
+  /** The port of each part, by its environment variable (PORT, ECHO_PORT...). */
+  ports: Record<string, string>;
 }
 
 /**
@@ -24,6 +26,8 @@ export async function startLocalStack(options: {
   adminToken: string;
   dataDirPrefix: string;
   startMs?: number;
+  /** More environment for the stack (ENVOY_CONFIG...). */
+  env?: Record<string, string>;
 }): Promise<LocalStack> {
   const binary = envoyBinary();
   const ports: Record<string, string> = {};
@@ -36,6 +40,7 @@ export async function startLocalStack(options: {
     'EXT_AUTHZ_HTTP_PORT',
     'ECHO_PORT',
     'ENVOY_ADMIN_PORT',
+    'XDS_PORT',
   ])
     ports[name] = String(await freePort());
   const dataDir = mkdtempSync(path.join(tmpdir(), options.dataDirPrefix));
@@ -48,6 +53,7 @@ export async function startLocalStack(options: {
       DATA_DIR: dataDir,
       HTTP_HOST: '127.0.0.1',
       LOG_LEVEL: 'warn',
+      ...options.env,
       ...ports,
     },
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -66,5 +72,5 @@ export async function startLocalStack(options: {
     }
     await new Promise((done) => setTimeout(done, 100));
   }
-  return { stack, base: `http://127.0.0.1:${ports.PORT}`, dataDir, output: () => output };
+  return { stack, base: `http://127.0.0.1:${ports.PORT}`, dataDir, output: () => output, ports };
 }
