@@ -7,12 +7,14 @@ import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { SignJWT } from 'jose';
 import { type Browser, type BrowserContext, chromium, type Page } from 'playwright-core';
-import { AUTHORITY_ENV_OVERRIDES } from '../libs/core/config';
+import { AUTHORITY_ENV_OVERRIDES, loadAuthorityConfig } from '../libs/core/config';
+import { openStore } from '../libs/core/store/open-store';
 import { EXT_AUTHZ_ENV_OVERRIDES } from '../libs/authz/config';
 import { startEchoBackend, type EchoBackend } from '../services/echo-backend/server';
 import { ADMIN_TOKEN, JWKS_PATH, TOKEN_PATH } from './support/authority';
 import { ChildService } from './support/child-service';
-import { startEnvoy, type TestEnvoy } from './support/envoy';
+import { renderEnvoyConfig } from '../libs/envoy/render-config';
+import { ENVOY_DIR, runEnvoy, type TestEnvoy } from './support/envoy';
 import { startTestExtAuthz, type TestExtAuthz } from './support/ext-authz';
 import { freePort } from './support/ports';
 import { FOO, send } from './support/proxy-request';
@@ -92,8 +94,16 @@ describe('the admin console in a real browser (headless Debian chromium)', { ski
 
   before(async () => {
     dataDir = mkdtempSync(path.join(tmpdir(), 'console-test-'));
-    const [http, grpc] = [await freePort(), await freePort()];
-    // The authority as its own process, run from its real entry point, as npm start runs it.
+    const [http, grpc, xds, listener, envoyAdmin] = [
+      await freePort(),
+      await freePort(),
+      await freePort(),
+      await freePort(),
+      await freePort(),
+    ];
+    echo = await startEchoBackend(0, '127.0.0.1');
+    // The authority as its own process, run from its real entry point, as npm start runs it: Envoy's
+    // control plane (xDS), its seed routes to this test's echo backend.
     authority = new ChildService(
       'token-authority',
       AUTHORITY_MAIN,
@@ -104,6 +114,11 @@ describe('the admin console in a real browser (headless Debian chromium)', { ski
         HTTP_PORT: String(http),
         GRPC_HOST: '127.0.0.1',
         GRPC_PORT: String(grpc),
+        XDS_ENABLED: 'true',
+        XDS_PORT: String(xds),
+        XDS_LISTENER_ADDRESS: '127.0.0.1',
+        XDS_LISTENER_PORT: String(listener),
+        ROUTES_SEED_BACKEND: new URL(echo.url).host,
       }),
       async () => (await fetch(`http://127.0.0.1:${http}/health`)).status === 200,
     );
@@ -112,14 +127,22 @@ describe('the admin console in a real browser (headless Debian chromium)', { ski
     assert.ok(readdirSync(CONSOLE_ASSETS).length > 0, 'npm run build builds the console into dist/console');
     if (envoySetup.binary) {
       extAuthz = await startTestExtAuthz({ grpcAddress: `127.0.0.1:${grpc}` });
-      echo = await startEchoBackend(0, '127.0.0.1');
-      const endpoint = (hostPort: string) => ({ address: '127.0.0.1', port: Number(hostPort.split(':').pop()) });
-      envoy = await startEnvoy('envoy.yaml', {
-        token_authority: endpoint(`127.0.0.1:${http}`),
-        echo: endpoint(new URL(echo.url).host),
-        token_authority_grpc: endpoint(`127.0.0.1:${grpc}`),
-        ext_authz: endpoint(extAuthz.grpcAddress),
+      const local = (port: number) => ({ address: '127.0.0.1', port });
+      // envoy/envoy-xds.yaml, as npm start runs it: the listener, routes and clusters from the authority.
+      const bootstrap = renderEnvoyConfig(readFileSync(path.join(ENVOY_DIR, 'envoy-xds.yaml'), 'utf8'), {
+        admin: local(envoyAdmin),
+        clusters: {
+          xds: local(xds),
+          token_authority: local(http),
+          token_authority_grpc: local(grpc),
+          ext_authz: local(Number(extAuthz.grpcAddress.split(':').pop())),
+        },
+        xdsToken: ADMIN_TOKEN,
       });
+      envoy = await runEnvoy(bootstrap, { listener, admin: envoyAdmin });
+      // The listener comes over xDS: ready once the seed route answers.
+      for (let attempt = 0; attempt < 100 && (await send(envoy.url, '/public/x').catch(() => ({ status: 0 }))).status !== 200; attempt += 1)
+        await new Promise((done) => setTimeout(done, 50));
     }
     // *.oto.tools is 127.0.0.1 on the internet's DNS; here the browser is told so without asking it.
     browser = await chromium.launch({
@@ -832,7 +855,17 @@ describe('the admin console in a real browser (headless Debian chromium)', { ski
     await page.getByLabel('Domains').fill('console.oto.tools');
     await page.getByLabel('Backend targets').fill('127.0.0.1:8081');
     await page.getByRole('button', { name: 'Create route' }).click();
+    const clicked = Date.now();
     await page.getByRole('heading', { name: 'Route console-route' }).waitFor();
+    if (envoy) {
+      // Pushed to Envoy over xDS: the new domain answers (asking for an API key) within 1 s of the click.
+      let answer = await send(envoy.url, '/', { host: 'console.oto.tools' });
+      while (answer.status !== 401 && Date.now() - clicked < 2000) answer = await send(envoy.url, '/', { host: 'console.oto.tools' });
+      const took = Date.now() - clicked;
+      assert.equal(answer.body, JSON.stringify({ 'Otoroshi-Error': 'No ApiKey provided' }));
+      assert.ok(took < 1000, `through Envoy ${took} ms after the click`);
+      await page.getByText('Accepted').first().waitFor();
+    }
     await assertAccessible(page, 'edit route');
     const created = await adminCall('GET', '/api/routes/console-route');
     assert.deepEqual(
@@ -866,6 +899,63 @@ describe('the admin console in a real browser (headless Debian chromium)', { ski
     await page.getByRole('dialog').getByRole('button', { name: 'Delete console-route' }).click();
     await page.getByText('Route console-route deleted.').waitFor();
     assert.equal((await adminCall('GET', '/api/routes/console-route')).status, 404);
+    await close(watched);
+  });
+
+  it("routes: a config Envoy rejects (NACK) is shown with Envoy's error, in the list and the editor; the other routes keep serving", async (t) => {
+    if (!envoy) {
+      t.skip(`no Envoy: ${envoySetup.missing}`);
+      return;
+    }
+    // What validation refuses but an older or hand-edited store might hold: a domain with a line
+    // break, written straight into the authority's SQLite file (its route feed picks it up).
+    const store = await openStore(loadAuthorityConfig({ DATA_DIR: dataDir }));
+    const now = new Date().toISOString();
+    const template = (await adminCall('GET', '/api/routes/foo')).body;
+    const { status: _status, ...foo } = template;
+    try {
+      assert.ok(
+        await store.routes.create({
+          ...foo,
+          id: 'nacked',
+          name: 'nacked',
+          frontend: { domains: ['nacked.oto.tools\r\nx: y'], pathPrefix: '/' },
+          apikeys: { ...foo.apikeys, authorizedEntities: ['route_nacked'], publicPathPrefixes: [] },
+          createdAt: now,
+          updatedAt: now,
+        }),
+      );
+    } finally {
+      await store.close();
+    }
+    const rejected = async () => (await adminCall('GET', '/api/routes/nacked')).body?.status?.xds?.state === 'rejected';
+    for (let attempt = 0; attempt < 100 && !(await rejected()); attempt += 1) await new Promise((done) => setTimeout(done, 50));
+    const status = (await adminCall('GET', '/api/routes/nacked')).body.status.xds;
+    assert.equal(status.state, 'rejected', JSON.stringify(status));
+    assert.equal(status.type, 'RouteConfiguration');
+    assert.ok(status.error.length > 0, "Envoy's reason");
+
+    const watched = await openConsole();
+    const { page } = watched;
+    await signIn(watched);
+    await page.getByRole('link', { name: 'Routes', exact: true }).click();
+    const row = page.locator('tbody tr[data-route-id="nacked"]');
+    await row.getByText('Rejected by Envoy').waitFor();
+    assert.equal(((await row.getByTestId('xds-error').textContent()) ?? '').trim(), status.error);
+    await page.locator('tbody tr[data-route-id="foo"]').getByText('Accepted').waitFor();
+    await assertAccessible(page, 'routes with a rejected one');
+    await shot(page, 'routes-rejected');
+    await row.getByRole('link', { name: 'nacked', exact: true }).click();
+    await page.getByRole('heading', { name: 'Route nacked' }).waitFor();
+    await page.getByText(/Envoy keeps serving the config it accepted before/).waitFor();
+    assert.equal(((await page.getByTestId('xds-error').textContent()) ?? '').trim(), status.error);
+    // Envoy kept its last accepted config: the seed route still answers.
+    assert.equal((await send(envoy.url, '/public/x', { host: FOO })).status, 200);
+    // Deleted: the next config is accepted, and the route is gone from the list.
+    assert.equal((await adminCall('DELETE', '/api/routes/nacked')).status, 204);
+    await page.getByRole('link', { name: 'Back to routes' }).click();
+    await page.locator('tbody tr[data-route-id="foo"]').waitFor();
+    assert.equal(await page.locator('tbody tr[data-route-id="nacked"]').count(), 0);
     await close(watched);
   });
 

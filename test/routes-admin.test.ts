@@ -139,6 +139,21 @@ describe('admin API: /api/routes', () => {
     assert.equal((await call('PUT', '/api/routes/nope', body('nope'))).status, 404);
   });
 
+  it('ignores a status sent back on writes (what GET shows of Envoy, never stored); no status without xDS', async () => {
+    const status = { xds: { state: 'rejected', envoys: 1, error: 'sent by a client' } };
+    const created = await call('POST', '/api/routes', { ...body('with-status'), status });
+    assert.equal(created.status, 201, JSON.stringify(created.body));
+    assert.equal(created.body.status, undefined);
+    const read = await call('GET', '/api/routes/with-status');
+    assert.equal(read.body.status, undefined, 'xds.enabled is off here');
+    const put = await call('PUT', '/api/routes/with-status', { ...read.body, status, description: 'put' });
+    assert.equal(put.status, 200, JSON.stringify(put.body));
+    const patched = await call('PATCH', '/api/routes/with-status', { status, description: 'patched' });
+    assert.equal(patched.status, 200, JSON.stringify(patched.body));
+    assert.equal(patched.body.status, undefined);
+    assert.equal((await storedRows(authority, 'routes')).includes('sent by a client'), false, 'nothing of it stored');
+  });
+
   it('merge-patches (nested objects merge, null resets) and JSON-patches, a failed test op being 409', async () => {
     await call('POST', '/api/routes', body('patch', undefined, { description: 'kept', apikeys: { requiredScopes: ['read'] } }));
     const merged = await call(

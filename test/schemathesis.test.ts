@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { ADMIN_TOKEN, startTestAuthority, type TestAuthority } from './support/authority';
+import { freePort } from './support/ports';
 import { redisTestPrefix, SHARED_REDIS } from './support/quota-fixtures';
 import { findSchemathesis, requireSchemathesis, run, schemathesisSkip } from './support/schemathesis';
 
@@ -57,7 +58,11 @@ describe('Schemathesis against the running token authority', { skip: schemathesi
 
   before(async () => {
     requireSchemathesis(schemathesis);
-    authority = await startTestAuthority({ redis: { url: SHARED_REDIS, keyPrefix: redisKeys.prefix } });
+    // xDS on (no Envoy connects): GET /api/routes then carries status.xds, checked against the document too.
+    authority = await startTestAuthority({
+      redis: { url: SHARED_REDIS, keyPrefix: redisKeys.prefix },
+      xds: { enabled: true, port: await freePort() },
+    });
     authority.app.getHttpServer().on('request', () => requests++);
     const created = await authority.admin('POST', '/api/apikeys', {
       clientId: CLIENT.id,

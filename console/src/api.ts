@@ -233,4 +233,17 @@ export interface Route {
   metadata: Record<string, string>;
   createdAt: string;
   updatedAt: string;
+  /** What the authority's Envoys made of it (GET only, when the authority is their xDS control plane). */
+  status?: { xds: RouteXdsStatus };
+}
+
+/** status.xds of a route (libs/xds/route-status.ts). */
+export interface RouteXdsStatus {
+  state: 'accepted' | 'rejected' | 'pending';
+  envoys: number;
+  error?: string;
+  message?: string;
+  type?: string;
+  node?: string;
+  at?: string;
 }

@@ -1,5 +1,5 @@
 import { useEffect, useState } from 'preact/hooks';
-import { admin, ApiError, listPage, type Route } from '../api';
+import { admin, ApiError, listPage, type Route, type RouteXdsStatus } from '../api';
 import { CheckField, CheckGroup, TextField } from '../fields';
 import { go, href } from '../router';
 import { ConfirmDialog, errorNotice, formatTime, type Notice, NoticeLine, PageTitle, Pager, splitList, useCursorPages } from '../ui';
@@ -27,6 +27,35 @@ function parseTargets(text: string): { targets?: { hostname: string; port: numbe
     targets.push({ hostname: match[2].replace(/^\[|\]$/g, ''), port: Number(match[3]), tls: match[1] === 'https' });
   }
   return { targets };
+}
+
+/** After a save, when status.xds is read again: Envoy has answered the push by then (tens of ms). */
+const STATUS_REFRESH_MS = 500;
+
+/** What Envoy made of the route: a badge, and Envoy's own words when it refused the config. */
+function XdsBadge({ status, detailed = false }: { status?: RouteXdsStatus; detailed?: boolean }) {
+  if (!status) return <span class="hint">xDS off</span>;
+  if (status.state === 'accepted')
+    return (
+      <span class="badge ok" title={`${status.envoys} Envoy${status.envoys === 1 ? '' : 's'} connected`}>
+        Accepted
+      </span>
+    );
+  if (status.state === 'pending') return <span class="badge muted">No Envoy connected</span>;
+  return (
+    <span class="xds-rejected">
+      <span class="badge danger">Rejected by Envoy</span>{' '}
+      <span class="xds-error" data-testid="xds-error">
+        {status.error}
+      </span>
+      {detailed && (
+        <span class="hint">
+          {' '}
+          ({status.type}, Envoy {status.node}, {formatTime(status.at)}; Envoy keeps serving the config it accepted before)
+        </span>
+      )}
+    </span>
+  );
 }
 
 interface Draft {
@@ -144,6 +173,7 @@ export function RoutesPage() {
               <th scope="col">Backend</th>
               <th scope="col">API key check</th>
               <th scope="col">Enabled</th>
+              <th scope="col">Envoy</th>
               <th scope="col">Last change</th>
               <th scope="col">Actions</th>
             </tr>
@@ -161,6 +191,9 @@ export function RoutesPage() {
                 <td>{targetText(route).split('\n').join(', ')}</td>
                 <td>{route.apikeys.enabled ? route.apikeys.extractors.join(', ') : 'None (open)'}</td>
                 <td>{route.enabled ? 'Yes' : 'No'}</td>
+                <td>
+                  <XdsBadge status={route.status?.xds} />
+                </td>
                 <td>{formatTime(route.updatedAt)}</td>
                 <td class="row-actions">
                   <a href={href('routes', route.id)} aria-label={`Edit ${route.id}`}>
@@ -181,7 +214,7 @@ export function RoutesPage() {
             ))}
             {page.items.length === 0 && (
               <tr>
-                <td colSpan={8}>No routes here.</td>
+                <td colSpan={9}>No routes here.</td>
               </tr>
             )}
           </tbody>
@@ -224,6 +257,16 @@ export function RouteEditor({ id }: { id?: string }) {
   useEffect(() => {
     void load();
   }, [id]);
+  /** Only status.xds, read again (the fields being edited are left as they are). */
+  const refreshStatus = async () => {
+    if (creating) return;
+    try {
+      const answer = await admin<Route>('GET', `/api/routes/${encodeURIComponent(id)}`);
+      setLoaded((current) => (current ? { ...current, route: { ...current.route, status: answer.data.status } } : current));
+    } catch {
+      // the next read says it
+    }
+  };
 
   const set = <K extends keyof Draft>(field: K, value: Draft[K]) => setDraft({ ...draft, [field]: value });
 
@@ -256,10 +299,12 @@ export function RouteEditor({ id }: { id?: string }) {
       const answer = creating
         ? await admin<Route>('POST', '/api/routes', body)
         : await admin<Route>('PUT', `/api/routes/${encodeURIComponent(id)}`, body, { ifMatch: loaded?.etag });
-      setLoaded({ route: answer.data, etag: answer.etag });
+      // A write's answer has no status: keep the one read, then read what Envoy made of the change.
+      setLoaded({ route: { ...answer.data, status: loaded?.route.status }, etag: answer.etag });
       setDraft(draftOf(answer.data));
       setNotice({ kind: 'success', text: `Route ${answer.data.id} saved.` });
       if (creating) go('routes', answer.data.id);
+      else setTimeout(() => void refreshStatus(), STATUS_REFRESH_MS);
     } catch (failure) {
       setNotice(errorNotice(failure));
     } finally {
@@ -288,9 +333,14 @@ export function RouteEditor({ id }: { id?: string }) {
                 hint="API keys name it as route_<id> in their authorized entities."
               />
             ) : (
-              <p>
-                Id: <code>{id}</code> (created {formatTime(loaded?.route.createdAt)}, last change {formatTime(loaded?.route.updatedAt)})
-              </p>
+              <>
+                <p>
+                  Id: <code>{id}</code> (created {formatTime(loaded?.route.createdAt)}, last change {formatTime(loaded?.route.updatedAt)})
+                </p>
+                <p>
+                  In Envoy: <XdsBadge status={loaded?.route.status?.xds} detailed />
+                </p>
+              </>
             )}
             <TextField id="route-name" label="Name" value={draft.name} onValue={(value) => set('name', value)} />
             <TextField
