@@ -5,7 +5,7 @@ import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { startLocalStack } from './support/local-stack';
 import { EXT_AUTHZ_NODE_FLAGS } from '../services/ext-authz/node-flags';
-import { FOO, send } from './support/proxy-request';
+import { FOO, send, sendTls } from './support/proxy-request';
 
 const ROOT = path.resolve(__dirname, '..', '..');
 const README = readFileSync(path.join(ROOT, 'README.md'), 'utf8');
@@ -73,7 +73,7 @@ describe('the local stack (npm start) with Envoy on PATH', () => {
     assert.match(output(), /token authority: REST http:\/\/127\.0\.0\.1:\d+, gRPC/);
     assert.match(output(), /ext-authz: Envoy Check/);
     assert.match(output(), /Envoy's routes: from the token authority over xDS \(ADS 127\.0\.0\.1:\d+\)/);
-    assert.match(output(), /HTTPS: off under xDS/);
+    assert.match(output(), /HTTPS: https:\/\/oauth\.oto\.tools:\d+ and https:\/\/foo\.oto\.tools:\d+, with a self-signed certificate/);
     assert.match(output(), /admin console: http:\/\/oauth\.oto\.tools:\d+\/console \(sign in with the admin token; routes at #\/routes\)/);
   });
 
@@ -103,6 +103,17 @@ describe('the local stack (npm start) with Envoy on PATH', () => {
     assert.equal(denied.status, 401);
     assert.equal(denied.body, JSON.stringify({ 'Otoroshi-Error': 'No ApiKey provided' }));
     assert.equal((await send(base, '/public/x', { host: `${FOO}:8080` })).status, 200, 'foo /public/ is open');
+  });
+
+  it('serves HTTPS on the listener the authority pushes (xds.tls), with the certificate made for the run', async () => {
+    const certificate = /curl --cacert (\S+)\)/.exec(output())?.[1];
+    assert.ok(certificate, 'the certificate path is printed');
+    const ca = readFileSync(certificate);
+    const jwks = await sendTls(Number(ports.HTTPS_PORT), '/.well-known/otoroshi/oauth/jwks.json', { host: 'oauth.oto.tools', ca });
+    assert.equal(jwks.status, 200, jwks.body);
+    const denied = await sendTls(Number(ports.HTTPS_PORT), '/', { host: FOO, ca });
+    assert.equal(denied.status, 401);
+    assert.equal(denied.body, JSON.stringify({ 'Otoroshi-Error': 'No ApiKey provided' }));
   });
 
   it("runs README's tutorial block as written, a step at a time (the route made by the admin API, live in Envoy)", () => {

@@ -128,6 +128,10 @@ async function main(): Promise<void> {
     }
     if (!stopping) throw new Error(`${name} did not answer at ${url}`);
   };
+  // Envoy's files for this run (its config, the HTTPS certificate made by openssl), removed on exit.
+  const configDir = envoyVersion ? mkdtempSync(path.join(tmpdir(), 'local-stack-envoy-')) : undefined;
+  if (configDir) process.once('exit', () => rmSync(configDir, { recursive: true, force: true }));
+  const tls = configDir ? selfSignedCertificate(configDir) : undefined;
   start('token-authority', node('services/token-authority/main.js'), {
     HTTP_HOST: envoyVersion ? '127.0.0.1' : (env.HTTP_HOST ?? '0.0.0.0'),
     HTTP_PORT: String(ports.authority),
@@ -146,6 +150,14 @@ async function main(): Promise<void> {
           XDS_PORT: String(ports.xds),
           XDS_LISTENER_ADDRESS: env.HTTP_HOST ?? '0.0.0.0',
           XDS_LISTENER_PORT: String(ports.public),
+          // The HTTPS listener it pushes beside it: Envoy reads the certificate files (xds.tls).
+          ...(tls
+            ? {
+                XDS_TLS_CERTIFICATE_FILE: tls.certificateFile,
+                XDS_TLS_PRIVATE_KEY_FILE: tls.privateKeyFile,
+                XDS_TLS_PORT: String(ports.https),
+              }
+            : {}),
         }
       : {}),
   });
@@ -169,8 +181,7 @@ async function main(): Promise<void> {
     `ext-authz: Envoy Check (gRPC) 127.0.0.1:${ports.extAuthzGrpc}, HTTP mode http://127.0.0.1:${ports.extAuthzHttp}/authz/<policy>`,
     `echo backend: http://127.0.0.1:${ports.echo}`,
   ];
-  if (envoyVersion) {
-    const configDir = mkdtempSync(path.join(tmpdir(), 'local-stack-envoy-'));
+  if (envoyVersion && configDir) {
     const local = { address: '127.0.0.1' };
     const clusters = {
       token_authority: { ...local, port: ports.authority },
@@ -178,8 +189,6 @@ async function main(): Promise<void> {
       ext_authz: { ...local, port: ports.extAuthzGrpc },
     };
     const source = readFileSync(path.join(ROOT, 'envoy', envoyConfig), 'utf8');
-    // Under xDS the listener is the authority's (libs/xds): no HTTPS listener in it yet.
-    const tls = xds ? undefined : selfSignedCertificate(configDir);
     const config = xds
       ? renderEnvoyConfig(source, {
           admin: { ...local, port: ports.envoyAdmin },
@@ -187,13 +196,13 @@ async function main(): Promise<void> {
           xdsToken: dataPlaneToken,
         })
       : renderEnvoyConfig(source, {
+          // The static file has no HTTPS listener: rendered beside the plain one.
           tls: tls && { address: env.HTTP_HOST ?? '0.0.0.0', port: ports.https, ...tls },
           listener: { address: env.HTTP_HOST ?? '0.0.0.0', port: ports.public },
           admin: { ...local, port: ports.envoyAdmin },
           clusters: { ...clusters, echo: { ...local, port: ports.echo } },
         });
     writeFileSync(path.join(configDir, 'envoy.yaml'), config);
-    process.once('exit', () => rmSync(configDir, { recursive: true, force: true }));
     start('envoy', [envoyBinary, '-c', path.join(configDir, 'envoy.yaml'), '--log-level', 'warn', '--base-id', String(ports.public)], {});
     await waitFor('envoy', `http://127.0.0.1:${ports.envoyAdmin}/ready`, (status) => status === 200);
     lines.unshift(
@@ -203,9 +212,7 @@ async function main(): Promise<void> {
         : `Envoy's routes: the static file envoy/${envoyConfig} (ENVOY_CONFIG)`,
       tls
         ? `HTTPS: https://oauth.oto.tools:${ports.https} and https://foo.oto.tools:${ports.https}, with a self-signed certificate made for this run (curl --cacert ${tls.certificateFile})`
-        : xds
-          ? 'HTTPS: off under xDS (the pushed config has no HTTPS listener yet; ENVOY_CONFIG=envoy.yaml npm start serves :8443 from the static file)'
-          : 'HTTPS: off (no openssl on PATH to make a certificate)',
+        : 'HTTPS: off (no openssl on PATH to make a certificate)',
     );
   } else {
     lines.unshift(
