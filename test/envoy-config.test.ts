@@ -113,6 +113,7 @@ describe('the authorization contract of envoy-http.yaml', () => {
       'x-forwarded-proto',
       'x-request-id',
       'x-forwarded-for',
+      'x-forwarded-client-cert',
     ]);
     assert.deepEqual(exactNames(settings.http_service.authorization_response.allowed_client_headers_on_success), [
       'otoroshi-daily-calls-remaining',
@@ -179,6 +180,14 @@ describe('every envoy/*.yaml is the edge: it believes no client-sent X-Forwarded
       assert.equal(manager.use_remote_address, true);
       assert.equal(manager.xff_num_trusted_hops, 0);
       assert.equal(manager.original_ip_detection_extensions, undefined);
+    });
+    it(`${name}: x-forwarded-client-cert is Envoy's own (SANITIZE_SET, with the certificate), and gRPC ext_authz gets the peer certificate`, () => {
+      const config = parse(text);
+      const manager = hcm(config);
+      assert.equal(manager.forward_client_cert_details, 'SANITIZE_SET');
+      assert.equal(manager.set_current_client_cert_details.cert, true);
+      const authz = httpFilter(config, 'envoy.filters.http.ext_authz').typed_config;
+      if (authz.grpc_service) assert.equal(authz.include_peer_certificate, true);
     });
   }
 });

@@ -6,6 +6,7 @@ import { verifyJws } from '../core/crypto/jws';
 import type { DataPlaneApiKey } from '../core/data-plane';
 import { DPOP_ALGORITHMS, DPOP_NONCE_HEADER, DpopVerifier, type DpopProof } from '../core/dpop';
 import { OAuthError } from '../core/errors';
+import { forwardedThumbprint } from '../core/mtls';
 import type { ExtAuthzConfig, ExtractorName, RoutePolicy } from './config';
 import { legalHeaderValue } from '../http/header-value';
 import { type Allow, DAILY_REMAINING_HEADER, deny, MONTHLY_REMAINING_HEADER, type Decision, type DenyReason } from './decision';
@@ -25,6 +26,12 @@ export interface AuthzRequest {
   /** The request's method and URL (scheme://host/path, query ignored), what a DPoP proof's htm and htu must name. */
   method?: string;
   url?: string;
+  /**
+   * RFC 8705: the client certificate of the downstream TLS connection, URL-encoded PEM as Envoy
+   * gives it (CheckRequest attributes.source.certificate with include_peer_certificate, or the
+   * x-forwarded-client-cert `Cert` from a trusted proxy in HTTP mode).
+   */
+  clientCertificate?: string;
 }
 
 /** Optional stages of the pipeline: quotas, failure limits, and whom to tell when Redis is away. */
@@ -74,6 +81,8 @@ interface VerifiedToken {
   scopes: readonly string[];
   /** cnf.jkt of a DPoP-bound token. */
   jkt?: string;
+  /** cnf.x5t#S256 of a certificate-bound token (RFC 8705 §3.1). */
+  x5t?: string;
 }
 
 /**
@@ -209,7 +218,7 @@ export class Authorizer {
     if (extracted === 'malformed') return deny('malformed_credential', challenge('invalid_request'));
     if (!extracted) return deny('no_credential', challenge());
     if (extracted.kind === 'bearer')
-      return this.conclude(request, policy, extracted, this.identifyBearer(extracted.token, policy, this.now()), challenge);
+      return this.conclude(request, policy, extracted, this.identifyBearer(extracted.token, policy, this.now(), request), challenge);
     if (extracted.kind === 'dpop') {
       // RFC 9449 §7.1: the DPoP scheme's own challenge, with the algorithms a proof may use.
       const dpopChallenge = (error?: string, extra = '') =>
@@ -329,11 +338,14 @@ export class Authorizer {
 
   /**
    * Who a bearer token names (memory only: the verification cache, the replica), or why it names
-   * nobody usable. A bearer token must not be bound (a copied DPoP-bound token is refused).
+   * nobody usable. A bearer token must not be bound to a DPoP key (a copied DPoP-bound token is
+   * refused); a certificate-bound one must come with its certificate.
    */
-  private identifyBearer(token: string, policy: RoutePolicy, now: number): Identity {
+  private identifyBearer(token: string, policy: RoutePolicy, now: number, request: AuthzRequest): Identity {
     const verified = this.verifyToken(token, now);
     if ('reason' in verified) return verified;
+    const unbound = certificateRefusal(verified, request);
+    if (unbound) return unbound;
     if (verified.jkt !== undefined) return { reason: 'sender_constrained' };
     const identity = this.identifyVerified(verified, policy, now);
     // A key whose tokens must be DPoP-bound (tokenBinding dpop, or one this ext-authz does not know): no bearer token of it counts.
@@ -343,9 +355,12 @@ export class Authorizer {
   }
 
   /** The DPoP scheme: the token must be bound, with a proof of its key for this request (asynchronous with a shared jti memory). */
-  private identifyDpop(token: string, policy: RoutePolicy, now: number, dpop: AuthzRequest): Identity | Promise<Identity> {
+  private identifyDpop(token: string, policy: RoutePolicy, now: number, request: AuthzRequest): Identity | Promise<Identity> {
+    const dpop = request;
     const verified = this.verifyToken(token, now);
     if ('reason' in verified) return verified;
+    const unbound = certificateRefusal(verified, request);
+    if (unbound) return unbound;
     if (verified.jkt === undefined) return { reason: 'not_dpop_bound' };
     if (dpop.method === undefined || dpop.url === undefined) return { reason: 'invalid_dpop_proof' };
     let proof: DpopProof | Promise<DpopProof>;
@@ -369,7 +384,10 @@ export class Authorizer {
     if (!verified.aud.some((audience) => audiences.includes(audience))) return { reason: 'wrong_audience' };
     const apiKey = this.replica.apiKey(verified.clientId);
     const state = apiKeyState(apiKey, now);
-    return state ?? { apiKey: apiKey!, scopes: verified.scopes };
+    if (state) return state;
+    // tokenBinding mtls: only certificate-bound tokens of the key count (one issued before the switch does not).
+    if (apiKey!.tokenBinding === 'mtls' && verified.x5t === undefined) return { reason: 'mtls_required' };
+    return { apiKey: apiKey!, scopes: verified.scopes };
   }
 
   /** Who a secret or client id credential names, or why it names nobody usable. */
@@ -434,10 +452,10 @@ export class Authorizer {
         return { reason: 'not_access_token' };
       }
       if (claims.iss !== this.replica.issuer) return { reason: 'wrong_issuer' };
-      // RFC 9449 §7: a bound token is usable only with a proof of its key; a binding other than jkt, never.
-      const cnf = claims.cnf as { jkt?: unknown } | undefined;
-      if (cnf !== undefined && (typeof cnf !== 'object' || cnf === null || typeof cnf.jkt !== 'string'))
-        return { reason: 'sender_constrained' };
+      // RFC 9449 §7 and RFC 8705 §3: a bound token is usable only with a proof of its key (jkt) and/or
+      // over a connection with its certificate (x5t#S256); a cnf with neither, or another member, never.
+      const cnf = claims.cnf as Record<string, unknown> | undefined;
+      if (cnf !== undefined && !boundAsWeCheck(cnf)) return { reason: 'sender_constrained' };
       const aud =
         typeof claims.aud === 'string'
           ? [claims.aud]
@@ -454,7 +472,8 @@ export class Authorizer {
         scopes: this.intern(`s${scope}`, () => Object.freeze(scope.split(' ').filter(Boolean))),
         kid: this.intern(`k${header.kid as string}`, () => header.kid as string),
       };
-      if (cnf !== undefined) verified.jkt = cnf.jkt as string;
+      if (cnf?.jkt !== undefined) verified.jkt = cnf.jkt as string;
+      if (cnf?.['x5t#S256'] !== undefined) verified.x5t = cnf['x5t#S256'] as string;
       if (verified.exp > nowSeconds) this.verified?.set(key, verified, { ttl: (verified.exp - nowSeconds) * 1000 });
     } else if (!this.replica.verificationKey(verified.kid)) {
       // Its key was deleted or its verification window closed since it was cached.
@@ -483,6 +502,23 @@ function proofRefused(error: unknown): Identity {
     return { reason: 'use_dpop_nonce', dpopNonce: error.headers?.[DPOP_NONCE_HEADER] };
   if (error instanceof OAuthError) return { reason: 'invalid_dpop_proof' };
   throw error;
+}
+
+/** RFC 8705 §3: a certificate-bound token counts only when the SHA-256 of the connection's certificate is its x5t#S256. */
+function certificateRefusal(verified: VerifiedToken, request: AuthzRequest): { reason: DenyReason } | undefined {
+  if (verified.x5t === undefined || forwardedThumbprint(request.clientCertificate) === verified.x5t) return undefined;
+  return { reason: 'wrong_certificate' };
+}
+
+/** A cnf we can enforce: an object with jkt and/or x5t#S256 (strings), and no other member. */
+function boundAsWeCheck(cnf: unknown): boolean {
+  if (typeof cnf !== 'object' || cnf === null || Array.isArray(cnf)) return false;
+  const members = Object.keys(cnf);
+  const record = cnf as Record<string, unknown>;
+  return (
+    members.length > 0 &&
+    members.every((member) => (member === 'jkt' || member === 'x5t#S256') && typeof record[member] === 'string' && record[member] !== '')
+  );
 }
 
 function apiKeyState(apiKey: DataPlaneApiKey | undefined, now: number): { reason: DenyReason } | undefined {

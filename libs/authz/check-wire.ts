@@ -15,7 +15,8 @@ import { POLICY_EXTENSION, ROUTE_EXTENSION } from './route-policy';
  * envoy/config/core/v3/{base,address}.proto:
  *   CheckRequest.attributes = 1
  *   AttributeContext: source = 1 (Peer), request = 4 (Request), context_extensions = 10 (map)
- *   Peer.address = 1 (Address); Address.socket_address = 1; SocketAddress.address = 2
+ *   Peer.address = 1 (Address), Peer.certificate = 5 (URL-encoded PEM, with include_peer_certificate);
+ *   Address.socket_address = 1; SocketAddress.address = 2
  *   Request.http = 2 (HttpRequest); HttpRequest: headers = 3 (map), header_map = 13 (HeaderMap)
  *   HeaderMap.headers = 1 (repeated HeaderValue); HeaderValue: key = 1, value = 2, raw_value = 3
  *
@@ -207,6 +208,7 @@ export class CheckRequestDecoder {
       policy: undefined,
       inlinePolicy: undefined,
       sourceAddress: undefined,
+      clientCertificate: undefined,
       headers: undefined,
       headerMap: undefined,
       method: undefined,
@@ -221,6 +223,7 @@ export class CheckRequestDecoder {
         state.policy = undefined;
         state.inlinePolicy = undefined;
         state.sourceAddress = undefined;
+        state.clientCertificate = undefined;
         state.headers = undefined;
         state.headerMap = undefined;
         state.method = state.path = state.host = state.scheme = undefined;
@@ -231,6 +234,7 @@ export class CheckRequestDecoder {
     const headers = state.headerMap?.count ? state.headerMap.headers : (state.headers ?? { ...this.blank });
     const request: AuthzRequest = { policy: state.policy, headers, sourceAddress: state.sourceAddress };
     if (state.inlinePolicy !== undefined) request.inlinePolicy = state.inlinePolicy;
+    if (state.clientCertificate) request.clientCertificate = state.clientCertificate;
     if (state.method) request.method = state.method;
     const url = requestUrl(state.scheme, state.host, state.path);
     if (url !== undefined) request.url = url;
@@ -241,9 +245,13 @@ export class CheckRequestDecoder {
     while (reader.pos < end) {
       const tag = reader.uint32();
       switch (tag >>> 3) {
-        case 1:
-          state.sourceAddress = peerAddress(reader, fieldEnd(reader, tag & 7));
+        case 1: {
+          // A later source replaces the earlier whole.
+          const peer = readPeer(reader, fieldEnd(reader, tag & 7));
+          state.sourceAddress = peer.address;
+          state.clientCertificate = peer.certificate;
           break;
+        }
         case 4:
           state.headers = undefined;
           state.headerMap = undefined;
@@ -360,6 +368,7 @@ interface DecodeState {
   policy: string | undefined;
   inlinePolicy: string | undefined;
   sourceAddress: string | undefined;
+  clientCertificate: string | undefined;
   headers: Record<string, string | undefined> | undefined;
   headerMap: HeaderMapState | undefined;
   method: string | undefined;
@@ -375,16 +384,18 @@ export function requestUrl(scheme: string | undefined, host: string | undefined,
   return `${scheme}://${host}${end < 0 ? path : path.slice(0, end)}`;
 }
 
-/** Peer → Address → SocketAddress → address; each later message replaces the earlier. */
-function peerAddress(reader: Reader, end: number): string | undefined {
+/** Peer → Address → SocketAddress → address, and Peer.certificate; each later message replaces the earlier, a later string the earlier. */
+function readPeer(reader: Reader, end: number): { address: string | undefined; certificate: string | undefined } {
   let address: string | undefined;
+  let certificate: string | undefined;
   while (reader.pos < end) {
     const tag = reader.uint32();
     if (tag >>> 3 === 1) address = socketAddressOf(reader, fieldEnd(reader, tag & 7));
+    else if (tag >>> 3 === 5) certificate = utf8(reader, tag & 7);
     else skipField(reader, tag & 7);
   }
   expectEnd(reader, end);
-  return address;
+  return { address, certificate };
 }
 
 function socketAddressOf(reader: Reader, end: number): string | undefined {

@@ -19,6 +19,8 @@ export type DenyReason =
   | 'use_dpop_nonce'
   | 'not_dpop_bound'
   | 'dpop_required'
+  | 'wrong_certificate'
+  | 'mtls_required'
   | 'expired'
   | 'not_yet_valid'
   | 'revoked'
@@ -54,6 +56,10 @@ export const DENIALS: Record<DenyReason, { status: DenyStatus; message: string }
   not_dpop_bound: { status: 401, message: 'Token not bound to a DPoP key: send it as a Bearer token' },
   // The API key's tokenBinding is dpop: its tokens count only under the DPoP scheme with a proof.
   dpop_required: { status: 401, message: 'ApiKey requires DPoP-bound tokens' },
+  // RFC 8705 §3: a certificate-bound token (cnf.x5t#S256) only over a TLS connection with that client certificate.
+  wrong_certificate: { status: 401, message: 'Token bound to a client certificate this connection did not present' },
+  // The API key's tokenBinding is mtls: its tokens count only certificate-bound.
+  mtls_required: { status: 401, message: 'ApiKey requires certificate-bound tokens' },
   expired: { status: 401, message: 'Token expired' },
   not_yet_valid: { status: 401, message: 'Token not yet valid' },
   revoked: { status: 401, message: 'Token revoked' },

@@ -17,6 +17,8 @@ import {
   type ApiKeyRecord,
   type KeyPairRecord,
 } from './model';
+import { dnAttributes, TLS_CLIENT_AUTH_FIELDS } from './mtls';
+import { isIP } from 'node:net';
 import { type Route, RouteConflictError, routeSchema } from './routes';
 import type { AuditDraft, AuditEntity, AuditEntry, AuthorityStore } from './store/repositories';
 import { createPublicKey, randomBytes } from 'node:crypto';
@@ -60,6 +62,34 @@ const JWKS_URI = z.string().superRefine((value, context) => {
   const problem = jwksUriProblem(value);
   if (problem) context.addIssue({ code: 'custom', message: problem });
 });
+/** RFC 8705 §2.1.2: the certificate attribute a tls_client_auth key is registered with, each checked for its form. */
+const TLS_ATTRIBUTE = z.string().min(1).max(1000);
+const tlsClientAuthSchemas = {
+  tls_client_auth_subject_dn: TLS_ATTRIBUTE.refine(
+    (dn) => dnAttributes(dn).every((pair) => /^[A-Z0-9.]+=./i.test(pair)),
+    'an RFC 4514 distinguished name, e.g. CN=client,O=Example,C=FR',
+  ),
+  tls_client_auth_san_dns: TLS_ATTRIBUTE.regex(/^[A-Za-z0-9*]([A-Za-z0-9.*-]*[A-Za-z0-9])?$/, 'a DNS name'),
+  tls_client_auth_san_uri: TLS_ATTRIBUTE.refine((uri) => URL.canParse(uri), 'an absolute URI'),
+  tls_client_auth_san_ip: TLS_ATTRIBUTE.refine((ip) => isIP(ip) !== 0, 'an IPv4 or IPv6 address'),
+  tls_client_auth_san_email: TLS_ATTRIBUTE.regex(/^[^\s@]+@[^\s@]+$/, 'an email address'),
+};
+const tlsClientAuthFields = Object.fromEntries(Object.entries(tlsClientAuthSchemas).map(([name, schema]) => [name, schema.optional()])) as {
+  [K in keyof typeof tlsClientAuthSchemas]: z.ZodOptional<(typeof tlsClientAuthSchemas)[K]>;
+};
+const tlsClientAuthPatchFields = Object.fromEntries(
+  Object.entries(tlsClientAuthSchemas).map(([name, schema]) => [name, z.union([z.null(), schema]).optional()]),
+) as { [K in keyof typeof tlsClientAuthSchemas]: z.ZodOptional<z.ZodUnion<[z.ZodNull, (typeof tlsClientAuthSchemas)[K]]>> };
+
+/** RFC 8705 §2.1.2: one attribute, never several (null removes one on updates). */
+function assertOneTlsAttribute(apiKey: Record<string, unknown>): void {
+  const given = TLS_CLIENT_AUTH_FIELDS.filter((field) => apiKey[field] !== undefined && apiKey[field] !== null);
+  if (given.length > 1)
+    throw new AdminError(400, 'invalid input', [
+      { path: given[1], message: `give one tls_client_auth attribute, not ${given.join(' and ')} (set the others to null)` },
+    ]);
+}
+
 /** Rotation periods in hours, at most ten years: an unbounded one overflowed the expiry of a replaced secret to Infinity. */
 const HOURS = z.number().max(87_600, 'at most 87600 hours (ten years)');
 
@@ -104,7 +134,7 @@ const keySetPatchFields = { jwks: z.union([z.null(), JWKS]).optional(), jwks_uri
 /** How the key's tokens are bound; absent: bearer. */
 const TOKEN_BINDING = z.enum(TOKEN_BINDINGS).meta({
   description:
-    'bearer (default, Otoroshi): bearer tokens, DPoP-bound when the client sends a proof; dpop: tokens are issued only with a DPoP proof (RFC 9449), and ext-authz refuses bearer tokens of the key',
+    'bearer (default, Otoroshi): bearer tokens, DPoP-bound when the client sends a proof, certificate-bound when it connects with a client certificate; dpop: tokens are issued only with a DPoP proof (RFC 9449), and ext-authz refuses bearer tokens of the key; mtls: tokens are issued only over a connection with a client certificate, bound to it (RFC 8705)',
 });
 
 function assertOneKeySet(apiKey: { jwks?: unknown; jwks_uri?: unknown }): void {
@@ -131,6 +161,7 @@ export const apiKeyCreateSchema = z
     dailyQuota: quota.default(10_000_000),
     monthlyQuota: quota.default(10_000_000),
     ...keySetFields,
+    ...tlsClientAuthFields,
     tokenBinding: TOKEN_BINDING.optional(),
   })
   .strict();
@@ -141,16 +172,17 @@ export const apiKeyPatchSchema = z
     clientSecret: SECRET.optional(),
     ...Object.fromEntries(Object.entries(apiKeyFields).map(([name, schema]) => [name, schema.optional()])),
     ...keySetPatchFields,
+    ...tlsClientAuthPatchFields,
     tokenBinding: z.union([z.null(), TOKEN_BINDING]).optional(),
   })
   .strict() as z.ZodType<
-  Partial<Omit<z.input<typeof apiKeyCreateSchema>, 'jwks' | 'jwks_uri' | 'tokenBinding'>> & {
+  Partial<Omit<z.input<typeof apiKeyCreateSchema>, 'jwks' | 'jwks_uri' | (typeof TLS_CLIENT_AUTH_FIELDS)[number] | 'tokenBinding'>> & {
     clientSecret?: string;
     clientId?: string;
     jwks?: ApiKeyRecord['jwks'] | null;
     jwks_uri?: string | null;
     tokenBinding?: ApiKeyRecord['tokenBinding'] | null;
-  },
+  } & { [K in (typeof TLS_CLIENT_AUTH_FIELDS)[number]]?: string | null },
   unknown
 >;
 
@@ -523,13 +555,18 @@ export class AdminService {
 
   /**
    * Creates a key; the secret (given or generated) is in the answer, and never again. A key given
-   * a jwks or jwks_uri and no clientSecret gets no secret: it authenticates by private_key_jwt only.
+   * a jwks or jwks_uri, or a tls_client_auth_* attribute, and no clientSecret gets no secret: it
+   * authenticates by private_key_jwt or its TLS client certificate only.
    */
   async createApiKey(input: unknown, context: AdminContext = {}): Promise<Tagged<ApiKeyView>> {
     const fields = parseInput(apiKeyCreateSchema, input);
     assertOneKeySet(fields);
+    assertOneTlsAttribute(fields);
     const clientId = fields.clientId ?? randomBytes(12).toString('base64url');
-    const keysOnly = fields.clientSecret === undefined && (fields.jwks !== undefined || fields.jwks_uri !== undefined);
+    // Keys (private_key_jwt, self_signed_tls_client_auth) or a certificate attribute (tls_client_auth) and no secret: none made.
+    const keysOnly =
+      fields.clientSecret === undefined &&
+      (fields.jwks !== undefined || fields.jwks_uri !== undefined || TLS_CLIENT_AUTH_FIELDS.some((field) => fields[field] !== undefined));
     const clientSecret = keysOnly ? undefined : (fields.clientSecret ?? generateSecret());
     await this.assertKeyPairReference(fields.metadata);
     const now = this.now();
@@ -572,8 +609,10 @@ export class AdminService {
         const changed: ApiKeyRecord = { ...current, ...(fields as Partial<ApiKeyRecord>) };
         if (fields.jwks === null) delete changed.jwks;
         if (fields.jwks_uri === null) delete changed.jwks_uri;
-        if (fields.tokenBinding === null) delete changed.tokenBinding;
+        for (const field of [...TLS_CLIENT_AUTH_FIELDS, 'tokenBinding'] as const)
+          if ((fields as Record<string, unknown>)[field] === null) delete changed[field];
         assertOneKeySet(changed);
+        assertOneTlsAttribute(changed as unknown as Record<string, unknown>);
         if (secretHash !== undefined) {
           changed.secretHash = secretHash;
           delete changed.previousSecretHash;

@@ -5,13 +5,24 @@ import { activeSecretHashes, isApiKeyUsable, type ApiKeyRecord } from './model';
 import type { ClientAuthFailure } from './observer';
 import type { OAuthParams } from './params';
 import type { ApiKeyRepository } from './store/repositories';
+import { certificateKeyInJwks, type ClientCertificate, tlsClientAuthField, tlsClientAuthMatches } from './mtls';
 
-export type ClientAuthMethod = 'client_secret_basic' | 'client_secret_post' | 'private_key_jwt';
+export type ClientAuthMethod =
+  | 'client_secret_basic'
+  | 'client_secret_post'
+  | 'private_key_jwt'
+  | 'tls_client_auth'
+  | 'self_signed_tls_client_auth';
 
 export type ClientCredentials =
   | { clientId: string; clientSecret: string; method: 'client_secret_basic' | 'client_secret_post' }
   /** RFC 7523 §2.2: `clientId` is the `client_id` parameter if given, else the assertion's (unverified) `sub`. */
-  | { clientId: string; assertion: string; method: 'private_key_jwt' };
+  | { clientId: string; assertion: string; method: 'private_key_jwt' }
+  /**
+   * RFC 8705 §2: a `client_id` and a client certificate, nothing else. Whether it is
+   * tls_client_auth or self_signed_tls_client_auth is the key's registration (authenticateClient).
+   */
+  | { clientId: string; certificate: ClientCertificate; method: 'tls_client_auth' };
 
 /** A client authentication failure: the same answer to the client, with the reason kept for metrics and logs. */
 export class ClientAuthError extends OAuthError {
@@ -48,7 +59,11 @@ function parseBasic(authorization: string): { clientId: string; clientSecret: st
  * Using both is refused (RFC 6749 §2.3: one method per request); a `client_id` parameter
  * equal to the Basic id is tolerated, as most clients send it.
  */
-export function extractClientCredentials(authorization: string | undefined, params: OAuthParams): ClientCredentials | undefined {
+export function extractClientCredentials(
+  authorization: string | undefined,
+  params: OAuthParams,
+  certificate?: ClientCertificate,
+): ClientCredentials | undefined {
   const usesBasic = authorization !== undefined && /^basic /i.test(authorization);
   if (params.client_assertion !== undefined || params.client_assertion_type !== undefined) {
     return assertionCredentials(usesBasic, params);
@@ -64,6 +79,9 @@ export function extractClientCredentials(authorization: string | undefined, para
     return { ...basic, method: 'client_secret_basic' };
   }
   if (params.client_id === undefined && params.client_secret === undefined) return undefined;
+  // RFC 8705 §2: a client id without a secret over a connection with a client certificate.
+  if (certificate && params.client_secret === undefined && params.client_id)
+    return { clientId: params.client_id, certificate, method: 'tls_client_auth' };
   return { clientId: params.client_id ?? '', clientSecret: params.client_secret ?? '', method: 'client_secret_post' };
 }
 
@@ -101,6 +119,7 @@ export async function authenticateClient(
 ): Promise<ApiKeyRecord> {
   if (!credentials) throw new ClientAuthError('no_credentials', invalidClient(false));
   if (credentials.method === 'private_key_jwt') return authenticateByAssertion(apiKeys, credentials, now, assertions);
+  if (credentials.method === 'tls_client_auth') return authenticateByCertificate(apiKeys, credentials, now, assertions);
   const usedBasic = credentials.method === 'client_secret_basic';
   const apiKey = credentials.clientId ? await apiKeys.get(credentials.clientId) : undefined;
   const hashes = apiKey ? activeSecretHashes(apiKey, now).map((secret) => secret.hash) : [];
@@ -134,5 +153,43 @@ async function authenticateByAssertion(
   if (!isApiKeyUsable(apiKey, now)) throw fail(apiKey.enabled ? 'expired' : 'disabled');
   const failure = await verifyClientAssertion(credentials.assertion, apiKey, context, now);
   if (failure) throw fail(failure);
+  return apiKey;
+}
+
+/**
+ * RFC 8705 §2: the key is registered for tls_client_auth (one of its tls_client_auth_* fields,
+ * which the certificate must hold; its chain is the proxy's to verify) or, with a jwks or
+ * jwks_uri and no such field, for self_signed_tls_client_auth (the certificate's public key is one
+ * of those keys). The TLS handshake proved the client holds the certificate's private key.
+ */
+async function authenticateByCertificate(
+  apiKeys: ApiKeyRepository,
+  credentials: { clientId: string; certificate: ClientCertificate },
+  now: number,
+  context: AssertionContext | undefined,
+): Promise<ApiKeyRecord> {
+  const fail = (reason: ClientAuthFailure) => new ClientAuthError(reason, invalidClient(false));
+  const apiKey = await apiKeys.get(credentials.clientId);
+  if (!apiKey) throw fail('unknown_client');
+  if (!isApiKeyUsable(apiKey, now)) throw fail(apiKey.enabled ? 'expired' : 'disabled');
+  const { x509 } = credentials.certificate;
+  if (tlsClientAuthField(apiKey)) {
+    if (!tlsClientAuthMatches(apiKey, x509)) throw fail('certificate_mismatch');
+    return apiKey;
+  }
+  let jwks = apiKey.jwks;
+  if (!jwks && apiKey.jwks_uri && context?.remoteJwks) {
+    jwks = await context.remoteJwks(apiKey.jwks_uri, false).catch(() => {
+      throw fail('jwks_unavailable');
+    });
+    if (!certificateKeyInJwks(x509, jwks)) {
+      // The client may have added the key since we cached its set (the cache bounds how often we look again).
+      jwks = await context.remoteJwks(apiKey.jwks_uri, true).catch(() => {
+        throw fail('jwks_unavailable');
+      });
+    }
+  }
+  if (!jwks) throw fail('no_certificate_auth');
+  if (!certificateKeyInJwks(x509, jwks)) throw fail('certificate_mismatch');
   return apiKey;
 }

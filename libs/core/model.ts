@@ -32,16 +32,27 @@ export interface ApiKeyRecord {
   /** RFC 7591 `jwks_uri`: where those keys are fetched from instead (https, or http on loopback). */
   jwks_uri?: string;
   /**
+   * RFC 8705 §2.1.2 (tls_client_auth): the one certificate attribute the client's certificate
+   * must hold, from a CA the proxy in front verifies: the subject DN (RFC 4514), or a SAN.
+   */
+  tls_client_auth_subject_dn?: string;
+  tls_client_auth_san_dns?: string;
+  tls_client_auth_san_uri?: string;
+  tls_client_auth_san_ip?: string;
+  tls_client_auth_san_email?: string;
+  /**
    * How the key's access tokens are bound: `bearer` (absent: Otoroshi's bearer tokens, a DPoP
-   * proof optional), or `dpop`: a token is issued only with a DPoP proof, bound to its key (RFC 9449
-   * §5.2's `dpop_bound_access_tokens`), and ext-authz takes no bearer token of the key.
+   * proof optional, certificate-bound when the client presents a certificate), `dpop`: a token is
+   * issued only with a DPoP proof, bound to its key (RFC 9449 §5.2's `dpop_bound_access_tokens`),
+   * and ext-authz takes no bearer token of the key; or `mtls`: a token is issued only to a request
+   * with a client certificate, and is bound to it (RFC 8705 §3).
    */
   tokenBinding?: TokenBinding;
   createdAt: number;
   updatedAt: number;
 }
 
-export const TOKEN_BINDINGS = ['bearer', 'dpop'] as const;
+export const TOKEN_BINDINGS = ['bearer', 'dpop', 'mtls'] as const;
 export type TokenBinding = (typeof TOKEN_BINDINGS)[number];
 
 /** A JSON Web Key Set of public keys (RFC 7517 §5), as admin-validated (client-assertion.ts). */

@@ -17,7 +17,11 @@ export type ClientAuthFailure =
   /** private_key_jwt: bad signature, unknown kid, refused alg, wrong iss/sub/aud, expired, too long-lived, no jti. */
   | 'invalid_assertion'
   /** private_key_jwt: the assertion's jti was used before. */
-  | 'replayed_assertion';
+  | 'replayed_assertion'
+  /** tls_client_auth: the certificate lacks the key's registered subject DN or SAN; self_signed: its public key is not in the key's JWKS. */
+  | 'certificate_mismatch'
+  /** A client id and a certificate, but the key is registered for neither tls_client_auth nor self_signed_tls_client_auth. */
+  | 'no_certificate_auth';
 
 export type OAuthEndpoint = 'token' | 'introspect' | 'revoke';
 

@@ -7,6 +7,7 @@ import { AuthFailureLimiter, DEFAULT_AUTH_FAILURE_SETTINGS } from './auth-failur
 import { ASSERTION_ALGORITHMS, type AssertionContext } from './client-assertion';
 import { authenticateClient, ClientAuthError, extractClientCredentials } from './client-auth';
 import { RemoteJwks } from './remote-jwks';
+import { type ClientCertificate, parseClientCertificate } from './mtls';
 import { signJwt, verifyJws, type JwsFailure } from './crypto/jws';
 import { echo, invalidRequest, invalidScope, invalidTarget, OAuthError, tooManyFailures, unsupportedGrantType } from './errors';
 import type { KeyRing } from './key-ring';
@@ -26,6 +27,12 @@ export interface OAuthRequest {
    * it was sent to, and whom to give a fresh nonce for the answer's DPoP-Nonce header.
    */
   dpop?: { proofs: string | string[]; requestUrl?: string; onNonce?: (nonce: string) => void };
+  /**
+   * RFC 8705: the client certificate of the TLS connection, as the trusted proxy in front forwarded
+   * it (PEM or URL-encoded PEM: Envoy's x-forwarded-client-cert `Cert`). The transport passes it
+   * only from a trusted peer.
+   */
+  clientCertificate?: string;
 }
 
 export interface TokenResponse {
@@ -47,7 +54,7 @@ export interface AccessTokenClaims {
   jti: string;
   scope?: string;
   /** RFC 9449 §6.1: the token is bound to the key with this RFC 7638 thumbprint (DPoP). */
-  cnf?: { jkt: string };
+  cnf?: { jkt?: string; 'x5t#S256'?: string };
 }
 
 export type IntrospectionResponse =
@@ -117,8 +124,8 @@ export class TokenService {
    * too often, or an id past its budget from an address it never authenticated from (beyond the
    * shared slow slot), is refused with 429 before any secret is checked; every invalid_client counts.
    */
-  private async authenticate(request: OAuthRequest, now: number): Promise<ApiKeyRecord> {
-    const credentials = extractClientCredentials(request.authorization, request.params);
+  private async authenticate(request: OAuthRequest, now: number, certificate = this.certificateOf(request)): Promise<ApiKeyRecord> {
+    const credentials = extractClientCredentials(request.authorization, request.params, certificate);
     const clientId = credentials?.clientId ?? '';
     const wait = await this.failures.admit(clientId, request.clientAddress);
     if (wait !== undefined) throw tooManyFailures(wait);
@@ -131,6 +138,14 @@ export class TokenService {
       if (error instanceof OAuthError && error.code === 'invalid_client') await this.failures.failed(clientId, request.clientAddress);
       throw error;
     }
+  }
+
+  /** The request's client certificate, parsed; a forwarded one that is no certificate is invalid_request. */
+  private certificateOf(request: OAuthRequest): ClientCertificate | undefined {
+    if (request.clientCertificate === undefined) return undefined;
+    const certificate = parseClientCertificate(request.clientCertificate);
+    if (!certificate) throw invalidRequest('the forwarded client certificate is not an X.509 certificate');
+    return certificate;
   }
 
   /** RFC 6749 §4.4: the client credentials grant. */
@@ -160,7 +175,10 @@ export class TokenService {
     const grantType = requireParam(params, 'grant_type');
     if (grantType !== GRANT_TYPE) throw unsupportedGrantType(`grant_type '${echo(grantType)}' is not supported; use client_credentials`);
     const now = this.clock.now();
-    const apiKey = await this.authenticate(request, now);
+    const certificate = this.certificateOf(request);
+    const apiKey = await this.authenticate(request, now, certificate);
+    if (apiKey.tokenBinding === 'mtls' && !certificate)
+      throw invalidRequest("this client's tokens are certificate-bound (RFC 8705): connect with its client certificate");
     const scopes = this.grantedScopes(apiKey, params.scope);
     const audience = this.requestedAudience(params);
     // RFC 9449 §5.2 (dpop_bound_access_tokens): a key whose tokens must be DPoP-bound gets none without a proof.
@@ -196,7 +214,8 @@ export class TokenService {
       jti: randomUUID(),
     };
     if (scopes.length) claims.scope = scopes.join(' ');
-    if (jkt) claims.cnf = { jkt };
+    // RFC 9449 §6.1 and RFC 8705 §3.1: bound to the DPoP key and/or the TLS client certificate.
+    if (jkt || certificate) claims.cnf = { ...(jkt && { jkt }), ...(certificate && { 'x5t#S256': certificate.thumbprint }) };
     // RFC 9068 §2.1: typ at+jwt.
     const accessToken = await signJwt(signingKey, { typ: 'at+jwt' }, claims as unknown as Record<string, unknown>);
     const response: TokenResponse = { access_token: accessToken, token_type: jkt ? 'DPoP' : 'Bearer', expires_in: expiresIn };
@@ -333,7 +352,7 @@ export class TokenService {
 
   /** RFC 8414 authorization server metadata. */
   metadata(): Record<string, unknown> {
-    const authMethods = ['client_secret_basic', 'client_secret_post', 'private_key_jwt'];
+    const authMethods = ['client_secret_basic', 'client_secret_post', 'private_key_jwt', 'tls_client_auth', 'self_signed_tls_client_auth'];
     const signingAlgorithms = [...ASSERTION_ALGORITHMS];
     return {
       issuer: this.config.issuer,
@@ -350,6 +369,8 @@ export class TokenService {
       revocation_endpoint_auth_methods_supported: authMethods,
       // RFC 9449 §5.1: the token endpoint takes DPoP proofs signed with these.
       dpop_signing_alg_values_supported: [...DPOP_ALGORITHMS],
+      // RFC 8705 §3.3: a token issued over a connection with a client certificate is bound to it.
+      tls_client_certificate_bound_access_tokens: true,
       revocation_endpoint_auth_signing_alg_values_supported: signingAlgorithms,
     };
   }

@@ -15,7 +15,16 @@ export interface EnvoyPlacement {
    * An HTTPS listener beside the first one, with the same routes and filters: the certificate
    * and key files are the caller's (generated for a local run or a test; never in the repo).
    */
-  tls?: SocketAddress & { certificateFile: string; privateKeyFile: string };
+  tls?: SocketAddress & {
+    certificateFile: string;
+    privateKeyFile: string;
+    /**
+     * RFC 8705: ask TLS clients for a certificate, verified against these CA certificates (a PEM
+     * bundle: CAs for tls_client_auth, or the self-signed certificates themselves); `required`
+     * refuses a handshake without one. Envoy forwards it per the config's forward_client_cert_details.
+     */
+    clientCertificates?: { caFile: string; required: boolean };
+  };
   /** The data plane token Envoy presents to its control plane (envoy/envoy-xds.yaml's ADS `initial_metadata`). */
   xdsToken?: string;
 }
@@ -50,7 +59,7 @@ export function renderEnvoyConfig(source: string, placement: EnvoyPlacement): st
     document.setIn(path, `Bearer ${placement.xdsToken}`);
   }
   if (placement.tls) {
-    const { address, port, certificateFile, privateKeyFile } = placement.tls;
+    const { address, port, certificateFile, privateKeyFile, clientCertificates } = placement.tls;
     const plain = document.getIn(['static_resources', 'listeners', 0]) as YAMLMap;
     const secure = plain.clone() as YAMLMap;
     secure.set('name', 'ingress_https');
@@ -65,7 +74,9 @@ export function renderEnvoyConfig(source: string, placement: EnvoyPlacement): st
           '@type': 'type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext',
           common_tls_context: {
             tls_certificates: [{ certificate_chain: { filename: certificateFile }, private_key: { filename: privateKeyFile } }],
+            ...(clientCertificates && { validation_context: { trusted_ca: { filename: clientCertificates.caFile } } }),
           },
+          ...(clientCertificates && { require_client_certificate: clientCertificates.required }),
         },
       }),
     );

@@ -1,4 +1,5 @@
 import proxyAddr from '@fastify/proxy-addr';
+import { xfccCertificate } from '../core/mtls';
 import { z } from 'zod';
 
 /**
@@ -144,4 +145,20 @@ export function proxiedClientAddress(
 export function describeTrustProxy(trust: TrustProxy): string {
   if (trust === false) return 'false';
   return 'hops' in trust ? String(trust.hops) : trust.addresses.join(',');
+}
+
+/**
+ * RFC 8705 behind a proxy that terminates TLS: the client certificate it forwards in
+ * x-forwarded-client-cert (Envoy's XFCC, the last element's `Cert`), believed only when the TCP
+ * peer is a trusted proxy under the setting (with a hop count, the peer is the first trusted hop;
+ * TRUST_PROXY false: never). Returns a reader made once per setting.
+ */
+export function forwardedClientCertificate(
+  trust: TrustProxy,
+): (peer: string | undefined, header: string | string[] | undefined) => string | undefined {
+  const trusted = fastifyTrustProxy(trust);
+  return (peer, header) => {
+    if (header === undefined || !trusted || !peer || !trusted(peer, 0)) return undefined;
+    return xfccCertificate(header);
+  };
 }

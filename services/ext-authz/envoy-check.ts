@@ -17,7 +17,7 @@ import { withTraceparent } from '../../libs/observability/trace-context';
 export interface CheckRequest {
   attributes?: {
     /** The downstream peer as Envoy sees it. */
-    source?: { address?: { socket_address?: { address?: string } } };
+    source?: { address?: { socket_address?: { address?: string } }; certificate?: string };
     request?: {
       http?: {
         id?: string;
@@ -56,6 +56,8 @@ export function toAuthzRequest(check: CheckRequest): AuthzRequest {
     headers,
     sourceAddress: check.attributes?.source?.address?.socket_address?.address,
   };
+  const certificate = check.attributes?.source?.certificate;
+  if (certificate) request.clientCertificate = certificate;
   if (http?.method) request.method = http.method;
   const url = requestUrl(http?.scheme, http?.host, http?.path);
   if (url !== undefined) request.url = url;

@@ -1,8 +1,9 @@
 import { All, Controller, Get, Header, Inject, Param, Req, Res } from '@nestjs/common';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { type Allow, denialBody } from '../../libs/authz/decision';
+import type { AuthzRequest } from '../../libs/authz/authorizer';
 import { requestUrl } from '../../libs/authz/check-wire';
-import { proxiedClientAddress, type TrustProxy } from '../../libs/http/trust-proxy';
+import { forwardedClientCertificate, proxiedClientAddress, type TrustProxy } from '../../libs/http/trust-proxy';
 import { EXT_AUTHZ, type ExtAuthz } from './ext-authz.provider';
 
 /**
@@ -13,19 +14,27 @@ import { EXT_AUTHZ, type ExtAuthz } from './ext-authz.provider';
  */
 @Controller()
 export class HttpModeController {
-  constructor(@Inject(EXT_AUTHZ) private readonly extAuthz: ExtAuthz) {}
+  /** RFC 8705: the client certificate Envoy forwards (x-forwarded-client-cert), believed from a trusted peer only (TRUST_PROXY). */
+  private readonly certificateOf: ReturnType<typeof forwardedClientCertificate>;
+
+  constructor(@Inject(EXT_AUTHZ) private readonly extAuthz: ExtAuthz) {
+    this.certificateOf = forwardedClientCertificate(extAuthz.trustProxy);
+  }
 
   @All('authz/:policy')
   async check(@Param('policy') policy: string, @Req() request: FastifyRequest, @Res() reply: FastifyReply): Promise<void> {
     const headers = request.headers as Record<string, string | undefined>;
     // A warm-cache decision is synchronous (Authorizer.decide): awaited only when it is pending.
-    const decided = this.extAuthz.authorizer.decide({
+    const authzRequest: AuthzRequest = {
       policy,
       headers,
       sourceAddress: clientAddress(request, this.extAuthz.trustProxy),
       method: request.method,
       url: forwardedUrl(request, policy),
-    });
+    };
+    const certificate = this.certificateOf(request.socket.remoteAddress, request.headers['x-forwarded-client-cert']);
+    if (certificate) authzRequest.clientCertificate = certificate;
+    const decided = this.extAuthz.authorizer.decide(authzRequest);
     const decision = decided instanceof Promise ? await decided : decided;
     this.extAuthz.decided('http', policy, decision);
     if (decision.allowed) {

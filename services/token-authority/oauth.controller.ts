@@ -6,6 +6,7 @@ import { notFound } from '../../libs/core/errors';
 import { normalizeParams } from '../../libs/core/params';
 import { AUTHORITY } from './authority.provider';
 import { OAuthEndpointGuard } from './oauth-endpoint.guard';
+import { forwardedClientCertificate } from '../../libs/http/trust-proxy';
 
 const OTOROSHI = '/.well-known/otoroshi/oauth';
 
@@ -13,7 +14,13 @@ const OTOROSHI = '/.well-known/otoroshi/oauth';
 @Controller()
 @UseGuards(OAuthEndpointGuard)
 export class OAuthController {
-  constructor(@Inject(AUTHORITY) private readonly authority: Authority) {}
+  /** RFC 8705: the client certificate Envoy forwards (x-forwarded-client-cert), from a trusted proxy only (trustProxy). */
+  private readonly certificateOf: (request: FastifyRequest) => string | undefined;
+
+  constructor(@Inject(AUTHORITY) private readonly authority: Authority) {
+    const read = forwardedClientCertificate(authority.config.trustProxy);
+    this.certificateOf = (request) => read(request.socket.remoteAddress, request.headers['x-forwarded-client-cert']);
+  }
 
   @Get(`${OTOROSHI}/jwks.json`)
   @Header('cache-control', 'public, max-age=60')
@@ -43,21 +50,39 @@ export class OAuthController {
             requestUrl: `${request.protocol}://${request.headers.host ?? ''}${OTOROSHI}/token`,
             onNonce: (nonce: string) => void reply.header(DPOP_NONCE_HEADER, nonce),
           };
-    return this.authority.tokens.issueToken({ params: normalizeParams(body), authorization, clientAddress, dpop });
+    return this.authority.tokens.issueToken({
+      params: normalizeParams(body),
+      authorization,
+      clientAddress,
+      dpop,
+      clientCertificate: this.certificateOf(request),
+    });
   }
 
   @Post(`${OTOROSHI}/token/introspect`)
   @HttpCode(200)
   @Header('cache-control', 'no-store')
-  introspect(@Body() body: unknown, @Ip() clientAddress: string, @Headers('authorization') authorization?: string) {
-    return this.authority.tokens.introspect({ params: normalizeParams(body), authorization, clientAddress });
+  introspect(
+    @Body() body: unknown,
+    @Ip() clientAddress: string,
+    @Req() request: FastifyRequest,
+    @Headers('authorization') authorization?: string,
+  ) {
+    const clientCertificate = this.certificateOf(request);
+    return this.authority.tokens.introspect({ params: normalizeParams(body), authorization, clientAddress, clientCertificate });
   }
 
   @Post(`${OTOROSHI}/token/revoke`)
   @HttpCode(200)
   @Header('cache-control', 'no-store')
-  async revoke(@Body() body: unknown, @Ip() clientAddress: string, @Headers('authorization') authorization?: string) {
-    await this.authority.tokens.revoke({ params: normalizeParams(body), authorization, clientAddress });
+  async revoke(
+    @Body() body: unknown,
+    @Ip() clientAddress: string,
+    @Req() request: FastifyRequest,
+    @Headers('authorization') authorization?: string,
+  ) {
+    const clientCertificate = this.certificateOf(request);
+    await this.authority.tokens.revoke({ params: normalizeParams(body), authorization, clientAddress, clientCertificate });
     return {};
   }
 

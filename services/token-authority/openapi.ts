@@ -81,9 +81,20 @@ const apiKey = z
       .optional()
       .meta({ description: 'RFC 7591: the public keys of the private_key_jwt assertions.' }),
     jwks_uri: z.string().optional().meta({ description: 'RFC 7591: where those keys are fetched from instead.' }),
+    tls_client_auth_subject_dn: z
+      .string()
+      .optional()
+      .meta({ description: 'RFC 8705 tls_client_auth: the subject DN (RFC 4514) its client certificate must have.' }),
+    tls_client_auth_san_dns: z.string().optional().meta({ description: 'RFC 8705 tls_client_auth: a dNSName SAN of its certificate.' }),
+    tls_client_auth_san_uri: z.string().optional().meta({ description: 'RFC 8705 tls_client_auth: a URI SAN of its certificate.' }),
+    tls_client_auth_san_ip: z.string().optional().meta({ description: 'RFC 8705 tls_client_auth: an iPAddress SAN of its certificate.' }),
+    tls_client_auth_san_email: z
+      .string()
+      .optional()
+      .meta({ description: 'RFC 8705 tls_client_auth: an rfc822Name SAN of its certificate.' }),
     tokenBinding: z.enum(TOKEN_BINDINGS).optional().meta({
       description:
-        'How its access tokens are bound: absent or bearer (Otoroshi), dpop (no token without a DPoP proof; ext-authz takes no bearer token of it).',
+        'How its access tokens are bound: absent or bearer (Otoroshi; certificate-bound when a client certificate is presented), dpop (no token without a DPoP proof; ext-authz takes no bearer token of it), mtls (no token without a client certificate: every token certificate-bound).',
     }),
   })
   .strict()
@@ -209,7 +220,10 @@ const route = z
 
 const tokenResponse = z
   .object({
-    access_token: z.string().meta({ description: 'An RFC 9068 JWT (typ at+jwt); with a DPoP proof it carries cnf.jkt.' }),
+    access_token: z.string().meta({
+      description:
+        'An RFC 9068 JWT (typ at+jwt); with a DPoP proof it carries cnf.jkt, over a connection with a client certificate cnf.x5t#S256.',
+    }),
     token_type: z.enum(['Bearer', 'DPoP']).meta({ description: 'DPoP when the request carried a valid DPoP proof (RFC 9449).' }),
     expires_in: z.number().int(),
     scope: z.string().optional(),
@@ -232,11 +246,10 @@ const introspection = z.union([
       exp: z.number().int(),
       jti: z.string(),
       scope: z.string().optional(),
-      cnf: z
-        .object({ jkt: z.string() })
-        .strict()
-        .optional()
-        .meta({ description: 'RFC 9449 §6.2: the token is bound to the DPoP key with this RFC 7638 thumbprint.' }),
+      cnf: z.object({ jkt: z.string().optional(), 'x5t#S256': z.string().optional() }).strict().optional().meta({
+        description:
+          'RFC 9449 §6.2: the token is bound to the DPoP key with this RFC 7638 thumbprint (jkt); RFC 8705 §3.2: to the client certificate with this SHA-256 thumbprint (x5t#S256).',
+      }),
       clientName: z.string(),
       metadata: z.record(z.string(), z.string()),
       tags: z.array(z.string()),
@@ -245,7 +258,9 @@ const introspection = z.union([
     .strict(),
 ]);
 
-const authMethods = z.array(z.enum(['none', 'client_secret_basic', 'client_secret_post', 'private_key_jwt']));
+const authMethods = z.array(
+  z.enum(['none', 'client_secret_basic', 'client_secret_post', 'private_key_jwt', 'tls_client_auth', 'self_signed_tls_client_auth']),
+);
 const authSigningAlgorithms = z.array(z.enum(ASSERTION_ALGORITHMS));
 const serverMetadata = z
   .object({
@@ -262,6 +277,7 @@ const serverMetadata = z
     introspection_endpoint_auth_signing_alg_values_supported: authSigningAlgorithms,
     revocation_endpoint_auth_methods_supported: authMethods,
     dpop_signing_alg_values_supported: z.array(z.enum(['ES256', 'RS256', 'PS256', 'EdDSA'])),
+    tls_client_certificate_bound_access_tokens: z.literal(true),
     revocation_endpoint_auth_signing_alg_values_supported: authSigningAlgorithms,
   })
   .strict();
@@ -295,7 +311,9 @@ const adminError = z
 
 const param = (description: string) => ({ type: 'string', maxLength: 8192, description });
 const clientParams = {
-  client_id: param("client_secret_post; or the same id as HTTP Basic; with private_key_jwt optional, the assertion's sub"),
+  client_id: param(
+    "client_secret_post; or the same id as HTTP Basic; with private_key_jwt optional, the assertion's sub; alone over a connection with a client certificate (forwarded by a trusted proxy as x-forwarded-client-cert): tls_client_auth or self_signed_tls_client_auth (RFC 8705)",
+  ),
   client_secret: param('client_secret_post; not with HTTP Basic'),
   client_assertion_type: {
     type: 'string',

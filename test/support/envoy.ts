@@ -108,7 +108,7 @@ export async function runEnvoy(
 export async function startEnvoy(
   configFile: string,
   clusters: EnvoyPlacement['clusters'],
-  tls?: { certificateFile: string; privateKeyFile: string },
+  tls?: { certificateFile: string; privateKeyFile: string; clientCertificates?: { caFile: string; required: boolean } },
 ): Promise<TestEnvoy & { httpsPort?: number }> {
   const [listener, admin, httpsPort] = [await freePort(), await freePort(), tls ? await freePort() : undefined];
   const rendered = renderEnvoyConfig(readFileSync(path.join(ENVOY_DIR, configFile), 'utf8'), {

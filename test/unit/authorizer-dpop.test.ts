@@ -101,9 +101,11 @@ describe('Authorizer: DPoP-bound tokens (RFC 9449 §7)', () => {
     const decision = await dpop(await proof(), {}, unbound);
     assert.equal(reason(decision), 'not_dpop_bound');
     assert.match((!decision.allowed && decision.wwwAuthenticate) || '', /error="invalid_token"/);
-    // A binding other than jkt is never accepted.
+    // A certificate-bound token (RFC 8705) needs its certificate first; a binding we do not know is never accepted.
     const x5t = await signAccessToken(pair, accessClaims('app', clock.seconds, { cnf: { 'x5t#S256': 'abc' } }));
-    assert.equal(reason(await dpop(await proof(), {}, x5t)), 'sender_constrained');
+    assert.equal(reason(await dpop(await proof(), {}, x5t)), 'wrong_certificate');
+    const other = await signAccessToken(pair, accessClaims('app', clock.seconds, { cnf: { jwk: {} } }));
+    assert.equal(reason(await dpop(await proof(), {}, other)), 'sender_constrained');
     // A bad token under the DPoP scheme is invalid_token, before any proof is looked at.
     assert.equal(reason(await dpop(await proof(), {}, 'not.a.jwt!')), 'malformed_credential');
   });

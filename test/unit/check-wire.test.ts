@@ -56,7 +56,13 @@ function ours(bytes: Buffer): AuthzRequest | Error {
 function view(request: AuthzRequest) {
   const headers: Record<string, string | undefined> = {};
   for (const name of WANTED) headers[name] = Object.hasOwn(request.headers, name) ? request.headers[name] : undefined;
-  return { policy: request.policy, inlinePolicy: request.inlinePolicy, sourceAddress: request.sourceAddress, headers };
+  return {
+    policy: request.policy,
+    inlinePolicy: request.inlinePolicy,
+    sourceAddress: request.sourceAddress,
+    clientCertificate: request.clientCertificate,
+    headers,
+  };
 }
 
 function assertSame(bytes: Buffer, context: string): AuthzRequest {
@@ -71,7 +77,9 @@ function assertSame(bytes: Buffer, context: string): AuthzRequest {
 const TOKEN = 'eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhcHAifQ.c2lnbmF0dXJl';
 
 /** A CheckRequest as Envoy 1.40's ext_authz filter sends it, headers as a map or (encode_raw_headers) a header_map. */
-function envoyRequest(options: { headers?: [string, string | Buffer][]; raw?: boolean; route?: string } = {}): object {
+function envoyRequest(
+  options: { headers?: [string, string | Buffer][]; raw?: boolean; route?: string; certificate?: string } = {},
+): object {
   const headers: [string, string | Buffer][] = [
     [':authority', 'foo.oto.tools:8080'],
     [':path', '/api/items?page=2'],
@@ -99,7 +107,10 @@ function envoyRequest(options: { headers?: [string, string | Buffer][]; raw?: bo
   else http.headers = Object.fromEntries(headers.map(([key, value]) => [key, value.toString()]));
   return {
     attributes: {
-      source: { address: { socket_address: { address: '127.0.0.1', port_value: 54321 } } },
+      source: {
+        address: { socket_address: { address: '127.0.0.1', port_value: 54321 } },
+        ...(options.certificate !== undefined && { certificate: options.certificate, principal: 'CN=client' }),
+      },
       destination: { address: { socket_address: { address: '127.0.0.1', port_value: 8080 } } },
       request: { time: { seconds: 1765000000, nanos: 5 }, http },
       context_extensions: { route: options.route ?? 'foo', other: 'x' },
@@ -142,6 +153,15 @@ describe('CheckRequestDecoder against proto-loader', () => {
     assert.equal(request.sourceAddress, '127.0.0.1');
     assert.equal(request.headers.authorization, `Bearer ${TOKEN}`);
     assert.equal(request.headers[':path'], undefined, 'headers nobody reads are not decoded');
+  });
+
+  it('reads the peer certificate Envoy sends with include_peer_certificate (source.certificate, URL-encoded PEM)', () => {
+    const pem = encodeURIComponent('-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIU\n-----END CERTIFICATE-----\n');
+    const request = assertSame(encodeRequest(envoyRequest({ certificate: pem })), 'peer certificate');
+    assert.equal(request.clientCertificate, pem);
+    assert.equal(request.sourceAddress, '127.0.0.1');
+    assert.equal(assertSame(encodeRequest(envoyRequest()), 'no certificate').clientCertificate, undefined);
+    assert.equal(assertSame(encodeRequest(envoyRequest({ certificate: '' })), 'empty certificate').clientCertificate, undefined);
   });
 
   it('reads a header_map with raw_value (encode_raw_headers), names lower-cased, repeats joined', () => {
@@ -229,8 +249,16 @@ describe('CheckRequestDecoder against proto-loader', () => {
         field(a, 4, (r) => field(r, 2, (h) => entry(h, 3, 'authorization', 'old')));
       });
       field(w, 1, (a) => {
-        field(a, 1, (peer) => field(peer, 1, (address) => field(address, 1, (s) => s.uint32(18).string('10.0.0.1'))));
+        field(a, 1, (peer) => {
+          field(peer, 1, (address) => field(address, 1, (s) => s.uint32(18).string('10.0.0.1')));
+          peer.uint32(42).string('first-certificate');
+        });
         field(a, 1, (peer) => field(peer, 1, (address) => field(address, 1, (s) => s.uint32(18).string('10.0.0.2'))));
+        field(a, 1, (peer) => {
+          field(peer, 1, (address) => field(address, 1, (s) => s.uint32(18).string('10.0.0.2')));
+          peer.uint32(42).string('old-certificate');
+          peer.uint32(42).string('last-certificate');
+        });
         entry(a, 10, 'route', 'bar');
         entry(a, 10, 'route', 'baz');
         field(a, 4, (r) => {
@@ -250,6 +278,7 @@ describe('CheckRequestDecoder against proto-loader', () => {
     const request = assertSame(bytes, 'repeats');
     assert.equal(request.policy, 'baz');
     assert.equal(request.sourceAddress, '10.0.0.2');
+    assert.equal(request.clientCertificate, 'last-certificate');
     assert.equal(request.headers.authorization, 'a,b');
     assert.equal(request.headers['otoroshi-client-id'], undefined);
   });
@@ -384,7 +413,9 @@ describe('CheckRequestDecoder against proto-loader', () => {
       if (random() < 0.3) http.body = pick(values);
       const attributes: Record<string, unknown> = {};
       if (random() < 0.9) attributes.request = random() < 0.95 ? { http, time: { seconds: 5 } } : {};
-      if (random() < 0.7) attributes.source = random() < 0.9 ? { address: address(), principal: 'p' } : {};
+      if (random() < 0.7)
+        attributes.source =
+          random() < 0.9 ? { address: address(), principal: 'p', ...(random() < 0.5 && { certificate: pick(values) }) } : {};
       if (random() < 0.5) attributes.destination = { address: address() };
       if (random() < 0.8)
         attributes.context_extensions = Object.fromEntries(
