@@ -474,6 +474,39 @@ describe('the admin console in a real browser (headless Debian chromium)', { ski
     await close(watched);
   });
 
+  it('creates a tls_client_auth key (a DNS SAN, mTLS required) with no secret, switches it to a subject DN, and says what is wrong with a bad IP', async () => {
+    const watched = await openConsole(undefined, [refused(400, '/api/apikeys'), refused(400, '/api/apikeys/cert-id')]);
+    const { page } = watched;
+    await signIn(watched);
+    await page.getByRole('link', { name: 'Create API key' }).click();
+    await page.getByLabel('Client id', { exact: true }).fill('cert-id');
+    await page.getByRole('radio', { name: 'IP address (SAN)' }).check();
+    await page.getByRole('textbox', { name: 'IP address (SAN)' }).fill('10.0.0.300');
+    await page.getByRole('button', { name: 'Create API key' }).click();
+    assert.match((await alertText(page)) ?? '', /tls_client_auth_san_ip/);
+    assert.equal((await adminCall('GET', '/api/apikeys/cert-id')).status, 404, 'nothing created');
+    await page.getByRole('radio', { name: 'DNS name (SAN)' }).check();
+    await page.getByRole('textbox', { name: 'DNS name (SAN)' }).fill('client.example.com');
+    await page.getByRole('radio', { name: /^mTLS required/ }).check();
+    await page.getByRole('button', { name: 'Create API key' }).click();
+    await page.getByRole('heading', { name: 'API key cert-id' }).waitFor();
+    const stored = (await adminCall('GET', '/api/apikeys/cert-id')).body;
+    assert.equal(stored.tls_client_auth_san_dns, 'client.example.com');
+    assert.equal(stored.tokenBinding, 'mtls');
+    assert.equal((await tokenFor('cert-id', '')).status, 401, 'no secret');
+    await page.getByRole('radio', { name: 'Subject DN' }).check();
+    await page.getByRole('textbox', { name: 'Subject DN' }).fill('CN=client-1,O=Example');
+    await page.getByRole('radio', { name: 'Bearer allowed (Otoroshi)' }).check();
+    await page.getByRole('button', { name: 'Save changes' }).click();
+    assert.match((await statusText(page)) ?? '', /saved/);
+    const switched = (await adminCall('GET', '/api/apikeys/cert-id')).body;
+    assert.deepEqual(
+      [switched.tls_client_auth_san_dns, switched.tls_client_auth_subject_dn, switched.tokenBinding],
+      [undefined, 'CN=client-1,O=Example', 'bearer'],
+    );
+    await close(watched);
+  });
+
   it('explains why the default key pair, or one an API key uses, cannot be deleted, and deletes neither', async () => {
     assert.equal((await adminCall('POST', '/api/keypairs', { id: 'kp-used', algorithm: 'ES256' })).status, 201);
     const user = { clientId: 'kp-user', clientSecret: 'kp-user-secret', metadata: { 'jwt-sign-keypair': 'kp-used' } };

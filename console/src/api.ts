@@ -148,11 +148,17 @@ export interface ApiKey {
   /** RFC 7591: the client's public keys for private_key_jwt, or where they are fetched from. */
   jwks?: { keys: Record<string, unknown>[] };
   jwks_uri?: string;
-  /** How its access tokens are bound: absent or bearer (Otoroshi), dpop (RFC 9449). */
+  /** How its access tokens are bound: absent or bearer (Otoroshi), dpop (RFC 9449), mtls (RFC 8705). */
   tokenBinding?: TokenBinding;
+  /** RFC 8705 tls_client_auth: the one certificate attribute the client's certificate must have. */
+  tls_client_auth_subject_dn?: string;
+  tls_client_auth_san_dns?: string;
+  tls_client_auth_san_uri?: string;
+  tls_client_auth_san_ip?: string;
+  tls_client_auth_san_email?: string;
 }
 
-export type TokenBinding = 'bearer' | 'dpop';
+export type TokenBinding = 'bearer' | 'dpop' | 'mtls';
 
 export interface KeyPairVersion {
   kid: string;

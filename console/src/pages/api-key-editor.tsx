@@ -30,7 +30,19 @@ interface Draft {
   jwks: string;
   jwksUri: string;
   tokenBinding: TokenBinding;
+  /** tls_client_auth: which certificate attribute (RFC 8705 §2.1.2) is expected, and its value. */
+  certificateField: CertificateField | 'none';
+  certificateValue: string;
 }
+
+const CERTIFICATE_FIELDS = [
+  { value: 'tls_client_auth_subject_dn', label: 'Subject DN', hint: 'RFC 4514, e.g. CN=client-1,O=Example' },
+  { value: 'tls_client_auth_san_dns', label: 'DNS name (SAN)', hint: 'e.g. client.example.com' },
+  { value: 'tls_client_auth_san_uri', label: 'URI (SAN)', hint: 'e.g. spiffe://example.com/client-1' },
+  { value: 'tls_client_auth_san_ip', label: 'IP address (SAN)', hint: 'IPv4 or IPv6' },
+  { value: 'tls_client_auth_san_email', label: 'Email (SAN)', hint: 'e.g. ops@example.com' },
+] as const;
+type CertificateField = (typeof CERTIFICATE_FIELDS)[number]['value'];
 
 const DEFAULT_QUOTA = '10000000';
 
@@ -57,6 +69,8 @@ const EMPTY: Draft = {
   keysMode: 'none',
   jwks: '',
   jwksUri: '',
+  certificateField: 'none',
+  certificateValue: '',
   tokenBinding: 'bearer',
 };
 
@@ -91,8 +105,16 @@ function draftOf(apiKey: ApiKey): Draft {
     keysMode: apiKey.jwks ? 'jwks' : apiKey.jwks_uri ? 'uri' : 'none',
     jwks: apiKey.jwks ? JSON.stringify(apiKey.jwks, null, 2) : '',
     jwksUri: apiKey.jwks_uri ?? '',
+    ...certificateDraft(apiKey),
     tokenBinding: apiKey.tokenBinding ?? 'bearer',
   };
+}
+
+function certificateDraft(apiKey: ApiKey): Pick<Draft, 'certificateField' | 'certificateValue'> {
+  const field = CERTIFICATE_FIELDS.find((each) => apiKey[each.value] !== undefined);
+  return field
+    ? { certificateField: field.value, certificateValue: apiKey[field.value] ?? '' }
+    : { certificateField: 'none', certificateValue: '' };
 }
 
 /** The pasted JWKS as JSON, or a message saying why it is not (the server names what is wrong inside it). */
@@ -132,6 +154,8 @@ function bodyOf(draft: Draft, creating: boolean): Record<string, unknown> {
   const none = creating ? undefined : null;
   body.jwks = draft.keysMode === 'jwks' ? parseJwksText(draft.jwks) : none;
   body.jwks_uri = draft.keysMode === 'uri' ? draft.jwksUri.trim() : none;
+  // One tls_client_auth attribute at most; on an edit, null takes away the others.
+  for (const field of CERTIFICATE_FIELDS) body[field.value] = draft.certificateField === field.value ? draft.certificateValue.trim() : none;
   if (creating) {
     if (draft.clientId.trim()) body.clientId = draft.clientId.trim();
     if (draft.secretMode === 'given') body.clientSecret = draft.clientSecret;
@@ -375,6 +399,7 @@ export function ApiKeyEditor({ clientId }: { clientId?: string }) {
               options={[
                 { value: 'bearer', label: 'Bearer allowed (Otoroshi)' },
                 { value: 'dpop', label: 'DPoP required (RFC 9449)' },
+                { value: 'mtls', label: 'mTLS required (RFC 8705): tokens only over a connection with a client certificate, bound to it' },
               ]}
               onValue={(value) => set('tokenBinding', value)}
             />
@@ -417,6 +442,32 @@ export function ApiKeyEditor({ clientId }: { clientId?: string }) {
             {creating && draft.keysMode !== 'none' && draft.secretMode === 'generate' && (
               <p class="hint">With keys and no secret of your own, the key gets no secret: it authenticates with signed assertions only.</p>
             )}
+          </fieldset>
+          <fieldset>
+            <legend>Client certificate (mTLS, RFC 8705)</legend>
+            <RadioGroup
+              name="certificateField"
+              label="tls_client_auth: the client's certificate must have"
+              value={draft.certificateField}
+              options={[
+                { value: 'none', label: 'Nothing: no certificate authentication (with keys above: self_signed_tls_client_auth)' },
+                ...CERTIFICATE_FIELDS.map(({ value, label }) => ({ value, label })),
+              ]}
+              onValue={(value) => set('certificateField', value)}
+            />
+            {draft.certificateField !== 'none' && (
+              <TextField
+                id="certificateValue"
+                label={CERTIFICATE_FIELDS.find((field) => field.value === draft.certificateField)?.label ?? ''}
+                value={draft.certificateValue}
+                onValue={(value) => set('certificateValue', value)}
+                autocomplete="off"
+                hint={CERTIFICATE_FIELDS.find((field) => field.value === draft.certificateField)?.hint}
+              />
+            )}
+            <p class="hint">
+              A token issued over a connection with a client certificate is bound to it (cnf.x5t#S256) whatever the access token setting.
+            </p>
           </fieldset>
           <fieldset>
             <legend>Signing and metadata</legend>
