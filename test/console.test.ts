@@ -485,8 +485,8 @@ describe('the admin console in a real browser (headless Debian chromium)', { ski
     await page.getByRole('button', { name: 'Create API key' }).click();
     assert.match((await alertText(page)) ?? '', /tls_client_auth_san_ip/);
     assert.equal((await adminCall('GET', '/api/apikeys/cert-id')).status, 404, 'nothing created');
-    await page.getByRole('radio', { name: 'DNS name (SAN)' }).check();
-    await page.getByRole('textbox', { name: 'DNS name (SAN)' }).fill('client.example.com');
+    await page.getByRole('radio', { name: 'DNS host (SAN)' }).check();
+    await page.getByRole('textbox', { name: 'DNS host (SAN)' }).fill('client.example.com');
     await page.getByRole('radio', { name: /^mTLS required/ }).check();
     await page.getByRole('button', { name: 'Create API key' }).click();
     await page.getByRole('heading', { name: 'API key cert-id' }).waitFor();

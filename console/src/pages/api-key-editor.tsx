@@ -37,7 +37,7 @@ interface Draft {
 
 const CERTIFICATE_FIELDS = [
   { value: 'tls_client_auth_subject_dn', label: 'Subject DN', hint: 'RFC 4514, e.g. CN=client-1,O=Example' },
-  { value: 'tls_client_auth_san_dns', label: 'DNS name (SAN)', hint: 'e.g. client.example.com' },
+  { value: 'tls_client_auth_san_dns', label: 'DNS host (SAN)', hint: 'e.g. client.example.com' },
   { value: 'tls_client_auth_san_uri', label: 'URI (SAN)', hint: 'e.g. spiffe://example.com/client-1' },
   { value: 'tls_client_auth_san_ip', label: 'IP address (SAN)', hint: 'IPv4 or IPv6' },
   { value: 'tls_client_auth_san_email', label: 'Email (SAN)', hint: 'e.g. ops@example.com' },
