@@ -301,6 +301,25 @@ describe('Authorizer: certificate-bound tokens (RFC 8705 §3)', () => {
         /^401 sender_constrained/,
         JSON.stringify(cnf),
       );
+    // tokenBinding mtls (sent with the key): only its certificate-bound tokens count, bearer ones issued before the switch not.
+    const strictReplica = replicaWith([pair], [apiKey('app', { scopes: ['read'], tokenBinding: 'mtls' })]);
+    const strict = new Authorizer(authzConfig(), strictReplica);
+    const nowSeconds = Math.floor(Date.now() / 1000);
+    const strictCheck = async (cnf: unknown, clientCertificate?: string) =>
+      outcome(
+        await strict.check({
+          policy: 'api',
+          headers: {
+            authorization: `Bearer ${await signAccessToken(pair, accessClaims('app', nowSeconds, cnf === undefined ? {} : { cnf }))}`,
+          },
+          clientCertificate,
+        }),
+      );
+    assert.equal(
+      await strictCheck(undefined, urlEncodedPem(client.certificate)),
+      '401 mtls_required Bearer realm="api", error="invalid_token"',
+    );
+    assert.equal(await strictCheck({ 'x5t#S256': x5t(client.certificate) }, urlEncodedPem(client.certificate)), 'allowed');
     // Bound to a DPoP key and a certificate: as Bearer it is still refused for its DPoP key.
     const both = await token({ jkt: 'thumb', 'x5t#S256': x5t(client.certificate) });
     assert.match(outcome(await check(both, { clientCertificate: urlEncodedPem(client.certificate) })), /^401 sender_constrained/);
