@@ -18,8 +18,12 @@ import { freePort } from './support';
  *   - how long Envoy takes from its start to hold every route (all clusters active, the last
  *     route answering);
  *   - one route change's time to take effect, p50 and p99 over 20 changes (a write to the store
- *     until Envoy sends that route's requests to the other backend);
- *   - the authority's event-loop delay p99 while 10 route changes a second arrive (10 s);
+ *     until Envoy sends that route's requests to the other backend: its endpoints move), and the
+ *     same for 20 changes of the route table (the route moves to a new domain: the RouteConfiguration,
+ *     one virtual host per domain, is sent again whole);
+ *   - the authority's event-loop delay p99 while 10 route changes a second arrive (10 s), for
+ *     changes of a cluster (its connect timeout) and, another 10 s, of the route table (a route's
+ *     request timeout);
  *   - the memory (RSS) of the authority's process and of Envoy.
  * Loopback only; every loop is bounded in time and count. Routes have apikeys off (no ext-authz
  * call), so what is measured is the config path alone.
@@ -168,34 +172,51 @@ async function run(count: number, backends: { a: number; b: number }) {
       await until(10_000, async () => (await ask(listener, host)) === expected);
       changeMs.push(performance.now() - t0);
     }
-
-    // 10 changes a second for LOAD_SECONDS: the authority's event-loop delay (nothing else runs in this phase).
-    const histogram = monitorEventLoopDelay({ resolution: 5 });
-    histogram.enable();
-    const loadStarted = performance.now();
-    let changes = 0;
-    while (performance.now() - loadStarted < LOAD_SECONDS * 1000 && changes < LOAD_SECONDS * 10) {
-      const id = `r${(changes * 104729) % count}`;
+    // Route table changes: route k moves to a domain of its own; the time until Envoy answers there.
+    const tableMs: number[] = [];
+    for (let i = 0; i < CHANGES; i++) {
+      const id = `r${(i * 6151 + 1) % count}`;
+      const host = `moved${i}-${id}.bench.oto.tools`;
+      const expected = ((await store.get(id)) as Route).backend.targets[0].port === backends.a ? 'A' : 'B';
+      const t0 = performance.now();
       await store.modify(id, (route) => ({
         ...route,
-        backend: { ...route.backend, connectTimeoutMs: 1000 + (changes % 1000) },
+        frontend: { ...route.frontend, domains: [host] },
         updatedAt: new Date().toISOString(),
       }));
-      changes++;
-      const next = loadStarted + changes * 100;
-      await sleep(Math.max(0, next - performance.now()));
+      await until(10_000, async () => (await ask(listener, host)) === expected);
+      tableMs.push(performance.now() - t0);
     }
-    await sleep(500);
-    histogram.disable();
-    const loopP99Ms = histogram.percentile(99) / 1e6;
-    const loopMaxMs = histogram.max / 1e6;
+
+    // 10 changes a second for LOAD_SECONDS: the authority's event-loop delay (nothing else runs in this phase).
+    const underLoad = async (change: (route: Route, n: number) => Route) => {
+      const histogram = monitorEventLoopDelay({ resolution: 5 });
+      histogram.enable();
+      const loadStarted = performance.now();
+      let changes = 0;
+      while (performance.now() - loadStarted < LOAD_SECONDS * 1000 && changes < LOAD_SECONDS * 10) {
+        const id = `r${(changes * 104729) % count}`;
+        const n = changes;
+        await store.modify(id, (route) => ({ ...change(route, n), updatedAt: new Date().toISOString() }));
+        changes++;
+        const next = loadStarted + changes * 100;
+        await sleep(Math.max(0, next - performance.now()));
+      }
+      await sleep(500);
+      histogram.disable();
+      const rate = (changes * 1000) / (performance.now() - loadStarted - 500);
+      return `p99 ${(histogram.percentile(99) / 1e6).toFixed(1)} ms (max ${(histogram.max / 1e6).toFixed(1)}) at ${rate.toFixed(1)} changes/s`;
+    };
+    const clusterLoop = await underLoad((route, n) => ({ ...route, backend: { ...route.backend, connectTimeoutMs: 1000 + (n % 1000) } }));
+    const tableLoop = await underLoad((route, n) => ({ ...route, backend: { ...route.backend, requestTimeoutMs: 20_000 + (n % 1000) } }));
     const nacks = authority.xds?.nackCount ?? 0;
     console.log(
       [
         `${String(count).padStart(6)} routes`,
         `Envoy holds all ${(holdAllMs / 1000).toFixed(2)} s`,
         `change p50 ${percentile(changeMs, 50).toFixed(0)} ms p99 ${percentile(changeMs, 99).toFixed(0)} ms`,
-        `event loop p99 ${loopP99Ms.toFixed(1)} ms (max ${loopMaxMs.toFixed(1)}) at ${((changes * 1000) / (performance.now() - loadStarted - 500)).toFixed(1)} changes/s`,
+        `table change p50 ${percentile(tableMs, 50).toFixed(0)} ms p99 ${percentile(tableMs, 99).toFixed(0)} ms`,
+        `event loop, cluster changes ${clusterLoop}, table changes ${tableLoop}`,
         `RSS authority ${rssMb(process.pid).toFixed(0)} MB, Envoy ${rssMb(envoy.pid).toFixed(0)} MB`,
         `NACKs ${nacks}`,
       ].join(' | '),
