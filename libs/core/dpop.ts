@@ -82,11 +82,14 @@ export interface DpopReplayMemory {
 
 /** Used proofs in this process's memory: an LRU of at most `max` ids for DPOP_REPLAY_TTL. */
 export class MemoryReplays implements DpopReplayMemory {
-  private readonly seen: LRUCache<string, true>;
-  constructor(max = 100_000) {
-    this.seen = new LRUCache({ max, ttl: DPOP_REPLAY_TTL });
-  }
+  /**
+   * Made at the first proof: lru-cache allocates its arrays for `max` at once (3 MB of heap and
+   * 1 MB of typed arrays at 100,000), which a process that never sees a DPoP proof needs not hold.
+   */
+  private seen: LRUCache<string, true> | undefined;
+  constructor(private readonly max = 100_000) {}
   useOnce(id: string, ttlMs: number): boolean {
+    this.seen ??= new LRUCache({ max: this.max, ttl: DPOP_REPLAY_TTL });
     if (this.seen.has(id)) return false;
     this.seen.set(id, true, { ttl: ttlMs });
     return true;
