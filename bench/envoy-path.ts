@@ -15,6 +15,7 @@ import {
   type LoadResult,
 } from './support';
 import { runEnvoy, validateEnvoyConfig, type TestEnvoy } from '../test/support/envoy';
+import { EXT_AUTHZ_NODE_FLAGS } from '../services/ext-authz/node-flags';
 
 /**
  * The whole Envoy path, in one run, through ONE Envoy process (--concurrency 1) and ONE listener:
@@ -42,7 +43,16 @@ import { runEnvoy, validateEnvoyConfig, type TestEnvoy } from '../test/support/e
  * run only). When a goal is missed (or BENCH_DIAGNOSE=1), a short look at where the time goes
  * follows: Envoy's upstream_rq_time to ext-authz, a bare grpc-js Check (always OK) behind the same
  * Envoy (route /bare, its own ext_authz filter), and the servers loaded directly, without Envoy.
- * BENCH_ROWS=1,3,bare runs only the named rows (to investigate one).
+ * BENCH_ROWS=1,3,bare runs only the named rows (to investigate one); BENCH_DIAGNOSE=0 skips that look.
+ *
+ * ext-authz runs with the node flags it ships with (EXT_AUTHZ_NODE_FLAGS overrides, '' for none).
+ * To measure a placement or a setting (each run of the bench is one setting; compare runs):
+ *   BENCH_PIN=1          Envoy alone on CPU 0, wrk, ext-authz and the authority on CPU 1 (taskset)
+ *   BENCH_WORKERS=N      N ext-authz processes (each a full replica), N endpoints of the ext_authz cluster
+ *   BENCH_EXT_AUTHZ='{…}' merged into the gRPC ext_authz filter's config (encode_raw_headers, allowed_headers, …)
+ *   BENCH_H2_OPTIONS='{…}' the ext_authz clusters' http2_protocol_options; BENCH_HCM='{…}' merged into the HCM
+ *   BENCH_GOOGLE_GRPC=1  google_grpc instead of envoy_grpc for the gRPC ext_authz
+ *   BENCH_EXT_AUTHZ_NODE_OPTIONS  NODE_OPTIONS of ext-authz alone (--cpu-prof --cpu-prof-dir=…)
  */
 
 const CONNECTIONS = 16;
@@ -73,6 +83,8 @@ interface Placement {
   adminPort: number;
   authority: { port: number; issuer: string };
   extAuthz: { grpcPort: number; httpPort: number };
+  /** Further ext-authz processes (BENCH_WORKERS): more endpoints of the ext_authz cluster. */
+  moreGrpcPorts: number[];
   /** bench/bare-check-server.js: a grpc-js Check that always answers OK (diagnostic route /bare). */
   bareCheckPort: number;
 }
@@ -85,7 +97,13 @@ const JWT_AUTHN = 'envoy.filters.http.jwt_authn';
 const disabledExtAuthz = { '@type': 'type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute', disabled: true };
 const disabledJwt = { '@type': 'type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig', disabled: true };
 
-function staticCluster(name: string, port: number, http2: boolean): object {
+/** Experiments: a JSON object from the environment merged into a part of the generated config. */
+function jsonEnv(name: string): Record<string, unknown> {
+  const text = process.env[name];
+  return text ? (JSON.parse(text) as Record<string, unknown>) : {};
+}
+
+function staticCluster(name: string, port: number, http2: boolean, morePorts: number[] = []): object {
   return {
     name,
     type: 'STATIC',
@@ -96,14 +114,20 @@ function staticCluster(name: string, port: number, http2: boolean): object {
           typed_extension_protocol_options: {
             'envoy.extensions.upstreams.http.v3.HttpProtocolOptions': {
               '@type': 'type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions',
-              explicit_http_config: { http2_protocol_options: {} },
+              explicit_http_config: { http2_protocol_options: jsonEnv('BENCH_H2_OPTIONS') },
             },
           },
         }
       : {}),
     load_assignment: {
       cluster_name: name,
-      endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: '127.0.0.1', port_value: port } } } }] }],
+      endpoints: [
+        {
+          lb_endpoints: [port, ...morePorts].map((value) => ({
+            endpoint: { address: { socket_address: { address: '127.0.0.1', port_value: value } } },
+          })),
+        },
+      ],
     },
   };
 }
@@ -135,6 +159,7 @@ function envoyConfig(placement: Placement): string {
                     stat_prefix: 'bench',
                     codec_type: 'AUTO',
                     use_remote_address: true,
+                    ...jsonEnv('BENCH_HCM'),
                     route_config: {
                       name: 'bench_routes',
                       virtual_hosts: [
@@ -218,10 +243,17 @@ function envoyConfig(placement: Placement): string {
                         typed_config: {
                           '@type': 'type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz',
                           stat_prefix: 'grpc',
-                          grpc_service: { envoy_grpc: { cluster_name: 'ext_authz' }, timeout: '0.25s' },
+                          grpc_service:
+                            process.env.BENCH_GOOGLE_GRPC === '1'
+                              ? {
+                                  google_grpc: { target_uri: `127.0.0.1:${placement.extAuthz.grpcPort}`, stat_prefix: 'ext_authz' },
+                                  timeout: '0.25s',
+                                }
+                              : { envoy_grpc: { cluster_name: 'ext_authz' }, timeout: '0.25s' },
                           transport_api_version: 'V3',
                           failure_mode_allow: false,
                           include_peer_certificate: false,
+                          ...jsonEnv('BENCH_EXT_AUTHZ'),
                         },
                       },
                       {
@@ -278,7 +310,7 @@ function envoyConfig(placement: Placement): string {
       ],
       clusters: [
         staticCluster('token_authority', placement.authority.port, false),
-        staticCluster('ext_authz', placement.extAuthz.grpcPort, true),
+        staticCluster('ext_authz', placement.extAuthz.grpcPort, true, placement.moreGrpcPorts),
         staticCluster('ext_authz_http', placement.extAuthz.httpPort, false),
         staticCluster('ext_authz_bare', placement.bareCheckPort, true),
       ],
@@ -384,6 +416,13 @@ function runWrk(url: string, seconds: number, headers: Record<string, string>, m
   }
 }
 
+/** Every thread of a process onto one CPU (taskset -a). */
+function pin(pid: number | undefined, cpu: number): void {
+  if (pid === undefined) return;
+  const result = spawnSync('taskset', ['-a', '-pc', String(cpu), String(pid)], { encoding: 'utf8', timeout: 5000 });
+  if (result.status !== 0) throw new Error(`taskset ${cpu} ${pid}: ${result.stderr || result.error}`);
+}
+
 /** CPU time (user + system) a process has used so far, in µs; NaN once it is gone. */
 function cpuMicros(pid: number | undefined): number {
   try {
@@ -467,7 +506,7 @@ interface Row {
   /** Envoy counters (regex) that show the row's filter ran. */
   counters: string;
   /** The authorization server behind Envoy for this row, if any (its CPU per request is shown). */
-  server?: { name: string; pid: number | undefined };
+  server?: { name: string; pid: number | undefined; morePids?: (number | undefined)[]; metricsUrl?: string };
 }
 
 async function checkRoute(proxy: RunningEnvoy, row: Row, token: string): Promise<void> {
@@ -493,6 +532,8 @@ async function loadRow(proxy: RunningEnvoy, row: Row, seconds = DURATION_SECONDS
   const before = row.counters ? await envoyCounters(proxy.adminUrl, row.counters) : {};
   const watched: Record<string, number | undefined> = { envoy: proxy.pid };
   if (row.server) watched[row.server.name] = row.server.pid;
+  for (const [index, pid] of (row.server?.morePids ?? []).entries()) watched[`${row.server?.name} ${index + 2}`] = pid;
+  const metricsBefore = row.server?.metricsUrl ? await runtimeFigures(row.server.metricsUrl) : undefined;
   const result = load(`${proxy.url}${row.path}`, row.headers, watched, seconds, row.mix);
   let counterText = '';
   if (row.counters) {
@@ -504,7 +545,28 @@ async function loadRow(proxy: RunningEnvoy, row: Row, seconds = DURATION_SECONDS
       .join(', ');
   }
   printRow(row.name, result, result.cpuPerRequest, counterText);
+  if (row.server?.metricsUrl && metricsBefore) {
+    // Where a tail may come from on ext-authz's side (its prom-client figures, warm-up + run).
+    const after = await runtimeFigures(row.server.metricsUrl);
+    const pauses = after.gcCount - metricsBefore.gcCount;
+    const pausedMs = (after.gcSeconds - metricsBefore.gcSeconds) * 1000;
+    console.log(
+      `${''.padEnd(46)}   ext-authz: ${pauses} GC pauses, ${pausedMs.toFixed(0)} ms in all (${(pausedMs / Math.max(1, pauses)).toFixed(2)} ms each); event loop delay p99 ${after.loopP99Ms.toFixed(2)} ms, max ${after.loopMaxMs.toFixed(2)} ms`,
+    );
+  }
   return result;
+}
+
+/** ext-authz's GC pauses so far and its event-loop delay since the last scrape (prom-client's default metrics). */
+async function runtimeFigures(metricsUrl: string): Promise<{ gcCount: number; gcSeconds: number; loopP99Ms: number; loopMaxMs: number }> {
+  const text = await (await fetch(metricsUrl)).text();
+  const sum = (pattern: RegExp) => [...text.matchAll(pattern)].reduce((total, match) => total + Number(match[1]), 0);
+  return {
+    gcCount: sum(/^ext_authz_nodejs_gc_duration_seconds_count\{[^}]*\} (\S+)$/gm),
+    gcSeconds: sum(/^ext_authz_nodejs_gc_duration_seconds_sum\{[^}]*\} (\S+)$/gm),
+    loopP99Ms: sum(/^ext_authz_nodejs_eventloop_lag_p99_seconds (\S+)$/gm) * 1000,
+    loopMaxMs: sum(/^ext_authz_nodejs_eventloop_lag_max_seconds (\S+)$/gm) * 1000,
+  };
 }
 
 function printRow(name: string, result: LoadResult, cpuPerRequest: Record<string, number>, counterText = ''): void {
@@ -568,8 +630,23 @@ async function main() {
       await Promise.all(Array.from({ length: Math.min(8, FLEET_TOKENS - fleet.length) }, issueOne));
     console.log(`fleet: ${new Set(fleet).size} distinct tokens issued in ${((Date.now() - fleetStarted) / 1000).toFixed(1)} s`);
 
-    const extAuthz = await startExtAuthzProcess(authority);
+    // BENCH_EXT_AUTHZ_NODE_OPTIONS: NODE_OPTIONS for ext-authz alone (a --cpu-prof, say).
+    const extAuthzOptions = process.env.BENCH_EXT_AUTHZ_NODE_OPTIONS;
+    // ext-authz as it ships (EXT_AUTHZ_NODE_FLAGS, '' for none, to compare V8 settings).
+    const extAuthzFlags = (process.env.EXT_AUTHZ_NODE_FLAGS ?? EXT_AUTHZ_NODE_FLAGS.join(' ')).split(/\s+/).filter(Boolean);
+    console.log(`ext-authz node flags: ${extAuthzFlags.join(' ') || '(none)'}`);
+    const startOneExtAuthz = () =>
+      startExtAuthzProcess(authority, extAuthzOptions ? { NODE_OPTIONS: extAuthzOptions } : {}, { nodeArgs: extAuthzFlags });
+    const extAuthz = await startOneExtAuthz();
     stops.push(() => extAuthz.stop());
+    // BENCH_WORKERS=N: N ext-authz processes, each a full replica (its own authority stream), as N endpoints.
+    const moreWorkers: Awaited<ReturnType<typeof startExtAuthzProcess>>[] = [];
+    for (let worker = 1; worker < Number(process.env.BENCH_WORKERS ?? 1); worker++) {
+      const more = await startOneExtAuthz();
+      stops.push(() => more.stop());
+      moreWorkers.push(more);
+    }
+    if (moreWorkers.length) console.log(`ext-authz: ${moreWorkers.length + 1} processes, one endpoint each (BENCH_WORKERS)`);
     const bare = await startBareCheckServer();
     stops.push(() => bare.stop());
 
@@ -579,9 +656,17 @@ async function main() {
       authority: { port: authorityPort, issuer: metadata.issuer },
       extAuthz: { grpcPort: extAuthz.grpcPort, httpPort: extAuthz.httpPort },
       bareCheckPort: bare.port,
+      moreGrpcPorts: moreWorkers.map((more) => more.grpcPort),
     };
     const proxy = await startEnvoy(envoy.binary, placement);
     stops.push(() => proxy.stop());
+    if (process.env.BENCH_PIN === '1') {
+      // Envoy alone on CPU 0; everything else (wrk, through this process, ext-authz, the authority) on CPU 1.
+      pin(proxy.pid, 0);
+      for (const pid of [process.pid, authority.child.pid, extAuthz.child.pid, bare.pid, ...moreWorkers.map((more) => more.child.pid)])
+        pin(pid, 1);
+      console.log('pinned: Envoy on CPU 0; wrk, ext-authz, the authority and the bare server on CPU 1 (BENCH_PIN=1)');
+    }
 
     const bearer = { authorization: `Bearer ${token}` };
     const rows: Row[] = [
@@ -601,7 +686,12 @@ async function main() {
         headers: bearer,
         deniedWithout: true,
         counters: '^http\\.bench\\.ext_authz\\.grpc\\.',
-        server: { name: 'ext-authz', pid: extAuthz.child.pid },
+        server: {
+          name: 'ext-authz',
+          pid: extAuthz.child.pid,
+          morePids: moreWorkers.map((more) => more.child.pid),
+          metricsUrl: `${extAuthz.url}/metrics`,
+        },
       },
       {
         id: '4',
@@ -610,7 +700,7 @@ async function main() {
         headers: bearer,
         deniedWithout: true,
         counters: '^http\\.bench\\.ext_authz\\.http\\.',
-        server: { name: 'ext-authz', pid: extAuthz.child.pid },
+        server: { name: 'ext-authz', pid: extAuthz.child.pid, metricsUrl: `${extAuthz.url}/metrics` },
       },
     ];
     // The same routes with a fleet of tokens, and with half the requests denied (no token).
@@ -679,7 +769,10 @@ async function main() {
       const a = results.get(jwt);
       const b = results.get(ours);
       if (!a || !b) continue;
-      const cpu = b.cpuPerRequest['ext-authz'];
+      // Every ext-authz process's CPU (BENCH_WORKERS), per Check.
+      const cpu = Object.entries(b.cpuPerRequest)
+        .filter(([name]) => name.startsWith('ext-authz'))
+        .reduce((sum, [, micros]) => sum + micros, 0);
       const pass = b.requestsPerSecond >= a.requestsPerSecond && b.p99Ms <= a.p99Ms + 1 && cpu <= 60;
       console.log(
         `issue 16: (${ours})/(${jwt}) = ${((b.requestsPerSecond / a.requestsPerSecond) * 100).toFixed(0)}%, p99 ${b.p99Ms.toFixed(2)} vs ${a.p99Ms.toFixed(2)} ms, ext-authz ${cpu.toFixed(0)} µs/Check   ${pass ? 'PASS' : 'MISS'} (goal: >= 100%, p99 <= +1 ms, <= 60 µs)`,
@@ -689,7 +782,7 @@ async function main() {
     const errors = [...results.entries()].reduce((sum, [id, r]) => sum + (id.endsWith('d') ? 0 : r.errors), 0);
     if (errors) console.log(`WARNING: ${errors} failed or non-2xx responses during the load (see the errors column)`);
 
-    if (missed || process.env.BENCH_DIAGNOSE === '1') {
+    if ((missed && process.env.BENCH_DIAGNOSE !== '0') || process.env.BENCH_DIAGNOSE === '1') {
       // Where the time goes. Envoy's view of the Check round trip (upstream_rq_time of the
       // ext_authz clusters, whole run); the same route with a bare grpc-js Check (always OK) behind
       // the same Envoy; and the authorization servers with no Envoy in front: h2load on one HTTP/2
