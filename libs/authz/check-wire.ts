@@ -492,57 +492,36 @@ function writeHeaderOptionAt(buffer: Buffer, at: number, tag: number, key: strin
 
 /**
  * CheckResponse bytes for an allow: the identity headers, the headers to remove, the response
- * headers. Written straight into one buffer, sizes first (the same bytes protobufjs's Writer
+ * headers. Written straight into buffers, sizes first (the same bytes protobufjs's Writer
  * makes, without its dozens of objects a call: this is every allowed Check).
  */
 export function encodeAllow(decision: Allow): Buffer {
+  return encodeAllowFrom(allowFixedPart(decision), decision.responseHeaders);
+}
+
+/** The inside of an allow's ok_response up to its response headers: the identity headers and the headers to remove. */
+function allowFixedPart(decision: Pick<Allow, 'headersToSet' | 'headersToRemove'>): Buffer {
   sizes.length = 0;
-  let ok = 0;
+  let length = 0;
   for (const key in decision.headersToSet) {
     const option = headerOptionSize(key, decision.headersToSet[key]);
-    ok += 1 + varintSize(option) + option;
+    length += 1 + varintSize(option) + option;
   }
   for (const name of decision.headersToRemove) {
     const bytes = Buffer.byteLength(name);
     sizes.push(bytes);
-    ok += 1 + varintSize(bytes) + bytes;
+    length += 1 + varintSize(bytes) + bytes;
   }
-  for (const key in decision.responseHeaders) {
-    const option = headerOptionSize(key, decision.responseHeaders[key]);
-    ok += 1 + varintSize(option) + option;
-  }
-  // status { code: 0 }, the zero written explicitly as proto-loader does; then ok_response.
-  const buffer = Buffer.allocUnsafe(4 + 1 + varintSize(ok) + ok);
-  buffer[0] = 10;
-  buffer[1] = 2;
-  buffer[2] = 8;
-  buffer[3] = RPC_OK;
-  buffer[4] = 26;
-  let at = writeVarint(buffer, 5, ok);
+  const buffer = Buffer.allocUnsafe(length);
+  let at = 0;
   let part = 0;
   for (const key in decision.headersToSet) {
     at = writeHeaderOptionAt(buffer, at, 18, key, decision.headersToSet[key], part);
     part += 4;
   }
   for (const name of decision.headersToRemove) at = writeText(buffer, at, 42, name, sizes[part++]);
-  for (const key in decision.responseHeaders) {
-    at = writeHeaderOptionAt(buffer, at, 50, key, decision.responseHeaders[key], part);
-    part += 4;
-  }
   if (at !== buffer.length) throw new Error(`CheckResponse: wrote ${at} bytes of ${buffer.length}`);
   return buffer;
-}
-
-/** The inside of an allow's ok_response up to its response headers: the identity headers and the headers to remove. */
-function allowFixedPart(decision: Allow): Buffer {
-  const whole = encodeAllow({ ...decision, responseHeaders: {} });
-  // After status (4 bytes) and ok_response's tag (1), its length, then exactly that many bytes.
-  let length = 0;
-  for (let at = 5, shift = 0; ; at++, shift += 7) {
-    length += (whole[at] & 0x7f) * 2 ** shift;
-    if (whole[at] < 0x80) break;
-  }
-  return whole.subarray(whole.length - length);
 }
 
 /** encodeAllow's bytes from the fixed part (allowFixedPart) and this call's response headers. */
@@ -553,6 +532,7 @@ function encodeAllowFrom(fixed: Buffer, responseHeaders: Record<string, string>)
     const option = headerOptionSize(key, responseHeaders[key]);
     ok += 1 + varintSize(option) + option;
   }
+  // status { code: 0 }, the zero written explicitly as proto-loader does; then ok_response.
   const buffer = Buffer.allocUnsafe(4 + 1 + varintSize(ok) + ok);
   buffer[0] = 10;
   buffer[1] = 2;
