@@ -1,8 +1,6 @@
 import assert from 'node:assert/strict';
 import { createHash, createPublicKey, X509Certificate } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
-import type { IncomingHttpHeaders } from 'node:http';
-import { request as httpsRequest } from 'node:https';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { parse } from 'yaml';
@@ -12,7 +10,7 @@ import { createTestPki, type TestCertificate, type TestPki, xfccHeader } from '.
 import { startEnvoy, type TestEnvoy } from './support/envoy';
 import { startTestExtAuthz, type TestExtAuthz } from './support/ext-authz';
 import { freePort } from './support/ports';
-import { send } from './support/proxy-request';
+import { type Answer, send, sendTls } from './support/proxy-request';
 
 /*
  * mTLS client authentication and certificate-bound tokens (RFC 8705) through a real Envoy 1.40
@@ -27,45 +25,6 @@ const SHIPPED_POLICIES = (parse(readFileSync(path.resolve(__dirname, '../../conf
 const OAUTH = 'oauth.oto.tools';
 const FOO_HOST = 'foo.oto.tools';
 const INTROSPECT_PATH = `${TOKEN_PATH}/introspect`;
-
-interface Answer {
-  status: number;
-  headers: IncomingHttpHeaders;
-  body: string;
-}
-
-/** One request over TLS to Envoy's HTTPS listener, with a client certificate or none. */
-function sendTls(
-  port: number,
-  pathname: string,
-  options: { host: string; ca: string; client?: TestCertificate; method?: string; headers?: Record<string, string>; body?: string },
-): Promise<Answer> {
-  return new Promise((resolve, reject) => {
-    const req = httpsRequest(
-      {
-        host: '127.0.0.1',
-        port,
-        path: pathname,
-        method: options.method ?? 'GET',
-        servername: options.host,
-        ca: options.ca,
-        ...(options.client && { cert: options.client.certificate, key: options.client.privateKey }),
-        agent: false,
-        timeout: 5000,
-        headers: { host: options.host, ...options.headers },
-      },
-      (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (chunk: Buffer) => chunks.push(chunk));
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks).toString('utf8') }));
-        res.on('error', reject);
-      },
-    );
-    req.on('timeout', () => req.destroy(new Error('no answer in 5 s')));
-    req.on('error', reject);
-    req.end(options.body);
-  });
-}
 
 const x5t = (certificate: TestCertificate) =>
   createHash('sha256').update(new X509Certificate(certificate.certificate).raw).digest('base64url');

@@ -6,11 +6,11 @@ import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { LISTENER } from '../libs/xds/envoy-types';
 import { ADMIN_TOKEN, startTestAuthority, TOKEN_PATH, type TestAuthority } from './support/authority';
+import { createTestPki, type TestCertificate, type TestPki } from './support/certificates';
 import { runEnvoy, type TestEnvoy } from './support/envoy';
 import { startTestExtAuthz, type TestExtAuthz } from './support/ext-authz';
 import { freePort } from './support/ports';
 import { FOO, send, sendTls } from './support/proxy-request';
-import { makeTestCertificates, type TestCertificates } from './support/tls';
 import { type Backend, namedBackend, within, xdsBootstrap } from './support/xds';
 
 /*
@@ -22,8 +22,8 @@ import { type Backend, namedBackend, within, xdsBootstrap } from './support/xds'
 const OAUTH = 'oauth.oto.tools';
 
 describe('an HTTPS listener pushed over xDS (xds.tls), with a real Envoy and a CA of the test', () => {
-  const dir = mkdtempSync(path.join(tmpdir(), 'xds-tls-'));
-  let certificates: TestCertificates;
+  const pki: TestPki = createTestPki();
+  let certificates: TestCertificate;
   let authority: TestAuthority | undefined;
   let extAuthz: TestExtAuthz | undefined;
   let backend: Backend | undefined;
@@ -48,7 +48,7 @@ describe('an HTTPS listener pushed over xDS (xds.tls), with a real Envoy and a C
 
   before(async () => {
     for (const key of Object.keys(ports) as (keyof typeof ports)[]) ports[key] = await freePort();
-    certificates = makeTestCertificates(dir, [FOO, OAUTH]);
+    certificates = pki.issue('tls', { subject: `/CN=${FOO}`, subjectAltName: `DNS:${FOO},DNS:${OAUTH}`, server: true });
     backend = await namedBackend('A');
     dataDir = mkdtempSync(path.join(tmpdir(), 'xds-tls-data-'));
     authority = await startTestAuthority(settings(certificates), dataDir);
@@ -76,11 +76,12 @@ describe('an HTTPS listener pushed over xDS (xds.tls), with a real Envoy and a C
         .then(step)
         .catch(() => undefined);
     }
-    for (const each of [dir, dataDir]) if (each) rmSync(each, { recursive: true, force: true });
+    pki.cleanup();
+    if (dataDir) rmSync(dataDir, { recursive: true, force: true });
   });
 
   const tls = (pathname: string, options: { host?: string; method?: string; headers?: Record<string, string>; body?: string } = {}) =>
-    sendTls(ports.https, pathname, { host: FOO, ca: certificates.ca, ...options });
+    sendTls(ports.https, pathname, { host: FOO, ca: pki.ca.certificate, ...options });
   let bearer = '';
 
   it('issues a token over HTTPS (the authority host, secure: true) and serves a route created through the API over HTTPS within 1 s', async () => {
@@ -126,7 +127,7 @@ describe('an HTTPS listener pushed over xDS (xds.tls), with a real Envoy and a C
   });
 
   it("offers HTTP/2 by ALPN, and a client that does not trust the test's CA is refused the handshake", async () => {
-    const session = connect(`https://127.0.0.1:${ports.https}`, { ca: certificates.ca, servername: FOO });
+    const session = connect(`https://127.0.0.1:${ports.https}`, { ca: pki.ca.certificate, servername: FOO });
     try {
       const status = await new Promise<number>((resolve, reject) => {
         session.once('error', reject);
@@ -151,7 +152,7 @@ describe('an HTTPS listener pushed over xDS (xds.tls), with a real Envoy and a C
     await authority!.stop();
     authority = undefined;
     authority = await startTestAuthority(
-      settings({ certificateFile: path.join(dir, 'missing.crt'), privateKeyFile: path.join(dir, 'missing.key') }),
+      settings({ certificateFile: path.join(pki.dir, 'missing.crt'), privateKeyFile: path.join(pki.dir, 'missing.key') }),
       dataDir,
     );
     await within(15_000, async () => authority!.xds!.recentNacks().some((nack) => nack.typeUrl === LISTENER), 'a NACK of the listener');

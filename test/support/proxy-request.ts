@@ -48,11 +48,21 @@ export function send(
   });
 }
 
-/** A request over TLS to a proxy's HTTPS listener on 127.0.0.1 (SNI and Host: `host`), trusting only `ca`. No keep-alive. */
+/**
+ * A request over TLS to a proxy's HTTPS listener on 127.0.0.1 (SNI and Host: `host`), trusting only `ca`,
+ * with a client certificate when given one (mTLS). No keep-alive; no answer in 5 s is an error.
+ */
 export function sendTls(
   port: number,
   pathname: string,
-  options: { host: string; ca: Buffer; method?: string; headers?: Record<string, string>; body?: string },
+  options: {
+    host: string;
+    ca: string | Buffer;
+    client?: { certificate: string; privateKey: string };
+    method?: string;
+    headers?: Record<string, string>;
+    body?: string;
+  },
 ): Promise<Answer> {
   return new Promise((resolve, reject) => {
     const req = httpsRequest(
@@ -63,7 +73,9 @@ export function sendTls(
         method: options.method ?? 'GET',
         servername: options.host,
         ca: options.ca,
+        ...(options.client && { cert: options.client.certificate, key: options.client.privateKey }),
         agent: false,
+        timeout: 5000,
         headers: { host: options.host, ...options.headers },
       },
       (res) => {
@@ -75,6 +87,7 @@ export function sendTls(
         res.on('error', reject);
       },
     );
+    req.on('timeout', () => req.destroy(new Error('no answer in 5 s')));
     req.on('error', reject);
     req.end(options.body);
   });
