@@ -1,11 +1,10 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { generateKeyMaterial } from '../../libs/core/crypto/key-pairs';
 import { DataPlaneFeed, type DataPlaneUpdate, formatVersion, parseVersion, UPDATE_CHUNK } from '../../libs/core/data-plane';
 import { KeyRing } from '../../libs/core/key-ring';
 import { SqliteStore } from '../../libs/core/store/sqlite-store';
 import { apiKeyRecord } from '../support/records';
-import { TestClock } from './support/fixtures';
+import { storeKeyPair, TestClock } from './support/fixtures';
 
 /*
  * How the change log becomes data-plane updates (libs/core/data-plane.ts), on an in-memory SQLite
@@ -83,15 +82,8 @@ describe('delta building', () => {
   });
 
   it('sends a key pair with its verifying keys, and its id alone once deleted', async () => {
-    const material = generateKeyMaterial('EdDSA');
     const from = (await feedAtHead()).version;
-    await store.keyPairs.create({
-      id: 'kp',
-      algorithm: 'EdDSA',
-      description: '',
-      createdAt: clock.ms,
-      versions: [{ kid: 'kp-1', ...material, createdAt: clock.ms }],
-    });
+    await storeKeyPair(store, clock.ms);
     const created = await catchUp(from);
     assert.deepEqual(
       created

@@ -5,7 +5,6 @@ import { Authorizer, type AuthzRequest } from '../../libs/authz/authorizer';
 import type { Decision } from '../../libs/authz/decision';
 import { authenticateClient, ClientAuthError, extractClientCredentials } from '../../libs/core/client-auth';
 import { authorityConfigSchema } from '../../libs/core/config';
-import { generateKeyMaterial } from '../../libs/core/crypto/key-pairs';
 import { hashSecret } from '../../libs/core/crypto/secret-hash';
 import { KeyRing } from '../../libs/core/key-ring';
 import type { ApiKeyRecord } from '../../libs/core/model';
@@ -26,7 +25,7 @@ import { TokenService } from '../../libs/core/token-service';
 import { forwardedClientCertificate } from '../../libs/http/trust-proxy';
 import { createTestPki, type TestCertificate, type TestPki, urlEncodedPem, xfccHeader } from '../support/certificates';
 import { apiKeyRecord } from '../support/records';
-import { accessClaims, apiKey, authzConfig, replicaWith, signAccessToken, TestClock, testKeyPair } from './support/fixtures';
+import { accessClaims, apiKey, authzConfig, replicaWith, signAccessToken, storeKeyPair, TestClock, testKeyPair } from './support/fixtures';
 
 /*
  * RFC 8705 in the core (libs/core/mtls.ts, client-auth.ts, token-service.ts) and at ext-authz
@@ -181,19 +180,12 @@ describe('tls_client_auth and self_signed_tls_client_auth (RFC 8705 §2)', () =>
 
 describe('TokenService: certificate-bound tokens (RFC 8705 §3)', () => {
   const clock = new TestClock();
-  const material = generateKeyMaterial('EdDSA');
   let store: SqliteStore;
   let service: TokenService;
   const SECRET = 'S'.repeat(43);
   before(async () => {
     store = new SqliteStore(':memory:');
-    await store.keyPairs.create({
-      id: 'kp',
-      algorithm: 'EdDSA',
-      description: '',
-      createdAt: clock.ms,
-      versions: [{ kid: 'kp-1', ...material, createdAt: clock.ms }],
-    });
+    await storeKeyPair(store, clock.ms);
     await store.apiKeys.createMany([
       apiKeyRecord('app', { secretHash: await hashSecret(SECRET) }),
       apiKeyRecord('pinned', { secretHash: '', tls_client_auth_san_dns: 'client.example.com', tokenBinding: 'mtls' }),

@@ -2,13 +2,13 @@ import assert from 'node:assert/strict';
 import { createPrivateKey, sign } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 import { authorityConfigSchema } from '../../libs/core/config';
-import { generateKeyMaterial } from '../../libs/core/crypto/key-pairs';
+import type { KeyMaterial } from '../../libs/core/crypto/key-pairs';
 import { hashSecret } from '../../libs/core/crypto/secret-hash';
 import { KeyRing } from '../../libs/core/key-ring';
 import { SqliteStore } from '../../libs/core/store/sqlite-store';
 import { TokenService } from '../../libs/core/token-service';
 import { apiKeyRecord } from '../support/records';
-import { TestClock } from './support/fixtures';
+import { storeKeyPair, TestClock } from './support/fixtures';
 
 /*
  * The authority's token issuing and validation (libs/core/token-service.ts), on an in-memory
@@ -20,19 +20,13 @@ const b64 = (value: unknown) => Buffer.from(JSON.stringify(value)).toString('bas
 
 describe('TokenService: issuing and validating access tokens', () => {
   const clock = new TestClock();
-  const material = generateKeyMaterial('EdDSA');
+  let material: KeyMaterial;
   let store: SqliteStore;
   let keyRing: KeyRing;
   let service: TokenService;
   before(async () => {
     store = new SqliteStore(':memory:');
-    await store.keyPairs.create({
-      id: 'kp',
-      algorithm: 'EdDSA',
-      description: '',
-      createdAt: clock.ms,
-      versions: [{ kid: 'kp-1', ...material, createdAt: clock.ms }],
-    });
+    material = await storeKeyPair(store, clock.ms);
     const hash = await hashSecret(SECRET);
     await store.apiKeys.createMany([
       apiKeyRecord('app', { secretHash: hash, scope: ['read', 'write'] }),

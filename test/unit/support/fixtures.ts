@@ -3,8 +3,9 @@ import { extAuthzConfigSchema, type ExtAuthzConfig } from '../../../libs/authz/c
 import { AuthorityReplica } from '../../../libs/authz/replica';
 import type { SigningAlgorithm } from '../../../libs/core/config';
 import { signJwt } from '../../../libs/core/crypto/jws';
-import { publicJwk } from '../../../libs/core/crypto/key-pairs';
+import { generateKeyMaterial, type KeyMaterial, publicJwk } from '../../../libs/core/crypto/key-pairs';
 import type { DataPlaneApiKey, DataPlaneKeyPair, DataPlaneUpdate } from '../../../libs/core/data-plane';
+import type { KeyPairRepository } from '../../../libs/core/store/repositories';
 
 /* Fixtures of the fast tier: everything in memory, no process, network or store. */
 
@@ -21,6 +22,19 @@ export class TestClock {
   advance(ms: number): void {
     this.ms += ms;
   }
+}
+
+/** Stores key pair `kp` in a store of the test (EdDSA, one version `kp-1`, made at `createdAt`) and answers its material. */
+export async function storeKeyPair(store: { keyPairs: KeyPairRepository }, createdAt: number): Promise<KeyMaterial> {
+  const material = generateKeyMaterial('EdDSA');
+  await store.keyPairs.create({
+    id: 'kp',
+    algorithm: 'EdDSA',
+    description: '',
+    createdAt,
+    versions: [{ kid: 'kp-1', ...material, createdAt }],
+  });
+  return material;
 }
 
 export interface TestKeyPair {
