@@ -1,16 +1,15 @@
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { createHash } from 'node:crypto';
 import { Redis } from 'ioredis';
 import { calculateJwkThumbprint, decodeJwt, exportJWK, generateKeyPair, SignJWT } from 'jose';
 import { basic, startTestAuthority, type TestAuthority, TOKEN_PATH } from './support/authority';
-import { ChildService } from './support/child-service';
-import { TEST_POLICIES } from './support/ext-authz';
+import type { ChildService } from './support/child-service';
+import { startExtAuthzProcess, TEST_POLICIES } from './support/ext-authz';
 import { httpRequest } from './support/http';
-import { freePort } from './support/ports';
 import { redisTestPrefix, SHARED_REDIS } from './support/quota-fixtures';
 
 /*
@@ -20,7 +19,6 @@ import { redisTestPrefix, SHARED_REDIS } from './support/quota-fixtures';
  * replica from the data plane token: no shared state), and a proof taken by one replica is
  * refused by the other (token endpoint: the store; ext-authz: Redis SET NX PX).
  */
-const EXT_AUTHZ_MAIN = resolve(__dirname, '../services/ext-authz/main.js');
 const DATA_PLANE_TOKEN = 'dpop-replicas-data-plane-token';
 const SECRET = 'dpop-replicas-secret';
 const NONCES = { requireNonce: true, nonceLifetime: 300 };
@@ -43,29 +41,14 @@ describe('DPoP nonces and proof replay across replicas', () => {
     jwk = await exportJWK(key.publicKey);
     dir = mkdtempSync(join(tmpdir(), 'dpop-replicas-'));
     for (let i = 0; i < 2; i++) {
-      const [grpcPort, httpPort] = [await freePort(), await freePort()];
-      const config = join(dir, `ext-authz-${i}.json`);
-      writeFileSync(
-        config,
-        JSON.stringify({
-          grpc: { host: '127.0.0.1', port: grpcPort },
-          http: { host: '127.0.0.1', port: httpPort },
-          authority: { url: (i === 0 ? a : b).grpcAddress, token: DATA_PLANE_TOKEN, initialBackoff: 50, maxBackoff: 500 },
-          policies: { open: TEST_POLICIES.open },
-          quotas: { redisUrl: SHARED_REDIS, keyPrefix: redisKeys.prefix },
-          dpop: NONCES,
-          log: { level: 'warn' },
-        }),
-      );
-      const base = `http://127.0.0.1:${httpPort}`;
-      const replica = new ChildService(
-        `ext-authz-${i}`,
-        EXT_AUTHZ_MAIN,
-        { PATH: process.env.PATH, CONFIG_FILE: config },
-        async () => (await fetch(`${base}/health`)).status === 200,
-      );
+      const { replica, base } = await startExtAuthzProcess(`ext-authz-${i}`, dir, {
+        authority: { url: (i === 0 ? a : b).grpcAddress, token: DATA_PLANE_TOKEN, initialBackoff: 50, maxBackoff: 500 },
+        policies: { open: TEST_POLICIES.open },
+        quotas: { redisUrl: SHARED_REDIS, keyPrefix: redisKeys.prefix },
+        dpop: NONCES,
+        log: { level: 'warn' },
+      });
       extAuthz.push(replica);
-      await replica.start();
       bases.push(base);
     }
   });

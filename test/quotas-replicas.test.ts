@@ -1,15 +1,14 @@
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { credentials, loadPackageDefinition, Metadata } from '@grpc/grpc-js';
 import { loadSync } from '@grpc/proto-loader';
 import { AUTHORITY_WATCH_PROTO, LOADER_OPTIONS } from '../services/token-authority/grpc-options';
 import { ADMIN_TOKEN, startTestAuthority, type TestAuthority } from './support/authority';
-import { ChildService } from './support/child-service';
-import { startTestExtAuthz, TEST_POLICIES } from './support/ext-authz';
-import { freePort } from './support/ports';
+import type { ChildService } from './support/child-service';
+import { startExtAuthzProcess, startTestExtAuthz, TEST_POLICIES } from './support/ext-authz';
 import { keyWithQuotas, redisTestPrefix, SHARED_REDIS } from './support/quota-fixtures';
 
 /*
@@ -17,7 +16,6 @@ import { keyWithQuotas, redisTestPrefix, SHARED_REDIS } from './support/quota-fi
  * authority reads (and resets) them by asking every connected replica over
  * AuthorityWatch.QuotaCounters. A real authority and two real ext-authz processes.
  */
-const EXT_AUTHZ_MAIN = resolve(__dirname, '../services/ext-authz/main.js');
 
 async function check(base: string, token: string): Promise<number> {
   const response = await fetch(`${base}/authz/foo`, { headers: { authorization: `Bearer ${token}` } });
@@ -52,29 +50,14 @@ describe('quota consumption read from ext-authz replicas that count in memory (n
     writeFileSync(tokenFile, ADMIN_TOKEN);
     const tokenSource = (i: number) => (i === 0 ? { token: ADMIN_TOKEN } : { tokenFile });
     for (let i = 0; i < 2; i++) {
-      const [grpcPort, httpPort] = [await freePort(), await freePort()];
-      const config = join(dir, `ext-authz-${i}.yaml`);
-      writeFileSync(
-        config,
-        JSON.stringify({
-          grpc: { host: '127.0.0.1', port: grpcPort },
-          http: { host: '127.0.0.1', port: httpPort },
-          // The second replica reads its token from a file, as in docker-compose (AUTHORITY_TOKEN_FILE):
-          // both of its streams (DeltaWatch and QuotaCounters) must present it.
-          authority: { url: authority.grpcAddress, ...tokenSource(i), initialBackoff: 50, maxBackoff: 500 },
-          policies: { foo: TEST_POLICIES.foo },
-          log: { level: 'warn' },
-        }),
-      );
-      const base = `http://127.0.0.1:${httpPort}`;
-      const replica = new ChildService(
-        `ext-authz-${i}`,
-        EXT_AUTHZ_MAIN,
-        { PATH: process.env.PATH, CONFIG_FILE: config },
-        async () => (await fetch(`${base}/health`)).status === 200,
-      );
+      const { replica, base } = await startExtAuthzProcess(`ext-authz-${i}`, dir, {
+        // The second replica reads its token from a file, as in docker-compose (AUTHORITY_TOKEN_FILE):
+        // both of its streams (DeltaWatch and QuotaCounters) must present it.
+        authority: { url: authority.grpcAddress, ...tokenSource(i), initialBackoff: 50, maxBackoff: 500 },
+        policies: { foo: TEST_POLICIES.foo },
+        log: { level: 'warn' },
+      });
       replicas.push(replica);
-      await replica.start();
       bases.push(base);
     }
     for (const base of bases) await eventually(async () => (await check(base, token)) === 200, 10_000, `${base} knows the key`);

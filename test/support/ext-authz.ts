@@ -1,6 +1,10 @@
 import { extAuthzConfigSchema, type ExtAuthzConfig } from '../../libs/authz/config';
 import { startExtAuthz, type ExtAuthzApp, type ExtAuthzOptions } from '../../services/ext-authz/app';
+import { writeFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
 import { ADMIN_TOKEN, type TestAuthority } from './authority';
+import { ChildService } from './child-service';
+import { freePort } from './ports';
 
 export interface TestExtAuthz extends ExtAuthzApp {
   config: ExtAuthzConfig;
@@ -52,4 +56,32 @@ export async function startTestExtAuthz(
   };
   if (waitForState) await waitFor(() => app.replica.ready);
   return { ...app, config, waitFor };
+}
+
+const EXT_AUTHZ_MAIN = resolve(__dirname, '../../services/ext-authz/main.js');
+
+/**
+ * A real ext-authz as a process of its own (`name`), on free ports of 127.0.0.1: its settings
+ * (everything but grpc and http) written as JSON in `dir`, started, and answered once /health is 200.
+ */
+export async function startExtAuthzProcess(
+  name: string,
+  dir: string,
+  settings: Record<string, unknown>,
+): Promise<{ replica: ChildService; base: string }> {
+  const [grpcPort, httpPort] = [await freePort(), await freePort()];
+  const config = join(dir, `${name}.json`);
+  writeFileSync(
+    config,
+    JSON.stringify({ grpc: { host: '127.0.0.1', port: grpcPort }, http: { host: '127.0.0.1', port: httpPort }, ...settings }),
+  );
+  const base = `http://127.0.0.1:${httpPort}`;
+  const replica = new ChildService(
+    name,
+    EXT_AUTHZ_MAIN,
+    { PATH: process.env.PATH, CONFIG_FILE: config },
+    async () => (await fetch(`${base}/health`)).status === 200,
+  );
+  await replica.start();
+  return { replica, base };
 }
