@@ -158,7 +158,8 @@ async function authenticateByAssertion(
 
 /**
  * RFC 8705 §2: the key is registered for tls_client_auth (one of its tls_client_auth_* fields,
- * which the certificate must hold; its chain is the proxy's to verify) or, with a jwks or
+ * which the certificate must hold; its chain is the proxy's to verify, and one the proxy says it did
+ * not verify is refused) or, with a jwks or
  * jwks_uri and no such field, for self_signed_tls_client_auth (the certificate's public key is one
  * of those keys). The TLS handshake proved the client holds the certificate's private key.
  */
@@ -174,6 +175,8 @@ async function authenticateByCertificate(
   if (!isApiKeyUsable(apiKey, now)) throw fail(apiKey.enabled ? 'expired' : 'disabled');
   const { x509 } = credentials.certificate;
   if (tlsClientAuthField(apiKey)) {
+    // The names in a certificate nobody verified are the client's word.
+    if (credentials.certificate.unverified) throw fail('certificate_unverified');
     if (!tlsClientAuthMatches(apiKey, x509)) throw fail('certificate_mismatch');
     return apiKey;
   }

@@ -181,6 +181,8 @@ export const AUTHORITY_ENV_OVERRIDES = {
   XDS_TLS_PORT: 'xds.tls.port',
   XDS_TLS_CERTIFICATE_FILE: 'xds.tls.certificateFile',
   XDS_TLS_PRIVATE_KEY_FILE: 'xds.tls.privateKeyFile',
+  XDS_TLS_CLIENT_CERTIFICATE: 'xds.tls.clientCertificate',
+  XDS_TLS_CLIENT_CA_FILE: 'xds.tls.clientCaFile',
   ROUTES_SEED: 'routes.seed',
   ROUTES_SEED_BACKEND: 'routes.seedBackend',
   LOG_LEVEL: 'log.level',

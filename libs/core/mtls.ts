@@ -41,19 +41,31 @@ export function forwardedThumbprint(text: string | undefined): string | undefine
   return der && certificateThumbprint(der);
 }
 
+/**
+ * Set by the proxy, beside x-forwarded-client-cert, when it took the client's certificate without
+ * verifying its chain (the HTTPS listener libs/xds pushes without a client CA: Envoy's
+ * ACCEPT_UNTRUSTED). The handshake proved the client holds the certificate's key, so the
+ * certificate still binds tokens and serves self_signed_tls_client_auth, but its subject and SANs
+ * are the client's word: tls_client_auth refuses it. Believed, like XFCC, from a trusted proxy only;
+ * a client that sends it itself only loses tls_client_auth.
+ */
+export const CERTIFICATE_UNVERIFIED_HEADER = 'x-client-cert-unverified';
+
 /** A forwarded certificate parsed: what client authentication and the token's cnf need. */
 export interface ClientCertificate {
   x509: X509Certificate;
   /** x5t#S256 */
   thumbprint: string;
+  /** The proxy did not verify its chain (CERTIFICATE_UNVERIFIED_HEADER): not for tls_client_auth. */
+  unverified?: boolean;
 }
 
 /** Parses a forwarded certificate; undefined when the text is no readable X.509 certificate. */
-export function parseClientCertificate(text: string): ClientCertificate | undefined {
+export function parseClientCertificate(text: string, unverified = false): ClientCertificate | undefined {
   const der = certificateDer(text);
   if (!der) return undefined;
   try {
-    return { x509: new X509Certificate(der), thumbprint: certificateThumbprint(der) };
+    return { x509: new X509Certificate(der), thumbprint: certificateThumbprint(der), ...(unverified && { unverified }) };
   } catch {
     return undefined;
   }

@@ -20,6 +20,8 @@ export type ClientAuthFailure =
   | 'replayed_assertion'
   /** tls_client_auth: the certificate lacks the key's registered subject DN or SAN; self_signed: its public key is not in the key's JWKS. */
   | 'certificate_mismatch'
+  /** tls_client_auth: the proxy took the certificate without verifying its chain (no client CA on its listener). */
+  | 'certificate_unverified'
   /** A client id and a certificate, but the key is registered for neither tls_client_auth nor self_signed_tls_client_auth. */
   | 'no_certificate_auth';
 

@@ -33,6 +33,8 @@ export interface OAuthRequest {
    * only from a trusted peer.
    */
   clientCertificate?: string;
+  /** RFC 8705: the proxy took that certificate without verifying its chain (CERTIFICATE_UNVERIFIED_HEADER): no tls_client_auth with it. */
+  clientCertificateUnverified?: boolean;
 }
 
 export interface TokenResponse {
@@ -143,7 +145,7 @@ export class TokenService {
   /** The request's client certificate, parsed; a forwarded one that is no certificate is invalid_request. */
   private certificateOf(request: OAuthRequest): ClientCertificate | undefined {
     if (request.clientCertificate === undefined) return undefined;
-    const certificate = parseClientCertificate(request.clientCertificate);
+    const certificate = parseClientCertificate(request.clientCertificate, request.clientCertificateUnverified);
     if (!certificate) throw invalidRequest('the forwarded client certificate is not an X.509 certificate');
     return certificate;
   }

@@ -31,6 +31,24 @@ export const xdsSettingsSchema = z
         port: portSetting.default(8443),
         certificateFile: z.string().regex(/^\//, "an absolute path on Envoy's host"),
         privateKeyFile: z.string().regex(/^\//, "an absolute path on Envoy's host"),
+        /**
+         * RFC 8705: whether the listener asks TLS clients for a certificate. `off` (the default): it
+         * does not. `optional`: it asks, a client without one still connects (bearer and secret
+         * clients go on as before); `required`: no handshake without one.
+         */
+        clientCertificate: z.enum(['off', 'optional', 'required']).default('off'),
+        /**
+         * The CAs (PEM bundle, an absolute path on Envoy's host) client certificates are verified
+         * against; self-signed certificates of self_signed_tls_client_auth clients must be pinned in
+         * it. Unset: Envoy accepts any certificate (ACCEPT_UNTRUSTED: the handshake still proves the
+         * client holds its key, enough for certificate-bound tokens and self_signed_tls_client_auth)
+         * and tells the authority it did not verify it, so tls_client_auth is refused.
+         */
+        clientCaFile: z.string().regex(/^\//, "an absolute path on Envoy's host").optional(),
+      })
+      .refine((tls) => tls.clientCaFile === undefined || tls.clientCertificate !== 'off', {
+        message: "a client CA file needs clientCertificate 'optional' or 'required'",
+        path: ['clientCaFile'],
       })
       .optional(),
   })
@@ -51,6 +69,9 @@ export function xdsPlacement(settings: XdsSettings): XdsPlacement {
           port: settings.tls.port,
           certificateFile: settings.tls.certificateFile,
           privateKeyFile: settings.tls.privateKeyFile,
+          ...(settings.tls.clientCertificate !== 'off' && {
+            clientCertificates: { required: settings.tls.clientCertificate === 'required', caFile: settings.tls.clientCaFile },
+          }),
         }
       : undefined,
   };

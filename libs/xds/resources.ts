@@ -3,6 +3,7 @@ import { isIP } from 'node:net';
 import { Writer } from 'protobufjs';
 import type { RoutePolicy } from '../authz/config';
 import { encodeInlinePolicy, POLICY_EXTENSION, ROUTE_EXTENSION } from '../authz/route-policy';
+import { CERTIFICATE_UNVERIFIED_HEADER } from '../core/mtls';
 import type { RouteSpec } from '../core/routes';
 import {
   CLUSTER,
@@ -55,7 +56,22 @@ export interface XdsPlacement {
    * and private key are paths on Envoy's host (PEM): Envoy reads them, the key never travels over
    * xDS.
    */
-  tls?: { name?: string; address: string; port: number; certificateFile: string; privateKeyFile: string };
+  tls?: {
+    name?: string;
+    address: string;
+    port: number;
+    certificateFile: string;
+    privateKeyFile: string;
+    /**
+     * RFC 8705: ask TLS clients for a certificate (`required`: no handshake without one), verified
+     * against the CA bundle `caFile` (a path on Envoy's host) or, without one, accepted unverified
+     * (the handshake still proves the key is the client's). Envoy forwards it to the authority
+     * (x-forwarded-client-cert, its own: a client's is dropped) and to ext-authz
+     * (include_peer_certificate); an unverified one with CERTIFICATE_UNVERIFIED_HEADER on the
+     * authority's host, so that tls_client_auth does not take it.
+     */
+    clientCertificates?: { required: boolean; caFile?: string };
+  };
 }
 
 /** A route as the builder reads it: a valid route (RouteSpec; the store's Route is one). */
@@ -555,6 +571,24 @@ export class XdsResourceBuilder {
               }),
             }))
           : []),
+        // RFC 8705: a certificate Envoy took without verifying it (no client CA: ACCEPT_UNTRUSTED) is
+        // said so to the authority, whose tls_client_auth then refuses it (anyone can write a
+        // certificate with a given subject). A client sending the header itself only loses tls_client_auth.
+        ...(this.placement.tls?.clientCertificates && !this.placement.tls.clientCertificates.caFile
+          ? [
+              {
+                prefix: '/',
+                bytes: encodeRoute({
+                  match: { prefix: '/', tls_context: { presented: { value: true }, validated: { value: false } } },
+                  route: { cluster: authority.httpCluster },
+                  request_headers_to_add: [
+                    { header: { key: CERTIFICATE_UNVERIFIED_HEADER, value: 'true' }, append_action: 'OVERWRITE_IF_EXISTS_OR_ADD' },
+                  ],
+                  typed_per_filter_config: off,
+                }),
+              },
+            ]
+          : []),
         {
           prefix: '/',
           bytes: encodeRoute({ match: { prefix: '/' }, route: { cluster: authority.httpCluster }, typed_per_filter_config: off }),
@@ -579,6 +613,7 @@ export class XdsResourceBuilder {
   private listenerObject(name: string, address: { address: string; port: number }, tls?: XdsPlacement['tls']): object {
     const { placement } = this;
     const timeoutMs = placement.extAuthz.timeoutMs ?? 250;
+    const clientCertificates = tls?.clientCertificates !== undefined;
     return {
       name,
       address: { socket_address: { address: address.address, port_value: address.port } },
@@ -595,6 +630,14 @@ export class XdsResourceBuilder {
                 // As envoy/envoy.yaml: an edge proxy, the client's address is the TCP peer (issue 22).
                 use_remote_address: { value: true },
                 xff_num_trusted_hops: 0,
+                // RFC 8705: x-forwarded-client-cert is Envoy's own, never the client's: dropped from every
+                // request, and where clients may present a certificate, set from it (URL-encoded PEM in Cert).
+                ...(clientCertificates
+                  ? {
+                      forward_client_cert_details: 'SANITIZE_SET',
+                      set_current_client_cert_details: { cert: true, subject: { value: true }, uri: true, dns: true },
+                    }
+                  : { forward_client_cert_details: 'SANITIZE' }),
                 max_request_headers_kb: { value: 96 },
                 access_log: [
                   {
@@ -612,7 +655,8 @@ export class XdsResourceBuilder {
                       transport_api_version: 'V3',
                       // Fail closed: ext-authz down or slow is a denial, never an open door.
                       failure_mode_allow: false,
-                      include_peer_certificate: false,
+                      // RFC 8705: the client certificate in attributes.source.certificate, for cnf.x5t#S256.
+                      include_peer_certificate: clientCertificates,
                     },
                   },
                   {
@@ -631,6 +675,7 @@ export class XdsResourceBuilder {
 
 /** TLS at the edge: the certificate and key files (PEM, on Envoy's host), HTTP/2 or HTTP/1.1 by ALPN. */
 function downstreamTls(tls: NonNullable<XdsPlacement['tls']>): object {
+  const clients = tls.clientCertificates;
   return {
     name: 'envoy.transport_sockets.tls',
     typed_config: {
@@ -638,7 +683,14 @@ function downstreamTls(tls: NonNullable<XdsPlacement['tls']>): object {
       common_tls_context: {
         tls_certificates: [{ certificate_chain: { filename: tls.certificateFile }, private_key: { filename: tls.privateKeyFile } }],
         alpn_protocols: ['h2', 'http/1.1'],
+        ...(clients && {
+          validation_context: clients.caFile
+            ? { trusted_ca: { filename: clients.caFile } }
+            : // self_signed_tls_client_auth and bound tokens need no chain: Envoy takes any certificate.
+              { trust_chain_verification: 'ACCEPT_UNTRUSTED' },
+        }),
       },
+      ...(clients && { require_client_certificate: { value: clients.required } }),
     },
   };
 }

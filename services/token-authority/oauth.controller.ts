@@ -7,6 +7,8 @@ import { normalizeParams } from '../../libs/core/params';
 import { AUTHORITY } from './authority.provider';
 import { OAuthEndpointGuard } from './oauth-endpoint.guard';
 import { forwardedClientCertificate } from '../../libs/http/trust-proxy';
+import { CERTIFICATE_UNVERIFIED_HEADER } from '../../libs/core/mtls';
+import type { OAuthRequest } from '../../libs/core/token-service';
 
 const OTOROSHI = '/.well-known/otoroshi/oauth';
 
@@ -14,12 +16,21 @@ const OTOROSHI = '/.well-known/otoroshi/oauth';
 @Controller()
 @UseGuards(OAuthEndpointGuard)
 export class OAuthController {
-  /** RFC 8705: the client certificate Envoy forwards (x-forwarded-client-cert), from a trusted proxy only (trustProxy). */
-  private readonly certificateOf: (request: FastifyRequest) => string | undefined;
+  /**
+   * RFC 8705: the client certificate Envoy forwards (x-forwarded-client-cert), from a trusted proxy
+   * only (trustProxy), and whether Envoy said it did not verify it (CERTIFICATE_UNVERIFIED_HEADER).
+   */
+  private readonly certificateOf: (request: FastifyRequest) => Pick<OAuthRequest, 'clientCertificate' | 'clientCertificateUnverified'>;
 
   constructor(@Inject(AUTHORITY) private readonly authority: Authority) {
     const read = forwardedClientCertificate(authority.config.trustProxy);
-    this.certificateOf = (request) => read(request.socket.remoteAddress, request.headers['x-forwarded-client-cert']);
+    this.certificateOf = (request) => {
+      const clientCertificate = read(request.socket.remoteAddress, request.headers['x-forwarded-client-cert']);
+      if (clientCertificate === undefined) return {};
+      return request.headers[CERTIFICATE_UNVERIFIED_HEADER] === undefined
+        ? { clientCertificate }
+        : { clientCertificate, clientCertificateUnverified: true };
+    };
   }
 
   @Get(`${OTOROSHI}/jwks.json`)
@@ -55,7 +66,7 @@ export class OAuthController {
       authorization,
       clientAddress,
       dpop,
-      clientCertificate: this.certificateOf(request),
+      ...this.certificateOf(request),
     });
   }
 
@@ -68,8 +79,12 @@ export class OAuthController {
     @Req() request: FastifyRequest,
     @Headers('authorization') authorization?: string,
   ) {
-    const clientCertificate = this.certificateOf(request);
-    return this.authority.tokens.introspect({ params: normalizeParams(body), authorization, clientAddress, clientCertificate });
+    return this.authority.tokens.introspect({
+      params: normalizeParams(body),
+      authorization,
+      clientAddress,
+      ...this.certificateOf(request),
+    });
   }
 
   @Post(`${OTOROSHI}/token/revoke`)
@@ -81,8 +96,7 @@ export class OAuthController {
     @Req() request: FastifyRequest,
     @Headers('authorization') authorization?: string,
   ) {
-    const clientCertificate = this.certificateOf(request);
-    await this.authority.tokens.revoke({ params: normalizeParams(body), authorization, clientAddress, clientCertificate });
+    await this.authority.tokens.revoke({ params: normalizeParams(body), authorization, clientAddress, ...this.certificateOf(request) });
     return {};
   }
 

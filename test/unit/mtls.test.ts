@@ -153,9 +153,9 @@ describe('tls_client_auth and self_signed_tls_client_auth (RFC 8705 §2)', () =>
         return { keys: [selfJwk] };
       },
     };
-    const auth = async (clientId: string, pem: string) => {
+    const auth = async (clientId: string, pem: string, unverified = false) => {
       try {
-        const certificate = parseClientCertificate(pem)!;
+        const certificate = parseClientCertificate(pem, unverified)!;
         return (await authenticateClient(keys, { clientId, certificate, method: 'tls_client_auth' }, NOW, context)).clientId;
       } catch (error) {
         assert.ok(error instanceof ClientAuthError);
@@ -175,6 +175,11 @@ describe('tls_client_auth and self_signed_tls_client_auth (RFC 8705 §2)', () =>
     assert.equal(await auth('secret-only', client.certificate), 'invalid_client/no_certificate_auth');
     assert.equal(await auth('off', client.certificate), 'invalid_client/disabled');
     assert.equal(await auth('ghost', client.certificate), 'invalid_client/unknown_client');
+    // A certificate the proxy took without verifying its chain: its names are the client's word, its key is not.
+    assert.equal(await auth('by-dn', client.certificate, true), 'invalid_client/certificate_unverified');
+    assert.equal(await auth('by-dns', client.certificate, true), 'invalid_client/certificate_unverified');
+    assert.equal(await auth('self', selfSigned.certificate, true), 'self');
+    assert.equal(await auth('self', client.certificate, true), 'invalid_client/certificate_mismatch');
   });
 });
 
@@ -216,6 +221,21 @@ describe('TokenService: certificate-bound tokens (RFC 8705 §3)', () => {
       clientCertificate: client.certificate,
     });
     assert.deepEqual(claimsOf(byCertificate.access_token).cnf, { 'x5t#S256': x5t(client.certificate) });
+    // Unverified by the proxy: still binds a secret client's token, but authenticates no tls_client_auth client.
+    const unverified = await service.issueToken({
+      params: { grant_type: 'client_credentials', client_id: 'app', client_secret: SECRET },
+      clientCertificate: client.certificate,
+      clientCertificateUnverified: true,
+    });
+    assert.deepEqual(claimsOf(unverified.access_token).cnf, { 'x5t#S256': x5t(client.certificate) });
+    await assert.rejects(
+      service.issueToken({
+        params: { grant_type: 'client_credentials', client_id: 'pinned' },
+        clientCertificate: client.certificate,
+        clientCertificateUnverified: true,
+      }),
+      (error: OAuthError) => error.status === 401 && error.code === 'invalid_client',
+    );
   });
 
   it("refuses a tokenBinding 'mtls' key without a certificate, and a forwarded certificate that is none", async () => {

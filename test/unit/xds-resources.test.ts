@@ -101,6 +101,75 @@ describe('xDS resources built from routes', () => {
     assert.deepEqual(relative.error?.issues[0].path, ['tls', 'certificateFile']);
   });
 
+  it('xds.tls.clientCertificate (RFC 8705): asks for a certificate, forwards it (XFCC, include_peer_certificate); unverified without a CA', () => {
+    const TLS = { port: 8443, certificateFile: '/etc/envoy/tls/tls.crt', privateKeyFile: '/etc/envoy/tls/tls.key' };
+    const build = (tls: Record<string, unknown>) => {
+      const settings = xdsSettingsSchema.parse({ listener: { address: '127.0.0.1', port: 8080 }, tls: { ...TLS, ...tls } });
+      const snapshot = decodeSnapshot(new XdsResourceBuilder({ ...PLACEMENT, ...xdsPlacement(settings) }).build([FOO]));
+      const listeners = snapshot[LISTENER] as Record<string, Decoded>;
+      const chain = (name: string) => listeners[name].filter_chains[0];
+      const hcm = (name: string) => chain(name).filters[0].typed_config;
+      const oauth = vhost((snapshot[ROUTE_CONFIGURATION] as Record<string, Decoded>).ingress_http, 'oauth.oto.tools');
+      return { tls: chain('ingress_https').transport_socket.typed_config, hcm, oauth };
+    };
+    const sanitizes = (hcm: Decoded) => {
+      assert.equal(hcm.forward_client_cert_details, 'SANITIZE', 'a client-written XFCC is dropped');
+      assert.equal(hcm.set_current_client_cert_details, undefined);
+      assert.equal(hcm.http_filters[0].typed_config.include_peer_certificate, false);
+    };
+    const setsXfcc = (hcm: Decoded) => {
+      assert.equal(hcm.forward_client_cert_details, 'SANITIZE_SET');
+      assert.deepEqual(hcm.set_current_client_cert_details, { subject: { value: true }, cert: true, dns: true, uri: true });
+      assert.equal(hcm.http_filters[0].typed_config.include_peer_certificate, true);
+    };
+    const unverifiedRoute = (oauth: Decoded) =>
+      oauth.routes.find((entry: Decoded) => entry.match.tls_context !== undefined) as Decoded | undefined;
+
+    // off (the default): today's listener, no certificate asked for, XFCC dropped on both listeners.
+    const off = build({});
+    assert.equal(off.tls.common_tls_context.validation_context, undefined);
+    assert.equal(off.tls.require_client_certificate, undefined);
+    sanitizes(off.hcm('ingress_http'));
+    sanitizes(off.hcm('ingress_https'));
+    assert.equal(unverifiedRoute(off.oauth), undefined);
+
+    // optional without a CA: any certificate is taken (the handshake proves the key), and said unverified to the authority.
+    const optional = build({ clientCertificate: 'optional' });
+    assert.deepEqual(optional.tls.common_tls_context.validation_context, { trust_chain_verification: 'ACCEPT_UNTRUSTED' });
+    assert.deepEqual(optional.tls.require_client_certificate, { value: false });
+    sanitizes(optional.hcm('ingress_http'));
+    setsXfcc(optional.hcm('ingress_https'));
+    const marked = unverifiedRoute(optional.oauth);
+    assert.deepEqual(marked?.match, { prefix: '/', tls_context: { presented: { value: true }, validated: { value: false } } });
+    assert.equal(marked?.route.cluster, 'token_authority');
+    assert.deepEqual(marked?.request_headers_to_add, [
+      { header: { key: 'x-client-cert-unverified', value: 'true' }, append_action: 'OVERWRITE_IF_EXISTS_OR_ADD' },
+    ]);
+    const slash = optional.oauth.routes.filter((entry: Decoded) => entry.match.prefix === '/');
+    assert.equal(slash.length, 2);
+    assert.equal(slash[0], marked, 'tried before the plain / route');
+    assert.equal(extAuthzOf(marked!).disabled, true);
+
+    // required with a CA: verified against it, no handshake without one, nothing said unverified.
+    const required = build({ clientCertificate: 'required', clientCaFile: '/etc/envoy/tls/clients.pem' });
+    assert.deepEqual(required.tls.common_tls_context.validation_context, { trusted_ca: { filename: '/etc/envoy/tls/clients.pem' } });
+    assert.deepEqual(required.tls.require_client_certificate, { value: true });
+    setsXfcc(required.hcm('ingress_https'));
+    sanitizes(required.hcm('ingress_http'));
+    assert.equal(unverifiedRoute(required.oauth), undefined);
+
+    // Settings refused, naming the field.
+    for (const [tls, field] of [
+      [{ clientCertificate: 'yes' }, 'clientCertificate'],
+      [{ clientCertificate: 'optional', clientCaFile: 'clients.pem' }, 'clientCaFile'],
+      [{ clientCaFile: '/etc/envoy/tls/clients.pem' }, 'clientCaFile'],
+    ] as const) {
+      const refused = xdsSettingsSchema.safeParse({ tls: { ...TLS, ...tls } });
+      assert.equal(refused.success, false, JSON.stringify(tls));
+      assert.deepEqual(refused.error?.issues[0].path, ['tls', field], JSON.stringify(refused.error?.issues));
+    }
+  });
+
   it('a virtual host per host (ports folded, the port ignored in matching), routes longest prefix first, public prefixes open', () => {
     const config = decoded([FOO, FOO_API, OPEN])[ROUTE_CONFIGURATION].ingress_http;
     assert.equal(config.ignore_port_in_host_matching, true);
