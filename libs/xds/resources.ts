@@ -574,6 +574,8 @@ export class XdsResourceBuilder {
         // RFC 8705: a certificate Envoy took without verifying it (no client CA: ACCEPT_UNTRUSTED) is
         // said so to the authority, whose tls_client_auth then refuses it (anyone can write a
         // certificate with a given subject). A client sending the header itself only loses tls_client_auth.
+        // Not with a CA: Envoy then verified every certificate it took, and `validated` reads false on
+        // a resumed TLS session (route_components.proto), which would refuse good clients.
         ...(this.placement.tls?.clientCertificates && !this.placement.tls.clientCertificates.caFile
           ? [
               {
