@@ -57,6 +57,8 @@ interface Variant {
   label: string;
   flags: string[];
   env: Record<string, string>;
+  /** ext-authz's main.js of another build (tree=<its dist>), to compare builds on the same tokens. */
+  main?: string;
 }
 
 const words = (text: string) => text.split(/\s+/).filter(Boolean);
@@ -66,7 +68,8 @@ const settings = (text: string) =>
 /**
  * EXT_AUTHZ_VARIANTS='shipped; shipped MALLOC_ARENA_MAX=2; --max-semi-space-size=4': each variant
  * (separated by ;) a fresh ext-authz on the same tokens, its words node flags (--...), settings
- * (NAME=value) or `shipped` (the shipped flags). Without it, one variant: EXT_AUTHZ_NODE_FLAGS
+ * (NAME=value), `shipped` (the shipped flags) or `tree=<dist>` (ext-authz of another build, e.g.
+ * main's, by its dist folder: before/after a change in one run). Without it, one variant: EXT_AUTHZ_NODE_FLAGS
  * (default: the shipped flags) and EXT_AUTHZ_ENV.
  */
 function variants(): Variant[] {
@@ -83,7 +86,9 @@ function variants(): Variant[] {
     .map((text) => {
       const parts = words(text);
       const flags = parts.flatMap((word) => (word === 'shipped' ? [...EXT_AUTHZ_NODE_FLAGS] : word.startsWith('--') ? [word] : []));
-      return { label: text, flags, env: settings(parts.filter((word) => !word.startsWith('--') && word.includes('=')).join(' ')) };
+      const tree = parts.find((word) => word.startsWith('tree='))?.slice('tree='.length);
+      const env = settings(parts.filter((word) => !word.startsWith('--') && !word.startsWith('tree=') && word.includes('=')).join(' '));
+      return { label: text, flags, env, main: tree ? resolve(tree, 'services/ext-authz/main.js') : undefined };
     });
 }
 
@@ -93,7 +98,7 @@ async function startProbedExtAuthz(authority: { grpcAddress: string; adminToken:
   const spawned = await startExtAuthzProcess(
     authority,
     { NODE_OPTIONS: '', ...extra },
-    { nodeArgs: [...flags, '--require', resolve(__dirname, 'memory-probe.js')], ipc: true },
+    { nodeArgs: [...flags, '--require', resolve(__dirname, 'memory-probe.js')], ipc: true, main: variant.main },
   );
   const child = spawned.child;
   const ask = <T>(message: Record<string, unknown>, timeoutMs = 10_000) =>

@@ -268,12 +268,12 @@ function checkMethod() {
 export async function startExtAuthzProcess(
   authority: { grpcAddress: string; adminToken: string },
   env: Record<string, string> = {},
-  options: SpawnOptions = {},
+  options: SpawnOptions & { /** Another build's dist/services/ext-authz/main.js (to compare builds in one run). */ main?: string } = {},
 ) {
   const grpcPort = await freePort();
   const httpPort = await freePort();
   const spawned = await spawnNode(
-    '../services/ext-authz/main.js',
+    options.main ?? '../services/ext-authz/main.js',
     {
       CONFIG_FILE: resolve(__dirname, '../../config/ext-authz.yaml'),
       GRPC_HOST: '127.0.0.1',
