@@ -329,4 +329,12 @@ describe('the ext-authz process', () => {
     assert.equal(run.status, 0, run.stderr);
     assert.equal(run.stdout, 'false', '4 MB of RSS for nothing with quotas in memory');
   });
+
+  it('does not load Nest (its HTTP mode is three Fastify routes: services/ext-authz/http-mode.ts)', () => {
+    const script = `require(${JSON.stringify(resolve(__dirname, '../services/ext-authz/app.js'))});
+      process.stdout.write(JSON.stringify(Object.keys(require.cache).filter((path) => /\\/node_modules\\/(@nestjs|rxjs|reflect-metadata)\\//.test(path)).slice(0, 3)));`;
+    const run = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 30_000 });
+    assert.equal(run.status, 0, run.stderr);
+    assert.equal(run.stdout, '[]', 'about 20 MB of RSS and 9 MB of heap for three routes');
+  });
 });

@@ -1,8 +1,5 @@
-import 'reflect-metadata';
 import { Server, ServerCredentials } from '@grpc/grpc-js';
-import { Module, type DynamicModule } from '@nestjs/common';
-import { NestFactory } from '@nestjs/core';
-import { FastifyAdapter, type NestFastifyApplication } from '@nestjs/platform-fastify';
+import Fastify from 'fastify';
 import { HealthImplementation } from 'grpc-health-check';
 import { hostname } from 'node:os';
 import { Authorizer } from '../../libs/authz/authorizer';
@@ -15,7 +12,7 @@ import { AuthFailureLimiter } from '../../libs/core/auth-failure-limiter';
 import { DpopVerifier } from '../../libs/core/dpop';
 import { DpopNonces, nonceKey } from '../../libs/core/dpop-nonce';
 import { currentAuthorityToken } from './authority-connection';
-import { createLogger, NestPinoLogger } from '../../libs/logging';
+import { createLogger } from '../../libs/logging';
 import { capConnections, fastifyLimitOptions } from '../../libs/http/server-limits';
 import { countUnexpectedError } from '../../libs/observability/unexpected-errors';
 import { AuthorityWatchClient } from './authority-watch';
@@ -24,8 +21,8 @@ import { addCheckService } from './envoy-check';
 import { H2GrpcServer } from '../../libs/grpc/h2-server';
 import type { Decision } from '../../libs/authz/decision';
 import { installTraceContext } from '../../libs/observability/trace-context';
-import { EXT_AUTHZ, type ExtAuthz } from './ext-authz.provider';
-import { HttpModeController } from './http-mode.controller';
+import type { ExtAuthz } from './ext-authz.provider';
+import { addHttpModeRoutes } from './http-mode';
 import { exposedGc, IdleMemoryRelease } from './idle-memory';
 
 export const AUTHORIZATION_SERVICE = 'envoy.service.auth.v3.Authorization';
@@ -34,13 +31,6 @@ const SHUTDOWN_GRACE_MS = 5_000;
 const HTTP_MODE_PATH = /^(\/authz\/[A-Za-z0-9._-]+)(?:[/?].*)?$/s;
 /** Any other /authz path names no policy there can be (names are [A-Za-z0-9._-]): it is denied as such, not a 404. */
 const NO_POLICY_PATH = '/authz/~';
-
-@Module({})
-class ExtAuthzModule {
-  static forCore(core: ExtAuthz): DynamicModule {
-    return { module: ExtAuthzModule, controllers: [HttpModeController], providers: [{ provide: EXT_AUTHZ, useValue: core }] };
-  }
-}
 
 export interface ExtAuthzApp extends ExtAuthz {
   /** host:port of Envoy's gRPC Check. */
@@ -237,7 +227,7 @@ export async function startExtAuthz(config: ExtAuthzConfig, options: ExtAuthzOpt
       });
   }
 
-  const adapter = new FastifyAdapter({
+  const http = Fastify({
     ...fastifyLimitOptions(config.http.limits),
     bodyLimit: 1024 * 1024,
     // Only /authz/<policy> matters; what follows is the client's path, which may be anything
@@ -248,21 +238,21 @@ export async function startExtAuthz(config: ExtAuthzConfig, options: ExtAuthzOpt
     },
   });
   // Proxies ask with the client's headers and no body worth reading: never parse one.
-  adapter.getInstance().removeAllContentTypeParsers();
+  http.removeAllContentTypeParsers();
   // The decision's log line carries the caller's trace ids.
-  installTraceContext(adapter.getInstance());
-  adapter.getInstance().addContentTypeParser('*', (_request, payload, done) => {
+  installTraceContext(http);
+  http.addContentTypeParser('*', (_request, payload, done) => {
     payload.resume();
     payload.on('end', () => done(null, undefined));
     payload.on('error', (error) => done(error, undefined));
   });
-  const app = await NestFactory.create<NestFastifyApplication>(ExtAuthzModule.forCore(core), adapter, {
-    logger: new NestPinoLogger(logger),
-    bodyParser: false,
+  addHttpModeRoutes(http, core, (error) => {
+    countUnexpectedError('rest');
+    logger.error({ err: error }, 'HTTP mode request failed unexpectedly; answered 500');
   });
-  await app.listen(config.http.port, config.http.host);
-  capConnections(app.getHttpServer(), config.http.limits);
-  const address = app.getHttpServer().address();
+  await http.listen({ port: config.http.port, host: config.http.host });
+  capConnections(http.server, config.http.limits);
+  const address = http.server.address();
   const httpPort = typeof address === 'object' && address ? address.port : config.http.port;
 
   logger.info({ grpcPort, httpPort, authority: config.authority.url, policies: Object.keys(config.policies) }, 'ext-authz listening');
@@ -291,7 +281,7 @@ export async function startExtAuthz(config: ExtAuthzConfig, options: ExtAuthzOpt
         watch.stop();
         quotaCountersClient?.stop();
         await closeGrpc();
-        await app.close();
+        await http.close();
         await quotas?.close();
         if (!quotas) redis?.disconnect();
       })()),

@@ -12,7 +12,7 @@ import type { AuthorityReplica } from '../../libs/authz/replica';
 import type { ExtAuthzConfig } from '../../libs/authz/config';
 import type { DataPlaneUpdate } from '../../libs/core/data-plane';
 import { deserializeUpdate } from '../../libs/grpc/watch-codec';
-import { AUTHORITY_WATCH_PROTO, LOADER_OPTIONS } from '../token-authority/grpc-options';
+import { AUTHORITY_WATCH_PROTO, LOADER_OPTIONS } from '../../libs/grpc/protos';
 import { AUTHORITY_CHANNEL_OPTIONS, currentAuthorityToken, reconnectDelay } from './authority-connection';
 
 /**

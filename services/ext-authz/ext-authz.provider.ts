@@ -5,9 +5,7 @@ import type { QuotaEnforcer } from '../../libs/quotas/quotas';
 import type { AuthorityReplica } from '../../libs/authz/replica';
 import type { TrustProxy } from '../../libs/http/trust-proxy';
 
-/** Nest injection token of the wired ext-authz core. */
-export const EXT_AUTHZ = 'EXT_AUTHZ';
-
+/** The wired ext-authz core, as its transports (gRPC Check, HTTP mode) use it. */
 export interface ExtAuthz {
   authorizer: Authorizer;
   replica: AuthorityReplica;

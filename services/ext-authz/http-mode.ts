@@ -1,76 +1,89 @@
-import { All, Controller, Get, Header, Inject, Param, Req, Res } from '@nestjs/common';
-import type { FastifyReply, FastifyRequest } from 'fastify';
+import type { FastifyError, FastifyInstance, FastifyRequest } from 'fastify';
 import { type Allow, denialBody } from '../../libs/authz/decision';
 import type { AuthzRequest } from '../../libs/authz/authorizer';
 import { requestUrl } from '../../libs/authz/check-wire';
 import { forwardedClientCertificate, proxiedClientAddress, type TrustProxy } from '../../libs/http/trust-proxy';
-import { EXT_AUTHZ, type ExtAuthz } from './ext-authz.provider';
+import type { ExtAuthz } from './ext-authz.provider';
 
 /**
  * HTTP mode, for Envoy's http_service (path_prefix /authz/<policy>) and nginx auth_request
- * (proxy_pass .../authz/<policy>). The policy is the first path segment after /authz, set by the
- * proxy's configuration; the client's path that follows is cut off before routing (app.ts).
- * Only a 200 allows.
+ * (proxy_pass .../authz/<policy>), with /health and /metrics: routes on the Fastify instance
+ * (app.ts), each a translation of the request into a core call. The policy is the first path
+ * segment after /authz, set by the proxy's configuration; the client's path that follows is cut
+ * off before routing (app.ts). Only a 200 allows.
+ *
+ * No Nest here (the authority's REST is Nest's): three routes need no modules or injection, and
+ * loading @nestjs/core and @nestjs/platform-fastify cost ext-authz about 20 MB of RSS and 9 MB of
+ * heap for as long as it ran (issue 18 item 3).
  */
-@Controller()
-export class HttpModeController {
+export function addHttpModeRoutes(fastify: FastifyInstance, extAuthz: ExtAuthz, onUnexpected: (error: Error) => void): void {
   /** RFC 8705: the client certificate Envoy forwards (x-forwarded-client-cert), believed from a trusted peer only (TRUST_PROXY). */
-  private readonly certificateOf: ReturnType<typeof forwardedClientCertificate>;
+  const certificateOf = forwardedClientCertificate(extAuthz.trustProxy);
 
-  constructor(@Inject(EXT_AUTHZ) private readonly extAuthz: ExtAuthz) {
-    this.certificateOf = forwardedClientCertificate(extAuthz.trustProxy);
-  }
-
-  @All('authz/:policy')
-  async check(@Param('policy') policy: string, @Req() request: FastifyRequest, @Res() reply: FastifyReply): Promise<void> {
+  fastify.all<{ Params: { policy: string } }>('/authz/:policy', async (request, reply) => {
+    const policy = request.params.policy;
     const headers = request.headers as Record<string, string | undefined>;
     // A warm-cache decision is synchronous (Authorizer.decide): awaited only when it is pending.
     const authzRequest: AuthzRequest = {
       policy,
       headers,
-      sourceAddress: clientAddress(request, this.extAuthz.trustProxy),
+      sourceAddress: clientAddress(request, extAuthz.trustProxy),
       method: request.method,
       url: forwardedUrl(request, policy),
     };
-    const certificate = this.certificateOf(request.socket.remoteAddress, request.headers['x-forwarded-client-cert']);
+    const certificate = certificateOf(request.socket.remoteAddress, request.headers['x-forwarded-client-cert']);
     if (certificate) authzRequest.clientCertificate = certificate;
-    const decided = this.extAuthz.authorizer.decide(authzRequest);
+    const decided = extAuthz.authorizer.decide(authzRequest);
     const decision = decided instanceof Promise ? await decided : decided;
-    this.extAuthz.decided('http', policy, decision);
-    if (decision.allowed) {
-      await reply.headers(allowHeaders(decision)).status(200).send();
-      return;
-    }
+    extAuthz.decided('http', policy, decision);
+    if (decision.allowed) return reply.headers(allowHeaders(decision)).status(200).send();
     reply.header('cache-control', 'no-store');
     if (decision.wwwAuthenticate) reply.header('www-authenticate', decision.wwwAuthenticate);
     if (decision.retryAfter !== undefined) reply.header('retry-after', String(decision.retryAfter));
     if (decision.dpopNonce !== undefined) reply.header('dpop-nonce', decision.dpopNonce);
     // For nginx, which cannot pass an auth_request body on: the message, to rebuild the body.
     reply.header('x-authz-error', decision.message);
-    await reply.status(decision.status).type('application/json').send(denialBody(decision));
-  }
+    return reply.status(decision.status).type('application/json').send(denialBody(decision));
+  });
 
   /** 200 once a state from the authority is loaded (synced or degraded), 503 before. */
-  @Get('health')
-  @Header('cache-control', 'no-store')
-  health(@Res() reply: FastifyReply): void {
-    const replica = this.extAuthz.replica;
-    void reply.status(replica.ready ? 200 : 503).send({
-      status: replica.status === 'synced' ? 'ok' : replica.status,
-      authority: {
-        connected: replica.status === 'synced',
-        version: replica.version || null,
-        lastUpdateAt: replica.lastUpdateAt ? new Date(replica.lastUpdateAt).toISOString() : null,
-        reconnects: this.extAuthz.watch.reconnects,
-        ...replica.counts,
-      },
-    });
-  }
+  fastify.get('/health', (_request, reply) => {
+    const replica = extAuthz.replica;
+    void reply
+      .header('cache-control', 'no-store')
+      .status(replica.ready ? 200 : 503)
+      .send({
+        status: replica.status === 'synced' ? 'ok' : replica.status,
+        authority: {
+          connected: replica.status === 'synced',
+          version: replica.version || null,
+          lastUpdateAt: replica.lastUpdateAt ? new Date(replica.lastUpdateAt).toISOString() : null,
+          reconnects: extAuthz.watch.reconnects,
+          ...replica.counts,
+        },
+      });
+  });
 
-  @Get('metrics')
-  async metrics(@Res() reply: FastifyReply): Promise<void> {
-    await reply.type(this.extAuthz.metrics.registry.contentType).send(await this.extAuthz.metrics.registry.metrics());
-  }
+  fastify.get('/metrics', async (_request, reply) =>
+    reply.type(extAuthz.metrics.registry.contentType).send(await extAuthz.metrics.registry.metrics()),
+  );
+
+  // Errors in the authority's shape (RFC 6749 §5.2 style): Fastify's own 4xx (a body over the
+  // limit, a bad Content-Length, no such route) say what was wrong; anything else is a logged,
+  // counted 500 that reveals nothing.
+  fastify.setNotFoundHandler((_request, reply) => {
+    void reply.status(404).header('cache-control', 'no-store').send({ error: 'not_found', error_description: 'not found' });
+  });
+  fastify.setErrorHandler((error: FastifyError, _request, reply) => {
+    reply.header('cache-control', 'no-store');
+    const status = error.statusCode ?? 500;
+    if (status >= 400 && status < 500) {
+      void reply.status(status).send({ error: 'invalid_request', error_description: error.message });
+      return;
+    }
+    onUnexpected(error);
+    void reply.status(500).send({ error: 'server_error', error_description: 'internal error' });
+  });
 }
 
 /** An allow's answer headers, by its shared (frozen) identity headers, as long as the authorizer keeps them. */

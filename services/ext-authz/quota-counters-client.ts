@@ -10,7 +10,7 @@ import { loadSync } from '@grpc/proto-loader';
 import type { Logger } from 'pino';
 import type { ExtAuthzConfig } from '../../libs/authz/config';
 import type { MemoryQuotaCounters, QuotaEnforcer } from '../../libs/quotas/quotas';
-import { AUTHORITY_WATCH_PROTO, LOADER_OPTIONS } from '../token-authority/grpc-options';
+import { AUTHORITY_WATCH_PROTO, LOADER_OPTIONS } from '../../libs/grpc/protos';
 import { AUTHORITY_CHANNEL_OPTIONS, currentAuthorityToken, reconnectDelay } from './authority-connection';
 
 /** AuthorityWatch.QuotaCounters as proto-loader decodes the authority's messages. */

@@ -1,28 +1,28 @@
 import type { Server } from '@grpc/grpc-js';
-import type { Options as LoaderOptions } from '@grpc/proto-loader';
 import { Transport, type GrpcOptions } from '@nestjs/microservices';
 import { HealthImplementation } from 'grpc-health-check';
 import { addReflection, DescriptorIndex } from '../../libs/grpc/reflection';
 import path from 'node:path';
 import type { AuthorityConfig } from '../../libs/core/config';
 
-export const PROTO_ROOT = path.resolve(__dirname, '../../../proto');
+import {
+  LOADER_OPTIONS,
+  PROTO_ROOT,
+  TOKEN_AUTHORITY_PACKAGE,
+  TOKEN_AUTHORITY_PROTO,
+  TOKEN_AUTHORITY_SERVICE,
+} from '../../libs/grpc/protos';
+
+export {
+  AUTHORITY_WATCH_PROTO,
+  LOADER_OPTIONS,
+  PROTO_ROOT,
+  TOKEN_AUTHORITY_PACKAGE,
+  TOKEN_AUTHORITY_PROTO,
+  TOKEN_AUTHORITY_SERVICE,
+} from '../../libs/grpc/protos';
 /** Descriptor sets built by `npm run build` (buf) from proto/ and the health proto. */
 export const DESCRIPTOR_SETS = ['token_authority.binpb', 'health.binpb'].map((file) => path.resolve(__dirname, '../../proto', file));
-export const TOKEN_AUTHORITY_PROTO = 'token_authority/v1/token_authority.proto';
-export const AUTHORITY_WATCH_PROTO = 'token_authority/v1/authority_watch.proto';
-export const TOKEN_AUTHORITY_PACKAGE = 'token_authority.v1';
-export const TOKEN_AUTHORITY_SERVICE = 'token_authority.v1.TokenAuthority';
-
-/** One set of loader options for the server, the clients in tests and the shipped example client. */
-export const LOADER_OPTIONS: LoaderOptions = {
-  keepCase: true,
-  longs: Number,
-  enums: String,
-  defaults: false,
-  oneofs: true,
-  includeDirs: [PROTO_ROOT],
-};
 
 /** Largest request message: far below grpc-js's 4 MiB, like the REST body limit. */
 export const MAX_MESSAGE_BYTES = 64 * 1024;
