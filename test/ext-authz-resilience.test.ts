@@ -125,3 +125,32 @@ describe('ext-authz without its authority', () => {
     }
   });
 });
+
+describe('ext-authz that cannot listen', () => {
+  it('fails to start on a port already taken, leaving nothing running behind it (no server, watch or timer)', async () => {
+    const { createServer } = await import('node:net');
+    const blocker = createServer();
+    await new Promise<void>((listening) => blocker.listen(0, '127.0.0.1', listening));
+    const taken = (blocker.address() as { port: number }).port;
+    const resources = () => {
+      const counts: Record<string, number> = {};
+      for (const name of process.getActiveResourcesInfo()) counts[name] = (counts[name] ?? 0) + 1;
+      return counts;
+    };
+    const before = resources();
+    try {
+      for (const face of ['grpc', 'http'] as const)
+        await assert.rejects(
+          startTestExtAuthz({ grpcAddress: `127.0.0.1:${await freePort()}` }, { [face]: { host: '127.0.0.1', port: taken } }, false),
+          /EADDRINUSE|No address added out of total/,
+          face,
+        );
+      await new Promise((done) => setTimeout(done, 300));
+      const left = resources();
+      for (const name of ['TCPServerWrap', 'TCPSocketWrap', 'Timeout'])
+        assert.ok((left[name] ?? 0) <= (before[name] ?? 0), `${name}: ${JSON.stringify(before)} -> ${JSON.stringify(left)}`);
+    } finally {
+      blocker.close();
+    }
+  });
+});

@@ -421,7 +421,12 @@ export class Authorizer {
       }
       await this.guards.failures?.succeeded(credential.clientId, sourceAddress);
     }
-    return apiKeyState(apiKey, now) ?? { apiKey, scopes: apiKey.scopes };
+    // A sender-constrained key (tokenBinding dpop or mtls, or one this ext-authz does not know) is not
+    // let in by its secret or id alone: that would bypass the binding. Said only once the secret matched.
+    const state = apiKeyState(apiKey, now);
+    if (state) return state;
+    if (apiKey.tokenBinding !== undefined) return { reason: apiKey.tokenBinding === 'mtls' ? 'mtls_required' : 'dpop_required' };
+    return { apiKey, scopes: apiKey.scopes };
   }
 
   private verifyToken(token: string, now: number): VerifiedToken | { reason: DenyReason } {

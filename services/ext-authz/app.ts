@@ -177,6 +177,16 @@ export async function startExtAuthz(config: ExtAuthzConfig, options: ExtAuthzOpt
   // and health answer "not ready" until it is whole.
   watch.start();
   quotaCountersClient?.start();
+  // A port already taken: what started so far stops before the error goes up (a process exits
+  // anyway; a test's would stay alive).
+  const started: (() => unknown)[] = [() => watch.stop(), () => quotaCountersClient?.stop(), () => quotas?.close() ?? redis?.disconnect()];
+  const abort = async (error: unknown): Promise<never> => {
+    for (const stop of started.reverse())
+      await Promise.resolve()
+        .then(stop)
+        .catch(() => undefined);
+    throw error;
+  };
 
   const grpcOptions = {
     maxReceiveMessageLength: 1024 * 1024,
@@ -196,7 +206,7 @@ export async function startExtAuthz(config: ExtAuthzConfig, options: ExtAuthzOpt
     const h2Server = new H2GrpcServer(grpcOptions);
     addCheckService(h2Server, authorizer, onCheck, onUnexpected);
     health.addToServer(h2Server as never);
-    grpcPort = await h2Server.listen(config.grpc.port, config.grpc.host);
+    grpcPort = await h2Server.listen(config.grpc.port, config.grpc.host).catch(abort);
     closeGrpc = () => h2Server.close(SHUTDOWN_GRACE_MS);
   } else {
     const grpcServer = new Server({
@@ -213,7 +223,7 @@ export async function startExtAuthz(config: ExtAuthzConfig, options: ExtAuthzOpt
       grpcServer.bindAsync(`${grpcHost}:${config.grpc.port}`, ServerCredentials.createInsecure(), (error, port) =>
         error ? reject(error) : resolve(port),
       ),
-    );
+    ).catch(abort);
     closeGrpc = () =>
       new Promise<void>((resolve) => {
         const force = setTimeout(() => {
@@ -250,7 +260,8 @@ export async function startExtAuthz(config: ExtAuthzConfig, options: ExtAuthzOpt
     countUnexpectedError('rest');
     logger.error({ err: error }, 'HTTP mode request failed unexpectedly; answered 500');
   });
-  await http.listen({ port: config.http.port, host: config.http.host });
+  started.push(closeGrpc, () => http.close());
+  await http.listen({ port: config.http.port, host: config.http.host }).catch(abort);
   capConnections(http.server, config.http.limits);
   const address = http.server.address();
   const httpPort = typeof address === 'object' && address ? address.port : config.http.port;

@@ -28,8 +28,7 @@ export function addHttpModeRoutes(fastify: FastifyInstance, extAuthz: ExtAuthz, 
       policy,
       headers,
       sourceAddress: clientAddress(request, extAuthz.trustProxy),
-      method: request.method,
-      url: forwardedUrl(request, policy),
+      ...forwardedRequest(request, policy),
     };
     const certificate = certificateOf(request.socket.remoteAddress, request.headers['x-forwarded-client-cert']);
     if (certificate) authzRequest.clientCertificate = certificate;
@@ -107,19 +106,28 @@ function allowHeaders(decision: Allow): Record<string, string> {
 }
 
 /**
- * The URL the client asked for, as Envoy's http_service forwards it (a DPoP proof's htu): the
- * path after /authz/<policy>, the Host header, and X-Forwarded-Proto (http without one). nginx's
- * auth_request forwards no path of its own, so a proof there must name the root.
+ * The method and URL the client asked for (a DPoP proof's htm and htu). Envoy's http_service
+ * forwards the client's method, its path after /authz/<policy>, and its Host; the scheme is
+ * X-Forwarded-Proto (http without one). nginx's auth_request subrequest is a GET of
+ * /authz/<policy> and nothing after it: the shipped template sends the client's method, URI and
+ * Host as X-Original-Method, X-Original-URI and Host, read only when the path ends at the policy
+ * (Envoy always forwards at least "/", and does not pass those headers on: allowed_headers).
  */
-function forwardedUrl(request: FastifyRequest, policy: string): string | undefined {
+function forwardedRequest(request: FastifyRequest, policy: string): Pick<AuthzRequest, 'method' | 'url'> {
   const host = request.headers.host;
-  if (!host) return undefined;
   const forwardedProto = request.headers['x-forwarded-proto'];
   const scheme = (Array.isArray(forwardedProto) ? forwardedProto[0] : forwardedProto)?.split(',')[0].trim() || 'http';
   const rest = request.originalUrl.slice(`/authz/${policy}`.length);
+  if (rest === '') {
+    const method = single(request.headers['x-original-method']);
+    const uri = single(request.headers['x-original-uri']);
+    if (method !== undefined && uri?.startsWith('/')) return { method, url: host ? requestUrl(scheme, host, uri) : undefined };
+  }
   const path = rest.startsWith('/') ? rest : `/${rest}`;
-  return requestUrl(scheme, host, path);
+  return { method: request.method, url: host ? requestUrl(scheme, host, path) : undefined };
 }
+
+const single = (value: string | string[] | undefined): string | undefined => (Array.isArray(value) ? undefined : value);
 
 /**
  * The client's address as the proxy in front reports it, believed only from a trusted peer

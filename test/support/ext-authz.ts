@@ -54,7 +54,11 @@ export async function startTestExtAuthz(
     }
     return Date.now() - started;
   };
-  if (waitForState) await waitFor(() => app.replica.ready);
+  if (waitForState)
+    await waitFor(() => app.replica.ready).catch(async (error: unknown) => {
+      await app.close(); // else its servers and watch outlive the failed before()
+      throw error;
+    });
   return { ...app, config, waitFor };
 }
 

@@ -262,6 +262,35 @@ describe('Authorizer: routes, scopes and other credentials', () => {
     assert.equal(reason(await check(basic('app', LONG_SECRET))), 'bad_secret');
   });
 
+  it('does not let a sender-constrained key (tokenBinding dpop or mtls) in by its secret or id alone', async () => {
+    const { replica, check } = await setup();
+    const basic = (id: string, secret: string) => ({ authorization: `Basic ${Buffer.from(`${id}:${secret}`).toString('base64')}` });
+    const hash = await hashSecret(LONG_SECRET);
+    replica.apply(
+      update({
+        version: 's:2',
+        baseVersion: 's:1',
+        apiKeys: [
+          apiKey('dpop-key', { secrets: [{ hash }], tokenBinding: 'dpop' }),
+          apiKey('mtls-key', { secrets: [{ hash }], tokenBinding: 'mtls' }),
+          apiKey('dpop-id', { allowClientIdOnly: true, tokenBinding: 'dpop' }),
+          apiKey('future', { secrets: [{ hash }], tokenBinding: 'attested' }),
+          apiKey('off-bound', { enabled: false, secrets: [{ hash }], tokenBinding: 'dpop' }),
+        ],
+      }),
+    );
+    assert.equal(reason(await check(basic('dpop-key', LONG_SECRET))), 'dpop_required');
+    assert.equal(reason(await check({ 'otoroshi-client-id': 'dpop-key', 'otoroshi-client-secret': LONG_SECRET })), 'dpop_required');
+    assert.equal(reason(await check(basic('mtls-key', LONG_SECRET))), 'mtls_required');
+    assert.equal(reason(await check({ 'otoroshi-client-id': 'dpop-id' })), 'dpop_required');
+    assert.equal(reason(await check(basic('future', LONG_SECRET))), 'dpop_required', 'a binding this ext-authz does not know refuses too');
+    // The binding is said only to whoever knows the secret; the key's state comes first.
+    assert.equal(reason(await check(basic('dpop-key', `${LONG_SECRET}x`))), 'bad_secret');
+    assert.equal(reason(await check(basic('off-bound', LONG_SECRET))), 'disabled_api_key');
+    const refused = await check(basic('dpop-key', LONG_SECRET));
+    assert.equal(!refused.allowed && refused.status, 401);
+  });
+
   it('lets an id alone through only for keys with allowClientIdOnly', async () => {
     const { check } = await setup();
     assert.equal(reason(await check({ 'otoroshi-client-id': 'id-only' })), 'allowed');
