@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { readOrCreateSecretFile, SecretFileError } from './secret-file';
 import { AdminService } from './admin-service';
 import { adminTokenActor } from './audit';
-import type { AuthorityConfig } from './config';
+import { type AuthorityConfig, BEARER_TOKEN_CHARACTERS, BEARER_TOKEN_RULE } from './config';
 import { DataPlaneFeed } from './data-plane';
 import { RouteFeed } from './route-feed';
 import { parseSeedBackend, seedRoutesOnFirstStart } from './route-seed';
@@ -111,6 +111,8 @@ function dataPlaneToken(config: AuthorityConfig, log: AuthorityLogger): string |
   const { value, created } = readOrCreateSecretFile(file, generateSecret);
   if (value.length < 16)
     throw new SecretFileError(`${file} holds no data plane token of at least 16 characters; delete it to generate one`);
+  if (!BEARER_TOKEN_CHARACTERS.test(value))
+    throw new SecretFileError(`${file}: the data plane token may hold ${BEARER_TOKEN_RULE}; delete it to generate one`);
   if (created) log.info(`generated a data plane token in ${file}`);
   return value;
 }

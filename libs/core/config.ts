@@ -10,6 +10,13 @@ export const SIGNING_ALGORITHMS = ['RS256', 'PS256', 'ES256', 'EdDSA'] as const;
 export type SigningAlgorithm = (typeof SIGNING_ALGORITHMS)[number];
 
 /** Settings of the token authority. Otoroshi's plugin settings keep their names. */
+/**
+ * RFC 6750's b64token: what a Bearer credential may hold. The data plane token goes into Envoy's
+ * xDS bootstrap (a YAML string) and gRPC metadata as it is, so nothing else is taken.
+ */
+export const BEARER_TOKEN_CHARACTERS = /^[A-Za-z0-9\-._~+/]+=*$/;
+export const BEARER_TOKEN_RULE = 'only letters, digits and - . _ ~ + / (then = padding), as in a Bearer token (RFC 6750)';
+
 export const authorityConfigSchema = z
   .object({
     /** Host on which the OAuth endpoints answer: `*`, an exact host, or a glob such as `*.oto.tools`. */
@@ -98,7 +105,7 @@ export const authorityConfigSchema = z
     /** Bearer token of the admin API; generated on first start when unset. */
     adminToken: z.string().min(16, 'must be at least 16 characters').optional(),
     /** Bearer token with which data planes (ext-authz) may follow DeltaWatch; the admin token works too. */
-    dataPlaneToken: z.string().min(16, 'must be at least 16 characters').optional(),
+    dataPlaneToken: z.string().min(16, 'must be at least 16 characters').regex(BEARER_TOKEN_CHARACTERS, BEARER_TOKEN_RULE).optional(),
     /** Without dataPlaneToken: the file holding it, generated there on first start (shared with ext-authz, e.g. on a volume). */
     dataPlaneTokenFile: z.string().min(1).optional(),
     /**
