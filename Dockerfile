@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 # One image for the project's three Node services: the token authority (default command), ext-authz
-# (`node --max-semi-space-size=2 --heap-growing-percent=100 --expose-gc dist/services/ext-authz/main.js`, the
-# flags of services/ext-authz/node-flags.ts) and the echo backend (`node dist/services/echo-backend/main.js`).
+# (`node --max-semi-space-size=2 --heap-growing-percent=100 --expose-gc dist/services/ext-authz/main.js` with
+# MALLOC_ARENA_MAX=2 in its environment, the flags and environment of services/ext-authz/node-flags.ts) and the echo backend (`node dist/services/echo-backend/main.js`).
 # See docker-compose.yml.
 
 FROM node:24.21-bookworm-slim AS base

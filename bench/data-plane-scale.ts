@@ -8,7 +8,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { hashSecret } from '../libs/core/crypto/secret-hash';
 import type { ApiKeyRecord } from '../libs/core/model';
 import { SqliteStore } from '../libs/core/store/sqlite-store';
-import { EXT_AUTHZ_NODE_FLAGS } from '../services/ext-authz/node-flags';
+import { EXT_AUTHZ_ENV, EXT_AUTHZ_NODE_FLAGS } from '../services/ext-authz/node-flags';
 import { freePort } from './support';
 
 /**
@@ -814,6 +814,8 @@ async function main(): Promise<void> {
         HTTP_PORT: String(extHttpPort),
         GRPC_HOST: '127.0.0.1',
         GRPC_PORT: String(extGrpcPort),
+        // As it ships (MALLOC_ARENA_MAX=2); EXT_AUTHZ_NODE_FLAGS alone changes only the flags.
+        ...EXT_AUTHZ_ENV,
       },
       extHttpPort,
       undefined,

@@ -15,7 +15,7 @@ import {
   type LoadResult,
 } from './support';
 import { runEnvoy, validateEnvoyConfig, type TestEnvoy } from '../test/support/envoy';
-import { EXT_AUTHZ_NODE_FLAGS } from '../services/ext-authz/node-flags';
+import { EXT_AUTHZ_ENV, EXT_AUTHZ_NODE_FLAGS } from '../services/ext-authz/node-flags';
 
 /**
  * The whole Envoy path, in one run, through ONE Envoy process (--concurrency 1) and ONE listener:
@@ -636,7 +636,11 @@ async function main() {
     const extAuthzFlags = (process.env.EXT_AUTHZ_NODE_FLAGS ?? EXT_AUTHZ_NODE_FLAGS.join(' ')).split(/\s+/).filter(Boolean);
     console.log(`ext-authz node flags: ${extAuthzFlags.join(' ') || '(none)'}`);
     const startOneExtAuthz = () =>
-      startExtAuthzProcess(authority, extAuthzOptions ? { NODE_OPTIONS: extAuthzOptions } : {}, { nodeArgs: extAuthzFlags });
+      startExtAuthzProcess(
+        authority,
+        { ...EXT_AUTHZ_ENV, ...(extAuthzOptions ? { NODE_OPTIONS: extAuthzOptions } : {}) },
+        { nodeArgs: extAuthzFlags },
+      );
     const extAuthz = await startOneExtAuthz();
     stops.push(() => extAuthz.stop());
     // BENCH_WORKERS=N: N ext-authz processes, each a full replica (its own authority stream), as N endpoints.

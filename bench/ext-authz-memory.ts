@@ -6,7 +6,7 @@ import { join, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CHECK_PATH, loadAuthorizationService } from '../services/ext-authz/envoy-check';
-import { EXT_AUTHZ_NODE_FLAGS } from '../services/ext-authz/node-flags';
+import { EXT_AUTHZ_ENV, EXT_AUTHZ_NODE_FLAGS } from '../services/ext-authz/node-flags';
 import { envoyCheckRequest, startAuthorityProcess, startExtAuthzProcess } from './support';
 
 /**
@@ -68,16 +68,21 @@ const settings = (text: string) =>
 /**
  * EXT_AUTHZ_VARIANTS='shipped; shipped MALLOC_ARENA_MAX=2; --max-semi-space-size=4': each variant
  * (separated by ;) a fresh ext-authz on the same tokens, its words node flags (--...), settings
- * (NAME=value), `shipped` (the shipped flags) or `tree=<dist>` (ext-authz of another build, e.g.
+ * (NAME=value), `shipped` (the shipped flags and environment, EXT_AUTHZ_ENV of node-flags.ts:
+ * MALLOC_ARENA_MAX=2; settings after it override) or `tree=<dist>` (ext-authz of another build, e.g.
  * main's, by its dist folder: before/after a change in one run). Without it, one variant: EXT_AUTHZ_NODE_FLAGS
- * (default: the shipped flags) and EXT_AUTHZ_ENV.
+ * (default: the shipped flags) and EXT_AUTHZ_ENV (default: the shipped environment).
  */
 function variants(): Variant[] {
   const list = process.env.EXT_AUTHZ_VARIANTS;
   if (!list) {
     const flags = words(process.env.EXT_AUTHZ_NODE_FLAGS ?? EXT_AUTHZ_NODE_FLAGS.join(' '));
-    const env = settings(process.env.EXT_AUTHZ_ENV ?? '');
-    return [{ label: [...flags, ...words(process.env.EXT_AUTHZ_ENV ?? '')].join(' ') || '(none)', flags, env }];
+    const envText =
+      process.env.EXT_AUTHZ_ENV ??
+      Object.entries(EXT_AUTHZ_ENV)
+        .map(([name, value]) => `${name}=${value}`)
+        .join(' ');
+    return [{ label: [...flags, ...words(envText)].join(' ') || '(none)', flags, env: settings(envText) }];
   }
   return list
     .split(';')
@@ -87,7 +92,10 @@ function variants(): Variant[] {
       const parts = words(text);
       const flags = parts.flatMap((word) => (word === 'shipped' ? [...EXT_AUTHZ_NODE_FLAGS] : word.startsWith('--') ? [word] : []));
       const tree = parts.find((word) => word.startsWith('tree='))?.slice('tree='.length);
-      const env = settings(parts.filter((word) => !word.startsWith('--') && !word.startsWith('tree=') && word.includes('=')).join(' '));
+      const env = {
+        ...(parts.includes('shipped') ? EXT_AUTHZ_ENV : {}),
+        ...settings(parts.filter((word) => !word.startsWith('--') && !word.startsWith('tree=') && word.includes('=')).join(' ')),
+      };
       return { label: text, flags, env, main: tree ? resolve(tree, 'services/ext-authz/main.js') : undefined };
     });
 }

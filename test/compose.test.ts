@@ -6,7 +6,7 @@ import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { parse } from 'yaml';
 import { type EchoBackend, type EchoResponse, startEchoBackend } from '../services/echo-backend/server';
-import { EXT_AUTHZ_NODE_FLAGS } from '../services/ext-authz/node-flags';
+import { EXT_AUTHZ_ENV, EXT_AUTHZ_NODE_FLAGS } from '../services/ext-authz/node-flags';
 
 const ROOT = path.resolve(__dirname, '..', '..');
 
@@ -251,9 +251,17 @@ describe('docker-compose.yml', () => {
     // The heap bounds every start of ext-authz uses (services/ext-authz/node-flags.ts).
     assert.deepEqual(extAuthz.command, ['node', ...EXT_AUTHZ_NODE_FLAGS, 'dist/services/ext-authz/main.js']);
     assert.deepEqual(config.services['cluster-ext-authz'].command, extAuthz.command);
+    // And the environment they go with (MALLOC_ARENA_MAX), in both ext-authz services and the npm script.
+    for (const [name, value] of Object.entries(EXT_AUTHZ_ENV)) {
+      assert.equal(extAuthz.environment?.[name], value, name);
+      assert.equal(config.services['cluster-ext-authz'].environment?.[name], value, name);
+    }
     const scripts = (JSON.parse(readFileSync(path.join(ROOT, 'package.json'), 'utf8')) as { scripts: Record<string, string> }).scripts;
+    const assignments = Object.entries(EXT_AUTHZ_ENV)
+      .map(([name, value]) => `${name}=${value} `)
+      .join('');
     assert.ok(
-      scripts['start:ext-authz'].endsWith(`node ${EXT_AUTHZ_NODE_FLAGS.join(' ')} dist/services/ext-authz/main.js`),
+      scripts['start:ext-authz'].endsWith(`${assignments}node ${EXT_AUTHZ_NODE_FLAGS.join(' ')} dist/services/ext-authz/main.js`),
       scripts['start:ext-authz'],
     );
     assert.equal(extAuthz.environment?.AUTHORITY_GRPC_URL, 'token-authority:50051');

@@ -4,7 +4,7 @@ import { readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { startLocalStack } from './support/local-stack';
-import { EXT_AUTHZ_NODE_FLAGS } from '../services/ext-authz/node-flags';
+import { EXT_AUTHZ_ENV, EXT_AUTHZ_NODE_FLAGS } from '../services/ext-authz/node-flags';
 import { FOO, send, sendTls } from './support/proxy-request';
 
 const ROOT = path.resolve(__dirname, '..', '..');
@@ -84,6 +84,13 @@ describe('the local stack (npm start) with Envoy on PATH', () => {
       .find(({ argv }) => argv.some((arg) => arg.endsWith(path.join('ext-authz', 'main.js'))));
     assert.ok(extAuthz, 'an ext-authz process under the stack');
     assert.deepEqual(extAuthz.argv.slice(1, 1 + EXT_AUTHZ_NODE_FLAGS.length), [...EXT_AUTHZ_NODE_FLAGS]);
+    // ...and its environment (MALLOC_ARENA_MAX: glibc reads it before node starts).
+    const environment = new Map(
+      readFileSync(`/proc/${extAuthz.pid}/environ`, 'utf8')
+        .split('\0')
+        .map((entry) => [entry.slice(0, entry.indexOf('=')), entry.slice(entry.indexOf('=') + 1)]),
+    );
+    for (const [name, value] of Object.entries(EXT_AUTHZ_ENV)) assert.equal(environment.get(name), value, name);
     // V8's default young generation alone would be 32 MB resident before any load (2 x 2 MB here).
     const httpPort = /ext-authz: Envoy Check \(gRPC\) [\d.]+:\d+, HTTP mode http:\/\/127\.0\.0\.1:(\d+)/.exec(output())?.[1];
     const metrics = { body: await (await fetch(`http://127.0.0.1:${httpPort}/metrics`)).text() };

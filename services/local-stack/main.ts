@@ -5,7 +5,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { renderEnvoyConfig } from '../../libs/envoy/render-config';
-import { EXT_AUTHZ_NODE_FLAGS } from '../ext-authz/node-flags';
+import { EXT_AUTHZ_ENV, EXT_AUTHZ_NODE_FLAGS } from '../ext-authz/node-flags';
 
 /**
  * `npm start`: the whole local stack in the foreground, as docker-compose runs it. The token
@@ -164,6 +164,7 @@ async function main(): Promise<void> {
   await waitFor('token-authority', `http://127.0.0.1:${ports.authority}/health`, (status) => status === 200);
   const [execPath, extAuthzMain] = node('services/ext-authz/main.js');
   start('ext-authz', [execPath, ...EXT_AUTHZ_NODE_FLAGS, extAuthzMain], {
+    ...EXT_AUTHZ_ENV,
     AUTHORITY_GRPC_URL: `127.0.0.1:${ports.authorityGrpc}`,
     AUTHORITY_TOKEN: dataPlaneToken,
     GRPC_HOST: '127.0.0.1',
