@@ -1,10 +1,10 @@
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
 import { resolve } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import type { RouteDelta } from '../libs/core/route-feed';
 import { seedRoutesOnFirstStart } from '../libs/core/route-seed';
 import { ADMIN_TOKEN, startTestAuthority, storedRows, storeEnv, type TestAuthority } from './support/authority';
+import { runNode } from './support/node-process';
 
 const CLI = resolve(__dirname, '../services/token-authority/cli.js');
 
@@ -233,13 +233,8 @@ describe('admin API: /api/routes', () => {
   });
 
   it('has CLI commands: routes create, list, get, update, delete; bad input exits 1 naming the field', async () => {
-    const cli = (...args: string[]) =>
-      spawnSync(process.execPath, [CLI, 'routes', ...args], {
-        env: { ...process.env, ...storeEnv(authority) },
-        encoding: 'utf8',
-        timeout: 20_000,
-      });
-    const created = cli(
+    const cli = (...args: string[]) => runNode([CLI, 'routes', ...args], { env: { ...process.env, ...storeEnv(authority) } });
+    const created = await cli(
       'create',
       'cli',
       '--domain',
@@ -261,15 +256,15 @@ describe('admin API: /api/routes', () => {
     assert.equal(route.apikeys.stripCredential, true);
     // The running server reads what the CLI wrote (SQLite: within its 250 ms poll).
     assert.equal((await call('GET', '/api/routes/cli')).status, 200);
-    assert.ok(JSON.parse(cli('list', '--domain', 'cli.routes.test').stdout).some((found: { id: string }) => found.id === 'cli'));
-    assert.equal(JSON.parse(cli('update', 'cli', '--disable').stdout).enabled, false);
-    assert.equal(JSON.parse(cli('get', 'cli').stdout).enabled, false);
+    assert.ok(JSON.parse((await cli('list', '--domain', 'cli.routes.test')).stdout).some((found: { id: string }) => found.id === 'cli'));
+    assert.equal(JSON.parse((await cli('update', 'cli', '--disable')).stdout).enabled, false);
+    assert.equal(JSON.parse((await cli('get', 'cli')).stdout).enabled, false);
 
-    const bad = cli('create', 'cli-bad', '--domain', 'cli-bad.routes.test', '--target', 'backend:0');
+    const bad = await cli('create', 'cli-bad', '--domain', 'cli-bad.routes.test', '--target', 'backend:0');
     assert.equal(bad.status, 1);
     assert.match(bad.stderr, /backend\.targets\.0\.port/);
-    assert.equal(cli('get', 'cli-bad').status, 4);
-    assert.equal(cli('delete', 'cli').status, 0);
+    assert.equal((await cli('get', 'cli-bad')).status, 4);
+    assert.equal((await cli('delete', 'cli')).status, 0);
     const audit = await call('GET', '/api/audit?entity=route&entityId=cli');
     assert.match(audit.body[0].actor, /^cli:/);
   });

@@ -1,5 +1,4 @@
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
 import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -9,6 +8,7 @@ import { parseVersion } from '../libs/core/data-plane';
 import { type Route, validateRoute } from '../libs/core/routes';
 import { startTestAuthority, storedRows, storeEnv, type TestAuthority } from './support/authority';
 import { startTestExtAuthz, type TestExtAuthz } from './support/ext-authz';
+import { runNode } from './support/node-process';
 import { freePort } from './support/ports';
 import { adminQuery, TEST_STORE_URL } from './support/postgres';
 
@@ -35,15 +35,11 @@ function route(id: string): Route {
 }
 
 function runCli(authority: TestAuthority, ...args: string[]) {
-  return spawnSync(process.execPath, [CLI, ...args], {
-    env: { ...process.env, ...storeEnv(authority) },
-    encoding: 'utf8',
-    timeout: 20_000,
-  });
+  return runNode([CLI, ...args], { env: { ...process.env, ...storeEnv(authority) } });
 }
 
-function cli(authority: TestAuthority, ...args: string[]): Record<string, unknown> {
-  const result = runCli(authority, ...args);
+async function cli(authority: TestAuthority, ...args: string[]): Promise<Record<string, unknown>> {
+  const result = await runCli(authority, ...args);
   assert.equal(result.status, 0, `cli ${args.join(' ')}: ${result.stderr}`);
   return JSON.parse(result.stdout);
 }
@@ -57,10 +53,10 @@ const TABLES = ['api_keys', 'key_pairs', 'revoked_tokens', 'changes', 'change_he
  */
 async function backup(authority: TestAuthority, file: string, plain = false): Promise<(target: TestAuthority) => Promise<void>> {
   if (!TEST_STORE_URL) {
-    cli(authority, 'store', 'backup', file);
+    await cli(authority, 'store', 'backup', file);
     return async (target) => {
       if (!plain) {
-        cli(target, 'store', 'restore', file);
+        await cli(target, 'store', 'restore', file);
         return;
       }
       const live = join(target.config.dataDir, 'token-authority.sqlite');
@@ -78,7 +74,7 @@ async function backup(authority: TestAuthority, file: string, plain = false): Pr
        SELECT setval(pg_get_serial_sequence('${schema}.audit_log', 'id'), coalesce((SELECT max(id) FROM ${schema}.audit_log), 0) + 1, false);
        COMMIT; DROP SCHEMA ${aside} CASCADE`,
     );
-    if (!plain) cli(target, 'store', 'rotate-id');
+    if (!plain) await cli(target, 'store', 'rotate-id');
   };
 }
 
@@ -112,7 +108,7 @@ describe('a restored backup under a running ext-authz', () => {
         await extAuthz.waitFor(() => replica.status === 'degraded');
         await restore(authority);
         // New writes on the restored history, past the replica's position.
-        for (let index = 0; backupSeq + index <= replicaSeq; index++) cli(authority, 'apikeys', 'create', '--id', `after-${index}`);
+        for (let index = 0; backupSeq + index <= replicaSeq; index++) await cli(authority, 'apikeys', 'create', '--id', `after-${index}`);
         authority = await startTestAuthority(settings, dataDir);
         assert.ok(parseVersion(authority.authority.dataPlane.version)!.seq > replicaSeq, 'the restored log passed the old position');
 
@@ -154,7 +150,7 @@ describe('a restored backup under a running ext-authz', () => {
       await authority.admin('POST', '/api/apikeys', { clientId: 'next', clientSecret: 'next-secret-long-enough-0123456789' });
       await extAuthz.waitFor(() => replica.apiKey('next') !== undefined);
 
-      const rotated = cli(authority, 'store', 'rotate-id');
+      const rotated = await cli(authority, 'store', 'rotate-id');
       await extAuthz.waitFor(() => replica.applied.snapshots === 3 && replica.status === 'synced', 10_000);
       assert.equal(parseVersion(replica.version)!.storeId, rotated.storeId);
       assert.ok(replica.apiKey('next') && replica.apiKey('kept'));
@@ -183,7 +179,7 @@ describe('store restore of what is not a store backup (SQLite)', {
       // A route, which a backup from before routes does not have (routes-store.test.ts restores them).
       assert.equal(await authority.authority.store.routes.create(route('kept')), true);
       const good = join(dataDir, 'good.sqlite');
-      cli(authority, 'store', 'backup', good);
+      await cli(authority, 'store', 'backup', good);
       const whole = readFileSync(good);
       assert.ok(whole.length >= 8 * 4096, `a backup of several pages (${whole.length} bytes)`);
       const bad: [string, string, RegExp][] = [
@@ -200,7 +196,7 @@ describe('store restore of what is not a store backup (SQLite)', {
       const tables = ['api_keys', 'key_pairs', 'changes', 'meta', 'audit_log'];
       const before = await Promise.all(tables.map((table) => storedRows(authority, table)));
       for (const [name, file, message] of bad) {
-        const result = runCli(authority, 'store', 'restore', join(dataDir, file));
+        const result = await runCli(authority, 'store', 'restore', join(dataDir, file));
         assert.equal(result.status, 1, `${name}: ${result.stderr}`);
         assert.match(result.stderr, /^error: /, name);
         assert.match(result.stderr, message, name);
@@ -217,12 +213,12 @@ describe('store restore of what is not a store backup (SQLite)', {
       db.exec('ALTER TABLE changes DROP COLUMN tag; DROP TABLE route_claims; DROP TABLE routes');
       db.close();
       await authority.admin('POST', '/api/apikeys', { clientId: 'after-backup', clientSecret: 'after-backup-long-enough-0123456789' });
-      cli(authority, 'store', 'restore', old);
-      assert.equal(runCli(authority, 'apikeys', 'get', 'after-backup').status, 4, 'what came after the backup is gone');
-      assert.equal(cli(authority, 'apikeys', 'get', 'key-59').clientId, 'key-59');
+      await cli(authority, 'store', 'restore', old);
+      assert.equal((await runCli(authority, 'apikeys', 'get', 'after-backup')).status, 4, 'what came after the backup is gone');
+      assert.equal((await cli(authority, 'apikeys', 'get', 'key-59')).clientId, 'key-59');
       const changes = JSON.parse(await storedRows(authority, 'changes')) as { tag: string | null }[];
       assert.ok(changes.length >= 60 && changes.every((change) => change.tag === null), 'the old changes, untagged');
-      cli(authority, 'apikeys', 'create', '--id', 'after-restore');
+      await cli(authority, 'apikeys', 'create', '--id', 'after-restore');
       const last = (JSON.parse(await storedRows(authority, 'changes')) as { tag: string | null }[]).at(-1);
       assert.ok(last?.tag, 'new changes are tagged');
       assert.equal(await storedRows(authority, 'routes'), '[]', 'a backup from before routes: none left');
