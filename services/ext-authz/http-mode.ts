@@ -111,7 +111,9 @@ function allowHeaders(decision: Allow): Record<string, string> {
  * X-Forwarded-Proto (http without one). nginx's auth_request subrequest is a GET of
  * /authz/<policy> and nothing after it: the shipped template sends the client's method, URI and
  * Host as X-Original-Method, X-Original-URI and Host, read only when the path ends at the policy
- * (Envoy always forwards at least "/", and does not pass those headers on: allowed_headers).
+ * (Envoy always forwards at least "/", and does not pass those headers on: allowed_headers). With
+ * either header there, a URI that is not one (nginx's "*" never gets here) leaves no URL, and no
+ * proof passes.
  */
 function forwardedRequest(request: FastifyRequest, policy: string): Pick<AuthzRequest, 'method' | 'url'> {
   const host = request.headers.host;
@@ -121,7 +123,13 @@ function forwardedRequest(request: FastifyRequest, policy: string): Pick<AuthzRe
   if (rest === '') {
     const method = single(request.headers['x-original-method']);
     const uri = single(request.headers['x-original-uri']);
-    if (method !== undefined && uri?.startsWith('/')) return { method, url: host ? requestUrl(scheme, host, uri) : undefined };
+    // Once the proxy names the client's request, it is that one or none (no DPoP proof passes):
+    // never the subrequest's own GET /. nginx's $request_uri of an absolute-form target without a
+    // path (`DELETE http://host?x`) is "?x", the path "/" with a query; anything else is no URI.
+    if (method !== undefined || uri !== undefined) {
+      const path = uri?.startsWith('/') ? uri : uri?.startsWith('?') ? `/${uri}` : undefined;
+      return { method, url: host && path ? requestUrl(scheme, host, path) : undefined };
+    }
   }
   const path = rest.startsWith('/') ? rest : `/${rest}`;
   return { method: request.method, url: host ? requestUrl(scheme, host, path) : undefined };
