@@ -27,8 +27,9 @@ export const EXT_AUTHZ_NODE_FLAGS: readonly string[] = ['--max-semi-space-size=2
  * - `MALLOC_ARENA_MAX=2`: glibc's malloc gives each thread that allocates an arena of its own, up
  *   to 8 per core (the main thread, V8's 4 platform workers and libuv's pool compile, collect and
  *   hash concurrently), and each keeps what it once held, fragmented, since malloc_trim is not
- *   reachable from JS. Two arenas: 150 -> 138.5 MB RSS after 1M Checks with 100,000 distinct
- *   tokens, same CPU per Check (bench/ext-authz-memory.ts). glibc reads it before node starts, so
+ *   reachable from JS. Two arenas: 150 -> 138.5 and 150.2 -> 141.8 MB RSS after 1M Checks with
+ *   100,000 distinct tokens in two runs, 147.0 -> 148.7 in a third, same CPU per Check
+ *   (bench/ext-authz-memory.ts; README, Benchmarks). glibc reads it before node starts, so
  *   it cannot be set from inside; another libc (musl) ignores it.
  */
 export const EXT_AUTHZ_ENV: Readonly<Record<string, string>> = { MALLOC_ARENA_MAX: '2' };
