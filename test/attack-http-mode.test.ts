@@ -7,8 +7,7 @@ import { basic, startTestAuthority, type TestAuthority, TOKEN_PATH } from './sup
 import { startTestExtAuthz, TEST_POLICIES, type TestExtAuthz } from './support/ext-authz';
 import { startNginx, type TestNginx } from './support/nginx';
 import { FOO } from './support/proxy-request';
-import { illegalResponseHeaders, rawHttp, type RawHttpResponse } from './support/raw-http';
-import { connect } from 'node:net';
+import { illegalResponseHeaders, rawHead, rawHttp, rawRequest, type RawHttpResponse } from './support/raw-http';
 
 /*
  * An outsider's attack on what ext-authz's HTTP mode (services/ext-authz/http-mode.ts) and the
@@ -323,44 +322,3 @@ describe('attack: ext-authz HTTP mode and nginx auth_request with hostile header
     assert.ok(during[during.length - 1] < 2000, `a good request waited ${during[during.length - 1]} ms`);
   });
 });
-
-/** One request head on a new connection, written byte for byte (Host too); the answer once the server closes (Connection: close). */
-function rawHead(port: number, head: Buffer): Promise<RawHttpResponse> {
-  return new Promise((resolve, reject) => {
-    const socket = connect({ host: '127.0.0.1', port });
-    const chunks: Buffer[] = [];
-    const timer = setTimeout(() => {
-      socket.destroy();
-      reject(new Error('no answer within 5 s'));
-    }, 5000);
-    socket.on('data', (chunk: Buffer) => chunks.push(chunk));
-    socket.on('error', () => undefined);
-    socket.on('close', () => {
-      clearTimeout(timer);
-      const data = Buffer.concat(chunks);
-      const end = data.indexOf('\r\n\r\n');
-      const [statusLine, ...fields] = data
-        .subarray(0, end < 0 ? data.length : end)
-        .toString('latin1')
-        .split('\r\n');
-      const status = Number(/^HTTP\/1\.[01] (\d{3})/.exec(statusLine)?.[1] ?? 0);
-      if (!status) return reject(new Error(`no HTTP answer: ${JSON.stringify(data.toString('latin1').slice(0, 200))}`));
-      const headers = fields.map((field) => {
-        const colon = field.indexOf(':');
-        return { name: field.slice(0, colon).trim().toLowerCase(), value: Buffer.from(field.slice(colon + 1).trim(), 'latin1') };
-      });
-      resolve({ status, headers, body: end < 0 ? Buffer.alloc(0) : data.subarray(end + 4) });
-    });
-    // Not end(): nginx takes a half-closed connection for a client gone (499) while it waits on auth_request.
-    socket.on('connect', () => socket.write(head));
-  });
-}
-
-/** GET <target> with exactly these header lines (Host among them), byte for byte. */
-function rawRequest(port: number, target: string, headers: [string, Buffer | string][], method = 'GET'): Promise<RawHttpResponse> {
-  const lines: Buffer[] = [Buffer.from(`${method} ${target} HTTP/1.1\r\n`, 'latin1')];
-  for (const [name, value] of headers)
-    lines.push(Buffer.from(`${name}: `), Buffer.isBuffer(value) ? value : Buffer.from(value, 'latin1'), Buffer.from('\r\n'));
-  lines.push(Buffer.from('Connection: close\r\n\r\n'));
-  return rawHead(port, Buffer.concat(lines));
-}

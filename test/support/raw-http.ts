@@ -181,3 +181,66 @@ export function rawHttp(port: number, request: RawHttpRequest): Promise<RawHttpR
     });
   });
 }
+
+/**
+ * One request head on a new connection, written byte for byte as given (request line, Host and
+ * every header: absolute-form targets, a method with NUL, repeated Hosts), with `Connection: close`
+ * in it; the answer once complete (Content-Length) or once the server closes. The connection is not half-closed: nginx takes that
+ * for a client gone (499) while it waits on auth_request.
+ */
+export function rawHead(port: number, head: Buffer, timeoutMs = 5000): Promise<RawHttpResponse> {
+  return new Promise((resolve, reject) => {
+    const socket = connect({ host: '127.0.0.1', port });
+    const chunks: Buffer[] = [];
+    const timer = setTimeout(() => {
+      socket.destroy();
+      reject(new Error(`no answer within ${timeoutMs} ms: ${JSON.stringify(Buffer.concat(chunks).toString('latin1').slice(0, 100))}`));
+    }, timeoutMs);
+    const bodyless = head.subarray(0, 5).toString('latin1') === 'HEAD ';
+    // Complete by Content-Length (or none for HEAD): Envoy waits up to a second (delayed_close_timeout) for us to close.
+    const complete = () => {
+      const data = Buffer.concat(chunks);
+      const end = data.indexOf('\r\n\r\n');
+      if (end < 0) return false;
+      const length = /\r\ncontent-length: *(\d+)/i.exec(data.subarray(0, end).toString('latin1'))?.[1];
+      return bodyless || (length !== undefined && data.length >= end + 4 + Number(length));
+    };
+    socket.on('data', (chunk: Buffer) => {
+      chunks.push(chunk);
+      if (complete()) socket.destroy();
+    });
+    socket.on('error', () => undefined);
+    socket.on('close', () => {
+      clearTimeout(timer);
+      const data = Buffer.concat(chunks);
+      const end = data.indexOf('\r\n\r\n');
+      const [statusLine, ...fields] = data
+        .subarray(0, end < 0 ? data.length : end)
+        .toString('latin1')
+        .split('\r\n');
+      const status = Number(/^HTTP\/1\.[01] (\d{3})/.exec(statusLine)?.[1] ?? 0);
+      if (!status) return reject(new Error(`no HTTP answer: ${JSON.stringify(data.toString('latin1').slice(0, 200))}`));
+      const headers = fields.map((field) => {
+        const colon = field.indexOf(':');
+        return { name: field.slice(0, colon).trim().toLowerCase(), value: Buffer.from(field.slice(colon + 1).trim(), 'latin1') };
+      });
+      resolve({ status, headers, body: end < 0 ? Buffer.alloc(0) : data.subarray(end + 4) });
+    });
+    socket.on('connect', () => socket.write(head));
+  });
+}
+
+/** rawHead of `<method> <target> HTTP/1.1` with exactly these header lines (Host among them, none added but Connection: close). */
+export function rawRequest(
+  port: number,
+  target: string,
+  headers: [string, Buffer | string][],
+  method = 'GET',
+  timeoutMs = 5000,
+): Promise<RawHttpResponse> {
+  const lines: Buffer[] = [Buffer.from(`${method} ${target} HTTP/1.1\r\n`, 'latin1')];
+  for (const [name, value] of headers)
+    lines.push(Buffer.from(`${name}: `), Buffer.isBuffer(value) ? value : Buffer.from(value, 'latin1'), Buffer.from('\r\n'));
+  lines.push(Buffer.from('Connection: close\r\n\r\n'));
+  return rawHead(port, Buffer.concat(lines), timeoutMs);
+}
