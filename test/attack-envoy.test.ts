@@ -1,14 +1,13 @@
 import assert from 'node:assert/strict';
-import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { exportJWK, generateKeyPair, SignJWT } from 'jose';
 import { parse } from 'yaml';
 import { type EchoBackend, startEchoBackend } from '../services/echo-backend/server';
 import { basic, startTestAuthority, type TestAuthority, TOKEN_PATH } from './support/authority';
 import { createTestPki, xfccHeader } from './support/certificates';
 import { startEnvoy, type TestEnvoy } from './support/envoy';
+import { accessTokenHash, type DpopProver, dpopProver } from './support/dpop';
 import { startTestExtAuthz, type TestExtAuthz } from './support/ext-authz';
 import { FOO } from './support/proxy-request';
 import { illegalResponseHeaders, rawRequest } from './support/raw-http';
@@ -35,8 +34,7 @@ for (const mode of [
     let extAuthz: TestExtAuthz | undefined;
     let echo: EchoBackend | undefined;
     let envoy: TestEnvoy | undefined;
-    let key: Awaited<ReturnType<typeof generateKeyPair>>;
-    let jwk: Awaited<ReturnType<typeof exportJWK>>;
+    let prover: DpopProver;
     let dpopToken: string;
     let bearerToken: string;
     let port: number;
@@ -67,8 +65,7 @@ for (const mode of [
         [mode.cluster]: endpoint(mode.grpc ? extAuthz.grpcAddress : new URL(extAuthz.url).host),
       });
       port = Number(new URL(envoy.url).port);
-      key = await generateKeyPair('ES256');
-      jwk = await exportJWK(key.publicKey);
+      prover = await dpopProver();
       const issued = await authority.postForm(
         TOKEN_PATH,
         { grant_type: 'client_credentials' },
@@ -93,12 +90,8 @@ for (const mode of [
       pki.cleanup();
     });
 
-    const proof = (claims: Record<string, unknown>) =>
-      new SignJWT({ jti: crypto.randomUUID(), ...claims })
-        .setProtectedHeader({ alg: 'ES256', typ: 'dpop+jwt', jwk })
-        .setIssuedAt()
-        .sign(key.privateKey);
-    const ath = (token: string) => createHash('sha256').update(token).digest('base64url');
+    const proof = (claims: Record<string, unknown>) => prover.proof(claims);
+    const ath = accessTokenHash;
     const rootProof = () => proof({ htm: 'GET', htu: `http://${FOO}/`, ath: ath(dpopToken) });
 
     it('the proof for GET / passes GET /, and nothing else: spoofed X-Original-Method/-URI are not believed', async () => {

@@ -1,9 +1,8 @@
 import assert from 'node:assert/strict';
-import { createHash } from 'node:crypto';
 import { after, before, describe, it, type TestContext } from 'node:test';
-import { exportJWK, generateKeyPair, SignJWT } from 'jose';
 import { type EchoBackend, startEchoBackend } from '../services/echo-backend/server';
 import { basic, startTestAuthority, type TestAuthority, TOKEN_PATH } from './support/authority';
+import { accessTokenHash, type DpopProver, dpopProver } from './support/dpop';
 import { startTestExtAuthz, TEST_POLICIES, type TestExtAuthz } from './support/ext-authz';
 import { startNginx, type TestNginx } from './support/nginx';
 import { FOO } from './support/proxy-request';
@@ -63,8 +62,7 @@ describe('attack: ext-authz HTTP mode and nginx auth_request with hostile header
   let extAuthz: TestExtAuthz | undefined;
   let echo: EchoBackend | undefined;
   let nginx: TestNginx | undefined;
-  let key: Awaited<ReturnType<typeof generateKeyPair>>;
-  let jwk: Awaited<ReturnType<typeof exportJWK>>;
+  let prover: DpopProver;
   let dpopToken: string;
   let bearerToken: string;
   let port: number;
@@ -91,8 +89,7 @@ describe('attack: ext-authz HTTP mode and nginx auth_request with hostile header
     await extAuthz.waitFor(
       () => extAuthz!.replica.apiKey('attack-dpop') !== undefined && extAuthz!.replica.apiKey('attack-bearer') !== undefined,
     );
-    key = await generateKeyPair('ES256');
-    jwk = await exportJWK(key.publicKey);
+    prover = await dpopProver();
     const issued = await authority.postForm(
       TOKEN_PATH,
       { grant_type: 'client_credentials' },
@@ -121,12 +118,8 @@ describe('attack: ext-authz HTTP mode and nginx auth_request with hostile header
     }
   });
 
-  const proof = (claims: Record<string, unknown>) =>
-    new SignJWT({ jti: crypto.randomUUID(), ...claims })
-      .setProtectedHeader({ alg: 'ES256', typ: 'dpop+jwt', jwk })
-      .setIssuedAt()
-      .sign(key.privateKey);
-  const ath = (token: string) => createHash('sha256').update(token).digest('base64url');
+  const proof = (claims: Record<string, unknown>) => prover.proof(claims);
+  const ath = accessTokenHash;
   const origin = () => `http://${FOO}:${nginx!.port}`;
 
   it('a good DPoP request straight to /authz/foo with X-Original-* passes (the baseline the hostile cases differ from)', async () => {
@@ -271,15 +264,11 @@ describe('attack: ext-authz HTTP mode and nginx auth_request with hostile header
     };
     const baseline = await measure(300);
     // Proofs signed by another key, for another method, with garbage: each must be refused (401).
-    const other = await generateKeyPair('ES256');
-    const otherJwk = await exportJWK(other.publicKey);
+    const other = await dpopProver();
     const signed = await Promise.all(
       Array.from({ length: 50 }, (_, i) =>
         i % 2
-          ? new SignJWT({ jti: crypto.randomUUID(), htm: 'GET', htu: `http://${FOO}/api/items`, ath: ath(dpopToken) })
-              .setProtectedHeader({ alg: 'ES256', typ: 'dpop+jwt', jwk: otherJwk })
-              .setIssuedAt()
-              .sign(other.privateKey)
+          ? other.proof({ htm: 'GET', htu: `http://${FOO}/api/items`, ath: ath(dpopToken) })
           : proof({ htm: 'PATCH', htu: `http://${FOO}/api/items`, ath: ath(dpopToken) }),
       ),
     );

@@ -1,14 +1,13 @@
 import assert from 'node:assert/strict';
-import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { exportJWK, generateKeyPair, SignJWT } from 'jose';
 import { parse } from 'yaml';
 import { type EchoBackend, startEchoBackend } from '../services/echo-backend/server';
 import { DpopNonces, nonceKey } from '../libs/core/dpop-nonce';
 import { ADMIN_TOKEN, basic, startTestAuthority, type TestAuthority, TOKEN_PATH } from './support/authority';
 import { startEnvoy, type TestEnvoy } from './support/envoy';
+import { accessTokenHash, type DpopProver, dpopProver } from './support/dpop';
 import { startTestExtAuthz, type TestExtAuthz } from './support/ext-authz';
 import { freePort } from './support/ports';
 import { FOO, send } from './support/proxy-request';
@@ -32,8 +31,7 @@ for (const mode of [
     let extAuthz: TestExtAuthz | undefined;
     let echo: EchoBackend | undefined;
     let envoy: TestEnvoy | undefined;
-    let key: Awaited<ReturnType<typeof generateKeyPair>>;
-    let jwk: Awaited<ReturnType<typeof exportJWK>>;
+    let prover: DpopProver;
     const log = () => envoy?.log().slice(-2000) ?? '';
 
     before(async () => {
@@ -59,8 +57,7 @@ for (const mode of [
         token_authority_grpc: endpoint(authority.grpcAddress),
         [mode.cluster]: endpoint(mode.grpc ? extAuthz.grpcAddress : new URL(extAuthz.url).host),
       });
-      key = await generateKeyPair('ES256');
-      jwk = await exportJWK(key.publicKey);
+      prover = await dpopProver();
       await extAuthz.waitFor(() => extAuthz!.replica.apiKey('dpop-app') !== undefined);
     });
 
@@ -74,10 +71,7 @@ for (const mode of [
 
     let resourceNonce: string | undefined;
     const proof = (claims: Record<string, unknown>) =>
-      new SignJWT({ jti: crypto.randomUUID(), ...(claims.htm === 'POST' && !claims.ath ? {} : { nonce: resourceNonce }), ...claims })
-        .setProtectedHeader({ alg: 'ES256', typ: 'dpop+jwt', jwk })
-        .setIssuedAt()
-        .sign(key.privateKey);
+      prover.proof({ ...(claims.htm === 'POST' && !claims.ath ? {} : { nonce: resourceNonce }), ...claims });
     const boundToken = async () => {
       const answer = await authority!.postForm(
         TOKEN_PATH,
@@ -88,7 +82,7 @@ for (const mode of [
       assert.equal(body.token_type, 'DPoP');
       return body.access_token;
     };
-    const ath = (token: string) => createHash('sha256').update(token).digest('base64url');
+    const ath = accessTokenHash;
 
     it('asks for a nonce: 401 use_dpop_nonce with DPoP-Nonce; the previous nonce passes with the current one on the response', async () => {
       const token = await boundToken();

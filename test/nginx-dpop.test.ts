@@ -1,9 +1,8 @@
 import assert from 'node:assert/strict';
-import { createHash } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
-import { exportJWK, generateKeyPair, SignJWT } from 'jose';
 import { type EchoBackend, startEchoBackend } from '../services/echo-backend/server';
 import { basic, startTestAuthority, type TestAuthority, TOKEN_PATH } from './support/authority';
+import { accessTokenHash, type DpopProver, dpopProver } from './support/dpop';
 import { startTestExtAuthz, TEST_POLICIES, type TestExtAuthz } from './support/ext-authz';
 import { startNginx, type TestNginx } from './support/nginx';
 import { FOO, send } from './support/proxy-request';
@@ -22,8 +21,7 @@ describe('DPoP through a real nginx auth_request', () => {
   let extAuthz: TestExtAuthz | undefined;
   let echo: EchoBackend | undefined;
   let nginx: TestNginx | undefined;
-  let key: Awaited<ReturnType<typeof generateKeyPair>>;
-  let jwk: Awaited<ReturnType<typeof exportJWK>>;
+  let prover: DpopProver;
   let origin: string;
   const log = () => nginx?.errorLog().slice(-2000) ?? '';
 
@@ -45,8 +43,7 @@ describe('DPoP through a real nginx auth_request', () => {
     nginx = await startNginx({ extAuthzUrl: extAuthz.url, echoUrl: echo.url, authorityUrl: authority.url });
     // The Host a client sends to nginx's port, as the proof's htu names it.
     origin = `http://${FOO}:${new URL(nginx.url).port}`;
-    key = await generateKeyPair('ES256');
-    jwk = await exportJWK(key.publicKey);
+    prover = await dpopProver();
     await extAuthz.waitFor(() => extAuthz!.replica.apiKey('dpop-nginx') !== undefined);
   });
 
@@ -58,12 +55,8 @@ describe('DPoP through a real nginx auth_request', () => {
     }
   });
 
-  const proof = (claims: Record<string, unknown>) =>
-    new SignJWT({ jti: crypto.randomUUID(), ...claims })
-      .setProtectedHeader({ alg: 'ES256', typ: 'dpop+jwt', jwk })
-      .setIssuedAt()
-      .sign(key.privateKey);
-  const ath = (token: string) => createHash('sha256').update(token).digest('base64url');
+  const proof = (claims: Record<string, unknown>) => prover.proof(claims);
+  const ath = accessTokenHash;
   let token: string;
   let nonce: string;
   const call = async (method: string, uri: string, claims: Record<string, unknown> = {}) =>
