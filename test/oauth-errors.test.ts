@@ -155,41 +155,24 @@ describe('RFC 6749 §5.2 errors and hostile input on the token endpoints', () =>
 
   describe('no client id enumeration', () => {
     async function answer(clientId: string, secret: string) {
-      const started = process.hrtime.bigint();
       const response = await authority.postForm(
         TOKEN_PATH,
         { grant_type: 'client_credentials' },
         { authorization: basic(clientId, secret) },
       );
-      const elapsed = Number(process.hrtime.bigint() - started) / 1e6;
       const headers = Object.fromEntries(
         [...response.headers].filter(([name]) => !['date', 'content-length', 'keep-alive', 'connection'].includes(name)),
       );
-      return { status: response.status, headers, body: await response.text(), elapsed };
+      return { status: response.status, headers, body: await response.text() };
     }
 
     it('an unknown id and a wrong secret get the same answer', async () => {
       const unknown = await answer('ghost', 'app-secreT');
       const wrong = await answer('app', 'app-secreT');
-      assert.deepEqual({ ...unknown, elapsed: 0 }, { ...wrong, elapsed: 0 });
+      assert.deepEqual(unknown, wrong);
     });
 
-    it('and take the same work (medians within a factor of 2, short and long secrets)', async () => {
-      for (const secret of ['short-guess', 'a-long-guess-of-more-than-32-characters-000']) {
-        const unknown: number[] = [];
-        const wrong: number[] = [];
-        for (let round = 0; round < 7; round += 1) {
-          unknown.push((await answer('ghost', secret)).elapsed);
-          wrong.push((await answer('app', secret)).elapsed);
-        }
-        const median = (values: number[]) => values.sort((a, b) => a - b)[3];
-        const ratio = median(unknown) / median(wrong);
-        assert.ok(
-          ratio > 0.5 && ratio < 2,
-          `unknown ${median(unknown).toFixed(2)} ms vs wrong ${median(wrong).toFixed(2)} ms for a ${secret.length}-char secret`,
-        );
-      }
-    });
+    // That both take the same work is checked without a clock: test/unit/secret-hash.test.ts counts it.
   });
 
   describe('bodies that are not OAuth2 requests', () => {
