@@ -35,12 +35,18 @@ export async function spawnNode(
     stdio: options.ipc ? ['ignore', 'ignore', 'inherit', 'ipc'] : ['ignore', 'ignore', 'inherit'],
   });
   const url = `http://127.0.0.1:${port}`;
-  for (let attempt = 0; attempt < 150; attempt += 1) {
-    if (child.exitCode !== null) throw new Error(`${script} exited with ${child.exitCode}`);
+  // About 15 s: a process that never answers fails the bench here instead of later, as a row of errors.
+  for (let attempt = 0; ; attempt += 1) {
+    if (child.exitCode !== null || child.signalCode !== null)
+      throw new Error(`${script} exited with ${child.exitCode ?? child.signalCode}`);
     try {
       await fetch(`${url}${readyPath}`);
       break;
     } catch {
+      if (attempt >= 150) {
+        child.kill('SIGKILL');
+        throw new Error(`${script} did not answer ${readyPath} on port ${port}`);
+      }
       await new Promise((done) => setTimeout(done, 100));
     }
   }
