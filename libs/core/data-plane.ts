@@ -143,6 +143,12 @@ const DEBOUNCE_MS = 20;
 /** Backoff of a failed delta: 100 ms, doubling up to 10 s, until it goes through. */
 const RETRY_FIRST_MS = 100;
 const RETRY_MAX_MS = 10_000;
+/**
+ * How long a data plane that resumes from a position this replica has not read yet waits for it
+ * (another replica's commit reaches this one within LISTEN/NOTIFY or the SQLite poll) before it
+ * is given a snapshot instead.
+ */
+const REACH_TIMEOUT_MS = 1000;
 
 /** A listener gets every delta in order, or 'resync' when it must start over from a snapshot. */
 export type UpdateListener = (update: DataPlaneUpdate | 'resync') => void;
@@ -182,6 +188,9 @@ export class DataPlaneFeed {
   private readonly publisher: SerialPublisher;
   private readonly unsubscribeStore: () => void;
   private readonly ready: Promise<void>;
+  /** Woken after each pass over the change log (reach). */
+  private readonly positionWaiters = new Set<() => void>();
+  private closed = false;
 
   constructor(
     private readonly store: AuthorityStore,
@@ -193,7 +202,7 @@ export class DataPlaneFeed {
     this.storeId = store.changes.storeId;
     this.ready = this.moveToHead();
     // The position moves only when a delta went out: a failed one (SQLITE_BUSY) is read again after the backoff.
-    this.publisher = new SerialPublisher(() => this.publishOnce(), {
+    this.publisher = new SerialPublisher(() => this.publishOnce().finally(() => this.wakePositionWaiters()), {
       debounceMs: DEBOUNCE_MS,
       retryFirstMs: RETRY_FIRST_MS,
       retryMaxMs: RETRY_MAX_MS,
@@ -212,6 +221,39 @@ export class DataPlaneFeed {
     this.seq = head;
     this.publishedSeq = head;
     this.tag = tag;
+  }
+
+  private wakePositionWaiters(): void {
+    const waiters = [...this.positionWaiters];
+    this.positionWaiters.clear();
+    for (const wake of waiters) wake();
+  }
+
+  /**
+   * Resolves once the feed has read the change log as far as `version` (that of a data plane
+   * coming from a replica further along the same store), or after `timeoutMs`. Without the wait
+   * that data plane would read a whole snapshot, at an older version, only because this replica
+   * had not read the latest commit yet.
+   */
+  async reach(version: string | undefined, timeoutMs = REACH_TIMEOUT_MS): Promise<void> {
+    await this.ready;
+    const target = version ? parseVersion(version) : undefined;
+    if (!target || target.storeId !== this.storeId) return;
+    const deadline = Date.now() + timeoutMs;
+    while (this.seq < target.seq && !this.closed) {
+      const left = deadline - Date.now();
+      if (left <= 0) return;
+      this.publisher.schedule();
+      await new Promise<void>((done) => {
+        const wake = () => {
+          clearTimeout(timer);
+          this.positionWaiters.delete(wake);
+          done();
+        };
+        const timer = setTimeout(wake, Math.min(left, 100));
+        this.positionWaiters.add(wake);
+      });
+    }
   }
 
   /** Resolves once the feed knows where the change log stands; call before serving. */
@@ -392,6 +434,8 @@ export class DataPlaneFeed {
   }
 
   close(): void {
+    this.closed = true;
+    this.wakePositionWaiters();
     this.publisher.close();
     this.unsubscribeStore();
     this.listeners.clear();

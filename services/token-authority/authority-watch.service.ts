@@ -285,8 +285,11 @@ export class AuthorityWatchService {
   }
 
   private deltaWatch(call: WatchCall): void {
-    void this.admitted(call, 'DeltaWatch').then((admitted) => {
-      if (admitted) this.serveDeltaWatch(call);
+    void this.admitted(call, 'DeltaWatch').then(async (admitted) => {
+      if (!admitted) return;
+      // A data plane coming from a replica further along resumes here once this one has read as far.
+      await this.authority.dataPlane.reach(call.request.resume_from_version || undefined).catch(() => undefined);
+      if (!call.cancelled) this.serveDeltaWatch(call);
     });
   }
 

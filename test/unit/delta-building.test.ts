@@ -1,4 +1,7 @@
 import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { DataPlaneFeed, type DataPlaneUpdate, formatVersion, parseVersion, UPDATE_CHUNK } from '../../libs/core/data-plane';
 import { KeyRing } from '../../libs/core/key-ring';
@@ -145,6 +148,57 @@ describe('delta building', () => {
     for (const version of [formatVersion(store.changes.storeId, head, 'other-tag'), `${store.changes.storeId}:${head}`]) {
       const [first] = await collect(feed.updatesFrom(version));
       assert.equal(first.reset, true, `'${version}'`);
+    }
+  });
+
+  it("waits to read as far as a resuming data plane's version (a replica further along the same store): a resume, not a snapshot", async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'delta-reach-'));
+    const ahead = new SqliteStore(join(dir, 'store.db'));
+    const behind = new SqliteStore(join(dir, 'store.db')); // another process's view: it sees ahead's commits by its poll
+    try {
+      const keyRing = new KeyRing(behind.keyPairs, clock.now);
+      await keyRing.reload();
+      const feed = new DataPlaneFeed(
+        behind,
+        keyRing,
+        { issuer: 'http://issuer', audience: 'otoroshi' },
+        (error) => assert.fail(error),
+        clock.now,
+      );
+      try {
+        await feed.start();
+        await ahead.apiKeys.create(apiKeyRecord('late'));
+        const head = await ahead.changes.head();
+        const version = formatVersion(ahead.changes.storeId, head, await ahead.changes.tagAt(head));
+        assert.ok((parseVersion(feed.version)?.seq ?? 0) < head, 'the feed has not read the commit yet');
+        const [unready] = await collect(feed.updatesFrom(version));
+        assert.equal(unready.reset, true, 'before reach: a snapshot at an older version');
+
+        const started = Date.now();
+        await feed.reach(version);
+        assert.ok(Date.now() - started < 1000, `reached in ${Date.now() - started} ms`);
+        const parts = await collect(feed.updatesFrom(version));
+        assert.deepEqual(
+          parts.map((part) => [part.reset, part.baseVersion, part.version]),
+          [[false, version, version]],
+          'resumed where the data plane stands',
+        );
+
+        // A position no replica will reach (a forged version): the wait is bounded, then a snapshot.
+        const future = formatVersion(ahead.changes.storeId, head + 1000, 'x');
+        const waited = Date.now();
+        await feed.reach(future, 150);
+        assert.ok(Date.now() - waited >= 140 && Date.now() - waited < 1000, `${Date.now() - waited} ms`);
+        assert.equal((await collect(feed.updatesFrom(future)))[0].reset, true);
+        await feed.reach(formatVersion('another-store', 1)); // nothing to wait for
+        await feed.reach('garbage');
+      } finally {
+        feed.close();
+      }
+    } finally {
+      await behind.close();
+      await ahead.close();
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 
