@@ -1,15 +1,12 @@
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { ADMIN_TOKEN, startTestAuthority, type TestAuthority } from './support/authority';
-import { ChildService } from './support/child-service';
-import { startTestExtAuthz, TEST_POLICIES, type TestExtAuthz } from './support/ext-authz';
-import { freePort } from './support/ports';
+import type { ChildService } from './support/child-service';
+import { startExtAuthzProcess, startTestExtAuthz, TEST_POLICIES, type TestExtAuthz } from './support/ext-authz';
 import { keyWithQuotas, PrivateRedis, redisTestPrefix, SHARED_REDIS } from './support/quota-fixtures';
-
-const EXT_AUTHZ_MAIN = resolve(__dirname, '../services/ext-authz/main.js');
 
 /** One Check through ext-authz's HTTP mode (what Envoy's http_service and nginx send). */
 async function check(base: string, policy: string, token: string): Promise<Response> {
@@ -50,24 +47,13 @@ describe('three ext-authz processes sharing quotas on one Redis', () => {
     tokens.probe = await keyWithQuotas(authority, 'probe', {});
     dir = mkdtempSync(join(tmpdir(), 'quotas-redis-'));
     for (let i = 0; i < 3; i++) {
-      const [grpcPort, httpPort] = [await freePort(), await freePort()];
-      const config = join(dir, `ext-authz-${i}.yaml`);
-      writeFileSync(
-        config,
-        JSON.stringify({
-          grpc: { host: '127.0.0.1', port: grpcPort },
-          http: { host: '127.0.0.1', port: httpPort },
-          authority: { url: authority.grpcAddress, token: ADMIN_TOKEN, initialBackoff: 50, maxBackoff: 500 },
-          policies: { foo: TEST_POLICIES.foo },
-          quotas: { redisUrl: SHARED_REDIS, keyPrefix: redisKeys.prefix },
-          log: { level: 'warn' },
-        }),
-      );
-      const base = `http://127.0.0.1:${httpPort}`;
-      const env: NodeJS.ProcessEnv = { PATH: process.env.PATH, CONFIG_FILE: config };
-      const replica = new ChildService(`ext-authz-${i}`, EXT_AUTHZ_MAIN, env, async () => (await fetch(`${base}/health`)).status === 200);
+      const { replica, base } = await startExtAuthzProcess(`ext-authz-${i}`, dir, {
+        authority: { url: authority.grpcAddress, token: ADMIN_TOKEN, initialBackoff: 50, maxBackoff: 500 },
+        policies: { foo: TEST_POLICIES.foo },
+        quotas: { redisUrl: SHARED_REDIS, keyPrefix: redisKeys.prefix },
+        log: { level: 'warn' },
+      });
       replicas.push(replica);
-      await replica.start();
       bases.push(base);
     }
     // Keys replicate in order: once the last one created is known everywhere, all are.
