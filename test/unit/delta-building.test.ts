@@ -33,12 +33,12 @@ describe('delta building', () => {
     await store.close();
   });
 
-  /** A feed at the store's head now. */
-  async function feedAtHead(): Promise<DataPlaneFeed> {
-    const keyRing = new KeyRing(store.keyPairs, clock.now);
+  /** A feed at the head of `on` (the test's store unless given) now; closed after the tests. */
+  async function feedAtHead(on: SqliteStore = store): Promise<DataPlaneFeed> {
+    const keyRing = new KeyRing(on.keyPairs, clock.now);
     await keyRing.reload();
     const feed = new DataPlaneFeed(
-      store,
+      on,
       keyRing,
       { issuer: 'http://issuer', audience: 'otoroshi' },
       (error) => assert.fail(error),
@@ -156,17 +156,8 @@ describe('delta building', () => {
     const ahead = new SqliteStore(join(dir, 'store.db'));
     const behind = new SqliteStore(join(dir, 'store.db')); // another process's view: it sees ahead's commits by its poll
     try {
-      const keyRing = new KeyRing(behind.keyPairs, clock.now);
-      await keyRing.reload();
-      const feed = new DataPlaneFeed(
-        behind,
-        keyRing,
-        { issuer: 'http://issuer', audience: 'otoroshi' },
-        (error) => assert.fail(error),
-        clock.now,
-      );
+      const feed = await feedAtHead(behind);
       try {
-        await feed.start();
         await ahead.apiKeys.create(apiKeyRecord('late'));
         const head = await ahead.changes.head();
         const version = formatVersion(ahead.changes.storeId, head, await ahead.changes.tagAt(head));
