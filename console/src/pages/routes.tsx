@@ -1,4 +1,4 @@
-import { useEffect, useState } from 'preact/hooks';
+import { useEffect, useRef, useState } from 'preact/hooks';
 import { admin, ApiError, listPage, type Route, type RouteXdsStatus } from '../api';
 import { CheckField, CheckGroup, TextField } from '../fields';
 import { go, href } from '../router';
@@ -257,6 +257,9 @@ export function RouteEditor({ id }: { id?: string }) {
   useEffect(() => {
     void load();
   }, [id]);
+  /** The status read after a save: not done once the editor is left (the route may be gone by then). */
+  const statusTimer = useRef<ReturnType<typeof setTimeout> | undefined>(undefined);
+  useEffect(() => () => clearTimeout(statusTimer.current), []);
   /** Only status.xds, read again (the fields being edited are left as they are). */
   const refreshStatus = async () => {
     if (creating) return;
@@ -304,7 +307,10 @@ export function RouteEditor({ id }: { id?: string }) {
       setDraft(draftOf(answer.data));
       setNotice({ kind: 'success', text: `Route ${answer.data.id} saved.` });
       if (creating) go('routes', answer.data.id);
-      else setTimeout(() => void refreshStatus(), STATUS_REFRESH_MS);
+      else {
+        clearTimeout(statusTimer.current);
+        statusTimer.current = setTimeout(() => void refreshStatus(), STATUS_REFRESH_MS);
+      }
     } catch (failure) {
       setNotice(errorNotice(failure));
     } finally {
