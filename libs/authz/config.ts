@@ -50,8 +50,12 @@ export const extAuthzConfigSchema = z
       .object({
         host: z.string().default('0.0.0.0'),
         port: portSetting.default(9191),
-        /** Check's gRPC server: grpc-js, or a small one on node:http2 (libs/grpc/h2-server.ts), cheaper per call. */
-        server: z.enum(['grpc-js', 'http2']).default('http2'),
+        /**
+         * Check's gRPC server: a small one on node:http2 (libs/grpc/h2-server.ts), HTTP/2 frames read
+         * from the socket (libs/grpc/h2-wire-server.ts: the cheapest, the shortest tail; opt-in until a
+         * full CI run has covered it as the default), or grpc-js.
+         */
+        server: z.enum(['wire', 'http2', 'grpc-js']).default('http2'),
       })
       .prefault({}),
     http: z.object({ host: z.string().default('0.0.0.0'), port: portSetting.default(9192), limits: httpLimitsSchema }).prefault({}),

@@ -27,8 +27,17 @@ export interface ServiceError {
   details?: string;
 }
 
-type UnaryHandler = (call: H2Call, callback: (error: ServiceError | null, value?: unknown) => void) => void;
-type StreamHandler = (call: H2Call) => void;
+/** A call as handlers see it, whichever server carries it. */
+export interface GrpcCall extends EventEmitter {
+  request: unknown;
+  cancelled: boolean;
+  readonly metadata: Readonly<Record<string, string | string[] | undefined>>;
+  write(value: unknown): boolean;
+  end(): void;
+}
+
+export type UnaryHandler = (call: GrpcCall, callback: (error: ServiceError | null, value?: unknown) => void) => void;
+export type StreamHandler = (call: GrpcCall) => void;
 
 export interface H2ServerOptions {
   maxReceiveMessageLength: number;
@@ -39,7 +48,7 @@ export interface H2ServerOptions {
   keepaliveTimeoutMs: number;
 }
 
-const STATUS = {
+export const STATUS = {
   OK: 0,
   CANCELLED: 1,
   UNKNOWN: 2,
@@ -52,7 +61,7 @@ const STATUS = {
 } as const;
 
 /** A call as handlers see it: the request, write() for streams, 'cancelled' when the client goes. */
-export class H2Call extends EventEmitter {
+export class H2Call extends EventEmitter implements GrpcCall {
   request: unknown;
   cancelled = false;
   constructor(
@@ -95,14 +104,14 @@ function startResponse(stream: ServerHttp2Stream): void {
 }
 
 /** grpc-message: percent-encoded as the spec says (only printable ASCII but '%' as is). */
-function encodeMessage(message: string): string {
+export function encodeMessage(message: string): string {
   return message.replace(/[^\x20-\x24\x26-\x7e]/gu, (character) =>
     [...Buffer.from(character, 'utf8')].map((byte) => `%${byte.toString(16).toUpperCase().padStart(2, '0')}`).join(''),
   );
 }
 
 const OK_TRAILERS = { 'grpc-status': '0' };
-const MAX_DETAILS = 1024;
+export const MAX_DETAILS = 1024;
 
 /** Ends the call with a status: trailers after a response (and its last message), or a trailers-only response. */
 function finish(stream: ServerHttp2Stream, code: number, details?: string, last?: Buffer): void {
@@ -123,7 +132,7 @@ function finish(stream: ServerHttp2Stream, code: number, details?: string, last?
 }
 
 /** grpc-timeout: "<digits><unit>" (at most 8 digits); undefined for none or a malformed one. */
-function timeoutMs(header: string | string[] | undefined): number | undefined {
+export function timeoutMs(header: string | string[] | undefined): number | undefined {
   // Every call from one client names the same timeout (Envoy: its grpc_service timeout).
   if (header === lastTimeout.header) return lastTimeout.ms;
   const ms = parseTimeout(header);
@@ -142,10 +151,30 @@ function parseTimeout(header: string | string[] | undefined): number | undefined
   return ms > 2 ** 31 - 1 ? undefined : ms;
 }
 
-interface Route {
+export interface Route {
   method: MethodDefinition;
   unary?: UnaryHandler;
   stream?: StreamHandler;
+}
+
+/** grpc-js's Server.addService into `routes`: every method by its path; implementations by name or originalName. */
+export function addRoutes(
+  routes: Map<string, Route>,
+  service: Record<string, MethodDefinition & { originalName?: string }>,
+  implementation: Record<string, unknown>,
+): void {
+  for (const [name, method] of Object.entries(service)) {
+    const handler = (implementation[name] ?? (method.originalName ? implementation[method.originalName] : undefined)) as
+      | UnaryHandler
+      | StreamHandler
+      | undefined;
+    if (!handler) continue;
+    if (method.requestStream) throw new Error(`${method.path}: client streaming is not supported`);
+    routes.set(
+      method.path,
+      method.responseStream ? { method, stream: handler as StreamHandler } : { method, unary: handler as UnaryHandler },
+    );
+  }
 }
 
 export class H2GrpcServer {
@@ -166,18 +195,7 @@ export class H2GrpcServer {
 
   /** grpc-js's Server.addService: every method by its path; implementations by name or originalName. */
   addService(service: Record<string, MethodDefinition & { originalName?: string }>, implementation: Record<string, unknown>): void {
-    for (const [name, method] of Object.entries(service)) {
-      const handler = (implementation[name] ?? (method.originalName ? implementation[method.originalName] : undefined)) as
-        | UnaryHandler
-        | StreamHandler
-        | undefined;
-      if (!handler) continue;
-      if (method.requestStream) throw new Error(`${method.path}: client streaming is not supported`);
-      this.routes.set(
-        method.path,
-        method.responseStream ? { method, stream: handler as StreamHandler } : { method, unary: handler as UnaryHandler },
-      );
-    }
+    addRoutes(this.routes, service, implementation);
   }
 
   listen(port: number, host: string): Promise<number> {

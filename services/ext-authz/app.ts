@@ -19,6 +19,7 @@ import { AuthorityWatchClient } from './authority-watch';
 import { logDecision } from './decision-log';
 import { addCheckService } from './envoy-check';
 import { H2GrpcServer } from '../../libs/grpc/h2-server';
+import { H2WireGrpcServer } from '../../libs/grpc/h2-wire-server';
 import type { Decision } from '../../libs/authz/decision';
 import { installTraceContext } from '../../libs/observability/trace-context';
 import type { ExtAuthz } from './ext-authz.provider';
@@ -202,8 +203,8 @@ export async function startExtAuthz(config: ExtAuthzConfig, options: ExtAuthzOpt
   const grpcHost = config.grpc.host.includes(':') ? `[${config.grpc.host}]` : config.grpc.host;
   let grpcPort: number;
   let closeGrpc: () => Promise<void>;
-  if (config.grpc.server === 'http2') {
-    const h2Server = new H2GrpcServer(grpcOptions);
+  if (config.grpc.server !== 'grpc-js') {
+    const h2Server = config.grpc.server === 'wire' ? new H2WireGrpcServer(grpcOptions) : new H2GrpcServer(grpcOptions);
     addCheckService(h2Server, authorizer, onCheck, onUnexpected);
     health.addToServer(h2Server as never);
     grpcPort = await h2Server.listen(config.grpc.port, config.grpc.host).catch(abort);
