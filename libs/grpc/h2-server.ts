@@ -1,6 +1,6 @@
 import { EventEmitter } from 'node:events';
 import { constants, createServer, type Http2Server, type Http2Session, type IncomingHttpHeaders, type ServerHttp2Stream } from 'node:http2';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Server as NetServer } from 'node:net';
 
 /**
  * A small gRPC server on node:http2 for unary and server-streaming methods, with the
@@ -157,6 +157,17 @@ export interface Route {
   stream?: StreamHandler;
 }
 
+/** Listens on host:port; resolves with the port bound (0 picks one), rejects when it cannot listen. */
+export function listenOn(server: NetServer, port: number, host: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () => {
+      server.off('error', reject);
+      resolve((server.address() as AddressInfo).port);
+    });
+  });
+}
+
 /** grpc-js's Server.addService into `routes`: every method by its path; implementations by name or originalName. */
 export function addRoutes(
   routes: Map<string, Route>,
@@ -199,13 +210,7 @@ export class H2GrpcServer {
   }
 
   listen(port: number, host: string): Promise<number> {
-    return new Promise((resolve, reject) => {
-      this.server.once('error', reject);
-      this.server.listen(port, host, () => {
-        this.server.off('error', reject);
-        resolve((this.server.address() as AddressInfo).port);
-      });
-    });
+    return listenOn(this.server, port, host);
   }
 
   /** GOAWAY to every connection, calls in progress finish; after graceMs whatever is left is cut. */

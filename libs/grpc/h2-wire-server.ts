@@ -1,11 +1,12 @@
 import { EventEmitter } from 'node:events';
-import { type AddressInfo, createServer, type Server, type Socket } from 'node:net';
+import { createServer, type Server, type Socket } from 'node:net';
 import hpack from 'hpack.js';
 import {
   addRoutes,
   encodeMessage,
   type GrpcCall,
   type H2ServerOptions,
+  listenOn,
   MAX_DETAILS,
   type MethodDefinition,
   type Route,
@@ -878,13 +879,7 @@ export class H2WireGrpcServer {
   }
 
   listen(port: number, host: string): Promise<number> {
-    return new Promise((resolve, reject) => {
-      this.server.once('error', reject);
-      this.server.listen(port, host, () => {
-        this.server.off('error', reject);
-        resolve((this.server.address() as AddressInfo).port);
-      });
-    });
+    return listenOn(this.server, port, host);
   }
 
   /** @internal a connection that closed. */
